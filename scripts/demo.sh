@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# scripts/demo.sh — hsm-envelope on a fresh local SoftHSM2 token, with pkcs11-tool.
+#
+#   1. scripts/deps.sh --demo, cargo build --release
+#   2. a fresh token + KEK in a temporary directory (softhsm-config/new-token.sh)
+#   3. pkcs11-tool --module target/release/libhsm_envelope.so:
+#      list slots and mechanisms, generate a DEK, import a DEK of known value,
+#      list objects, AES-CBC-PAD encrypt + decrypt + cmp, and compare the
+#      module's ciphertext with OpenSSL's for the known key
+#   4. the wrapped-DEK store (SQLite): the DEK's row, blobs as hex, and a
+#      search showing the known key's plaintext is in neither the store nor
+#      the log
+#
+# Environment:
+#   KEEP=1         keep the temporary directory (token, store, log, files)
+#   DEMO_MODULE=…  run the pkcs11-tool steps against another PKCS#11 module
+#                  (e.g. /usr/lib/softhsm/libsofthsm2.so) without building;
+#                  only for checking this script itself. The store steps are
+#                  then skipped if the module wrote no store.
+# The PINs are the fixed test PINs of new-token.sh (user 1234, SO 5678).
+set -euo pipefail
+
+prog=demo.sh
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+PIN=1234
+DEK_LABEL=demo-dek
+IMPORTED_LABEL=demo-imported
+# pkcs11-tool 0.23 ignores --label when choosing the key for --encrypt and
+# --decrypt (it takes the first secret key it finds, often the KEK), so every
+# key here gets a CKA_ID and is chosen with --id.
+DEK_ID=10
+IMPORTED_ID=11
+
+say() { printf '\n### %s\n' "$*"; }
+die() {
+    printf '%s: error: %s\n' "$prog" "$*" >&2
+    exit 1
+}
+# show CMD...: prints the command, then runs it.
+show() {
+    printf '$'
+    printf ' %q' "$@"
+    printf '\n'
+    "$@"
+}
+hex() { od -An -v -tx1 "$@" | tr -d ' \n'; }
+
+p11() {
+    show pkcs11-tool --module "$MODULE" "$@"
+}
+
+# show_store STORE: schema, then the rows naming $DEK_LABEL (blobs as X'hex').
+show_store() {
+    local store=$1 t rows matching label_hex any=false
+    local -a tables
+    show ls -l "$store"*
+    show sqlite3 -readonly "$store" .schema
+    mapfile -t tables < <(sqlite3 -readonly "$store" \
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+    label_hex=$(printf '%s' "$DEK_LABEL" | hex)
+    for t in "${tables[@]}"; do
+        rows=$(sqlite3 -readonly "$store" .headers\ on .mode\ quote \
+            "SELECT * FROM \"${t//\"/\"\"}\"")
+        matching=$(printf '%s\n' "$rows" | tail -n +2 |
+            grep -i -e "'$DEK_LABEL'" -e "$label_hex" || true)
+        if [[ -n $matching ]]; then
+            any=true
+            printf '\ntable %s, row(s) naming %s (text quoted, blobs as X'"'"'hex'"'"'):\n' "$t" "$DEK_LABEL"
+            printf '%s\n' "$rows" | head -n 1
+            printf '%s\n' "$matching"
+        fi
+    done
+    if ! $any; then
+        printf '\nno row names %s as text or inside a blob; all tables (first 20 rows each):\n' "$DEK_LABEL"
+        for t in "${tables[@]}"; do
+            printf '\ntable %s:\n' "$t"
+            sqlite3 -readonly "$store" .headers\ on .mode\ quote \
+                "SELECT * FROM \"${t//\"/\"\"}\" LIMIT 20"
+        done
+    fi
+}
+
+# check_no_plaintext KEYFILE FILE...: fails if any FILE holds the key's bytes,
+# raw or as hex or base64.
+check_no_plaintext() {
+    local key=$1 keyhex f n rc=0
+    shift
+    keyhex=$(hex "$key")
+    for f in "$@"; do
+        n=$(grep -a -i -c -e "$keyhex" "$f" || true)
+        printf '$ grep -a -i -c <hex of the known key> %q  ->  %s\n' "$f" "$n"
+        [[ $n == 0 ]] || rc=1
+    done
+    python3 - "$key" "$@" <<'EOF' || rc=1
+import base64, sys
+key = open(sys.argv[1], "rb").read()
+forms = {"raw bytes": key, "hex": key.hex().encode(), "HEX": key.hex().upper().encode(),
+         "base64": base64.b64encode(key)}
+bad = False
+for path in sys.argv[2:]:
+    data = open(path, "rb").read()
+    found = [name for name, form in forms.items() if form in data]
+    if found:
+        print(f"{path}: CONTAINS the plaintext key ({', '.join(found)})")
+        bad = True
+    else:
+        print(f"{path}: {len(data)} bytes, no plaintext key (raw, hex or base64)")
+sys.exit(1 if bad else 0)
+EOF
+    return $rc
+}
+
+main() {
+    cd "$repo_root"
+    if [[ -d ${CARGO_HOME:-$HOME/.cargo}/bin ]]; then
+        PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+    fi
+
+    say "1. dependencies and build"
+    bash scripts/deps.sh --demo
+    if [[ -n ${DEMO_MODULE:-} ]]; then
+        MODULE=$DEMO_MODULE
+        printf 'DEMO_MODULE set: using %s, not building\n' "$MODULE"
+    else
+        show cargo build --release
+        MODULE=$repo_root/target/release/libhsm_envelope.so
+    fi
+    [[ -f $MODULE ]] || die "module not found: $MODULE"
+
+    work=$(mktemp -d "${TMPDIR:-/tmp}/hsm-envelope-demo.XXXXXX")
+    if [[ ${KEEP:-0} == 1 ]]; then
+        trap 'printf "\n(kept %s)\n" "$work"' EXIT
+    else
+        trap 'rm -rf -- "$work"' EXIT
+    fi
+
+    say "2. a fresh SoftHSM2 token with the KEK"
+    # shellcheck disable=SC2016 # the command is printed, not run
+    printf '$ eval "$(bash softhsm-config/new-token.sh %q)"\n' "$work/token"
+    exports=$(bash softhsm-config/new-token.sh "$work/token")
+    printf '%s\n' "$exports"
+    eval "$exports"
+    [[ -f ${SOFTHSM2_CONF:-} && -f ${HSM_ENVELOPE_CONF:-} ]] || die "new-token.sh did not make the token"
+    show cat "$HSM_ENVELOPE_CONF"
+    store=$(sed -n 's/^store_path = "\(.*\)"$/\1/p' "$HSM_ENVELOPE_CONF")
+    log_file=$(sed -n 's/^log_file = "\(.*\)"$/\1/p' "$HSM_ENVELOPE_CONF")
+
+    say "3. the module: slots and mechanisms"
+    p11 -L
+    p11 -M
+
+    say "4. generate a DEK (AES-256) through the module"
+    p11 --login --pin "$PIN" --keygen --key-type AES:32 --label "$DEK_LABEL" --id "$DEK_ID" \
+        --sensitive
+
+    say "5. import a DEK of known value (so we can look for it in the store later)"
+    head -c 32 /dev/urandom >"$work/known-key.bin"
+    p11 --login --pin "$PIN" --write-object "$work/known-key.bin" --type secrkey \
+        --key-type AES:32 --label "$IMPORTED_LABEL" --id "$IMPORTED_ID" --sensitive
+
+    say "6. objects on the token"
+    p11 --login --pin "$PIN" --list-objects
+
+    say "7. AES-CBC-PAD encrypt and decrypt a file with $DEK_LABEL (id $DEK_ID)"
+    head -c 1048576 /dev/urandom >"$work/plain.bin"
+    iv=$(head -c 16 /dev/urandom | hex)
+    p11 --login --pin "$PIN" --encrypt -m AES-CBC-PAD --iv "$iv" --id "$DEK_ID" \
+        -i "$work/plain.bin" -o "$work/cipher.bin"
+    p11 --login --pin "$PIN" --decrypt -m AES-CBC-PAD --iv "$iv" --id "$DEK_ID" \
+        -i "$work/cipher.bin" -o "$work/decrypted.bin"
+    show ls -l "$work/plain.bin" "$work/cipher.bin" "$work/decrypted.bin"
+    show cmp "$work/plain.bin" "$work/decrypted.bin"
+    echo "round trip OK: decrypted file is identical"
+    if cmp -s "$work/plain.bin" "$work/cipher.bin"; then
+        die "ciphertext equals plaintext"
+    fi
+
+    say "8. the module's AES-CBC-PAD matches OpenSSL for the known key (id $IMPORTED_ID)"
+    p11 --login --pin "$PIN" --encrypt -m AES-CBC-PAD --iv "$iv" --id "$IMPORTED_ID" \
+        -i "$work/plain.bin" -o "$work/cipher-known.bin"
+    printf '$ openssl enc -aes-256-cbc -K <known key> -iv %s -in plain.bin -out cipher-openssl.bin\n' "$iv"
+    openssl enc -aes-256-cbc -K "$(hex "$work/known-key.bin")" -iv "$iv" \
+        -in "$work/plain.bin" -out "$work/cipher-openssl.bin"
+    show cmp "$work/cipher-known.bin" "$work/cipher-openssl.bin"
+    if cmp -s "$work/cipher.bin" "$work/cipher-known.bin"; then
+        die "two different DEKs gave the same ciphertext: pkcs11-tool used the wrong key"
+    fi
+    echo "identical ciphertext: the module's AES-CBC-PAD is standard"
+
+    say "9. the wrapped-DEK store"
+    if [[ -z $store || ! -f $store ]]; then
+        if [[ -n ${DEMO_MODULE:-} ]]; then
+            printf 'no store at %s (DEMO_MODULE does not write one): skipping steps 9-10\n' "${store:-?}"
+            say "demo finished (store steps skipped)"
+            return 0
+        fi
+        die "no wrapped-DEK store at ${store:-(store_path missing in $HSM_ENVELOPE_CONF)}"
+    fi
+    show_store "$store"
+
+    say "10. no plaintext key in the store or the log"
+    local -a files=("$store")
+    local f
+    for f in "$store-wal" "$store-journal" "$log_file"; do
+        [[ -n $f && -f $f ]] && files+=("$f")
+    done
+    check_no_plaintext "$work/known-key.bin" "${files[@]}" ||
+        die "a plaintext key was found (see above)"
+    echo "the known key is stored only wrapped (the KEK never leaves the HSM)"
+
+    say "demo finished"
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# scripts/deps.sh [--demo]
+#
+# Checks for what hsm-envelope needs on a Debian machine and, when run as
+# root with apt-get available, installs what is missing:
+#   Debian packages: softhsm2 (softhsm2-util, libsofthsm2.so), opensc
+#   (pkcs11-tool), gcc, pkg-config, python3, sqlite3, openssl
+#   Rust: cargo with rustfmt and clippy, cargo-nextest
+# `apt-get update` runs only if a package must be installed. cargo-nextest is
+# installed with `cargo install cargo-nextest --locked` only if missing.
+# With --demo, the test-only tools (rustfmt, clippy, cargo-nextest) are not
+# required.
+# Exits non-zero, naming what is missing, if something cannot be fixed.
+set -euo pipefail
+
+prog=deps.sh
+say() { printf '%s: %s\n' "$prog" "$*"; }
+err() { printf '%s: error: %s\n' "$prog" "$*" >&2; }
+
+demo_only=false
+case "${1:-}" in
+"") ;;
+--demo) demo_only=true ;;
+*)
+    printf 'usage: %s [--demo]\n' "$0" >&2
+    exit 2
+    ;;
+esac
+
+# rustup installs cargo here; CI shells do not always have it on PATH.
+if [[ -d ${CARGO_HOME:-$HOME/.cargo}/bin ]]; then
+    PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+fi
+
+softhsm_module_found() {
+    if [[ -n ${SOFTHSM2_MODULE:-} ]]; then
+        [[ -f $SOFTHSM2_MODULE ]]
+        return
+    fi
+    [[ -f /usr/lib/softhsm/libsofthsm2.so ||
+        -f /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so ]]
+}
+
+# Prints the Debian packages that are missing, one per line.
+missing_packages() {
+    if ! command -v softhsm2-util >/dev/null 2>&1 || ! softhsm_module_found; then
+        echo softhsm2
+    fi
+    command -v pkcs11-tool >/dev/null 2>&1 || echo opensc
+    command -v gcc >/dev/null 2>&1 || echo gcc
+    command -v pkg-config >/dev/null 2>&1 || echo pkg-config
+    command -v python3 >/dev/null 2>&1 || echo python3
+    command -v sqlite3 >/dev/null 2>&1 || echo sqlite3
+    command -v openssl >/dev/null 2>&1 || echo openssl
+}
+
+# --- Debian packages ---------------------------------------------------------------
+mapfile -t missing < <(missing_packages)
+if ((${#missing[@]} > 0)); then
+    say "missing Debian packages: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        err "not root, cannot install them; run: sudo apt-get install ${missing[*]}"
+        exit 1
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        err "apt-get not available, cannot install: ${missing[*]}"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    say "apt-get update"
+    apt-get update -qq || {
+        err "apt-get update failed"
+        exit 1
+    }
+    say "apt-get install ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" || {
+        err "apt-get install ${missing[*]} failed"
+        exit 1
+    }
+    mapfile -t still < <(missing_packages)
+    if ((${#still[@]} > 0)); then
+        err "still missing after installing: ${still[*]}"
+        if [[ " ${still[*]} " == *" softhsm2 "* && -n ${SOFTHSM2_MODULE:-} ]]; then
+            err "(SOFTHSM2_MODULE=$SOFTHSM2_MODULE does not exist)"
+        fi
+        exit 1
+    fi
+fi
+
+# --- Rust toolchain ----------------------------------------------------------------
+rust_ok=true
+if ! command -v cargo >/dev/null 2>&1; then
+    err "cargo not found (install the Rust toolchain with rustup; it is not a Debian package here)"
+    exit 1
+fi
+if ! $demo_only; then
+    if ! cargo fmt --version >/dev/null 2>&1; then
+        err "rustfmt missing: rustup component add rustfmt"
+        rust_ok=false
+    fi
+    if ! cargo clippy --version >/dev/null 2>&1; then
+        err "clippy missing: rustup component add clippy"
+        rust_ok=false
+    fi
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        say "cargo-nextest missing: cargo install cargo-nextest --locked"
+        if ! cargo install cargo-nextest --locked; then
+            err "cargo install cargo-nextest failed"
+            rust_ok=false
+        elif ! cargo nextest --version >/dev/null 2>&1; then
+            err "cargo-nextest installed but 'cargo nextest' still not found (is ~/.cargo/bin on PATH?)"
+            rust_ok=false
+        fi
+    fi
+fi
+$rust_ok || exit 1
+
+say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl, $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"

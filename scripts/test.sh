@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the project's test command (also what .ci/run runs).
+#
+#   1. scripts/deps.sh           tools and packages (installs what is missing)
+#   2. cargo fmt --check         formatting
+#   3. cargo clippy -D warnings  lints, all targets
+#   4. cargo test --doc          doc tests
+#   5. (more checks: see the marked spot below)
+#   6. cargo nextest run         unit and integration tests, one process per
+#                                test: each test loads the PKCS#11 module (a
+#                                process-global singleton) with its own token
+#
+# Every step runs even if an earlier one failed, so one run shows all
+# problems; the exit status is non-zero if any step failed. nextest runs last
+# so that its summary is the closing test-runner output.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$repo_root"
+
+if [[ -d ${CARGO_HOME:-$HOME/.cargo}/bin ]]; then
+    PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+fi
+
+bash scripts/deps.sh
+
+failed=()
+# step NAME COMMAND...: runs COMMAND, records NAME if it fails.
+step() {
+    local name=$1 rc=0
+    shift
+    printf '\n==> [%s] %s\n' "$name" "$*"
+    "$@" || rc=$?
+    if ((rc == 0)); then
+        printf '<== [%s] ok\n' "$name"
+    else
+        printf '<== [%s] FAILED (exit %d)\n' "$name" "$rc"
+        failed+=("$name")
+    fi
+}
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --all-targets -- -D warnings
+step doctest cargo test --doc
+
+# ---------------------------------------------------------------------------
+# MORE CHECKS GO HERE, each as `step NAME COMMAND...`, for example:
+#   step c-compile   bash scripts/c-compile-test.sh     # include/hsm_envelope.h with gcc
+#   step p11-interop bash scripts/pkcs11-tool-interop.sh # pkcs11-tool against the module
+# (they may `cargo build` the module first; keep nextest the last step)
+# ---------------------------------------------------------------------------
+
+step nextest cargo nextest run --no-fail-fast
+
+if ((${#failed[@]} > 0)); then
+    printf '\ntest.sh: FAILED steps: %s\n' "${failed[*]}"
+    exit 1
+fi
+printf '\ntest.sh: all steps passed\n'

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# softhsm-config/new-token.sh DIR
+#
+# Makes a fresh SoftHSM2 token for hsm-envelope under DIR:
+#   DIR/softhsm2.conf      SoftHSM2 configuration (from softhsm2.conf.template)
+#   DIR/tokens/            the token store
+#   DIR/hsm-envelope.toml  hsm-envelope configuration pointing at the token
+# The token is labelled "hsm-envelope", user PIN ${PIN:-1234}, SO PIN
+# ${SO_PIN:-5678}, and holds the KEK: AES-256, label "kek", CKA_ID 01,
+# token, private, sensitive, never extractable, encrypt/decrypt/wrap/unwrap.
+#
+# stdout is exactly two lines, so that
+#     eval "$(softhsm-config/new-token.sh DIR)"
+# prepares a shell:
+#     export SOFTHSM2_CONF=DIR/softhsm2.conf
+#     export HSM_ENVELOPE_CONF=DIR/hsm-envelope.toml
+# Everything else goes to stderr. DIR may be relative or absolute and is
+# created if missing; it must not already hold a token.
+#
+# Environment:
+#   PIN, SO_PIN        token PINs (defaults 1234 / 5678; test values only)
+#   SOFTHSM2_MODULE    path of libsofthsm2.so (default: searched, see below)
+set -euo pipefail
+
+prog=new-token.sh
+die() {
+    printf '%s: error: %s\n' "$prog" "$*" >&2
+    exit 1
+}
+note() {
+    printf '%s: %s\n' "$prog" "$*" >&2
+}
+
+if [[ $# -ne 1 || -z "$1" ]]; then
+    printf 'usage: %s DIR\n' "$0" >&2
+    exit 2
+fi
+dir_arg=$1
+
+self=${BASH_SOURCE[0]}
+if [[ $self == */* ]]; then self_dir=${self%/*}; else self_dir=.; fi
+script_dir=$(cd -- "${self_dir:-/}" && pwd -P) || die "cannot locate $self"
+template=$script_dir/softhsm2.conf.template
+
+user_pin=${PIN:-1234}
+so_pin=${SO_PIN:-5678}
+token_label=hsm-envelope
+kek_label=kek
+kek_id=01
+
+# --- tools -------------------------------------------------------------------
+command -v softhsm2-util >/dev/null 2>&1 ||
+    die "softhsm2-util not found (install the Debian package 'softhsm2', e.g. scripts/deps.sh)"
+command -v pkcs11-tool >/dev/null 2>&1 ||
+    die "pkcs11-tool not found (install the Debian package 'opensc', e.g. scripts/deps.sh)"
+[[ -r $template ]] || die "template not found: $template"
+
+# Same search as tests/common/mod.rs softhsm_module_path().
+if [[ -n ${SOFTHSM2_MODULE:-} ]]; then
+    module=$SOFTHSM2_MODULE
+    [[ -f $module ]] || die "SOFTHSM2_MODULE=$module: no such file"
+else
+    module=
+    for candidate in /usr/lib/softhsm/libsofthsm2.so \
+        /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
+        if [[ -f $candidate ]]; then
+            module=$candidate
+            break
+        fi
+    done
+    [[ -n $module ]] ||
+        die "SoftHSM2 module libsofthsm2.so not found in /usr/lib/softhsm or /usr/lib/x86_64-linux-gnu/softhsm (install 'softhsm2' or set SOFTHSM2_MODULE)"
+fi
+
+# --- DIR ---------------------------------------------------------------------
+case $dir_arg in
+*[[:cntrl:]]*) die "DIR must not contain control characters" ;;
+esac
+mkdir -p -- "$dir_arg" || die "cannot create directory $dir_arg"
+dir=$(cd -- "$dir_arg" && pwd -P) || die "cannot enter directory $dir_arg"
+
+softhsm_conf=$dir/softhsm2.conf
+tokendir=$dir/tokens
+conf=$dir/hsm-envelope.toml
+
+if [[ -e $softhsm_conf || -e $conf ]] ||
+    { [[ -d $tokendir ]] && [[ -n $(ls -A -- "$tokendir") ]]; }; then
+    die "$dir already holds a token (softhsm2.conf, hsm-envelope.toml or tokens/ exists); use a new directory or remove it first"
+fi
+
+# --- SoftHSM2 configuration ----------------------------------------------------
+mkdir -p -- "$tokendir"
+chmod 700 -- "$tokendir"
+template_text=$(<"$template")
+printf '%s\n' "${template_text//@TOKENDIR@/$tokendir}" >"$softhsm_conf"
+export SOFTHSM2_CONF=$softhsm_conf
+
+# Run a tool quietly; show its output (stdout and stderr) on stderr if it fails.
+run_quiet() {
+    local out
+    if ! out=$("$@" 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "command failed: $1 ${2:-} ..."
+    fi
+}
+
+# --- token -------------------------------------------------------------------
+note "initialising token '$token_label' in $tokendir"
+run_quiet softhsm2-util --init-token --free --label "$token_label" \
+    --pin "$user_pin" --so-pin "$so_pin"
+
+# --- KEK ---------------------------------------------------------------------
+# pkcs11-tool 0.23 --keygen template for a secret key: CKA_TOKEN true;
+# CKA_PRIVATE, CKA_SENSITIVE and CKA_EXTRACTABLE are each set true by
+# --private / --sensitive / --extractable and explicitly FALSE otherwise
+# (so EXTRACTABLE is false here); --usage-decrypt sets ENCRYPT+DECRYPT and
+# --usage-wrap sets WRAP+UNWRAP on a secret key.
+note "generating AES-256 KEK '$kek_label' (id $kek_id)"
+run_quiet pkcs11-tool --module "$module" --token-label "$token_label" \
+    --login --pin "$user_pin" \
+    --keygen --key-type AES:32 --label "$kek_label" --id "$kek_id" \
+    --private --sensitive --usage-decrypt --usage-wrap
+
+# Check the result instead of trusting the tool's defaults.
+listing=$(pkcs11-tool --module "$module" --token-label "$token_label" \
+    --login --pin "$user_pin" --list-objects --type secrkey 2>/dev/null) ||
+    die "cannot list objects on the new token"
+# Print the header, "Usage:" and "Access:" lines of each secret key labelled
+# $kek_label (one "Type: ..." line per such key).
+kek_info=$(printf '%s\n' "$listing" | awk -v want="$kek_label" '
+    /^[^ \t]/ { header = $0; inkey = ($0 ~ /^Secret Key Object/); label = ""; next }
+    inkey && /^[ \t]+label:/ {
+        sub(/^[ \t]+label:[ \t]*/, ""); label = $0
+        if (label == want) print "Type: " header
+        next
+    }
+    inkey && label == want && /^[ \t]+(Usage|Access):/ { print }
+')
+if [[ $(printf '%s\n' "$kek_info" | grep -c '^Type: ') -ne 1 ]]; then
+    printf '%s\n' "$listing" >&2
+    die "expected exactly one secret key labelled '$kek_label' on the token (listing above)"
+fi
+printf '%s\n' "$kek_info" | grep -qx 'Type: Secret Key Object; AES length 32' ||
+    die "KEK is not an AES-256 key: $(printf '%s\n' "$kek_info" | grep '^Type: ')"
+access=$(printf '%s\n' "$kek_info" | sed -n 's/^[[:space:]]*Access:[[:space:]]*//p')
+usage=$(printf '%s\n' "$kek_info" | sed -n 's/^[[:space:]]*Usage:[[:space:]]*//p')
+has_flag() { # has_flag "a, b, c" "b"
+    [[ ", $1, " == *", $2, "* ]]
+}
+for flag in "sensitive" "always sensitive" "never extractable"; do
+    has_flag "$access" "$flag" || die "KEK lacks '$flag' (Access: $access)"
+done
+if has_flag "$access" "extractable"; then
+    die "KEK is extractable (Access: $access)"
+fi
+for flag in encrypt decrypt wrap unwrap; do
+    has_flag "$usage" "$flag" || die "KEK lacks usage '$flag' (Usage: $usage)"
+done
+# CKA_PRIVATE: the KEK must not be visible without login.
+public_listing=$(pkcs11-tool --module "$module" --token-label "$token_label" \
+    --list-objects 2>/dev/null) || die "cannot list public objects on the new token"
+if printf '%s\n' "$public_listing" | grep -Eq "^[[:space:]]+label:[[:space:]]+$kek_label\$"; then
+    die "KEK is visible without login (CKA_PRIVATE is not set)"
+fi
+
+# --- hsm-envelope configuration ------------------------------------------------
+toml_str() { # TOML basic string
+    local s=$1
+    s=${s//\\/\\\\}
+    s=${s//\"/\\\"}
+    printf '"%s"' "$s"
+}
+{
+    printf '# hsm-envelope configuration (made by softhsm-config/new-token.sh)\n'
+    printf 'backend_module = %s\n' "$(toml_str "$module")"
+    printf 'token_label = %s\n' "$(toml_str "$token_label")"
+    printf 'kek_label = %s\n' "$(toml_str "$kek_label")"
+    printf 'store_path = %s\n' "$(toml_str "$dir/deks.sqlite")"
+    printf 'log_file = %s\n' "$(toml_str "$dir/hsm-envelope.log")"
+    printf 'log_level = "info"\n'
+} >"$conf"
+
+note "token ready in $dir (user PIN and SO PIN as given by PIN/SO_PIN, default 1234/5678)"
+printf 'export SOFTHSM2_CONF=%q\n' "$softhsm_conf"
+printf 'export HSM_ENVELOPE_CONF=%q\n' "$conf"

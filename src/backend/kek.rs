@@ -1,0 +1,156 @@
+//! Operations with the KEK. Every one of them is a backend call: the KEK
+//! never leaves the HSM.
+
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki_sys::*;
+use zeroize::Zeroize;
+
+use crate::backend::Backend;
+use crate::envelope::secret::SecretBytes;
+use crate::error::{Error, Result};
+use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
+
+/// Find the AES KEK labelled `label` on the session's token. Missing (or not
+/// visible because the user is not logged in) and ambiguous are both
+/// `CKR_HSME_KEK_UNAVAILABLE`.
+pub fn find(session: &Session, label: &str) -> Result<ObjectHandle> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| Error::from_cryptoki("C_FindObjects", e))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            crate::log_warn!("KEK '{label}' not found on the backend token");
+            Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
+        }
+        many => {
+            crate::log_error!("{} keys carry the KEK label '{label}'; refusing to guess", many.len());
+            Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
+        }
+    }
+}
+
+/// Whether the KEK is fit to be one: sensitive and not extractable.
+pub fn check_policy(session: &Session, kek: ObjectHandle) -> Result<bool> {
+    let attrs = session
+        .get_attributes(kek, &[AttributeType::Sensitive, AttributeType::Extractable])
+        .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
+    let mut sensitive = false;
+    let mut extractable = true;
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(b) => sensitive = b,
+            Attribute::Extractable(b) => extractable = b,
+            _ => {}
+        }
+    }
+    Ok(sensitive && !extractable)
+}
+
+/// AES-GCM encryption of a DEK value under the KEK, on the HSM.
+pub fn gcm_seal(session: &Session, kek: ObjectHandle, iv: &[u8], aad: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+    let mut iv = iv.to_vec();
+    let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
+    session
+        .encrypt(&Mechanism::AesGcm(params), kek, value)
+        .map_err(|e| Error::from_cryptoki("C_Encrypt", e))
+}
+
+/// AES-GCM decryption of a wrapped DEK value on the HSM; the tag check binds
+/// the record's identity (the AAD).
+pub fn gcm_open(session: &Session, kek: ObjectHandle, iv: &[u8], aad: &[u8], sealed: &[u8]) -> Result<SecretBytes> {
+    let mut iv = iv.to_vec();
+    let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
+    let mut plain = session
+        .decrypt(&Mechanism::AesGcm(params), kek, sealed)
+        .map_err(|e| Error::from_cryptoki("C_Decrypt", e))?;
+    let out = SecretBytes::from_slice(&plain);
+    plain.zeroize();
+    Ok(out)
+}
+
+/// Random bytes from the HSM's generator (DEK values come from the HSM).
+pub fn random(session: &Session, out: &mut [u8]) -> Result<()> {
+    session
+        .generate_random_slice(out)
+        .map_err(|e| Error::from_cryptoki("C_GenerateRandom", e))
+}
+
+/// Wrap a DEK value with the KEK using an AES key-wrap mechanism (RFC 3394 /
+/// 5649): the value becomes a short-lived session object on the HSM, is
+/// wrapped there, and the object is destroyed.
+pub fn keywrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_MECHANISM_TYPE, value: &[u8]) -> Result<Vec<u8>> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Value(value.to_vec()),
+    ];
+    let temp = session
+        .create_object(&template)
+        .map_err(|e| Error::from_cryptoki("C_CreateObject", e))?;
+    let result = raw_wrap(backend, session, kek, mech, temp);
+    let _ = session.destroy_object(temp);
+    if let Some(Attribute::Value(mut v)) = template.into_iter().last() {
+        v.zeroize();
+    }
+    result
+}
+
+fn raw_wrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_MECHANISM_TYPE, key: ObjectHandle) -> Result<Vec<u8>> {
+    let mut m = CK_MECHANISM { mechanism: mech, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+    let mut len: CK_ULONG = 0;
+    let rv = crate::bcall!(backend, C_WrapKey(session.handle(), &mut m, kek.handle(), key.handle(), std::ptr::null_mut(), &mut len));
+    crate::backend::check("C_WrapKey", rv)?;
+    let mut out = vec![0u8; len as usize];
+    let rv = crate::bcall!(backend, C_WrapKey(session.handle(), &mut m, kek.handle(), key.handle(), out.as_mut_ptr(), &mut len));
+    crate::backend::check("C_WrapKey", rv)?;
+    out.truncate(len as usize);
+    Ok(out)
+}
+
+/// Unwrap an AES key wrapped with `mech` under the KEK and return its value.
+/// The HSM unwraps into a short-lived, extractable session object whose value
+/// is read once and destroyed at once.
+pub fn keyunwrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_MECHANISM_TYPE, wrapped: &[u8]) -> Result<SecretBytes> {
+    let mut m = CK_MECHANISM { mechanism: mech, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+    let mut class: CK_OBJECT_CLASS = CKO_SECRET_KEY;
+    let mut ktype: CK_KEY_TYPE = CKK_AES;
+    let mut f_: CK_BBOOL = CK_FALSE as CK_BBOOL;
+    let mut t_: CK_BBOOL = CK_TRUE as CK_BBOOL;
+    let attr = |ty, p: *mut CK_BBOOL| CK_ATTRIBUTE { type_: ty, pValue: p as *mut _, ulValueLen: 1 };
+    let mut template = [
+        CK_ATTRIBUTE { type_: CKA_CLASS, pValue: &mut class as *mut _ as *mut _, ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG },
+        CK_ATTRIBUTE { type_: CKA_KEY_TYPE, pValue: &mut ktype as *mut _ as *mut _, ulValueLen: size_of::<CK_KEY_TYPE>() as CK_ULONG },
+        attr(CKA_TOKEN, &mut f_),
+        attr(CKA_SENSITIVE, &mut f_),
+        attr(CKA_EXTRACTABLE, &mut t_),
+    ];
+    let mut handle: CK_OBJECT_HANDLE = 0;
+    let rv = crate::bcall!(backend, C_UnwrapKey(session.handle(), &mut m, kek.handle(), wrapped.as_ptr() as *mut u8,
+        wrapped.len() as CK_ULONG, template.as_mut_ptr(), template.len() as CK_ULONG, &mut handle));
+    crate::backend::check("C_UnwrapKey", rv)?;
+    // SAFETY: the handle was just returned by the backend for this session.
+    let temp = unsafe { ObjectHandle::new_from_raw(handle) };
+    let value = session.get_attributes(temp, &[AttributeType::Value]);
+    let _ = session.destroy_object(temp);
+    match value.map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?.pop() {
+        Some(Attribute::Value(mut v)) => {
+            let out = SecretBytes::from_slice(&v);
+            v.zeroize();
+            Ok(out)
+        }
+        _ => Err(Error::Rv(CKR_GENERAL_ERROR)),
+    }
+}

@@ -1,0 +1,139 @@
+//! The HSM behind us. `cryptoki` loads and initialises it and drives the KEK
+//! operations; the raw function list of the same loaded library serves the
+//! calls we forward unchanged, so mechanism parameters pass through untouched.
+
+pub mod kek;
+pub mod pool;
+
+use std::path::Path;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
+use cryptoki_sys::*;
+
+use crate::error::{Error, Result};
+
+/// Call a function of the backend's raw function list; a missing entry is
+/// `CKR_FUNCTION_NOT_SUPPORTED`.
+#[macro_export]
+macro_rules! bcall {
+    ($backend:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $backend.raw().$f {
+            // SAFETY: the pointer comes from the backend's function list, and
+            // the library stays loaded while `Backend` lives.
+            Some(f) => unsafe { f($($arg),*) },
+            None => cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    };
+}
+
+pub struct Backend {
+    pkcs11: Pkcs11,
+    raw: RawList,
+    /// Keeps the library mapped for `raw`; cryptoki holds its own handle too.
+    _lib: libloading::Library,
+    /// False when the host had already initialised the backend itself: then
+    /// our C_Finalize must leave it initialised.
+    we_initialized: bool,
+}
+
+/// The backend's function list; immutable and owned by the loaded library.
+struct RawList(*const CK_FUNCTION_LIST);
+// SAFETY: the list is a table of function pointers the backend never mutates.
+unsafe impl Send for RawList {}
+unsafe impl Sync for RawList {}
+
+impl Backend {
+    pub fn load(path: &Path) -> Result<Backend> {
+        let pkcs11 = Pkcs11::new(path)
+            .map_err(|e| Error::BackendLoad(format!("cannot load {}: {e}", path.display())))?;
+        // SAFETY: loading the same library cryptoki just loaded; dlopen
+        // returns the same mapping, so both see one backend state.
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| Error::BackendLoad(format!("cannot load {}: {e}", path.display())))?;
+        let raw = unsafe {
+            let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+                lib.get(b"C_GetFunctionList\0").map_err(|e| {
+                    Error::BackendLoad(format!("{}: no C_GetFunctionList: {e}", path.display()))
+                })?;
+            let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+            let rv = get(&mut list);
+            if rv != CKR_OK || list.is_null() {
+                return Err(Error::Backend { func: "C_GetFunctionList", rv });
+            }
+            RawList(list)
+        };
+        // OS locking: without it SoftHSM2 does no locking at all.
+        let we_initialized = match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => true,
+            Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
+            Err(e) => return Err(Error::from_cryptoki("C_Initialize", e)),
+        };
+        Ok(Backend { pkcs11, raw, _lib: lib, we_initialized })
+    }
+
+    pub fn raw(&self) -> &CK_FUNCTION_LIST {
+        // SAFETY: non-null (checked in load) and valid while the library is loaded.
+        unsafe { &*self.raw.0 }
+    }
+
+    pub fn pkcs11(&self) -> &Pkcs11 {
+        &self.pkcs11
+    }
+
+    /// Backend slots whose token is initialised, in the backend's order.
+    pub fn token_slots(&self) -> Result<Vec<CK_SLOT_ID>> {
+        let slots = self
+            .pkcs11
+            .get_slots_with_initialized_token()
+            .map_err(|e| Error::from_cryptoki("C_GetSlotList", e))?;
+        Ok(slots.iter().map(|s| s.id()).collect())
+    }
+
+    pub fn token_info(&self, slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
+        let mut info = CK_TOKEN_INFO::default();
+        let rv = bcall!(self, C_GetTokenInfo(slot, &mut info));
+        check("C_GetTokenInfo", rv)?;
+        Ok(info)
+    }
+
+    pub fn slot_info(&self, slot: CK_SLOT_ID) -> Result<CK_SLOT_INFO> {
+        let mut info = CK_SLOT_INFO::default();
+        let rv = bcall!(self, C_GetSlotInfo(slot, &mut info));
+        check("C_GetSlotInfo", rv)?;
+        Ok(info)
+    }
+
+    pub fn mechanisms(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>> {
+        let mut n: CK_ULONG = 0;
+        check("C_GetMechanismList", bcall!(self, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n)))?;
+        let mut v = vec![0 as CK_MECHANISM_TYPE; n as usize];
+        check("C_GetMechanismList", bcall!(self, C_GetMechanismList(slot, v.as_mut_ptr(), &mut n)))?;
+        v.truncate(n as usize);
+        Ok(v)
+    }
+
+    pub fn mechanism_info(&self, slot: CK_SLOT_ID, m: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
+        let mut info = CK_MECHANISM_INFO::default();
+        check("C_GetMechanismInfo", bcall!(self, C_GetMechanismInfo(slot, m, &mut info)))?;
+        Ok(info)
+    }
+
+    /// Release the backend, unless the host program initialised it first.
+    pub fn finalize(self) {
+        if self.we_initialized {
+            if let Err(e) = self.pkcs11.finalize() {
+                crate::log_warn!("backend C_Finalize: {e}");
+            }
+        }
+    }
+}
+
+/// `CKR_OK` or a backend error naming the function.
+pub fn check(func: &'static str, rv: CK_RV) -> Result<()> {
+    if rv == CKR_OK {
+        Ok(())
+    } else {
+        Err(Error::Backend { func, rv })
+    }
+}

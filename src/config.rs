@@ -1,0 +1,122 @@
+//! The module's configuration: a TOML file named by `HSM_ENVELOPE_CONF`
+//! (PKCS#11 modules cannot take arguments). Every key has a default that
+//! works with a local SoftHSM2 token made by `softhsm-config/new-token.sh`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const CONF_ENV: &str = "HSM_ENVELOPE_CONF";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Path of the backend HSM's PKCS#11 module.
+    pub backend_module: PathBuf,
+    /// Label of the backend token that holds the KEK; its DEKs live there.
+    pub token_label: String,
+    /// Label of the AES-256 KEK on that token.
+    pub kek_label: String,
+    /// SQLite file holding wrapped DEK records (created on first use).
+    pub store_path: PathBuf,
+    /// Optional log file (appended to). Without it, warnings go to stderr.
+    pub log_file: Option<PathBuf>,
+    /// One of error, warn, info, debug.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config {
+            backend_module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+            token_label: "hsm-envelope".into(),
+            kek_label: "kek".into(),
+            store_path: data.join("hsm-envelope").join("deks.sqlite"),
+            log_file: None,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Load from `HSM_ENVELOPE_CONF`, or the defaults when it is unset.
+    pub fn from_env() -> Result<Config> {
+        match std::env::var_os(CONF_ENV) {
+            Some(p) if !p.is_empty() => Config::from_file(Path::new(&p)),
+            _ => Ok(Config::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read {} (named by {CONF_ENV}): {e}", path.display()))
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config> {
+        // toml's message names the key, the line and what was expected.
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, want: &str| Err(Error::Config(format!("key `{key}`: expected {want}")));
+        if self.kek_label.is_empty() {
+            return bad("kek_label", "a non-empty label");
+        }
+        if self.token_label.is_empty() || self.token_label.len() > 32 {
+            return bad("token_label", "a token label of 1 to 32 bytes");
+        }
+        if self.store_path.as_os_str().is_empty() {
+            return bad("store_path", "a file path");
+        }
+        if crate::logging::Level::parse(&self.log_level).is_none() {
+            return bad("log_level", "one of \"error\", \"warn\", \"info\", \"debug\"");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.kek_label, "kek");
+        let c = Config::from_toml(
+            "backend_module = \"/x.so\"\ntoken_label = \"t\"\nkek_label = \"k\"\nstore_path = \"/s.db\"\nlog_file = \"/l\"\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.backend_module, PathBuf::from("/x.so"));
+        assert_eq!(c.log_file, Some(PathBuf::from("/l")));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("kek_lable = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("kek_lable"), "{e}");
+        let e = Config::from_toml("kek_label = 3").unwrap_err().to_string();
+        assert!(e.contains("kek_label") && e.contains("string"), "{e}");
+        let e = Config::from_toml("log_level = \"loud\"").unwrap_err().to_string();
+        assert!(e.contains("log_level"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_path() {
+        let e = Config::from_file(Path::new("/nonexistent/hsm.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/hsm.toml"), "{e}");
+    }
+}

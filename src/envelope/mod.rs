@@ -1,0 +1,9 @@
+//! The KEK/DEK hierarchy: wrapped-record format, protected key memory and
+//! the service that seals and opens DEK values with the KEK on the HSM.
+
+pub mod cache;
+pub mod record;
+pub mod secret;
+pub mod service;
+
+pub use service::Envelope;

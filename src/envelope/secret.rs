@@ -1,0 +1,265 @@
+//! `SecretBytes`: a heap buffer for key material (unwrapped DEK values).
+//!
+//! Guarantees:
+//! - the bytes live in exactly one allocation for the buffer's whole life
+//!   (there is no API that grows it, so no stale copies are left behind by a
+//!   reallocation);
+//! - they are zeroized (with `zeroize`, which the optimiser cannot elide)
+//!   before the memory is returned to the allocator;
+//! - best-effort, the pages are `mlock`ed (kept out of swap) and marked
+//!   `MADV_DONTDUMP` (kept out of core dumps). Either can fail — containers
+//!   commonly have an 8 MiB `RLIMIT_MEMLOCK` — and then the buffer simply
+//!   stays unlocked: a key that cannot be locked is still better served than
+//!   a failed `C_Decrypt` in the host database.
+//!
+//! Why whole pages: `mlock` works on pages and does not nest. If two buffers
+//! shared a page, dropping one would `munlock` the page under the other, and
+//! `MADV_DONTDUMP` would leak onto unrelated heap data. So every non-empty
+//! buffer owns its own page-aligned run of pages. The cost is at least one
+//! page per key, which is fine for a DEK cache (8 MiB of lock budget is
+//! ~2000 keys; beyond that, keys are kept unlocked).
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use zeroize::Zeroize;
+
+/// A fixed-size, zeroize-on-drop, best-effort locked buffer for secrets.
+///
+/// Not `Clone` on purpose (copies of keys should be visible in the code):
+/// use [`SecretBytes::try_clone`]. `Debug` never prints the bytes.
+pub struct SecretBytes {
+    ptr: NonNull<u8>,
+    /// Bytes visible through the API.
+    len: usize,
+    /// Layout of the allocation (whole pages); `None` for `len == 0`, which
+    /// allocates nothing.
+    layout: Option<Layout>,
+    /// Whether `mlock` succeeded, so drop knows to `munlock`.
+    locked: bool,
+    /// Whether `MADV_DONTDUMP` succeeded, so drop knows to undo it before the
+    /// allocator reuses the pages.
+    dontdump: bool,
+}
+
+// SAFETY: `SecretBytes` uniquely owns its allocation (like `Box<[u8]>`); the
+// raw pointer is never shared, so moving it to or sharing `&` across threads
+// is as safe as for `Box<[u8]>`.
+unsafe impl Send for SecretBytes {}
+// SAFETY: see `Send`; `&SecretBytes` only gives out `&[u8]`.
+unsafe impl Sync for SecretBytes {}
+
+impl zeroize::ZeroizeOnDrop for SecretBytes {}
+
+fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        match usize::try_from(p) {
+            Ok(p) if p.is_power_of_two() => p,
+            _ => 4096,
+        }
+    })
+}
+
+impl SecretBytes {
+    /// A zero-filled buffer of `len` bytes.
+    ///
+    /// # Panics
+    /// Like `Vec`, if `len` rounded up to whole pages overflows `isize`;
+    /// aborts (via `handle_alloc_error`) if the allocator is out of memory.
+    pub fn new(len: usize) -> Self {
+        if len == 0 {
+            return SecretBytes {
+                ptr: NonNull::dangling(),
+                len: 0,
+                layout: None,
+                locked: false,
+                dontdump: false,
+            };
+        }
+        let page = page_size();
+        let size = len
+            .checked_add(page - 1)
+            .map(|n| n & !(page - 1))
+            .and_then(|n| Layout::from_size_align(n, page).ok());
+        let Some(layout) = size else {
+            panic!("SecretBytes: capacity overflow");
+        };
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout);
+        };
+        // Lock before any secret is written into the pages. Failure is
+        // expected under a small RLIMIT_MEMLOCK: carry on unlocked.
+        // SAFETY: [ptr, ptr+size) is our allocation; mlock does not touch it.
+        let locked = unsafe { libc::mlock(ptr.as_ptr().cast(), layout.size()) } == 0;
+        let dontdump = Self::advise_dontdump(ptr, layout.size());
+        SecretBytes {
+            ptr,
+            len,
+            layout: Some(layout),
+            locked,
+            dontdump,
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn advise_dontdump(ptr: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: page-aligned range that we own; the advice does not change
+        // the contents.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_DONTDUMP) == 0 }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn advise_dontdump(_ptr: NonNull<u8>, _size: usize) -> bool {
+        false
+    }
+
+    /// A buffer holding a copy of `bytes`. The copy is made into the
+    /// already-locked pages.
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        let mut s = Self::new(bytes.len());
+        s.as_mut_slice().copy_from_slice(bytes);
+        s
+    }
+
+    /// An explicit copy (there is deliberately no `Clone`).
+    pub fn try_clone(&self) -> Self {
+        Self::from_slice(self.as_slice())
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes (dangling is fine for len 0),
+        // initialised (alloc_zeroed), and borrowed immutably via &self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, with exclusive access through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the pages were successfully `mlock`ed (diagnostics/tests).
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        let Some(layout) = self.layout else {
+            return;
+        };
+        // SAFETY: the whole allocation is ours and initialised.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), layout.size()) };
+        all.zeroize();
+        // Undo page flags only after zeroizing, so the secret is never in an
+        // unlocked/dumpable page.
+        if self.locked {
+            // SAFETY: same range that was mlocked.
+            unsafe { libc::munlock(self.ptr.as_ptr().cast(), layout.size()) };
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if self.dontdump {
+            // The allocator will reuse these pages for unrelated data, which
+            // should appear in core dumps again.
+            // SAFETY: same range that was advised.
+            unsafe { libc::madvise(self.ptr.as_ptr().cast(), layout.size(), libc::MADV_DODUMP) };
+        }
+        // SAFETY: allocated in `new` with exactly this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes([REDACTED; {}])", self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let data: Vec<u8> = (0..32u8).collect();
+        let s = SecretBytes::from_slice(&data);
+        assert_eq!(s.as_slice(), &data[..]);
+        assert_eq!(s.len(), 32);
+        assert!(!s.is_empty());
+
+        let mut z = SecretBytes::new(24);
+        assert_eq!(z.as_slice(), &[0u8; 24]);
+        z.as_mut_slice()[3] = 7;
+        assert_eq!(z.as_slice()[3], 7);
+
+        let c = s.try_clone();
+        assert_eq!(c.as_slice(), s.as_slice());
+        assert_ne!(c.as_slice().as_ptr(), s.as_slice().as_ptr());
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let s = SecretBytes::from_slice(&[0xAB; 16]);
+        let d = format!("{s:?}");
+        assert_eq!(d, "SecretBytes([REDACTED; 16])");
+        assert!(!d.contains("171") && !d.to_lowercase().contains("ab,"));
+    }
+
+    #[test]
+    fn zero_length() {
+        let mut s = SecretBytes::new(0);
+        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.as_slice(), &[] as &[u8]);
+        assert_eq!(s.as_mut_slice().len(), 0);
+        let e = SecretBytes::from_slice(&[]);
+        assert!(e.try_clone().is_empty());
+        assert_eq!(format!("{e:?}"), "SecretBytes([REDACTED; 0])");
+    }
+
+    #[test]
+    fn page_aligned_and_exclusive() {
+        // Each buffer owns whole pages, so munlock on one cannot unlock
+        // another's page.
+        let page = page_size();
+        let a = SecretBytes::new(32);
+        let b = SecretBytes::new(32);
+        let pa = a.as_slice().as_ptr() as usize;
+        let pb = b.as_slice().as_ptr() as usize;
+        assert_eq!(pa % page, 0);
+        assert_eq!(pb % page, 0);
+        assert_ne!(pa / page, pb / page);
+    }
+
+    #[test]
+    fn many_buffers_past_mlock_limit_do_not_fail() {
+        // 4096 pages is 16 MiB with 4 KiB pages: past a typical 8 MiB
+        // RLIMIT_MEMLOCK, so some of these stay unlocked, and that must be
+        // fine.
+        let v: Vec<SecretBytes> = (0..4096).map(|i| SecretBytes::from_slice(&[i as u8; 32])).collect();
+        for (i, s) in v.iter().enumerate() {
+            assert_eq!(s.as_slice(), &[i as u8; 32]);
+        }
+    }
+
+    #[test]
+    fn send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SecretBytes>();
+    }
+}

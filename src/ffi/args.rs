@@ -1,0 +1,166 @@
+//! Pointer and buffer rules of the C ABI, in one place: reading caller
+//! memory, and the two-call length convention (a length query has no side
+//! effects; nothing is written past the caller's buffer).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use cryptoki_sys::*;
+use zeroize::Zeroizing;
+
+use crate::crypto::CryptoError;
+use crate::error::{rv_name, Error, Result};
+use crate::token::attributes::{Template, TemplateAttr};
+use crate::token::crypt::Out;
+
+/// Run a shim body: panics stop here, errors become `CK_RV`.
+pub fn guard(name: &str, f: impl FnOnce() -> Result<CK_RV>) -> CK_RV {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(rv)) => rv,
+        Ok(Err(e)) => {
+            let rv = e.rv();
+            match &e {
+                Error::Rv(_) => crate::log_debug!("{name}: {}", rv_name(rv)),
+                other => crate::log_warn!("{name}: {other}"),
+            }
+            rv
+        }
+        Err(_) => {
+            crate::log_error!("{name}: internal panic caught at the C boundary");
+            CKR_GENERAL_ERROR
+        }
+    }
+}
+
+pub fn ok(r: Result<()>) -> Result<CK_RV> {
+    r.map(|_| CKR_OK)
+}
+
+pub fn bad() -> Error {
+    Error::Rv(CKR_ARGUMENTS_BAD)
+}
+
+/// Caller bytes; a null pointer is only fine with length 0.
+///
+/// # Safety
+/// `p` must point to `len` readable bytes when non-null.
+pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(bad());
+    }
+    Ok(std::slice::from_raw_parts(p, len as usize))
+}
+
+/// # Safety
+/// `p` must be null or valid for a write of T.
+pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {
+    if p.is_null() {
+        return Err(bad());
+    }
+    p.write(v);
+    Ok(())
+}
+
+/// The caller's output buffer (pOut, *pulLen) for a cipher call. Reads the
+/// length only; writes nothing.
+///
+/// # Safety
+/// `pul` must be valid for reads; `p` valid for `*pul` bytes when non-null.
+pub unsafe fn out_buf<'a>(p: *mut u8, pul: *mut CK_ULONG) -> Result<Out<'a>> {
+    if pul.is_null() {
+        return Err(bad());
+    }
+    if p.is_null() {
+        return Ok(Out::Query);
+    }
+    Ok(Out::Buf(std::slice::from_raw_parts_mut(p, *pul as usize)))
+}
+
+/// Report a cipher call's outcome through *pulLen.
+///
+/// # Safety
+/// `pul` must be valid for writes (checked non-null by `out_buf`).
+pub unsafe fn report_len(r: Result<usize>, pul: *mut CK_ULONG) -> Result<CK_RV> {
+    match r {
+        Ok(n) => {
+            put(pul, n as CK_ULONG)?;
+            Ok(CKR_OK)
+        }
+        Err(Error::Crypto(CryptoError::BufferTooSmall { needed })) => {
+            put(pul, needed as CK_ULONG)?;
+            Ok(CKR_BUFFER_TOO_SMALL)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Copy `data` out under the two-call convention.
+///
+/// # Safety
+/// As `out_buf`.
+pub unsafe fn write_bytes(data: &[u8], p: *mut u8, pul: *mut CK_ULONG) -> Result<CK_RV> {
+    match out_buf(p, pul)? {
+        Out::Query => {}
+        Out::Buf(buf) => {
+            let Some(dst) = buf.get_mut(..data.len()) else {
+                put(pul, data.len() as CK_ULONG)?;
+                return Ok(CKR_BUFFER_TOO_SMALL);
+            };
+            dst.copy_from_slice(data);
+        }
+    }
+    put(pul, data.len() as CK_ULONG)?;
+    Ok(CKR_OK)
+}
+
+/// Copy a list (slot ids, mechanisms) out under the two-call convention.
+///
+/// # Safety
+/// `pul` valid for reads and writes; `p` valid for `*pul` items when non-null.
+pub unsafe fn write_list<T: Copy>(items: &[T], p: *mut T, pul: *mut CK_ULONG) -> Result<CK_RV> {
+    if pul.is_null() {
+        return Err(bad());
+    }
+    if !p.is_null() {
+        if (*pul as usize) < items.len() {
+            *pul = items.len() as CK_ULONG;
+            return Ok(CKR_BUFFER_TOO_SMALL);
+        }
+        std::ptr::copy_nonoverlapping(items.as_ptr(), p, items.len());
+    }
+    *pul = items.len() as CK_ULONG;
+    Ok(CKR_OK)
+}
+
+/// Copy a caller's template. Values may be key material: zeroized on drop.
+///
+/// # Safety
+/// `p` must point to `n` attributes whose values are readable.
+pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return Err(bad());
+    }
+    let attrs = std::slice::from_raw_parts(p, n as usize);
+    let mut out = Vec::with_capacity(attrs.len());
+    for a in attrs {
+        if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+            return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+        }
+        let v = bytes(a.pValue as *const u8, a.ulValueLen).map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
+        out.push(TemplateAttr { ty: a.type_, value: Zeroizing::new(v.to_vec()) });
+    }
+    Ok(out)
+}
+
+/// The caller's mechanism, checked for null.
+///
+/// # Safety
+/// `p` must be null or point to a valid CK_MECHANISM.
+pub unsafe fn mechanism<'a>(p: *const CK_MECHANISM) -> Result<&'a CK_MECHANISM> {
+    p.as_ref().ok_or_else(bad)
+}

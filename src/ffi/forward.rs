@@ -1,0 +1,68 @@
+//! Shims forwarded to the backend unchanged but for the session and key
+//! handles: digests, signatures, verification.
+
+use cryptoki_sys::*;
+
+use super::args::*;
+use crate::bcall;
+use crate::token::keys;
+use crate::token::sessions::lookup;
+
+/// A call that takes a session and passes everything else through.
+macro_rules! forward_session {
+    ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, $($arg: $ty),*) -> CK_RV {
+            guard(stringify!($name), || {
+                let (m, s) = lookup(h)?;
+                Ok(bcall!(m.backend, $name(s.backend, $($arg),*)))
+            })
+        }
+    )*};
+}
+
+/// An init call that takes a mechanism and one key handle to translate.
+macro_rules! forward_key_init {
+    ($($name:ident;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+            guard(stringify!($name), || {
+                mechanism(p_m)?;
+                let (m, s) = lookup(h)?;
+                let bkey = keys::backend_key(&m, &s, key)?;
+                Ok(bcall!(m.backend, $name(s.backend, p_m, bkey)))
+            })
+        }
+    )*};
+}
+
+forward_key_init! {
+    C_SignInit;
+    C_VerifyInit;
+    C_SignRecoverInit;
+    C_VerifyRecoverInit;
+}
+
+forward_session! {
+    C_DigestInit(p_m: *mut CK_MECHANISM);
+    C_Digest(p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
+    C_DigestUpdate(p_in: *mut CK_BYTE, n: CK_ULONG);
+    C_DigestFinal(p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
+    C_Sign(p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
+    C_SignUpdate(p_in: *mut CK_BYTE, n: CK_ULONG);
+    C_SignFinal(p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
+    C_SignRecover(p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
+    C_Verify(p_in: *mut CK_BYTE, n: CK_ULONG, p_sig: *mut CK_BYTE, sig_len: CK_ULONG);
+    C_VerifyUpdate(p_in: *mut CK_BYTE, n: CK_ULONG);
+    C_VerifyFinal(p_sig: *mut CK_BYTE, sig_len: CK_ULONG);
+    C_VerifyRecover(p_sig: *mut CK_BYTE, sig_len: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+    guard("C_DigestKey", || {
+        let (m, s) = lookup(h)?;
+        let bkey = keys::backend_key(&m, &s, key)?;
+        Ok(bcall!(m.backend, C_DigestKey(s.backend, bkey)))
+    })
+}

@@ -1,0 +1,120 @@
+//! Parsing mechanism parameters for the software engines. Both layouts of
+//! CK_GCM_PARAMS are accepted, told apart by ulParameterLen: the 2.40 header
+//! (with ulIvBits) and the 2.40 spec text / 3.0 errata (without).
+
+use cryptoki_sys::*;
+
+use crate::crypto::Mode;
+use crate::error::{Error, Result};
+
+/// CK_GCM_PARAMS as some callers lay it out: without `ulIvBits`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GcmParamsNoIvBits {
+    p_iv: *mut CK_BYTE,
+    ul_iv_len: CK_ULONG,
+    p_aad: *mut CK_BYTE,
+    ul_aad_len: CK_ULONG,
+    ul_tag_bits: CK_ULONG,
+}
+
+/// Largest GCM IV accepted (the 2.40 limit).
+const MAX_GCM_IV: CK_ULONG = 256;
+
+fn param_invalid() -> Error {
+    Error::Rv(CKR_MECHANISM_PARAM_INVALID)
+}
+
+/// # Safety
+/// `m.pParameter` must point to `m.ulParameterLen` readable bytes.
+unsafe fn param<T: Copy>(m: &CK_MECHANISM) -> Result<T> {
+    if m.pParameter.is_null() || m.ulParameterLen as usize != size_of::<T>() {
+        return Err(param_invalid());
+    }
+    Ok(std::ptr::read_unaligned(m.pParameter as *const T))
+}
+
+/// # Safety
+/// `p` must point to `len` readable bytes when non-null.
+unsafe fn param_bytes(p: *const u8, len: CK_ULONG) -> Result<Vec<u8>> {
+    super::args::bytes(p, len).map(<[u8]>::to_vec).map_err(|_| param_invalid())
+}
+
+/// The software mode for `m`, or CKR_MECHANISM_INVALID if it has none.
+///
+/// # Safety
+/// `m` must be a valid CK_MECHANISM with readable parameters.
+pub unsafe fn soft_mode(m: &CK_MECHANISM) -> Result<Mode> {
+    match m.mechanism {
+        CKM_AES_GCM => {
+            let (iv, iv_len, aad, aad_len, tag_bits) = if m.ulParameterLen as usize == size_of::<CK_GCM_PARAMS>() {
+                let p: CK_GCM_PARAMS = param(m)?;
+                (p.pIv, p.ulIvLen, p.pAAD, p.ulAADLen, p.ulTagBits)
+            } else {
+                let p: GcmParamsNoIvBits = param(m)?;
+                (p.p_iv, p.ul_iv_len, p.p_aad, p.ul_aad_len, p.ul_tag_bits)
+            };
+            if iv_len == 0 || iv_len > MAX_GCM_IV || iv.is_null() {
+                return Err(param_invalid());
+            }
+            if !(32..=128).contains(&tag_bits) || tag_bits % 8 != 0 {
+                return Err(param_invalid());
+            }
+            Ok(Mode::Gcm {
+                iv: param_bytes(iv, iv_len)?,
+                aad: param_bytes(aad, aad_len)?,
+                tag_len: (tag_bits / 8) as usize,
+            })
+        }
+        CKM_AES_CBC_PAD => {
+            let iv: [u8; 16] = param(m)?;
+            Ok(Mode::CbcPad { iv })
+        }
+        CKM_AES_CTR => {
+            let p: CK_AES_CTR_PARAMS = param(m)?;
+            if p.ulCounterBits == 0 || p.ulCounterBits > 128 {
+                return Err(param_invalid());
+            }
+            Ok(Mode::Ctr { iv: p.cb, counter_bits: p.ulCounterBits as usize })
+        }
+        _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
+    }
+}
+
+/// Whether a wrap mechanism carries parameters (our software path takes none).
+pub fn has_params(m: &CK_MECHANISM) -> bool {
+    !m.pParameter.is_null() && m.ulParameterLen > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mech(p: *mut std::ffi::c_void, len: usize) -> CK_MECHANISM {
+        CK_MECHANISM { mechanism: CKM_AES_GCM, pParameter: p, ulParameterLen: len as CK_ULONG }
+    }
+
+    #[test]
+    fn gcm_both_layouts_and_bad_params() {
+        let mut iv = [1u8; 12];
+        let mut aad = [2u8; 5];
+        let mut full = CK_GCM_PARAMS { pIv: iv.as_mut_ptr(), ulIvLen: 12, ulIvBits: 0, pAAD: aad.as_mut_ptr(), ulAADLen: 5, ulTagBits: 96 };
+        let m = mech(&mut full as *mut _ as *mut _, size_of::<CK_GCM_PARAMS>());
+        match unsafe { soft_mode(&m) }.unwrap() {
+            Mode::Gcm { iv, aad, tag_len } => assert_eq!((iv.len(), aad.len(), tag_len), (12, 5, 12)),
+            _ => panic!(),
+        }
+        let mut short = GcmParamsNoIvBits { p_iv: iv.as_mut_ptr(), ul_iv_len: 12, p_aad: std::ptr::null_mut(), ul_aad_len: 0, ul_tag_bits: 128 };
+        let m = mech(&mut short as *mut _ as *mut _, size_of::<GcmParamsNoIvBits>());
+        assert!(unsafe { soft_mode(&m) }.is_ok());
+        for (iv_len, tag) in [(0, 128), (12, 24), (12, 136), (12, 100), (300, 128)] {
+            let mut p = CK_GCM_PARAMS { pIv: iv.as_mut_ptr(), ulIvLen: iv_len, ulIvBits: 0, pAAD: std::ptr::null_mut(), ulAADLen: 0, ulTagBits: tag };
+            let m = mech(&mut p as *mut _ as *mut _, size_of::<CK_GCM_PARAMS>());
+            assert_eq!(unsafe { soft_mode(&m) }.unwrap_err().rv(), CKR_MECHANISM_PARAM_INVALID);
+        }
+        let m = mech(&mut full as *mut _ as *mut _, 7);
+        assert_eq!(unsafe { soft_mode(&m) }.unwrap_err().rv(), CKR_MECHANISM_PARAM_INVALID);
+        let m = mech(std::ptr::null_mut(), size_of::<CK_GCM_PARAMS>());
+        assert_eq!(unsafe { soft_mode(&m) }.unwrap_err().rv(), CKR_MECHANISM_PARAM_INVALID);
+    }
+}

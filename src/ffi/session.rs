@@ -1,0 +1,84 @@
+//! Shims: sessions, login, PINs, random numbers.
+
+use cryptoki_sys::*;
+
+use super::args::*;
+use crate::token::sessions;
+
+#[no_mangle]
+pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: *mut std::ffi::c_void, _notify: CK_NOTIFY, ph: *mut CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_OpenSession", || {
+        if ph.is_null() {
+            return Err(bad());
+        }
+        ok(put(ph, sessions::open(slot, flags)?))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_CloseSession", || ok(sessions::close(h)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
+    guard("C_CloseAllSessions", || ok(sessions::close_all(slot)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, p_info: *mut CK_SESSION_INFO) -> CK_RV {
+    guard("C_GetSessionInfo", || {
+        if p_info.is_null() {
+            return Err(bad());
+        }
+        ok(put(p_info, sessions::info(h)?))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_Login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
+    guard("C_Login", || {
+        if pin.is_null() && len > 0 {
+            return Err(bad());
+        }
+        ok(sessions::login(h, user, pin, len))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_Logout", || ok(sessions::logout(h)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
+    guard("C_InitPIN", || {
+        bytes(pin, len)?;
+        ok(sessions::init_pin(h, pin, len))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_SetPIN(h: CK_SESSION_HANDLE, old: *mut CK_UTF8CHAR, old_len: CK_ULONG, new: *mut CK_UTF8CHAR, new_len: CK_ULONG) -> CK_RV {
+    guard("C_SetPIN", || {
+        bytes(old, old_len)?;
+        bytes(new, new_len)?;
+        ok(sessions::set_pin(h, old, old_len, new, new_len))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, p: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    guard("C_GenerateRandom", || {
+        bytes(p, len)?;
+        ok(sessions::generate_random(h, p, len))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, p: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    guard("C_SeedRandom", || {
+        bytes(p, len)?;
+        ok(sessions::seed_random(h, p, len))
+    })
+}

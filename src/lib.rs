@@ -1,0 +1,24 @@
+//! hsm-envelope: a PKCS#11 module that keeps key-encryption keys (KEKs) on a
+//! backend HSM, wraps data-encryption keys (DEKs) there, and runs bulk AES in
+//! software on the unwrapped DEK.
+//!
+//! Layers, outermost first:
+//! - [`ffi`]: the C ABI only (thin `extern "C"` shims, function lists).
+//! - [`token`]: PKCS#11 semantics (slots, sessions, login, objects, attributes).
+//! - [`envelope`]: the KEK/DEK hierarchy (record format, key cache).
+//! - [`backend`]: the HSM behind us, reached through `cryptoki`.
+//! - [`crypto`]: software AES engines.
+//! - [`store`]: persistence of wrapped DEK records (SQLite).
+
+pub mod backend;
+pub mod config;
+pub mod crypto;
+pub mod envelope;
+pub mod error;
+pub mod ffi;
+pub mod logging;
+pub mod store;
+pub mod token;
+pub mod vendor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,401 @@
+//! Wrapped-DEK persistence on embedded SQLite.
+//!
+//! One SQLite file holds every token DEK as a wrapped record (see
+//! `envelope::record`), its serialized attributes and bookkeeping. The file
+//! is shared safely by several processes on one host:
+//!
+//! - WAL journal: readers never block the writer and vice versa, which
+//!   matters when a database and the admin tool use the store at once.
+//! - `busy_timeout` ([`BUSY_TIMEOUT`]): a writer that finds the file locked
+//!   waits instead of failing with `SQLITE_BUSY`.
+//! - Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, which
+//!   takes the write lock up front. (A deferred transaction that reads and
+//!   then writes can fail with `SQLITE_BUSY` *without* waiting, because its
+//!   read snapshot may be stale.)
+//! - `synchronous=FULL`: see [`Store::open`].
+//! - `secure_delete=ON`: deleted and overwritten rows are zeroed on disk,
+//!   so a purged or re-wrapped record does not linger in free space.
+//!
+//! The schema version lives in `PRAGMA user_version` ([`SCHEMA_VERSION`]).
+//!
+//! Nothing here logs row contents.
+
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use thiserror::Error;
+
+/// Schema version written to `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a connection waits for another process's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DekRow {
+    /// 16 random bytes chosen by the caller; primary key.
+    pub id: [u8; 16],
+    /// CKA_LABEL (empty if none).
+    pub label: Vec<u8>,
+    /// CKA_ID (empty if none).
+    pub ckaid: Vec<u8>,
+    /// The caller's serialized attribute set.
+    pub attrs: Vec<u8>,
+    /// `WrappedRecord::encode()`.
+    pub record: Vec<u8>,
+    pub kek_label: String,
+    pub kek_version: u32,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub updated: i64,
+    /// Bumped by every [`Store::update`]; for change detection and
+    /// optimistic concurrency.
+    pub generation: i64,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open DEK store {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("DEK store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("DEK store {path} has schema version {found}, this build supports {supported}")]
+    Schema { path: PathBuf, found: i64, supported: i64 },
+    #[error("DEK record already exists")]
+    Duplicate,
+    #[error("DEK record not found")]
+    NotFound,
+}
+
+/// A connection to the DEK store.
+///
+/// `Send` but not `Sync`: share it behind a `Mutex`, or open one per thread
+/// (several `Store`s on one file, in one or many processes, are fine).
+///
+/// Do not carry a `Store` across `fork()`: SQLite connections must not be
+/// used in a child process. A child must open its own `Store`, and should
+/// `std::mem::forget` (not drop) any it inherited, so that closing it does
+/// not disturb the parent's locks or WAL.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value BLOB
+);
+CREATE TABLE IF NOT EXISTS dek (
+    id          BLOB PRIMARY KEY NOT NULL CHECK (typeof(id) = 'blob' AND length(id) = 16),
+    label       BLOB,
+    ckaid       BLOB,
+    attrs       BLOB NOT NULL,
+    record      BLOB NOT NULL,
+    kek_label   TEXT NOT NULL,
+    kek_version INTEGER NOT NULL,
+    created     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    last_used   INTEGER,
+    generation  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dek_kek ON dek (kek_label, kek_version);
+";
+
+const ROW_COLUMNS: &str =
+    "id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, generation";
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn row_to_dek(r: &Row<'_>) -> rusqlite::Result<DekRow> {
+    Ok(DekRow {
+        id: r.get(0)?,
+        label: r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+        ckaid: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+        attrs: r.get(3)?,
+        record: r.get(4)?,
+        kek_label: r.get(5)?,
+        kek_version: r.get(6)?,
+        created: r.get(7)?,
+        updated: r.get(8)?,
+        generation: r.get(9)?,
+    })
+}
+
+fn is_pk_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_extended_error_code(),
+        Some(ffi::SQLITE_CONSTRAINT_PRIMARYKEY) | Some(ffi::SQLITE_CONSTRAINT_UNIQUE)
+    )
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ffi::ErrorCode::DatabaseBusy) | Some(ffi::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// An `Open` error carrying our own explanation (missing directory, ...).
+fn open_error(path: &Path, msg: String) -> StoreError {
+    StoreError::Open {
+        path: path.to_path_buf(),
+        source: rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CANTOPEN), Some(msg)),
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file and schema on first use.
+    ///
+    /// The parent directory must exist (we do not guess where an operator
+    /// wants key material); if it does not, the error names it. A new file
+    /// is created with mode 0600; SQLite gives the `-wal`/`-shm` files the
+    /// same mode. To share the store between users, pre-create the file with
+    /// the desired owner and mode.
+    ///
+    /// `synchronous=FULL` rather than NORMAL: with WAL, NORMAL never
+    /// corrupts the file but may lose the last commits on power failure. A
+    /// lost commit here is a lost DEK whose data the application has
+    /// already encrypted, i.e. data loss; the extra fsync per commit is
+    /// cheap next to an HSM round trip.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(open_error(
+                path,
+                format!("directory {} does not exist or is not a directory", parent.display()),
+            ));
+        }
+        // Pre-create so the mode is 0600 regardless of umask defaults.
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(open_error(path, format!("cannot create file: {e}"))),
+        }
+
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        // No SQLITE_OPEN_URI: a configured path is a path, never a URI.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // The bundled SQLite is built with SQLITE_USE_URI=1, so a relative
+        // path such as `file:x?mode=ro` would be read as a URI whatever the
+        // flags; anchoring relative paths at `./` keeps them plain paths.
+        let sqlite_path = if path.is_relative() { Path::new(".").join(path) } else { path.to_path_buf() };
+        let conn = Connection::open_with_flags(&sqlite_path, flags).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        Self::configure(&conn).map_err(open_err)?;
+        let store = Store { conn, path: path.to_path_buf() };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    fn configure(conn: &Connection) -> rusqlite::Result<()> {
+        // Per-connection settings (not stored in the file).
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // A store file is data, not code: ignore any SQL functions/views a
+        // tampered file might try to make us run.
+        conn.pragma_update(None, "trusted_schema", "OFF")?;
+        // WAL is persistent in the file; only switch when needed. The switch
+        // wants an exclusive lock and SQLite does not run the busy handler
+        // for it in every case (seen when several processes open a new file
+        // at once), so retry SQLITE_BUSY here ourselves, for up to
+        // BUSY_TIMEOUT.
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                break;
+            }
+            // If WAL is refused (e.g. a filesystem without shared memory),
+            // SQLite keeps a rollback journal, which is still correct for
+            // several processes, only less concurrent; so carry on.
+            match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+                Ok(_) => break,
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn init_schema(&self) -> Result<(), StoreError> {
+        let open_err = |source| StoreError::Open { path: self.path.clone(), source };
+        let read_version = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
+        // Fast path without the write lock: an existing store.
+        let v = read_version(&self.conn).map_err(open_err)?;
+        if v != SCHEMA_VERSION {
+            self.check_newer(v)?;
+            // Several processes may create the schema at once: take the write
+            // lock, then look again.
+            let tx = self.immediate().map_err(open_err)?;
+            let v = read_version(&tx).map_err(open_err)?;
+            if v == 0 {
+                tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?1)",
+                    params![now_secs()],
+                )
+                .map_err(open_err)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+            } else {
+                self.check_newer(v)?;
+            }
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(())
+    }
+
+    /// Versions other than 0 (new file) and ours are refused; a future
+    /// version means a newer build migrated the file.
+    fn check_newer(&self, found: i64) -> Result<(), StoreError> {
+        if found == 0 || found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        Err(StoreError::Schema { path: self.path.clone(), found, supported: SCHEMA_VERSION })
+    }
+
+    fn immediate(&self) -> rusqlite::Result<Transaction<'_>> {
+        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+    }
+
+    /// The file this store was opened on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Inserts a new row as given (the caller sets `created`, `updated` and
+    /// the initial `generation`). `Duplicate` if the id exists.
+    pub fn insert(&self, row: &DekRow) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO dek (id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, last_used, generation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+        )?;
+        match stmt.execute(params![
+            row.id,
+            row.label,
+            row.ckaid,
+            row.attrs,
+            row.record,
+            row.kek_label,
+            row.kek_version,
+            row.created,
+            row.updated,
+            row.generation
+        ]) {
+            Ok(_) => Ok(()),
+            Err(e) if is_pk_violation(&e) => Err(StoreError::Duplicate),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn get(&self, id: &[u8; 16]) -> Result<Option<DekRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM dek WHERE id = ?1"))?;
+        Ok(stmt.query_row(params![id], row_to_dek).optional()?)
+    }
+
+    /// All rows, ordered by `created`, then `id`.
+    pub fn list(&self) -> Result<Vec<DekRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM dek ORDER BY created, id"))?;
+        let rows = stmt.query_map([], row_to_dek)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// `(id, generation)` of every row, ordered by id: a cheap scan that
+    /// tells another process's inserts, updates and deletes apart from "no
+    /// change" without reading records.
+    pub fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, generation FROM dek ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Atomically replaces label, CKA_ID, attrs, record and KEK reference of
+    /// an existing row, sets `updated` to now and bumps `generation`.
+    ///
+    /// `NotFound` if the row is absent. If `expect_generation` is `Some` and
+    /// differs from the stored generation, nothing is written and the result
+    /// is `Ok(false)` (optimistic concurrency: someone else changed the row
+    /// first; re-read and retry). `Ok(true)` when written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &self,
+        id: &[u8; 16],
+        label: &[u8],
+        ckaid: &[u8],
+        attrs: &[u8],
+        record: &[u8],
+        kek_label: &str,
+        kek_version: u32,
+        expect_generation: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.immediate()?;
+        let current: Option<i64> = tx
+            .prepare_cached("SELECT generation FROM dek WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        let Some(current) = current else {
+            return Err(StoreError::NotFound);
+        };
+        if expect_generation.is_some_and(|g| g != current) {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "UPDATE dek SET label = ?2, ckaid = ?3, attrs = ?4, record = ?5, kek_label = ?6,
+                            kek_version = ?7, updated = ?8, generation = ?9
+             WHERE id = ?1",
+        )?
+        .execute(params![id, label, ckaid, attrs, record, kek_label, kek_version, now_secs(), current.wrapping_add(1)])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Deletes a row for good (soft deletion is the caller's business, in
+    /// `attrs`). `Ok(false)` if it did not exist. With `secure_delete` the
+    /// bytes are zeroed in the database file; old copies can remain in the
+    /// WAL until [`Store::checkpoint`].
+    pub fn delete(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
+        let n = self.conn.prepare_cached("DELETE FROM dek WHERE id = ?1")?.execute(params![id])?;
+        Ok(n > 0)
+    }
+
+    /// Records a use. Never moves `last_used` backwards (processes' clocks
+    /// and call order may disagree), and does not bump `generation` (a use is
+    /// not a change other processes need to reload for). Each call is a
+    /// durable write, so callers should rate-limit it. `NotFound` if absent.
+    pub fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("UPDATE dek SET last_used = MAX(COALESCE(last_used, ?2), ?2) WHERE id = ?1")?
+            .execute(params![id, when])?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Copies the WAL into the database and truncates it to zero bytes, so
+    /// deleted or re-wrapped records no longer exist in any old WAL frame
+    /// (call after a purge). Returns `false` if other connections' readers
+    /// kept it from completing; try again later.
+    pub fn checkpoint(&self) -> Result<bool, StoreError> {
+        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

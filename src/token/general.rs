@@ -1,0 +1,106 @@
+//! Module, slot, token and mechanism information.
+
+use cryptoki_sys::*;
+
+use super::module::{self, label_of};
+use crate::error::{Error, Result};
+
+pub const MANUFACTURER: &str = "hsm-envelope";
+pub const LIBRARY_DESCRIPTION: &str = "hsm-envelope KEK/DEK module";
+
+/// Mechanisms run in software on DEKs, with (flags, min, max key bytes).
+pub const SOFT_MECHANISMS: &[(CK_MECHANISM_TYPE, CK_FLAGS)] = &[
+    (CKM_AES_KEY_GEN, CKF_GENERATE),
+    (CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CTR, CKF_ENCRYPT | CKF_DECRYPT),
+];
+
+/// Copy `s` into a blank-padded PKCS#11 text field.
+pub fn pad<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [b' '; N];
+    let b = s.as_bytes();
+    let n = b.len().min(N);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+pub fn info() -> Result<CK_INFO> {
+    module::get()?;
+    Ok(CK_INFO {
+        cryptokiVersion: CK_VERSION { major: 2, minor: 40 },
+        manufacturerID: pad(MANUFACTURER),
+        flags: 0,
+        libraryDescription: pad(LIBRARY_DESCRIPTION),
+        libraryVersion: CK_VERSION { major: 0, minor: 1 },
+    })
+}
+
+pub fn slot_list() -> Result<Vec<CK_SLOT_ID>> {
+    let m = module::get()?;
+    Ok((0..m.slots.len() as CK_SLOT_ID).collect())
+}
+
+pub fn slot_info(slot: CK_SLOT_ID) -> Result<CK_SLOT_INFO> {
+    let m = module::get()?;
+    let b = m.backend.slot_info(m.slot(slot)?.backend_id)?;
+    let desc = format!("hsm-envelope over {}", label_of(&b.slotDescription));
+    Ok(CK_SLOT_INFO {
+        slotDescription: pad(&desc),
+        manufacturerID: pad(MANUFACTURER),
+        flags: b.flags & (CKF_TOKEN_PRESENT | CKF_HW_SLOT),
+        hardwareVersion: b.hardwareVersion,
+        firmwareVersion: b.firmwareVersion,
+    })
+}
+
+/// The backend token's info, with our manufacturer and model.
+pub fn token_info(slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
+    let m = module::get()?;
+    let mut t = m.backend.token_info(m.slot(slot)?.backend_id)?;
+    let model = if m.dek_slot == Some(slot as usize) { "envelope" } else { "passthrough" };
+    t.manufacturerID = pad(MANUFACTURER);
+    t.model = pad(model);
+    Ok(t)
+}
+
+pub fn mechanism_list(slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>> {
+    let m = module::get()?;
+    let mut list = m.backend.mechanisms(m.slot(slot)?.backend_id)?;
+    if m.dek_slot == Some(slot as usize) {
+        for (mech, _) in SOFT_MECHANISMS {
+            if !list.contains(mech) {
+                list.push(*mech);
+            }
+        }
+    }
+    Ok(list)
+}
+
+pub fn mechanism_info(slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
+    let m = module::get()?;
+    let backend = m.backend.mechanism_info(m.slot(slot)?.backend_id, mech);
+    let soft = SOFT_MECHANISMS
+        .iter()
+        .find(|(t, _)| *t == mech)
+        .filter(|_| m.dek_slot == Some(slot as usize))
+        .map(|(_, flags)| CK_MECHANISM_INFO { ulMinKeySize: 16, ulMaxKeySize: 32, flags: *flags });
+    match (backend, soft) {
+        (Ok(b), Some(s)) => Ok(CK_MECHANISM_INFO {
+            ulMinKeySize: b.ulMinKeySize.min(s.ulMinKeySize),
+            ulMaxKeySize: b.ulMaxKeySize.max(s.ulMaxKeySize),
+            flags: b.flags | s.flags,
+        }),
+        (Ok(b), None) => Ok(b),
+        (Err(_), Some(s)) => Ok(s),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// C_InitToken would re-initialise the backend token and destroy the KEKs.
+pub fn init_token(slot: CK_SLOT_ID) -> Result<()> {
+    let m = module::get()?;
+    m.slot(slot)?;
+    crate::log_warn!("C_InitToken refused on slot {slot}: it would destroy the KEKs on the backend token");
+    Err(Error::Rv(CKR_FUNCTION_NOT_SUPPORTED))
+}

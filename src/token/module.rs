@@ -1,0 +1,183 @@
+//! The module's process-wide state between C_Initialize and C_Finalize, and
+//! the rules for reaching it: after fork() the child sees
+//! CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::slot::Slot;
+use cryptoki_sys::*;
+
+use super::objects::Objects;
+use super::session::Sessions;
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+
+pub struct SlotEntry {
+    pub backend_id: CK_SLOT_ID,
+}
+
+pub struct Module {
+    pub pid: u32,
+    pub config: Config,
+    pub backend: Backend,
+    /// Our slot ids are indexes into this list.
+    pub slots: Vec<SlotEntry>,
+    /// The slot whose backend token holds the KEK; DEKs live there.
+    pub dek_slot: Option<usize>,
+    pub envelope: Option<Envelope>,
+    pub sessions: Sessions,
+    pub objects: Objects,
+    /// Who is logged in, per slot (login is per token, for all sessions).
+    pub login: Mutex<HashMap<usize, CK_USER_TYPE>>,
+}
+
+static STATE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
+
+/// The live module, if this process initialised it.
+pub fn get() -> Result<Arc<Module>> {
+    let guard = STATE.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    match guard.as_ref() {
+        Some(m) if m.pid == std::process::id() => Ok(m.clone()),
+        _ => Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
+    }
+}
+
+pub fn initialize() -> Result<()> {
+    let mut guard = STATE.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    if let Some(old) = guard.take() {
+        if old.pid == std::process::id() {
+            *guard = Some(old);
+            return Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
+        }
+        // A fork child: the parent's backend sessions and store connection
+        // are not ours to use or close. Leak them.
+        std::mem::forget(old);
+    }
+    let config = Config::from_env().inspect_err(|e| {
+        // There is no log file yet: the host's stderr is the only place.
+        eprintln!("hsm-envelope: C_Initialize failed: {e}");
+    })?;
+    crate::logging::configure(
+        config.log_file.as_deref(),
+        crate::logging::Level::parse(&config.log_level).unwrap_or(crate::logging::Level::Info),
+    );
+    let m = Module::start(config).inspect_err(|e| crate::log_error!("C_Initialize failed: {e}"))?;
+    crate::log_info!("initialised: {} slot(s), DEK slot {:?}", m.slots.len(), m.dek_slot);
+    *guard = Some(Arc::new(m));
+    Ok(())
+}
+
+/// Tear down, after every call in progress has finished with the module.
+pub fn finalize() -> Result<()> {
+    let m = {
+        let mut guard = STATE.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        match guard.as_ref() {
+            Some(m) if m.pid == std::process::id() => {}
+            _ => return Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
+        }
+        guard.take().ok_or(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))?
+    };
+    // New calls now see NOT_INITIALIZED; wait for those already inside.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut m = m;
+    let module = loop {
+        match Arc::try_unwrap(m) {
+            Ok(module) => break module,
+            Err(back) if Instant::now() < deadline => {
+                m = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(back) => {
+                crate::log_error!("C_Finalize: calls still in progress after 30 s; leaving the backend as is");
+                std::mem::forget(back);
+                return Ok(());
+            }
+        }
+    };
+    module.shutdown();
+    Ok(())
+}
+
+impl Module {
+    fn start(config: Config) -> Result<Module> {
+        let backend = Backend::load(&config.backend_module)?;
+        let mut slots = Vec::new();
+        let mut dek_slot = None;
+        for id in backend.token_slots()? {
+            let info = backend.token_info(id)?;
+            if label_of(&info.label) == config.token_label && dek_slot.is_none() {
+                dek_slot = Some(slots.len());
+            }
+            slots.push(SlotEntry { backend_id: id });
+        }
+        if dek_slot.is_none() {
+            crate::log_warn!("no backend token labelled '{}': DEKs are unavailable, other calls pass through", config.token_label);
+        }
+        let envelope = match dek_slot.and_then(|i| slots.get(i)) {
+            Some(s) => {
+                let slot = Slot::try_from(s.backend_id as u64).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+                Some(Envelope::new(config.kek_label.clone(), slot, config.store_path.clone()))
+            }
+            None => None,
+        };
+        Ok(Module {
+            pid: std::process::id(),
+            config,
+            backend,
+            slots,
+            dek_slot,
+            envelope,
+            sessions: Sessions::default(),
+            objects: Objects::default(),
+            login: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn shutdown(self) {
+        for s in self.sessions.all() {
+            let _ = crate::bcall!(self.backend, C_CloseSession(s.backend));
+        }
+        if let Some(env) = &self.envelope {
+            env.close();
+        }
+        self.backend.finalize();
+        crate::log_info!("finalised");
+    }
+
+    pub fn slot(&self, id: CK_SLOT_ID) -> Result<&SlotEntry> {
+        self.slots.get(id as usize).ok_or(Error::Rv(CKR_SLOT_ID_INVALID))
+    }
+
+    pub fn is_logged_in(&self, slot: usize) -> bool {
+        self.login.lock().map(|l| l.contains_key(&slot)).unwrap_or(false)
+    }
+
+    /// The envelope service, for a session on the DEK slot.
+    pub fn envelope_for(&self, slot: usize) -> Result<&Envelope> {
+        match (&self.envelope, self.dek_slot) {
+            (Some(e), Some(s)) if s == slot => Ok(e),
+            _ => Err(Error::Rv(crate::vendor::CKR_HSME_KEK_UNAVAILABLE)),
+        }
+    }
+
+    /// Login on `slot` ended (logout, or its last session closed).
+    pub fn logged_out(&self, slot: usize) {
+        if let Ok(mut l) = self.login.lock() {
+            l.remove(&slot);
+        }
+        if self.dek_slot == Some(slot) {
+            if let Some(e) = &self.envelope {
+                e.on_logout();
+            }
+        }
+    }
+}
+
+/// A blank-padded 32-byte PKCS#11 label as a string.
+pub fn label_of(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).trim_end_matches([' ', '\0']).to_string()
+}

@@ -1,0 +1,133 @@
+//! Object handles. Our handles are stable across sessions and never reused
+//! in a process: DEKs and backend objects share one counter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use cryptoki_sys::*;
+
+use super::attributes::Attrs;
+use crate::error::{Error, Result};
+
+/// A DEK owned by this module.
+pub struct Dek {
+    pub id: [u8; 16],
+    pub slot: usize,
+    /// The session that owns a session DEK; None for token DEKs.
+    pub owner: Option<CK_SESSION_HANDLE>,
+    pub state: RwLock<DekState>,
+}
+
+#[derive(Clone)]
+pub struct DekState {
+    pub attrs: Attrs,
+    /// The encoded wrapped record (in the store too, for token DEKs).
+    pub record: Vec<u8>,
+    /// The store row's generation this state was read at.
+    pub generation: i64,
+}
+
+impl Dek {
+    pub fn snapshot(&self) -> Result<DekState> {
+        self.state.read().map(|s| s.clone()).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
+    }
+    pub fn is_token(&self) -> bool {
+        self.owner.is_none()
+    }
+}
+
+#[derive(Clone)]
+pub enum Object {
+    Backend { slot: usize, handle: CK_OBJECT_HANDLE },
+    Dek(Arc<Dek>),
+}
+
+#[derive(Default)]
+struct Maps {
+    by_handle: HashMap<CK_OBJECT_HANDLE, Object>,
+    backend: HashMap<(usize, CK_OBJECT_HANDLE), CK_OBJECT_HANDLE>,
+    deks: HashMap<[u8; 16], CK_OBJECT_HANDLE>,
+}
+
+pub struct Objects {
+    maps: RwLock<Maps>,
+    next: AtomicU64,
+}
+
+impl Default for Objects {
+    fn default() -> Self {
+        Objects { maps: RwLock::new(Maps::default()), next: AtomicU64::new(1) }
+    }
+}
+
+impl Objects {
+    fn fresh(&self) -> CK_OBJECT_HANDLE {
+        self.next.fetch_add(1, Ordering::Relaxed) as CK_OBJECT_HANDLE
+    }
+
+    pub fn get(&self, h: CK_OBJECT_HANDLE) -> Result<Object> {
+        let m = self.maps.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        m.by_handle.get(&h).cloned().ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))
+    }
+
+    /// Our handle for a backend object, made on first sight.
+    pub fn intern_backend(&self, slot: usize, bh: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
+        let Ok(mut m) = self.maps.write() else { return CK_INVALID_HANDLE };
+        if let Some(h) = m.backend.get(&(slot, bh)) {
+            return *h;
+        }
+        let h = self.fresh();
+        m.backend.insert((slot, bh), h);
+        m.by_handle.insert(h, Object::Backend { slot, handle: bh });
+        h
+    }
+
+    /// Our handle for a DEK; an id seen before keeps its handle, and its
+    /// state is replaced by the newer one.
+    pub fn intern_dek(&self, dek: Arc<Dek>) -> CK_OBJECT_HANDLE {
+        let Ok(mut m) = self.maps.write() else { return CK_INVALID_HANDLE };
+        let h = match m.deks.get(&dek.id) {
+            Some(h) => *h,
+            None => {
+                let h = self.fresh();
+                m.deks.insert(dek.id, h);
+                h
+            }
+        };
+        m.by_handle.insert(h, Object::Dek(dek));
+        h
+    }
+
+    pub fn remove(&self, h: CK_OBJECT_HANDLE) {
+        if let Ok(mut m) = self.maps.write() {
+            match m.by_handle.remove(&h) {
+                Some(Object::Dek(d)) => {
+                    m.deks.remove(&d.id);
+                }
+                Some(Object::Backend { slot, handle }) => {
+                    m.backend.remove(&(slot, handle));
+                }
+                None => {}
+            }
+        }
+    }
+
+    pub fn deks(&self) -> Vec<(CK_OBJECT_HANDLE, Arc<Dek>)> {
+        let Ok(m) = self.maps.read() else { return Vec::new() };
+        let mut v: Vec<_> = m
+            .by_handle
+            .iter()
+            .filter_map(|(h, o)| match o {
+                Object::Dek(d) => Some((*h, d.clone())),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|(h, _)| *h);
+        v
+    }
+
+    pub fn dek_handle(&self, id: &[u8; 16]) -> Option<CK_OBJECT_HANDLE> {
+        self.maps.read().ok()?.deks.get(id).copied()
+    }
+}

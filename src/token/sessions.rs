@@ -1,0 +1,125 @@
+//! Session management and login. Each of our sessions opens one backend
+//! session; login is forwarded to the backend and applies to the whole
+//! token, as the spec says.
+
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+
+use super::module::{self, Module};
+use super::session::Session;
+use crate::backend::check;
+use crate::bcall;
+use crate::error::{Error, Result};
+
+pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+    let m = module::get()?;
+    let entry = m.slot(slot)?;
+    if flags & CKF_SERIAL_SESSION == 0 {
+        return Err(Error::Rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
+    }
+    let mut bh: CK_SESSION_HANDLE = 0;
+    let rv = bcall!(m.backend, C_OpenSession(entry.backend_id, flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION), std::ptr::null_mut(), None, &mut bh));
+    check("C_OpenSession", rv)?;
+    m.sessions.add(slot as usize, flags, bh).inspect_err(|_| {
+        let _ = bcall!(m.backend, C_CloseSession(bh));
+    })
+}
+
+/// The session and the module, for every call that takes a session handle.
+pub fn lookup(h: CK_SESSION_HANDLE) -> Result<(Arc<Module>, Arc<Session>)> {
+    let m = module::get()?;
+    let s = m.sessions.get(h)?;
+    Ok((m, s))
+}
+
+pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
+    let m = module::get()?;
+    let s = m.sessions.remove(h)?;
+    close_one(&m, &s);
+    if m.sessions.on_slot(s.slot).is_empty() {
+        // The backend logs out when its last session closes; so do we.
+        m.logged_out(s.slot);
+    }
+    Ok(())
+}
+
+fn close_one(m: &Module, s: &Session) {
+    let rv = bcall!(m.backend, C_CloseSession(s.backend));
+    if rv != CKR_OK {
+        crate::log_debug!("backend C_CloseSession: 0x{rv:x}");
+    }
+    // Session DEKs die with their session; their values leave the cache.
+    for (h, dek) in m.objects.deks() {
+        if dek.owner == Some(s.handle) {
+            m.objects.remove(h);
+            if let Some(env) = &m.envelope {
+                env.cache.remove(&dek.id);
+            }
+        }
+    }
+}
+
+pub fn close_all(slot: CK_SLOT_ID) -> Result<()> {
+    let m = module::get()?;
+    m.slot(slot)?;
+    for s in m.sessions.on_slot(slot as usize) {
+        if m.sessions.remove(s.handle).is_ok() {
+            close_one(&m, &s);
+        }
+    }
+    m.logged_out(slot as usize);
+    Ok(())
+}
+
+pub fn info(h: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
+    let (m, s) = lookup(h)?;
+    let mut info = CK_SESSION_INFO::default();
+    check("C_GetSessionInfo", bcall!(m.backend, C_GetSessionInfo(s.backend, &mut info)))?;
+    info.slotID = s.slot as CK_SLOT_ID;
+    Ok(info)
+}
+
+pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut u8, pin_len: CK_ULONG) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    // The PIN goes straight from the caller's buffer to the backend.
+    let rv = bcall!(m.backend, C_Login(s.backend, user, pin, pin_len));
+    check("C_Login", rv)?;
+    if user != CKU_CONTEXT_SPECIFIC {
+        if let Ok(mut l) = m.login.lock() {
+            l.insert(s.slot, user);
+        }
+    }
+    crate::log_info!("login on slot {} as user type {user}", s.slot);
+    Ok(())
+}
+
+pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    let rv = bcall!(m.backend, C_Logout(s.backend));
+    // Whatever the backend says, our cached DEK values go.
+    m.logged_out(s.slot);
+    check("C_Logout", rv)?;
+    crate::log_info!("logout on slot {}", s.slot);
+    Ok(())
+}
+
+pub fn init_pin(h: CK_SESSION_HANDLE, pin: *mut u8, len: CK_ULONG) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    check("C_InitPIN", bcall!(m.backend, C_InitPIN(s.backend, pin, len)))
+}
+
+pub fn set_pin(h: CK_SESSION_HANDLE, old: *mut u8, old_len: CK_ULONG, new: *mut u8, new_len: CK_ULONG) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    check("C_SetPIN", bcall!(m.backend, C_SetPIN(s.backend, old, old_len, new, new_len)))
+}
+
+pub fn generate_random(h: CK_SESSION_HANDLE, out: *mut u8, len: CK_ULONG) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    check("C_GenerateRandom", bcall!(m.backend, C_GenerateRandom(s.backend, out, len)))
+}
+
+pub fn seed_random(h: CK_SESSION_HANDLE, seed: *mut u8, len: CK_ULONG) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    check("C_SeedRandom", bcall!(m.backend, C_SeedRandom(s.backend, seed, len)))
+}

@@ -1,0 +1,278 @@
+//! Shared harness for the integration tests.
+//!
+//! Every integration test runs in its own process under `cargo nextest`
+//! (the PKCS#11 module and the SoftHSM2 backend are process-global
+//! singletons), and each test makes its own token with [`TestToken::new`]:
+//! a fresh SoftHSM2 token plus KEK made by `softhsm-config/new-token.sh` in a
+//! new temporary directory, with `SOFTHSM2_CONF` and `HSM_ENVELOPE_CONF` set in
+//! this process's environment. Create the token *before* loading any PKCS#11
+//! module: SoftHSM2 reads `SOFTHSM2_CONF` in `C_Initialize`.
+//!
+//! Plain `cargo test` runs several tests as threads of one process, which
+//! shares one environment and one loaded module between them; `TestToken`
+//! therefore refuses to make a second token in the same process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+/// User PIN of every test token (a fixed test value, not a secret).
+pub const USER_PIN: &str = "1234";
+/// SO PIN of every test token (a fixed test value, not a secret).
+pub const SO_PIN: &str = "5678";
+/// Label of the token made by `new-token.sh`.
+pub const TOKEN_LABEL: &str = "hsm-envelope";
+/// Label of the AES-256 KEK made by `new-token.sh`.
+pub const KEK_LABEL: &str = "kek";
+/// CKA_ID of the KEK made by `new-token.sh`.
+pub const KEK_ID: &[u8] = &[0x01];
+
+/// Where `new-token.sh` and [`softhsm_module_path`] look for SoftHSM2, in
+/// order (the environment variable `SOFTHSM2_MODULE` overrides both).
+pub const SOFTHSM_MODULE_CANDIDATES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
+/// File name of the module this crate builds.
+pub const MODULE_FILE_NAME: &str = "libhsm_envelope.so";
+
+static TOKEN_MADE: AtomicBool = AtomicBool::new(false);
+
+/// A fresh SoftHSM2 token with the KEK, in its own temporary directory
+/// (removed when the `TestToken` is dropped).
+pub struct TestToken {
+    /// The temporary directory holding everything below.
+    pub dir: tempfile::TempDir,
+    /// `DIR/softhsm2.conf`, also exported as `SOFTHSM2_CONF`.
+    pub softhsm_conf: PathBuf,
+    /// `DIR/hsm-envelope.toml`, also exported as `HSM_ENVELOPE_CONF`.
+    pub conf: PathBuf,
+    /// `DIR/deks.sqlite`, the wrapped-DEK store named in the configuration.
+    pub store_path: PathBuf,
+}
+
+impl TestToken {
+    /// Fresh token via softhsm-config/new-token.sh in a new temp dir; sets
+    /// SOFTHSM2_CONF and HSM_ENVELOPE_CONF in this process's environment.
+    pub fn new() -> Self {
+        Self::with_extra_config("")
+    }
+
+    /// Same, but lets the test append extra TOML lines to hsm-envelope.toml
+    /// before the module loads.
+    pub fn with_extra_config(extra: &str) -> Self {
+        if TOKEN_MADE.swap(true, Ordering::SeqCst) {
+            panic!(
+                "TestToken: a token was already made in this process. Each test \
+                 gets one token and its own process: run the tests with \
+                 `cargo nextest run`, not `cargo test`."
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("hsm-envelope-test-")
+            .tempdir()
+            .expect("TestToken: cannot create a temporary directory");
+        let out = run_new_token(dir.path(), &[]);
+        if !out.status.success() {
+            panic!(
+                "TestToken: {} {} failed ({}):\n{}",
+                new_token_script().display(),
+                dir.path().display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // tempfile gives an absolute path; the script prints the physical one.
+        let root = dir
+            .path()
+            .canonicalize()
+            .expect("TestToken: cannot canonicalize the temporary directory");
+        let softhsm_conf = root.join("softhsm2.conf");
+        let conf = root.join("hsm-envelope.toml");
+        let store_path = root.join("deks.sqlite");
+        for file in [&softhsm_conf, &conf] {
+            assert!(
+                file.is_file(),
+                "TestToken: new-token.sh did not write {}",
+                file.display()
+            );
+        }
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&conf).expect("TestToken: read config");
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("\n# extra configuration from the test\n");
+            text.push_str(extra);
+            if !extra.ends_with('\n') {
+                text.push('\n');
+            }
+            std::fs::write(&conf, text).expect("TestToken: write config");
+        }
+        // One token per process (checked above), so nothing else is reading
+        // the environment concurrently on our behalf.
+        std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
+        std::env::set_var("HSM_ENVELOPE_CONF", &conf);
+        TestToken {
+            dir,
+            softhsm_conf,
+            conf,
+            store_path,
+        }
+    }
+
+    /// The token directory (absolute, symlinks resolved).
+    pub fn path(&self) -> PathBuf {
+        self.softhsm_conf
+            .parent()
+            .expect("softhsm2.conf has a parent")
+            .to_path_buf()
+    }
+
+    /// `DIR/hsm-envelope.log`, the log file named in the configuration.
+    pub fn log_file(&self) -> PathBuf {
+        self.path().join("hsm-envelope.log")
+    }
+
+    /// The configuration file as text.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.conf).expect("read hsm-envelope.toml")
+    }
+}
+
+/// The repository root (where Cargo.toml and softhsm-config/ are).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `softhsm-config/new-token.sh` in this repository.
+pub fn new_token_script() -> PathBuf {
+    repo_root().join("softhsm-config").join("new-token.sh")
+}
+
+/// Runs `bash softhsm-config/new-token.sh DIR` with the test PINs and the
+/// extra environment `envs`, without touching this process's environment.
+pub fn run_new_token(dir: &Path, envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(new_token_script())
+        .arg(dir)
+        .env("PIN", USER_PIN)
+        .env("SO_PIN", SO_PIN);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run bash {}: {e}", new_token_script().display()))
+}
+
+/// The built `libhsm_envelope.so`, found from the test executable's location
+/// (target/<profile>/deps/<exe>): first target/<profile>/deps/libhsm_envelope.so,
+/// which cargo writes in the same build as the test executable (so it is
+/// never stale), then target/<profile>/libhsm_envelope.so, the copy that only
+/// `cargo build` refreshes. Panics with a clear message if both are missing.
+pub fn module_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot find the test executable's path");
+    let exe_dir = exe
+        .parent()
+        .expect("test executable has no parent directory");
+    let mut tried = Vec::new();
+    let mut dirs = vec![exe_dir.to_path_buf()];
+    if exe_dir.file_name().is_some_and(|n| n == "deps") {
+        if let Some(profile_dir) = exe_dir.parent() {
+            dirs.push(profile_dir.to_path_buf());
+        }
+    }
+    for d in dirs {
+        let candidate = d.join(MODULE_FILE_NAME);
+        if candidate.is_file() {
+            return candidate;
+        }
+        tried.push(candidate);
+    }
+    panic!(
+        "{MODULE_FILE_NAME} not found (looked at {}; test executable {}). \
+         Build the cdylib first: `cargo build` (cargo nextest run / cargo test \
+         normally build it along with the tests).",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        exe.display()
+    );
+}
+
+/// SoftHSM2's module, found like new-token.sh does: `SOFTHSM2_MODULE` if set,
+/// else the first of [`SOFTHSM_MODULE_CANDIDATES`] that exists. Panics with
+/// a clear message if none is found.
+pub fn softhsm_module_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOFTHSM2_MODULE").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "SOFTHSM2_MODULE={}: no such file", p.display());
+        return p;
+    }
+    SOFTHSM_MODULE_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "SoftHSM2 module not found (looked at {}); install the Debian \
+                 package softhsm2 (scripts/deps.sh) or set SOFTHSM2_MODULE",
+                SOFTHSM_MODULE_CANDIDATES.join(", ")
+            )
+        })
+}
+
+/// Loads a PKCS#11 module and calls `C_Initialize` with `CKF_OS_LOCKING_OK`.
+pub fn init_pkcs11(module: &Path) -> Pkcs11 {
+    let pkcs11 = Pkcs11::new(module)
+        .unwrap_or_else(|e| panic!("cannot load PKCS#11 module {}: {e}", module.display()));
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) => {}
+        Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("C_Initialize of {} failed: {e}", module.display()),
+    }
+    pkcs11
+}
+
+/// The slot holding the token labelled [`TOKEN_LABEL`]; panics unless there
+/// is exactly one.
+pub fn token_slot(pkcs11: &Pkcs11) -> Slot {
+    let slots = pkcs11
+        .get_slots_with_initialized_token()
+        .expect("C_GetSlotList failed");
+    let mut matching = Vec::new();
+    for slot in slots {
+        let info = pkcs11.get_token_info(slot).expect("C_GetTokenInfo failed");
+        if info.label() == TOKEN_LABEL {
+            matching.push(slot);
+        }
+    }
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected exactly one token labelled {TOKEN_LABEL:?}, found {}",
+        matching.len()
+    );
+    matching[0]
+}
+
+/// A read-write session on `slot`, logged in as the user with [`USER_PIN`].
+pub fn user_session(pkcs11: &Pkcs11, slot: Slot) -> Session {
+    let session = pkcs11
+        .open_rw_session(slot)
+        .expect("C_OpenSession (rw) failed");
+    session
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .expect("C_Login as user with the test PIN failed");
+    session
+}
