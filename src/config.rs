@@ -55,7 +55,10 @@ impl Config {
 
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read {} (named by {CONF_ENV}): {e}", path.display()))
+            Error::Config(format!(
+                "cannot read {} (named by {CONF_ENV}): {e}",
+                path.display()
+            ))
         })?;
         Config::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
@@ -71,7 +74,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |key: &str, want: &str| Err(Error::Config(format!("key `{key}`: expected {want}")));
+        let bad =
+            |key: &str, want: &str| Err(Error::Config(format!("key `{key}`: expected {want}")));
         if self.kek_label.is_empty() {
             return bad("kek_label", "a non-empty label");
         }
@@ -82,7 +86,10 @@ impl Config {
             return bad("store_path", "a file path");
         }
         if crate::logging::Level::parse(&self.log_level).is_none() {
-            return bad("log_level", "one of \"error\", \"warn\", \"info\", \"debug\"");
+            return bad(
+                "log_level",
+                "one of \"error\", \"warn\", \"info\", \"debug\"",
+            );
         }
         Ok(())
     }
@@ -106,17 +113,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::from_toml("kek_lable = \"x\"").unwrap_err().to_string();
+        let e = Config::from_toml("kek_lable = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kek_lable"), "{e}");
         let e = Config::from_toml("kek_label = 3").unwrap_err().to_string();
         assert!(e.contains("kek_label") && e.contains("string"), "{e}");
-        let e = Config::from_toml("log_level = \"loud\"").unwrap_err().to_string();
+        let e = Config::from_toml("log_level = \"loud\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("log_level"), "{e}");
     }
 
     #[test]
     fn missing_file_names_path() {
-        let e = Config::from_file(Path::new("/nonexistent/hsm.toml")).unwrap_err().to_string();
+        let e = Config::from_file(Path::new("/nonexistent/hsm.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/hsm.toml"), "{e}");
     }
 }

@@ -34,20 +34,29 @@ struct Sink {
     level: Level,
 }
 
-static SINK: Mutex<Sink> = Mutex::new(Sink { file: None, level: Level::Warn });
+static SINK: Mutex<Sink> = Mutex::new(Sink {
+    file: None,
+    level: Level::Warn,
+});
 
 /// Point the logger at `file` (or stderr) with `level`. Failure to open the
 /// file is reported on stderr and logging falls back to stderr.
 pub fn configure(file: Option<&Path>, level: Level) {
-    let f = file.and_then(|p| match OpenOptions::new().create(true).append(true).open(p) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            eprintln!("hsm-envelope: cannot open log file {}: {e}", p.display());
-            None
-        }
-    });
+    let f = file.and_then(
+        |p| match OpenOptions::new().create(true).append(true).open(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("hsm-envelope: cannot open log file {}: {e}", p.display());
+                None
+            }
+        },
+    );
     if let Ok(mut s) = SINK.lock() {
-        s.level = if f.is_some() { level } else { level.min(Level::Warn) };
+        s.level = if f.is_some() {
+            level
+        } else {
+            level.min(Level::Warn)
+        };
         s.file = f;
     }
 }

@@ -2,7 +2,7 @@
 //! The prefix 0x4845 spells "HE" (hsm-envelope) so the values are easy to
 //! recognise in logs and unlikely to clash with other vendors.
 
-use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_RV, CK_ULONG, CKA_VENDOR_DEFINED, CKR_VENDOR_DEFINED};
+use cryptoki_sys::{CKA_VENDOR_DEFINED, CKR_VENDOR_DEFINED, CK_ATTRIBUTE_TYPE, CK_RV, CK_ULONG};
 
 const BASE: CK_ULONG = 0x4845_0000;
 

@@ -1,6 +1,8 @@
 //! Operations with the KEK. Every one of them is a backend call: the KEK
 //! never leaves the HSM.
 
+use cryptoki::context::Function;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -11,7 +13,7 @@ use zeroize::Zeroize;
 use crate::backend::Backend;
 use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
-use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
+use crate::vendor::{CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
 
 /// Find the AES KEK labelled `label` on the session's token. Missing (or not
 /// visible because the user is not logged in) and ambiguous are both
@@ -32,7 +34,10 @@ pub fn find(session: &Session, label: &str) -> Result<ObjectHandle> {
             Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
         }
         many => {
-            crate::log_error!("{} keys carry the KEK label '{label}'; refusing to guess", many.len());
+            crate::log_error!(
+                "{} keys carry the KEK label '{label}'; refusing to guess",
+                many.len()
+            );
             Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
         }
     }
@@ -56,9 +61,16 @@ pub fn check_policy(session: &Session, kek: ObjectHandle) -> Result<bool> {
 }
 
 /// AES-GCM encryption of a DEK value under the KEK, on the HSM.
-pub fn gcm_seal(session: &Session, kek: ObjectHandle, iv: &[u8], aad: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+pub fn gcm_seal(
+    session: &Session,
+    kek: ObjectHandle,
+    iv: &[u8],
+    aad: &[u8],
+    value: &[u8],
+) -> Result<Vec<u8>> {
     let mut iv = iv.to_vec();
-    let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
+    let params =
+        GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
     session
         .encrypt(&Mechanism::AesGcm(params), kek, value)
         .map_err(|e| Error::from_cryptoki("C_Encrypt", e))
@@ -66,12 +78,29 @@ pub fn gcm_seal(session: &Session, kek: ObjectHandle, iv: &[u8], aad: &[u8], val
 
 /// AES-GCM decryption of a wrapped DEK value on the HSM; the tag check binds
 /// the record's identity (the AAD).
-pub fn gcm_open(session: &Session, kek: ObjectHandle, iv: &[u8], aad: &[u8], sealed: &[u8]) -> Result<SecretBytes> {
+pub fn gcm_open(
+    session: &Session,
+    kek: ObjectHandle,
+    iv: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<SecretBytes> {
     let mut iv = iv.to_vec();
-    let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
+    let params =
+        GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
     let mut plain = session
         .decrypt(&Mechanism::AesGcm(params), kek, sealed)
-        .map_err(|e| Error::from_cryptoki("C_Decrypt", e))?;
+        .map_err(|e| match e {
+            // A failed tag check: SoftHSM2 answers CKR_GENERAL_ERROR, others
+            // CKR_ENCRYPTED_DATA_INVALID. Either way the record does not open.
+            cryptoki::error::Error::Pkcs11(
+                RvError::GeneralError
+                | RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange,
+                Function::Decrypt,
+            ) => Error::Rv(CKR_HSME_RECORD_INVALID),
+            other => Error::from_cryptoki("C_Decrypt", other),
+        })?;
     let out = SecretBytes::from_slice(&plain);
     plain.zeroize();
     Ok(out)
@@ -87,7 +116,13 @@ pub fn random(session: &Session, out: &mut [u8]) -> Result<()> {
 /// Wrap a DEK value with the KEK using an AES key-wrap mechanism (RFC 3394 /
 /// 5649): the value becomes a short-lived session object on the HSM, is
 /// wrapped there, and the object is destroyed.
-pub fn keywrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_MECHANISM_TYPE, value: &[u8]) -> Result<Vec<u8>> {
+pub fn keywrap(
+    backend: &Backend,
+    session: &Session,
+    kek: ObjectHandle,
+    mech: CK_MECHANISM_TYPE,
+    value: &[u8],
+) -> Result<Vec<u8>> {
     let template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -108,13 +143,43 @@ pub fn keywrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK
     result
 }
 
-fn raw_wrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_MECHANISM_TYPE, key: ObjectHandle) -> Result<Vec<u8>> {
-    let mut m = CK_MECHANISM { mechanism: mech, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+fn raw_wrap(
+    backend: &Backend,
+    session: &Session,
+    kek: ObjectHandle,
+    mech: CK_MECHANISM_TYPE,
+    key: ObjectHandle,
+) -> Result<Vec<u8>> {
+    let mut m = CK_MECHANISM {
+        mechanism: mech,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
     let mut len: CK_ULONG = 0;
-    let rv = crate::bcall!(backend, C_WrapKey(session.handle(), &mut m, kek.handle(), key.handle(), std::ptr::null_mut(), &mut len));
+    let rv = crate::backend::bcall!(
+        backend,
+        C_WrapKey(
+            session.handle(),
+            &mut m,
+            kek.handle(),
+            key.handle(),
+            std::ptr::null_mut(),
+            &mut len
+        )
+    );
     crate::backend::check("C_WrapKey", rv)?;
     let mut out = vec![0u8; len as usize];
-    let rv = crate::bcall!(backend, C_WrapKey(session.handle(), &mut m, kek.handle(), key.handle(), out.as_mut_ptr(), &mut len));
+    let rv = crate::backend::bcall!(
+        backend,
+        C_WrapKey(
+            session.handle(),
+            &mut m,
+            kek.handle(),
+            key.handle(),
+            out.as_mut_ptr(),
+            &mut len
+        )
+    );
     crate::backend::check("C_WrapKey", rv)?;
     out.truncate(len as usize);
     Ok(out)
@@ -123,29 +188,65 @@ fn raw_wrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_ME
 /// Unwrap an AES key wrapped with `mech` under the KEK and return its value.
 /// The HSM unwraps into a short-lived, extractable session object whose value
 /// is read once and destroyed at once.
-pub fn keyunwrap(backend: &Backend, session: &Session, kek: ObjectHandle, mech: CK_MECHANISM_TYPE, wrapped: &[u8]) -> Result<SecretBytes> {
-    let mut m = CK_MECHANISM { mechanism: mech, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+pub fn keyunwrap(
+    backend: &Backend,
+    session: &Session,
+    kek: ObjectHandle,
+    mech: CK_MECHANISM_TYPE,
+    wrapped: &[u8],
+) -> Result<SecretBytes> {
+    let mut m = CK_MECHANISM {
+        mechanism: mech,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
     let mut class: CK_OBJECT_CLASS = CKO_SECRET_KEY;
     let mut ktype: CK_KEY_TYPE = CKK_AES;
     let mut f_: CK_BBOOL = CK_FALSE as CK_BBOOL;
     let mut t_: CK_BBOOL = CK_TRUE as CK_BBOOL;
-    let attr = |ty, p: *mut CK_BBOOL| CK_ATTRIBUTE { type_: ty, pValue: p as *mut _, ulValueLen: 1 };
+    let attr = |ty, p: *mut CK_BBOOL| CK_ATTRIBUTE {
+        type_: ty,
+        pValue: p as *mut _,
+        ulValueLen: 1,
+    };
     let mut template = [
-        CK_ATTRIBUTE { type_: CKA_CLASS, pValue: &mut class as *mut _ as *mut _, ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG },
-        CK_ATTRIBUTE { type_: CKA_KEY_TYPE, pValue: &mut ktype as *mut _ as *mut _, ulValueLen: size_of::<CK_KEY_TYPE>() as CK_ULONG },
+        CK_ATTRIBUTE {
+            type_: CKA_CLASS,
+            pValue: &mut class as *mut _ as *mut _,
+            ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_KEY_TYPE,
+            pValue: &mut ktype as *mut _ as *mut _,
+            ulValueLen: size_of::<CK_KEY_TYPE>() as CK_ULONG,
+        },
         attr(CKA_TOKEN, &mut f_),
         attr(CKA_SENSITIVE, &mut f_),
         attr(CKA_EXTRACTABLE, &mut t_),
     ];
     let mut handle: CK_OBJECT_HANDLE = 0;
-    let rv = crate::bcall!(backend, C_UnwrapKey(session.handle(), &mut m, kek.handle(), wrapped.as_ptr() as *mut u8,
-        wrapped.len() as CK_ULONG, template.as_mut_ptr(), template.len() as CK_ULONG, &mut handle));
+    let rv = crate::backend::bcall!(
+        backend,
+        C_UnwrapKey(
+            session.handle(),
+            &mut m,
+            kek.handle(),
+            wrapped.as_ptr() as *mut u8,
+            wrapped.len() as CK_ULONG,
+            template.as_mut_ptr(),
+            template.len() as CK_ULONG,
+            &mut handle
+        )
+    );
     crate::backend::check("C_UnwrapKey", rv)?;
     // SAFETY: the handle was just returned by the backend for this session.
     let temp = unsafe { ObjectHandle::new_from_raw(handle) };
     let value = session.get_attributes(temp, &[AttributeType::Value]);
     let _ = session.destroy_object(temp);
-    match value.map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?.pop() {
+    match value
+        .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?
+        .pop()
+    {
         Some(Attribute::Value(mut v)) => {
             let out = SecretBytes::from_slice(&v);
             v.zeroize();

@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 
 /// Call a function of the backend's raw function list; a missing entry is
 /// `CKR_FUNCTION_NOT_SUPPORTED`.
-#[macro_export]
 macro_rules! bcall {
     ($backend:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $backend.raw().$f {
@@ -26,6 +25,7 @@ macro_rules! bcall {
         }
     };
 }
+pub(crate) use bcall;
 
 pub struct Backend {
     pkcs11: Pkcs11,
@@ -59,17 +59,27 @@ impl Backend {
             let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
             let rv = get(&mut list);
             if rv != CKR_OK || list.is_null() {
-                return Err(Error::Backend { func: "C_GetFunctionList", rv });
+                return Err(Error::Backend {
+                    func: "C_GetFunctionList",
+                    rv,
+                });
             }
             RawList(list)
         };
         // OS locking: without it SoftHSM2 does no locking at all.
-        let we_initialized = match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        let we_initialized = match pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
             Ok(()) => true,
             Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
             Err(e) => return Err(Error::from_cryptoki("C_Initialize", e)),
         };
-        Ok(Backend { pkcs11, raw, _lib: lib, we_initialized })
+        Ok(Backend {
+            pkcs11,
+            raw,
+            _lib: lib,
+            we_initialized,
+        })
     }
 
     pub fn raw(&self) -> &CK_FUNCTION_LIST {
@@ -106,16 +116,29 @@ impl Backend {
 
     pub fn mechanisms(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>> {
         let mut n: CK_ULONG = 0;
-        check("C_GetMechanismList", bcall!(self, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n)))?;
+        check(
+            "C_GetMechanismList",
+            bcall!(self, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n)),
+        )?;
         let mut v = vec![0 as CK_MECHANISM_TYPE; n as usize];
-        check("C_GetMechanismList", bcall!(self, C_GetMechanismList(slot, v.as_mut_ptr(), &mut n)))?;
+        check(
+            "C_GetMechanismList",
+            bcall!(self, C_GetMechanismList(slot, v.as_mut_ptr(), &mut n)),
+        )?;
         v.truncate(n as usize);
         Ok(v)
     }
 
-    pub fn mechanism_info(&self, slot: CK_SLOT_ID, m: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
+    pub fn mechanism_info(
+        &self,
+        slot: CK_SLOT_ID,
+        m: CK_MECHANISM_TYPE,
+    ) -> Result<CK_MECHANISM_INFO> {
         let mut info = CK_MECHANISM_INFO::default();
-        check("C_GetMechanismInfo", bcall!(self, C_GetMechanismInfo(slot, m, &mut info)))?;
+        check(
+            "C_GetMechanismInfo",
+            bcall!(self, C_GetMechanismInfo(slot, m, &mut info)),
+        )?;
         Ok(info)
     }
 

@@ -17,13 +17,20 @@ pub struct SessionPool {
 
 impl SessionPool {
     pub fn new(slot: Slot) -> Self {
-        SessionPool { slot, idle: Mutex::new(Vec::new()) }
+        SessionPool {
+            slot,
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
     /// Run `f` on an idle (or new) read-write session. A session the backend
     /// no longer knows is dropped rather than returned to the pool.
     pub fn with<T>(&self, pkcs11: &Pkcs11, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let taken = self.idle.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?.pop();
+        let taken = self
+            .idle
+            .lock()
+            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?
+            .pop();
         let session = match taken {
             Some(s) => s,
             // no_drop: dropping a Session must never call the backend (fork, finalize).

@@ -7,8 +7,7 @@
 use super::{AesCipher, CipherOp, CryptoError, Direction, Stage};
 use ::cbc::{Decryptor, Encryptor};
 use aes::cipher::{
-    array::Array, consts::U16, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, IvState,
-    SetIvState,
+    array::Array, consts::U16, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, IvState, SetIvState,
 };
 use zeroize::Zeroizing;
 
@@ -49,17 +48,27 @@ impl Pending {
         mut f: impl FnMut(&[Block], &mut [Block]) -> Result<(), CryptoError>,
     ) -> Result<usize, CryptoError> {
         let out_len = emit.checked_mul(BS).ok_or(CryptoError::DataLen)?;
-        let output = output.get_mut(..out_len).ok_or(CryptoError::BufferTooSmall { needed: out_len })?;
+        let output = output
+            .get_mut(..out_len)
+            .ok_or(CryptoError::BufferTooSmall { needed: out_len })?;
         let mut input = input;
         let mut output = output;
         if emit > 0 && self.len > 0 {
             // Complete the pending block from the input and process it first.
             let take = BS - self.len;
             let (head, rest) = input.split_at_checked(take).ok_or(CryptoError::DataLen)?;
-            self.buf.get_mut(self.len..).ok_or(CryptoError::DataLen)?.copy_from_slice(head);
-            let (first, out_rest) = output.split_at_mut_checked(BS).ok_or(CryptoError::DataLen)?;
+            self.buf
+                .get_mut(self.len..)
+                .ok_or(CryptoError::DataLen)?
+                .copy_from_slice(head);
+            let (first, out_rest) = output
+                .split_at_mut_checked(BS)
+                .ok_or(CryptoError::DataLen)?;
             let (first, _) = Block::slice_as_chunks_mut(first);
-            f(core::slice::from_ref(Block::cast_from_core(&self.buf)), first)?;
+            f(
+                core::slice::from_ref(Block::cast_from_core(&self.buf)),
+                first,
+            )?;
             self.len = 0;
             input = rest;
             output = out_rest;
@@ -72,7 +81,10 @@ impl Pending {
             f(in_blocks, out_blocks)?;
         }
         let end = self.len + keep.len();
-        self.buf.get_mut(self.len..end).ok_or(CryptoError::DataLen)?.copy_from_slice(keep);
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(CryptoError::DataLen)?
+            .copy_from_slice(keep);
         self.len = end;
         Ok(out_len)
     }
@@ -89,15 +101,20 @@ impl<A: AesCipher> CbcEncrypt<A> {
         let emit = self.pending.len.saturating_add(input.len()) / BS;
         let mode = &mut self.mode;
         self.pending.feed(input, output, emit, |i, o| {
-            mode.encrypt_blocks_b2b(i, o).map_err(|_| CryptoError::DataLen)
+            mode.encrypt_blocks_b2b(i, o)
+                .map_err(|_| CryptoError::DataLen)
         })
     }
 
     fn finish_inner(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        let out = output.get_mut(..BS).ok_or(CryptoError::BufferTooSmall { needed: BS })?;
+        let out = output
+            .get_mut(..BS)
+            .ok_or(CryptoError::BufferTooSmall { needed: BS })?;
         let pad = BS - self.pending.len; // 1..=16, as pending.len <= 15 after update
         let buf = &mut *self.pending.buf;
-        buf.get_mut(self.pending.len..).ok_or(CryptoError::DataLen)?.fill(pad as u8);
+        buf.get_mut(self.pending.len..)
+            .ok_or(CryptoError::DataLen)?
+            .fill(pad as u8);
         self.mode.encrypt_block(Block::cast_from_core_mut(buf));
         out.copy_from_slice(buf);
         self.pending = Pending::default();
@@ -155,7 +172,7 @@ impl<A: AesCipher> CbcDecrypt<A> {
     /// Blocks `update` may emit: all complete ones except a final block-aligned one.
     fn emit_blocks(&self, input_len: usize) -> usize {
         let total = self.pending.len.saturating_add(input_len);
-        if total % BS == 0 {
+        if total.is_multiple_of(BS) {
             (total / BS).saturating_sub(1)
         } else {
             total / BS
@@ -166,7 +183,8 @@ impl<A: AesCipher> CbcDecrypt<A> {
         let emit = self.emit_blocks(input.len());
         let mode = &mut self.mode;
         self.pending.feed(input, output, emit, |i, o| {
-            mode.decrypt_blocks_b2b(i, o).map_err(|_| CryptoError::DataLen)
+            mode.decrypt_blocks_b2b(i, o)
+                .map_err(|_| CryptoError::DataLen)
         })
     }
 
@@ -176,7 +194,10 @@ impl<A: AesCipher> CbcDecrypt<A> {
         let saved = self.mode.iv_state();
         self.mode.set_iv(prev);
         let mut pt = Zeroizing::new([0u8; BS]);
-        self.mode.decrypt_block_b2b(Block::cast_from_core(ct), Block::cast_from_core_mut(&mut pt));
+        self.mode.decrypt_block_b2b(
+            Block::cast_from_core(ct),
+            Block::cast_from_core_mut(&mut pt),
+        );
         self.mode.set_iv(&saved);
         pt
     }
@@ -189,7 +210,9 @@ impl<A: AesCipher> CbcDecrypt<A> {
         let ct = *self.pending.buf;
         let pt = self.peek_block(&prev, &ct);
         let keep = BS - pad_len(&pt)?;
-        let out = output.get_mut(..keep).ok_or(CryptoError::BufferTooSmall { needed: keep })?;
+        let out = output
+            .get_mut(..keep)
+            .ok_or(CryptoError::BufferTooSmall { needed: keep })?;
         out.copy_from_slice(pt.get(..keep).ok_or(CryptoError::Invalid)?);
         self.pending = Pending::default();
         Ok(keep)
@@ -198,7 +221,7 @@ impl<A: AesCipher> CbcDecrypt<A> {
     /// Checks the padding before writing anything, so a bad message or short buffer
     /// leaves `output` and the state untouched.
     fn oneshot_inner(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        if input.is_empty() || input.len() % BS != 0 {
+        if input.is_empty() || !input.len().is_multiple_of(BS) {
             return Err(CryptoError::DataLen);
         }
         let (head, last) = input.split_at(input.len() - BS);
@@ -210,11 +233,15 @@ impl<A: AesCipher> CbcDecrypt<A> {
         let pt = self.peek_block(&prev, last);
         let keep = BS - pad_len(&pt)?;
         let needed = head.len() + keep;
-        let out = output.get_mut(..needed).ok_or(CryptoError::BufferTooSmall { needed })?;
+        let out = output
+            .get_mut(..needed)
+            .ok_or(CryptoError::BufferTooSmall { needed })?;
         let (out_head, out_last) = out.split_at_mut(head.len());
         let (in_blocks, _) = Block::slice_as_chunks(head);
         let (out_blocks, _) = Block::slice_as_chunks_mut(out_head);
-        self.mode.decrypt_blocks_b2b(in_blocks, out_blocks).map_err(|_| CryptoError::DataLen)?;
+        self.mode
+            .decrypt_blocks_b2b(in_blocks, out_blocks)
+            .map_err(|_| CryptoError::DataLen)?;
         out_last.copy_from_slice(pt.get(..keep).ok_or(CryptoError::Invalid)?);
         Ok(needed)
     }
@@ -287,14 +314,26 @@ mod tests {
     #[test]
     fn known_answers() {
         let cases = [
-            ("2b7e151628aed2a6abf7158809cf4f3c", IV, PT,
-             "7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2\
-              73bed6b8e3c1743b7116e69e222295163ff1caa1681fac09120eca307586e1a7"),
-            ("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4", IV, PT,
-             "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d\
-              39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b"),
-            ("06a9214036b8a15b512e03d534120006", "3dafba429d9eb430b422da802c9fac41",
-             "53696e676c6520626c6f636b206d7367", "e353779c1079aeb82708942dbe77181a"),
+            (
+                "2b7e151628aed2a6abf7158809cf4f3c",
+                IV,
+                PT,
+                "7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2\
+              73bed6b8e3c1743b7116e69e222295163ff1caa1681fac09120eca307586e1a7",
+            ),
+            (
+                "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+                IV,
+                PT,
+                "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d\
+              39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b",
+            ),
+            (
+                "06a9214036b8a15b512e03d534120006",
+                "3dafba429d9eb430b422da802c9fac41",
+                "53696e676c6520626c6f636b206d7367",
+                "e353779c1079aeb82708942dbe77181a",
+            ),
         ];
         for (k, iv, p, c) in cases {
             let (k, iv, p, c) = (hex(k), hex(iv), hex(p), hex(c));
@@ -304,7 +343,10 @@ mod tests {
             // The padding block is E(16 x 0x10 ^ previous ciphertext block).
             let last = oneshot(&mut *op(&k, &c[c.len() - 16..], Direction::Encrypt), &[]).unwrap();
             assert_eq!(ct[c.len()..], last[..]);
-            assert_eq!(oneshot(&mut *op(&k, &iv, Direction::Decrypt), &ct).unwrap(), p);
+            assert_eq!(
+                oneshot(&mut *op(&k, &iv, Direction::Decrypt), &ct).unwrap(),
+                p
+            );
         }
     }
 
@@ -320,7 +362,10 @@ mod tests {
                 assert_eq!(e.oneshot_len(len), (len / 16 + 1) * 16);
                 let ct = oneshot(&mut *e, &msg).unwrap();
                 assert_eq!(ct.len(), (len / 16 + 1) * 16);
-                assert_eq!(oneshot(&mut *op(&key, &iv, Direction::Decrypt), &ct).unwrap(), msg);
+                assert_eq!(
+                    oneshot(&mut *op(&key, &iv, Direction::Decrypt), &ct).unwrap(),
+                    msg
+                );
                 for _ in 0..6 {
                     let chunks = random_chunks(&mut rng, len);
                     let mut e = op(&key, &iv, Direction::Encrypt);
@@ -343,9 +388,15 @@ mod tests {
             let msg = rng.bytes(len);
             let ct = oneshot(&mut *op(&key, &iv, Direction::Encrypt), &msg).unwrap();
             let chunks = random_chunks(&mut rng, msg.len());
-            assert_eq!(multipart(&mut *op(&key, &iv, Direction::Encrypt), &msg, &chunks).unwrap(), ct);
+            assert_eq!(
+                multipart(&mut *op(&key, &iv, Direction::Encrypt), &msg, &chunks).unwrap(),
+                ct
+            );
             let chunks = random_chunks(&mut rng, ct.len());
-            assert_eq!(multipart(&mut *op(&key, &iv, Direction::Decrypt), &ct, &chunks).unwrap(), msg);
+            assert_eq!(
+                multipart(&mut *op(&key, &iv, Direction::Decrypt), &ct, &chunks).unwrap(),
+                msg
+            );
         }
     }
 
@@ -367,9 +418,17 @@ mod tests {
         let key = [9u8; 16];
         for len in [0usize, 1, 15, 17, 31, 33] {
             let mut d = op(&key, &[0; 16], Direction::Decrypt);
-            assert_eq!(oneshot(&mut *d, &vec![0; len]), Err(CryptoError::DataLen), "len {len}");
+            assert_eq!(
+                oneshot(&mut *d, &vec![0; len]),
+                Err(CryptoError::DataLen),
+                "len {len}"
+            );
             let mut d = op(&key, &[0; 16], Direction::Decrypt);
-            assert_eq!(multipart(&mut *d, &vec![0; len], &[]), Err(CryptoError::DataLen), "len {len}");
+            assert_eq!(
+                multipart(&mut *d, &vec![0; len], &[]),
+                Err(CryptoError::DataLen),
+                "len {len}"
+            );
         }
     }
 
@@ -388,16 +447,20 @@ mod tests {
             iv2
         };
         for flips in [
-            vec![(15usize, 0x02u8)],     // last byte 00
-            vec![(15, 0x02 ^ 0x11)],     // 0x11 > 16
-            vec![(15, 0x02 ^ 0xff)],     // 0xff
-            vec![(14, 0x01)],            // 03 02: inconsistent
-            vec![(15, 0x02 ^ 0x03)],     // 02 03 claims 3 bytes, third is 0xab
+            vec![(15usize, 0x02u8)], // last byte 00
+            vec![(15, 0x02 ^ 0x11)], // 0x11 > 16
+            vec![(15, 0x02 ^ 0xff)], // 0xff
+            vec![(14, 0x01)],        // 03 02: inconsistent
+            vec![(15, 0x02 ^ 0x03)], // 02 03 claims 3 bytes, third is 0xab
         ] {
             let iv2 = forged(&flips);
             let mut out = vec![0x5au8; 16];
             let mut d = op(&key, &iv2, Direction::Decrypt);
-            assert_eq!(d.oneshot(&ct, &mut out), Err(CryptoError::Invalid), "{flips:?}");
+            assert_eq!(
+                d.oneshot(&ct, &mut out),
+                Err(CryptoError::Invalid),
+                "{flips:?}"
+            );
             assert!(out.iter().all(|&b| b == 0x5a));
             let mut d = op(&key, &iv2, Direction::Decrypt);
             assert_eq!(d.update(&ct, &mut out), Ok(0));
@@ -415,38 +478,56 @@ mod tests {
         let iv = [2u8; 16];
         let msg: Vec<u8> = (0..37).collect();
         let ct = oneshot(&mut *op(&key, &iv, Direction::Encrypt), &msg).unwrap(); // 48 bytes
-        // One-shot encrypt.
+                                                                                  // One-shot encrypt.
         let mut e = op(&key, &iv, Direction::Encrypt);
-        assert_eq!(e.oneshot(&msg, &mut [0; 47]), Err(CryptoError::BufferTooSmall { needed: 48 }));
+        assert_eq!(
+            e.oneshot(&msg, &mut [0; 47]),
+            Err(CryptoError::BufferTooSmall { needed: 48 })
+        );
         assert_eq!(oneshot(&mut *e, &msg).unwrap(), ct);
         // One-shot decrypt: the exact plaintext length suffices, one less does not.
         let mut d = op(&key, &iv, Direction::Decrypt);
         let mut small = [0x77u8; 36];
-        assert_eq!(d.oneshot(&ct, &mut small), Err(CryptoError::BufferTooSmall { needed: 37 }));
+        assert_eq!(
+            d.oneshot(&ct, &mut small),
+            Err(CryptoError::BufferTooSmall { needed: 37 })
+        );
         assert!(small.iter().all(|&b| b == 0x77));
         let mut exact = [0u8; 37];
         assert_eq!(d.oneshot(&ct, &mut exact), Ok(37));
         assert_eq!(exact[..], msg[..]);
         // Encrypt update and finish.
         let mut e = op(&key, &iv, Direction::Encrypt);
-        assert_eq!(e.update(&msg[..20], &mut [0; 15]), Err(CryptoError::BufferTooSmall { needed: 16 }));
+        assert_eq!(
+            e.update(&msg[..20], &mut [0; 15]),
+            Err(CryptoError::BufferTooSmall { needed: 16 })
+        );
         let mut out = vec![0u8; 16];
         assert_eq!(e.update(&msg[..20], &mut out), Ok(16));
         let mut rest = vec![0u8; e.update_len(17)]; // 4 pending + 17 = one block, 5 left
         assert_eq!(e.update(&msg[20..], &mut rest), Ok(16));
         out.extend_from_slice(&rest);
-        assert_eq!(e.finish(&mut [0; 15]), Err(CryptoError::BufferTooSmall { needed: 16 }));
+        assert_eq!(
+            e.finish(&mut [0; 15]),
+            Err(CryptoError::BufferTooSmall { needed: 16 })
+        );
         let mut fin = [0u8; 16];
         assert_eq!(e.finish(&mut fin), Ok(16));
         out.extend_from_slice(&fin);
         assert_eq!(out, ct);
         // Decrypt update and finish: finish needs only the unpadded length (5 here).
         let mut d = op(&key, &iv, Direction::Decrypt);
-        assert_eq!(d.update(&ct, &mut [0; 31]), Err(CryptoError::BufferTooSmall { needed: 32 }));
+        assert_eq!(
+            d.update(&ct, &mut [0; 31]),
+            Err(CryptoError::BufferTooSmall { needed: 32 })
+        );
         let mut out = vec![0u8; 32];
         assert_eq!(d.update(&ct, &mut out), Ok(32));
         assert_eq!(d.finish_len(), 16);
-        assert_eq!(d.finish(&mut [0; 4]), Err(CryptoError::BufferTooSmall { needed: 5 }));
+        assert_eq!(
+            d.finish(&mut [0; 4]),
+            Err(CryptoError::BufferTooSmall { needed: 5 })
+        );
         let mut fin = [0u8; 5];
         assert_eq!(d.finish(&mut fin), Ok(5));
         out.extend_from_slice(&fin);

@@ -10,9 +10,7 @@
 
 use super::{AesCipher, CipherOp, CryptoError, Stage};
 use ::ctr::{flavors::Ctr128BE, CtrCore};
-use aes::cipher::{
-    array::Array, consts::U16, InOutBuf, InnerIvInit, StreamCipherCore,
-};
+use aes::cipher::{array::Array, consts::U16, InOutBuf, InnerIvInit, StreamCipherCore};
 use zeroize::Zeroizing;
 
 type Block = Array<u8, U16>;
@@ -63,7 +61,9 @@ impl<A: AesCipher> CtrOp<A> {
 
     fn process(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
         let n = input.len();
-        let output = output.get_mut(..n).ok_or(CryptoError::BufferTooSmall { needed: n })?;
+        let output = output
+            .get_mut(..n)
+            .ok_or(CryptoError::BufferTooSmall { needed: n })?;
         let from_ks = n.min(BS - self.ks_used);
         let rest = n - from_ks;
         let (full, tail) = (rest / BS, rest % BS);
@@ -94,7 +94,8 @@ impl<A: AesCipher> CtrOp<A> {
         // 3. A trailing partial block: keep its unused keystream for the next call.
         if tail > 0 {
             *self.ks = self.counter.to_be_bytes();
-            self.cipher.encrypt_block(Block::cast_from_core_mut(&mut self.ks));
+            self.cipher
+                .encrypt_block(Block::cast_from_core_mut(&mut self.ks));
             self.counter = self.counter.wrapping_add(1);
             for ((o, i), k) in out_tail.iter_mut().zip(in_tail).zip(self.ks.iter()) {
                 *o = i ^ k;
@@ -146,7 +147,8 @@ mod tests {
     }
 
     const CTR0: [u8; 16] = [
-        0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff,
+        0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe,
+        0xff,
     ];
     const PT: &str = "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
                       30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710";
@@ -156,26 +158,42 @@ mod tests {
     #[test]
     fn known_answers() {
         let cases = [
-            ("2b7e151628aed2a6abf7158809cf4f3c",
-             "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff\
-              5ae4df3edbd5d35e5b4f09020db03eab1e031dda2fbe03d1792170a0f3009cee"),
-            ("8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b",
-             "1abc932417521ca24f2b0459fe7e6e0b090339ec0aa6faefd5ccc2c6f4ce8e94\
-              1e36b26bd1ebc670d1bd1d665620abf74f78a7f6d29809585a97daec58c6b050"),
-            ("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
-             "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5\
-              2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6"),
+            (
+                "2b7e151628aed2a6abf7158809cf4f3c",
+                "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff\
+              5ae4df3edbd5d35e5b4f09020db03eab1e031dda2fbe03d1792170a0f3009cee",
+            ),
+            (
+                "8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b",
+                "1abc932417521ca24f2b0459fe7e6e0b090339ec0aa6faefd5ccc2c6f4ce8e94\
+              1e36b26bd1ebc670d1bd1d665620abf74f78a7f6d29809585a97daec58c6b050",
+            ),
+            (
+                "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+                "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5\
+              2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6",
+            ),
         ];
         let mut rng = Rng(99);
         let p = hex(PT);
         for (k, c) in cases {
             let (k, c) = (hex(k), hex(c));
             for bits in [16, 32, 64, 128] {
-                assert_eq!(oneshot(&mut *op(&k, CTR0, bits, Direction::Encrypt), &p).unwrap(), c);
-                assert_eq!(oneshot(&mut *op(&k, CTR0, bits, Direction::Decrypt), &c).unwrap(), p);
+                assert_eq!(
+                    oneshot(&mut *op(&k, CTR0, bits, Direction::Encrypt), &p).unwrap(),
+                    c
+                );
+                assert_eq!(
+                    oneshot(&mut *op(&k, CTR0, bits, Direction::Decrypt), &c).unwrap(),
+                    p
+                );
                 for _ in 0..8 {
                     let chunks = random_chunks(&mut rng, p.len());
-                    assert_eq!(multipart(&mut *op(&k, CTR0, bits, Direction::Encrypt), &p, &chunks).unwrap(), c);
+                    assert_eq!(
+                        multipart(&mut *op(&k, CTR0, bits, Direction::Encrypt), &p, &chunks)
+                            .unwrap(),
+                        c
+                    );
                 }
             }
         }
@@ -192,8 +210,14 @@ mod tests {
             let msg = rng.bytes(len);
             let ct = oneshot(&mut *op(&key, iv, 128, Direction::Encrypt), &msg).unwrap();
             let chunks = random_chunks(&mut rng, len);
-            assert_eq!(multipart(&mut *op(&key, iv, 128, Direction::Encrypt), &msg, &chunks).unwrap(), ct);
-            assert_eq!(oneshot(&mut *op(&key, iv, 128, Direction::Decrypt), &ct).unwrap(), msg);
+            assert_eq!(
+                multipart(&mut *op(&key, iv, 128, Direction::Encrypt), &msg, &chunks).unwrap(),
+                ct
+            );
+            assert_eq!(
+                oneshot(&mut *op(&key, iv, 128, Direction::Decrypt), &ct).unwrap(),
+                msg
+            );
         }
     }
 
@@ -206,9 +230,15 @@ mod tests {
         assert_eq!(e.update(&vec![0; 256 * 16], &mut out), Ok(256 * 16));
         assert_eq!(e.update(&[0], &mut [0]), Err(CryptoError::DataLen));
         let mut e = op(&key, [0; 16], 8, Direction::Encrypt);
-        assert_eq!(oneshot(&mut *e, &vec![0; 256 * 16 + 1]), Err(CryptoError::DataLen));
+        assert_eq!(
+            oneshot(&mut *e, &vec![0; 256 * 16 + 1]),
+            Err(CryptoError::DataLen)
+        );
         let mut e = op(&key, [0; 16], 8, Direction::Encrypt);
-        assert_eq!(oneshot(&mut *e, &vec![0; 256 * 16]).map(|v| v.len()), Ok(4096));
+        assert_eq!(
+            oneshot(&mut *e, &vec![0; 256 * 16]).map(|v| v.len()),
+            Ok(4096)
+        );
 
         // Counter at 0xfe: two blocks; a partial block's leftover keystream is still usable.
         let mut iv = [0xaau8; 16];
@@ -236,16 +266,34 @@ mod tests {
         let ks = oneshot(&mut *op(&key, iv, 8, Direction::Encrypt), &[0; 16]).unwrap();
         let ks128 = oneshot(&mut *op(&key, iv, 128, Direction::Encrypt), &[0; 32]).unwrap();
         assert_eq!(ks[..], ks128[..16]);
-        assert_eq!(oneshot(&mut *op(&key, iv, 8, Direction::Encrypt), &[0; 17]), Err(CryptoError::DataLen));
+        assert_eq!(
+            oneshot(&mut *op(&key, iv, 8, Direction::Encrypt), &[0; 17]),
+            Err(CryptoError::DataLen)
+        );
     }
 
     #[test]
     fn bad_counter_bits() {
         for bits in [0usize, 129, 1000] {
-            let r = new_op(&[0; 16], &Mode::Ctr { iv: [0; 16], counter_bits: bits }, Direction::Encrypt);
+            let r = new_op(
+                &[0; 16],
+                &Mode::Ctr {
+                    iv: [0; 16],
+                    counter_bits: bits,
+                },
+                Direction::Encrypt,
+            );
             assert_eq!(r.err(), Some(CryptoError::Param));
         }
-        assert!(new_op(&[0; 16], &Mode::Ctr { iv: [0; 16], counter_bits: 1 }, Direction::Encrypt).is_ok());
+        assert!(new_op(
+            &[0; 16],
+            &Mode::Ctr {
+                iv: [0; 16],
+                counter_bits: 1
+            },
+            Direction::Encrypt
+        )
+        .is_ok());
     }
 
     #[test]
@@ -255,15 +303,24 @@ mod tests {
         let ct = oneshot(&mut *op(&key, CTR0, 32, Direction::Encrypt), &msg).unwrap();
         let mut e = op(&key, CTR0, 32, Direction::Encrypt);
         let mut out = vec![0u8; 50];
-        assert_eq!(e.update(&msg[..7], &mut out[..6]), Err(CryptoError::BufferTooSmall { needed: 7 }));
+        assert_eq!(
+            e.update(&msg[..7], &mut out[..6]),
+            Err(CryptoError::BufferTooSmall { needed: 7 })
+        );
         assert_eq!(e.update(&msg[..7], &mut out[..7]), Ok(7));
-        assert_eq!(e.update(&msg[7..], &mut out[7..49]), Err(CryptoError::BufferTooSmall { needed: 43 }));
+        assert_eq!(
+            e.update(&msg[7..], &mut out[7..49]),
+            Err(CryptoError::BufferTooSmall { needed: 43 })
+        );
         assert_eq!(e.update(&msg[7..], &mut out[7..]), Ok(43));
         assert_eq!(e.finish_len(), 0);
         assert_eq!(e.finish(&mut []), Ok(0));
         assert_eq!(out, ct);
         let mut e = op(&key, CTR0, 32, Direction::Encrypt);
-        assert_eq!(e.oneshot(&msg, &mut [0; 49]), Err(CryptoError::BufferTooSmall { needed: 50 }));
+        assert_eq!(
+            e.oneshot(&msg, &mut [0; 49]),
+            Err(CryptoError::BufferTooSmall { needed: 50 })
+        );
         assert_eq!(oneshot(&mut *e, &msg).unwrap(), ct);
     }
 }

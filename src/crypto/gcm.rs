@@ -103,7 +103,12 @@ impl<A: AesCipher> GcmOp<A> {
             }
         };
         eng.tag_mask = encrypt_block(&eng.raw, &eng.j0);
-        Ok(Self { eng, dir, buf: Zeroizing::new(Vec::new()), stage: Stage::Fresh })
+        Ok(Self {
+            eng,
+            dir,
+            buf: Zeroizing::new(Vec::new()),
+            stage: Stage::Fresh,
+        })
     }
 
     /// Largest input this op may buffer or process.
@@ -128,7 +133,10 @@ impl<A: AesCipher> GcmOp<A> {
         match self.dir {
             Direction::Encrypt => self.eng.encrypt(input, output),
             Direction::Decrypt => {
-                let n = input.len().checked_sub(self.eng.tag_len).ok_or(CryptoError::DataLen)?;
+                let n = input
+                    .len()
+                    .checked_sub(self.eng.tag_len)
+                    .ok_or(CryptoError::DataLen)?;
                 if output.len() < n {
                     return Err(CryptoError::BufferTooSmall { needed: n });
                 }
@@ -166,7 +174,9 @@ impl<A: AesCipher> Engine<A> {
     fn encrypt(&self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
         let n = input.len();
         let needed = n.checked_add(self.tag_len).ok_or(CryptoError::DataLen)?;
-        let out = output.get_mut(..needed).ok_or(CryptoError::BufferTooSmall { needed })?;
+        let out = output
+            .get_mut(..needed)
+            .ok_or(CryptoError::BufferTooSmall { needed })?;
         let (ct, tag_out) = out.split_at_mut(n);
         let full = match self.nonce {
             Some(nonce) => {
@@ -189,8 +199,13 @@ impl<A: AesCipher> Engine<A> {
 
     /// Decrypts ciphertext || tag, writing to `output` only after the tag verifies.
     fn decrypt(&self, input: Input<'_>, output: &mut [u8]) -> Result<usize, CryptoError> {
-        let n = input.len().checked_sub(self.tag_len).ok_or(CryptoError::DataLen)?;
-        let out = output.get_mut(..n).ok_or(CryptoError::BufferTooSmall { needed: n })?;
+        let n = input
+            .len()
+            .checked_sub(self.tag_len)
+            .ok_or(CryptoError::DataLen)?;
+        let out = output
+            .get_mut(..n)
+            .ok_or(CryptoError::BufferTooSmall { needed: n })?;
         match (self.nonce, input) {
             (Some(nonce), input) if self.tag_len == 16 => {
                 let data: &[u8] = match input {
@@ -262,7 +277,7 @@ fn j0_from_nonce(nonce: &[u8; 12]) -> [u8; 16] {
 
 fn encrypt_block<A: AesCipher>(cipher: &A, block: &[u8; 16]) -> Zeroizing<[u8; 16]> {
     let mut out = Zeroizing::new(*block);
-    cipher.encrypt_block(Array::cast_from_core_mut(&mut *out));
+    cipher.encrypt_block(Array::cast_from_core_mut(&mut out));
     out
 }
 
@@ -313,8 +328,18 @@ mod tests {
     use super::super::{new_op, CryptoError, Direction, Mode};
     use aes_gcm::aead::{Aead, KeyInit, Payload};
 
-    fn op(key: &[u8], iv: &[u8], aad: &[u8], tag_len: usize, dir: Direction) -> Box<dyn super::CipherOp> {
-        let mode = Mode::Gcm { iv: iv.to_vec(), aad: aad.to_vec(), tag_len };
+    fn op(
+        key: &[u8],
+        iv: &[u8],
+        aad: &[u8],
+        tag_len: usize,
+        dir: Direction,
+    ) -> Box<dyn super::CipherOp> {
+        let mode = Mode::Gcm {
+            iv: iv.to_vec(),
+            aad: aad.to_vec(),
+            tag_len,
+        };
         new_op(key, &mode, dir).unwrap()
     }
 
@@ -340,61 +365,139 @@ mod tests {
         };
         vec![
             // Test case 1, 2: AES-128 zero key.
-            v(&z(16), &z(12), "", "", "", "58e2fccefa7e3061367f1d57a4e7455a"),
-            v(&z(16), &z(12), "", &z(16), "0388dace60b6a392f328c2b971b2fe78", "ab6e47d42cec13bdf53a67b21257bddf"),
+            v(
+                &z(16),
+                &z(12),
+                "",
+                "",
+                "",
+                "58e2fccefa7e3061367f1d57a4e7455a",
+            ),
+            v(
+                &z(16),
+                &z(12),
+                "",
+                &z(16),
+                "0388dace60b6a392f328c2b971b2fe78",
+                "ab6e47d42cec13bdf53a67b21257bddf",
+            ),
             // Test case 3: no AAD, 4 whole blocks.
-            v(K128, IV96, "", P64,
-              "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+            v(
+                K128,
+                IV96,
+                "",
+                P64,
+                "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
                21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985",
-              "4d5c2af327cd64a62cf35abd2ba6fab4"),
+                "4d5c2af327cd64a62cf35abd2ba6fab4",
+            ),
             // Test case 4: AAD, partial final block.
-            v(K128, IV96, AAD, P60,
-              "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+            v(
+                K128,
+                IV96,
+                AAD,
+                P60,
+                "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
                21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
-              "5bc94fbc3221a5db94fae95ae7121a47"),
+                "5bc94fbc3221a5db94fae95ae7121a47",
+            ),
             // Test case 5: 64-bit IV.
-            v(K128, IV64, AAD, P60,
-              "61353b4c2806934a777ff51fa22a4755699b2a714fcdc6f83766e5f97b6c7423\
+            v(
+                K128,
+                IV64,
+                AAD,
+                P60,
+                "61353b4c2806934a777ff51fa22a4755699b2a714fcdc6f83766e5f97b6c7423\
                73806900e49f24b22b097544d4896b424989b5e1ebac0f07c23f4598",
-              "3612d2e79e3b0785561be14aaca2fccb"),
+                "3612d2e79e3b0785561be14aaca2fccb",
+            ),
             // Test case 6: 480-bit (60-byte) IV.
-            v(K128, IV480, AAD, P60,
-              "8ce24998625615b603a033aca13fb894be9112a5c3a211a8ba262a3cca7e2ca7\
+            v(
+                K128,
+                IV480,
+                AAD,
+                P60,
+                "8ce24998625615b603a033aca13fb894be9112a5c3a211a8ba262a3cca7e2ca7\
                01e4a9a4fba43c90ccdcb281d48c7c6fd62875d2aca417034c34aee5",
-              "619cc5aefffe0bfa462af43c1699d050"),
+                "619cc5aefffe0bfa462af43c1699d050",
+            ),
             // Test case 10: AES-192.
-            v(K192, IV96, AAD, P60,
-              "3980ca0b3c00e841eb06fac4872a2757859e1ceaa6efd984628593b40ca1e19c\
+            v(
+                K192,
+                IV96,
+                AAD,
+                P60,
+                "3980ca0b3c00e841eb06fac4872a2757859e1ceaa6efd984628593b40ca1e19c\
                7d773d00c144c525ac619d18c84a3f4718e2448b2fe324d9ccda2710",
-              "2519498e80f1478f37ba55bd6d27618c"),
+                "2519498e80f1478f37ba55bd6d27618c",
+            ),
             // Test case 13, 14: AES-256 zero key.
-            v(&z(32), &z(12), "", "", "", "530f8afbc74536b9a963b4f1c4cb738b"),
-            v(&z(32), &z(12), "", &z(16), "cea7403d4d606b6e074ec5d3baf39d18", "d0d1c8a799996bf0265b98b5d48ab919"),
+            v(
+                &z(32),
+                &z(12),
+                "",
+                "",
+                "",
+                "530f8afbc74536b9a963b4f1c4cb738b",
+            ),
+            v(
+                &z(32),
+                &z(12),
+                "",
+                &z(16),
+                "cea7403d4d606b6e074ec5d3baf39d18",
+                "d0d1c8a799996bf0265b98b5d48ab919",
+            ),
             // Test case 16: AES-256 with AAD.
-            v(K256, IV96, AAD, P60,
-              "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+            v(
+                K256,
+                IV96,
+                AAD,
+                P60,
+                "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
                8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
-              "76fc6ece0f4e1768cddf8853bb2d551b"),
+                "76fc6ece0f4e1768cddf8853bb2d551b",
+            ),
             // Test case 17: AES-256, 64-bit IV.
-            v(K256, IV64, AAD, P60,
-              "c3762df1ca787d32ae47c13bf19844cbaf1ae14d0b976afac52ff7d79bba9de0\
+            v(
+                K256,
+                IV64,
+                AAD,
+                P60,
+                "c3762df1ca787d32ae47c13bf19844cbaf1ae14d0b976afac52ff7d79bba9de0\
                feb582d33934a4f0954cc2363bc73f7862ac430e64abe499f47c9b1f",
-              "3a337dbf46a792c45e454913fe2ea8f2"),
+                "3a337dbf46a792c45e454913fe2ea8f2",
+            ),
             // Test case 18: AES-256, 480-bit IV.
-            v(K256, IV480, AAD, P60,
-              "5a8def2f0c9e53f1f75d7853659e2a20eeb2b22aafde6419a058ab4f6f746bf4\
+            v(
+                K256,
+                IV480,
+                AAD,
+                P60,
+                "5a8def2f0c9e53f1f75d7853659e2a20eeb2b22aafde6419a058ab4f6f746bf4\
                0fc0c3b780f244452da3ebf1c5d82cdea2418997200ef82e44ae7e3f",
-              "a44a8266ee1c8eb0c8b5d4cf5ae9f19a"),
+                "a44a8266ee1c8eb0c8b5d4cf5ae9f19a",
+            ),
             // CAVS gcmEncryptExtIV128: 8-bit and 1024-bit IVs.
-            v("15b2d414826453f9e1c7dd0b69d8d1eb", "b6", "", "8cfa255530c6fbc19d51bd4aeb39c91b",
-              "4822cb98bd5f5d921ee19285c9032375", "8a40670ebac98cf4e9cc1bf8f803167d"),
-            v("71eebc49c8fb773b2224eaff3ad68714",
-              "07e961e67784011f72faafd95b0eb64089c8de15ad685ec57e63d56e679d3e20\
+            v(
+                "15b2d414826453f9e1c7dd0b69d8d1eb",
+                "b6",
+                "",
+                "8cfa255530c6fbc19d51bd4aeb39c91b",
+                "4822cb98bd5f5d921ee19285c9032375",
+                "8a40670ebac98cf4e9cc1bf8f803167d",
+            ),
+            v(
+                "71eebc49c8fb773b2224eaff3ad68714",
+                "07e961e67784011f72faafd95b0eb64089c8de15ad685ec57e63d56e679d3e20\
                2b18b75fcbbec3185ffc41653bc2ac4ae6ae8be8c85636f353a9d19a86100d0b\
                d035cc6bdefcab4318ac7b1a08b819427ad8f6abc782466c6ebd4d6a0dd76e78\
                389b0a2a66506bb85f038ffc1da220c24f3817c7b2d02c5e8fc5e7e3be5074bc",
-              "", "705da82292143d2c949dc4ba014f6396",
-              "032363cf0828a03553478bec0f51f372", "c681b2c568feaa21900bc44b86aeb946"),
+                "",
+                "705da82292143d2c949dc4ba014f6396",
+                "032363cf0828a03553478bec0f51f372",
+                "c681b2c568feaa21900bc44b86aeb946",
+            ),
         ]
     }
 
@@ -408,7 +511,8 @@ mod tests {
                 expect.extend_from_slice(&tag[..tag_len]);
                 let enc = oneshot(&mut *op(&k, &iv, &a, tag_len, Direction::Encrypt), &p).unwrap();
                 assert_eq!(enc, expect, "encrypt {t:?} tag_len {tag_len}");
-                let dec = oneshot(&mut *op(&k, &iv, &a, tag_len, Direction::Decrypt), &expect).unwrap();
+                let dec =
+                    oneshot(&mut *op(&k, &iv, &a, tag_len, Direction::Decrypt), &expect).unwrap();
                 assert_eq!(dec, p);
                 for _ in 0..4 {
                     let chunks = random_chunks(&mut rng, p.len());
@@ -428,8 +532,10 @@ mod tests {
     fn matches_aes_gcm_generic_nonce_sizes() {
         use aes::cipher::consts::{U1, U12, U16, U60, U8};
         use aes_gcm::AesGcm;
-        fn check<N: aes::cipher::array::ArraySize, T: aes_gcm::TagSize>(rng: &mut Rng, tag_len: usize)
-        where
+        fn check<N: aes::cipher::array::ArraySize, T: aes_gcm::TagSize>(
+            rng: &mut Rng,
+            tag_len: usize,
+        ) where
             AesGcm<aes::Aes256, N, T>: KeyInit + Aead + aes_gcm::AeadCore<NonceSize = N>,
         {
             for _ in 0..20 {
@@ -440,13 +546,23 @@ mod tests {
                 let reference = AesGcm::<aes::Aes256, N, T>::new_from_slice(&key)
                     .unwrap()
                     .encrypt(
-                        aes::cipher::array::Array::<u8, N>::try_from(&iv[..]).as_ref().unwrap(),
-                        Payload { msg: &msg, aad: &aad },
+                        aes::cipher::array::Array::<u8, N>::try_from(&iv[..])
+                            .as_ref()
+                            .unwrap(),
+                        Payload {
+                            msg: &msg,
+                            aad: &aad,
+                        },
                     )
                     .unwrap();
-                let ours = oneshot(&mut *op(&key, &iv, &aad, tag_len, Direction::Encrypt), &msg).unwrap();
+                let ours =
+                    oneshot(&mut *op(&key, &iv, &aad, tag_len, Direction::Encrypt), &msg).unwrap();
                 assert_eq!(ours, reference, "iv {} pt {pl} aad {al}", N::USIZE);
-                let back = oneshot(&mut *op(&key, &iv, &aad, tag_len, Direction::Decrypt), &ours).unwrap();
+                let back = oneshot(
+                    &mut *op(&key, &iv, &aad, tag_len, Direction::Decrypt),
+                    &ours,
+                )
+                .unwrap();
                 assert_eq!(back, msg);
             }
         }
@@ -467,7 +583,13 @@ mod tests {
         let key = hex(K128);
         let aad = hex(AAD);
         let msg = hex(P60);
-        for (iv, tag_len) in [(hex(IV96), 16), (hex(IV96), 12), (hex(IV96), 4), (hex(IV480), 16), (hex(IV64), 8)] {
+        for (iv, tag_len) in [
+            (hex(IV96), 16),
+            (hex(IV96), 12),
+            (hex(IV96), 4),
+            (hex(IV480), 16),
+            (hex(IV64), 8),
+        ] {
             let ct = oneshot(&mut *op(&key, &iv, &aad, tag_len, Direction::Encrypt), &msg).unwrap();
             for bit in (0..ct.len() * 8).step_by(7).chain([ct.len() * 8 - 1]) {
                 let mut bad = ct.clone();
@@ -501,17 +623,24 @@ mod tests {
         let msg = hex(P60);
         for iv in [hex(IV96), hex(IV480)] {
             for tag_len in [16, 12] {
-                let expect = oneshot(&mut *op(&key, &iv, &aad, tag_len, Direction::Encrypt), &msg).unwrap();
+                let expect =
+                    oneshot(&mut *op(&key, &iv, &aad, tag_len, Direction::Encrypt), &msg).unwrap();
                 // One-shot encrypt and decrypt.
                 let mut e = op(&key, &iv, &aad, tag_len, Direction::Encrypt);
                 let mut small = vec![0u8; expect.len() - 1];
                 let needed = expect.len();
-                assert_eq!(e.oneshot(&msg, &mut small), Err(CryptoError::BufferTooSmall { needed }));
+                assert_eq!(
+                    e.oneshot(&msg, &mut small),
+                    Err(CryptoError::BufferTooSmall { needed })
+                );
                 assert_eq!(oneshot(&mut *e, &msg).unwrap(), expect);
                 let mut d = op(&key, &iv, &aad, tag_len, Direction::Decrypt);
                 let mut small = vec![0x11u8; msg.len() - 1];
                 let needed = msg.len();
-                assert_eq!(d.oneshot(&expect, &mut small), Err(CryptoError::BufferTooSmall { needed }));
+                assert_eq!(
+                    d.oneshot(&expect, &mut small),
+                    Err(CryptoError::BufferTooSmall { needed })
+                );
                 assert!(small.iter().all(|&b| b == 0x11));
                 let mut exact = vec![0u8; msg.len()];
                 assert_eq!(d.oneshot(&expect, &mut exact), Ok(msg.len()));
@@ -522,7 +651,12 @@ mod tests {
                 e.update(&msg[10..], &mut []).unwrap();
                 assert_eq!(e.finish_len(), expect.len());
                 let mut small = vec![0u8; expect.len() - 1];
-                assert_eq!(e.finish(&mut small), Err(CryptoError::BufferTooSmall { needed: expect.len() }));
+                assert_eq!(
+                    e.finish(&mut small),
+                    Err(CryptoError::BufferTooSmall {
+                        needed: expect.len()
+                    })
+                );
                 let mut out = vec![0u8; expect.len()];
                 assert_eq!(e.finish(&mut out), Ok(expect.len()));
                 assert_eq!(out, expect);
@@ -530,7 +664,10 @@ mod tests {
                 d.update(&expect, &mut []).unwrap();
                 assert_eq!(d.finish_len(), msg.len());
                 let mut small = vec![0u8; msg.len() - 1];
-                assert_eq!(d.finish(&mut small), Err(CryptoError::BufferTooSmall { needed: msg.len() }));
+                assert_eq!(
+                    d.finish(&mut small),
+                    Err(CryptoError::BufferTooSmall { needed: msg.len() })
+                );
                 let mut out = vec![0u8; msg.len()];
                 assert_eq!(d.finish(&mut out), Ok(msg.len()));
                 assert_eq!(out, msg);
@@ -544,14 +681,21 @@ mod tests {
         let iv = [1u8; 12];
         for tag_len in [4usize, 16] {
             let mut d = op(&key, &iv, b"", tag_len, Direction::Decrypt);
-            assert_eq!(oneshot(&mut *d, &vec![0; tag_len - 1]), Err(CryptoError::DataLen));
+            assert_eq!(
+                oneshot(&mut *d, &vec![0; tag_len - 1]),
+                Err(CryptoError::DataLen)
+            );
             let mut d = op(&key, &iv, b"", tag_len, Direction::Decrypt);
             d.update(&vec![0; tag_len - 1], &mut []).unwrap();
             assert_eq!(d.finish_len(), 0);
             assert_eq!(d.finish(&mut [0; 32]), Err(CryptoError::DataLen));
         }
         let bad = |iv: &[u8], tag_len: usize| {
-            let mode = Mode::Gcm { iv: iv.to_vec(), aad: vec![], tag_len };
+            let mode = Mode::Gcm {
+                iv: iv.to_vec(),
+                aad: vec![],
+                tag_len,
+            };
             new_op(&key, &mode, Direction::Encrypt).err()
         };
         assert_eq!(bad(&iv, 3), Some(CryptoError::Param));

@@ -39,9 +39,15 @@ pub enum Direction {
     Decrypt,
 }
 
+/// IV and AAD are public values, so the derived Debug reveals nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// `tag_len` in bytes (4..=16); `iv` 1..=256 bytes (12 is the fast path).
-    Gcm { iv: Vec<u8>, aad: Vec<u8>, tag_len: usize },
+    Gcm {
+        iv: Vec<u8>,
+        aad: Vec<u8>,
+        tag_len: usize,
+    },
     /// CKM_AES_CBC_PAD: CBC with PKCS#7 padding.
     CbcPad { iv: [u8; 16] },
     /// CKM_AES_CTR: the low `counter_bits` (1..=128) bits of `iv` are a big-endian counter.
@@ -82,7 +88,9 @@ fn build<A: AesCipher>(
     // new_from_slice borrows the key; no extra unzeroized copy is made here.
     let cipher = A::new_from_slice(key).map_err(|_| CryptoError::KeySize)?;
     Ok(match mode {
-        Mode::Gcm { iv, aad, tag_len } => Box::new(gcm::GcmOp::new(cipher, iv, aad, *tag_len, dir)?),
+        Mode::Gcm { iv, aad, tag_len } => {
+            Box::new(gcm::GcmOp::new(cipher, iv, aad, *tag_len, dir)?)
+        }
         Mode::CbcPad { iv } => cbc::new_op(cipher, iv, dir),
         Mode::Ctr { iv, counter_bits } => Box::new(ctr::CtrOp::new(cipher, iv, *counter_bits)?),
     })
@@ -143,12 +151,17 @@ impl Stage {
 /// the old allocation unwiped, so we grow into a fresh buffer and let the old one zeroize.
 /// Allocation failure is reported (DataLen) instead of aborting, with `buf` unchanged.
 fn append_secret(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) -> Result<(), CryptoError> {
-    let need = buf.len().checked_add(data.len()).ok_or(CryptoError::DataLen)?;
+    let need = buf
+        .len()
+        .checked_add(data.len())
+        .ok_or(CryptoError::DataLen)?;
     if need > buf.capacity() {
         let mut grown: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
         let doubled = need.max(buf.capacity().saturating_mul(2)).max(64);
         if grown.try_reserve_exact(doubled).is_err() {
-            grown.try_reserve_exact(need).map_err(|_| CryptoError::DataLen)?;
+            grown
+                .try_reserve_exact(need)
+                .map_err(|_| CryptoError::DataLen)?;
         }
         grown.extend_from_slice(buf);
         *buf = grown;
@@ -271,6 +284,17 @@ mod tests {
         assert_eq!(*b, expect);
     }
 
+    /// Key schedules are wiped on drop only with aes-gcm's `zeroize` feature (which turns
+    /// on aes's and ghash's); this stops the build if that feature is ever dropped.
+    #[test]
+    fn key_schedules_zeroize_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<aes::Aes128>();
+        wiped::<aes::Aes192>();
+        wiped::<aes::Aes256>();
+        wiped::<aes_gcm::AesGcm<aes::Aes256, aes::cipher::consts::U12>>();
+    }
+
     #[test]
     fn ct_eq_works() {
         assert!(ct_eq(b"abc", b"abc"));
@@ -281,7 +305,10 @@ mod tests {
 
     #[test]
     fn finished_op_refuses_more_work() {
-        let mode = Mode::Ctr { iv: [0; 16], counter_bits: 32 };
+        let mode = Mode::Ctr {
+            iv: [0; 16],
+            counter_bits: 32,
+        };
         let mut op = new_op(&[0; 16], &mode, Direction::Encrypt).unwrap();
         let mut out = [0u8; 4];
         assert_eq!(op.oneshot(b"abcd", &mut out), Ok(4));
@@ -292,7 +319,10 @@ mod tests {
 
     #[test]
     fn oneshot_after_update_is_refused() {
-        let mode = Mode::Ctr { iv: [0; 16], counter_bits: 32 };
+        let mode = Mode::Ctr {
+            iv: [0; 16],
+            counter_bits: 32,
+        };
         let mut op = new_op(&[0; 16], &mode, Direction::Encrypt).unwrap();
         let mut out = [0u8; 4];
         assert_eq!(op.update(b"ab", &mut out), Ok(2));

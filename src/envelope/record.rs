@@ -132,7 +132,9 @@ impl WrappedRecord {
                 }
                 let ct = self.ciphertext.len();
                 if ct <= GCM_TAG_LEN || ct > GCM_TAG_LEN + MAX_WRAPPED_KEY_LEN {
-                    return Err(RecordError::Malformed("AES-GCM ciphertext length out of range"));
+                    return Err(RecordError::Malformed(
+                        "AES-GCM ciphertext length out of range",
+                    ));
                 }
             }
         }
@@ -156,13 +158,23 @@ impl WrappedRecord {
     /// Encodes the record, or says why it cannot be (see `validate`).
     pub fn try_encode(&self) -> Result<Vec<u8>, RecordError> {
         self.validate()?;
-        let mut out =
-            Vec::with_capacity(4 + 1 + 1 + 2 + self.kek_label.len() + 4 + 1 + self.iv.len() + 4 + self.ciphertext.len());
+        let mut out = Vec::with_capacity(
+            4 + 1
+                + 1
+                + 2
+                + self.kek_label.len()
+                + 4
+                + 1
+                + self.iv.len()
+                + 4
+                + self.ciphertext.len(),
+        );
         self.write_header(&mut out);
         // validate() bounded both lengths, so these conversions cannot fail.
-        let iv_len = u8::try_from(self.iv.len()).map_err(|_| RecordError::Malformed("IV too long"))?;
-        let ct_len =
-            u32::try_from(self.ciphertext.len()).map_err(|_| RecordError::Malformed("ciphertext too long"))?;
+        let iv_len =
+            u8::try_from(self.iv.len()).map_err(|_| RecordError::Malformed("IV too long"))?;
+        let ct_len = u32::try_from(self.ciphertext.len())
+            .map_err(|_| RecordError::Malformed("ciphertext too long"))?;
         out.push(iv_len);
         out.extend_from_slice(&self.iv);
         out.extend_from_slice(&ct_len.to_be_bytes());
@@ -208,7 +220,8 @@ impl WrappedRecord {
         let kek_version = r.u32()?;
         let iv_len = usize::from(r.u8()?);
         let iv = r.take(iv_len)?;
-        let ct_len = usize::try_from(r.u32()?).map_err(|_| RecordError::Malformed("ciphertext too long"))?;
+        let ct_len =
+            usize::try_from(r.u32()?).map_err(|_| RecordError::Malformed("ciphertext too long"))?;
         let ct = r.take(ct_len)?;
         if !r.buf.is_empty() {
             return Err(RecordError::Malformed("trailing bytes after record"));
@@ -323,25 +336,43 @@ mod tests {
         assert_eq!(WrappedRecord::decode(&bad), Err(RecordError::BadMagic));
         let mut bad = enc.clone();
         bad[4] = 2;
-        assert_eq!(WrappedRecord::decode(&bad), Err(RecordError::UnsupportedVersion(2)));
+        assert_eq!(
+            WrappedRecord::decode(&bad),
+            Err(RecordError::UnsupportedVersion(2))
+        );
         let mut bad = enc.clone();
         bad[5] = 9;
         assert_eq!(WrappedRecord::decode(&bad), Err(RecordError::UnknownAlg(9)));
         let mut bad = enc.clone();
         bad.push(0);
-        assert!(matches!(WrappedRecord::decode(&bad), Err(RecordError::Malformed(_))));
+        assert!(matches!(
+            WrappedRecord::decode(&bad),
+            Err(RecordError::Malformed(_))
+        ));
         assert_eq!(WrappedRecord::decode(&[]), Err(RecordError::Truncated));
 
         // Wrong IV length for the algorithm.
-        let r = WrappedRecord { iv: vec![0; 16], ..sample() };
+        let r = WrappedRecord {
+            iv: vec![0; 16],
+            ..sample()
+        };
         assert!(r.try_encode().is_err());
         // Ciphertext that is only a tag, or absurdly long.
-        let r = WrappedRecord { ciphertext: vec![0; 16], ..sample() };
+        let r = WrappedRecord {
+            ciphertext: vec![0; 16],
+            ..sample()
+        };
         assert!(r.try_encode().is_err());
-        let r = WrappedRecord { ciphertext: vec![0; 16 + MAX_WRAPPED_KEY_LEN + 1], ..sample() };
+        let r = WrappedRecord {
+            ciphertext: vec![0; 16 + MAX_WRAPPED_KEY_LEN + 1],
+            ..sample()
+        };
         assert!(r.try_encode().is_err());
         // Empty label.
-        let r = WrappedRecord { kek_label: String::new(), ..sample() };
+        let r = WrappedRecord {
+            kek_label: String::new(),
+            ..sample()
+        };
         assert!(r.try_encode().is_err());
 
         // Absurd ct_len claim must not allocate or panic: Truncated.
@@ -353,20 +384,30 @@ mod tests {
         // Non-UTF-8 label.
         let mut bad = enc;
         bad[8] = 0xFF;
-        assert_eq!(WrappedRecord::decode(&bad), Err(RecordError::Malformed("KEK label is not UTF-8")));
+        assert_eq!(
+            WrappedRecord::decode(&bad),
+            Err(RecordError::Malformed("KEK label is not UTF-8"))
+        );
     }
 
     #[test]
     #[should_panic(expected = "invalid record")]
     fn encode_panics_on_invalid() {
-        let _ = WrappedRecord { iv: vec![], ..sample() }.encode();
+        let _ = WrappedRecord {
+            iv: vec![],
+            ..sample()
+        }
+        .encode();
     }
 
     #[test]
     fn every_truncation_fails_without_panic() {
         let enc = sample().encode();
         for n in 0..enc.len() {
-            assert!(WrappedRecord::decode(&enc[..n]).is_err(), "prefix {n} decoded");
+            assert!(
+                WrappedRecord::decode(&enc[..n]).is_err(),
+                "prefix {n} decoded"
+            );
         }
     }
 
@@ -404,9 +445,18 @@ mod tests {
         assert!(base.windows(AAD_DOMAIN.len()).any(|w| w == AAD_DOMAIN));
 
         let variants = [
-            WrappedRecord { kek_label: "kek-mainX".into(), ..sample() },
-            WrappedRecord { kek_label: "kek-maiN".into(), ..sample() },
-            WrappedRecord { kek_version: 4, ..sample() },
+            WrappedRecord {
+                kek_label: "kek-mainX".into(),
+                ..sample()
+            },
+            WrappedRecord {
+                kek_label: "kek-maiN".into(),
+                ..sample()
+            },
+            WrappedRecord {
+                kek_version: 4,
+                ..sample()
+            },
         ];
         for v in &variants {
             assert_ne!(v.aad(&id, attrs), base, "{v:?}");
@@ -420,7 +470,11 @@ mod tests {
         // second algorithm would change the AAD the same way.)
 
         // IV and ciphertext are GCM inputs, not AAD.
-        let r = WrappedRecord { iv: vec![0xAA; 12], ciphertext: vec![1; 40], ..sample() };
+        let r = WrappedRecord {
+            iv: vec![0xAA; 12],
+            ciphertext: vec![1; 40],
+            ..sample()
+        };
         assert_eq!(r.aad(&id, attrs), base);
         // Deterministic.
         assert_eq!(sample().aad(&id, attrs), base);
@@ -429,19 +483,37 @@ mod tests {
     #[test]
     fn aad_is_length_prefixed() {
         let id = [0u8; 16];
-        let ab = WrappedRecord { kek_label: "ab".into(), ..sample() };
-        let a = WrappedRecord { kek_label: "a".into(), ..sample() };
+        let ab = WrappedRecord {
+            kek_label: "ab".into(),
+            ..sample()
+        };
+        let a = WrappedRecord {
+            kek_label: "a".into(),
+            ..sample()
+        };
         // Moving a byte between label and attrs must change the AAD.
         assert_ne!(ab.aad(&id, b"c"), a.aad(&id, b"bc"));
         assert_ne!(ab.aad(&id, b""), a.aad(&id, b"b"));
         // Moving bytes between the version field and the attrs likewise.
-        let v = WrappedRecord { kek_version: 0x0000_0001, ..sample() };
-        let w = WrappedRecord { kek_version: 0x0000_0100, ..sample() };
+        let v = WrappedRecord {
+            kek_version: 0x0000_0001,
+            ..sample()
+        };
+        let w = WrappedRecord {
+            kek_version: 0x0000_0100,
+            ..sample()
+        };
         assert_ne!(v.aad(&id, &[0]), w.aad(&id, &[]));
         // Over-long labels still give distinct AADs (saturated u16 inside
         // a length-prefixed header).
-        let l1 = WrappedRecord { kek_label: "x".repeat(70_000), ..sample() };
-        let l2 = WrappedRecord { kek_label: "x".repeat(70_001), ..sample() };
+        let l1 = WrappedRecord {
+            kek_label: "x".repeat(70_000),
+            ..sample()
+        };
+        let l2 = WrappedRecord {
+            kek_label: "x".repeat(70_001),
+            ..sample()
+        };
         assert_ne!(l1.aad(&id, b""), l2.aad(&id, b""));
     }
 }

@@ -251,7 +251,9 @@ mod tests {
         // 4096 pages is 16 MiB with 4 KiB pages: past a typical 8 MiB
         // RLIMIT_MEMLOCK, so some of these stay unlocked, and that must be
         // fine.
-        let v: Vec<SecretBytes> = (0..4096).map(|i| SecretBytes::from_slice(&[i as u8; 32])).collect();
+        let v: Vec<SecretBytes> = (0..4096)
+            .map(|i| SecretBytes::from_slice(&[i as u8; 32]))
+            .collect();
         for (i, s) in v.iter().enumerate() {
             assert_eq!(s.as_slice(), &[i as u8; 32]);
         }

@@ -48,7 +48,10 @@ impl Envelope {
 
     /// Run `f` with the store, opening it on first use.
     pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
-        let mut guard = self.store.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let mut guard = self
+            .store
+            .lock()
+            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
         if guard.is_none() {
             *guard = Some(Store::open(&self.store_path)?);
         }
@@ -59,7 +62,11 @@ impl Envelope {
     }
 
     /// Run `f` with a pooled backend session and the KEK handle.
-    fn with_kek<T>(&self, backend: &Backend, f: impl Fn(&cryptoki::session::Session, ObjectHandle) -> Result<T>) -> Result<T> {
+    fn with_kek<T>(
+        &self,
+        backend: &Backend,
+        f: impl Fn(&cryptoki::session::Session, ObjectHandle) -> Result<T>,
+    ) -> Result<T> {
         self.pool.with(backend.pkcs11(), |s| {
             let cached = *self.kek.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
             let handle = match cached {
@@ -67,7 +74,10 @@ impl Envelope {
                 None => {
                     let h = kek::find(s, &self.kek_label)?;
                     if !kek::check_policy(s, h)? {
-                        crate::log_error!("KEK '{}' is extractable or not sensitive; refusing to use it", self.kek_label);
+                        crate::log_error!(
+                            "KEK '{}' is extractable or not sensitive; refusing to use it",
+                            self.kek_label
+                        );
                         return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
                     }
                     if let Ok(mut k) = self.kek.lock() {
@@ -83,7 +93,10 @@ impl Envelope {
     /// A stale KEK handle or a lost login means the KEK must be found again.
     fn kek_error(&self, e: Error) -> Error {
         if let Error::Backend { rv, .. } = &e {
-            if matches!(*rv, CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID | CKR_USER_NOT_LOGGED_IN) {
+            if matches!(
+                *rv,
+                CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID | CKR_USER_NOT_LOGGED_IN
+            ) {
                 self.forget_kek();
                 return Error::Rv(CKR_HSME_KEK_UNAVAILABLE);
             }
@@ -105,7 +118,13 @@ impl Envelope {
 
     /// Wrap `value` for the DEK `id` with attributes `attrs`; returns the
     /// encoded record.
-    pub fn seal(&self, backend: &Backend, id: &[u8; 16], attrs: &Attrs, value: &[u8]) -> Result<Vec<u8>> {
+    pub fn seal(
+        &self,
+        backend: &Backend,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        value: &[u8],
+    ) -> Result<Vec<u8>> {
         let mut iv = [0u8; RECORD_IV_LEN];
         getrandom::fill(&mut iv).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
         let mut rec = WrappedRecord {
@@ -117,26 +136,37 @@ impl Envelope {
         };
         let aad = rec.aad(id, &attrs.bound_encoding());
         rec.ciphertext = self.with_kek(backend, |s, k| kek::gcm_seal(s, k, &iv, &aad, value))?;
-        Ok(rec.encode())
+        Ok(rec.try_encode()?)
     }
 
     /// Unwrap a record on the HSM. Any change to the record, the id or the
     /// bound attributes makes the HSM's tag check fail.
-    pub fn open(&self, backend: &Backend, id: &[u8; 16], attrs: &Attrs, record: &[u8]) -> Result<SecretBytes> {
+    pub fn open(
+        &self,
+        backend: &Backend,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        record: &[u8],
+    ) -> Result<SecretBytes> {
         let rec = WrappedRecord::decode(record)?;
         if rec.kek_label != self.kek_label || rec.kek_version != KEK_VERSION {
-            crate::log_warn!("DEK {} is wrapped under KEK '{}' v{}, which this module does not hold", hex(id), rec.kek_label, rec.kek_version);
+            crate::log_warn!(
+                "DEK {} is wrapped under KEK '{}' v{}, which this module does not hold",
+                hex(id),
+                rec.kek_label,
+                rec.kek_version
+            );
             return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
         }
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
-            .with_kek(backend, |s, k| kek::gcm_open(s, k, &rec.iv, &aad, &rec.ciphertext))
-            .map_err(|e| match e {
-                Error::Backend { rv: CKR_ENCRYPTED_DATA_INVALID | CKR_ENCRYPTED_DATA_LEN_RANGE, .. } => {
+            .with_kek(backend, |s, k| {
+                kek::gcm_open(s, k, &rec.iv, &aad, &rec.ciphertext)
+            })
+            .inspect_err(|e| {
+                if e.rv() == CKR_HSME_RECORD_INVALID {
                     crate::log_warn!("wrapped record of DEK {} failed authentication", hex(id));
-                    Error::Rv(CKR_HSME_RECORD_INVALID)
                 }
-                other => other,
             })?;
         if Some(value.len() as CK_ULONG) != attrs.ulong(CKA_VALUE_LEN) {
             return Err(Error::Rv(CKR_HSME_RECORD_INVALID));
@@ -145,7 +175,13 @@ impl Envelope {
     }
 
     /// The DEK's value: from the cache, or unwrapped on the HSM and cached.
-    pub fn value(&self, backend: &Backend, id: &[u8; 16], attrs: &Attrs, record: &[u8]) -> Result<Arc<SecretBytes>> {
+    pub fn value(
+        &self,
+        backend: &Backend,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        record: &[u8],
+    ) -> Result<Arc<SecretBytes>> {
         if let Some(v) = self.cache.get(id) {
             return Ok(v);
         }
@@ -159,16 +195,32 @@ impl Envelope {
 
     /// Wrap `value` with the backend key `wrapping` (any AES key the
     /// caller may use, the KEK included) using an AES key-wrap mechanism.
-    pub fn keywrap(&self, backend: &Backend, wrapping: CK_OBJECT_HANDLE, mech: CK_MECHANISM_TYPE, value: &[u8]) -> Result<Vec<u8>> {
+    pub fn keywrap(
+        &self,
+        backend: &Backend,
+        wrapping: CK_OBJECT_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        value: &[u8],
+    ) -> Result<Vec<u8>> {
         // SAFETY: `wrapping` is a handle the backend gave this process.
         let w = unsafe { ObjectHandle::new_from_raw(wrapping) };
-        self.pool.with(backend.pkcs11(), |s| kek::keywrap(backend, s, w, mech, value))
+        self.pool.with(backend.pkcs11(), |s| {
+            kek::keywrap(backend, s, w, mech, value)
+        })
     }
 
-    pub fn keyunwrap(&self, backend: &Backend, unwrapping: CK_OBJECT_HANDLE, mech: CK_MECHANISM_TYPE, wrapped: &[u8]) -> Result<SecretBytes> {
+    pub fn keyunwrap(
+        &self,
+        backend: &Backend,
+        unwrapping: CK_OBJECT_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        wrapped: &[u8],
+    ) -> Result<SecretBytes> {
         // SAFETY: as above.
         let w = unsafe { ObjectHandle::new_from_raw(unwrapping) };
-        self.pool.with(backend.pkcs11(), |s| kek::keyunwrap(backend, s, w, mech, wrapped))
+        self.pool.with(backend.pkcs11(), |s| {
+            kek::keyunwrap(backend, s, w, mech, wrapped)
+        })
     }
 
     /// The KEK's backend handle (to recognise it among backend objects).

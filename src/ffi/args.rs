@@ -53,6 +53,20 @@ pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
     Ok(std::slice::from_raw_parts(p, len as usize))
 }
 
+/// Caller output bytes; a null pointer is only fine with length 0.
+///
+/// # Safety
+/// `p` must point to `len` writable bytes when non-null.
+pub unsafe fn bytes_mut<'a>(p: *mut u8, len: CK_ULONG) -> Result<&'a mut [u8]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() {
+        return Err(bad());
+    }
+    Ok(std::slice::from_raw_parts_mut(p, len as usize))
+}
+
 /// # Safety
 /// `p` must be null or valid for a write of T.
 pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {
@@ -151,8 +165,12 @@ pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template> 
         if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
             return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
         }
-        let v = bytes(a.pValue as *const u8, a.ulValueLen).map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
-        out.push(TemplateAttr { ty: a.type_, value: Zeroizing::new(v.to_vec()) });
+        let v = bytes(a.pValue as *const u8, a.ulValueLen)
+            .map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
+        out.push(TemplateAttr {
+            ty: a.type_,
+            value: Zeroizing::new(v.to_vec()),
+        });
     }
     Ok(out)
 }

@@ -5,14 +5,19 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use super::mechanism::soft_mode;
-use crate::bcall;
+use crate::backend::bcall;
 use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
 use crate::token::crypt::{self, Part, Step};
 use crate::token::keys;
 use crate::token::sessions::lookup;
 
-unsafe fn init(h: CK_SESSION_HANDLE, dir: Direction, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> Result<CK_RV> {
+unsafe fn init(
+    h: CK_SESSION_HANDLE,
+    dir: Direction,
+    p_m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> Result<CK_RV> {
     let m = mechanism(p_m)?;
     match crypt::init(h, dir, m.mechanism, soft_mode(m), key)? {
         Step::Done(_) => Ok(CKR_OK),
@@ -32,18 +37,34 @@ unsafe fn init(h: CK_SESSION_HANDLE, dir: Direction, p_m: *mut CK_MECHANISM, key
 }
 
 /// One data-carrying call: software, or forwarded with the caller's pointers.
-unsafe fn step(h: CK_SESSION_HANDLE, dir: Direction, part: Part, p_in: *mut u8, in_len: CK_ULONG, p_out: *mut u8, pul: *mut CK_ULONG) -> Result<CK_RV> {
+unsafe fn step(
+    h: CK_SESSION_HANDLE,
+    dir: Direction,
+    part: Part,
+    p_in: *mut u8,
+    in_len: CK_ULONG,
+    p_out: *mut u8,
+    pul: *mut CK_ULONG,
+) -> Result<CK_RV> {
     let input = bytes(p_in, in_len)?;
     let out = out_buf(p_out, pul)?;
     match crypt::step(h, dir, part, input, out) {
         Ok(Step::Done(n)) => report_len(Ok(n), pul),
         Ok(Step::Forward(md, bs)) => {
             let rv = match (dir, part) {
-                (Encrypt, Part::Single) => bcall!(md.backend, C_Encrypt(bs, p_in, in_len, p_out, pul)),
-                (Encrypt, Part::Update) => bcall!(md.backend, C_EncryptUpdate(bs, p_in, in_len, p_out, pul)),
+                (Encrypt, Part::Single) => {
+                    bcall!(md.backend, C_Encrypt(bs, p_in, in_len, p_out, pul))
+                }
+                (Encrypt, Part::Update) => {
+                    bcall!(md.backend, C_EncryptUpdate(bs, p_in, in_len, p_out, pul))
+                }
                 (Encrypt, Part::Final) => bcall!(md.backend, C_EncryptFinal(bs, p_out, pul)),
-                (Decrypt, Part::Single) => bcall!(md.backend, C_Decrypt(bs, p_in, in_len, p_out, pul)),
-                (Decrypt, Part::Update) => bcall!(md.backend, C_DecryptUpdate(bs, p_in, in_len, p_out, pul)),
+                (Decrypt, Part::Single) => {
+                    bcall!(md.backend, C_Decrypt(bs, p_in, in_len, p_out, pul))
+                }
+                (Decrypt, Part::Update) => {
+                    bcall!(md.backend, C_DecryptUpdate(bs, p_in, in_len, p_out, pul))
+                }
                 (Decrypt, Part::Final) => bcall!(md.backend, C_DecryptFinal(bs, p_out, pul)),
             };
             crypt::forwarded(h, dir, part, rv, p_out.is_null());
@@ -54,41 +75,93 @@ unsafe fn step(h: CK_SESSION_HANDLE, dir: Direction, part: Part, p_in: *mut u8, 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_EncryptInit(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_EncryptInit(
+    h: CK_SESSION_HANDLE,
+    p_m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
     guard("C_EncryptInit", || init(h, Encrypt, p_m, key))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Encrypt(h: CK_SESSION_HANDLE, p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG) -> CK_RV {
-    guard("C_Encrypt", || step(h, Encrypt, Part::Single, p_in, n, p_out, pul))
+pub unsafe extern "C" fn C_Encrypt(
+    h: CK_SESSION_HANDLE,
+    p_in: *mut CK_BYTE,
+    n: CK_ULONG,
+    p_out: *mut CK_BYTE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_Encrypt", || {
+        step(h, Encrypt, Part::Single, p_in, n, p_out, pul)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_EncryptUpdate(h: CK_SESSION_HANDLE, p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG) -> CK_RV {
-    guard("C_EncryptUpdate", || step(h, Encrypt, Part::Update, p_in, n, p_out, pul))
+pub unsafe extern "C" fn C_EncryptUpdate(
+    h: CK_SESSION_HANDLE,
+    p_in: *mut CK_BYTE,
+    n: CK_ULONG,
+    p_out: *mut CK_BYTE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_EncryptUpdate", || {
+        step(h, Encrypt, Part::Update, p_in, n, p_out, pul)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_EncryptFinal(h: CK_SESSION_HANDLE, p_out: *mut CK_BYTE, pul: *mut CK_ULONG) -> CK_RV {
-    guard("C_EncryptFinal", || step(h, Encrypt, Part::Final, std::ptr::null_mut(), 0, p_out, pul))
+pub unsafe extern "C" fn C_EncryptFinal(
+    h: CK_SESSION_HANDLE,
+    p_out: *mut CK_BYTE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_EncryptFinal", || {
+        step(h, Encrypt, Part::Final, std::ptr::null_mut(), 0, p_out, pul)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_DecryptInit(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_DecryptInit(
+    h: CK_SESSION_HANDLE,
+    p_m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
     guard("C_DecryptInit", || init(h, Decrypt, p_m, key))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Decrypt(h: CK_SESSION_HANDLE, p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG) -> CK_RV {
-    guard("C_Decrypt", || step(h, Decrypt, Part::Single, p_in, n, p_out, pul))
+pub unsafe extern "C" fn C_Decrypt(
+    h: CK_SESSION_HANDLE,
+    p_in: *mut CK_BYTE,
+    n: CK_ULONG,
+    p_out: *mut CK_BYTE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_Decrypt", || {
+        step(h, Decrypt, Part::Single, p_in, n, p_out, pul)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_DecryptUpdate(h: CK_SESSION_HANDLE, p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG) -> CK_RV {
-    guard("C_DecryptUpdate", || step(h, Decrypt, Part::Update, p_in, n, p_out, pul))
+pub unsafe extern "C" fn C_DecryptUpdate(
+    h: CK_SESSION_HANDLE,
+    p_in: *mut CK_BYTE,
+    n: CK_ULONG,
+    p_out: *mut CK_BYTE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_DecryptUpdate", || {
+        step(h, Decrypt, Part::Update, p_in, n, p_out, pul)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_DecryptFinal(h: CK_SESSION_HANDLE, p_out: *mut CK_BYTE, pul: *mut CK_ULONG) -> CK_RV {
-    guard("C_DecryptFinal", || step(h, Decrypt, Part::Final, std::ptr::null_mut(), 0, p_out, pul))
+pub unsafe extern "C" fn C_DecryptFinal(
+    h: CK_SESSION_HANDLE,
+    p_out: *mut CK_BYTE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_DecryptFinal", || {
+        step(h, Decrypt, Part::Final, std::ptr::null_mut(), 0, p_out, pul)
+    })
 }

@@ -4,7 +4,7 @@
 use cryptoki_sys::*;
 
 use super::args::*;
-use crate::bcall;
+use crate::backend::bcall;
 use crate::token::keys;
 use crate::token::sessions::lookup;
 

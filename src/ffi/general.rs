@@ -12,7 +12,12 @@ pub unsafe extern "C" fn C_Initialize(p_init_args: *mut std::ffi::c_void) -> CK_
             if !args.pReserved.is_null() {
                 return Err(bad());
             }
-            let given = [args.CreateMutex.is_some(), args.DestroyMutex.is_some(), args.LockMutex.is_some(), args.UnlockMutex.is_some()];
+            let given = [
+                args.CreateMutex.is_some(),
+                args.DestroyMutex.is_some(),
+                args.LockMutex.is_some(),
+                args.UnlockMutex.is_some(),
+            ];
             let all = given.iter().all(|g| *g);
             if given.iter().any(|g| *g) && !all {
                 return Err(bad());
@@ -42,38 +47,69 @@ pub unsafe extern "C" fn C_GetInfo(p_info: *mut CK_INFO) -> CK_RV {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetSlotList(_token_present: CK_BBOOL, p_list: *mut CK_SLOT_ID, pul_count: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_GetSlotList(
+    _token_present: CK_BBOOL,
+    p_list: *mut CK_SLOT_ID,
+    pul_count: *mut CK_ULONG,
+) -> CK_RV {
     // Every slot of ours has its token present.
-    guard("C_GetSlotList", || write_list(&general::slot_list()?, p_list, pul_count))
+    guard("C_GetSlotList", || {
+        write_list(&general::slot_list()?, p_list, pul_count)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: *mut CK_SLOT_INFO) -> CK_RV {
-    guard("C_GetSlotInfo", || ok(put(p_info, general::slot_info(slot)?)))
+    guard("C_GetSlotInfo", || {
+        ok(put(p_info, general::slot_info(slot)?))
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: *mut CK_TOKEN_INFO) -> CK_RV {
-    guard("C_GetTokenInfo", || ok(put(p_info, general::token_info(slot)?)))
+    guard("C_GetTokenInfo", || {
+        ok(put(p_info, general::token_info(slot)?))
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetMechanismList(slot: CK_SLOT_ID, p_list: *mut CK_MECHANISM_TYPE, pul_count: *mut CK_ULONG) -> CK_RV {
-    guard("C_GetMechanismList", || write_list(&general::mechanism_list(slot)?, p_list, pul_count))
+pub unsafe extern "C" fn C_GetMechanismList(
+    slot: CK_SLOT_ID,
+    p_list: *mut CK_MECHANISM_TYPE,
+    pul_count: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_GetMechanismList", || {
+        write_list(&general::mechanism_list(slot)?, p_list, pul_count)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetMechanismInfo(slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE, p_info: *mut CK_MECHANISM_INFO) -> CK_RV {
-    guard("C_GetMechanismInfo", || ok(put(p_info, general::mechanism_info(slot, mech)?)))
+pub unsafe extern "C" fn C_GetMechanismInfo(
+    slot: CK_SLOT_ID,
+    mech: CK_MECHANISM_TYPE,
+    p_info: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    guard("C_GetMechanismInfo", || {
+        ok(put(p_info, general::mechanism_info(slot, mech)?))
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_InitToken(slot: CK_SLOT_ID, _pin: *mut CK_UTF8CHAR, _len: CK_ULONG, _label: *mut CK_UTF8CHAR) -> CK_RV {
+pub unsafe extern "C" fn C_InitToken(
+    slot: CK_SLOT_ID,
+    _pin: *mut CK_UTF8CHAR,
+    _len: CK_ULONG,
+    _label: *mut CK_UTF8CHAR,
+) -> CK_RV {
     guard("C_InitToken", || ok(general::init_token(slot)))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_WaitForSlotEvent(_flags: CK_FLAGS, _slot: *mut CK_SLOT_ID, _reserved: *mut std::ffi::c_void) -> CK_RV {
+pub unsafe extern "C" fn C_WaitForSlotEvent(
+    _flags: CK_FLAGS,
+    _slot: *mut CK_SLOT_ID,
+    _reserved: *mut std::ffi::c_void,
+) -> CK_RV {
     guard("C_WaitForSlotEvent", || {
         module::get()?;
         Ok(CKR_FUNCTION_NOT_SUPPORTED)

@@ -37,7 +37,9 @@ unsafe fn param<T: Copy>(m: &CK_MECHANISM) -> Result<T> {
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null.
 unsafe fn param_bytes(p: *const u8, len: CK_ULONG) -> Result<Vec<u8>> {
-    super::args::bytes(p, len).map(<[u8]>::to_vec).map_err(|_| param_invalid())
+    super::args::bytes(p, len)
+        .map(<[u8]>::to_vec)
+        .map_err(|_| param_invalid())
 }
 
 /// The software mode for `m`, or CKR_MECHANISM_INVALID if it has none.
@@ -47,13 +49,14 @@ unsafe fn param_bytes(p: *const u8, len: CK_ULONG) -> Result<Vec<u8>> {
 pub unsafe fn soft_mode(m: &CK_MECHANISM) -> Result<Mode> {
     match m.mechanism {
         CKM_AES_GCM => {
-            let (iv, iv_len, aad, aad_len, tag_bits) = if m.ulParameterLen as usize == size_of::<CK_GCM_PARAMS>() {
-                let p: CK_GCM_PARAMS = param(m)?;
-                (p.pIv, p.ulIvLen, p.pAAD, p.ulAADLen, p.ulTagBits)
-            } else {
-                let p: GcmParamsNoIvBits = param(m)?;
-                (p.p_iv, p.ul_iv_len, p.p_aad, p.ul_aad_len, p.ul_tag_bits)
-            };
+            let (iv, iv_len, aad, aad_len, tag_bits) =
+                if m.ulParameterLen as usize == size_of::<CK_GCM_PARAMS>() {
+                    let p: CK_GCM_PARAMS = param(m)?;
+                    (p.pIv, p.ulIvLen, p.pAAD, p.ulAADLen, p.ulTagBits)
+                } else {
+                    let p: GcmParamsNoIvBits = param(m)?;
+                    (p.p_iv, p.ul_iv_len, p.p_aad, p.ul_aad_len, p.ul_tag_bits)
+                };
             if iv_len == 0 || iv_len > MAX_GCM_IV || iv.is_null() {
                 return Err(param_invalid());
             }
@@ -75,7 +78,10 @@ pub unsafe fn soft_mode(m: &CK_MECHANISM) -> Result<Mode> {
             if p.ulCounterBits == 0 || p.ulCounterBits > 128 {
                 return Err(param_invalid());
             }
-            Ok(Mode::Ctr { iv: p.cb, counter_bits: p.ulCounterBits as usize })
+            Ok(Mode::Ctr {
+                iv: p.cb,
+                counter_bits: p.ulCounterBits as usize,
+            })
         }
         _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
     }
@@ -91,30 +97,68 @@ mod tests {
     use super::*;
 
     fn mech(p: *mut std::ffi::c_void, len: usize) -> CK_MECHANISM {
-        CK_MECHANISM { mechanism: CKM_AES_GCM, pParameter: p, ulParameterLen: len as CK_ULONG }
+        CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: p,
+            ulParameterLen: len as CK_ULONG,
+        }
     }
 
     #[test]
     fn gcm_both_layouts_and_bad_params() {
         let mut iv = [1u8; 12];
         let mut aad = [2u8; 5];
-        let mut full = CK_GCM_PARAMS { pIv: iv.as_mut_ptr(), ulIvLen: 12, ulIvBits: 0, pAAD: aad.as_mut_ptr(), ulAADLen: 5, ulTagBits: 96 };
+        let mut full = CK_GCM_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: 12,
+            ulIvBits: 0,
+            pAAD: aad.as_mut_ptr(),
+            ulAADLen: 5,
+            ulTagBits: 96,
+        };
         let m = mech(&mut full as *mut _ as *mut _, size_of::<CK_GCM_PARAMS>());
         match unsafe { soft_mode(&m) }.unwrap() {
-            Mode::Gcm { iv, aad, tag_len } => assert_eq!((iv.len(), aad.len(), tag_len), (12, 5, 12)),
+            Mode::Gcm { iv, aad, tag_len } => {
+                assert_eq!((iv.len(), aad.len(), tag_len), (12, 5, 12))
+            }
             _ => panic!(),
         }
-        let mut short = GcmParamsNoIvBits { p_iv: iv.as_mut_ptr(), ul_iv_len: 12, p_aad: std::ptr::null_mut(), ul_aad_len: 0, ul_tag_bits: 128 };
-        let m = mech(&mut short as *mut _ as *mut _, size_of::<GcmParamsNoIvBits>());
+        let mut short = GcmParamsNoIvBits {
+            p_iv: iv.as_mut_ptr(),
+            ul_iv_len: 12,
+            p_aad: std::ptr::null_mut(),
+            ul_aad_len: 0,
+            ul_tag_bits: 128,
+        };
+        let m = mech(
+            &mut short as *mut _ as *mut _,
+            size_of::<GcmParamsNoIvBits>(),
+        );
         assert!(unsafe { soft_mode(&m) }.is_ok());
         for (iv_len, tag) in [(0, 128), (12, 24), (12, 136), (12, 100), (300, 128)] {
-            let mut p = CK_GCM_PARAMS { pIv: iv.as_mut_ptr(), ulIvLen: iv_len, ulIvBits: 0, pAAD: std::ptr::null_mut(), ulAADLen: 0, ulTagBits: tag };
+            let mut p = CK_GCM_PARAMS {
+                pIv: iv.as_mut_ptr(),
+                ulIvLen: iv_len,
+                ulIvBits: 0,
+                pAAD: std::ptr::null_mut(),
+                ulAADLen: 0,
+                ulTagBits: tag,
+            };
             let m = mech(&mut p as *mut _ as *mut _, size_of::<CK_GCM_PARAMS>());
-            assert_eq!(unsafe { soft_mode(&m) }.unwrap_err().rv(), CKR_MECHANISM_PARAM_INVALID);
+            assert_eq!(
+                unsafe { soft_mode(&m) }.unwrap_err().rv(),
+                CKR_MECHANISM_PARAM_INVALID
+            );
         }
         let m = mech(&mut full as *mut _ as *mut _, 7);
-        assert_eq!(unsafe { soft_mode(&m) }.unwrap_err().rv(), CKR_MECHANISM_PARAM_INVALID);
+        assert_eq!(
+            unsafe { soft_mode(&m) }.unwrap_err().rv(),
+            CKR_MECHANISM_PARAM_INVALID
+        );
         let m = mech(std::ptr::null_mut(), size_of::<CK_GCM_PARAMS>());
-        assert_eq!(unsafe { soft_mode(&m) }.unwrap_err().rv(), CKR_MECHANISM_PARAM_INVALID);
+        assert_eq!(
+            unsafe { soft_mode(&m) }.unwrap_err().rv(),
+            CKR_MECHANISM_PARAM_INVALID
+        );
     }
 }

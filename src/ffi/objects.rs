@@ -4,13 +4,18 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use super::mechanism::has_params;
-use crate::bcall;
+use crate::backend::bcall;
 use crate::error::{Error, Result};
 use crate::token::keys::{self, Answer, Target, UnwrapStep, WrapStep};
 use crate::token::sessions::lookup;
 
 #[no_mangle]
-pub unsafe extern "C" fn C_CreateObject(h: CK_SESSION_HANDLE, p_t: *mut CK_ATTRIBUTE, n: CK_ULONG, ph: *mut CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_CreateObject(
+    h: CK_SESSION_HANDLE,
+    p_t: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+    ph: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
     guard("C_CreateObject", || {
         if ph.is_null() {
             return Err(bad());
@@ -21,7 +26,13 @@ pub unsafe extern "C" fn C_CreateObject(h: CK_SESSION_HANDLE, p_t: *mut CK_ATTRI
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_CopyObject(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, p_t: *mut CK_ATTRIBUTE, n: CK_ULONG, ph: *mut CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_CopyObject(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    p_t: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+    ph: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
     guard("C_CopyObject", || {
         if ph.is_null() {
             return Err(bad());
@@ -37,7 +48,11 @@ pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HAN
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetObjectSize(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, pul: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_GetObjectSize(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
     guard("C_GetObjectSize", || {
         if pul.is_null() {
             return Err(bad());
@@ -47,16 +62,28 @@ pub unsafe extern "C" fn C_GetObjectSize(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HAN
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetAttributeValue(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, p_t: *mut CK_ATTRIBUTE, n: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_GetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    p_t: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> CK_RV {
     guard("C_GetAttributeValue", || {
         if p_t.is_null() && n > 0 {
             return Err(bad());
         }
         let (m, s) = lookup(h)?;
         match keys::resolve(&m, &s, oh)? {
-            Target::Backend(bh) => Ok(bcall!(m.backend, C_GetAttributeValue(s.backend, bh, p_t, n))),
+            Target::Backend(bh) => Ok(bcall!(
+                m.backend,
+                C_GetAttributeValue(s.backend, bh, p_t, n)
+            )),
             Target::Dek(d, st) => {
-                let attrs = if n == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(p_t, n as usize) };
+                let attrs = if n == 0 {
+                    &mut [][..]
+                } else {
+                    std::slice::from_raw_parts_mut(p_t, n as usize)
+                };
                 fill_attributes(attrs, |ty| keys::dek_attribute(&m, &d, &st, ty))
             }
         }
@@ -65,7 +92,10 @@ pub unsafe extern "C" fn C_GetAttributeValue(h: CK_SESSION_HANDLE, oh: CK_OBJECT
 
 /// Answer every attribute of the template (the spec requires all of them to
 /// be processed), then report the most important problem met.
-unsafe fn fill_attributes(attrs: &mut [CK_ATTRIBUTE], answer: impl Fn(CK_ATTRIBUTE_TYPE) -> Result<Answer>) -> Result<CK_RV> {
+unsafe fn fill_attributes(
+    attrs: &mut [CK_ATTRIBUTE],
+    answer: impl Fn(CK_ATTRIBUTE_TYPE) -> Result<Answer>,
+) -> Result<CK_RV> {
     let (mut sensitive, mut invalid, mut small) = (false, false, false);
     for a in attrs.iter_mut() {
         match answer(a.type_)? {
@@ -102,7 +132,12 @@ unsafe fn fill_attributes(attrs: &mut [CK_ATTRIBUTE], answer: impl Fn(CK_ATTRIBU
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_SetAttributeValue(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, p_t: *mut CK_ATTRIBUTE, n: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_SetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    p_t: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> CK_RV {
     guard("C_SetAttributeValue", || {
         let t = template(p_t, n)?;
         ok(keys::set_attributes(h, oh, &t))
@@ -110,7 +145,11 @@ pub unsafe extern "C" fn C_SetAttributeValue(h: CK_SESSION_HANDLE, oh: CK_OBJECT
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_FindObjectsInit(h: CK_SESSION_HANDLE, p_t: *mut CK_ATTRIBUTE, n: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_FindObjectsInit(
+    h: CK_SESSION_HANDLE,
+    p_t: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> CK_RV {
     guard("C_FindObjectsInit", || {
         let t = template(p_t, n)?;
         ok(keys::find_init(h, &t))
@@ -118,7 +157,12 @@ pub unsafe extern "C" fn C_FindObjectsInit(h: CK_SESSION_HANDLE, p_t: *mut CK_AT
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_FindObjects(h: CK_SESSION_HANDLE, ph: *mut CK_OBJECT_HANDLE, max: CK_ULONG, pul: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_FindObjects(
+    h: CK_SESSION_HANDLE,
+    ph: *mut CK_OBJECT_HANDLE,
+    max: CK_ULONG,
+    pul: *mut CK_ULONG,
+) -> CK_RV {
     guard("C_FindObjects", || {
         if (ph.is_null() && max > 0) || pul.is_null() {
             return Err(bad());
@@ -135,14 +179,20 @@ pub unsafe extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GenerateKey(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, p_t: *mut CK_ATTRIBUTE, n: CK_ULONG, ph: *mut CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_GenerateKey(
+    h: CK_SESSION_HANDLE,
+    p_m: *mut CK_MECHANISM,
+    p_t: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+    ph: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
     guard("C_GenerateKey", || {
         let m = mechanism(p_m)?;
         if ph.is_null() {
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, keys::generate_key(h, p_m, m.mechanism, &t)?))
+        ok(put(ph, keys::generate_key(h, m, &t)?))
     })
 }
 
@@ -158,12 +208,12 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     ph_priv: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     guard("C_GenerateKeyPair", || {
-        mechanism(p_m)?;
+        let m = mechanism(p_m)?;
         if ph_pub.is_null() || ph_priv.is_null() {
             return Err(bad());
         }
         let (pu, pr) = (template(p_pub, n_pub)?, template(p_priv, n_priv)?);
-        let (a, b) = keys::generate_key_pair(h, p_m, &pu, &pr)?;
+        let (a, b) = keys::generate_key_pair(h, m, &pu, &pr)?;
         put(ph_pub, a)?;
         ok(put(ph_priv, b))
     })
@@ -185,7 +235,9 @@ pub unsafe extern "C" fn C_WrapKey(
         }
         match keys::wrap_key(h, m.mechanism, has_params(m), wrapping, key)? {
             WrapStep::Done(data) => write_bytes(&data, p_out, pul),
-            WrapStep::Forward(md, bs, w, k) => Ok(bcall!(md.backend, C_WrapKey(bs, p_m, w, k, p_out, pul))),
+            WrapStep::Forward(md, bs, w, k) => {
+                Ok(bcall!(md.backend, C_WrapKey(bs, p_m, w, k, p_out, pul)))
+            }
         }
     })
 }
@@ -213,7 +265,19 @@ pub unsafe extern "C" fn C_UnwrapKey(
             UnwrapStep::Forward(md, bs, uw) => {
                 let mut raw = keys::raw_template(&t);
                 let mut bh = 0;
-                let rv = bcall!(md.backend, C_UnwrapKey(bs, p_m, uw, p_wrapped, wrapped_len, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut bh));
+                let rv = bcall!(
+                    md.backend,
+                    C_UnwrapKey(
+                        bs,
+                        p_m,
+                        uw,
+                        p_wrapped,
+                        wrapped_len,
+                        raw.as_mut_ptr(),
+                        raw.len() as CK_ULONG,
+                        &mut bh
+                    )
+                );
                 new_backend_handle(h, rv, bh, ph)
             }
         }
@@ -237,8 +301,22 @@ pub unsafe extern "C" fn C_DeriveKey(
         let mut raw = keys::raw_template(&t);
         let mut bh = 0;
         // Some mechanisms (e.g. TLS key derivation) return no key handle.
-        let out = if ph.is_null() { std::ptr::null_mut() } else { &mut bh as *mut _ };
-        let rv = bcall!(md.backend, C_DeriveKey(s.backend, p_m, b, raw.as_mut_ptr(), raw.len() as CK_ULONG, out));
+        let out = if ph.is_null() {
+            std::ptr::null_mut()
+        } else {
+            &mut bh as *mut _
+        };
+        let rv = bcall!(
+            md.backend,
+            C_DeriveKey(
+                s.backend,
+                p_m,
+                b,
+                raw.as_mut_ptr(),
+                raw.len() as CK_ULONG,
+                out
+            )
+        );
         if ph.is_null() {
             return Ok(rv);
         }
@@ -247,9 +325,17 @@ pub unsafe extern "C" fn C_DeriveKey(
 }
 
 /// Hand out our handle for a key the backend just made.
-unsafe fn new_backend_handle(h: CK_SESSION_HANDLE, rv: CK_RV, bh: CK_OBJECT_HANDLE, ph: *mut CK_OBJECT_HANDLE) -> Result<CK_RV> {
+unsafe fn new_backend_handle(
+    h: CK_SESSION_HANDLE,
+    rv: CK_RV,
+    bh: CK_OBJECT_HANDLE,
+    ph: *mut CK_OBJECT_HANDLE,
+) -> Result<CK_RV> {
     if rv != CKR_OK {
-        return Err(Error::Backend { func: "key management", rv });
+        return Err(Error::Backend {
+            func: "key management",
+            rv,
+        });
     }
     let (m, s) = lookup(h)?;
     ok(put(ph, keys::intern_backend(&m, &s, bh)))

@@ -6,7 +6,13 @@ use super::args::*;
 use crate::token::sessions;
 
 #[no_mangle]
-pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: *mut std::ffi::c_void, _notify: CK_NOTIFY, ph: *mut CK_SESSION_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _app: *mut std::ffi::c_void,
+    _notify: CK_NOTIFY,
+    ph: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
     guard("C_OpenSession", || {
         if ph.is_null() {
             return Err(bad());
@@ -26,7 +32,10 @@ pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, p_info: *mut CK_SESSION_INFO) -> CK_RV {
+pub unsafe extern "C" fn C_GetSessionInfo(
+    h: CK_SESSION_HANDLE,
+    p_info: *mut CK_SESSION_INFO,
+) -> CK_RV {
     guard("C_GetSessionInfo", || {
         if p_info.is_null() {
             return Err(bad());
@@ -36,13 +45,13 @@ pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, p_info: *mut CK_
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
-    guard("C_Login", || {
-        if pin.is_null() && len > 0 {
-            return Err(bad());
-        }
-        ok(sessions::login(h, user, pin, len))
-    })
+pub unsafe extern "C" fn C_Login(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+) -> CK_RV {
+    guard("C_Login", || ok(sessions::login(h, user, bytes(pin, len)?)))
 }
 
 #[no_mangle]
@@ -51,34 +60,49 @@ pub unsafe extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
-    guard("C_InitPIN", || {
-        bytes(pin, len)?;
-        ok(sessions::init_pin(h, pin, len))
-    })
+pub unsafe extern "C" fn C_InitPIN(
+    h: CK_SESSION_HANDLE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+) -> CK_RV {
+    guard("C_InitPIN", || ok(sessions::init_pin(h, bytes(pin, len)?)))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_SetPIN(h: CK_SESSION_HANDLE, old: *mut CK_UTF8CHAR, old_len: CK_ULONG, new: *mut CK_UTF8CHAR, new_len: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_SetPIN(
+    h: CK_SESSION_HANDLE,
+    old: *mut CK_UTF8CHAR,
+    old_len: CK_ULONG,
+    new: *mut CK_UTF8CHAR,
+    new_len: CK_ULONG,
+) -> CK_RV {
     guard("C_SetPIN", || {
-        bytes(old, old_len)?;
-        bytes(new, new_len)?;
-        ok(sessions::set_pin(h, old, old_len, new, new_len))
+        ok(sessions::set_pin(
+            h,
+            bytes(old, old_len)?,
+            bytes(new, new_len)?,
+        ))
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, p: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_GenerateRandom(
+    h: CK_SESSION_HANDLE,
+    p: *mut CK_BYTE,
+    len: CK_ULONG,
+) -> CK_RV {
     guard("C_GenerateRandom", || {
-        bytes(p, len)?;
-        ok(sessions::generate_random(h, p, len))
+        ok(sessions::generate_random(h, bytes_mut(p, len)?))
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, p: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_SeedRandom(
+    h: CK_SESSION_HANDLE,
+    p: *mut CK_BYTE,
+    len: CK_ULONG,
+) -> CK_RV {
     guard("C_SeedRandom", || {
-        bytes(p, len)?;
-        ok(sessions::seed_random(h, p, len))
+        ok(sessions::seed_random(h, bytes(p, len)?))
     })
 }

@@ -26,7 +26,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{
+    ffi, params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
 use thiserror::Error;
 
 /// Schema version written to `PRAGMA user_version`.
@@ -60,11 +62,18 @@ pub struct DekRow {
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("cannot open DEK store {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("DEK store: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("DEK store {path} has schema version {found}, this build supports {supported}")]
-    Schema { path: PathBuf, found: i64, supported: i64 },
+    Schema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("DEK record already exists")]
     Duplicate,
     #[error("DEK record not found")]
@@ -175,27 +184,47 @@ impl Store {
         if !parent.is_dir() {
             return Err(open_error(
                 path,
-                format!("directory {} does not exist or is not a directory", parent.display()),
+                format!(
+                    "directory {} does not exist or is not a directory",
+                    parent.display()
+                ),
             ));
         }
         // Pre-create so the mode is 0600 regardless of umask defaults.
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(open_error(path, format!("cannot create file: {e}"))),
         }
 
-        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         // No SQLITE_OPEN_URI: a configured path is a path, never a URI.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // The bundled SQLite is built with SQLITE_USE_URI=1, so a relative
         // path such as `file:x?mode=ro` would be read as a URI whatever the
         // flags; anchoring relative paths at `./` keeps them plain paths.
-        let sqlite_path = if path.is_relative() { Path::new(".").join(path) } else { path.to_path_buf() };
+        let sqlite_path = if path.is_relative() {
+            Path::new(".").join(path)
+        } else {
+            path.to_path_buf()
+        };
         let conn = Connection::open_with_flags(&sqlite_path, flags).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         Self::configure(&conn).map_err(open_err)?;
-        let store = Store { conn, path: path.to_path_buf() };
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
         store.init_schema()?;
         Ok(store)
     }
@@ -221,7 +250,9 @@ impl Store {
             // If WAL is refused (e.g. a filesystem without shared memory),
             // SQLite keeps a rollback journal, which is still correct for
             // several processes, only less concurrent; so carry on.
-            match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            match conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+            {
                 Ok(_) => break,
                 Err(e) if is_busy(&e) && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
@@ -233,8 +264,12 @@ impl Store {
     }
 
     fn init_schema(&self) -> Result<(), StoreError> {
-        let open_err = |source| StoreError::Open { path: self.path.clone(), source };
-        let read_version = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
+        let open_err = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let read_version =
+            |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
         // Fast path without the write lock: an existing store.
         let v = read_version(&self.conn).map_err(open_err)?;
         if v != SCHEMA_VERSION {
@@ -250,7 +285,8 @@ impl Store {
                     params![now_secs()],
                 )
                 .map_err(open_err)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(open_err)?;
             } else {
                 self.check_newer(v)?;
             }
@@ -265,7 +301,11 @@ impl Store {
         if found == 0 || found == SCHEMA_VERSION {
             return Ok(());
         }
-        Err(StoreError::Schema { path: self.path.clone(), found, supported: SCHEMA_VERSION })
+        Err(StoreError::Schema {
+            path: self.path.clone(),
+            found,
+            supported: SCHEMA_VERSION,
+        })
     }
 
     fn immediate(&self) -> rusqlite::Result<Transaction<'_>> {
@@ -303,13 +343,17 @@ impl Store {
     }
 
     pub fn get(&self, id: &[u8; 16]) -> Result<Option<DekRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM dek WHERE id = ?1"))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM dek WHERE id = ?1"))?;
         Ok(stmt.query_row(params![id], row_to_dek).optional()?)
     }
 
     /// All rows, ordered by `created`, then `id`.
     pub fn list(&self) -> Result<Vec<DekRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM dek ORDER BY created, id"))?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM dek ORDER BY created, id"
+        ))?;
         let rows = stmt.query_map([], row_to_dek)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -318,7 +362,9 @@ impl Store {
     /// tells another process's inserts, updates and deletes apart from "no
     /// change" without reading records.
     pub fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT id, generation FROM dek ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, generation FROM dek ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -358,7 +404,17 @@ impl Store {
                             kek_version = ?7, updated = ?8, generation = ?9
              WHERE id = ?1",
         )?
-        .execute(params![id, label, ckaid, attrs, record, kek_label, kek_version, now_secs(), current.wrapping_add(1)])?;
+        .execute(params![
+            id,
+            label,
+            ckaid,
+            attrs,
+            record,
+            kek_label,
+            kek_version,
+            now_secs(),
+            current.wrapping_add(1)
+        ])?;
         tx.commit()?;
         Ok(true)
     }
@@ -368,7 +424,10 @@ impl Store {
     /// bytes are zeroed in the database file; old copies can remain in the
     /// WAL until [`Store::checkpoint`].
     pub fn delete(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
-        let n = self.conn.prepare_cached("DELETE FROM dek WHERE id = ?1")?.execute(params![id])?;
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM dek WHERE id = ?1")?
+            .execute(params![id])?;
         Ok(n > 0)
     }
 
@@ -379,7 +438,9 @@ impl Store {
     pub fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError> {
         let n = self
             .conn
-            .prepare_cached("UPDATE dek SET last_used = MAX(COALESCE(last_used, ?2), ?2) WHERE id = ?1")?
+            .prepare_cached(
+                "UPDATE dek SET last_used = MAX(COALESCE(last_used, ?2), ?2) WHERE id = ?1",
+            )?
             .execute(params![id, when])?;
         if n == 0 {
             return Err(StoreError::NotFound);
@@ -392,7 +453,9 @@ impl Store {
     /// (call after a purge). Returns `false` if other connections' readers
     /// kept it from completing; try again later.
     pub fn checkpoint(&self) -> Result<bool, StoreError> {
-        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         Ok(busy == 0)
     }
 }

@@ -53,7 +53,13 @@ fn crud() {
 
     // touch_last_used: stored, monotonic, not a generation bump.
     let last_used = |s: &Store, id: &[u8; 16]| -> Option<i64> {
-        s.conn.query_row("SELECT last_used FROM dek WHERE id = ?1", params![id], |r| r.get(0)).unwrap()
+        s.conn
+            .query_row(
+                "SELECT last_used FROM dek WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .unwrap()
     };
     assert_eq!(last_used(&s, &row(1).id), None);
     s.touch_last_used(&row(1).id, 500).unwrap();
@@ -62,7 +68,10 @@ fn crud() {
     s.touch_last_used(&row(1).id, 600).unwrap();
     assert_eq!(last_used(&s, &row(1).id), Some(600));
     assert_eq!(s.get(&row(1).id).unwrap().unwrap().generation, 0);
-    assert!(matches!(s.touch_last_used(&row(2).id, 1), Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.touch_last_used(&row(2).id, 1),
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[test]
@@ -71,7 +80,12 @@ fn schema_and_pragmas() {
     let path = db(&dir);
     let s = Store::open(&path).unwrap();
     let q = |p: &str| -> String {
-        s.conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, rusqlite::types::Value>(0)).map(|v| format!("{v:?}")).unwrap()
+        s.conn
+            .query_row(&format!("PRAGMA {p}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
     };
     assert_eq!(q("user_version"), "Integer(1)");
     assert_eq!(q("journal_mode"), "Text(\"wal\")");
@@ -80,7 +94,11 @@ fn schema_and_pragmas() {
     assert_eq!(q("busy_timeout"), "Integer(10000)");
     let idx: i64 = s
         .conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'dek_kek'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'dek_kek'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(idx, 1);
     drop(s);
@@ -97,7 +115,13 @@ fn schema_and_pragmas() {
         c.pragma_update(None, "user_version", 2).unwrap();
     }
     match Store::open(&path) {
-        Err(e @ StoreError::Schema { found: 2, supported: 1, .. }) => {
+        Err(
+            e @ StoreError::Schema {
+                found: 2,
+                supported: 1,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains(&path.display().to_string()), "{e}");
         }
         Err(e) => panic!("unexpected error {e}"),
@@ -133,12 +157,19 @@ fn update_generation_and_optimistic_check() {
     let r = row(1);
     s.insert(&r).unwrap();
 
-    let ok = s.update(&r.id, b"new", b"id2", b"attrs2", b"rec2", "kek-b", 7, None).unwrap();
+    let ok = s
+        .update(&r.id, b"new", b"id2", b"attrs2", b"rec2", "kek-b", 7, None)
+        .unwrap();
     assert!(ok);
     let got = s.get(&r.id).unwrap().unwrap();
     assert_eq!(got.generation, 1);
     assert_eq!(
-        (got.label.as_slice(), got.ckaid.as_slice(), got.attrs.as_slice(), got.record.as_slice()),
+        (
+            got.label.as_slice(),
+            got.ckaid.as_slice(),
+            got.attrs.as_slice(),
+            got.record.as_slice()
+        ),
         (&b"new"[..], &b"id2"[..], &b"attrs2"[..], &b"rec2"[..])
     );
     assert_eq!((got.kek_label.as_str(), got.kek_version), ("kek-b", 7));
@@ -146,16 +177,26 @@ fn update_generation_and_optimistic_check() {
     assert!(got.updated >= r.updated);
 
     // Stale expectation: no write.
-    assert!(!s.update(&r.id, b"x", b"x", b"x", b"x", "x", 9, Some(0)).unwrap());
+    assert!(!s
+        .update(&r.id, b"x", b"x", b"x", b"x", "x", 9, Some(0))
+        .unwrap());
     assert_eq!(s.get(&r.id).unwrap().unwrap(), got);
     // Matching expectation: written, generation 2.
-    assert!(s.update(&r.id, b"y", b"y", b"y", b"y", "kek-b", 8, Some(1)).unwrap());
+    assert!(s
+        .update(&r.id, b"y", b"y", b"y", b"y", "kek-b", 8, Some(1))
+        .unwrap());
     let got = s.get(&r.id).unwrap().unwrap();
     assert_eq!((got.generation, got.kek_version), (2, 8));
     assert_eq!(s.list_ids_generations().unwrap(), vec![(r.id, 2)]);
 
-    assert!(matches!(s.update(&[0; 16], b"", b"", b"", b"", "k", 1, None), Err(StoreError::NotFound)));
-    assert!(matches!(s.update(&[0; 16], b"", b"", b"", b"", "k", 1, Some(0)), Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.update(&[0; 16], b"", b"", b"", b"", "k", 1, None),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update(&[0; 16], b"", b"", b"", b"", "k", 1, Some(0)),
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[test]
@@ -165,13 +206,19 @@ fn two_stores_see_each_other() {
     let b = Store::open(&db(&dir)).unwrap();
     a.insert(&row(1)).unwrap();
     assert_eq!(b.get(&row(1).id).unwrap(), Some(row(1)));
-    b.update(&row(1).id, b"l", b"c", b"a", b"r", "kek-main", 2, Some(0)).unwrap();
+    b.update(&row(1).id, b"l", b"c", b"a", b"r", "kek-main", 2, Some(0))
+        .unwrap();
     assert_eq!(a.list_ids_generations().unwrap(), vec![(row(1).id, 1)]);
     // a's view is stale now: its optimistic update must lose.
-    assert!(!a.update(&row(1).id, b"l2", b"c", b"a", b"r", "kek-main", 2, Some(0)).unwrap());
+    assert!(!a
+        .update(&row(1).id, b"l2", b"c", b"a", b"r", "kek-main", 2, Some(0))
+        .unwrap());
     assert!(b.delete(&row(1).id).unwrap());
     assert_eq!(a.get(&row(1).id).unwrap(), None);
-    assert!(matches!(a.insert(&row(2)).and_then(|_| b.insert(&row(2))), Err(StoreError::Duplicate)));
+    assert!(matches!(
+        a.insert(&row(2)).and_then(|_| b.insert(&row(2))),
+        Err(StoreError::Duplicate)
+    ));
 }
 
 #[test]
@@ -248,13 +295,23 @@ fn secure_delete_leaves_no_trace() {
     assert!(s.delete(&r.id).unwrap());
     assert!(s.checkpoint().unwrap());
     for f in [&path, &wal] {
-        assert!(!file_contains(f, &marker), "deleted record found in {}", f.display());
+        assert!(
+            !file_contains(f, &marker),
+            "deleted record found in {}",
+            f.display()
+        );
     }
     // An update must not leave the old record behind either (re-wrap).
-    assert!(s.update(&r2.id, b"", b"", b"a", &[0u8; 64], "kek-main", 2, None).unwrap());
+    assert!(s
+        .update(&r2.id, b"", b"", b"a", &[0u8; 64], "kek-main", 2, None)
+        .unwrap());
     assert!(s.checkpoint().unwrap());
     for f in [&path, &wal] {
-        assert!(!file_contains(f, &marker2), "replaced record found in {}", f.display());
+        assert!(
+            !file_contains(f, &marker2),
+            "replaced record found in {}",
+            f.display()
+        );
     }
     assert_eq!(s.list().unwrap().len(), 21);
 }
@@ -267,7 +324,10 @@ fn missing_directory_is_named() {
     let msg = e.to_string();
     assert!(matches!(e, StoreError::Open { .. }));
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.contains("no-such-dir") && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("no-such-dir") && msg.contains("does not exist"),
+        "{msg}"
+    );
     assert!(!dir.path().join("no-such-dir").exists());
 }
 
@@ -276,4 +336,30 @@ fn store_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Store>();
     assert_send::<StoreError>();
+}
+
+#[test]
+fn many_openers_of_a_new_file() {
+    // Schema creation and the WAL switch race when several connections
+    // open a fresh file at once; none may fail.
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Arc::new(db(&dir));
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8u8)
+            .map(|t| {
+                let path = Arc::clone(&path);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || -> Result<(), StoreError> {
+                    barrier.wait();
+                    let s = Store::open(&path)?;
+                    s.insert(&row(t))
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(Store::open(&path).unwrap().list().unwrap().len(), 8);
+    }
 }

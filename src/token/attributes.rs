@@ -19,7 +19,10 @@ pub struct TemplateAttr {
 pub type Template = Vec<TemplateAttr>;
 
 pub fn find_in(template: &Template, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
-    template.iter().find(|a| a.ty == ty).map(|a| a.value.as_slice())
+    template
+        .iter()
+        .find(|a| a.ty == ty)
+        .map(|a| a.value.as_slice())
 }
 
 pub fn as_bool(v: &[u8]) -> Result<bool> {
@@ -31,7 +34,9 @@ pub fn as_bool(v: &[u8]) -> Result<bool> {
 }
 
 pub fn as_ulong(v: &[u8]) -> Result<CK_ULONG> {
-    let b: [u8; size_of::<CK_ULONG>()] = v.try_into().map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
+    let b: [u8; size_of::<CK_ULONG>()] = v
+        .try_into()
+        .map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
     Ok(CK_ULONG::from_ne_bytes(b))
 }
 
@@ -42,11 +47,29 @@ pub fn ulong_bytes(v: CK_ULONG) -> Vec<u8> {
 /// The attributes bound into a DEK's wrapped record: changing any of them
 /// without the KEK makes the record fail to unwrap.
 pub const BOUND: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_KEY_TYPE, CKA_DERIVE,
-    CKA_LOCAL, CKA_KEY_GEN_MECHANISM, CKA_SENSITIVE, CKA_ENCRYPT, CKA_DECRYPT,
-    CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE,
-    CKA_NEVER_EXTRACTABLE, CKA_VALUE_LEN, CKA_COPYABLE, CKA_DESTROYABLE,
-    CKA_ALLOWED_MECHANISMS, CKA_WRAP_WITH_TRUSTED,
+    CKA_CLASS,
+    CKA_TOKEN,
+    CKA_PRIVATE,
+    CKA_MODIFIABLE,
+    CKA_KEY_TYPE,
+    CKA_DERIVE,
+    CKA_LOCAL,
+    CKA_KEY_GEN_MECHANISM,
+    CKA_SENSITIVE,
+    CKA_ENCRYPT,
+    CKA_DECRYPT,
+    CKA_SIGN,
+    CKA_VERIFY,
+    CKA_WRAP,
+    CKA_UNWRAP,
+    CKA_EXTRACTABLE,
+    CKA_ALWAYS_SENSITIVE,
+    CKA_NEVER_EXTRACTABLE,
+    CKA_VALUE_LEN,
+    CKA_COPYABLE,
+    CKA_DESTROYABLE,
+    CKA_ALLOWED_MECHANISMS,
+    CKA_WRAP_WITH_TRUSTED,
 ];
 
 /// An object's attributes (never CKA_VALUE: key values live only wrapped, or
@@ -55,6 +78,13 @@ pub const BOUND: &[CK_ATTRIBUTE_TYPE] = &[
 pub struct Attrs(BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>);
 
 const ENCODING_VERSION: u8 = 1;
+
+/// Attribute types are CK_ULONG: 32 bits on some platforms, 64 on others.
+/// Encodings always use 64.
+#[allow(clippy::useless_conversion)]
+fn wire(ty: CK_ATTRIBUTE_TYPE) -> u64 {
+    u64::from(ty)
+}
 
 impl Attrs {
     pub fn get(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
@@ -99,7 +129,9 @@ impl Attrs {
     pub fn mechanism_allowed(&self, m: CK_MECHANISM_TYPE) -> bool {
         match self.get(CKA_ALLOWED_MECHANISMS) {
             None | Some([]) => true,
-            Some(v) => v.chunks_exact(size_of::<CK_ULONG>()).any(|c| as_ulong(c).ok() == Some(m)),
+            Some(v) => v
+                .chunks_exact(size_of::<CK_ULONG>())
+                .any(|c| as_ulong(c).ok() == Some(m)),
         }
     }
 
@@ -108,7 +140,7 @@ impl Attrs {
         let mut out = Vec::with_capacity(BOUND.len() * 16);
         for &ty in BOUND {
             if let Some(v) = self.get(ty) {
-                out.extend_from_slice(&(ty as u64).to_be_bytes());
+                out.extend_from_slice(&wire(ty).to_be_bytes());
                 out.extend_from_slice(&(v.len() as u32).to_be_bytes());
                 out.extend_from_slice(v);
             }
@@ -121,7 +153,7 @@ impl Attrs {
         let mut out = vec![ENCODING_VERSION];
         out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
         for (ty, v) in &self.0 {
-            out.extend_from_slice(&(*ty as u64).to_le_bytes());
+            out.extend_from_slice(&wire(*ty).to_le_bytes());
             out.extend_from_slice(&(v.len() as u32).to_le_bytes());
             out.extend_from_slice(v);
         }

@@ -48,11 +48,19 @@ pub fn init(
     if op.is_active() {
         return Err(Error::Rv(CKR_OPERATION_ACTIVE));
     }
-    let obj = m.objects.get(key).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+    let obj = m
+        .objects
+        .get(key)
+        .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     match obj {
         Object::Dek(d) => {
-            let st = super::keys::visible_dek(&m, &s, &d)?;
-            let usage = if dir == Direction::Encrypt { CKA_ENCRYPT } else { CKA_DECRYPT };
+            let st = super::keys::visible_dek(&m, &s, &d)
+                .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+            let usage = if dir == Direction::Encrypt {
+                CKA_ENCRYPT
+            } else {
+                CKA_DECRYPT
+            };
             if !st.attrs.flag(usage) {
                 return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
             }
@@ -98,7 +106,13 @@ pub enum Part {
 }
 
 /// C_Encrypt / C_EncryptUpdate / C_EncryptFinal and their decrypt twins.
-pub fn step(h: CK_SESSION_HANDLE, dir: Direction, part: Part, input: &[u8], out: Out<'_>) -> Result<Step> {
+pub fn step(
+    h: CK_SESSION_HANDLE,
+    dir: Direction,
+    part: Part,
+    input: &[u8],
+    out: Out<'_>,
+) -> Result<Step> {
     let (m, s) = lookup(h)?;
     let mut ops = s.ops()?;
     let op = slot_of(&mut ops, dir);

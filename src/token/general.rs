@@ -28,7 +28,10 @@ pub fn pad<const N: usize>(s: &str) -> [u8; N] {
 pub fn info() -> Result<CK_INFO> {
     module::get()?;
     Ok(CK_INFO {
-        cryptokiVersion: CK_VERSION { major: 2, minor: 40 },
+        cryptokiVersion: CK_VERSION {
+            major: 2,
+            minor: 40,
+        },
         manufacturerID: pad(MANUFACTURER),
         flags: 0,
         libraryDescription: pad(LIBRARY_DESCRIPTION),
@@ -58,7 +61,11 @@ pub fn slot_info(slot: CK_SLOT_ID) -> Result<CK_SLOT_INFO> {
 pub fn token_info(slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
     let m = module::get()?;
     let mut t = m.backend.token_info(m.slot(slot)?.backend_id)?;
-    let model = if m.dek_slot == Some(slot as usize) { "envelope" } else { "passthrough" };
+    let model = if m.dek_slot == Some(slot as usize) {
+        "envelope"
+    } else {
+        "passthrough"
+    };
     t.manufacturerID = pad(MANUFACTURER);
     t.model = pad(model);
     Ok(t)
@@ -84,7 +91,11 @@ pub fn mechanism_info(slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE) -> Result<CK_ME
         .iter()
         .find(|(t, _)| *t == mech)
         .filter(|_| m.dek_slot == Some(slot as usize))
-        .map(|(_, flags)| CK_MECHANISM_INFO { ulMinKeySize: 16, ulMaxKeySize: 32, flags: *flags });
+        .map(|(_, flags)| CK_MECHANISM_INFO {
+            ulMinKeySize: 16,
+            ulMaxKeySize: 32,
+            flags: *flags,
+        });
     match (backend, soft) {
         (Ok(b), Some(s)) => Ok(CK_MECHANISM_INFO {
             ulMinKeySize: b.ulMinKeySize.min(s.ulMinKeySize),
@@ -101,6 +112,8 @@ pub fn mechanism_info(slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE) -> Result<CK_ME
 pub fn init_token(slot: CK_SLOT_ID) -> Result<()> {
     let m = module::get()?;
     m.slot(slot)?;
-    crate::log_warn!("C_InitToken refused on slot {slot}: it would destroy the KEKs on the backend token");
+    crate::log_warn!(
+        "C_InitToken refused on slot {slot}: it would destroy the KEKs on the backend token"
+    );
     Err(Error::Rv(CKR_FUNCTION_NOT_SUPPORTED))
 }

@@ -13,8 +13,8 @@ use super::objects::{Dek, DekState, Object};
 use super::policy::{self, Origin};
 use super::session::{Find, Session};
 use super::sessions::lookup;
+use crate::backend::bcall;
 use crate::backend::check;
-use crate::bcall;
 use crate::envelope::secret::SecretBytes;
 use crate::envelope::service::{hex, KEK_VERSION};
 use crate::error::{Error, Result};
@@ -54,7 +54,11 @@ pub fn raw_template(t: &Template) -> Vec<CK_ATTRIBUTE> {
         .filter(|a| a.ty != CKA_HSME_ON_BACKEND)
         .map(|a| CK_ATTRIBUTE {
             type_: a.ty,
-            pValue: if a.value.is_empty() { std::ptr::null_mut() } else { a.value.as_ptr() as *mut _ },
+            pValue: if a.value.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                a.value.as_ptr() as *mut _
+            },
             ulValueLen: a.value.len() as CK_ULONG,
         })
         .collect()
@@ -69,17 +73,33 @@ fn check_value(value: &[u8]) -> Vec<u8> {
     use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
     let mut block = Array::default();
     let ok = match value.len() {
-        16 => aes::Aes128::new_from_slice(value).map(|c| c.encrypt_block(&mut block)).is_ok(),
-        24 => aes::Aes192::new_from_slice(value).map(|c| c.encrypt_block(&mut block)).is_ok(),
-        32 => aes::Aes256::new_from_slice(value).map(|c| c.encrypt_block(&mut block)).is_ok(),
+        16 => aes::Aes128::new_from_slice(value)
+            .map(|c| c.encrypt_block(&mut block))
+            .is_ok(),
+        24 => aes::Aes192::new_from_slice(value)
+            .map(|c| c.encrypt_block(&mut block))
+            .is_ok(),
+        32 => aes::Aes256::new_from_slice(value)
+            .map(|c| c.encrypt_block(&mut block))
+            .is_ok(),
         _ => false,
     };
-    if ok { block[..3].to_vec() } else { Vec::new() }
+    if ok {
+        block[..3].to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Make a DEK: wrap its value under the KEK on the HSM, persist token DEKs,
 /// cache the value, hand out a handle.
-fn create_dek(m: &Module, s: &Session, template: &Template, origin: Origin, given: Option<SecretBytes>) -> Result<CK_OBJECT_HANDLE> {
+fn create_dek(
+    m: &Module,
+    s: &Session,
+    template: &Template,
+    origin: Origin,
+    given: Option<SecretBytes>,
+) -> Result<CK_OBJECT_HANDLE> {
     let env = m.envelope_for(s.slot)?;
     let (mut attrs, tvalue) = policy::new_dek(template, origin)?;
     let token = attrs.flag(CKA_TOKEN);
@@ -94,7 +114,9 @@ fn create_dek(m: &Module, s: &Session, template: &Template, origin: Origin, give
         (Some(v), _) => SecretBytes::from_slice(&v),
         (None, Some(v)) => v,
         (None, None) => {
-            let len = attrs.ulong(CKA_VALUE_LEN).ok_or(Error::Rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
+            let len = attrs
+                .ulong(CKA_VALUE_LEN)
+                .ok_or(Error::Rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
             let mut v = SecretBytes::new(len);
             env.random(&m.backend, v.as_mut_slice())?;
             v
@@ -135,11 +157,18 @@ fn create_dek(m: &Module, s: &Session, template: &Template, origin: Origin, give
         id,
         slot: s.slot,
         owner: if token { None } else { Some(s.handle) },
-        state: RwLock::new(DekState { attrs, record, generation: 0 }),
+        state: RwLock::new(DekState {
+            attrs,
+            record,
+            generation: 0,
+        }),
     };
     env.cache.insert(id, value);
     let h = m.objects.intern_dek(Arc::new(dek));
-    crate::log_info!("DEK created: id={} origin={origin:?} token={token} kek_version={KEK_VERSION}", hex(&id));
+    crate::log_info!(
+        "DEK created: id={} origin={origin:?} token={token} kek_version={KEK_VERSION}",
+        hex(&id)
+    );
     Ok(h)
 }
 
@@ -150,7 +179,13 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn forward_new_object(m: &Module, s: &Session, rv: CK_RV, func: &'static str, bh: CK_OBJECT_HANDLE) -> Result<CK_OBJECT_HANDLE> {
+fn forward_new_object(
+    m: &Module,
+    s: &Session,
+    rv: CK_RV,
+    func: &'static str,
+    bh: CK_OBJECT_HANDLE,
+) -> Result<CK_OBJECT_HANDLE> {
     check(func, rv)?;
     Ok(m.objects.intern_backend(s.slot, bh))
 }
@@ -162,31 +197,71 @@ pub fn create_object(h: CK_SESSION_HANDLE, t: &Template) -> Result<CK_OBJECT_HAN
     }
     let mut raw = raw_template(t);
     let mut bh = 0;
-    let rv = bcall!(m.backend, C_CreateObject(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut bh));
+    let rv = bcall!(
+        m.backend,
+        C_CreateObject(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut bh)
+    );
     forward_new_object(&m, &s, rv, "C_CreateObject", bh)
 }
 
-pub fn generate_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, mech_type: CK_MECHANISM_TYPE, t: &Template) -> Result<CK_OBJECT_HANDLE> {
+pub fn generate_key(
+    h: CK_SESSION_HANDLE,
+    mech: &CK_MECHANISM,
+    t: &Template,
+) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
-    if mech_type == CKM_AES_KEY_GEN && is_dek_slot(&m, &s) && policy::wants_dek(t, true)? {
+    if mech.mechanism == CKM_AES_KEY_GEN && is_dek_slot(&m, &s) && policy::wants_dek(t, true)? {
         return create_dek(&m, &s, t, Origin::Generated, None);
     }
     let mut raw = raw_template(t);
     let mut bh = 0;
-    let rv = bcall!(m.backend, C_GenerateKey(s.backend, mech, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut bh));
+    let rv = bcall!(
+        m.backend,
+        C_GenerateKey(
+            s.backend,
+            mech_ptr(mech),
+            raw.as_mut_ptr(),
+            raw.len() as CK_ULONG,
+            &mut bh
+        )
+    );
     forward_new_object(&m, &s, rv, "C_GenerateKey", bh)
 }
 
-pub fn generate_key_pair(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, public: &Template, private: &Template) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+pub fn generate_key_pair(
+    h: CK_SESSION_HANDLE,
+    mech: &CK_MECHANISM,
+    public: &Template,
+    private: &Template,
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
     let (m, s) = lookup(h)?;
     let (mut pu, mut pr) = (raw_template(public), raw_template(private));
     let (mut bpu, mut bpr) = (0, 0);
-    let rv = bcall!(m.backend, C_GenerateKeyPair(s.backend, mech, pu.as_mut_ptr(), pu.len() as CK_ULONG, pr.as_mut_ptr(), pr.len() as CK_ULONG, &mut bpu, &mut bpr));
+    let rv = bcall!(
+        m.backend,
+        C_GenerateKeyPair(
+            s.backend,
+            mech_ptr(mech),
+            pu.as_mut_ptr(),
+            pu.len() as CK_ULONG,
+            pr.as_mut_ptr(),
+            pr.len() as CK_ULONG,
+            &mut bpu,
+            &mut bpr
+        )
+    );
     check("C_GenerateKeyPair", rv)?;
-    Ok((m.objects.intern_backend(s.slot, bpu), m.objects.intern_backend(s.slot, bpr)))
+    Ok((
+        m.objects.intern_backend(s.slot, bpu),
+        m.objects.intern_backend(s.slot, bpr),
+    ))
 }
 
-pub fn copy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) -> Result<CK_OBJECT_HANDLE> {
+pub fn copy_object(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    t: &Template,
+) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
     match resolve(&m, &s, oh)? {
         // Copying a DEK would need its own record and policy; not offered yet.
@@ -194,7 +269,16 @@ pub fn copy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) -> 
         Target::Backend(bh) => {
             let mut raw = raw_template(t);
             let mut out = 0;
-            let rv = bcall!(m.backend, C_CopyObject(s.backend, bh, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut out));
+            let rv = bcall!(
+                m.backend,
+                C_CopyObject(
+                    s.backend,
+                    bh,
+                    raw.as_mut_ptr(),
+                    raw.len() as CK_ULONG,
+                    &mut out
+                )
+            );
             forward_new_object(&m, &s, rv, "C_CopyObject", out)
         }
     }
@@ -220,7 +304,10 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
             Ok(())
         }
         Target::Backend(bh) => {
-            check("C_DestroyObject", bcall!(m.backend, C_DestroyObject(s.backend, bh)))?;
+            check(
+                "C_DestroyObject",
+                bcall!(m.backend, C_DestroyObject(s.backend, bh)),
+            )?;
             m.objects.remove(oh);
             Ok(())
         }
@@ -233,7 +320,10 @@ pub fn object_size(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<CK_ULON
         Target::Dek(_, st) => Ok((st.record.len() + st.attrs.encode().len()) as CK_ULONG),
         Target::Backend(bh) => {
             let mut n = 0;
-            check("C_GetObjectSize", bcall!(m.backend, C_GetObjectSize(s.backend, bh, &mut n)))?;
+            check(
+                "C_GetObjectSize",
+                bcall!(m.backend, C_GetObjectSize(s.backend, bh, &mut n)),
+            )?;
             Ok(n)
         }
     }
@@ -266,7 +356,13 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
     match resolve(&m, &s, oh)? {
         Target::Backend(bh) => {
             let mut raw = raw_template(t);
-            check("C_SetAttributeValue", bcall!(m.backend, C_SetAttributeValue(s.backend, bh, raw.as_mut_ptr(), raw.len() as CK_ULONG)))
+            check(
+                "C_SetAttributeValue",
+                bcall!(
+                    m.backend,
+                    C_SetAttributeValue(s.backend, bh, raw.as_mut_ptr(), raw.len() as CK_ULONG)
+                ),
+            )
         }
         Target::Dek(d, st) => {
             if d.is_token() && !s.is_rw() {
@@ -284,7 +380,16 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
             let mut generation = st.generation;
             if d.is_token() {
                 let ok = env.with_store(|store| {
-                    Ok(store.update(&d.id, new.label(), new.id(), &new.encode(), &record, &m.config.kek_label, KEK_VERSION, Some(st.generation))?)
+                    Ok(store.update(
+                        &d.id,
+                        new.label(),
+                        new.id(),
+                        &new.encode(),
+                        &record,
+                        &m.config.kek_label,
+                        KEK_VERSION,
+                        Some(st.generation),
+                    )?)
                 })?;
                 if !ok {
                     // Another process changed the key meanwhile; the caller may retry.
@@ -293,7 +398,11 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
                 generation += 1;
             }
             let mut w = d.state.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-            *w = DekState { attrs: new, record, generation };
+            *w = DekState {
+                attrs: new,
+                record,
+                generation,
+            };
             Ok(())
         }
     }
@@ -310,22 +419,43 @@ pub fn find_init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
         let logged_in = m.is_logged_in(s.slot);
         for (oh, d) in m.objects.deks() {
             let Ok(st) = d.snapshot() else { continue };
-            if d.slot == s.slot && (logged_in || !st.attrs.flag(CKA_PRIVATE)) && st.attrs.matches(t) {
+            if d.slot == s.slot && (logged_in || !st.attrs.flag(CKA_PRIVATE)) && st.attrs.matches(t)
+            {
                 handles.push(oh);
             }
         }
     }
     // Our vendor attributes mean nothing to the backend: such a search is ours only.
-    if !t.iter().any(|a| a.ty == CKA_HSME_KEK_VERSION || a.ty == CKA_HSME_ON_BACKEND) {
+    if !t
+        .iter()
+        .any(|a| a.ty == CKA_HSME_KEK_VERSION || a.ty == CKA_HSME_ON_BACKEND)
+    {
         let mut raw = raw_template(t);
-        check("C_FindObjectsInit", bcall!(m.backend, C_FindObjectsInit(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG)))?;
+        check(
+            "C_FindObjectsInit",
+            bcall!(
+                m.backend,
+                C_FindObjectsInit(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG)
+            ),
+        )?;
         let mut batch = [0 as CK_OBJECT_HANDLE; 64];
         loop {
             let mut n = 0;
-            let rv = bcall!(m.backend, C_FindObjects(s.backend, batch.as_mut_ptr(), batch.len() as CK_ULONG, &mut n));
+            let rv = bcall!(
+                m.backend,
+                C_FindObjects(
+                    s.backend,
+                    batch.as_mut_ptr(),
+                    batch.len() as CK_ULONG,
+                    &mut n
+                )
+            );
             if rv != CKR_OK {
                 let _ = bcall!(m.backend, C_FindObjectsFinal(s.backend));
-                return Err(Error::Backend { func: "C_FindObjects", rv });
+                return Err(Error::Backend {
+                    func: "C_FindObjects",
+                    rv,
+                });
             }
             if n == 0 {
                 break;
@@ -334,7 +464,10 @@ pub fn find_init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
                 handles.push(m.objects.intern_backend(s.slot, *bh));
             }
         }
-        check("C_FindObjectsFinal", bcall!(m.backend, C_FindObjectsFinal(s.backend)))?;
+        check(
+            "C_FindObjectsFinal",
+            bcall!(m.backend, C_FindObjectsFinal(s.backend)),
+        )?;
     }
     s.ops()?.find = Some(Find { handles, pos: 0 });
     Ok(())
@@ -343,9 +476,16 @@ pub fn find_init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
 pub fn find_next(h: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
     let (_, s) = lookup(h)?;
     let mut ops = s.ops()?;
-    let f = ops.find.as_mut().ok_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED))?;
+    let f = ops
+        .find
+        .as_mut()
+        .ok_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED))?;
     let end = (f.pos + max).min(f.handles.len());
-    let out = f.handles.get(f.pos..end).map(<[_]>::to_vec).unwrap_or_default();
+    let out = f
+        .handles
+        .get(f.pos..end)
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
     f.pos = end;
     Ok(out)
 }
@@ -353,7 +493,10 @@ pub fn find_next(h: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDL
 pub fn find_final(h: CK_SESSION_HANDLE) -> Result<()> {
     let (_, s) = lookup(h)?;
     let mut ops = s.ops()?;
-    ops.find.take().map(|_| ()).ok_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED))
+    ops.find
+        .take()
+        .map(|_| ())
+        .ok_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED))
 }
 
 /// SoftHSM2 numbers RFC 5649 wrapping 0x210A; PKCS#11 3.0 calls it 0x210B.
@@ -362,8 +505,19 @@ fn backend_kw_mech(m: &Module, s: &Session, mech: CK_MECHANISM_TYPE) -> Result<C
     match mech {
         CKM_AES_KEY_WRAP => Ok(mech),
         CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP => {
-            let list = m.slots.get(s.slot).map(|e| m.backend.mechanisms(e.backend_id)).transpose()?.unwrap_or_default();
-            Ok(if list.contains(&mech) { mech } else if mech == CKM_AES_KEY_WRAP_KWP { CKM_AES_KEY_WRAP_PAD } else { CKM_AES_KEY_WRAP_KWP })
+            let list = m
+                .slots
+                .get(s.slot)
+                .map(|e| m.backend.mechanisms(e.backend_id))
+                .transpose()?
+                .unwrap_or_default();
+            Ok(if list.contains(&mech) {
+                mech
+            } else if mech == CKM_AES_KEY_WRAP_KWP {
+                CKM_AES_KEY_WRAP_PAD
+            } else {
+                CKM_AES_KEY_WRAP_KWP
+            })
         }
         _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
     }
@@ -372,15 +526,29 @@ fn backend_kw_mech(m: &Module, s: &Session, mech: CK_MECHANISM_TYPE) -> Result<C
 /// What C_WrapKey must do.
 pub enum WrapStep {
     Done(Vec<u8>),
-    Forward(Arc<Module>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE),
+    Forward(
+        Arc<Module>,
+        CK_SESSION_HANDLE,
+        CK_OBJECT_HANDLE,
+        CK_OBJECT_HANDLE,
+    ),
 }
 
-pub fn wrap_key(h: CK_SESSION_HANDLE, mech: CK_MECHANISM_TYPE, has_params: bool, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE) -> Result<WrapStep> {
+pub fn wrap_key(
+    h: CK_SESSION_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+    has_params: bool,
+    wrapping: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+) -> Result<WrapStep> {
     let (m, s) = lookup(h)?;
-    let wrapping = resolve(&m, &s, wrapping).map_err(|_| Error::Rv(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
+    let wrapping =
+        resolve(&m, &s, wrapping).map_err(|_| Error::Rv(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
     let key = resolve(&m, &s, key).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     match (wrapping, key) {
-        (Target::Backend(w), Target::Backend(k)) => Ok(WrapStep::Forward(m.clone(), s.backend, w, k)),
+        (Target::Backend(w), Target::Backend(k)) => {
+            Ok(WrapStep::Forward(m.clone(), s.backend, w, k))
+        }
         (Target::Backend(w), Target::Dek(d, st)) => {
             if !st.attrs.flag(CKA_EXTRACTABLE) {
                 return Err(Error::Rv(CKR_KEY_UNEXTRACTABLE));
@@ -391,7 +559,12 @@ pub fn wrap_key(h: CK_SESSION_HANDLE, mech: CK_MECHANISM_TYPE, has_params: bool,
             let bmech = backend_kw_mech(&m, &s, mech)?;
             let env = m.envelope_for(d.slot)?;
             let value = env.value(&m.backend, &d.id, &st.attrs, &st.record)?;
-            Ok(WrapStep::Done(env.keywrap(&m.backend, w, bmech, value.as_slice())?))
+            Ok(WrapStep::Done(env.keywrap(
+                &m.backend,
+                w,
+                bmech,
+                value.as_slice(),
+            )?))
         }
         // DEKs do not wrap in software (yet).
         (Target::Dek(..), _) => Err(Error::Rv(CKR_MECHANISM_INVALID)),
@@ -404,13 +577,25 @@ pub enum UnwrapStep {
     Forward(Arc<Module>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
 }
 
-pub fn unwrap_key(h: CK_SESSION_HANDLE, mech: CK_MECHANISM_TYPE, has_params: bool, unwrapping: CK_OBJECT_HANDLE, wrapped: &[u8], t: &Template) -> Result<UnwrapStep> {
+pub fn unwrap_key(
+    h: CK_SESSION_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+    has_params: bool,
+    unwrapping: CK_OBJECT_HANDLE,
+    wrapped: &[u8],
+    t: &Template,
+) -> Result<UnwrapStep> {
     let (m, s) = lookup(h)?;
-    let uw = match resolve(&m, &s, unwrapping).map_err(|_| Error::Rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID))? {
+    let uw = match resolve(&m, &s, unwrapping)
+        .map_err(|_| Error::Rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?
+    {
         Target::Backend(b) => b,
         Target::Dek(..) => return Err(Error::Rv(CKR_MECHANISM_INVALID)),
     };
-    let kw = matches!(mech, CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP);
+    let kw = matches!(
+        mech,
+        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP
+    );
     if !(kw && is_dek_slot(&m, &s) && policy::wants_dek(t, false)?) {
         return Ok(UnwrapStep::Forward(m.clone(), s.backend, uw));
     }
@@ -438,4 +623,9 @@ pub fn backend_key(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<CK_OB
         Target::Backend(b) => Ok(b),
         Target::Dek(..) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
     }
+}
+
+/// The caller's mechanism as the backend's (non-const) pointer; backends only read it.
+fn mech_ptr(m: &CK_MECHANISM) -> *mut CK_MECHANISM {
+    m as *const CK_MECHANISM as *mut CK_MECHANISM
 }

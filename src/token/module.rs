@@ -66,7 +66,11 @@ pub fn initialize() -> Result<()> {
         crate::logging::Level::parse(&config.log_level).unwrap_or(crate::logging::Level::Info),
     );
     let m = Module::start(config).inspect_err(|e| crate::log_error!("C_Initialize failed: {e}"))?;
-    crate::log_info!("initialised: {} slot(s), DEK slot {:?}", m.slots.len(), m.dek_slot);
+    crate::log_info!(
+        "initialised: {} slot(s), DEK slot {:?}",
+        m.slots.len(),
+        m.dek_slot
+    );
     *guard = Some(Arc::new(m));
     Ok(())
 }
@@ -79,7 +83,9 @@ pub fn finalize() -> Result<()> {
             Some(m) if m.pid == std::process::id() => {}
             _ => return Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
         }
-        guard.take().ok_or(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))?
+        guard
+            .take()
+            .ok_or(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))?
     };
     // New calls now see NOT_INITIALIZED; wait for those already inside.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -92,7 +98,9 @@ pub fn finalize() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(back) => {
-                crate::log_error!("C_Finalize: calls still in progress after 30 s; leaving the backend as is");
+                crate::log_error!(
+                    "C_Finalize: calls still in progress after 30 s; leaving the backend as is"
+                );
                 std::mem::forget(back);
                 return Ok(());
             }
@@ -115,12 +123,20 @@ impl Module {
             slots.push(SlotEntry { backend_id: id });
         }
         if dek_slot.is_none() {
-            crate::log_warn!("no backend token labelled '{}': DEKs are unavailable, other calls pass through", config.token_label);
+            crate::log_warn!(
+                "no backend token labelled '{}': DEKs are unavailable, other calls pass through",
+                config.token_label
+            );
         }
         let envelope = match dek_slot.and_then(|i| slots.get(i)) {
             Some(s) => {
-                let slot = Slot::try_from(s.backend_id as u64).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-                Some(Envelope::new(config.kek_label.clone(), slot, config.store_path.clone()))
+                let slot =
+                    Slot::try_from(s.backend_id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+                Some(Envelope::new(
+                    config.kek_label.clone(),
+                    slot,
+                    config.store_path.clone(),
+                ))
             }
             None => None,
         };
@@ -139,7 +155,7 @@ impl Module {
 
     fn shutdown(self) {
         for s in self.sessions.all() {
-            let _ = crate::bcall!(self.backend, C_CloseSession(s.backend));
+            let _ = crate::backend::bcall!(self.backend, C_CloseSession(s.backend));
         }
         if let Some(env) = &self.envelope {
             env.close();
@@ -149,11 +165,16 @@ impl Module {
     }
 
     pub fn slot(&self, id: CK_SLOT_ID) -> Result<&SlotEntry> {
-        self.slots.get(id as usize).ok_or(Error::Rv(CKR_SLOT_ID_INVALID))
+        self.slots
+            .get(id as usize)
+            .ok_or(Error::Rv(CKR_SLOT_ID_INVALID))
     }
 
     pub fn is_logged_in(&self, slot: usize) -> bool {
-        self.login.lock().map(|l| l.contains_key(&slot)).unwrap_or(false)
+        self.login
+            .lock()
+            .map(|l| l.contains_key(&slot))
+            .unwrap_or(false)
     }
 
     /// The envelope service, for a session on the DEK slot.
@@ -179,5 +200,7 @@ impl Module {
 
 /// A blank-padded 32-byte PKCS#11 label as a string.
 pub fn label_of(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).trim_end_matches([' ', '\0']).to_string()
+    String::from_utf8_lossy(raw)
+        .trim_end_matches([' ', '\0'])
+        .to_string()
 }

@@ -30,7 +30,10 @@ pub struct DekState {
 
 impl Dek {
     pub fn snapshot(&self) -> Result<DekState> {
-        self.state.read().map(|s| s.clone()).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
+        self.state
+            .read()
+            .map(|s| s.clone())
+            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
     }
     pub fn is_token(&self) -> bool {
         self.owner.is_none()
@@ -39,7 +42,10 @@ impl Dek {
 
 #[derive(Clone)]
 pub enum Object {
-    Backend { slot: usize, handle: CK_OBJECT_HANDLE },
+    Backend {
+        slot: usize,
+        handle: CK_OBJECT_HANDLE,
+    },
     Dek(Arc<Dek>),
 }
 
@@ -57,7 +63,10 @@ pub struct Objects {
 
 impl Default for Objects {
     fn default() -> Self {
-        Objects { maps: RwLock::new(Maps::default()), next: AtomicU64::new(1) }
+        Objects {
+            maps: RwLock::new(Maps::default()),
+            next: AtomicU64::new(1),
+        }
     }
 }
 
@@ -68,12 +77,17 @@ impl Objects {
 
     pub fn get(&self, h: CK_OBJECT_HANDLE) -> Result<Object> {
         let m = self.maps.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-        m.by_handle.get(&h).cloned().ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))
+        m.by_handle
+            .get(&h)
+            .cloned()
+            .ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))
     }
 
     /// Our handle for a backend object, made on first sight.
     pub fn intern_backend(&self, slot: usize, bh: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
-        let Ok(mut m) = self.maps.write() else { return CK_INVALID_HANDLE };
+        let Ok(mut m) = self.maps.write() else {
+            return CK_INVALID_HANDLE;
+        };
         if let Some(h) = m.backend.get(&(slot, bh)) {
             return *h;
         }
@@ -86,7 +100,9 @@ impl Objects {
     /// Our handle for a DEK; an id seen before keeps its handle, and its
     /// state is replaced by the newer one.
     pub fn intern_dek(&self, dek: Arc<Dek>) -> CK_OBJECT_HANDLE {
-        let Ok(mut m) = self.maps.write() else { return CK_INVALID_HANDLE };
+        let Ok(mut m) = self.maps.write() else {
+            return CK_INVALID_HANDLE;
+        };
         let h = match m.deks.get(&dek.id) {
             Some(h) => *h,
             None => {
@@ -114,7 +130,9 @@ impl Objects {
     }
 
     pub fn deks(&self) -> Vec<(CK_OBJECT_HANDLE, Arc<Dek>)> {
-        let Ok(m) = self.maps.read() else { return Vec::new() };
+        let Ok(m) = self.maps.read() else {
+            return Vec::new();
+        };
         let mut v: Vec<_> = m
             .by_handle
             .iter()

@@ -39,8 +39,13 @@ const BOOL_DEFAULTS: &[(CK_ATTRIBUTE_TYPE, bool)] = &[
 
 /// Attributes only the module sets.
 const READ_ONLY: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_KEY_GEN_MECHANISM,
-    CKA_UNIQUE_ID, CKA_CHECK_VALUE, CKA_HSME_KEK_VERSION,
+    CKA_LOCAL,
+    CKA_ALWAYS_SENSITIVE,
+    CKA_NEVER_EXTRACTABLE,
+    CKA_KEY_GEN_MECHANISM,
+    CKA_UNIQUE_ID,
+    CKA_CHECK_VALUE,
+    CKA_HSME_KEK_VERSION,
 ];
 
 pub fn is_valid_aes_len(n: usize) -> bool {
@@ -75,12 +80,20 @@ pub fn new_dek(template: &Template, origin: Origin) -> Result<(Attrs, Option<Zer
     let mut value_len = None;
     for a in template {
         let v = a.value.as_slice();
-        if template.iter().filter(|b| b.ty == a.ty).any(|b| b.value.as_slice() != v) {
+        if template
+            .iter()
+            .filter(|b| b.ty == a.ty)
+            .any(|b| b.value.as_slice() != v)
+        {
             return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT));
         }
         match a.ty {
-            CKA_CLASS if as_ulong(v)? != CKO_SECRET_KEY => return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT)),
-            CKA_KEY_TYPE if as_ulong(v)? != CKK_AES => return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT)),
+            CKA_CLASS if as_ulong(v)? != CKO_SECRET_KEY => {
+                return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT))
+            }
+            CKA_KEY_TYPE if as_ulong(v)? != CKK_AES => {
+                return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT))
+            }
             CKA_CLASS | CKA_KEY_TYPE => {}
             CKA_HSME_ON_BACKEND => {
                 as_bool(v)?;
@@ -122,7 +135,9 @@ pub fn new_dek(template: &Template, origin: Origin) -> Result<(Attrs, Option<Zer
     }
     let len = match (origin, &value, value_len) {
         (Origin::Imported, None, _) => return Err(Error::Rv(CKR_TEMPLATE_INCOMPLETE)),
-        (Origin::Imported, Some(v), Some(n)) if v.len() != n => return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT)),
+        (Origin::Imported, Some(v), Some(n)) if v.len() != n => {
+            return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT))
+        }
         (Origin::Imported, Some(v), _) => Some(v.len()),
         (Origin::Generated, _, None) => return Err(Error::Rv(CKR_TEMPLATE_INCOMPLETE)),
         (_, _, n) => n,
@@ -134,7 +149,13 @@ pub fn new_dek(template: &Template, origin: Origin) -> Result<(Attrs, Option<Zer
     }
     attrs.set_ulong(CKA_CLASS, CKO_SECRET_KEY);
     attrs.set_ulong(CKA_KEY_TYPE, CKK_AES);
-    for ty in [CKA_LABEL, CKA_ID, CKA_START_DATE, CKA_END_DATE, CKA_ALLOWED_MECHANISMS] {
+    for ty in [
+        CKA_LABEL,
+        CKA_ID,
+        CKA_START_DATE,
+        CKA_END_DATE,
+        CKA_ALLOWED_MECHANISMS,
+    ] {
         if !attrs.has(ty) {
             attrs.set(ty, Vec::new());
         }
@@ -144,10 +165,20 @@ pub fn new_dek(template: &Template, origin: Origin) -> Result<(Attrs, Option<Zer
     }
     let generated = origin == Origin::Generated;
     attrs.set_bool(CKA_LOCAL, generated);
-    attrs.set_ulong(CKA_KEY_GEN_MECHANISM, if generated { CKM_AES_KEY_GEN } else { CK_UNAVAILABLE_INFORMATION });
+    attrs.set_ulong(
+        CKA_KEY_GEN_MECHANISM,
+        if generated {
+            CKM_AES_KEY_GEN
+        } else {
+            CK_UNAVAILABLE_INFORMATION
+        },
+    );
     // A key that was ever outside a token in clear was never "always sensitive".
     attrs.set_bool(CKA_ALWAYS_SENSITIVE, generated && attrs.flag(CKA_SENSITIVE));
-    attrs.set_bool(CKA_NEVER_EXTRACTABLE, generated && !attrs.flag(CKA_EXTRACTABLE));
+    attrs.set_bool(
+        CKA_NEVER_EXTRACTABLE,
+        generated && !attrs.flag(CKA_EXTRACTABLE),
+    );
     Ok((attrs, value))
 }
 
@@ -174,9 +205,8 @@ pub fn apply_set(attrs: &Attrs, template: &Template) -> Result<Attrs> {
                 }
                 out.set(a.ty, v.to_vec());
             }
-            CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP | CKA_SIGN | CKA_VERIFY | CKA_DERIVE => {
-                out.set_bool(a.ty, as_bool(v)?)
-            }
+            CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP | CKA_SIGN | CKA_VERIFY
+            | CKA_DERIVE => out.set_bool(a.ty, as_bool(v)?),
             // One-way switches: only ever towards the safer value.
             CKA_SENSITIVE | CKA_WRAP_WITH_TRUSTED => {
                 let new = as_bool(v)?;
@@ -207,46 +237,130 @@ mod tests {
     use super::*;
 
     fn t(list: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Template {
-        list.iter().map(|(ty, v)| TemplateAttr { ty: *ty, value: Zeroizing::new(v.clone()) }).collect()
+        list.iter()
+            .map(|(ty, v)| TemplateAttr {
+                ty: *ty,
+                value: Zeroizing::new(v.clone()),
+            })
+            .collect()
     }
 
     #[test]
     fn generate_needs_value_len_and_sets_derived() {
-        assert_eq!(new_dek(&t(&[]), Origin::Generated).unwrap_err().rv(), CKR_TEMPLATE_INCOMPLETE);
+        assert_eq!(
+            new_dek(&t(&[]), Origin::Generated).unwrap_err().rv(),
+            CKR_TEMPLATE_INCOMPLETE
+        );
         let (a, v) = new_dek(&t(&[(CKA_VALUE_LEN, ulong_bytes(32))]), Origin::Generated).unwrap();
         assert!(v.is_none());
-        assert!(a.flag(CKA_SENSITIVE) && a.flag(CKA_ALWAYS_SENSITIVE) && a.flag(CKA_NEVER_EXTRACTABLE));
+        assert!(
+            a.flag(CKA_SENSITIVE) && a.flag(CKA_ALWAYS_SENSITIVE) && a.flag(CKA_NEVER_EXTRACTABLE)
+        );
         assert!(a.flag(CKA_LOCAL));
         let e = new_dek(&t(&[(CKA_VALUE_LEN, ulong_bytes(20))]), Origin::Generated).unwrap_err();
         assert_eq!(e.rv(), CKR_ATTRIBUTE_VALUE_INVALID);
-        let e = new_dek(&t(&[(CKA_VALUE_LEN, ulong_bytes(16)), (CKA_VALUE, vec![0; 16])]), Origin::Generated);
+        let e = new_dek(
+            &t(&[(CKA_VALUE_LEN, ulong_bytes(16)), (CKA_VALUE, vec![0; 16])]),
+            Origin::Generated,
+        );
         assert_eq!(e.unwrap_err().rv(), CKR_TEMPLATE_INCONSISTENT);
     }
 
     #[test]
     fn import_rules() {
-        let (a, v) = new_dek(&t(&[(CKA_VALUE, vec![7; 24]), (CKA_EXTRACTABLE, vec![1])]), Origin::Imported).unwrap();
+        let (a, v) = new_dek(
+            &t(&[(CKA_VALUE, vec![7; 24]), (CKA_EXTRACTABLE, vec![1])]),
+            Origin::Imported,
+        )
+        .unwrap();
         assert_eq!(v.unwrap().len(), 24);
         assert_eq!(a.ulong(CKA_VALUE_LEN), Some(24));
-        assert!(!a.flag(CKA_ALWAYS_SENSITIVE) && !a.flag(CKA_NEVER_EXTRACTABLE) && !a.flag(CKA_LOCAL));
-        assert_eq!(new_dek(&t(&[(CKA_VALUE, vec![7; 15])]), Origin::Imported).unwrap_err().rv(), CKR_ATTRIBUTE_VALUE_INVALID);
-        assert_eq!(new_dek(&t(&[(CKA_LOCAL, vec![1]), (CKA_VALUE, vec![1; 16])]), Origin::Imported).unwrap_err().rv(), CKR_ATTRIBUTE_READ_ONLY);
-        assert_eq!(new_dek(&t(&[(0x7777, vec![1]), (CKA_VALUE, vec![1; 16])]), Origin::Imported).unwrap_err().rv(), CKR_ATTRIBUTE_TYPE_INVALID);
-        assert_eq!(new_dek(&t(&[(CKA_SENSITIVE, vec![1, 0]), (CKA_VALUE, vec![1; 16])]), Origin::Imported).unwrap_err().rv(), CKR_ATTRIBUTE_VALUE_INVALID);
+        assert!(
+            !a.flag(CKA_ALWAYS_SENSITIVE) && !a.flag(CKA_NEVER_EXTRACTABLE) && !a.flag(CKA_LOCAL)
+        );
+        assert_eq!(
+            new_dek(&t(&[(CKA_VALUE, vec![7; 15])]), Origin::Imported)
+                .unwrap_err()
+                .rv(),
+            CKR_ATTRIBUTE_VALUE_INVALID
+        );
+        assert_eq!(
+            new_dek(
+                &t(&[(CKA_LOCAL, vec![1]), (CKA_VALUE, vec![1; 16])]),
+                Origin::Imported
+            )
+            .unwrap_err()
+            .rv(),
+            CKR_ATTRIBUTE_READ_ONLY
+        );
+        assert_eq!(
+            new_dek(
+                &t(&[(0x7777, vec![1]), (CKA_VALUE, vec![1; 16])]),
+                Origin::Imported
+            )
+            .unwrap_err()
+            .rv(),
+            CKR_ATTRIBUTE_TYPE_INVALID
+        );
+        assert_eq!(
+            new_dek(
+                &t(&[(CKA_SENSITIVE, vec![1, 0]), (CKA_VALUE, vec![1; 16])]),
+                Origin::Imported
+            )
+            .unwrap_err()
+            .rv(),
+            CKR_ATTRIBUTE_VALUE_INVALID
+        );
     }
 
     #[test]
     fn set_rules_are_one_way() {
-        let (a, _) = new_dek(&t(&[(CKA_VALUE, vec![1; 16]), (CKA_SENSITIVE, vec![0]), (CKA_EXTRACTABLE, vec![1])]), Origin::Imported).unwrap();
-        let b = apply_set(&a, &t(&[(CKA_SENSITIVE, vec![1]), (CKA_EXTRACTABLE, vec![0])])).unwrap();
+        let (a, _) = new_dek(
+            &t(&[
+                (CKA_VALUE, vec![1; 16]),
+                (CKA_SENSITIVE, vec![0]),
+                (CKA_EXTRACTABLE, vec![1]),
+            ]),
+            Origin::Imported,
+        )
+        .unwrap();
+        let b = apply_set(
+            &a,
+            &t(&[(CKA_SENSITIVE, vec![1]), (CKA_EXTRACTABLE, vec![0])]),
+        )
+        .unwrap();
         assert!(b.flag(CKA_SENSITIVE) && !b.flag(CKA_EXTRACTABLE));
         assert!(!b.flag(CKA_ALWAYS_SENSITIVE));
-        assert_eq!(apply_set(&b, &t(&[(CKA_SENSITIVE, vec![0])])).unwrap_err().rv(), CKR_ATTRIBUTE_READ_ONLY);
-        assert_eq!(apply_set(&b, &t(&[(CKA_EXTRACTABLE, vec![1])])).unwrap_err().rv(), CKR_ATTRIBUTE_READ_ONLY);
-        assert_eq!(apply_set(&b, &t(&[(CKA_VALUE, vec![1; 16])])).unwrap_err().rv(), CKR_ATTRIBUTE_READ_ONLY);
+        assert_eq!(
+            apply_set(&b, &t(&[(CKA_SENSITIVE, vec![0])]))
+                .unwrap_err()
+                .rv(),
+            CKR_ATTRIBUTE_READ_ONLY
+        );
+        assert_eq!(
+            apply_set(&b, &t(&[(CKA_EXTRACTABLE, vec![1])]))
+                .unwrap_err()
+                .rv(),
+            CKR_ATTRIBUTE_READ_ONLY
+        );
+        assert_eq!(
+            apply_set(&b, &t(&[(CKA_VALUE, vec![1; 16])]))
+                .unwrap_err()
+                .rv(),
+            CKR_ATTRIBUTE_READ_ONLY
+        );
         // a refused template changes nothing, even its valid first entry
         assert!(apply_set(&b, &t(&[(CKA_LABEL, b"x".to_vec()), (CKA_TOKEN, vec![1])])).is_err());
-        let (ro, _) = new_dek(&t(&[(CKA_VALUE, vec![1; 16]), (CKA_MODIFIABLE, vec![0])]), Origin::Imported).unwrap();
-        assert_eq!(apply_set(&ro, &t(&[(CKA_LABEL, b"x".to_vec())])).unwrap_err().rv(), CKR_ACTION_PROHIBITED);
+        let (ro, _) = new_dek(
+            &t(&[(CKA_VALUE, vec![1; 16]), (CKA_MODIFIABLE, vec![0])]),
+            Origin::Imported,
+        )
+        .unwrap();
+        assert_eq!(
+            apply_set(&ro, &t(&[(CKA_LABEL, b"x".to_vec())]))
+                .unwrap_err()
+                .rv(),
+            CKR_ACTION_PROHIBITED
+        );
     }
 }

@@ -60,27 +60,44 @@ pub struct Sessions {
 
 impl Default for Sessions {
     fn default() -> Self {
-        Sessions { map: RwLock::new(HashMap::new()), next: AtomicU64::new(1) }
+        Sessions {
+            map: RwLock::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
     }
 }
 
 impl Sessions {
-    pub fn add(&self, slot: usize, flags: CK_FLAGS, backend: CK_SESSION_HANDLE) -> Result<CK_SESSION_HANDLE> {
+    pub fn add(
+        &self,
+        slot: usize,
+        flags: CK_FLAGS,
+        backend: CK_SESSION_HANDLE,
+    ) -> Result<CK_SESSION_HANDLE> {
         let handle = self.next.fetch_add(1, Ordering::Relaxed) as CK_SESSION_HANDLE;
         let s = Session {
             handle,
             slot,
             flags,
             backend,
-            ops: Mutex::new(Ops { encrypt: Op::Idle, decrypt: Op::Idle, find: None }),
+            ops: Mutex::new(Ops {
+                encrypt: Op::Idle,
+                decrypt: Op::Idle,
+                find: None,
+            }),
         };
-        self.map.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?.insert(handle, Arc::new(s));
+        self.map
+            .write()
+            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?
+            .insert(handle, Arc::new(s));
         Ok(handle)
     }
 
     pub fn get(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
         let m = self.map.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-        m.get(&h).cloned().ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))
+        m.get(&h)
+            .cloned()
+            .ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))
     }
 
     pub fn remove(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
@@ -89,12 +106,16 @@ impl Sessions {
     }
 
     pub fn on_slot(&self, slot: usize) -> Vec<Arc<Session>> {
-        let Ok(m) = self.map.read() else { return Vec::new() };
+        let Ok(m) = self.map.read() else {
+            return Vec::new();
+        };
         m.values().filter(|s| s.slot == slot).cloned().collect()
     }
 
     pub fn all(&self) -> Vec<Arc<Session>> {
-        let Ok(m) = self.map.read() else { return Vec::new() };
+        let Ok(m) = self.map.read() else {
+            return Vec::new();
+        };
         m.values().cloned().collect()
     }
 }

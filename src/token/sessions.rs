@@ -8,8 +8,8 @@ use cryptoki_sys::*;
 
 use super::module::{self, Module};
 use super::session::Session;
+use crate::backend::bcall;
 use crate::backend::check;
-use crate::bcall;
 use crate::error::{Error, Result};
 
 pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
@@ -19,7 +19,16 @@ pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
         return Err(Error::Rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
     }
     let mut bh: CK_SESSION_HANDLE = 0;
-    let rv = bcall!(m.backend, C_OpenSession(entry.backend_id, flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION), std::ptr::null_mut(), None, &mut bh));
+    let rv = bcall!(
+        m.backend,
+        C_OpenSession(
+            entry.backend_id,
+            flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION),
+            std::ptr::null_mut(),
+            None,
+            &mut bh
+        )
+    );
     check("C_OpenSession", rv)?;
     m.sessions.add(slot as usize, flags, bh).inspect_err(|_| {
         let _ = bcall!(m.backend, C_CloseSession(bh));
@@ -75,15 +84,18 @@ pub fn close_all(slot: CK_SLOT_ID) -> Result<()> {
 pub fn info(h: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
     let (m, s) = lookup(h)?;
     let mut info = CK_SESSION_INFO::default();
-    check("C_GetSessionInfo", bcall!(m.backend, C_GetSessionInfo(s.backend, &mut info)))?;
+    check(
+        "C_GetSessionInfo",
+        bcall!(m.backend, C_GetSessionInfo(s.backend, &mut info)),
+    )?;
     info.slotID = s.slot as CK_SLOT_ID;
     Ok(info)
 }
 
-pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut u8, pin_len: CK_ULONG) -> Result<()> {
+pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
     // The PIN goes straight from the caller's buffer to the backend.
-    let rv = bcall!(m.backend, C_Login(s.backend, user, pin, pin_len));
+    let rv = bcall!(m.backend, C_Login(s.backend, user, ptr(pin), len(pin)));
     check("C_Login", rv)?;
     if user != CKU_CONTEXT_SPECIFIC {
         if let Ok(mut l) = m.login.lock() {
@@ -104,22 +116,49 @@ pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     Ok(())
 }
 
-pub fn init_pin(h: CK_SESSION_HANDLE, pin: *mut u8, len: CK_ULONG) -> Result<()> {
+pub fn init_pin(h: CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check("C_InitPIN", bcall!(m.backend, C_InitPIN(s.backend, pin, len)))
+    check(
+        "C_InitPIN",
+        bcall!(m.backend, C_InitPIN(s.backend, ptr(pin), len(pin))),
+    )
 }
 
-pub fn set_pin(h: CK_SESSION_HANDLE, old: *mut u8, old_len: CK_ULONG, new: *mut u8, new_len: CK_ULONG) -> Result<()> {
+pub fn set_pin(h: CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check("C_SetPIN", bcall!(m.backend, C_SetPIN(s.backend, old, old_len, new, new_len)))
+    check(
+        "C_SetPIN",
+        bcall!(
+            m.backend,
+            C_SetPIN(s.backend, ptr(old), len(old), ptr(new), len(new))
+        ),
+    )
 }
 
-pub fn generate_random(h: CK_SESSION_HANDLE, out: *mut u8, len: CK_ULONG) -> Result<()> {
+pub fn generate_random(h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check("C_GenerateRandom", bcall!(m.backend, C_GenerateRandom(s.backend, out, len)))
+    check(
+        "C_GenerateRandom",
+        bcall!(
+            m.backend,
+            C_GenerateRandom(s.backend, out.as_mut_ptr(), len(out))
+        ),
+    )
 }
 
-pub fn seed_random(h: CK_SESSION_HANDLE, seed: *mut u8, len: CK_ULONG) -> Result<()> {
+pub fn seed_random(h: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check("C_SeedRandom", bcall!(m.backend, C_SeedRandom(s.backend, seed, len)))
+    check(
+        "C_SeedRandom",
+        bcall!(m.backend, C_SeedRandom(s.backend, ptr(seed), len(seed))),
+    )
+}
+
+/// Caller bytes as the backend's (non-const) input pointer; it only reads them.
+fn ptr(b: &[u8]) -> *mut u8 {
+    b.as_ptr() as *mut u8
+}
+
+fn len(b: &[u8]) -> CK_ULONG {
+    b.len() as CK_ULONG
 }

@@ -24,30 +24,37 @@ pub fn dek_from_row(slot: usize, row: &DekRow) -> Result<Arc<Dek>> {
 }
 
 pub fn sync_token_deks(m: &Module) -> Result<()> {
-    let (Some(slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else { return Ok(()) };
+    let (Some(slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
+        return Ok(());
+    };
     let rows = env.with_store(|s| Ok(s.list_ids_generations()?))?;
-    let mut known: HashMap<[u8; 16], (u64, i64)> = HashMap::new();
+    let mut known: HashMap<[u8; 16], (cryptoki_sys::CK_OBJECT_HANDLE, i64)> = HashMap::new();
     for (h, d) in m.objects.deks() {
         if d.is_token() {
             let gen = d.state.read().map(|s| s.generation).unwrap_or(-1);
-            known.insert(d.id, (h as u64, gen));
+            known.insert(d.id, (h, gen));
         }
     }
     for (id, gen) in &rows {
         if known.remove(id).is_some_and(|(_, g)| g == *gen) {
             continue;
         }
-        let Some(row) = env.with_store(|s| Ok(s.get(id)?))? else { continue };
+        let Some(row) = env.with_store(|s| Ok(s.get(id)?))? else {
+            continue;
+        };
         match dek_from_row(slot, &row) {
             Ok(dek) => {
                 m.objects.intern_dek(dek);
             }
-            Err(_) => crate::log_warn!("DEK {} has unreadable attributes; skipped", crate::envelope::service::hex(id)),
+            Err(_) => crate::log_warn!(
+                "DEK {} has unreadable attributes; skipped",
+                crate::envelope::service::hex(id)
+            ),
         }
     }
     // What is left was destroyed elsewhere.
     for (id, (h, _)) in known {
-        m.objects.remove(h as cryptoki_sys::CK_OBJECT_HANDLE);
+        m.objects.remove(h);
         env.cache.remove(&id);
     }
     Ok(())

@@ -1,0 +1,832 @@
+//! The envelope core through the built module, driven by `cryptoki` the way
+//! any Rust application would, with SoftHSM2 loaded directly in the same
+//! process as the independent implementation to compare against.
+//!
+//! Each test runs in its own process (cargo nextest) with its own token.
+
+mod common;
+
+use common::*;
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use cryptoki_sys::{CK_AES_CTR_PARAMS, CK_ULONG};
+
+const CKR_HSME_RECORD_INVALID: u64 = 0xC845_0002;
+const CKA_HSME_KEK_VERSION: u64 = 0xC845_0001;
+
+fn rv(e: Error) -> RvError {
+    match e {
+        Error::Pkcs11(rv, _) => rv,
+        other => panic!("expected a PKCS#11 error, got {other}"),
+    }
+}
+
+fn ours() -> Pkcs11 {
+    init_pkcs11(&module_path())
+}
+
+fn aes_template(token: bool, extra: Vec<Attribute>) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(token),
+    ];
+    t.extend(extra);
+    t
+}
+
+fn import(s: &Session, value: &[u8], token: bool, extra: Vec<Attribute>) -> ObjectHandle {
+    let mut extra = extra;
+    extra.push(Attribute::Value(value.to_vec()));
+    s.create_object(&aes_template(token, extra))
+        .expect("C_CreateObject of an AES key")
+}
+
+fn generate(s: &Session, token: bool, extra: Vec<Attribute>) -> ObjectHandle {
+    let mut extra = extra;
+    extra.push(Attribute::ValueLen(32.into()));
+    s.generate_key(&Mechanism::AesKeyGen, &aes_template(token, extra))
+        .expect("C_GenerateKey")
+}
+
+fn gcm_encrypt(
+    s: &Session,
+    key: ObjectHandle,
+    iv: &[u8],
+    aad: &[u8],
+    data: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut iv = iv.to_vec();
+    s.encrypt(
+        &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into())?),
+        key,
+        data,
+    )
+}
+
+fn gcm_decrypt(
+    s: &Session,
+    key: ObjectHandle,
+    iv: &[u8],
+    aad: &[u8],
+    data: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut iv = iv.to_vec();
+    s.decrypt(
+        &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into())?),
+        key,
+        data,
+    )
+}
+
+fn ctr_params(iv: [u8; 16]) -> CK_AES_CTR_PARAMS {
+    CK_AES_CTR_PARAMS {
+        ulCounterBits: 32 as CK_ULONG,
+        cb: iv,
+    }
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    getrandom::fill(&mut v).unwrap();
+    v
+}
+
+/// CKA_VALUE answers CKR_ATTRIBUTE_SENSITIVE (cryptoki reports it as
+/// `AttributeInfo::Sensitive`), while the other attributes still come back.
+fn assert_sensitive(s: &Session, h: ObjectHandle) {
+    let info = s
+        .get_attribute_info(h, &[AttributeType::Value, AttributeType::ValueLen])
+        .unwrap();
+    assert!(matches!(info[0], AttributeInfo::Sensitive), "{:?}", info[0]);
+    assert!(matches!(info[1], AttributeInfo::Available(_)));
+}
+
+fn bool_attr(s: &Session, h: ObjectHandle, ty: AttributeType) -> bool {
+    match s.get_attributes(h, &[ty]).unwrap().pop() {
+        Some(
+            Attribute::Sensitive(b)
+            | Attribute::Extractable(b)
+            | Attribute::AlwaysSensitive(b)
+            | Attribute::NeverExtractable(b)
+            | Attribute::Local(b)
+            | Attribute::Token(b),
+        ) => b,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn slot_mirrors_the_backend_token_with_our_identity() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slots = p.get_slots_with_token().unwrap();
+    assert_eq!(
+        slots.len(),
+        1,
+        "SoftHSM's spare uninitialised slot must not appear"
+    );
+    let info = p.get_token_info(slots[0]).unwrap();
+    assert_eq!(info.label(), TOKEN_LABEL);
+    assert_eq!(info.manufacturer_id(), "hsm-envelope");
+    let mechs = p.get_mechanism_list(slots[0]).unwrap();
+    for m in [
+        MechanismType::AES_GCM,
+        MechanismType::AES_CBC_PAD,
+        MechanismType::AES_CTR,
+        MechanismType::AES_KEY_GEN,
+    ] {
+        assert!(mechs.contains(&m), "{m} missing");
+    }
+    let gcm = p
+        .get_mechanism_info(slots[0], MechanismType::AES_GCM)
+        .unwrap();
+    assert!(gcm.encrypt() && gcm.decrypt());
+    let e = p
+        .init_token(slots[0], &AuthPin::new(SO_PIN.into()), "wipe")
+        .unwrap_err();
+    assert_eq!(
+        rv(e),
+        RvError::FunctionNotSupported,
+        "C_InitToken would destroy the KEKs"
+    );
+}
+
+#[test]
+fn deks_need_a_login_and_private_ones_hide_after_logout() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let s = p.open_rw_session(slot).unwrap();
+    let e = s.generate_key(
+        &Mechanism::AesKeyGen,
+        &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+    );
+    assert_eq!(rv(e.unwrap_err()), RvError::UserNotLoggedIn);
+    s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    let ro = p.open_ro_session(slot).unwrap();
+    let e = ro.generate_key(
+        &Mechanism::AesKeyGen,
+        &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+    );
+    assert_eq!(rv(e.unwrap_err()), RvError::SessionReadOnly);
+    let dek = generate(&s, true, vec![Attribute::Label(b"d".to_vec())]);
+    let ct = gcm_encrypt(&s, dek, &[1; 12], b"", b"hello").unwrap();
+    s.logout().unwrap();
+    assert!(s
+        .find_objects(&[Attribute::Label(b"d".to_vec())])
+        .unwrap()
+        .is_empty());
+    let e = gcm_encrypt(&s, dek, &[1; 12], b"", b"hello").unwrap_err();
+    assert_eq!(rv(e), RvError::KeyHandleInvalid);
+    s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap();
+    assert_eq!(gcm_decrypt(&s, dek, &[1; 12], b"", &ct).unwrap(), b"hello");
+}
+
+#[test]
+fn generated_dek_attributes_follow_the_spec() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    assert!(bool_attr(&s, dek, AttributeType::Sensitive), "safe default");
+    assert!(
+        !bool_attr(&s, dek, AttributeType::Extractable),
+        "safe default"
+    );
+    assert!(bool_attr(&s, dek, AttributeType::AlwaysSensitive));
+    assert!(bool_attr(&s, dek, AttributeType::NeverExtractable));
+    assert!(bool_attr(&s, dek, AttributeType::Local));
+    assert_sensitive(&s, dek);
+    let kcv = s.get_attributes(dek, &[AttributeType::CheckValue]).unwrap();
+    assert!(matches!(&kcv[..], [Attribute::CheckValue(v)] if v.len() == 3));
+    let kv = s
+        .get_attributes(dek, &[AttributeType::VendorDefined(CKA_HSME_KEK_VERSION)])
+        .unwrap();
+    assert!(
+        matches!(&kv[..], [Attribute::VendorDefined((_, v))] if v == &1u64.to_ne_bytes()),
+        "{kv:?}"
+    );
+
+    // An imported key was outside a token in clear: never "always sensitive".
+    let imp = import(&s, &[7; 16], false, vec![]);
+    assert!(!bool_attr(&s, imp, AttributeType::AlwaysSensitive));
+    assert!(!bool_attr(&s, imp, AttributeType::Local));
+
+    // Bad templates.
+    let bad = |t: Vec<Attribute>| rv(s.create_object(&t).unwrap_err());
+    assert_eq!(
+        bad(aes_template(false, vec![Attribute::Value(vec![1; 15])])),
+        RvError::AttributeValueInvalid
+    );
+    assert_eq!(
+        bad(aes_template(false, vec![])),
+        RvError::TemplateIncomplete
+    );
+    assert_eq!(
+        bad(aes_template(
+            false,
+            vec![Attribute::Value(vec![1; 16]), Attribute::Local(true)]
+        )),
+        RvError::AttributeReadOnly
+    );
+    let e = s
+        .generate_key(&Mechanism::AesKeyGen, &aes_template(false, vec![]))
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::TemplateIncomplete);
+}
+
+#[test]
+fn set_attribute_rules_and_rewrap_survive_a_restart() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let value = random_bytes(32);
+    let dek = import(
+        &s,
+        &value,
+        true,
+        vec![
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Label(b"a".to_vec()),
+        ],
+    );
+    let e = s
+        .update_attributes(dek, &[Attribute::Value(vec![0; 32])])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeReadOnly);
+    // Extractable and not sensitive: the value is readable.
+    let got = s.get_attributes(dek, &[AttributeType::Value]).unwrap();
+    assert!(matches!(&got[..], [Attribute::Value(v)] if v == &value));
+    s.update_attributes(
+        dek,
+        &[Attribute::Sensitive(true), Attribute::Label(b"b".to_vec())],
+    )
+    .unwrap();
+    let e = s
+        .update_attributes(dek, &[Attribute::Sensitive(false)])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeReadOnly);
+    s.update_attributes(dek, &[Attribute::Extractable(false)])
+        .unwrap();
+    let e = s
+        .update_attributes(dek, &[Attribute::Extractable(true)])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeReadOnly);
+    assert!(!bool_attr(&s, dek, AttributeType::AlwaysSensitive));
+    assert_sensitive(&s, dek);
+    let ct = gcm_encrypt(&s, dek, &[3; 12], b"aad", b"data").unwrap();
+    drop(s);
+    p.finalize().unwrap();
+
+    // A fresh module instance must unwrap the re-sealed record.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let found = s.find_objects(&[Attribute::Label(b"b".to_vec())]).unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(bool_attr(&s, found[0], AttributeType::Sensitive));
+    assert_eq!(
+        gcm_decrypt(&s, found[0], &[3; 12], b"aad", &ct).unwrap(),
+        b"data"
+    );
+}
+
+/// Same key, same IV and AAD: our software engines and SoftHSM2 agree.
+#[test]
+fn ciphertexts_match_softhsm_for_gcm_cbc_pad_and_ctr() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    // SoftHSM2 loaded directly by the same process: its C_Initialize answers
+    // ALREADY_INITIALIZED (we loaded it first), which must not disturb us.
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    for len in [16usize, 24, 32] {
+        let value = random_bytes(len);
+        let ours_key = import(&s, &value, false, vec![Attribute::Extractable(false)]);
+        let hsm_key = import(
+            &hs,
+            &value,
+            false,
+            vec![Attribute::Encrypt(true), Attribute::Decrypt(true)],
+        );
+        for size in [0usize, 1, 15, 16, 17, 1000] {
+            let data = random_bytes(size);
+            let iv = random_bytes(12);
+            let aad = random_bytes(size % 40);
+            let a = gcm_encrypt(&s, ours_key, &iv, &aad, &data).unwrap();
+            let b = gcm_encrypt(&hs, hsm_key, &iv, &aad, &data).unwrap();
+            assert_eq!(a, b, "GCM, key {len} B, data {size} B");
+            assert_eq!(gcm_decrypt(&s, ours_key, &iv, &aad, &b).unwrap(), data);
+
+            let iv16: [u8; 16] = random_bytes(16).try_into().unwrap();
+            let cbc = Mechanism::AesCbcPad(iv16);
+            let a = s.encrypt(&cbc, ours_key, &data).unwrap();
+            assert_eq!(
+                a,
+                hs.encrypt(&cbc, hsm_key, &data).unwrap(),
+                "CBC-PAD, key {len} B, data {size} B"
+            );
+            assert_eq!(s.decrypt(&cbc, ours_key, &a).unwrap(), data);
+
+            let params = ctr_params(iv16);
+            let ctr = Mechanism::VendorDefined(VendorDefinedMechanism::new(
+                MechanismType::AES_CTR,
+                Some(&params),
+            ));
+            let a = s.encrypt(&ctr, ours_key, &data).unwrap();
+            assert_eq!(
+                a,
+                hs.encrypt(&ctr, hsm_key, &data).unwrap(),
+                "CTR, key {len} B, data {size} B"
+            );
+            assert_eq!(s.decrypt(&ctr, ours_key, &a).unwrap(), data);
+        }
+    }
+}
+
+fn user_session_raw(hsm: &Pkcs11) -> Session {
+    // Find the backend token by label on SoftHSM itself.
+    let slot = hsm
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| hsm.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
+        .unwrap();
+    let s = hsm.open_rw_session(slot).unwrap();
+    match s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    s
+}
+
+#[test]
+fn multi_part_equals_single_part() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let key = generate(&s, false, vec![]);
+    let data = random_bytes(1000);
+    let iv16 = [9u8; 16];
+    let params = ctr_params(iv16);
+    let mut gcm_iv = [5u8; 12];
+    let mechs = [
+        Mechanism::AesCbcPad(iv16),
+        Mechanism::VendorDefined(VendorDefinedMechanism::new(
+            MechanismType::AES_CTR,
+            Some(&params),
+        )),
+        Mechanism::AesGcm(GcmParams::new(&mut gcm_iv, b"hdr", 128.into()).unwrap()),
+    ];
+    for m in &mechs {
+        let whole = s.encrypt(m, key, &data).unwrap();
+        s.encrypt_init(m, key).unwrap();
+        let mut parts = Vec::new();
+        for chunk in data.chunks(333) {
+            parts.extend(s.encrypt_update(chunk).unwrap());
+        }
+        parts.extend(s.encrypt_final().unwrap());
+        assert_eq!(parts, whole, "{m:?}");
+        s.decrypt_init(m, key).unwrap();
+        let mut back = Vec::new();
+        for chunk in whole.chunks(100) {
+            back.extend(s.decrypt_update(chunk).unwrap());
+        }
+        back.extend(s.decrypt_final().unwrap());
+        assert_eq!(back, data, "{m:?}");
+    }
+}
+
+#[test]
+fn tampered_gcm_ciphertext_or_tag_is_rejected() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let key = generate(&s, false, vec![]);
+    let ct = gcm_encrypt(&s, key, &[1; 12], b"aad", b"attack at dawn").unwrap();
+    for i in [0, ct.len() - 1] {
+        let mut bad = ct.clone();
+        bad[i] ^= 1;
+        let e = gcm_decrypt(&s, key, &[1; 12], b"aad", &bad).unwrap_err();
+        assert_eq!(rv(e), RvError::EncryptedDataInvalid, "byte {i}");
+    }
+    let e = gcm_decrypt(&s, key, &[1; 12], b"other", &ct).unwrap_err();
+    assert_eq!(rv(e), RvError::EncryptedDataInvalid, "AAD is authenticated");
+    // The failed operation ended; the next one starts cleanly.
+    assert_eq!(
+        gcm_decrypt(&s, key, &[1; 12], b"aad", &ct).unwrap(),
+        b"attack at dawn"
+    );
+    // A mechanism the key does not allow.
+    let limited = generate(
+        &s,
+        false,
+        vec![Attribute::AllowedMechanisms(vec![
+            MechanismType::AES_CBC_PAD,
+        ])],
+    );
+    let e = gcm_encrypt(&s, limited, &[1; 12], b"", b"x").unwrap_err();
+    assert_eq!(rv(e), RvError::MechanismInvalid);
+    let enc_only = generate(&s, false, vec![Attribute::Decrypt(false)]);
+    let e = gcm_decrypt(&s, enc_only, &[1; 12], b"", &ct).unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+}
+
+#[test]
+fn store_and_log_hold_no_clear_dek_bytes() {
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let value = random_bytes(32);
+    let dek = import(&s, &value, true, vec![Attribute::Label(b"known".to_vec())]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    drop(s);
+    p.finalize().unwrap();
+    let mut scanned = 0;
+    for f in [
+        t.store_path.clone(),
+        t.store_path.with_extension("sqlite-wal"),
+        t.log_file(),
+    ] {
+        if let Ok(bytes) = std::fs::read(&f) {
+            scanned += 1;
+            assert!(
+                !bytes.windows(8).any(|w| value.windows(8).any(|v| v == w)),
+                "{} holds DEK bytes",
+                f.display()
+            );
+        }
+    }
+    assert!(scanned >= 2, "the store and the log must exist");
+    let conn = rusqlite::Connection::open(&t.store_path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM dek", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// Swap two rows' records, or loosen a bound attribute, behind the module's
+/// back: the HSM's tag check refuses to unwrap.
+#[test]
+fn a_record_moved_or_altered_in_the_store_fails_to_unwrap() {
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let a = generate(&s, true, vec![Attribute::Label(b"a".to_vec())]);
+    let b = generate(
+        &s,
+        true,
+        vec![Attribute::Label(b"b".to_vec()), Attribute::Decrypt(false)],
+    );
+    gcm_encrypt(&s, a, &[1; 12], b"", b"x").unwrap();
+    gcm_encrypt(&s, b, &[1; 12], b"", b"x").unwrap();
+    drop(s);
+    p.finalize().unwrap();
+
+    let conn = rusqlite::Connection::open(&t.store_path).unwrap();
+    let rec = |label: &str| -> Vec<u8> {
+        conn.query_row(
+            "SELECT record FROM dek WHERE label = ?1",
+            [label.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (ra, rb) = (rec("a"), rec("b"));
+    conn.execute(
+        "UPDATE dek SET record = ?1 WHERE label = ?2",
+        rusqlite::params![rb, b"a".to_vec()],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE dek SET record = ?1 WHERE label = ?2",
+        rusqlite::params![ra, b"b".to_vec()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    for label in [b"a", b"b"] {
+        let h = s.find_objects(&[Attribute::Label(label.to_vec())]).unwrap()[0];
+        let e = gcm_encrypt(&s, h, &[1; 12], b"", b"x").unwrap_err();
+        assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_RECORD_INVALID));
+    }
+    drop(s);
+    p.finalize().unwrap();
+
+    // Put the records back, then turn CKA_DECRYPT on for "b" in its stored
+    // attributes: the record no longer matches and must not open.
+    let conn = rusqlite::Connection::open(&t.store_path).unwrap();
+    conn.execute(
+        "UPDATE dek SET record = ?1 WHERE label = ?2",
+        rusqlite::params![ra, b"a".to_vec()],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE dek SET record = ?1 WHERE label = ?2",
+        rusqlite::params![rb, b"b".to_vec()],
+    )
+    .unwrap();
+    let attrs: Vec<u8> = conn
+        .query_row(
+            "SELECT attrs FROM dek WHERE label = ?1",
+            [b"b".to_vec()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let loosened = flip_bool_attr(&attrs, cryptoki_sys::CKA_DECRYPT);
+    conn.execute(
+        "UPDATE dek SET attrs = ?1 WHERE label = ?2",
+        rusqlite::params![loosened, b"b".to_vec()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let a = s.find_objects(&[Attribute::Label(b"a".to_vec())]).unwrap()[0];
+    gcm_encrypt(&s, a, &[1; 12], b"", b"x").expect("the restored record opens again");
+    let b = s.find_objects(&[Attribute::Label(b"b".to_vec())]).unwrap()[0];
+    let e = gcm_decrypt(&s, b, &[1; 12], b"", &[0; 17]).unwrap_err();
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_RECORD_INVALID));
+}
+
+/// The stored attribute encoding: version, count, then (type u64 LE, len u32 LE, value).
+fn flip_bool_attr(enc: &[u8], ty: u64) -> Vec<u8> {
+    let mut out = enc.to_vec();
+    let mut pos = 5;
+    while pos + 12 <= out.len() {
+        let t = u64::from_le_bytes(out[pos..pos + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(out[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        if t == ty && len == 1 {
+            out[pos + 12] ^= 1;
+            return out;
+        }
+        pos += 12 + len;
+    }
+    panic!("attribute {ty:#x} not found");
+}
+
+#[test]
+fn the_kek_stays_on_the_hsm_and_cannot_encrypt_for_callers() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let kek = s
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap();
+    assert_eq!(kek.len(), 1, "the KEK is visible through the module");
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    let e = gcm_encrypt(&s, kek[0], &[1; 12], b"", b"x").unwrap_err();
+    assert_eq!(
+        rv(e),
+        RvError::KeyFunctionNotPermitted,
+        "the KEK would open stored records"
+    );
+    assert_sensitive(&s, kek[0]);
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let k = hs
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap();
+    assert_eq!(k.len(), 1);
+    assert!(!bool_attr(&hs, k[0], AttributeType::Extractable));
+    assert!(bool_attr(&hs, k[0], AttributeType::Sensitive));
+}
+
+#[test]
+fn wrap_and_unwrap_with_the_kek_match_softhsm() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let kek = s
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap()[0];
+    let value = random_bytes(32);
+    let dek = import(&s, &value, false, vec![Attribute::Extractable(true)]);
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let hkek = hs
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap()[0];
+    let hkey = import(&hs, &value, false, vec![Attribute::Extractable(true)]);
+    for m in [Mechanism::AesKeyWrap, Mechanism::AesKeyWrapPad] {
+        let wrapped = s.wrap_key(&m, kek, dek).unwrap();
+        // AES key wrap is deterministic: SoftHSM2 must produce the same bytes.
+        assert_eq!(wrapped, hs.wrap_key(&m, hkek, hkey).unwrap(), "{m:?}");
+        if matches!(m, Mechanism::AesKeyWrapPad) {
+            // PKCS#11 3.0 numbers RFC 5649 0x210B; SoftHSM2 calls it 0x210A.
+            assert_eq!(
+                raw_wrap(&s, cryptoki_sys::CKM_AES_KEY_WRAP_KWP, kek, dek),
+                wrapped
+            );
+        }
+        let back = s
+            .unwrap_key(
+                &m,
+                kek,
+                &wrapped,
+                &aes_template(
+                    false,
+                    vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
+                ),
+            )
+            .unwrap();
+        let got = s.get_attributes(back, &[AttributeType::Value]).unwrap();
+        assert!(matches!(&got[..], [Attribute::Value(v)] if v == &value));
+        assert!(!bool_attr(&s, back, AttributeType::Local));
+    }
+    let locked = generate(&s, false, vec![]);
+    let e = s
+        .wrap_key(&Mechanism::AesKeyWrapPad, kek, locked)
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::KeyUnextractable);
+}
+
+/// C_WrapKey through the module's raw function list, for a mechanism number
+/// cryptoki has no name for.
+fn raw_wrap(s: &Session, mech: u64, wrapping: ObjectHandle, key: ObjectHandle) -> Vec<u8> {
+    use cryptoki_sys::{CKR_OK, CK_FUNCTION_LIST, CK_MECHANISM};
+    // SAFETY: the module is already loaded by cryptoki; this maps the same one.
+    let lib = unsafe { libloading::Library::new(module_path()) }.unwrap();
+    let list = unsafe {
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> u64> =
+            lib.get(b"C_GetFunctionList\0").unwrap();
+        let mut p = std::ptr::null_mut();
+        assert_eq!(get(&mut p), CKR_OK);
+        &*p
+    };
+    let wrap = list.C_WrapKey.unwrap();
+    let mut m = CK_MECHANISM {
+        mechanism: mech,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut len = 0;
+    let rv = unsafe {
+        wrap(
+            s.handle(),
+            &mut m,
+            wrapping.handle(),
+            key.handle(),
+            std::ptr::null_mut(),
+            &mut len,
+        )
+    };
+    assert_eq!(rv, CKR_OK);
+    let mut out = vec![0u8; len as usize];
+    let rv = unsafe {
+        wrap(
+            s.handle(),
+            &mut m,
+            wrapping.handle(),
+            key.handle(),
+            out.as_mut_ptr(),
+            &mut len,
+        )
+    };
+    assert_eq!(rv, CKR_OK);
+    out.truncate(len as usize);
+    out
+}
+
+#[test]
+fn session_deks_vanish_with_their_session_and_are_not_stored() {
+    let t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let s1 = user_session(&p, slot);
+    let s2 = p.open_rw_session(slot).unwrap();
+    let dek = generate(&s1, false, vec![Attribute::Label(b"eph".to_vec())]);
+    // Visible from the application's other session while s1 lives.
+    assert_eq!(
+        s2.find_objects(&[Attribute::Label(b"eph".to_vec())])
+            .unwrap(),
+        vec![dek]
+    );
+    drop(s1);
+    assert!(s2
+        .find_objects(&[Attribute::Label(b"eph".to_vec())])
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        rv(gcm_encrypt(&s2, dek, &[1; 12], b"", b"x").unwrap_err()),
+        RvError::KeyHandleInvalid
+    );
+    let conn = rusqlite::Connection::open(&t.store_path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM dek", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn find_objects_sees_deks_and_backend_objects_with_stable_handles() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let s1 = user_session(&p, slot);
+    let a = generate(
+        &s1,
+        true,
+        vec![Attribute::Label(b"a".to_vec()), Attribute::Id(vec![7])],
+    );
+    let b = generate(&s1, false, vec![Attribute::Label(b"b".to_vec())]);
+    let all = s1.find_objects(&[]).unwrap();
+    assert_eq!(all.len(), 3, "empty template: KEK + 2 DEKs, got {all:?}");
+    assert!(all.contains(&a) && all.contains(&b));
+    let s2 = p.open_ro_session(slot).unwrap();
+    assert_eq!(
+        s2.find_objects(&[Attribute::Id(vec![7])]).unwrap(),
+        vec![a],
+        "same handle in another session"
+    );
+    let secret = s2
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .unwrap();
+    assert_eq!(secret.len(), 3);
+    assert!(s2
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .unwrap()
+        .is_empty());
+    s1.destroy_object(a).unwrap();
+    assert_eq!(s2.find_objects(&[]).unwrap().len(), 2);
+    let e = gcm_encrypt(&s1, a, &[1; 12], b"", b"x").unwrap_err();
+    assert_eq!(rv(e), RvError::KeyHandleInvalid);
+    // A new object never reuses a destroyed handle.
+    let c = generate(&s1, true, vec![]);
+    assert!(c != a && c != b);
+}
+
+/// Two processes share the store: a DEK made here is found and used by a
+/// child process, which must give the same ciphertext.
+#[test]
+fn a_second_process_finds_and_uses_the_dek() {
+    if std::env::var_os("HSME_CHILD").is_some() {
+        return child_encrypts();
+    }
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![Attribute::Label(b"shared".to_vec())]);
+    let expect = gcm_encrypt(&s, dek, &[4; 12], b"aad", b"shared secret").unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_second_process_finds_and_uses_the_dek",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("HSME_CHILD", "1")
+        .env("SOFTHSM2_CONF", &t.softhsm_conf)
+        .env("HSM_ENVELOPE_CONF", &t.conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex: String = expect.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        stdout.contains(&format!("CIPHERTEXT={hex}")),
+        "child printed: {stdout}"
+    );
+}
+
+fn child_encrypts() {
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let found = s
+        .find_objects(&[Attribute::Label(b"shared".to_vec())])
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let ct = gcm_encrypt(&s, found[0], &[4; 12], b"aad", b"shared secret").unwrap();
+    let hex: String = ct.iter().map(|b| format!("{b:02x}")).collect();
+    println!("CIPHERTEXT={hex}");
+}
+
+#[test]
+fn calls_after_finalize_are_refused() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let p2 = p.clone();
+    p.finalize().unwrap();
+    let e = p2.open_rw_session(slot).unwrap_err();
+    assert_eq!(rv(e), RvError::CryptokiNotInitialized);
+}
