@@ -598,6 +598,20 @@ fn the_kek_stays_on_the_hsm_and_cannot_encrypt_for_callers() {
         "the KEK would open stored records"
     );
     assert_sensitive(&s, kek[0]);
+    // Nor copied (a copy could decrypt records), changed, or destroyed.
+    let e = s
+        .copy_object(kek[0], &[Attribute::Label(b"copy".to_vec())])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::ActionProhibited);
+    let e = s
+        .update_attributes(kek[0], &[Attribute::Label(b"renamed".to_vec())])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::ActionProhibited);
+    assert_eq!(
+        rv(s.destroy_object(kek[0]).unwrap_err()),
+        RvError::ActionProhibited
+    );
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
     let hsm = init_pkcs11(&softhsm_module_path());
     let hs = user_session_raw(&hsm);
     let k = hs
@@ -829,4 +843,28 @@ fn calls_after_finalize_are_refused() {
     p.finalize().unwrap();
     let e = p2.open_rw_session(slot).unwrap_err();
     assert_eq!(rv(e), RvError::CryptokiNotInitialized);
+}
+
+/// The host program drives SoftHSM2 itself too, and got there first: our
+/// backend C_Initialize and C_Login answer "already", and we carry on; our
+/// C_Finalize must leave the backend initialised for the host.
+#[test]
+fn the_host_may_use_the_backend_itself() {
+    let _t = TestToken::new();
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let p = ours();
+    let s = p.open_rw_session(token_slot(&p)).unwrap();
+    let e = s
+        .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::UserAlreadyLoggedIn);
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    drop(s);
+    p.finalize().unwrap();
+    let kek = hs
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap();
+    assert_eq!(kek.len(), 1, "the host's backend still works");
 }

@@ -7,7 +7,7 @@ use cryptoki_sys::*;
 
 use super::module::Module;
 use super::objects::Object;
-use super::session::{Op, Session};
+use super::session::Op;
 use super::sessions::lookup;
 use crate::crypto::{self, CryptoError, Direction, Mode};
 use crate::error::{Error, Result};
@@ -77,24 +77,14 @@ pub fn init(
             if slot != s.slot {
                 return Err(Error::Rv(CKR_KEY_HANDLE_INVALID));
             }
-            guard_kek(&m, &s, handle)?;
+            // With the KEK, a caller could open stored records without our policy.
+            if super::keys::is_kek(&m, &s, handle) {
+                return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+            }
             *op = Op::Backend;
             Ok(Step::Forward(m.clone(), s.backend))
         }
     }
-}
-
-/// The KEK must not encrypt or decrypt arbitrary data for callers: with it,
-/// anyone could open the stored records without going through our policy.
-fn guard_kek(m: &Module, s: &Session, handle: CK_OBJECT_HANDLE) -> Result<()> {
-    if m.dek_slot == Some(s.slot) {
-        if let Some(env) = &m.envelope {
-            if env.kek_handle(&m.backend) == Some(handle) {
-                return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Which part of an operation a call is.

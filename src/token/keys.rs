@@ -64,6 +64,21 @@ pub fn raw_template(t: &Template) -> Vec<CK_ATTRIBUTE> {
         .collect()
 }
 
+/// Whether `bh` is the KEK. Through this module the KEK only wraps and
+/// unwraps: it is not copied (a copy could decrypt records), changed, or
+/// destroyed (that would shred every DEK; the admin tool owns its lifecycle).
+pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
+    is_dek_slot(m, s) && m.envelope.as_ref().and_then(|e| e.kek_handle(&m.backend)) == Some(bh)
+}
+
+fn refuse_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<()> {
+    if is_kek(m, s, bh) {
+        crate::log_warn!("refused a change to the KEK through the PKCS#11 API");
+        return Err(Error::Rv(CKR_ACTION_PROHIBITED));
+    }
+    Ok(())
+}
+
 fn is_dek_slot(m: &Module, s: &Session) -> bool {
     m.dek_slot == Some(s.slot)
 }
@@ -267,6 +282,7 @@ pub fn copy_object(
         // Copying a DEK would need its own record and policy; not offered yet.
         Target::Dek(..) => Err(Error::Rv(CKR_FUNCTION_NOT_SUPPORTED)),
         Target::Backend(bh) => {
+            refuse_kek(&m, &s, bh)?;
             let mut raw = raw_template(t);
             let mut out = 0;
             let rv = bcall!(
@@ -304,6 +320,7 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
             Ok(())
         }
         Target::Backend(bh) => {
+            refuse_kek(&m, &s, bh)?;
             check(
                 "C_DestroyObject",
                 bcall!(m.backend, C_DestroyObject(s.backend, bh)),
@@ -355,6 +372,7 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
     let (m, s) = lookup(h)?;
     match resolve(&m, &s, oh)? {
         Target::Backend(bh) => {
+            refuse_kek(&m, &s, bh)?;
             let mut raw = raw_template(t);
             check(
                 "C_SetAttributeValue",
