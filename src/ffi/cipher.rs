@@ -46,9 +46,8 @@ unsafe fn step(
     p_out: *mut u8,
     pul: *mut CK_ULONG,
 ) -> Result<CK_RV> {
-    let input = bytes(p_in, in_len)?;
-    let out = out_buf(p_out, pul)?;
-    match crypt::step(h, dir, part, input, out) {
+    let args = || Ok((bytes(p_in, in_len)?, out_buf(p_out, pul)?));
+    match crypt::step(h, dir, part, args) {
         Ok(Step::Done(n)) => report_len(Ok(n), pul),
         Ok(Step::Forward(md, bs)) => {
             let rv = match (dir, part) {

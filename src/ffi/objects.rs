@@ -168,7 +168,9 @@ pub unsafe extern "C" fn C_FindObjects(
             return Err(bad());
         }
         let found = keys::find_next(h, max as usize)?;
-        std::ptr::copy_nonoverlapping(found.as_ptr(), ph, found.len());
+        if !found.is_empty() {
+            std::ptr::copy_nonoverlapping(found.as_ptr(), ph, found.len());
+        }
         ok(put(pul, found.len() as CK_ULONG))
     })
 }

@@ -96,20 +96,33 @@ pub enum Part {
 }
 
 /// C_Encrypt / C_EncryptUpdate / C_EncryptFinal and their decrypt twins.
-pub fn step(
+/// `args` reads the caller's buffers; it runs only for software operations,
+/// and its failure ends the operation as any other error does.
+pub fn step<'a>(
     h: CK_SESSION_HANDLE,
     dir: Direction,
     part: Part,
-    input: &[u8],
-    out: Out<'_>,
+    args: impl FnOnce() -> Result<(&'a [u8], Out<'a>)>,
 ) -> Result<Step> {
     let (m, s) = lookup(h)?;
     let mut ops = s.ops()?;
     let op = slot_of(&mut ops, dir);
     let cipher = match op {
-        Op::Idle => return Err(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)),
+        // Bad pointers are reported first, with or without an operation.
+        Op::Idle => {
+            return Err(args()
+                .err()
+                .unwrap_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)))
+        }
         Op::Backend => return Ok(Step::Forward(m.clone(), s.backend)),
         Op::Soft(c) => c,
+    };
+    let (input, out) = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            *op = Op::Idle;
+            return Err(e);
+        }
     };
     let result = match out {
         // A length query has no side effects.

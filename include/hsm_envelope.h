@@ -1,0 +1,69 @@
+/*
+ * hsm_envelope.h - vendor-defined constants of the hsm-envelope PKCS#11
+ * module (libhsm_envelope.so), for C callers.
+ *
+ * hsm-envelope is a PKCS#11 module that sits in front of a backend HSM: the
+ * key-encryption keys (KEKs) stay on the HSM, the data-encryption keys (DEKs)
+ * are wrapped by a KEK on the HSM and used for AES in software. Most callers
+ * need nothing beyond the standard PKCS#11 API; this header only adds the
+ * module's own return codes and attribute types.
+ *
+ * This header does not include, and does not require, a PKCS#11 header: it
+ * defines only its own names, as plain unsigned long constants. Use them
+ * where PKCS#11 expects
+ *   - CKR_HSME_*: a CK_RV value (returned by the module's functions);
+ *   - CKA_HSME_*: a CK_ATTRIBUTE_TYPE value (the `type` of a CK_ATTRIBUTE).
+ * Both CK_RV and CK_ATTRIBUTE_TYPE are CK_ULONG, i.e. unsigned long.
+ *
+ * Every value is CKR_VENDOR_DEFINED / CKA_VENDOR_DEFINED (0x80000000UL)
+ * OR-ed with the prefix 0x48450000UL ("HE", for hsm-envelope) and a small
+ * number, so the values are easy to recognise in logs and unlikely to clash
+ * with other vendors' codes. They mirror src/vendor.rs exactly; the
+ * hexadecimal value of each is given in its comment.
+ */
+#ifndef HSM_ENVELOPE_H
+#define HSM_ENVELOPE_H
+
+/* CKR_VENDOR_DEFINED and CKA_VENDOR_DEFINED of the PKCS#11 specification. */
+#define HSME_VENDOR_DEFINED 0x80000000UL
+/* "HE" (0x48 0x45): the prefix of every hsm-envelope vendor value. */
+#define HSME_VENDOR_PREFIX 0x48450000UL
+
+/* ---- Return values (CK_RV) ------------------------------------------- */
+
+/*
+ * The KEK needed for this DEK is not usable on the backend (absent, or the
+ * user is not logged in to the backend token).
+ * Value 0xC8450001UL.
+ */
+#define CKR_HSME_KEK_UNAVAILABLE (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x01UL)
+
+/*
+ * A stored wrapped-DEK record failed to parse or to authenticate: it was
+ * altered, or moved onto another key's row.
+ * Value 0xC8450002UL.
+ */
+#define CKR_HSME_RECORD_INVALID (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x02UL)
+
+/*
+ * The wrapped-DEK store could not be read or written.
+ * Value 0xC8450003UL.
+ */
+#define CKR_HSME_STORE_ERROR (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x03UL)
+
+/* ---- Attribute types (CK_ATTRIBUTE_TYPE) ------------------------------ */
+
+/*
+ * CK_ULONG, read-only: the KEK version a token DEK is wrapped under.
+ * Value 0xC8450001UL.
+ */
+#define CKA_HSME_KEK_VERSION (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x01UL)
+
+/*
+ * CK_BBOOL, template-only: in C_GenerateKey / C_CreateObject / C_UnwrapKey,
+ * CK_TRUE makes the key a plain backend object instead of a DEK.
+ * Value 0xC8450002UL.
+ */
+#define CKA_HSME_ON_BACKEND (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x02UL)
+
+#endif /* HSM_ENVELOPE_H */
