@@ -868,3 +868,60 @@ fn the_host_may_use_the_backend_itself() {
         .unwrap();
     assert_eq!(kek.len(), 1, "the host's backend still works");
 }
+
+/// Threads with a session each keep encrypting while another finalizes the
+/// module: every call either completes or answers
+/// CKR_CRYPTOKI_NOT_INITIALIZED / CKR_SESSION_HANDLE_INVALID; nothing crashes.
+#[test]
+fn finalize_waits_for_calls_in_progress() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let s = user_session(&p, slot);
+    let key = generate(&s, false, vec![]);
+    let data = random_bytes(64 * 1024);
+    let start = std::sync::Barrier::new(3);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (p, data, start) = (p.clone(), &data, &start);
+                scope.spawn(move || {
+                    let s = p.open_rw_session(slot).unwrap();
+                    start.wait();
+                    let mut done = 0u32;
+                    loop {
+                        match gcm_encrypt(&s, key, &[2; 12], b"", data) {
+                            Ok(ct) => {
+                                assert_eq!(ct.len(), data.len() + 16);
+                                done += 1;
+                            }
+                            Err(e) => {
+                                let e = rv(e);
+                                assert!(
+                                    matches!(
+                                        e,
+                                        RvError::CryptokiNotInitialized
+                                            | RvError::SessionHandleInvalid
+                                    ),
+                                    "unexpected {e:?}"
+                                );
+                                std::mem::forget(s);
+                                return done;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::mem::forget(s);
+        p.clone().finalize().unwrap();
+        for w in workers {
+            assert!(
+                w.join().unwrap() > 0,
+                "each worker encrypted before C_Finalize"
+            );
+        }
+    });
+}
