@@ -4,12 +4,14 @@
 #   1. scripts/deps.sh --demo, cargo build --release
 #   2. a fresh token + KEK in a temporary directory (softhsm-config/new-token.sh)
 #   3. pkcs11-tool --module target/release/libhsm_envelope.so:
-#      list slots and mechanisms, generate a DEK, import a DEK of known value,
-#      list objects, AES-CBC-PAD encrypt + decrypt + cmp, and compare the
-#      module's ciphertext with OpenSSL's for the known key
-#   4. the wrapped-DEK store (SQLite): the DEK's row, blobs as hex, and a
-#      search showing the known key's plaintext is in neither the store nor
-#      the log
+#      list slots and the AES mechanisms, generate a DEK, import a DEK of
+#      known value, list objects, AES-CBC-PAD encrypt + decrypt + cmp, and
+#      compare the module's ciphertext with OpenSSL's for the known key
+#   4. the wrapped-DEK store (SQLite): each DEK's row and its wrapped record
+#      decoded field by field, and a search showing the known key's
+#      plaintext is in neither the store nor the log
+# Every pkcs11-tool run is a new process: each one finds the DEKs in the
+# store and has the HSM unwrap them again.
 #
 # Environment:
 #   KEEP=1         keep the temporary directory (token, store, log, files)
@@ -49,11 +51,71 @@ p11() {
     show pkcs11-tool --module "$MODULE" "$@"
 }
 
+# show_aes_mechanisms: the AES lines of `pkcs11-tool -M` (the full list is
+# long: the module also passes the HSM's own mechanisms through); fails if a
+# mechanism the module runs in software is missing.
+show_aes_mechanisms() {
+    local mechs m
+    printf '$ pkcs11-tool --module %q -M | grep AES\n' "$MODULE"
+    mechs=$(pkcs11-tool --module "$MODULE" -M)
+    printf '%s\n' "$mechs" | grep -E '^[[:space:]]+AES' || true
+    printf '(%d mechanisms in all; the others are the HSM'"'"'s, passed through)\n' \
+        "$(printf '%s\n' "$mechs" | grep -c '^[[:space:]]')"
+    for m in AES-GCM AES-CBC-PAD AES-CTR AES-KEY-GEN; do
+        printf '%s\n' "$mechs" | grep -Eq "^[[:space:]]+$m," || die "mechanism $m not listed"
+    done
+}
+
+# show_records STORE: each DEK row with its wrapped record decoded (format
+# HEV1, src/envelope/record.rs). Returns non-zero if the store does not have
+# the expected `dek` table, so that the caller can fall back to show_store.
+show_records() {
+    local store=$1
+    printf '$ sqlite3 -readonly %q "SELECT ... FROM dek"  (decoded below)\n' "$store"
+    python3 - "$store" <<'EOF'
+import sqlite3, struct, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+try:
+    rows = db.execute("SELECT id, label, ckaid, length(attrs), record, kek_label, kek_version"
+                      " FROM dek ORDER BY created, id").fetchall()
+except sqlite3.Error as e:
+    print(f"(cannot read the dek table: {e})")
+    sys.exit(1)
+text = lambda b: bytes(b or b"").decode("utf-8", "replace")
+for dek_id, label, ckaid, attrs_len, rec, kek_label, kek_version in rows:
+    rec = bytes(rec)
+    print(f"\nDEK '{text(label)}'  (CKA_ID {bytes(ckaid or b'').hex()}, store id {bytes(dek_id).hex()})")
+    print(f"  kek_label, kek_version  {kek_label}, {kek_version}")
+    print(f"  attrs                   {attrs_len} bytes of PKCS#11 attributes (bound into the record)")
+    print(f"  record                  {len(rec)} bytes: X'{rec.hex()}'")
+    try:
+        if rec[:4] != b"HEV1":
+            raise ValueError("no HEV1 magic")
+        version, alg, n = rec[4], rec[5], struct.unpack(">H", rec[6:8])[0]
+        p = 8 + n
+        kek = rec[8:p].decode()
+        (kver,) = struct.unpack(">I", rec[p:p + 4]); p += 4
+        iv_len = rec[p]; iv = rec[p + 1:p + 1 + iv_len]; p += 1 + iv_len
+        (ct_len,) = struct.unpack(">I", rec[p:p + 4]); ct = rec[p + 4:p + 4 + ct_len]
+        alg_name = {1: "AES-256-GCM with the KEK, on the HSM"}.get(alg, f"algorithm {alg}")
+        print(f"    magic, format         HEV1, {version}")
+        print(f"    wrapping              {alg_name}")
+        print(f"    KEK                   '{kek}' version {kver}")
+        print(f"    IV                    {iv.hex()} ({iv_len} bytes)")
+        print(f"    ciphertext + tag      {ct.hex()}")
+        print(f"                          ({ct_len} bytes = {ct_len - 16}-byte key + 16-byte GCM tag)")
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError) as e:
+        print(f"    (not decoded: {e})")
+if not rows:
+    print("(the dek table is empty)")
+    sys.exit(1)
+EOF
+}
+
 # show_store STORE: schema, then the rows naming $DEK_LABEL (blobs as X'hex').
 show_store() {
     local store=$1 t rows matching label_hex any=false
     local -a tables
-    show ls -l "$store"*
     show sqlite3 -readonly "$store" .schema
     mapfile -t tables < <(sqlite3 -readonly "$store" \
         "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
@@ -145,11 +207,13 @@ main() {
     store=$(sed -n 's/^store_path = "\(.*\)"$/\1/p' "$HSM_ENVELOPE_CONF")
     log_file=$(sed -n 's/^log_file = "\(.*\)"$/\1/p' "$HSM_ENVELOPE_CONF")
 
-    say "3. the module: slots and mechanisms"
+    say "3. the module: its slot, and the AES mechanisms"
     p11 -L
-    p11 -M
+    show_aes_mechanisms
 
     say "4. generate a DEK (AES-256) through the module"
+    echo "(pkcs11-tool's warning 'C_GetAttributeValue(VALUE) failed: CKR_ATTRIBUTE_SENSITIVE'"
+    echo " is expected here and below: a sensitive key's value cannot be read)"
     p11 --login --pin "$PIN" --keygen --key-type AES:32 --label "$DEK_LABEL" --id "$DEK_ID" \
         --sensitive
 
@@ -158,7 +222,7 @@ main() {
     p11 --login --pin "$PIN" --write-object "$work/known-key.bin" --type secrkey \
         --key-type AES:32 --label "$IMPORTED_LABEL" --id "$IMPORTED_ID" --sensitive
 
-    say "6. objects on the token"
+    say "6. objects on the token (the KEK lives on the HSM, the DEKs in the store)"
     p11 --login --pin "$PIN" --list-objects
 
     say "7. AES-CBC-PAD encrypt and decrypt a file with $DEK_LABEL (id $DEK_ID)"
@@ -187,7 +251,7 @@ main() {
     fi
     echo "identical ciphertext: the module's AES-CBC-PAD is standard"
 
-    say "9. the wrapped-DEK store"
+    say "9. the wrapped-DEK store: one row per DEK, its value only as a wrapped record"
     if [[ -z $store || ! -f $store ]]; then
         if [[ -n ${DEMO_MODULE:-} ]]; then
             printf 'no store at %s (DEMO_MODULE does not write one): skipping steps 9-10\n' "${store:-?}"
@@ -196,7 +260,12 @@ main() {
         fi
         die "no wrapped-DEK store at ${store:-(store_path missing in $HSM_ENVELOPE_CONF)}"
     fi
-    show_store "$store"
+    show ls -l "$store"*
+    show sqlite3 -readonly "$store" '.schema dek'
+    if ! show_records "$store"; then
+        echo "(the store does not look as expected; showing it as it is)"
+        show_store "$store"
+    fi
 
     say "10. no plaintext key in the store or the log"
     local -a files=("$store")
@@ -207,6 +276,10 @@ main() {
     check_no_plaintext "$work/known-key.bin" "${files[@]}" ||
         die "a plaintext key was found (see above)"
     echo "the known key is stored only wrapped (the KEK never leaves the HSM)"
+    if [[ -n $log_file && -f $log_file ]]; then
+        printf '\nthe module'"'"'s log (no key material in it):\n'
+        show grep -F created "$log_file" || true
+    fi
 
     say "demo finished"
 }

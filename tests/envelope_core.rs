@@ -611,6 +611,36 @@ fn the_kek_stays_on_the_hsm_and_cannot_encrypt_for_callers() {
         rv(s.destroy_object(kek[0]).unwrap_err()),
         RvError::ActionProhibited
     );
+    // Nor serve as an AES oracle: CBC/ECB key derivation or CMAC with the
+    // KEK would reveal GCM keystream blocks of the stored records.
+    let data = [0u8; 32];
+    let derive = Mechanism::AesCbcEncryptData(cryptoki::mechanism::ekdf::AesCbcDeriveParams::new(
+        [0; 16], &data,
+    ));
+    let e = s.derive_key(
+        &derive,
+        kek[0],
+        &aes_template(
+            false,
+            vec![
+                Attribute::ValueLen(32.into()),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+            ],
+        ),
+    );
+    assert_eq!(rv(e.unwrap_err()), RvError::KeyFunctionNotPermitted);
+    assert_eq!(
+        rv(s.sign(&Mechanism::AesCMac, kek[0], b"block").unwrap_err()),
+        RvError::KeyFunctionNotPermitted
+    );
+    let e = s.unwrap_key(
+        &Mechanism::AesCbcPad([0; 16]),
+        kek[0],
+        &[0; 48],
+        &aes_template(false, vec![]),
+    );
+    assert_eq!(rv(e.unwrap_err()), RvError::KeyFunctionNotPermitted);
     gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
     let hsm = init_pkcs11(&softhsm_module_path());
     let hs = user_session_raw(&hsm);

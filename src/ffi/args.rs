@@ -20,6 +20,8 @@ pub fn guard(name: &str, f: impl FnOnce() -> Result<CK_RV>) -> CK_RV {
             let rv = e.rv();
             match &e {
                 Error::Rv(_) => crate::log_debug!("{name}: {}", rv_name(rv)),
+                // Already printed by C_Initialize, which has no log file yet.
+                Error::Config(_) => {}
                 other => crate::log_warn!("{name}: {other}"),
             }
             rv

@@ -9,8 +9,6 @@ use crate::backend::bcall;
 use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
 use crate::token::crypt::{self, Part, Step};
-use crate::token::keys;
-use crate::token::sessions::lookup;
 
 unsafe fn init(
     h: CK_SESSION_HANDLE,
@@ -20,10 +18,7 @@ unsafe fn init(
 ) -> Result<CK_RV> {
     let m = mechanism(p_m)?;
     match crypt::init(h, dir, m.mechanism, soft_mode(m), key)? {
-        Step::Done(_) => Ok(CKR_OK),
-        Step::Forward(md, bs) => {
-            let (_, s) = lookup(h)?;
-            let bkey = keys::backend_key(&md, &s, key)?;
+        Step::ForwardInit(md, bs, bkey) => {
             let rv = match dir {
                 Encrypt => bcall!(md.backend, C_EncryptInit(bs, p_m, bkey)),
                 Decrypt => bcall!(md.backend, C_DecryptInit(bs, p_m, bkey)),
@@ -33,6 +28,7 @@ unsafe fn init(
             }
             Ok(rv)
         }
+        _ => Ok(CKR_OK),
     }
 }
 
@@ -49,7 +45,7 @@ unsafe fn step(
     let args = || Ok((bytes(p_in, in_len)?, out_buf(p_out, pul)?));
     match crypt::step(h, dir, part, args) {
         Ok(Step::Done(n)) => report_len(Ok(n), pul),
-        Ok(Step::Forward(md, bs)) => {
+        Ok(Step::Forward(md, bs) | Step::ForwardInit(md, bs, _)) => {
             let rv = match (dir, part) {
                 (Encrypt, Part::Single) => {
                     bcall!(md.backend, C_Encrypt(bs, p_in, in_len, p_out, pul))

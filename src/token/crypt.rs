@@ -23,6 +23,8 @@ pub enum Step {
     Done(usize),
     /// Forward the same call to this backend session.
     Forward(Arc<Module>, CK_SESSION_HANDLE),
+    /// Forward an init to this backend session, with the backend's key handle.
+    ForwardInit(Arc<Module>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
 }
 
 fn slot_of(ops: &mut super::session::Ops, dir: Direction) -> &mut Op {
@@ -73,16 +75,11 @@ pub fn init(
             *op = Op::Soft(crypto::new_op(value.as_slice(), &mode, dir)?);
             Ok(Step::Done(0))
         }
-        Object::Backend { slot, handle } => {
-            if slot != s.slot {
-                return Err(Error::Rv(CKR_KEY_HANDLE_INVALID));
-            }
-            // With the KEK, a caller could open stored records without our policy.
-            if super::keys::is_kek(&m, &s, handle) {
-                return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
-            }
+        Object::Backend { .. } => {
+            // Refuses the KEK, and keys of another slot.
+            let bkey = super::keys::backend_key(&m, &s, key)?;
             *op = Op::Backend;
-            Ok(Step::Forward(m.clone(), s.backend))
+            Ok(Step::ForwardInit(m.clone(), s.backend, bkey))
         }
     }
 }
@@ -148,6 +145,11 @@ pub fn step<'a>(
         }
         // The caller may retry with a larger buffer: the operation stays.
         Err(e @ CryptoError::BufferTooSmall { .. }) => Err(e.into()),
+        // A ciphertext invalid only by its length has its own code.
+        Err(CryptoError::DataLen) if dir == Direction::Decrypt => {
+            *op = Op::Idle;
+            Err(Error::Rv(CKR_ENCRYPTED_DATA_LEN_RANGE))
+        }
         Err(e) => {
             *op = Op::Idle;
             Err(e.into())

@@ -565,6 +565,7 @@ pub fn wrap_key(
     let key = resolve(&m, &s, key).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     match (wrapping, key) {
         (Target::Backend(w), Target::Backend(k)) => {
+            kek_only_key_wraps(&m, &s, w, mech)?;
             Ok(WrapStep::Forward(m.clone(), s.backend, w, k))
         }
         (Target::Backend(w), Target::Dek(d, st)) => {
@@ -610,11 +611,8 @@ pub fn unwrap_key(
         Target::Backend(b) => b,
         Target::Dek(..) => return Err(Error::Rv(CKR_MECHANISM_INVALID)),
     };
-    let kw = matches!(
-        mech,
-        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP
-    );
-    if !(kw && is_dek_slot(&m, &s) && policy::wants_dek(t, false)?) {
+    kek_only_key_wraps(&m, &s, uw, mech)?;
+    if !(is_key_wrap(mech) && is_dek_slot(&m, &s) && policy::wants_dek(t, false)?) {
         return Ok(UnwrapStep::Forward(m.clone(), s.backend, uw));
     }
     if has_params {
@@ -634,13 +632,37 @@ pub fn intern_backend(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> CK_OBJEC
     m.objects.intern_backend(s.slot, bh)
 }
 
-/// Backend handle for a key used by a forwarded operation (sign, verify,
-/// digest-key, derive). DEKs have no such operations.
+/// Backend handle for a key used by a forwarded operation (encrypt, sign,
+/// verify, digest-key, derive). DEKs have no such backend operations, and
+/// the KEK none at all: AES-ECB/CBC key derivation or CMAC with it would be
+/// an AES oracle that recovers GCM keystream, i.e. opens stored records.
 pub fn backend_key(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<CK_OBJECT_HANDLE> {
     match resolve(m, s, h).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))? {
+        Target::Backend(b) if is_kek(m, s, b) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
         Target::Backend(b) => Ok(b),
         Target::Dek(..) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
     }
+}
+
+fn is_key_wrap(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        mech,
+        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP
+    )
+}
+
+/// The KEK wraps and unwraps with AES key wrap only: another mechanism
+/// (CBC, GCM) could turn a stored record into a key the caller controls.
+fn kek_only_key_wraps(
+    m: &Module,
+    s: &Session,
+    bh: CK_OBJECT_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+) -> Result<()> {
+    if !is_key_wrap(mech) && is_kek(m, s, bh) {
+        return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    }
+    Ok(())
 }
 
 /// The caller's mechanism as the backend's (non-const) pointer; backends only read it.
