@@ -43,6 +43,10 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --all-targets -- -D warnings
 step doctest cargo test --doc
 
+# The portable build (pure-Rust aes-gcm, no aws-lc-rs): unit tests and the
+# module's behaviour tests. The full suite below runs on the default build.
+step portable cargo nextest run --no-default-features --no-fail-fast --lib --test envelope_core
+
 # ---------------------------------------------------------------------------
 # MORE CHECKS GO HERE, each as `step NAME COMMAND...`, for example:
 #   step c-compile   bash scripts/c-compile-test.sh     # include/hsm_envelope.h with gcc

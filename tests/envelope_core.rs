@@ -701,19 +701,27 @@ fn wrap_and_unwrap_with_the_kek_match_softhsm() {
     assert_eq!(rv(e), RvError::KeyUnextractable);
 }
 
-/// C_WrapKey through the module's raw function list, for a mechanism number
-/// cryptoki has no name for.
-fn raw_wrap(s: &Session, mech: u64, wrapping: ObjectHandle, key: ObjectHandle) -> Vec<u8> {
-    use cryptoki_sys::{CKR_OK, CK_FUNCTION_LIST, CK_MECHANISM};
-    // SAFETY: the module is already loaded by cryptoki; this maps the same one.
-    let lib = unsafe { libloading::Library::new(module_path()) }.unwrap();
-    let list = unsafe {
+/// The module's function list, for calls cryptoki cannot express. The
+/// module is already loaded by cryptoki; this maps the same one.
+fn raw_list() -> &'static cryptoki_sys::CK_FUNCTION_LIST {
+    use cryptoki_sys::{CKR_OK, CK_FUNCTION_LIST};
+    let lib = Box::leak(Box::new(
+        unsafe { libloading::Library::new(module_path()) }.unwrap(),
+    ));
+    unsafe {
         let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> u64> =
             lib.get(b"C_GetFunctionList\0").unwrap();
         let mut p = std::ptr::null_mut();
         assert_eq!(get(&mut p), CKR_OK);
         &*p
-    };
+    }
+}
+
+/// C_WrapKey through the module's raw function list, for a mechanism number
+/// cryptoki has no name for.
+fn raw_wrap(s: &Session, mech: u64, wrapping: ObjectHandle, key: ObjectHandle) -> Vec<u8> {
+    use cryptoki_sys::{CKR_OK, CK_MECHANISM};
+    let list = raw_list();
     let wrap = list.C_WrapKey.unwrap();
     let mut m = CK_MECHANISM {
         mechanism: mech,
@@ -954,4 +962,90 @@ fn finalize_waits_for_calls_in_progress() {
             );
         }
     });
+}
+
+/// PKCS#11 lets the input and output of C_Encrypt/C_Decrypt be the same
+/// buffer; in-place use must give the same bytes as separate buffers.
+#[test]
+fn in_place_encryption_and_decryption() {
+    use cryptoki_sys::{CKM_AES_CBC_PAD, CKM_AES_GCM, CKR_OK, CK_GCM_PARAMS, CK_MECHANISM};
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let key = generate(&s, false, vec![]);
+    let f = raw_list();
+    let data = random_bytes(100);
+    let mut iv = [3u8; 12];
+    let mut gcm = CK_GCM_PARAMS {
+        pIv: iv.as_mut_ptr(),
+        ulIvLen: 12,
+        ulIvBits: 96,
+        pAAD: std::ptr::null_mut(),
+        ulAADLen: 0,
+        ulTagBits: 128,
+    };
+    let mut cbc_iv = [4u8; 16];
+    let mechs = [
+        CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: &mut gcm as *mut _ as *mut _,
+            ulParameterLen: size_of::<CK_GCM_PARAMS>() as u64,
+        },
+        CK_MECHANISM {
+            mechanism: CKM_AES_CBC_PAD,
+            pParameter: cbc_iv.as_mut_ptr() as *mut _,
+            ulParameterLen: 16,
+        },
+    ];
+    for mut m in mechs {
+        let mut expect = vec![0u8; 200];
+        let mut n = 200;
+        let mut input = data.clone();
+        unsafe {
+            assert_eq!(
+                f.C_EncryptInit.unwrap()(s.handle(), &mut m, key.handle()),
+                CKR_OK
+            );
+            assert_eq!(
+                f.C_Encrypt.unwrap()(
+                    s.handle(),
+                    input.as_mut_ptr(),
+                    100,
+                    expect.as_mut_ptr(),
+                    &mut n
+                ),
+                CKR_OK
+            );
+        }
+        expect.truncate(n as usize);
+        let mut buf = data.clone();
+        buf.resize(200, 0);
+        let mut n = 200;
+        unsafe {
+            assert_eq!(
+                f.C_EncryptInit.unwrap()(s.handle(), &mut m, key.handle()),
+                CKR_OK
+            );
+            let ptr = buf.as_mut_ptr();
+            assert_eq!(
+                f.C_Encrypt.unwrap()(s.handle(), ptr, 100, ptr, &mut n),
+                CKR_OK
+            );
+        }
+        assert_eq!(&buf[..n as usize], &expect[..], "in-place encryption");
+        let ct_len = n;
+        let mut n = 200;
+        unsafe {
+            assert_eq!(
+                f.C_DecryptInit.unwrap()(s.handle(), &mut m, key.handle()),
+                CKR_OK
+            );
+            let ptr = buf.as_mut_ptr();
+            assert_eq!(
+                f.C_Decrypt.unwrap()(s.handle(), ptr, ct_len, ptr, &mut n),
+                CKR_OK
+            );
+        }
+        assert_eq!(&buf[..n as usize], &data[..], "in-place decryption");
+    }
 }

@@ -6,12 +6,18 @@
 //! operation, and a finished operation refuses further work (an encrypt op must never
 //! reuse its IV).
 
+#[cfg(feature = "aws-lc")]
+mod awslc;
 mod cbc;
 mod ctr;
 mod gcm;
 
 use aes::cipher::{consts::U16, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
+
+use crate::envelope::secret::SecretBytes;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
@@ -72,21 +78,98 @@ pub trait CipherOp: Send {
 
 /// key: 16, 24 or 32 bytes. The op keeps its own (zeroize-on-drop) key schedule.
 pub fn new_op(key: &[u8], mode: &Mode, dir: Direction) -> Result<Box<dyn CipherOp>, CryptoError> {
-    match key.len() {
-        16 => build::<aes::Aes128>(key, mode, dir),
-        24 => build::<aes::Aes192>(key, mode, dir),
-        32 => build::<aes::Aes256>(key, mode, dir),
-        _ => Err(CryptoError::KeySize),
+    Schedule::new(key)?.op(mode, dir)
+}
+
+/// An expanded AES key schedule for the portable engines (zeroized on drop
+/// through the `aes` crate's `zeroize` feature).
+#[derive(Clone)]
+enum Schedule {
+    A128(aes::Aes128),
+    A192(aes::Aes192),
+    A256(aes::Aes256),
+}
+
+impl Schedule {
+    fn new(key: &[u8]) -> Result<Self, CryptoError> {
+        // new_from_slice borrows the key; no extra unzeroized copy is made.
+        Ok(match key.len() {
+            16 => {
+                Schedule::A128(aes::Aes128::new_from_slice(key).map_err(|_| CryptoError::KeySize)?)
+            }
+            24 => {
+                Schedule::A192(aes::Aes192::new_from_slice(key).map_err(|_| CryptoError::KeySize)?)
+            }
+            32 => {
+                Schedule::A256(aes::Aes256::new_from_slice(key).map_err(|_| CryptoError::KeySize)?)
+            }
+            _ => return Err(CryptoError::KeySize),
+        })
+    }
+
+    fn op(&self, mode: &Mode, dir: Direction) -> Result<Box<dyn CipherOp>, CryptoError> {
+        match self {
+            Schedule::A128(c) => build(c.clone(), mode, dir),
+            Schedule::A192(c) => build(c.clone(), mode, dir),
+            Schedule::A256(c) => build(c.clone(), mode, dir),
+        }
     }
 }
 
-fn build<A: AesCipher>(
-    key: &[u8],
+/// A DEK's value with its key schedules, built once when the DEK enters the
+/// key cache so that no operation re-expands the key.
+pub struct PreparedKey {
+    value: SecretBytes,
+    schedule: Schedule,
+    #[cfg(feature = "aws-lc")]
+    gcm: awslc::GcmKey,
+}
+
+impl PreparedKey {
+    pub fn new(value: SecretBytes) -> Result<Self, CryptoError> {
+        Ok(PreparedKey {
+            schedule: Schedule::new(value.as_slice())?,
+            #[cfg(feature = "aws-lc")]
+            gcm: awslc::GcmKey::new(value.as_slice())?,
+            value,
+        })
+    }
+
+    /// The key bytes (for wrapping and for CKA_VALUE of extractable keys).
+    pub fn value(&self) -> &[u8] {
+        self.value.as_slice()
+    }
+}
+
+/// An operation on a cached key. AES-GCM with a 96-bit IV and a full tag
+/// runs on aws-lc-rs where built in; everything else on the portable engines.
+pub fn new_prepared_op(
+    key: &Arc<PreparedKey>,
     mode: &Mode,
     dir: Direction,
 ) -> Result<Box<dyn CipherOp>, CryptoError> {
-    // new_from_slice borrows the key; no extra unzeroized copy is made here.
-    let cipher = A::new_from_slice(key).map_err(|_| CryptoError::KeySize)?;
+    #[cfg(feature = "aws-lc")]
+    if let (
+        Mode::Gcm {
+            iv,
+            aad,
+            tag_len: 16,
+        },
+        true,
+    ) = (mode, key.gcm.usable())
+    {
+        if let Ok(nonce) = <[u8; 12]>::try_from(iv.as_slice()) {
+            return Ok(Box::new(awslc::GcmOp::new(key.clone(), nonce, aad, dir)));
+        }
+    }
+    key.schedule.op(mode, dir)
+}
+
+fn build<A: AesCipher>(
+    cipher: A,
+    mode: &Mode,
+    dir: Direction,
+) -> Result<Box<dyn CipherOp>, CryptoError> {
     Ok(match mode {
         Mode::Gcm { iv, aad, tag_len } => {
             Box::new(gcm::GcmOp::new(cipher, iv, aad, *tag_len, dir)?)

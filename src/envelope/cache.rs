@@ -1,29 +1,35 @@
-//! Per-process cache of unwrapped DEK values, keyed by record id. Values sit
-//! in zeroized, locked memory; dropping an entry zeroizes it once the last
+//! Per-process cache of unwrapped DEK values and their key schedules, keyed
+//! by record id. Values sit in zeroized, locked memory; dropping an entry zeroizes it once the last
 //! in-flight operation using it has finished.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::secret::SecretBytes;
+use crate::crypto::{CryptoError, PreparedKey};
 
 #[derive(Default)]
 pub struct KeyCache {
-    map: RwLock<HashMap<[u8; 16], Arc<SecretBytes>>>,
+    map: RwLock<HashMap<[u8; 16], Arc<PreparedKey>>>,
 }
 
 impl KeyCache {
     /// Hits take only a read lock.
-    pub fn get(&self, id: &[u8; 16]) -> Option<Arc<SecretBytes>> {
+    pub fn get(&self, id: &[u8; 16]) -> Option<Arc<PreparedKey>> {
         self.map.read().ok()?.get(id).cloned()
     }
 
-    pub fn insert(&self, id: [u8; 16], value: SecretBytes) -> Arc<SecretBytes> {
-        let v = Arc::new(value);
+    /// Cache a value with its key schedules, built once here.
+    pub fn insert(
+        &self,
+        id: [u8; 16],
+        value: SecretBytes,
+    ) -> Result<Arc<PreparedKey>, CryptoError> {
+        let v = Arc::new(PreparedKey::new(value)?);
         if let Ok(mut m) = self.map.write() {
             m.insert(id, v.clone());
         }
-        v
+        Ok(v)
     }
 
     pub fn remove(&self, id: &[u8; 16]) {

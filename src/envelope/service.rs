@@ -14,6 +14,7 @@ use super::record::{WrapAlg, WrappedRecord};
 use super::secret::SecretBytes;
 use crate::backend::pool::SessionPool;
 use crate::backend::{kek, Backend};
+use crate::crypto::PreparedKey;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::token::attributes::Attrs;
@@ -181,12 +182,12 @@ impl Envelope {
         id: &[u8; 16],
         attrs: &Attrs,
         record: &[u8],
-    ) -> Result<Arc<SecretBytes>> {
+    ) -> Result<Arc<PreparedKey>> {
         if let Some(v) = self.cache.get(id) {
             return Ok(v);
         }
         let v = self.open(backend, id, attrs, record)?;
-        Ok(self.cache.insert(*id, v))
+        Ok(self.cache.insert(*id, v)?)
     }
 
     pub fn random(&self, backend: &Backend, out: &mut [u8]) -> Result<()> {

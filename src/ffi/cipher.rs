@@ -8,7 +8,8 @@ use super::mechanism::soft_mode;
 use crate::backend::bcall;
 use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
-use crate::token::crypt::{self, Part, Step};
+use crate::token::crypt::{self, Input, Out, Part, Step};
+use zeroize::Zeroizing;
 
 unsafe fn init(
     h: CK_SESSION_HANDLE,
@@ -32,6 +33,33 @@ unsafe fn init(
     }
 }
 
+/// The caller's input and output. Overlapping buffers (allowed by the spec,
+/// used for in-place encryption) get the input copied out first, so that no
+/// shared and mutable views of the same memory ever coexist.
+unsafe fn caller_buffers<'a>(
+    p_in: *mut u8,
+    in_len: CK_ULONG,
+    p_out: *mut u8,
+    pul: *mut CK_ULONG,
+) -> Result<(Input<'a>, Out<'a>)> {
+    let out_len = if p_out.is_null() || pul.is_null() {
+        0
+    } else {
+        *pul as usize
+    };
+    let (a, b) = (p_in as usize, p_out as usize);
+    let overlap = in_len > 0
+        && out_len > 0
+        && a < b.saturating_add(out_len)
+        && b < a.saturating_add(in_len as usize);
+    let input = if overlap {
+        Input::Copied(Zeroizing::new(bytes(p_in, in_len)?.to_vec()))
+    } else {
+        Input::Borrowed(bytes(p_in, in_len)?)
+    };
+    Ok((input, out_buf(p_out, pul)?))
+}
+
 /// One data-carrying call: software, or forwarded with the caller's pointers.
 unsafe fn step(
     h: CK_SESSION_HANDLE,
@@ -42,7 +70,7 @@ unsafe fn step(
     p_out: *mut u8,
     pul: *mut CK_ULONG,
 ) -> Result<CK_RV> {
-    let args = || Ok((bytes(p_in, in_len)?, out_buf(p_out, pul)?));
+    let args = || caller_buffers(p_in, in_len, p_out, pul);
     match crypt::step(h, dir, part, args) {
         Ok(Step::Done(n)) => report_len(Ok(n), pul),
         Ok(Step::Forward(md, bs) | Step::ForwardInit(md, bs, _)) => {

@@ -11,6 +11,24 @@ use super::session::Op;
 use super::sessions::lookup;
 use crate::crypto::{self, CryptoError, Direction, Mode};
 use crate::error::{Error, Result};
+use zeroize::Zeroizing;
+
+/// The caller's input: borrowed, or copied first when it overlaps the output
+/// (PKCS#11 lets pData and pEncryptedData be the same buffer).
+pub enum Input<'a> {
+    Borrowed(&'a [u8]),
+    Copied(Zeroizing<Vec<u8>>),
+}
+
+impl std::ops::Deref for Input<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Input::Borrowed(b) => b,
+            Input::Copied(v) => v,
+        }
+    }
+}
 
 /// Where the caller's output goes: a length query, or their buffer.
 pub enum Out<'a> {
@@ -56,8 +74,11 @@ pub fn init(
         .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     match obj {
         Object::Dek(d) => {
-            let st = super::keys::visible_dek(&m, &s, &d)
-                .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+            // Checked under the read lock: no copy of the key's state.
+            let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+            if d.slot != s.slot || (st.attrs.flag(CKA_PRIVATE) && !m.is_logged_in(s.slot)) {
+                return Err(Error::Rv(CKR_KEY_HANDLE_INVALID));
+            }
             let usage = if dir == Direction::Encrypt {
                 CKA_ENCRYPT
             } else {
@@ -71,8 +92,9 @@ pub fn init(
             }
             let mode = soft?;
             let env = m.envelope_for(d.slot)?;
-            let value = env.value(&m.backend, &d.id, &st.attrs, &st.record)?;
-            *op = Op::Soft(crypto::new_op(value.as_slice(), &mode, dir)?);
+            let key = env.value(&m.backend, &d.id, &st.attrs, &st.record)?;
+            drop(st);
+            *op = Op::Soft(crypto::new_prepared_op(&key, &mode, dir)?);
             Ok(Step::Done(0))
         }
         Object::Backend { .. } => {
@@ -99,7 +121,7 @@ pub fn step<'a>(
     h: CK_SESSION_HANDLE,
     dir: Direction,
     part: Part,
-    args: impl FnOnce() -> Result<(&'a [u8], Out<'a>)>,
+    args: impl FnOnce() -> Result<(Input<'a>, Out<'a>)>,
 ) -> Result<Step> {
     let (m, s) = lookup(h)?;
     let mut ops = s.ops()?;
@@ -131,8 +153,8 @@ pub fn step<'a>(
             }))
         }
         Out::Buf(buf) => match part {
-            Part::Single => cipher.oneshot(input, buf),
-            Part::Update => cipher.update(input, buf),
+            Part::Single => cipher.oneshot(&input, buf),
+            Part::Update => cipher.update(&input, buf),
             Part::Final => cipher.finish(buf),
         },
     };

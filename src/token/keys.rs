@@ -178,7 +178,7 @@ fn create_dek(
             generation: 0,
         }),
     };
-    env.cache.insert(id, value);
+    env.cache.insert(id, value)?;
     let h = m.objects.intern_dek(Arc::new(dek));
     crate::log_info!(
         "DEK created: id={} origin={origin:?} token={token} kek_version={KEK_VERSION}",
@@ -360,7 +360,7 @@ pub fn dek_attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) 
         }
         let env = m.envelope_for(d.slot)?;
         let v = env.value(&m.backend, &d.id, &st.attrs, &st.record)?;
-        return Ok(Answer::Value(Zeroizing::new(v.as_slice().to_vec())));
+        return Ok(Answer::Value(Zeroizing::new(v.value().to_vec())));
     }
     Ok(match st.attrs.get(ty) {
         Some(v) => Answer::Value(Zeroizing::new(v.to_vec())),
@@ -391,7 +391,7 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
             // Bound attributes changed: the record must be sealed again.
             let record = if new.bound_encoding() != st.attrs.bound_encoding() {
                 let value = env.value(&m.backend, &d.id, &st.attrs, &st.record)?;
-                env.seal(&m.backend, &d.id, &new, value.as_slice())?
+                env.seal(&m.backend, &d.id, &new, value.value())?
             } else {
                 st.record.clone()
             };
@@ -582,7 +582,7 @@ pub fn wrap_key(
                 &m.backend,
                 w,
                 bmech,
-                value.as_slice(),
+                value.value(),
             )?))
         }
         // DEKs do not wrap in software (yet).

@@ -2,8 +2,8 @@
 //! the rules for reaching it: after fork() the child sees
 //! CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize itself.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::slot::Slot;
@@ -31,8 +31,9 @@ pub struct Module {
     pub envelope: Option<Envelope>,
     pub sessions: Sessions,
     pub objects: Objects,
-    /// Who is logged in, per slot (login is per token, for all sessions).
-    pub login: Mutex<HashMap<usize, CK_USER_TYPE>>,
+    /// Who is logged in, per slot (login is per token, for all sessions):
+    /// 0 nobody, else the CK_USER_TYPE + 1. Atomic: read on every DEK use.
+    login: Vec<AtomicU64>,
 }
 
 static STATE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
@@ -46,7 +47,30 @@ pub fn get() -> Result<Arc<Module>> {
     }
 }
 
+/// Keep this module mapped until the process exits. Libraries inside it
+/// (AWS-LC's per-thread error state, for one) register thread-exit
+/// destructors; if the host dlclose()d us, a thread exiting later would jump
+/// into unmapped code.
+fn pin_module_in_memory() {
+    static PINNED: std::sync::Once = std::sync::Once::new();
+    PINNED.call_once(|| {
+        // SAFETY: dladdr/dlopen on our own address; the handle is kept
+        // forever on purpose (RTLD_NODELETE), nothing is freed.
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            let here = pin_module_in_memory as *const libc::c_void;
+            if libc::dladdr(here, &mut info) != 0 && !info.dli_fname.is_null() {
+                let h = libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE);
+                if h.is_null() {
+                    crate::log_warn!("could not pin the module in memory; do not dlclose it while threads that used it run");
+                }
+            }
+        }
+    });
+}
+
 pub fn initialize() -> Result<()> {
+    pin_module_in_memory();
     let mut guard = STATE.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
     if let Some(old) = guard.take() {
         if old.pid == std::process::id() {
@@ -140,6 +164,7 @@ impl Module {
             }
             None => None,
         };
+        let n_slots = slots.len();
         Ok(Module {
             pid: std::process::id(),
             config,
@@ -149,7 +174,7 @@ impl Module {
             envelope,
             sessions: Sessions::default(),
             objects: Objects::default(),
-            login: Mutex::new(HashMap::new()),
+            login: (0..n_slots).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -172,9 +197,16 @@ impl Module {
 
     pub fn is_logged_in(&self, slot: usize) -> bool {
         self.login
-            .lock()
-            .map(|l| l.contains_key(&slot))
-            .unwrap_or(false)
+            .get(slot)
+            .is_some_and(|l| l.load(Ordering::Acquire) != 0)
+    }
+
+    // CK_USER_TYPE is 32 or 64 bits depending on the platform.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn logged_in(&self, slot: usize, user: CK_USER_TYPE) {
+        if let Some(l) = self.login.get(slot) {
+            l.store(user as u64 + 1, Ordering::Release);
+        }
     }
 
     /// The envelope service, for a session on the DEK slot.
@@ -187,8 +219,8 @@ impl Module {
 
     /// Login on `slot` ended (logout, or its last session closed).
     pub fn logged_out(&self, slot: usize) {
-        if let Ok(mut l) = self.login.lock() {
-            l.remove(&slot);
+        if let Some(l) = self.login.get(slot) {
+            l.store(0, Ordering::Release);
         }
         if self.dek_slot == Some(slot) {
             if let Some(e) = &self.envelope {

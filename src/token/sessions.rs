@@ -102,9 +102,7 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()>
         check("C_Login", rv)?;
     }
     if user != CKU_CONTEXT_SPECIFIC {
-        if let Ok(mut l) = m.login.lock() {
-            l.insert(s.slot, user);
-        }
+        m.logged_in(s.slot, user);
     }
     crate::log_info!("login on slot {} as user type {user}", s.slot);
     check("C_Login", rv)

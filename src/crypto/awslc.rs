@@ -1,0 +1,270 @@
+//! AES-GCM on aws-lc-rs, whose assembly (AES-NI, VAES, AVX-512 on capable
+//! CPUs) runs near the processor's limit. Used for 96-bit IVs and full 16-byte
+//! tags with AES-128 and AES-256 (aws-lc-rs has no AES-192-GCM); other cases
+//! go to the portable engines in `gcm.rs`.
+
+use std::sync::Arc;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{append_secret, CipherOp, CryptoError, Direction, PreparedKey, Stage};
+
+const TAG: usize = 16;
+/// SP 800-38D's per-message plaintext limit (2^39 - 256 bits).
+const P_MAX: u64 = (1 << 36) - 32;
+
+/// The expanded aws-lc key (AWS-LC cleanses it when freed).
+pub struct GcmKey(Option<LessSafeKey>);
+
+impl GcmKey {
+    pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
+        let alg = match key.len() {
+            16 => &AES_128_GCM,
+            32 => &AES_256_GCM,
+            24 => return Ok(GcmKey(None)),
+            _ => return Err(CryptoError::KeySize),
+        };
+        let k = UnboundKey::new(alg, key).map_err(|_| CryptoError::KeySize)?;
+        Ok(GcmKey(Some(LessSafeKey::new(k))))
+    }
+
+    pub fn usable(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+pub struct GcmOp {
+    key: Arc<PreparedKey>,
+    nonce: [u8; 12],
+    aad: Vec<u8>,
+    dir: Direction,
+    stage: Stage,
+    /// Multi-part input, held until the final call (decryption must verify
+    /// the tag before releasing anything).
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl GcmOp {
+    pub fn new(key: Arc<PreparedKey>, nonce: [u8; 12], aad: &[u8], dir: Direction) -> Self {
+        GcmOp {
+            key,
+            nonce,
+            aad: aad.to_vec(),
+            dir,
+            stage: Stage::Fresh,
+            buf: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    fn len_for(&self, input_len: usize) -> usize {
+        match self.dir {
+            Direction::Encrypt => input_len.saturating_add(TAG),
+            Direction::Decrypt => input_len.saturating_sub(TAG),
+        }
+    }
+}
+
+/// One whole message, straight between the caller's buffers.
+fn process(
+    key: &LessSafeKey,
+    nonce: [u8; 12],
+    aad: &[u8],
+    dir: Direction,
+    input: &[u8],
+    output: &mut [u8],
+) -> Result<usize, CryptoError> {
+    let nonce = Nonce::assume_unique_for_key(nonce);
+    match dir {
+        Direction::Encrypt => {
+            if input.len() as u64 > P_MAX {
+                return Err(CryptoError::DataLen);
+            }
+            let need = input.len() + TAG;
+            let out = output
+                .get_mut(..need)
+                .ok_or(CryptoError::BufferTooSmall { needed: need })?;
+            let (ct, tag) = out.split_at_mut(input.len());
+            key.seal_out_of_place_scatter(nonce, Aad::from(aad), input, ct, &[], tag)
+                .map_err(|_| CryptoError::DataLen)?;
+            Ok(need)
+        }
+        Direction::Decrypt => {
+            let n = input.len().checked_sub(TAG).ok_or(CryptoError::DataLen)?;
+            if n as u64 > P_MAX {
+                return Err(CryptoError::DataLen);
+            }
+            let out = output
+                .get_mut(..n)
+                .ok_or(CryptoError::BufferTooSmall { needed: n })?;
+            let (ct, tag) = input.split_at(n);
+            if key
+                .open_separate_gather(nonce, Aad::from(aad), ct, tag, out)
+                .is_err()
+            {
+                // aws-lc may have written unverified plaintext: take it back.
+                out.zeroize();
+                return Err(CryptoError::Invalid);
+            }
+            Ok(n)
+        }
+    }
+}
+
+impl CipherOp for GcmOp {
+    fn oneshot_len(&self, input_len: usize) -> usize {
+        self.len_for(input_len)
+    }
+
+    fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
+        self.stage.begin(true)?;
+        let key = self.key.gcm.0.as_ref().ok_or(CryptoError::KeySize)?;
+        let r = process(key, self.nonce, &self.aad, self.dir, input, output);
+        self.stage.end(r, true)
+    }
+
+    fn update_len(&self, _input_len: usize) -> usize {
+        0
+    }
+
+    fn update(&mut self, input: &[u8], _output: &mut [u8]) -> Result<usize, CryptoError> {
+        self.stage.begin(false)?;
+        let r = append_secret(&mut self.buf, input).map(|_| 0);
+        self.stage.end(r, false)
+    }
+
+    fn finish_len(&self) -> usize {
+        self.len_for(self.buf.len())
+    }
+
+    fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
+        self.stage.begin(false)?;
+        let key = self.key.gcm.0.as_ref().ok_or(CryptoError::KeySize)?;
+        let r = process(key, self.nonce, &self.aad, self.dir, &self.buf, output);
+        self.stage.end(r, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{multipart, oneshot, random_chunks, Rng};
+    use super::super::{new_op, new_prepared_op, Mode};
+    use super::*;
+    use crate::envelope::secret::SecretBytes;
+
+    /// aws-lc and the portable engine agree, both ways, for every size.
+    #[test]
+    fn agrees_with_the_portable_engine() {
+        let mut rng = Rng(0x5eed);
+        for key_len in [16usize, 32] {
+            let raw = rng.bytes(key_len);
+            let key = Arc::new(PreparedKey::new(SecretBytes::from_slice(&raw)).unwrap());
+            assert!(key.gcm.usable());
+            for size in [0usize, 1, 15, 16, 17, 255, 4096, 65_537] {
+                let mode = Mode::Gcm {
+                    iv: rng.bytes(12),
+                    aad: rng.bytes(size % 37),
+                    tag_len: 16,
+                };
+                let data = rng.bytes(size);
+                let fast = oneshot(
+                    &mut *new_prepared_op(&key, &mode, Direction::Encrypt).unwrap(),
+                    &data,
+                )
+                .unwrap();
+                let slow = oneshot(
+                    &mut *new_op(&raw, &mode, Direction::Encrypt).unwrap(),
+                    &data,
+                )
+                .unwrap();
+                assert_eq!(fast, slow, "key {key_len} size {size}");
+                let back = oneshot(
+                    &mut *new_prepared_op(&key, &mode, Direction::Decrypt).unwrap(),
+                    &slow,
+                )
+                .unwrap();
+                assert_eq!(back, data);
+                let chunks = random_chunks(&mut rng, size);
+                let parts = multipart(
+                    &mut *new_prepared_op(&key, &mode, Direction::Encrypt).unwrap(),
+                    &data,
+                    &chunks,
+                )
+                .unwrap();
+                assert_eq!(parts, fast);
+            }
+        }
+    }
+
+    /// NIST SP 800-38D / McGrew-Viega test case 16 (AES-256, with AAD).
+    #[test]
+    fn known_answer() {
+        let hex = |s: &str| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+        };
+        let key = hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
+        let iv = hex("cafebabefacedbaddecaf888");
+        let pt = hex("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+        let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let ct = hex("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662");
+        let tag = hex("76fc6ece0f4e1768cddf8853bb2d551b");
+        let k = Arc::new(PreparedKey::new(SecretBytes::from_slice(&key)).unwrap());
+        let mode = Mode::Gcm {
+            iv,
+            aad,
+            tag_len: 16,
+        };
+        let out = oneshot(
+            &mut *new_prepared_op(&k, &mode, Direction::Encrypt).unwrap(),
+            &pt,
+        )
+        .unwrap();
+        assert_eq!(out, [ct, tag].concat());
+    }
+
+    #[test]
+    fn tampering_releases_nothing() {
+        let k = Arc::new(PreparedKey::new(SecretBytes::from_slice(&[7; 32])).unwrap());
+        let mode = Mode::Gcm {
+            iv: vec![1; 12],
+            aad: vec![],
+            tag_len: 16,
+        };
+        let mut ct = oneshot(
+            &mut *new_prepared_op(&k, &mode, Direction::Encrypt).unwrap(),
+            &[0x41; 64],
+        )
+        .unwrap();
+        ct[3] ^= 1;
+        let mut out = [0u8; 64];
+        let r = new_prepared_op(&k, &mode, Direction::Decrypt)
+            .unwrap()
+            .oneshot(&ct, &mut out);
+        assert_eq!(r, Err(CryptoError::Invalid));
+        assert_eq!(
+            out, [0u8; 64],
+            "no unverified plaintext left in the caller's buffer"
+        );
+    }
+
+    #[test]
+    fn short_buffer_keeps_the_operation() {
+        let k = Arc::new(PreparedKey::new(SecretBytes::from_slice(&[7; 16])).unwrap());
+        let mode = Mode::Gcm {
+            iv: vec![1; 12],
+            aad: vec![],
+            tag_len: 16,
+        };
+        let mut op = new_prepared_op(&k, &mode, Direction::Encrypt).unwrap();
+        let mut small = [0u8; 20];
+        assert_eq!(
+            op.oneshot(&[1; 5], &mut small),
+            Err(CryptoError::BufferTooSmall { needed: 21 })
+        );
+        let mut ok = [0u8; 21];
+        assert_eq!(op.oneshot(&[1; 5], &mut ok), Ok(21));
+    }
+}
