@@ -6,15 +6,13 @@
 
 mod common;
 
+use common::p11::*;
 use common::*;
-use cryptoki::context::Pkcs11;
-use cryptoki::error::{Error, RvError};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{
-    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
-};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use cryptoki_sys::{CK_AES_CTR_PARAMS, CK_ULONG};
@@ -22,105 +20,10 @@ use cryptoki_sys::{CK_AES_CTR_PARAMS, CK_ULONG};
 const CKR_HSME_RECORD_INVALID: u64 = 0xC845_0002;
 const CKA_HSME_KEK_VERSION: u64 = 0xC845_0001;
 
-fn rv(e: Error) -> RvError {
-    match e {
-        Error::Pkcs11(rv, _) => rv,
-        other => panic!("expected a PKCS#11 error, got {other}"),
-    }
-}
-
-fn ours() -> Pkcs11 {
-    init_pkcs11(&module_path())
-}
-
-fn aes_template(token: bool, extra: Vec<Attribute>) -> Vec<Attribute> {
-    let mut t = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(token),
-    ];
-    t.extend(extra);
-    t
-}
-
-fn import(s: &Session, value: &[u8], token: bool, extra: Vec<Attribute>) -> ObjectHandle {
-    let mut extra = extra;
-    extra.push(Attribute::Value(value.to_vec()));
-    s.create_object(&aes_template(token, extra))
-        .expect("C_CreateObject of an AES key")
-}
-
-fn generate(s: &Session, token: bool, extra: Vec<Attribute>) -> ObjectHandle {
-    let mut extra = extra;
-    extra.push(Attribute::ValueLen(32.into()));
-    s.generate_key(&Mechanism::AesKeyGen, &aes_template(token, extra))
-        .expect("C_GenerateKey")
-}
-
-fn gcm_encrypt(
-    s: &Session,
-    key: ObjectHandle,
-    iv: &[u8],
-    aad: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>, Error> {
-    let mut iv = iv.to_vec();
-    s.encrypt(
-        &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into())?),
-        key,
-        data,
-    )
-}
-
-fn gcm_decrypt(
-    s: &Session,
-    key: ObjectHandle,
-    iv: &[u8],
-    aad: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>, Error> {
-    let mut iv = iv.to_vec();
-    s.decrypt(
-        &Mechanism::AesGcm(GcmParams::new(&mut iv, aad, 128.into())?),
-        key,
-        data,
-    )
-}
-
 fn ctr_params(iv: [u8; 16]) -> CK_AES_CTR_PARAMS {
     CK_AES_CTR_PARAMS {
         ulCounterBits: 32 as CK_ULONG,
         cb: iv,
-    }
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    getrandom::fill(&mut v).unwrap();
-    v
-}
-
-/// CKA_VALUE answers CKR_ATTRIBUTE_SENSITIVE (cryptoki reports it as
-/// `AttributeInfo::Sensitive`), while the other attributes still come back.
-fn assert_sensitive(s: &Session, h: ObjectHandle) {
-    let info = s
-        .get_attribute_info(h, &[AttributeType::Value, AttributeType::ValueLen])
-        .unwrap();
-    assert!(matches!(info[0], AttributeInfo::Sensitive), "{:?}", info[0]);
-    assert!(matches!(info[1], AttributeInfo::Available(_)));
-}
-
-fn bool_attr(s: &Session, h: ObjectHandle, ty: AttributeType) -> bool {
-    match s.get_attributes(h, &[ty]).unwrap().pop() {
-        Some(
-            Attribute::Sensitive(b)
-            | Attribute::Extractable(b)
-            | Attribute::AlwaysSensitive(b)
-            | Attribute::NeverExtractable(b)
-            | Attribute::Local(b)
-            | Attribute::Token(b),
-        ) => b,
-        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -190,7 +93,31 @@ fn deks_need_a_login_and_private_ones_hide_after_logout() {
     assert_eq!(rv(e), RvError::KeyHandleInvalid);
     s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
         .unwrap();
-    assert_eq!(gcm_decrypt(&s, dek, &[1; 12], b"", &ct).unwrap(), b"hello");
+    // Handles to private objects stay invalid after C_Logout, even once the
+    // user logs in again; the DEK itself is found again under a new handle.
+    let e = gcm_decrypt(&s, dek, &[1; 12], b"", &ct).unwrap_err();
+    assert_eq!(rv(e), RvError::KeyHandleInvalid);
+    let again = s.find_objects(&[Attribute::Label(b"d".to_vec())]).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0], dek);
+    assert_eq!(
+        gcm_decrypt(&s, again[0], &[1; 12], b"", &ct).unwrap(),
+        b"hello"
+    );
+    // The Security Officer is not the user: no private DEKs for the SO.
+    drop(ro);
+    s.logout().unwrap();
+    s.login(UserType::So, Some(&AuthPin::new(SO_PIN.into())))
+        .unwrap();
+    assert!(s
+        .find_objects(&[Attribute::Label(b"d".to_vec())])
+        .unwrap()
+        .is_empty());
+    let e = s.generate_key(
+        &Mechanism::AesKeyGen,
+        &aes_template(false, vec![Attribute::ValueLen(32.into())]),
+    );
+    assert_eq!(rv(e.unwrap_err()), RvError::UserNotLoggedIn);
 }
 
 #[test]
@@ -354,22 +281,6 @@ fn ciphertexts_match_softhsm_for_gcm_cbc_pad_and_ctr() {
             assert_eq!(s.decrypt(&ctr, ours_key, &a).unwrap(), data);
         }
     }
-}
-
-fn user_session_raw(hsm: &Pkcs11) -> Session {
-    // Find the backend token by label on SoftHSM itself.
-    let slot = hsm
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| hsm.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
-        .unwrap();
-    let s = hsm.open_rw_session(slot).unwrap();
-    match s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))) {
-        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("{e}"),
-    }
-    s
 }
 
 #[test]
@@ -679,19 +590,44 @@ fn wrap_and_unwrap_with_the_kek_match_softhsm() {
                 wrapped
             );
         }
+        // Unwrapped with the KEK, a key may not come back readable: that
+        // round trip would reveal a sensitive key.
+        let readable = aes_template(
+            false,
+            vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
+        );
+        assert_eq!(
+            rv(s.unwrap_key(&m, kek, &wrapped, &readable).unwrap_err()),
+            RvError::TemplateInconsistent
+        );
+        let on_backend = aes_template(
+            false,
+            vec![Attribute::VendorDefined((
+                AttributeType::VendorDefined(0xC845_0002),
+                vec![1],
+            ))],
+        );
+        assert_eq!(
+            rv(s.unwrap_key(&m, kek, &wrapped, &on_backend).unwrap_err()),
+            RvError::TemplateInconsistent
+        );
         let back = s
             .unwrap_key(
                 &m,
                 kek,
                 &wrapped,
-                &aes_template(
-                    false,
-                    vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
-                ),
+                &aes_template(false, vec![Attribute::Extractable(true)]),
             )
             .unwrap();
-        let got = s.get_attributes(back, &[AttributeType::Value]).unwrap();
-        assert!(matches!(&got[..], [Attribute::Value(v)] if v == &value));
+        assert_sensitive(&s, back);
+        // Same key: same ciphertext as the original.
+        let ct = gcm_encrypt(&s, dek, &[6; 12], b"", b"same key?").unwrap();
+        assert_eq!(
+            gcm_encrypt(&s, back, &[6; 12], b"", b"same key?").unwrap(),
+            ct
+        );
+        // And it wraps to the same bytes again.
+        assert_eq!(s.wrap_key(&m, kek, back).unwrap(), wrapped);
         assert!(!bool_attr(&s, back, AttributeType::Local));
     }
     let locked = generate(&s, false, vec![]);
@@ -699,22 +635,6 @@ fn wrap_and_unwrap_with_the_kek_match_softhsm() {
         .wrap_key(&Mechanism::AesKeyWrapPad, kek, locked)
         .unwrap_err();
     assert_eq!(rv(e), RvError::KeyUnextractable);
-}
-
-/// The module's function list, for calls cryptoki cannot express. The
-/// module is already loaded by cryptoki; this maps the same one.
-fn raw_list() -> &'static cryptoki_sys::CK_FUNCTION_LIST {
-    use cryptoki_sys::{CKR_OK, CK_FUNCTION_LIST};
-    let lib = Box::leak(Box::new(
-        unsafe { libloading::Library::new(module_path()) }.unwrap(),
-    ));
-    unsafe {
-        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> u64> =
-            lib.get(b"C_GetFunctionList\0").unwrap();
-        let mut p = std::ptr::null_mut();
-        assert_eq!(get(&mut p), CKR_OK);
-        &*p
-    }
 }
 
 /// C_WrapKey through the module's raw function list, for a mechanism number

@@ -15,14 +15,24 @@ use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
 use crate::vendor::{CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
 
-/// Find the AES KEK labelled `label` on the session's token. Missing (or not
-/// visible because the user is not logged in) and ambiguous are both
-/// `CKR_HSME_KEK_UNAVAILABLE`.
-pub fn find(session: &Session, label: &str) -> Result<ObjectHandle> {
+/// CKA_ID of a KEK version: the version number, big-endian, no leading zeros
+/// (version 1 is `01`, as `softhsm-config/new-token.sh` makes it).
+pub fn version_id(version: u32) -> Vec<u8> {
+    let b = version.to_be_bytes();
+    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len() - 1);
+    b[first..].to_vec()
+}
+
+/// Find version `version` of the AES KEK labelled `label`: a token object
+/// with that label and CKA_ID. Missing (or invisible: not logged in) and
+/// ambiguous are both `CKR_HSME_KEK_UNAVAILABLE`.
+pub fn find(session: &Session, label: &str, version: u32) -> Result<ObjectHandle> {
     let template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
         Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(version_id(version)),
     ];
     let found = session
         .find_objects(&template)
@@ -30,12 +40,12 @@ pub fn find(session: &Session, label: &str) -> Result<ObjectHandle> {
     match found.as_slice() {
         [one] => Ok(*one),
         [] => {
-            crate::log_warn!("KEK '{label}' not found on the backend token");
+            crate::log_warn!("KEK '{label}' v{version} not found on the backend token");
             Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
         }
         many => {
             crate::log_error!(
-                "{} keys carry the KEK label '{label}'; refusing to guess",
+                "{} keys are KEK '{label}' v{version}; refusing to guess",
                 many.len()
             );
             Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
@@ -118,12 +128,13 @@ pub fn random(session: &Session, out: &mut [u8]) -> Result<()> {
 /// wrapped there, and the object is destroyed.
 pub fn keywrap(
     backend: &Backend,
+    gate: &TempGate,
     session: &Session,
     kek: ObjectHandle,
     mech: CK_MECHANISM_TYPE,
     value: &[u8],
 ) -> Result<Vec<u8>> {
-    let template = [
+    let mut template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::Token(false),
@@ -132,14 +143,17 @@ pub fn keywrap(
         Attribute::Extractable(true),
         Attribute::Value(value.to_vec()),
     ];
-    let temp = session
-        .create_object(&template)
-        .map_err(|e| Error::from_cryptoki("C_CreateObject", e))?;
+    // No search may see the short-lived copy (see `TempGate`).
+    let _gate = gate.hold();
+    let created = session.create_object(&template);
+    for a in template.iter_mut() {
+        if let Attribute::Value(v) = a {
+            v.zeroize();
+        }
+    }
+    let temp = created.map_err(|e| Error::from_cryptoki("C_CreateObject", e))?;
     let result = raw_wrap(backend, session, kek, mech, temp);
     let _ = session.destroy_object(temp);
-    if let Some(Attribute::Value(mut v)) = template.into_iter().last() {
-        v.zeroize();
-    }
     result
 }
 
@@ -190,6 +204,7 @@ fn raw_wrap(
 /// is read once and destroyed at once.
 pub fn keyunwrap(
     backend: &Backend,
+    gate: &TempGate,
     session: &Session,
     kek: ObjectHandle,
     mech: CK_MECHANISM_TYPE,
@@ -225,6 +240,7 @@ pub fn keyunwrap(
         attr(CKA_EXTRACTABLE, &mut t_),
     ];
     let mut handle: CK_OBJECT_HANDLE = 0;
+    let _gate = gate.hold();
     let rv = crate::backend::bcall!(
         backend,
         C_UnwrapKey(
@@ -241,17 +257,58 @@ pub fn keyunwrap(
     crate::backend::check("C_UnwrapKey", rv)?;
     // SAFETY: the handle was just returned by the backend for this session.
     let temp = unsafe { ObjectHandle::new_from_raw(handle) };
-    let value = session.get_attributes(temp, &[AttributeType::Value]);
+    let value = read_value(backend, session, handle);
     let _ = session.destroy_object(temp);
-    match value
-        .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?
-        .pop()
-    {
-        Some(Attribute::Value(mut v)) => {
-            let out = SecretBytes::from_slice(&v);
-            v.zeroize();
-            Ok(out)
-        }
-        _ => Err(Error::Rv(CKR_GENERAL_ERROR)),
+    value
+}
+
+/// CKA_VALUE of a backend key straight into locked, zeroized memory (no
+/// intermediate copy that would be freed unwiped).
+fn read_value(
+    backend: &Backend,
+    session: &Session,
+    handle: CK_OBJECT_HANDLE,
+) -> Result<SecretBytes> {
+    let mut attr = CK_ATTRIBUTE {
+        type_: CKA_VALUE,
+        pValue: std::ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    let rv = crate::backend::bcall!(
+        backend,
+        C_GetAttributeValue(session.handle(), handle, &mut attr, 1)
+    );
+    crate::backend::check("C_GetAttributeValue", rv)?;
+    let len = attr.ulValueLen as usize;
+    if !(1..=64).contains(&len) {
+        return Err(Error::Rv(CKR_WRAPPED_KEY_INVALID));
+    }
+    let mut out = SecretBytes::new(len);
+    attr.pValue = out.as_mut_slice().as_mut_ptr() as *mut _;
+    let rv = crate::backend::bcall!(
+        backend,
+        C_GetAttributeValue(session.handle(), handle, &mut attr, 1)
+    );
+    crate::backend::check("C_GetAttributeValue", rv)?;
+    if attr.ulValueLen as usize != len {
+        return Err(Error::Rv(CKR_GENERAL_ERROR));
+    }
+    Ok(out)
+}
+
+/// Serialises the short-lived key copies made on the backend for key wrap
+/// with searches through the module: while a search collects backend
+/// objects, no such copy exists, so none is ever handed to a caller.
+#[derive(Default)]
+pub struct TempGate(std::sync::RwLock<()>);
+
+impl TempGate {
+    /// Held while a temporary object exists.
+    pub fn hold(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
+        self.0.write().ok()
+    }
+    /// Held while a search runs.
+    pub fn search(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        self.0.read().ok()
     }
 }

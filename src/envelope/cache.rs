@@ -1,45 +1,80 @@
 //! Per-process cache of unwrapped DEK values and their key schedules, keyed
-//! by record id. Values sit in zeroized, locked memory; dropping an entry zeroizes it once the last
-//! in-flight operation using it has finished.
+//! by record id. Values sit in zeroized, locked memory; dropping an entry
+//! zeroizes it once the last in-flight operation using it has finished.
+//!
+//! Two rules keep the cache from undoing the record's protection:
+//! - an entry is only returned for the exact record and bound attributes it
+//!   was unwrapped from (its `binding`), so a row changed behind our back
+//!   must go through the HSM again, where its tag check fails;
+//! - an unwrap that raced with a logout, destroy or clear is not cached
+//!   (an epoch counter, bumped by every removal).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::secret::SecretBytes;
 use crate::crypto::{CryptoError, PreparedKey};
 
+struct Entry {
+    binding: Arc<[u8]>,
+    key: Arc<PreparedKey>,
+}
+
 #[derive(Default)]
 pub struct KeyCache {
-    map: RwLock<HashMap<[u8; 16], Arc<PreparedKey>>>,
+    map: RwLock<HashMap<[u8; 16], Entry>>,
+    epoch: AtomicU64,
 }
 
 impl KeyCache {
-    /// Hits take only a read lock.
-    pub fn get(&self, id: &[u8; 16]) -> Option<Arc<PreparedKey>> {
-        self.map.read().ok()?.get(id).cloned()
+    /// The cached key for `id`, if it was unwrapped from `binding`. Hits take
+    /// only a read lock.
+    pub fn get(&self, id: &[u8; 16], binding: &[u8]) -> Option<Arc<PreparedKey>> {
+        let m = self.map.read().ok()?;
+        let e = m.get(id)?;
+        (*e.binding == *binding).then(|| e.key.clone())
     }
 
-    /// Cache a value with its key schedules, built once here.
+    /// Read before an unwrap; pass to `insert`.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Prepare the key schedules once and cache them, unless something was
+    /// removed since `epoch` was read (then the key is used once, uncached).
     pub fn insert(
         &self,
         id: [u8; 16],
+        binding: Arc<[u8]>,
         value: SecretBytes,
+        epoch: u64,
     ) -> Result<Arc<PreparedKey>, CryptoError> {
-        let v = Arc::new(PreparedKey::new(value)?);
+        let key = Arc::new(PreparedKey::new(value)?);
         if let Ok(mut m) = self.map.write() {
-            m.insert(id, v.clone());
+            if self.epoch.load(Ordering::Acquire) == epoch {
+                m.insert(
+                    id,
+                    Entry {
+                        binding,
+                        key: key.clone(),
+                    },
+                );
+            }
         }
-        Ok(v)
+        Ok(key)
     }
 
     pub fn remove(&self, id: &[u8; 16]) {
         if let Ok(mut m) = self.map.write() {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
             m.remove(id);
         }
     }
 
     pub fn clear(&self) {
         if let Ok(mut m) = self.map.write() {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
             m.clear();
         }
     }
@@ -50,5 +85,29 @@ impl KeyCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_and_epoch_rules() {
+        let c = KeyCache::default();
+        let b: Arc<[u8]> = Arc::from(&b"rec+attrs"[..]);
+        let e = c.epoch();
+        c.insert([1; 16], b.clone(), SecretBytes::from_slice(&[7; 32]), e)
+            .unwrap();
+        assert!(c.get(&[1; 16], &b).is_some());
+        assert!(c.get(&[1; 16], b"other").is_none(), "a changed row misses");
+        // An unwrap that started before a removal is not cached.
+        let e = c.epoch();
+        c.remove(&[9; 16]);
+        c.insert([2; 16], b.clone(), SecretBytes::from_slice(&[7; 32]), e)
+            .unwrap();
+        assert!(c.get(&[2; 16], &b).is_none());
+        c.clear();
+        assert!(c.is_empty());
     }
 }

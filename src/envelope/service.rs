@@ -33,6 +33,8 @@ pub struct Envelope {
     /// Opened on first use, in the process that uses it (never across fork).
     store: Mutex<Option<Store>>,
     pub cache: KeyCache,
+    /// See `kek::TempGate`.
+    pub temp_gate: kek::TempGate,
 }
 
 impl Envelope {
@@ -44,6 +46,7 @@ impl Envelope {
             store_path,
             store: Mutex::new(None),
             cache: KeyCache::default(),
+            temp_gate: kek::TempGate::default(),
         }
     }
 
@@ -73,7 +76,7 @@ impl Envelope {
             let handle = match cached {
                 Some(h) => h,
                 None => {
-                    let h = kek::find(s, &self.kek_label)?;
+                    let h = kek::find(s, &self.kek_label, KEK_VERSION)?;
                     if !kek::check_policy(s, h)? {
                         crate::log_error!(
                             "KEK '{}' is extractable or not sensitive; refusing to use it",
@@ -176,18 +179,22 @@ impl Envelope {
     }
 
     /// The DEK's value: from the cache, or unwrapped on the HSM and cached.
+    /// The DEK's prepared key: from the cache when it was unwrapped from this
+    /// very record and attributes (`binding`), else unwrapped on the HSM.
     pub fn value(
         &self,
         backend: &Backend,
         id: &[u8; 16],
         attrs: &Attrs,
         record: &[u8],
+        binding: &Arc<[u8]>,
     ) -> Result<Arc<PreparedKey>> {
-        if let Some(v) = self.cache.get(id) {
+        if let Some(v) = self.cache.get(id, binding) {
             return Ok(v);
         }
+        let epoch = self.cache.epoch();
         let v = self.open(backend, id, attrs, record)?;
-        Ok(self.cache.insert(*id, v)?)
+        Ok(self.cache.insert(*id, binding.clone(), v, epoch)?)
     }
 
     pub fn random(&self, backend: &Backend, out: &mut [u8]) -> Result<()> {
@@ -206,7 +213,7 @@ impl Envelope {
         // SAFETY: `wrapping` is a handle the backend gave this process.
         let w = unsafe { ObjectHandle::new_from_raw(wrapping) };
         self.pool.with(backend.pkcs11(), |s| {
-            kek::keywrap(backend, s, w, mech, value)
+            kek::keywrap(backend, &self.temp_gate, s, w, mech, value)
         })
     }
 
@@ -220,13 +227,15 @@ impl Envelope {
         // SAFETY: as above.
         let w = unsafe { ObjectHandle::new_from_raw(unwrapping) };
         self.pool.with(backend.pkcs11(), |s| {
-            kek::keyunwrap(backend, s, w, mech, wrapped)
+            kek::keyunwrap(backend, &self.temp_gate, s, w, mech, wrapped)
         })
     }
 
-    /// The KEK's backend handle (to recognise it among backend objects).
-    pub fn kek_handle(&self, backend: &Backend) -> Option<CK_OBJECT_HANDLE> {
-        self.with_kek(backend, |_, k| Ok(k.handle())).ok()
+    /// The application's last session closed: the pooled backend sessions
+    /// go too, so the backend logs out as the spec says it must.
+    pub fn close_sessions(&self) {
+        self.pool.close_all();
+        self.on_logout();
     }
 
     pub fn close(&self) {

@@ -5,7 +5,7 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use crate::backend::bcall;
-use crate::token::keys;
+use crate::token::object_ops::backend_key;
 use crate::token::sessions::lookup;
 
 /// A call that takes a session and passes everything else through.
@@ -29,7 +29,7 @@ macro_rules! forward_key_init {
             guard(stringify!($name), || {
                 mechanism(p_m)?;
                 let (m, s) = lookup(h)?;
-                let bkey = keys::backend_key(&m, &s, key)?;
+                let bkey = backend_key(&m, &s, key)?;
                 Ok(bcall!(m.backend, $name(s.backend, p_m, bkey)))
             })
         }
@@ -62,7 +62,7 @@ forward_session! {
 pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
     guard("C_DigestKey", || {
         let (m, s) = lookup(h)?;
-        let bkey = keys::backend_key(&m, &s, key)?;
+        let bkey = backend_key(&m, &s, key)?;
         Ok(bcall!(m.backend, C_DigestKey(s.backend, bkey)))
     })
 }

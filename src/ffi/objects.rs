@@ -6,8 +6,10 @@ use super::args::*;
 use super::mechanism::has_params;
 use crate::backend::bcall;
 use crate::error::{Error, Result};
-use crate::token::keys::{self, Answer, Target, UnwrapStep, WrapStep};
-use crate::token::sessions::lookup;
+use crate::token::dek::Answer;
+use crate::token::find;
+use crate::token::object_ops::{self, AttrStep};
+use crate::token::wrapping::{self, WrapStep};
 
 #[no_mangle]
 pub unsafe extern "C" fn C_CreateObject(
@@ -21,7 +23,7 @@ pub unsafe extern "C" fn C_CreateObject(
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, keys::create_object(h, &t)?))
+        ok(put(ph, object_ops::create_object(h, &t)?))
     })
 }
 
@@ -38,13 +40,13 @@ pub unsafe extern "C" fn C_CopyObject(
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, keys::copy_object(h, oh, &t)?))
+        ok(put(ph, object_ops::copy_object(h, oh, &t)?))
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> CK_RV {
-    guard("C_DestroyObject", || ok(keys::destroy_object(h, oh)))
+    guard("C_DestroyObject", || ok(object_ops::destroy_object(h, oh)))
 }
 
 #[no_mangle]
@@ -57,7 +59,7 @@ pub unsafe extern "C" fn C_GetObjectSize(
         if pul.is_null() {
             return Err(bad());
         }
-        ok(put(pul, keys::object_size(h, oh)?))
+        ok(put(pul, object_ops::object_size(h, oh)?))
     })
 }
 
@@ -72,33 +74,31 @@ pub unsafe extern "C" fn C_GetAttributeValue(
         if p_t.is_null() && n > 0 {
             return Err(bad());
         }
-        let (m, s) = lookup(h)?;
-        match keys::resolve(&m, &s, oh)? {
-            Target::Backend(bh) => Ok(bcall!(
-                m.backend,
-                C_GetAttributeValue(s.backend, bh, p_t, n)
-            )),
-            Target::Dek(d, st) => {
-                let attrs = if n == 0 {
-                    &mut [][..]
-                } else {
-                    std::slice::from_raw_parts_mut(p_t, n as usize)
-                };
-                fill_attributes(attrs, |ty| keys::dek_attribute(&m, &d, &st, ty))
+        let attrs = if n == 0 {
+            &mut [][..]
+        } else {
+            std::slice::from_raw_parts_mut(p_t, n as usize)
+        };
+        let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
+        match object_ops::get_attributes(h, oh, &types)? {
+            AttrStep::Forward(m, bs, bh) => {
+                Ok(bcall!(m.backend, C_GetAttributeValue(bs, bh, p_t, n)))
             }
+            AttrStep::Answers(answers) => fill_attributes(attrs, answers),
         }
     })
 }
 
-/// Answer every attribute of the template (the spec requires all of them to
-/// be processed), then report the most important problem met.
-unsafe fn fill_attributes(
-    attrs: &mut [CK_ATTRIBUTE],
-    answer: impl Fn(CK_ATTRIBUTE_TYPE) -> Result<Answer>,
-) -> Result<CK_RV> {
-    let (mut sensitive, mut invalid, mut small) = (false, false, false);
-    for a in attrs.iter_mut() {
-        match answer(a.type_)? {
+/// Write one answer per attribute (the spec requires every attribute to be
+/// processed), then report the most important problem met.
+unsafe fn fill_attributes(attrs: &mut [CK_ATTRIBUTE], answers: Vec<Answer>) -> Result<CK_RV> {
+    let (mut failed, mut sensitive, mut invalid, mut small) = (None, false, false, false);
+    for (a, answer) in attrs.iter_mut().zip(answers) {
+        match answer {
+            Answer::Failed(e) => {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                failed.get_or_insert(e);
+            }
             Answer::Sensitive => {
                 a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                 sensitive = true;
@@ -120,6 +120,9 @@ unsafe fn fill_attributes(
             }
         }
     }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     Ok(if sensitive {
         CKR_ATTRIBUTE_SENSITIVE
     } else if invalid {
@@ -140,7 +143,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 ) -> CK_RV {
     guard("C_SetAttributeValue", || {
         let t = template(p_t, n)?;
-        ok(keys::set_attributes(h, oh, &t))
+        ok(object_ops::set_attributes(h, oh, &t))
     })
 }
 
@@ -152,7 +155,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(
 ) -> CK_RV {
     guard("C_FindObjectsInit", || {
         let t = template(p_t, n)?;
-        ok(keys::find_init(h, &t))
+        ok(find::init(h, &t))
     })
 }
 
@@ -167,7 +170,7 @@ pub unsafe extern "C" fn C_FindObjects(
         if (ph.is_null() && max > 0) || pul.is_null() {
             return Err(bad());
         }
-        let found = keys::find_next(h, max as usize)?;
+        let found = find::next(h, max as usize)?;
         if !found.is_empty() {
             std::ptr::copy_nonoverlapping(found.as_ptr(), ph, found.len());
         }
@@ -177,7 +180,7 @@ pub unsafe extern "C" fn C_FindObjects(
 
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
-    guard("C_FindObjectsFinal", || ok(keys::find_final(h)))
+    guard("C_FindObjectsFinal", || ok(find::finish(h)))
 }
 
 #[no_mangle]
@@ -194,7 +197,7 @@ pub unsafe extern "C" fn C_GenerateKey(
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, keys::generate_key(h, m, &t)?))
+        ok(put(ph, object_ops::generate_key(h, m, &t)?))
     })
 }
 
@@ -215,7 +218,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
             return Err(bad());
         }
         let (pu, pr) = (template(p_pub, n_pub)?, template(p_priv, n_priv)?);
-        let (a, b) = keys::generate_key_pair(h, m, &pu, &pr)?;
+        let (a, b) = object_ops::generate_key_pair(h, m, &pu, &pr)?;
         put(ph_pub, a)?;
         ok(put(ph_priv, b))
     })
@@ -235,7 +238,7 @@ pub unsafe extern "C" fn C_WrapKey(
         if pul.is_null() {
             return Err(bad());
         }
-        match keys::wrap_key(h, m.mechanism, has_params(m), wrapping, key)? {
+        match wrapping::wrap_key(h, m.mechanism, has_params(m), wrapping, key)? {
             WrapStep::Done(data) => write_bytes(&data, p_out, pul),
             WrapStep::Forward(md, bs, w, k) => {
                 Ok(bcall!(md.backend, C_WrapKey(bs, p_m, w, k, p_out, pul)))
@@ -262,27 +265,10 @@ pub unsafe extern "C" fn C_UnwrapKey(
         }
         let wrapped = bytes(p_wrapped, wrapped_len)?;
         let t = template(p_t, n)?;
-        match keys::unwrap_key(h, m.mechanism, has_params(m), unwrapping, wrapped, &t)? {
-            UnwrapStep::Done(oh) => ok(put(ph, oh)),
-            UnwrapStep::Forward(md, bs, uw) => {
-                let mut raw = keys::raw_template(&t);
-                let mut bh = 0;
-                let rv = bcall!(
-                    md.backend,
-                    C_UnwrapKey(
-                        bs,
-                        p_m,
-                        uw,
-                        p_wrapped,
-                        wrapped_len,
-                        raw.as_mut_ptr(),
-                        raw.len() as CK_ULONG,
-                        &mut bh
-                    )
-                );
-                new_backend_handle(h, rv, bh, ph)
-            }
-        }
+        ok(put(
+            ph,
+            wrapping::unwrap_key(h, m, has_params(m), unwrapping, wrapped, &t)?,
+        ))
     })
 }
 
@@ -296,49 +282,13 @@ pub unsafe extern "C" fn C_DeriveKey(
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     guard("C_DeriveKey", || {
-        mechanism(p_m)?;
-        let (md, s) = lookup(h)?;
-        let b = keys::backend_key(&md, &s, base)?;
-        let t = template(p_t, n)?;
-        let mut raw = keys::raw_template(&t);
-        let mut bh = 0;
-        // Some mechanisms (e.g. TLS key derivation) return no key handle.
-        let out = if ph.is_null() {
-            std::ptr::null_mut()
-        } else {
-            &mut bh as *mut _
-        };
-        let rv = bcall!(
-            md.backend,
-            C_DeriveKey(
-                s.backend,
-                p_m,
-                b,
-                raw.as_mut_ptr(),
-                raw.len() as CK_ULONG,
-                out
-            )
-        );
+        let m = mechanism(p_m)?;
         if ph.is_null() {
-            return Ok(rv);
+            // Mechanisms that return no key handle carry handles in their
+            // parameters, which are not forwarded (see token::guard).
+            return Err(Error::Rv(CKR_MECHANISM_INVALID));
         }
-        new_backend_handle(h, rv, bh, ph)
+        let t = template(p_t, n)?;
+        ok(put(ph, wrapping::derive_key(h, m, base, &t)?))
     })
-}
-
-/// Hand out our handle for a key the backend just made.
-unsafe fn new_backend_handle(
-    h: CK_SESSION_HANDLE,
-    rv: CK_RV,
-    bh: CK_OBJECT_HANDLE,
-    ph: *mut CK_OBJECT_HANDLE,
-) -> Result<CK_RV> {
-    if rv != CKR_OK {
-        return Err(Error::Backend {
-            func: "key management",
-            rv,
-        });
-    }
-    let (m, s) = lookup(h)?;
-    ok(put(ph, keys::intern_backend(&m, &s, bh)))
 }

@@ -76,7 +76,7 @@ pub fn init(
         Object::Dek(d) => {
             // Checked under the read lock: no copy of the key's state.
             let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-            if d.slot != s.slot || (st.attrs.flag(CKA_PRIVATE) && !m.is_logged_in(s.slot)) {
+            if d.slot != s.slot || (st.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot)) {
                 return Err(Error::Rv(CKR_KEY_HANDLE_INVALID));
             }
             let usage = if dir == Direction::Encrypt {
@@ -92,14 +92,14 @@ pub fn init(
             }
             let mode = soft?;
             let env = m.envelope_for(d.slot)?;
-            let key = env.value(&m.backend, &d.id, &st.attrs, &st.record)?;
+            let key = env.value(&m.backend, &d.id, &st.attrs, &st.record, &st.binding)?;
             drop(st);
             *op = Op::Soft(crypto::new_prepared_op(&key, &mode, dir)?);
             Ok(Step::Done(0))
         }
         Object::Backend { .. } => {
             // Refuses the KEK, and keys of another slot.
-            let bkey = super::keys::backend_key(&m, &s, key)?;
+            let bkey = super::object_ops::backend_key(&m, &s, key)?;
             *op = Op::Backend;
             Ok(Step::ForwardInit(m.clone(), s.backend, bkey))
         }

@@ -3,11 +3,15 @@
 
 pub mod attributes;
 pub mod crypt;
+pub mod dek;
+pub mod find;
 pub mod general;
-pub mod keys;
+pub mod guard;
 pub mod module;
+pub mod object_ops;
 pub mod objects;
 pub mod policy;
 pub mod session;
 pub mod sessions;
 pub mod sync;
+pub mod wrapping;

@@ -3,13 +3,13 @@
 //! CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
 
-use super::objects::Objects;
+use super::objects::{Object, Objects};
 use super::session::Sessions;
 use crate::backend::Backend;
 use crate::config::Config;
@@ -34,13 +34,24 @@ pub struct Module {
     /// Who is logged in, per slot (login is per token, for all sessions):
     /// 0 nobody, else the CK_USER_TYPE + 1. Atomic: read on every DEK use.
     login: Vec<AtomicU64>,
+    /// Serialises session open and close (see `sessions`).
+    pub session_life: Mutex<()>,
 }
 
 static STATE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
+/// Serialises C_Initialize and C_Finalize (which waits for calls in
+/// progress), so a new module never starts under one still shutting down.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+
+/// A panic while a lock was held must not wedge the module for good: the
+/// state it guards is replaced or checked on every use.
+fn write_state() -> RwLockWriteGuard<'static, Option<Arc<Module>>> {
+    STATE.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The live module, if this process initialised it.
 pub fn get() -> Result<Arc<Module>> {
-    let guard = STATE.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    let guard = STATE.read().unwrap_or_else(PoisonError::into_inner);
     match guard.as_ref() {
         Some(m) if m.pid == std::process::id() => Ok(m.clone()),
         _ => Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
@@ -71,7 +82,8 @@ fn pin_module_in_memory() {
 
 pub fn initialize() -> Result<()> {
     pin_module_in_memory();
-    let mut guard = STATE.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    let _life = LIFECYCLE.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guard = write_state();
     if let Some(old) = guard.take() {
         if old.pid == std::process::id() {
             *guard = Some(old);
@@ -101,8 +113,9 @@ pub fn initialize() -> Result<()> {
 
 /// Tear down, after every call in progress has finished with the module.
 pub fn finalize() -> Result<()> {
+    let _life = LIFECYCLE.lock().unwrap_or_else(PoisonError::into_inner);
     let m = {
-        let mut guard = STATE.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let mut guard = write_state();
         match guard.as_ref() {
             Some(m) if m.pid == std::process::id() => {}
             _ => return Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
@@ -175,6 +188,7 @@ impl Module {
             sessions: Sessions::default(),
             objects: Objects::default(),
             login: (0..n_slots).map(|_| AtomicU64::new(0)).collect(),
+            session_life: Mutex::new(()),
         })
     }
 
@@ -201,6 +215,15 @@ impl Module {
             .is_some_and(|l| l.load(Ordering::Acquire) != 0)
     }
 
+    /// The normal user is logged in: private objects and DEK use need it
+    /// (the Security Officer manages the token, not its private objects).
+    #[allow(clippy::unnecessary_cast)]
+    pub fn is_user(&self, slot: usize) -> bool {
+        self.login
+            .get(slot)
+            .is_some_and(|l| l.load(Ordering::Acquire) == CKU_USER as u64 + 1)
+    }
+
     // CK_USER_TYPE is 32 or 64 bits depending on the platform.
     #[allow(clippy::unnecessary_cast)]
     pub fn logged_in(&self, slot: usize, user: CK_USER_TYPE) {
@@ -217,14 +240,63 @@ impl Module {
         }
     }
 
-    /// Login on `slot` ended (logout, or its last session closed).
-    pub fn logged_out(&self, slot: usize) {
+    /// Login on `slot` ended, by C_Logout (`via` is a backend session still
+    /// open) or because its last session closed (`via` is None). As the spec
+    /// says: private session objects are destroyed, handles to private
+    /// objects become invalid for good, and no key stays in use.
+    pub fn logged_out(&self, slot: usize, via: Option<CK_SESSION_HANDLE>) {
         if let Some(l) = self.login.get(slot) {
             l.store(0, Ordering::Release);
         }
+        for s in self.sessions.on_slot(slot) {
+            if let Ok(mut ops) = s.ops() {
+                ops.drop_soft();
+            }
+        }
+        let backend_gone: Vec<CK_OBJECT_HANDLE> = match via {
+            // Without a session nothing can be checked: every backend handle goes.
+            None => self
+                .objects
+                .backend_on(slot)
+                .into_iter()
+                .map(|(_, bh)| bh)
+                .collect(),
+            // Private objects are out of sight now: their handles fail.
+            Some(bs) => self
+                .objects
+                .backend_on(slot)
+                .into_iter()
+                .filter(|(_, bh)| {
+                    let mut class: CK_OBJECT_CLASS = 0;
+                    let mut a = CK_ATTRIBUTE {
+                        type_: CKA_CLASS,
+                        pValue: &mut class as *mut _ as *mut _,
+                        ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+                    };
+                    crate::backend::bcall!(self.backend, C_GetAttributeValue(bs, *bh, &mut a, 1))
+                        != CKR_OK
+                })
+                .map(|(_, bh)| bh)
+                .collect(),
+        };
+        self.objects.forget(|_, o| match o {
+            Object::Dek(d) => {
+                d.slot == slot
+                    && d.state
+                        .read()
+                        .map(|st| st.attrs.flag(CKA_PRIVATE))
+                        .unwrap_or(true)
+            }
+            Object::Backend {
+                slot: s, handle, ..
+            } => *s == slot && backend_gone.contains(handle),
+        });
         if self.dek_slot == Some(slot) {
             if let Some(e) = &self.envelope {
-                e.on_logout();
+                match via {
+                    Some(_) => e.on_logout(),
+                    None => e.close_sessions(),
+                }
             }
         }
     }

@@ -26,6 +26,22 @@ pub struct DekState {
     pub record: Vec<u8>,
     /// The store row's generation this state was read at.
     pub generation: i64,
+    /// Record and bound attributes together: what a cached value must have
+    /// been unwrapped from to be served for this state.
+    pub binding: Arc<[u8]>,
+}
+
+impl DekState {
+    pub fn new(attrs: Attrs, record: Vec<u8>, generation: i64) -> Self {
+        let mut binding = record.clone();
+        binding.extend_from_slice(&attrs.bound_encoding());
+        DekState {
+            attrs,
+            record,
+            generation,
+            binding: binding.into(),
+        }
+    }
 }
 
 impl Dek {
@@ -45,6 +61,9 @@ pub enum Object {
     Backend {
         slot: usize,
         handle: CK_OBJECT_HANDLE,
+        /// The session a backend session object was made through; its
+        /// handle dies with that session.
+        owner: Option<CK_SESSION_HANDLE>,
     },
     Dek(Arc<Dek>),
 }
@@ -83,8 +102,14 @@ impl Objects {
             .ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))
     }
 
-    /// Our handle for a backend object, made on first sight.
-    pub fn intern_backend(&self, slot: usize, bh: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
+    /// Our handle for a backend object, made on first sight. `owner` is the
+    /// session a session object was just created through.
+    pub fn intern_backend(
+        &self,
+        slot: usize,
+        bh: CK_OBJECT_HANDLE,
+        owner: Option<CK_SESSION_HANDLE>,
+    ) -> CK_OBJECT_HANDLE {
         let Ok(mut m) = self.maps.write() else {
             return CK_INVALID_HANDLE;
         };
@@ -93,7 +118,14 @@ impl Objects {
         }
         let h = self.fresh();
         m.backend.insert((slot, bh), h);
-        m.by_handle.insert(h, Object::Backend { slot, handle: bh });
+        m.by_handle.insert(
+            h,
+            Object::Backend {
+                slot,
+                handle: bh,
+                owner,
+            },
+        );
         h
     }
 
@@ -116,17 +148,37 @@ impl Objects {
     }
 
     pub fn remove(&self, h: CK_OBJECT_HANDLE) {
-        if let Ok(mut m) = self.maps.write() {
-            match m.by_handle.remove(&h) {
-                Some(Object::Dek(d)) => {
-                    m.deks.remove(&d.id);
+        self.forget(|handle, _| handle == h);
+    }
+
+    /// Forget the handles `drop` selects and return their objects. A
+    /// forgotten handle is never given out again: the object gets a new one
+    /// when it is found again.
+    pub fn forget(&self, drop: impl Fn(CK_OBJECT_HANDLE, &Object) -> bool) -> Vec<Object> {
+        let Ok(mut m) = self.maps.write() else {
+            return Vec::new();
+        };
+        let gone: Vec<CK_OBJECT_HANDLE> = m
+            .by_handle
+            .iter()
+            .filter(|(h, o)| drop(**h, o))
+            .map(|(h, _)| *h)
+            .collect();
+        let mut out = Vec::with_capacity(gone.len());
+        for h in gone {
+            if let Some(o) = m.by_handle.remove(&h) {
+                match &o {
+                    Object::Dek(d) => {
+                        m.deks.remove(&d.id);
+                    }
+                    Object::Backend { slot, handle, .. } => {
+                        m.backend.remove(&(*slot, *handle));
+                    }
                 }
-                Some(Object::Backend { slot, handle }) => {
-                    m.backend.remove(&(slot, handle));
-                }
-                None => {}
+                out.push(o);
             }
         }
+        out
     }
 
     pub fn deks(&self) -> Vec<(CK_OBJECT_HANDLE, Arc<Dek>)> {
@@ -145,7 +197,15 @@ impl Objects {
         v
     }
 
-    pub fn dek_handle(&self, id: &[u8; 16]) -> Option<CK_OBJECT_HANDLE> {
-        self.maps.read().ok()?.deks.get(id).copied()
+    /// Backend objects of `slot` with our handles.
+    pub fn backend_on(&self, slot: usize) -> Vec<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let Ok(m) = self.maps.read() else {
+            return Vec::new();
+        };
+        m.backend
+            .iter()
+            .filter(|((s, _), _)| *s == slot)
+            .map(|((_, bh), h)| (*h, *bh))
+            .collect()
     }
 }

@@ -36,6 +36,18 @@ pub struct Ops {
     pub find: Option<Find>,
 }
 
+impl Ops {
+    /// End software operations (their keys are released); backend ones are
+    /// the backend's to end.
+    pub fn drop_soft(&mut self) {
+        for op in [&mut self.encrypt, &mut self.decrypt] {
+            if matches!(op, Op::Soft(_)) {
+                *op = Op::Idle;
+            }
+        }
+    }
+}
+
 pub struct Session {
     pub handle: CK_SESSION_HANDLE,
     pub slot: usize,

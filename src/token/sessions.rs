@@ -2,11 +2,12 @@
 //! session; login is forwarded to the backend and applies to the whole
 //! token, as the spec says.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use cryptoki_sys::*;
 
 use super::module::{self, Module};
+use super::objects::Object;
 use super::session::Session;
 use crate::backend::bcall;
 use crate::backend::check;
@@ -18,6 +19,12 @@ pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
     if flags & CKF_SERIAL_SESSION == 0 {
         return Err(Error::Rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
     }
+    // Opening and closing are serialised, so "was this the last session?"
+    // has one answer.
+    let _life = m
+        .session_life
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let mut bh: CK_SESSION_HANDLE = 0;
     let rv = bcall!(
         m.backend,
@@ -44,26 +51,34 @@ pub fn lookup(h: CK_SESSION_HANDLE) -> Result<(Arc<Module>, Arc<Session>)> {
 
 pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
     let m = module::get()?;
+    let _life = m
+        .session_life
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let s = m.sessions.remove(h)?;
     close_one(&m, &s);
     if m.sessions.on_slot(s.slot).is_empty() {
-        // The backend logs out when its last session closes; so do we.
-        m.logged_out(s.slot);
+        // The application's last session on the token: it is logged out.
+        m.logged_out(s.slot, None);
     }
     Ok(())
 }
 
+/// Close one session: its backend session, and the objects that die with
+/// it (session DEKs, and backend session objects made through it).
 fn close_one(m: &Module, s: &Session) {
     let rv = bcall!(m.backend, C_CloseSession(s.backend));
     if rv != CKR_OK {
         crate::log_debug!("backend C_CloseSession: 0x{rv:x}");
     }
-    // Session DEKs die with their session; their values leave the cache.
-    for (h, dek) in m.objects.deks() {
-        if dek.owner == Some(s.handle) {
-            m.objects.remove(h);
-            if let Some(env) = &m.envelope {
-                env.cache.remove(&dek.id);
+    let gone = m.objects.forget(|_, o| match o {
+        Object::Dek(d) => d.owner == Some(s.handle),
+        Object::Backend { owner, .. } => *owner == Some(s.handle),
+    });
+    if let Some(env) = &m.envelope {
+        for o in gone {
+            if let Object::Dek(d) = o {
+                env.cache.remove(&d.id);
             }
         }
     }
@@ -72,12 +87,16 @@ fn close_one(m: &Module, s: &Session) {
 pub fn close_all(slot: CK_SLOT_ID) -> Result<()> {
     let m = module::get()?;
     m.slot(slot)?;
+    let _life = m
+        .session_life
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     for s in m.sessions.on_slot(slot as usize) {
         if m.sessions.remove(s.handle).is_ok() {
             close_one(&m, &s);
         }
     }
-    m.logged_out(slot as usize);
+    m.logged_out(slot as usize, None);
     Ok(())
 }
 
@@ -112,7 +131,7 @@ pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     let (m, s) = lookup(h)?;
     let rv = bcall!(m.backend, C_Logout(s.backend));
     // Whatever the backend says, our cached DEK values go.
-    m.logged_out(s.slot);
+    m.logged_out(s.slot, Some(s.backend));
     check("C_Logout", rv)?;
     crate::log_info!("logout on slot {}", s.slot);
     Ok(())

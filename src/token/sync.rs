@@ -15,11 +15,11 @@ pub fn dek_from_row(slot: usize, row: &DekRow) -> Result<Arc<Dek>> {
         id: row.id,
         slot,
         owner: None,
-        state: RwLock::new(DekState {
-            attrs: Attrs::decode(&row.attrs)?,
-            record: row.record.clone(),
-            generation: row.generation,
-        }),
+        state: RwLock::new(DekState::new(
+            Attrs::decode(&row.attrs)?,
+            row.record.clone(),
+            row.generation,
+        )),
     }))
 }
 

@@ -13,6 +13,8 @@
 //! therefore refuses to make a second token in the same process.
 #![allow(dead_code)]
 
+pub mod p11;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};

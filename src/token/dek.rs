@@ -1,0 +1,165 @@
+//! DEK objects: making one (generate, import, unwrap) and reading one.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use cryptoki_sys::*;
+use zeroize::Zeroizing;
+
+use super::attributes::Template;
+use super::module::Module;
+use super::objects::{Dek, DekState};
+use super::policy::{self, Origin};
+use super::session::Session;
+use crate::envelope::secret::SecretBytes;
+use crate::envelope::service::{hex, KEK_VERSION};
+use crate::error::{Error, Result};
+use crate::store::DekRow;
+use crate::vendor::CKA_HSME_KEK_VERSION;
+
+/// The DEK's state, read-locked, if the session may see it: same slot, and
+/// private DEKs only while the normal user is logged in.
+pub fn visible<'a>(m: &Module, s: &Session, d: &'a Dek) -> Result<RwLockReadGuard<'a, DekState>> {
+    let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    if d.slot != s.slot || (st.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot)) {
+        return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
+    }
+    Ok(st)
+}
+
+/// Key check value: the first 3 bytes of AES-ECB(key, 0^128).
+fn check_value(value: &[u8]) -> Vec<u8> {
+    use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+    let mut block = Array::default();
+    let ok = match value.len() {
+        16 => aes::Aes128::new_from_slice(value)
+            .map(|c| c.encrypt_block(&mut block))
+            .is_ok(),
+        24 => aes::Aes192::new_from_slice(value)
+            .map(|c| c.encrypt_block(&mut block))
+            .is_ok(),
+        32 => aes::Aes256::new_from_slice(value)
+            .map(|c| c.encrypt_block(&mut block))
+            .is_ok(),
+        _ => false,
+    };
+    if ok {
+        block[..3].to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Make a DEK: seal its value under the KEK on the HSM, persist token DEKs,
+/// cache the value, hand out a handle.
+pub fn create(
+    m: &Module,
+    s: &Session,
+    template: &Template,
+    origin: Origin,
+    given: Option<SecretBytes>,
+) -> Result<CK_OBJECT_HANDLE> {
+    let env = m.envelope_for(s.slot)?;
+    let (mut attrs, tvalue) = policy::new_dek(template, origin)?;
+    let token = attrs.flag(CKA_TOKEN);
+    if token && !s.is_rw() {
+        return Err(Error::Rv(CKR_SESSION_READ_ONLY));
+    }
+    // The KEK is private on the backend: every DEK needs the user's login.
+    if !m.is_user(s.slot) {
+        return Err(Error::Rv(CKR_USER_NOT_LOGGED_IN));
+    }
+    let value = match (tvalue, given) {
+        (Some(v), _) => SecretBytes::from_slice(&v),
+        (None, Some(v)) => v,
+        (None, None) => {
+            let len = attrs
+                .ulong(CKA_VALUE_LEN)
+                .ok_or(Error::Rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
+            let mut v = SecretBytes::new(len);
+            env.random(&m.backend, v.as_mut_slice())?;
+            v
+        }
+    };
+    if !policy::is_valid_aes_len(value.len()) {
+        return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
+    }
+    if let Some(n) = attrs.ulong(CKA_VALUE_LEN) {
+        if n as usize != value.len() {
+            return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+    }
+    attrs.set_ulong(CKA_VALUE_LEN, value.len() as CK_ULONG);
+    attrs.set(CKA_CHECK_VALUE, check_value(value.as_slice()));
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
+    attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
+    attrs.set_ulong(CKA_HSME_KEK_VERSION, KEK_VERSION as CK_ULONG);
+    let record = env.seal(&m.backend, &id, &attrs, value.as_slice())?;
+    if token {
+        let now = now();
+        let row = DekRow {
+            id,
+            label: attrs.label().to_vec(),
+            ckaid: attrs.id().to_vec(),
+            attrs: attrs.encode(),
+            record: record.clone(),
+            kek_label: m.config.kek_label.clone(),
+            kek_version: KEK_VERSION,
+            created: now,
+            updated: now,
+            generation: 0,
+        };
+        env.with_store(|st| Ok(st.insert(&row)?))?;
+    }
+    let state = DekState::new(attrs, record, 0);
+    let binding = state.binding.clone();
+    let dek = Dek {
+        id,
+        slot: s.slot,
+        owner: if token { None } else { Some(s.handle) },
+        state: RwLock::new(state),
+    };
+    env.cache.insert(id, binding, value, env.cache.epoch())?;
+    let h = m.objects.intern_dek(Arc::new(dek));
+    crate::log_info!(
+        "DEK created: id={} origin={origin:?} token={token} kek_version={KEK_VERSION}",
+        hex(&id)
+    );
+    Ok(h)
+}
+
+/// One attribute of a DEK as C_GetAttributeValue reports it.
+pub enum Answer {
+    Value(Zeroizing<Vec<u8>>),
+    Sensitive,
+    Invalid,
+    /// The attribute could not be produced (e.g. the KEK is unavailable for
+    /// CKA_VALUE of an extractable key); the rest are still processed.
+    Failed(Error),
+}
+
+pub fn attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) -> Answer {
+    if ty == CKA_VALUE {
+        if st.attrs.flag(CKA_SENSITIVE) || !st.attrs.flag(CKA_EXTRACTABLE) {
+            return Answer::Sensitive;
+        }
+        let value = m
+            .envelope_for(d.slot)
+            .and_then(|env| env.value(&m.backend, &d.id, &st.attrs, &st.record, &st.binding));
+        return match value {
+            Ok(v) => Answer::Value(Zeroizing::new(v.value().to_vec())),
+            Err(e) => Answer::Failed(e),
+        };
+    }
+    match st.attrs.get(ty) {
+        Some(v) => Answer::Value(Zeroizing::new(v.to_vec())),
+        None => Answer::Invalid,
+    }
+}

@@ -1,0 +1,106 @@
+//! C_FindObjects*: DEKs and backend objects together. Results are collected
+//! at C_FindObjectsInit; an empty template matches every object the session
+//! may see.
+
+use cryptoki_sys::*;
+
+use super::attributes::Template;
+use super::guard::is_dek_slot;
+use super::object_ops::raw_template;
+use super::session::Find;
+use super::sessions::lookup;
+use crate::backend::{bcall, check};
+use crate::error::{Error, Result};
+use crate::vendor::{CKA_HSME_KEK_VERSION, CKA_HSME_ON_BACKEND};
+
+pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    if s.ops()?.find.is_some() {
+        return Err(Error::Rv(CKR_OPERATION_ACTIVE));
+    }
+    let mut handles = Vec::new();
+    if is_dek_slot(&m, &s) {
+        super::sync::sync_token_deks(&m)?;
+        let user = m.is_user(s.slot);
+        for (oh, d) in m.objects.deks() {
+            let Ok(st) = d.state.read() else { continue };
+            if d.slot == s.slot && (user || !st.attrs.flag(CKA_PRIVATE)) && st.attrs.matches(t) {
+                handles.push(oh);
+            }
+        }
+    }
+    // Our vendor attributes mean nothing to the backend: such a search is ours only.
+    if !t
+        .iter()
+        .any(|a| a.ty == CKA_HSME_KEK_VERSION || a.ty == CKA_HSME_ON_BACKEND)
+    {
+        // No short-lived key copy (made for key wrap) exists while we look.
+        let _gate = m.envelope.as_ref().and_then(|e| e.temp_gate.search());
+        let mut raw = raw_template(t);
+        check(
+            "C_FindObjectsInit",
+            bcall!(
+                m.backend,
+                C_FindObjectsInit(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG)
+            ),
+        )?;
+        let mut batch = [0 as CK_OBJECT_HANDLE; 64];
+        loop {
+            let mut n = 0;
+            let rv = bcall!(
+                m.backend,
+                C_FindObjects(
+                    s.backend,
+                    batch.as_mut_ptr(),
+                    batch.len() as CK_ULONG,
+                    &mut n
+                )
+            );
+            if rv != CKR_OK {
+                let _ = bcall!(m.backend, C_FindObjectsFinal(s.backend));
+                return Err(Error::Backend {
+                    func: "C_FindObjects",
+                    rv,
+                });
+            }
+            if n == 0 {
+                break;
+            }
+            for bh in batch.iter().take(n as usize) {
+                handles.push(m.objects.intern_backend(s.slot, *bh, None));
+            }
+        }
+        check(
+            "C_FindObjectsFinal",
+            bcall!(m.backend, C_FindObjectsFinal(s.backend)),
+        )?;
+    }
+    s.ops()?.find = Some(Find { handles, pos: 0 });
+    Ok(())
+}
+
+pub fn next(h: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
+    let (_, s) = lookup(h)?;
+    let mut ops = s.ops()?;
+    let f = ops
+        .find
+        .as_mut()
+        .ok_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED))?;
+    let end = f.pos.saturating_add(max).min(f.handles.len());
+    let out = f
+        .handles
+        .get(f.pos..end)
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    f.pos = end;
+    Ok(out)
+}
+
+pub fn finish(h: CK_SESSION_HANDLE) -> Result<()> {
+    let (_, s) = lookup(h)?;
+    let mut ops = s.ops()?;
+    ops.find
+        .take()
+        .map(|_| ())
+        .ok_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED))
+}

@@ -1,0 +1,130 @@
+//! Where the KEK is protected on the API. Through this module the KEK wraps
+//! and unwraps DEKs with AES key wrap, and nothing else: as an AES oracle
+//! (ECB/CBC encryption or key derivation, CMAC) it would reveal the GCM
+//! keystream of the stored records; copied, changed or destroyed, it would
+//! leak or shred every DEK.
+//!
+//! The check fails closed: any backend object whose label is the KEK's label
+//! counts as a KEK, and so does one whose label cannot be read. Nothing can
+//! be created, copied or renamed to that label through the module.
+
+use cryptoki_sys::*;
+
+use super::attributes::{find_in, Template};
+use super::module::Module;
+use super::session::Session;
+use crate::backend::bcall;
+use crate::error::{Error, Result};
+
+pub fn is_dek_slot(m: &Module, s: &Session) -> bool {
+    m.dek_slot == Some(s.slot)
+}
+
+/// Whether the backend object `bh` is (or passes for) a KEK.
+pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
+    if !is_dek_slot(m, s) {
+        return false;
+    }
+    let want = m.config.kek_label.as_bytes();
+    let mut label = vec![0u8; want.len()];
+    let mut attr = CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: label.as_mut_ptr() as *mut _,
+        ulValueLen: label.len() as CK_ULONG,
+    };
+    match bcall!(m.backend, C_GetAttributeValue(s.backend, bh, &mut attr, 1)) {
+        CKR_OK => attr.ulValueLen as usize == want.len() && label == want,
+        // A longer label, so not the KEK's.
+        CKR_BUFFER_TOO_SMALL => false,
+        // The call with this handle will fail on its own.
+        CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID => false,
+        _ => true,
+    }
+}
+
+/// Copy, change or destroy of a KEK: refused.
+pub fn refuse_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<()> {
+    if is_kek(m, s, bh) {
+        crate::log_warn!("refused a change to the KEK through the PKCS#11 API");
+        return Err(Error::Rv(CKR_ACTION_PROHIBITED));
+    }
+    Ok(())
+}
+
+/// A template that would give a backend object the KEK's label: refused, so
+/// no decoy can make the KEK ambiguous or pass for it.
+pub fn refuse_kek_label(m: &Module, s: &Session, t: &Template) -> Result<()> {
+    if is_dek_slot(m, s) && find_in(t, CKA_LABEL) == Some(m.config.kek_label.as_bytes()) {
+        return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+    }
+    Ok(())
+}
+
+pub fn is_key_wrap(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        mech,
+        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP
+    )
+}
+
+/// The KEK wraps and unwraps with AES key wrap only: another mechanism
+/// (CBC, GCM) could turn a stored record into a key the caller controls.
+pub fn kek_only_key_wraps(
+    m: &Module,
+    s: &Session,
+    bh: CK_OBJECT_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+) -> Result<()> {
+    if !is_key_wrap(mech) && is_kek(m, s, bh) {
+        return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    }
+    Ok(())
+}
+
+/// Key-derivation mechanisms whose parameters carry object handles (in or
+/// out). Forwarding them untranslated would let a caller name backend
+/// objects, the KEK included, past our checks; they are refused.
+pub fn derive_mechanism_has_handles(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        mech,
+        CKM_CONCATENATE_BASE_AND_KEY
+            | CKM_X9_42_DH_HYBRID_DERIVE
+            | CKM_X9_42_MQV_DERIVE
+            | CKM_ECMQV_DERIVE
+            | CKM_SSL3_KEY_AND_MAC_DERIVE
+            | CKM_TLS_KEY_AND_MAC_DERIVE
+            | CKM_TLS12_KEY_AND_MAC_DERIVE
+            | CKM_WTLS_SERVER_KEY_AND_MAC_DERIVE
+            | CKM_WTLS_CLIENT_KEY_AND_MAC_DERIVE
+            | CKM_SP800_108_COUNTER_KDF
+            | CKM_SP800_108_FEEDBACK_KDF
+            | CKM_SP800_108_DOUBLE_PIPELINE_KDF
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SoftHSM2 offers none of the handle-carrying derivations, so this is
+    /// checked here rather than through the module.
+    #[test]
+    fn handle_carrying_derivations_are_listed_and_plain_ones_are_not() {
+        for m in [
+            CKM_CONCATENATE_BASE_AND_KEY,
+            CKM_ECMQV_DERIVE,
+            CKM_TLS12_KEY_AND_MAC_DERIVE,
+            CKM_SP800_108_COUNTER_KDF,
+        ] {
+            assert!(derive_mechanism_has_handles(m), "{m:#x}");
+        }
+        for m in [
+            CKM_ECDH1_DERIVE,
+            CKM_AES_CBC_ENCRYPT_DATA,
+            CKM_DH_PKCS_DERIVE,
+            CKM_SHA256_KEY_DERIVATION,
+        ] {
+            assert!(!derive_mechanism_has_handles(m), "{m:#x}");
+        }
+    }
+}

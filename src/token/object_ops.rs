@@ -1,0 +1,328 @@
+//! Object management calls: create, copy, destroy, size, attributes. DEKs
+//! are handled here; backend objects are forwarded with handles translated.
+
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+
+use super::attributes::Template;
+use super::dek::{self, Answer};
+use super::guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label};
+use super::module::Module;
+use super::objects::{Dek, DekState, Object};
+use super::policy::{self, Origin};
+use super::session::Session;
+use super::sessions::lookup;
+use crate::backend::{bcall, check};
+use crate::envelope::service::{hex, KEK_VERSION};
+use crate::error::{Error, Result};
+use crate::vendor::CKA_HSME_ON_BACKEND;
+
+/// An object handle resolved for a call on `s`.
+pub enum Target {
+    Dek(Arc<Dek>),
+    Backend(CK_OBJECT_HANDLE),
+}
+
+pub fn resolve(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<Target> {
+    match m.objects.get(h)? {
+        Object::Dek(d) => {
+            drop(dek::visible(m, s, &d)?);
+            Ok(Target::Dek(d))
+        }
+        Object::Backend { slot, handle, .. } if slot == s.slot => Ok(Target::Backend(handle)),
+        Object::Backend { .. } => Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)),
+    }
+}
+
+/// The template as backend attributes (pointing into `t`), without our
+/// vendor attributes.
+pub fn raw_template(t: &Template) -> Vec<CK_ATTRIBUTE> {
+    t.iter()
+        .filter(|a| a.ty != CKA_HSME_ON_BACKEND)
+        .map(|a| CK_ATTRIBUTE {
+            type_: a.ty,
+            pValue: if a.value.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                a.value.as_ptr() as *mut _
+            },
+            ulValueLen: a.value.len() as CK_ULONG,
+        })
+        .collect()
+}
+
+/// The caller's mechanism as the backend's (non-const) pointer; backends only read it.
+pub fn mech_ptr(m: &CK_MECHANISM) -> *mut CK_MECHANISM {
+    m as *const CK_MECHANISM as *mut CK_MECHANISM
+}
+
+/// Our handle for an object the backend just made through session `s`.
+/// Session objects are tied to `s`, so their handles die with it.
+pub fn adopt(
+    m: &Module,
+    s: &Session,
+    func: &'static str,
+    rv: CK_RV,
+    bh: CK_OBJECT_HANDLE,
+) -> Result<CK_OBJECT_HANDLE> {
+    check(func, rv)?;
+    let mut token: CK_BBOOL = 0;
+    let mut attr = CK_ATTRIBUTE {
+        type_: CKA_TOKEN,
+        pValue: &mut token as *mut _ as *mut _,
+        ulValueLen: 1,
+    };
+    let is_token =
+        bcall!(m.backend, C_GetAttributeValue(s.backend, bh, &mut attr, 1)) == CKR_OK && token != 0;
+    let owner = if is_token { None } else { Some(s.handle) };
+    Ok(m.objects.intern_backend(s.slot, bh, owner))
+}
+
+/// Backend handle for a key used by a forwarded operation (encrypt, sign,
+/// verify, digest-key, derive). DEKs have no such backend operations, and
+/// the KEK none at all (see `guard`).
+pub fn backend_key(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<CK_OBJECT_HANDLE> {
+    match resolve(m, s, h).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))? {
+        Target::Backend(b) if is_kek(m, s, b) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
+        Target::Backend(b) => Ok(b),
+        Target::Dek(..) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
+    }
+}
+
+pub fn create_object(h: CK_SESSION_HANDLE, t: &Template) -> Result<CK_OBJECT_HANDLE> {
+    let (m, s) = lookup(h)?;
+    if is_dek_slot(&m, &s) && policy::wants_dek(t, false)? {
+        return dek::create(&m, &s, t, Origin::Imported, None);
+    }
+    refuse_kek_label(&m, &s, t)?;
+    let mut raw = raw_template(t);
+    let mut bh = 0;
+    let rv = bcall!(
+        m.backend,
+        C_CreateObject(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut bh)
+    );
+    adopt(&m, &s, "C_CreateObject", rv, bh)
+}
+
+pub fn generate_key(
+    h: CK_SESSION_HANDLE,
+    mech: &CK_MECHANISM,
+    t: &Template,
+) -> Result<CK_OBJECT_HANDLE> {
+    let (m, s) = lookup(h)?;
+    if mech.mechanism == CKM_AES_KEY_GEN && is_dek_slot(&m, &s) && policy::wants_dek(t, true)? {
+        return dek::create(&m, &s, t, Origin::Generated, None);
+    }
+    refuse_kek_label(&m, &s, t)?;
+    let mut raw = raw_template(t);
+    let mut bh = 0;
+    let rv = bcall!(
+        m.backend,
+        C_GenerateKey(
+            s.backend,
+            mech_ptr(mech),
+            raw.as_mut_ptr(),
+            raw.len() as CK_ULONG,
+            &mut bh
+        )
+    );
+    adopt(&m, &s, "C_GenerateKey", rv, bh)
+}
+
+pub fn generate_key_pair(
+    h: CK_SESSION_HANDLE,
+    mech: &CK_MECHANISM,
+    public: &Template,
+    private: &Template,
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+    let (m, s) = lookup(h)?;
+    refuse_kek_label(&m, &s, public)?;
+    refuse_kek_label(&m, &s, private)?;
+    let (mut pu, mut pr) = (raw_template(public), raw_template(private));
+    let (mut bpu, mut bpr) = (0, 0);
+    let rv = bcall!(
+        m.backend,
+        C_GenerateKeyPair(
+            s.backend,
+            mech_ptr(mech),
+            pu.as_mut_ptr(),
+            pu.len() as CK_ULONG,
+            pr.as_mut_ptr(),
+            pr.len() as CK_ULONG,
+            &mut bpu,
+            &mut bpr
+        )
+    );
+    let a = adopt(&m, &s, "C_GenerateKeyPair", rv, bpu)?;
+    Ok((a, adopt(&m, &s, "C_GenerateKeyPair", rv, bpr)?))
+}
+
+pub fn copy_object(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    t: &Template,
+) -> Result<CK_OBJECT_HANDLE> {
+    let (m, s) = lookup(h)?;
+    match resolve(&m, &s, oh)? {
+        // Copying a DEK would need its own record and policy; not offered yet.
+        Target::Dek(..) => Err(Error::Rv(CKR_FUNCTION_NOT_SUPPORTED)),
+        Target::Backend(bh) => {
+            refuse_kek(&m, &s, bh)?;
+            refuse_kek_label(&m, &s, t)?;
+            let mut raw = raw_template(t);
+            let mut out = 0;
+            let rv = bcall!(
+                m.backend,
+                C_CopyObject(
+                    s.backend,
+                    bh,
+                    raw.as_mut_ptr(),
+                    raw.len() as CK_ULONG,
+                    &mut out
+                )
+            );
+            adopt(&m, &s, "C_CopyObject", rv, out)
+        }
+    }
+}
+
+pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    match resolve(&m, &s, oh)? {
+        Target::Dek(d) => {
+            let destroyable = dek::visible(&m, &s, &d)?.attrs.flag(CKA_DESTROYABLE);
+            if d.is_token() && !s.is_rw() {
+                return Err(Error::Rv(CKR_SESSION_READ_ONLY));
+            }
+            if !destroyable {
+                return Err(Error::Rv(CKR_ACTION_PROHIBITED));
+            }
+            let env = m.envelope_for(d.slot)?;
+            if d.is_token() {
+                env.with_store(|st| Ok(st.delete(&d.id)?))?;
+            }
+            m.objects.remove(oh);
+            env.cache.remove(&d.id);
+            crate::log_info!("DEK destroyed: id={}", hex(&d.id));
+            Ok(())
+        }
+        Target::Backend(bh) => {
+            refuse_kek(&m, &s, bh)?;
+            check(
+                "C_DestroyObject",
+                bcall!(m.backend, C_DestroyObject(s.backend, bh)),
+            )?;
+            m.objects.remove(oh);
+            Ok(())
+        }
+    }
+}
+
+pub fn object_size(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
+    let (m, s) = lookup(h)?;
+    match resolve(&m, &s, oh)? {
+        Target::Dek(d) => {
+            let st = dek::visible(&m, &s, &d)?;
+            Ok((st.record.len() + st.attrs.encode().len()) as CK_ULONG)
+        }
+        Target::Backend(bh) => {
+            let mut n = 0;
+            check(
+                "C_GetObjectSize",
+                bcall!(m.backend, C_GetObjectSize(s.backend, bh, &mut n)),
+            )?;
+            Ok(n)
+        }
+    }
+}
+
+/// What C_GetAttributeValue must do.
+pub enum AttrStep {
+    /// Forward the caller's template to this backend session and object.
+    Forward(Arc<Module>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
+    /// One answer per requested type, in order.
+    Answers(Vec<Answer>),
+}
+
+pub fn get_attributes(
+    h: CK_SESSION_HANDLE,
+    oh: CK_OBJECT_HANDLE,
+    types: &[CK_ATTRIBUTE_TYPE],
+) -> Result<AttrStep> {
+    let (m, s) = lookup(h)?;
+    match resolve(&m, &s, oh)? {
+        Target::Backend(bh) => Ok(AttrStep::Forward(m.clone(), s.backend, bh)),
+        Target::Dek(d) => {
+            let st = dek::visible(&m, &s, &d)?;
+            Ok(AttrStep::Answers(
+                types
+                    .iter()
+                    .map(|ty| dek::attribute(&m, &d, &st, *ty))
+                    .collect(),
+            ))
+        }
+    }
+}
+
+pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    match resolve(&m, &s, oh)? {
+        Target::Backend(bh) => {
+            refuse_kek(&m, &s, bh)?;
+            refuse_kek_label(&m, &s, t)?;
+            let mut raw = raw_template(t);
+            check(
+                "C_SetAttributeValue",
+                bcall!(
+                    m.backend,
+                    C_SetAttributeValue(s.backend, bh, raw.as_mut_ptr(), raw.len() as CK_ULONG)
+                ),
+            )
+        }
+        Target::Dek(d) => set_dek_attributes(&m, &s, &d, t),
+    }
+}
+
+/// Check and write under the DEK's write lock, so two concurrent calls
+/// cannot undo a one-way change (CKA_SENSITIVE, CKA_EXTRACTABLE).
+fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<()> {
+    if d.is_token() && !s.is_rw() {
+        return Err(Error::Rv(CKR_SESSION_READ_ONLY));
+    }
+    let mut w = d.state.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    if w.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot) {
+        return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
+    }
+    let new = policy::apply_set(&w.attrs, t)?;
+    let env = m.envelope_for(d.slot)?;
+    // Bound attributes changed: the record must be sealed again.
+    let record = if new.bound_encoding() != w.attrs.bound_encoding() {
+        let value = env.value(&m.backend, &d.id, &w.attrs, &w.record, &w.binding)?;
+        env.seal(&m.backend, &d.id, &new, value.value())?
+    } else {
+        w.record.clone()
+    };
+    let mut generation = w.generation;
+    if d.is_token() {
+        let ok = env.with_store(|store| {
+            Ok(store.update(
+                &d.id,
+                new.label(),
+                new.id(),
+                &new.encode(),
+                &record,
+                &m.config.kek_label,
+                KEK_VERSION,
+                Some(w.generation),
+            )?)
+        })?;
+        if !ok {
+            // Another process changed the key meanwhile; the caller may retry.
+            return Err(Error::Rv(CKR_FUNCTION_FAILED));
+        }
+        generation += 1;
+    }
+    *w = DekState::new(new, record, generation);
+    Ok(())
+}
