@@ -25,6 +25,17 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// One of error, warn, info, debug.
     pub log_level: String,
+    /// Rotate the KEK when its primary version is this many days old (the
+    /// first process or command to notice does it). None: only on demand.
+    pub rotate_after_days: Option<u32>,
+    /// Seconds a process trusts its view of the primary KEK version: after
+    /// a rotation, every process wraps new DEKs under the new version
+    /// within this time.
+    pub refresh_secs: u64,
+    /// Re-wrap a token DEK under the primary KEK version when it is used.
+    pub lazy_rewrap: bool,
+    /// Refuse to unwrap records under KEK versions below this one.
+    pub min_decrypt_version: Option<u32>,
 }
 
 impl Default for Config {
@@ -40,6 +51,10 @@ impl Default for Config {
             store_path: data.join("hsm-envelope").join("deks.sqlite"),
             log_file: None,
             log_level: "info".into(),
+            rotate_after_days: None,
+            refresh_secs: 60,
+            lazy_rewrap: true,
+            min_decrypt_version: None,
         }
     }
 }
@@ -85,6 +100,18 @@ impl Config {
         if self.store_path.as_os_str().is_empty() {
             return bad("store_path", "a file path");
         }
+        if self.rotate_after_days == Some(0) {
+            return bad(
+                "rotate_after_days",
+                "a number of days of at least 1 (or no key)",
+            );
+        }
+        if self.refresh_secs == 0 || self.refresh_secs > 86_400 {
+            return bad("refresh_secs", "seconds between 1 and 86400");
+        }
+        if self.min_decrypt_version == Some(0) {
+            return bad("min_decrypt_version", "a KEK version of at least 1");
+        }
         if crate::logging::Level::parse(&self.log_level).is_none() {
             return bad(
                 "log_level",
@@ -92,6 +119,21 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    pub fn envelope_settings(&self) -> crate::envelope::service::Settings {
+        crate::envelope::service::Settings {
+            kek_label: self.kek_label.clone(),
+            store_path: self.store_path.clone(),
+            refresh: std::time::Duration::from_secs(self.refresh_secs),
+            rotate_after: self
+                .rotate_after_days
+                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+            lazy_rewrap: self.lazy_rewrap,
+            min_decrypt_version: self.min_decrypt_version,
+        }
     }
 }
 

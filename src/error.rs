@@ -22,6 +22,9 @@ pub enum Error {
     BackendLoad(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// An administrative action refused, with the reason for the operator.
+    #[error("{0}")]
+    Admin(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("wrapped DEK record: {0}")]
@@ -38,6 +41,7 @@ impl Error {
             Error::Backend { rv, .. } => *rv,
             Error::BackendLoad(_) => CKR_GENERAL_ERROR,
             Error::Config(_) => CKR_GENERAL_ERROR,
+            Error::Admin(_) => CKR_FUNCTION_FAILED,
             Error::Store(_) => vendor::CKR_HSME_STORE_ERROR,
             Error::Record(_) => vendor::CKR_HSME_RECORD_INVALID,
             Error::Crypto(e) => match e {

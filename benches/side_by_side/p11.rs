@@ -3,7 +3,7 @@
 //! length queries on the hot path, caller-sized output buffers.
 
 use std::ffi::c_void;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr::null_mut;
 
 use cryptoki_sys::*;
@@ -62,7 +62,6 @@ fn ck(func: &'static str, rv: CK_RV) -> Result<(), CallError> {
 pub struct Module {
     /// Label used in messages and the table ("ours", "SoftHSM").
     pub name: &'static str,
-    pub path: PathBuf,
     list: *const CK_FUNCTION_LIST,
     _lib: libloading::Library,
 }
@@ -80,7 +79,10 @@ impl Module {
     /// calls must be present.
     pub fn load(name: &'static str, path: &Path) -> Res<&'static Module> {
         if !path.is_file() {
-            return Err(format!("{name}: PKCS#11 module {} not found", path.display()));
+            return Err(format!(
+                "{name}: PKCS#11 module {} not found",
+                path.display()
+            ));
         }
         // SAFETY: loading a PKCS#11 module; its initialisers are the module's own.
         let lib = unsafe { libloading::Library::new(path) }
@@ -101,7 +103,6 @@ impl Module {
         }
         let m = Module {
             name,
-            path: path.to_path_buf(),
             list,
             _lib: lib,
         };
@@ -206,8 +207,11 @@ impl Module {
         let mut labels = Vec::new();
         for slot in slots {
             let mut info = CK_TOKEN_INFO::default();
-            ck("C_GetTokenInfo", p11!(self, C_GetTokenInfo(slot, &mut info)))
-                .map_err(|e| self.err(e))?;
+            ck(
+                "C_GetTokenInfo",
+                p11!(self, C_GetTokenInfo(slot, &mut info)),
+            )
+            .map_err(|e| self.err(e))?;
             let l = String::from_utf8_lossy(&info.label).trim_end().to_string();
             if l == label {
                 found.push(slot);
@@ -341,12 +345,7 @@ impl Module {
             let mut n: CK_ULONG = 0;
             let rv = p11!(
                 self,
-                C_FindObjects(
-                    s,
-                    out[total..].as_mut_ptr(),
-                    batch as CK_ULONG,
-                    &mut n
-                )
+                C_FindObjects(s, out[total..].as_mut_ptr(), batch as CK_ULONG, &mut n)
             );
             if rv != CKR_OK {
                 let _ = p11!(self, C_FindObjectsFinal(s));
@@ -390,8 +389,14 @@ impl Module {
             ulParameterLen: size_of::<CK_GCM_PARAMS>() as CK_ULONG,
         };
         match dir {
-            Dir::Enc => ck("C_EncryptInit", p11!(self, C_EncryptInit(s, &mut mech, key))),
-            Dir::Dec => ck("C_DecryptInit", p11!(self, C_DecryptInit(s, &mut mech, key))),
+            Dir::Enc => ck(
+                "C_EncryptInit",
+                p11!(self, C_EncryptInit(s, &mut mech, key)),
+            ),
+            Dir::Dec => ck(
+                "C_DecryptInit",
+                p11!(self, C_DecryptInit(s, &mut mech, key)),
+            ),
         }
     }
 
@@ -448,11 +453,17 @@ impl Module {
             match dir {
                 Dir::Enc => ck(
                     "C_EncryptUpdate",
-                    p11!(self, C_EncryptUpdate(s, p_in, n_in, rest.as_mut_ptr(), &mut n)),
+                    p11!(
+                        self,
+                        C_EncryptUpdate(s, p_in, n_in, rest.as_mut_ptr(), &mut n)
+                    ),
                 )?,
                 Dir::Dec => ck(
                     "C_DecryptUpdate",
-                    p11!(self, C_DecryptUpdate(s, p_in, n_in, rest.as_mut_ptr(), &mut n)),
+                    p11!(
+                        self,
+                        C_DecryptUpdate(s, p_in, n_in, rest.as_mut_ptr(), &mut n)
+                    ),
                 )?,
             }
             pos += n as usize;

@@ -74,7 +74,11 @@ impl Key {
         let tag: [u8; TAG] = match self {
             Key::AwsLc(k) => {
                 let t = k
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut out)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(iv),
+                        Aad::empty(),
+                        &mut out,
+                    )
                     .map_err(|_| "aws-lc-rs: seal failed")?;
                 t.as_ref().try_into().map_err(|_| "aws-lc-rs: tag length")?
             }
@@ -89,7 +93,10 @@ impl Key {
 
     /// Plaintext of ciphertext || tag (allocates; setup and checks only).
     pub fn open(&self, iv: [u8; 12], ct: &[u8]) -> Res<Vec<u8>> {
-        let n = ct.len().checked_sub(TAG).ok_or("ciphertext shorter than the tag")?;
+        let n = ct
+            .len()
+            .checked_sub(TAG)
+            .ok_or("ciphertext shorter than the tag")?;
         let mut out = vec![0u8; n];
         self.open_into(iv, ct, &mut out)?;
         Ok(out)
@@ -113,13 +120,13 @@ impl Key {
 
 /// Thread `thread`'s worker: `dir` on messages of `size` bytes. `ct` is
 /// `key.seal(iv_for(0, 0), ..)` of a `size`-byte message (decrypt input).
-pub fn worker(
-    key: &Key,
+pub fn worker<'a>(
+    key: &'a Key,
     thread: u32,
     dir: Dir,
     size: usize,
-    ct: &[u8],
-) -> impl FnMut() -> Res<()> + '_ {
+    ct: &'a [u8],
+) -> impl FnMut() -> Res<()> + 'a {
     let mut buf = vec![0x5au8; size];
     let mut tag_out = [0u8; TAG];
     let mut n = 0u64;
@@ -143,7 +150,11 @@ pub fn worker(
                     }
                     Key::AesGcm(k) => {
                         let t = k
-                            .encrypt_inout_detached(&Array::from(iv), &[], buf.as_mut_slice().into())
+                            .encrypt_inout_detached(
+                                &Array::from(iv),
+                                &[],
+                                buf.as_mut_slice().into(),
+                            )
                             .map_err(|_| "aes-gcm: seal failed")?;
                         tag_out.copy_from_slice(&t);
                         &tag_out

@@ -227,7 +227,11 @@ fn human_secs(x: f64) -> String {
 
 /// How many of `make` fit in `dur` (at least 3, at most `max`): (count,
 /// elapsed seconds, median seconds per call).
-fn rate<F: FnMut(usize) -> Res<()>>(dur: Duration, max: usize, mut make: F) -> Res<(usize, f64, f64)> {
+fn rate<F: FnMut(usize) -> Res<()>>(
+    dur: Duration,
+    max: usize,
+    mut make: F,
+) -> Res<(usize, f64, f64)> {
     let t0 = Instant::now();
     let mut each = Vec::new();
     while each.len() < max && (each.len() < 3 || t0.elapsed() < dur) {
@@ -259,7 +263,11 @@ pub fn keygen(
         dur.as_secs_f64()
     );
     for (m, sl, what) in [
-        (ours, slot, "ours: token DEK (HSM random, sealed on the HSM, SQLite insert)"),
+        (
+            ours,
+            slot,
+            "ours: token DEK (HSM random, sealed on the HSM, SQLite insert)",
+        ),
         (softhsm, sh_slot, "SoftHSM2 direct: token AES key"),
     ] {
         let sess = m.open_session(sl)?;
@@ -305,11 +313,16 @@ pub fn find(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "C_FindObjects over {count} {} keys (Init + FindObjects(all, one call) + Final; median of {reps}):",
-        if token { "token" } else { "session" }
+        "C_FindObjects over {count} keys (Init + FindObjects(all, one call) + Final; median of {reps}); \
+         ours: {} DEKs, SoftHSM2: session keys:",
+        if token { "token (SQLite store)" } else { "session" }
     );
     for (m, sl, kind) in [
-        (ours, slot, if token { "token DEKs" } else { "session DEKs" }),
+        (
+            ours,
+            slot,
+            if token { "token DEKs" } else { "session DEKs" },
+        ),
         (softhsm, sh_slot, "session AES keys"),
     ] {
         let sess = m.open_session(sl)?;

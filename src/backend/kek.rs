@@ -312,3 +312,40 @@ impl TempGate {
         self.0.read().ok()
     }
 }
+
+/// Make KEK version `version` on the HSM: an AES-256 token key, private,
+/// sensitive, never extractable, for encrypt/decrypt/wrap/unwrap.
+pub fn generate_aes(session: &Session, label: &str, version: u32) -> Result<ObjectHandle> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(version_id(version)),
+    ];
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .map_err(|e| Error::from_cryptoki("C_GenerateKey", e))
+}
+
+/// Whether a KEK version object exists on the token (found by label and ID,
+/// whatever its other attributes).
+pub fn exists(session: &Session, label: &str, version: u32) -> Result<bool> {
+    let template = [
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(version_id(version)),
+    ];
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| Error::from_cryptoki("C_FindObjects", e))?;
+    Ok(!found.is_empty())
+}

@@ -5,5 +5,6 @@ pub mod cache;
 pub mod record;
 pub mod secret;
 pub mod service;
+pub mod versions;
 
 pub use service::Envelope;

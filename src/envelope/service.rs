@@ -1,9 +1,14 @@
 //! Sealing and opening DEK values under the KEK. The KEK is only ever used
 //! through backend calls; records bind the DEK's id and security attributes
 //! as GCM additional data, so a record moved onto another row fails to open.
+//!
+//! The KEK has numbered versions (see `versions`): new records are sealed
+//! under the primary one, and each record names the version that opens it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use cryptoki::object::ObjectHandle;
 use cryptoki::slot::Slot;
@@ -20,34 +25,63 @@ use crate::store::Store;
 use crate::token::attributes::Attrs;
 use crate::vendor::{CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
 
-/// KEK version written into records; versions arrive with rotation.
-pub const KEK_VERSION: u32 = 1;
 const RECORD_IV_LEN: usize = 12;
 
+/// What the envelope needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub kek_label: String,
+    pub store_path: PathBuf,
+    /// How long a process trusts its view of the primary KEK version.
+    pub refresh: Duration,
+    /// Rotate when the primary version is older than this.
+    pub rotate_after: Option<Duration>,
+    /// Re-wrap a record under the primary version when it is used.
+    pub lazy_rewrap: bool,
+    /// Refuse to open records under older versions.
+    pub min_decrypt_version: Option<u32>,
+}
+
+/// This process's view of the KEK versions.
+#[derive(Clone, Copy)]
+pub(super) struct View {
+    pub primary: u32,
+    pub loaded: Instant,
+}
+
 pub struct Envelope {
-    kek_label: String,
-    pool: SessionPool,
-    /// The KEK's backend handle, found once per login.
-    kek: Mutex<Option<ObjectHandle>>,
-    store_path: PathBuf,
+    pub(super) settings: Settings,
+    pub(super) pool: SessionPool,
+    /// Backend handles of KEK versions, found once per login.
+    handles: Mutex<HashMap<u32, ObjectHandle>>,
+    pub(super) view: RwLock<Option<View>>,
     /// Opened on first use, in the process that uses it (never across fork).
     store: Mutex<Option<Store>>,
     pub cache: KeyCache,
     /// See `kek::TempGate`.
     pub temp_gate: kek::TempGate,
+    /// Who this process is, for leases in the store.
+    pub(super) holder: String,
 }
 
 impl Envelope {
-    pub fn new(kek_label: String, slot: Slot, store_path: PathBuf) -> Self {
+    pub fn new(settings: Settings, slot: Slot) -> Self {
+        let mut tag = [0u8; 4];
+        let _ = getrandom::fill(&mut tag);
         Envelope {
-            kek_label,
+            settings,
             pool: SessionPool::new(slot),
-            kek: Mutex::new(None),
-            store_path,
+            handles: Mutex::new(HashMap::new()),
+            view: RwLock::new(None),
             store: Mutex::new(None),
             cache: KeyCache::default(),
             temp_gate: kek::TempGate::default(),
+            holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
         }
+    }
+
+    pub fn kek_label(&self) -> &str {
+        &self.settings.kek_label
     }
 
     /// Run `f` with the store, opening it on first use.
@@ -57,7 +91,7 @@ impl Envelope {
             .lock()
             .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
         if guard.is_none() {
-            *guard = Some(Store::open(&self.store_path)?);
+            *guard = Some(Store::open(&self.settings.store_path)?);
         }
         match guard.as_ref() {
             Some(s) => f(s),
@@ -65,33 +99,54 @@ impl Envelope {
         }
     }
 
-    /// Run `f` with a pooled backend session and the KEK handle.
+    /// Run `f` with a pooled backend session.
+    pub fn with_session<T>(
+        &self,
+        backend: &Backend,
+        f: impl FnOnce(&cryptoki::session::Session) -> Result<T>,
+    ) -> Result<T> {
+        self.pool.with(backend.pkcs11(), f)
+    }
+
+    /// Run `f` with a pooled backend session and KEK version `version`.
     fn with_kek<T>(
         &self,
         backend: &Backend,
+        version: u32,
         f: impl Fn(&cryptoki::session::Session, ObjectHandle) -> Result<T>,
     ) -> Result<T> {
         self.pool.with(backend.pkcs11(), |s| {
-            let cached = *self.kek.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-            let handle = match cached {
-                Some(h) => h,
-                None => {
-                    let h = kek::find(s, &self.kek_label, KEK_VERSION)?;
-                    if !kek::check_policy(s, h)? {
-                        crate::log_error!(
-                            "KEK '{}' is extractable or not sensitive; refusing to use it",
-                            self.kek_label
-                        );
-                        return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
-                    }
-                    if let Ok(mut k) = self.kek.lock() {
-                        *k = Some(h);
-                    }
-                    h
-                }
-            };
+            let handle = self.kek_handle(s, version)?;
             f(s, handle).map_err(|e| self.kek_error(e))
         })
+    }
+
+    /// The backend handle of a KEK version, checked to be fit for a KEK.
+    pub(super) fn kek_handle(
+        &self,
+        s: &cryptoki::session::Session,
+        version: u32,
+    ) -> Result<ObjectHandle> {
+        if let Some(h) = self
+            .handles
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&version).copied())
+        {
+            return Ok(h);
+        }
+        let label = &self.settings.kek_label;
+        let h = kek::find(s, label, version)?;
+        if !kek::check_policy(s, h)? {
+            crate::log_error!(
+                "KEK '{label}' v{version} is extractable or not sensitive; refusing to use it"
+            );
+            return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
+        }
+        if let Ok(mut m) = self.handles.lock() {
+            m.insert(version, h);
+        }
+        Ok(h)
     }
 
     /// A stale KEK handle or a lost login means the KEK must be found again.
@@ -101,30 +156,42 @@ impl Envelope {
                 *rv,
                 CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID | CKR_USER_NOT_LOGGED_IN
             ) {
-                self.forget_kek();
+                self.forget_keks();
                 return Error::Rv(CKR_HSME_KEK_UNAVAILABLE);
             }
         }
         e
     }
 
-    pub fn forget_kek(&self) {
-        if let Ok(mut k) = self.kek.lock() {
-            *k = None;
+    pub fn forget_keks(&self) {
+        if let Ok(mut m) = self.handles.lock() {
+            m.clear();
         }
     }
 
-    /// Called when the login ends: KEK handle and every cached value go.
+    /// Called when the login ends: KEK handles and every cached value go.
     pub fn on_logout(&self) {
-        self.forget_kek();
+        self.forget_keks();
         self.cache.clear();
     }
 
-    /// Wrap `value` for the DEK `id` with attributes `attrs`; returns the
-    /// encoded record.
+    /// Wrap `value` for the DEK `id` with attributes `attrs` under the
+    /// primary KEK version; returns the encoded record.
     pub fn seal(
         &self,
         backend: &Backend,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        value: &[u8],
+    ) -> Result<Vec<u8>> {
+        let version = self.primary(backend)?;
+        self.seal_under(backend, version, id, attrs, value)
+    }
+
+    pub(super) fn seal_under(
+        &self,
+        backend: &Backend,
+        version: u32,
         id: &[u8; 16],
         attrs: &Attrs,
         value: &[u8],
@@ -133,18 +200,21 @@ impl Envelope {
         getrandom::fill(&mut iv).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
         let mut rec = WrappedRecord {
             alg: WrapAlg::AesGcm256,
-            kek_label: self.kek_label.clone(),
-            kek_version: KEK_VERSION,
+            kek_label: self.settings.kek_label.clone(),
+            kek_version: version,
             iv: iv.to_vec(),
             ciphertext: Vec::new(),
         };
         let aad = rec.aad(id, &attrs.bound_encoding());
-        rec.ciphertext = self.with_kek(backend, |s, k| kek::gcm_seal(s, k, &iv, &aad, value))?;
+        rec.ciphertext = self.with_kek(backend, version, |s, k| {
+            kek::gcm_seal(s, k, &iv, &aad, value)
+        })?;
         Ok(rec.try_encode()?)
     }
 
-    /// Unwrap a record on the HSM. Any change to the record, the id or the
-    /// bound attributes makes the HSM's tag check fail.
+    /// Unwrap a record on the HSM, with the KEK version it names. Any change
+    /// to the record, the id or the bound attributes makes the HSM's tag
+    /// check fail.
     pub fn open(
         &self,
         backend: &Backend,
@@ -153,18 +223,29 @@ impl Envelope {
         record: &[u8],
     ) -> Result<SecretBytes> {
         let rec = WrappedRecord::decode(record)?;
-        if rec.kek_label != self.kek_label || rec.kek_version != KEK_VERSION {
+        if rec.kek_label != self.settings.kek_label {
             crate::log_warn!(
-                "DEK {} is wrapped under KEK '{}' v{}, which this module does not hold",
+                "DEK {} is wrapped under KEK '{}', which this module does not hold",
                 hex(id),
-                rec.kek_label,
+                rec.kek_label
+            );
+            return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
+        }
+        if self
+            .settings
+            .min_decrypt_version
+            .is_some_and(|min| rec.kek_version < min)
+        {
+            crate::log_warn!(
+                "DEK {} is under KEK v{}, below min_decrypt_version",
+                hex(id),
                 rec.kek_version
             );
             return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
         }
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
-            .with_kek(backend, |s, k| {
+            .with_kek(backend, rec.kek_version, |s, k| {
                 kek::gcm_open(s, k, &rec.iv, &aad, &rec.ciphertext)
             })
             .inspect_err(|e| {
@@ -178,9 +259,10 @@ impl Envelope {
         Ok(value)
     }
 
-    /// The DEK's value: from the cache, or unwrapped on the HSM and cached.
     /// The DEK's prepared key: from the cache when it was unwrapped from this
     /// very record and attributes (`binding`), else unwrapped on the HSM.
+    /// `row_generation` is set for token DEKs: a record under an old KEK
+    /// version is then re-wrapped under the primary one (lazy re-wrap).
     pub fn value(
         &self,
         backend: &Backend,
@@ -188,13 +270,48 @@ impl Envelope {
         attrs: &Attrs,
         record: &[u8],
         binding: &Arc<[u8]>,
+        row_generation: Option<i64>,
     ) -> Result<Arc<PreparedKey>> {
         if let Some(v) = self.cache.get(id, binding) {
             return Ok(v);
         }
         let epoch = self.cache.epoch();
         let v = self.open(backend, id, attrs, record)?;
+        if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
+            self.rewrap_one(backend, id, attrs, record, generation, v.as_slice());
+        }
         Ok(self.cache.insert(*id, binding.clone(), v, epoch)?)
+    }
+
+    /// Best effort: a failure here leaves the record as it was.
+    fn rewrap_one(
+        &self,
+        backend: &Backend,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        record: &[u8],
+        generation: i64,
+        value: &[u8],
+    ) {
+        let Ok(rec) = WrappedRecord::decode(record) else {
+            return;
+        };
+        let r = self.primary(backend).and_then(|primary| {
+            if rec.kek_version == primary {
+                return Ok(());
+            }
+            let new = self.seal_under(backend, primary, id, attrs, value)?;
+            self.with_store(|st| Ok(st.replace_records(&[(*id, generation, new, primary)])?))?;
+            crate::log_info!(
+                "DEK {} re-wrapped on use: KEK v{} -> v{primary}",
+                hex(id),
+                rec.kek_version
+            );
+            Ok(())
+        });
+        if let Err(e) = r {
+            crate::log_warn!("lazy re-wrap of DEK {} failed: {e}", hex(id));
+        }
     }
 
     pub fn random(&self, backend: &Backend, out: &mut [u8]) -> Result<()> {

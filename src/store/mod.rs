@@ -20,6 +20,10 @@
 //!
 //! Nothing here logs row contents.
 
+pub mod kek;
+
+pub use kek::{KekState, KekVersionRow};
+
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
@@ -32,7 +36,7 @@ use rusqlite::{
 use thiserror::Error;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a connection waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,17 +119,37 @@ CREATE TABLE IF NOT EXISTS dek (
 CREATE INDEX IF NOT EXISTS dek_kek ON dek (kek_label, kek_version);
 ";
 
-const ROW_COLUMNS: &str =
+/// Version 2: KEK versions and leases (issue 3).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS kek_version (
+    kek_label     TEXT NOT NULL,
+    version       INTEGER NOT NULL CHECK (version >= 1),
+    kind          TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('primary', 'decrypt-only', 'destroyed')),
+    created       INTEGER NOT NULL,
+    primary_since INTEGER,
+    retired       INTEGER,
+    PRIMARY KEY (kek_label, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_primary ON kek_version (kek_label) WHERE state = 'primary';
+CREATE TABLE IF NOT EXISTS lease (
+    name    TEXT PRIMARY KEY NOT NULL,
+    holder  TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
+";
+
+pub(crate) const ROW_COLUMNS: &str =
     "id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, generation";
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-fn row_to_dek(r: &Row<'_>) -> rusqlite::Result<DekRow> {
+pub(crate) fn row_to_dek(r: &Row<'_>) -> rusqlite::Result<DekRow> {
     Ok(DekRow {
         id: r.get(0)?,
         label: r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
@@ -140,7 +164,7 @@ fn row_to_dek(r: &Row<'_>) -> rusqlite::Result<DekRow> {
     })
 }
 
-fn is_pk_violation(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_pk_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_extended_error_code(),
         Some(ffi::SQLITE_CONSTRAINT_PRIMARYKEY) | Some(ffi::SQLITE_CONSTRAINT_UNIQUE)
@@ -278,13 +302,17 @@ impl Store {
             // lock, then look again.
             let tx = self.immediate().map_err(open_err)?;
             let v = read_version(&tx).map_err(open_err)?;
-            if v == 0 {
-                tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?1)",
-                    params![now_secs()],
-                )
-                .map_err(open_err)?;
+            if v < SCHEMA_VERSION {
+                if v == 0 {
+                    tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?1)",
+                        params![now_secs()],
+                    )
+                    .map_err(open_err)?;
+                }
+                // Each step is idempotent; the version moves in the same transaction.
+                tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(open_err)?;
             } else {
@@ -298,7 +326,7 @@ impl Store {
     /// Versions other than 0 (new file) and ours are refused; a future
     /// version means a newer build migrated the file.
     fn check_newer(&self, found: i64) -> Result<(), StoreError> {
-        if found == 0 || found == SCHEMA_VERSION {
+        if (0..=SCHEMA_VERSION).contains(&found) {
             return Ok(());
         }
         Err(StoreError::Schema {
@@ -308,7 +336,7 @@ impl Store {
         })
     }
 
-    fn immediate(&self) -> rusqlite::Result<Transaction<'_>> {
+    pub(crate) fn immediate(&self) -> rusqlite::Result<Transaction<'_>> {
         Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
     }
 

@@ -92,7 +92,14 @@ pub fn init(
             }
             let mode = soft?;
             let env = m.envelope_for(d.slot)?;
-            let key = env.value(&m.backend, &d.id, &st.attrs, &st.record, &st.binding)?;
+            let key = env.value(
+                &m.backend,
+                &d.id,
+                &st.attrs,
+                &st.record,
+                &st.binding,
+                d.is_token().then_some(st.generation),
+            )?;
             drop(st);
             *op = Op::Soft(crypto::new_prepared_op(&key, &mode, dir)?);
             Ok(Step::Done(0))

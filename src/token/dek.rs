@@ -11,7 +11,8 @@ use super::objects::{Dek, DekState};
 use super::policy::{self, Origin};
 use super::session::Session;
 use crate::envelope::secret::SecretBytes;
-use crate::envelope::service::{hex, KEK_VERSION};
+use crate::envelope::service::hex;
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::store::DekRow;
 use crate::vendor::CKA_HSME_KEK_VERSION;
@@ -100,8 +101,8 @@ pub fn create(
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
     attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
-    attrs.set_ulong(CKA_HSME_KEK_VERSION, KEK_VERSION as CK_ULONG);
     let record = env.seal(&m.backend, &id, &attrs, value.as_slice())?;
+    let kek_version = Envelope::record_version(&record).unwrap_or(0);
     if token {
         let now = now();
         let row = DekRow {
@@ -111,7 +112,7 @@ pub fn create(
             attrs: attrs.encode(),
             record: record.clone(),
             kek_label: m.config.kek_label.clone(),
-            kek_version: KEK_VERSION,
+            kek_version,
             created: now,
             updated: now,
             generation: 0,
@@ -129,7 +130,7 @@ pub fn create(
     env.cache.insert(id, binding, value, env.cache.epoch())?;
     let h = m.objects.intern_dek(Arc::new(dek));
     crate::log_info!(
-        "DEK created: id={} origin={origin:?} token={token} kek_version={KEK_VERSION}",
+        "DEK created: id={} origin={origin:?} token={token} kek_version={kek_version}",
         hex(&id)
     );
     Ok(h)
@@ -150,12 +151,26 @@ pub fn attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) -> A
         if st.attrs.flag(CKA_SENSITIVE) || !st.attrs.flag(CKA_EXTRACTABLE) {
             return Answer::Sensitive;
         }
-        let value = m
-            .envelope_for(d.slot)
-            .and_then(|env| env.value(&m.backend, &d.id, &st.attrs, &st.record, &st.binding));
+        let value = m.envelope_for(d.slot).and_then(|env| {
+            env.value(
+                &m.backend,
+                &d.id,
+                &st.attrs,
+                &st.record,
+                &st.binding,
+                d.is_token().then_some(st.generation),
+            )
+        });
         return match value {
             Ok(v) => Answer::Value(Zeroizing::new(v.value().to_vec())),
             Err(e) => Answer::Failed(e),
+        };
+    }
+    if ty == CKA_HSME_KEK_VERSION {
+        // Read from the record: a re-wrap changes it without touching attributes.
+        return match Envelope::record_version(&st.record) {
+            Some(v) => Answer::Value(Zeroizing::new((v as CK_ULONG).to_ne_bytes().to_vec())),
+            None => Answer::Invalid,
         };
     }
     match st.attrs.get(ty) {

@@ -169,11 +169,7 @@ impl Module {
             Some(s) => {
                 let slot =
                     Slot::try_from(s.backend_id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-                Some(Envelope::new(
-                    config.kek_label.clone(),
-                    slot,
-                    config.store_path.clone(),
-                ))
+                Some(Envelope::new(config.envelope_settings(), slot))
             }
             None => None,
         };

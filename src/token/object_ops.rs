@@ -14,7 +14,8 @@ use super::policy::{self, Origin};
 use super::session::Session;
 use super::sessions::lookup;
 use crate::backend::{bcall, check};
-use crate::envelope::service::{hex, KEK_VERSION};
+use crate::envelope::service::hex;
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::vendor::CKA_HSME_ON_BACKEND;
 
@@ -298,7 +299,14 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
     let env = m.envelope_for(d.slot)?;
     // Bound attributes changed: the record must be sealed again.
     let record = if new.bound_encoding() != w.attrs.bound_encoding() {
-        let value = env.value(&m.backend, &d.id, &w.attrs, &w.record, &w.binding)?;
+        let value = env.value(
+            &m.backend,
+            &d.id,
+            &w.attrs,
+            &w.record,
+            &w.binding,
+            d.is_token().then_some(w.generation),
+        )?;
         env.seal(&m.backend, &d.id, &new, value.value())?
     } else {
         w.record.clone()
@@ -313,7 +321,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
                 &new.encode(),
                 &record,
                 &m.config.kek_label,
-                KEK_VERSION,
+                Envelope::record_version(&record).unwrap_or(0),
                 Some(w.generation),
             )?)
         })?;

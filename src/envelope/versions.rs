@@ -1,0 +1,236 @@
+//! KEK versions: which one is primary (refreshed from the store every
+//! `refresh` interval, so a rotation reaches every process without a
+//! restart), rotation under a lease, batched re-wrapping, and destroying a
+//! version nothing needs any more. Data is never re-encrypted: only the
+//! wrapped DEK records change.
+
+use std::time::Instant;
+
+use cryptoki_sys::*;
+
+use super::record::WrappedRecord;
+use super::service::{hex, Envelope, View};
+use crate::backend::{kek, Backend};
+use crate::error::{Error, Result};
+use crate::store::{KekState, KekVersionRow, StoreError};
+use crate::token::attributes::Attrs;
+use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
+
+/// How long a rotation may hold its lease.
+const ROTATE_LEASE_SECS: i64 = 120;
+
+/// One batch of a re-wrap run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewrapBatch {
+    /// Rows looked at.
+    pub scanned: usize,
+    /// Rows now under the primary version.
+    pub rewrapped: usize,
+    /// Rows left as they were (changed meanwhile, or failed to open).
+    pub skipped: usize,
+    /// Where the next batch starts; None when there is nothing after.
+    pub next: Option<[u8; 16]>,
+}
+
+impl Envelope {
+    /// The primary KEK version, from this process's view while fresh, else
+    /// from the store. Registers version 1 on first use, and rotates when
+    /// the policy says the primary is too old.
+    pub fn primary(&self, backend: &Backend) -> Result<u32> {
+        if let Some(v) = *self.view.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))? {
+            if v.loaded.elapsed() < self.settings.refresh {
+                return Ok(v.primary);
+            }
+        }
+        let label = self.settings.kek_label.clone();
+        let row = match self.with_store(|st| Ok(st.primary_kek(&label)?))? {
+            Some(row) => row,
+            None => self.bootstrap(backend)?,
+        };
+        let mut primary = row.version;
+        if let (Some(max_age), Some(since)) = (self.settings.rotate_after, row.primary_since) {
+            let age = crate::token::dek::now().saturating_sub(since);
+            if age >= max_age.as_secs() as i64 {
+                match self.rotate(backend) {
+                    Ok(v) => primary = v,
+                    // Someone else is rotating, or we cannot: keep sealing
+                    // under the current primary and try again later.
+                    Err(e) => crate::log_warn!("rotation due by policy did not run here: {e}"),
+                }
+            }
+        }
+        if let Ok(mut w) = self.view.write() {
+            *w = Some(View {
+                primary,
+                loaded: Instant::now(),
+            });
+        }
+        Ok(primary)
+    }
+
+    /// Forget the view of versions (the next seal reads the store).
+    pub fn refresh_now(&self) {
+        if let Ok(mut w) = self.view.write() {
+            *w = None;
+        }
+    }
+
+    /// A store with no versions yet: version 1 is the KEK made with the
+    /// token (label, CKA_ID 01). Another process may register it first.
+    fn bootstrap(&self, backend: &Backend) -> Result<KekVersionRow> {
+        let label = self.settings.kek_label.clone();
+        self.with_session(backend, |s| self.kek_handle(s, 1).map(|_| ()))?;
+        match self.with_store(|st| Ok(st.add_kek_version(&label, 1, "aes256", true)?)) {
+            Ok(()) | Err(Error::Store(StoreError::Duplicate)) => {}
+            Err(e) => return Err(e),
+        }
+        self.with_store(|st| Ok(st.primary_kek(&label)?))?
+            .ok_or(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
+    }
+
+    /// Every version, oldest first, with how many records each holds.
+    pub fn versions(&self, backend: &Backend) -> Result<Vec<(KekVersionRow, u64)>> {
+        self.primary(backend)?;
+        let label = self.settings.kek_label.clone();
+        self.with_store(|st| {
+            let rows = st.kek_versions(&label)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let n = st.count_under(&label, r.version)?;
+                out.push((r, n));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Make a new AES-256 version on the HSM and make it primary, under a
+    /// lease so that only one process or command rotates at a time. A key
+    /// left on the HSM by a rotation that died before recording it is
+    /// adopted, not duplicated.
+    pub fn rotate(&self, backend: &Backend) -> Result<u32> {
+        let label = self.settings.kek_label.clone();
+        let lease = format!("rotate:{label}");
+        if !self.with_store(|st| Ok(st.take_lease(&lease, &self.holder, ROTATE_LEASE_SECS)?))? {
+            return Err(Error::Admin("another process is rotating this KEK".into()));
+        }
+        let result = self.rotate_locked(backend, &label);
+        let _ = self.with_store(|st| Ok(st.release_lease(&lease, &self.holder)?));
+        self.refresh_now();
+        result
+    }
+
+    fn rotate_locked(&self, backend: &Backend, label: &str) -> Result<u32> {
+        // Registering version 1 first keeps numbering right on a new store.
+        if self.with_store(|st| Ok(st.primary_kek(label)?))?.is_none() {
+            self.bootstrap(backend)?;
+        }
+        let next = self
+            .with_store(|st| Ok(st.kek_versions(label)?))?
+            .iter()
+            .map(|r| r.version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.with_session(backend, |s| {
+            if kek::exists(s, label, next)? {
+                crate::log_warn!(
+                    "KEK '{label}' v{next} is on the HSM but not recorded: adopting it"
+                );
+            } else {
+                kek::generate_aes(s, label, next)?;
+            }
+            // The same checks as for any use: found once, sensitive, not extractable.
+            self.kek_handle(s, next).map(|_| ())
+        })?;
+        self.with_store(|st| Ok(st.add_kek_version(label, next, "aes256", true)?))?;
+        crate::log_info!("KEK '{label}' rotated: v{next} is primary");
+        Ok(next)
+    }
+
+    /// Re-wrap up to `limit` records not under the primary version, starting
+    /// after `after`: unwrap with the old version and wrap with the new, both
+    /// on the HSM, then replace each record in one transaction, each only if
+    /// unchanged meanwhile. Safe to stop at any point and run again.
+    pub fn rewrap_batch(
+        &self,
+        backend: &Backend,
+        after: [u8; 16],
+        limit: u32,
+    ) -> Result<RewrapBatch> {
+        let primary = self.primary(backend)?;
+        let label = self.settings.kek_label.clone();
+        let rows = self.with_store(|st| Ok(st.rows_not_under(&label, primary, &after, limit)?))?;
+        let mut batch = RewrapBatch {
+            scanned: rows.len(),
+            next: rows.last().map(|r| r.id),
+            ..Default::default()
+        };
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let sealed = Attrs::decode(&row.attrs).and_then(|attrs| {
+                let value = self.open(backend, &row.id, &attrs, &row.record)?;
+                self.seal_under(backend, primary, &row.id, &attrs, value.as_slice())
+            });
+            match sealed {
+                Ok(record) => updates.push((row.id, row.generation, record, primary)),
+                Err(e) => {
+                    crate::log_warn!("re-wrap: DEK {} left under its version: {e}", hex(&row.id));
+                    batch.skipped += 1;
+                }
+            }
+        }
+        let written = self.with_store(|st| Ok(st.replace_records(&updates)?))?;
+        batch.rewrapped = written;
+        batch.skipped += updates.len() - written;
+        Ok(batch)
+    }
+
+    /// Records not under the primary version.
+    pub fn pending_rewrap(&self, backend: &Backend) -> Result<u64> {
+        let primary = self.primary(backend)?;
+        let label = self.settings.kek_label.clone();
+        self.with_store(|st| Ok(st.count_not_under(&label, primary)?))
+    }
+
+    /// Destroy version `version` on the HSM, only if it is not primary and no
+    /// record at all (soft-deleted ones included: they are rows) needs it.
+    pub fn destroy_version(&self, backend: &Backend, version: u32) -> Result<()> {
+        let label = self.settings.kek_label.clone();
+        let rows = self.with_store(|st| Ok(st.kek_versions(&label)?))?;
+        let row = rows
+            .iter()
+            .find(|r| r.version == version)
+            .ok_or_else(|| Error::Admin(format!("KEK '{label}' has no version {version}")))?;
+        match row.state {
+            KekState::Primary => {
+                return Err(Error::Admin(format!(
+                    "v{version} is the primary version; rotate first"
+                )))
+            }
+            KekState::Destroyed => {
+                return Err(Error::Admin(format!("v{version} is already destroyed")))
+            }
+            KekState::DecryptOnly => {}
+        }
+        let needed = self.with_store(|st| Ok(st.count_under(&label, version)?))?;
+        if needed > 0 {
+            return Err(Error::Admin(format!(
+                "{needed} record(s) still need v{version}; run `hsm-envelope rewrap` first"
+            )));
+        }
+        self.with_session(backend, |s| {
+            let h = self.kek_handle(s, version)?;
+            s.destroy_object(h)
+                .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))
+        })?;
+        self.forget_keks();
+        self.with_store(|st| Ok(st.mark_kek_destroyed(&label, version)?))?;
+        crate::log_info!("KEK '{label}' v{version} destroyed");
+        Ok(())
+    }
+
+    /// The KEK version a record names (for listings).
+    pub fn record_version(record: &[u8]) -> Option<u32> {
+        WrappedRecord::decode(record).ok().map(|r| r.kek_version)
+    }
+}
