@@ -10,6 +10,7 @@
 //! - [`crypto`]: software AES engines.
 //! - [`store`]: persistence of wrapped DEK records (SQLite).
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod crypto;

@@ -108,18 +108,24 @@ impl Envelope {
     /// left on the HSM by a rotation that died before recording it is
     /// adopted, not duplicated.
     pub fn rotate(&self, backend: &Backend) -> Result<u32> {
+        self.create_version(backend, true)
+    }
+
+    /// Make a new AES-256 version on the HSM; primary or not (a version made
+    /// ahead of time can be promoted with `set_primary`).
+    pub fn create_version(&self, backend: &Backend, make_primary: bool) -> Result<u32> {
         let label = self.settings.kek_label.clone();
         let lease = format!("rotate:{label}");
         if !self.with_store(|st| Ok(st.take_lease(&lease, &self.holder, ROTATE_LEASE_SECS)?))? {
             return Err(Error::Admin("another process is rotating this KEK".into()));
         }
-        let result = self.rotate_locked(backend, &label);
+        let result = self.create_locked(backend, &label, make_primary);
         let _ = self.with_store(|st| Ok(st.release_lease(&lease, &self.holder)?));
         self.refresh_now();
         result
     }
 
-    fn rotate_locked(&self, backend: &Backend, label: &str) -> Result<u32> {
+    fn create_locked(&self, backend: &Backend, label: &str, make_primary: bool) -> Result<u32> {
         // Registering version 1 first keeps numbering right on a new store.
         if self.with_store(|st| Ok(st.primary_kek(label)?))?.is_none() {
             self.bootstrap(backend)?;
@@ -142,8 +148,8 @@ impl Envelope {
             // The same checks as for any use: found once, sensitive, not extractable.
             self.kek_handle(s, next).map(|_| ())
         })?;
-        self.with_store(|st| Ok(st.add_kek_version(label, next, "aes256", true)?))?;
-        crate::log_info!("KEK '{label}' rotated: v{next} is primary");
+        self.with_store(|st| Ok(st.add_kek_version(label, next, "aes256", make_primary)?))?;
+        crate::log_info!("KEK '{label}' v{next} created (primary: {make_primary})");
         Ok(next)
     }
 
@@ -183,6 +189,16 @@ impl Envelope {
         batch.rewrapped = written;
         batch.skipped += updates.len() - written;
         Ok(batch)
+    }
+
+    /// Make an existing version primary (new DEKs wrap under it at once here,
+    /// within `refresh_secs` in other processes).
+    pub fn set_primary(&self, backend: &Backend, version: u32) -> Result<()> {
+        let label = self.settings.kek_label.clone();
+        self.with_session(backend, |s| self.kek_handle(s, version).map(|_| ()))?;
+        self.with_store(|st| Ok(st.set_primary_kek(&label, version)?))?;
+        self.refresh_now();
+        Ok(())
     }
 
     /// Records not under the primary version.

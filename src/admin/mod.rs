@@ -1,0 +1,68 @@
+//! The operator's side: what the `hsm-envelope` command drives. It uses the
+//! same backend, store and envelope code as the module, in its own process,
+//! logged in to the backend token with the user PIN.
+
+use cryptoki::session::UserType;
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use cryptoki_sys::*;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::token::module::label_of;
+
+pub struct Admin {
+    pub config: Config,
+    backend: Backend,
+    pub env: Envelope,
+    pub slot: Slot,
+}
+
+impl Admin {
+    /// Load the backend, find the KEK's token, log in as the user.
+    pub fn connect(config: Config, pin: &str) -> Result<Admin> {
+        let backend = Backend::load(&config.backend_module)?;
+        let mut found = None;
+        for id in backend.token_slots()? {
+            if label_of(&backend.token_info(id)?.label) == config.token_label {
+                found = Some(Slot::try_from(id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?);
+                break;
+            }
+        }
+        let slot = found.ok_or_else(|| {
+            Error::Admin(format!(
+                "no backend token labelled '{}'",
+                config.token_label
+            ))
+        })?;
+        let env = Envelope::new(config.envelope_settings(), slot);
+        env.with_session(&backend, |s| {
+            match s.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
+                Ok(())
+                | Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserAlreadyLoggedIn,
+                    _,
+                )) => Ok(()),
+                Err(e) => Err(Error::from_cryptoki("C_Login", e)),
+            }
+        })?;
+        Ok(Admin {
+            config,
+            backend,
+            env,
+            slot,
+        })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Close the backend sessions and release the backend.
+    pub fn close(self) {
+        self.env.close();
+        self.backend.finalize();
+    }
+}
