@@ -1,16 +1,13 @@
 //! Operations with the KEK. Every one of them is a backend call: the KEK
 //! never leaves the HSM.
 
-use cryptoki::context::Function;
-use cryptoki::error::RvError;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::*;
 use zeroize::Zeroize;
 
-use crate::backend::Backend;
+use crate::backend::{bcall, Backend};
 use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
 use crate::vendor::{CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
@@ -70,50 +67,111 @@ pub fn check_policy(session: &Session, kek: ObjectHandle) -> Result<bool> {
     Ok(sensitive && !extractable)
 }
 
-/// AES-GCM encryption of a DEK value under the KEK, on the HSM.
+/// CK_GCM_PARAMS (2.40 header layout, which SoftHSM2 and most HSMs read)
+/// for a 128-bit tag; points into `iv` and `aad`.
+fn gcm_params(iv: &[u8], aad: &[u8]) -> CK_GCM_PARAMS {
+    CK_GCM_PARAMS {
+        pIv: iv.as_ptr() as *mut u8,
+        ulIvLen: iv.len() as CK_ULONG,
+        ulIvBits: (iv.len() * 8) as CK_ULONG,
+        pAAD: aad.as_ptr() as *mut u8,
+        ulAADLen: aad.len() as CK_ULONG,
+        ulTagBits: 128,
+    }
+}
+
+fn gcm_mechanism(params: &mut CK_GCM_PARAMS) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: params as *mut CK_GCM_PARAMS as *mut _,
+        ulParameterLen: size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+    }
+}
+
+/// AES-GCM encryption of a DEK value under the KEK, on the HSM. Two backend
+/// calls (init, encrypt into a buffer sized up front): on a network HSM
+/// every call is a round trip.
 pub fn gcm_seal(
+    backend: &Backend,
     session: &Session,
     kek: ObjectHandle,
     iv: &[u8],
     aad: &[u8],
     value: &[u8],
 ) -> Result<Vec<u8>> {
-    let mut iv = iv.to_vec();
-    let params =
-        GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
-    session
-        .encrypt(&Mechanism::AesGcm(params), kek, value)
-        .map_err(|e| Error::from_cryptoki("C_Encrypt", e))
+    let mut params = gcm_params(iv, aad);
+    let mut mech = gcm_mechanism(&mut params);
+    let sh = session.handle();
+    crate::backend::check(
+        "C_EncryptInit",
+        bcall!(backend, C_EncryptInit(sh, &mut mech, kek.handle())),
+    )?;
+    let mut out = vec![0u8; value.len() + 16];
+    let mut len = out.len() as CK_ULONG;
+    let rv = bcall!(
+        backend,
+        C_Encrypt(
+            sh,
+            value.as_ptr() as *mut u8,
+            value.len() as CK_ULONG,
+            out.as_mut_ptr(),
+            &mut len
+        )
+    );
+    crate::backend::check("C_Encrypt", rv)?;
+    out.truncate(len as usize);
+    Ok(out)
 }
 
 /// AES-GCM decryption of a wrapped DEK value on the HSM; the tag check binds
-/// the record's identity (the AAD).
+/// the record's identity (the AAD). Two backend calls, as for sealing.
 pub fn gcm_open(
+    backend: &Backend,
     session: &Session,
     kek: ObjectHandle,
     iv: &[u8],
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<SecretBytes> {
-    let mut iv = iv.to_vec();
-    let params =
-        GcmParams::new(&mut iv, aad, 128.into()).map_err(|_| Error::Rv(CKR_ARGUMENTS_BAD))?;
-    let mut plain = session
-        .decrypt(&Mechanism::AesGcm(params), kek, sealed)
-        .map_err(|e| match e {
-            // A failed tag check: SoftHSM2 answers CKR_GENERAL_ERROR, others
-            // CKR_ENCRYPTED_DATA_INVALID. Either way the record does not open.
-            cryptoki::error::Error::Pkcs11(
-                RvError::GeneralError
-                | RvError::EncryptedDataInvalid
-                | RvError::EncryptedDataLenRange,
-                Function::Decrypt,
-            ) => Error::Rv(CKR_HSME_RECORD_INVALID),
-            other => Error::from_cryptoki("C_Decrypt", other),
-        })?;
-    let out = SecretBytes::from_slice(&plain);
-    plain.zeroize();
-    Ok(out)
+    let mut params = gcm_params(iv, aad);
+    let mut mech = gcm_mechanism(&mut params);
+    let sh = session.handle();
+    crate::backend::check(
+        "C_DecryptInit",
+        bcall!(backend, C_DecryptInit(sh, &mut mech, kek.handle())),
+    )?;
+    // Backends size a GCM decryption by its input (an upper bound).
+    let mut buf = SecretBytes::new(sealed.len());
+    let mut len = sealed.len() as CK_ULONG;
+    let rv = bcall!(
+        backend,
+        C_Decrypt(
+            sh,
+            sealed.as_ptr() as *mut u8,
+            sealed.len() as CK_ULONG,
+            buf.as_mut_slice().as_mut_ptr(),
+            &mut len
+        )
+    );
+    match rv {
+        CKR_OK => {}
+        // A failed tag check: SoftHSM2 answers CKR_GENERAL_ERROR, others
+        // CKR_ENCRYPTED_DATA_INVALID. Either way the record does not open.
+        CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_ENCRYPTED_DATA_LEN_RANGE => {
+            return Err(Error::Rv(CKR_HSME_RECORD_INVALID))
+        }
+        rv => {
+            return Err(Error::Backend {
+                func: "C_Decrypt",
+                rv,
+            })
+        }
+    }
+    let plain = buf
+        .as_slice()
+        .get(..len as usize)
+        .ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
+    Ok(SecretBytes::from_slice(plain))
 }
 
 /// Random bytes from the HSM's generator (DEK values come from the HSM).

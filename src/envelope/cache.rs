@@ -9,12 +9,12 @@
 //! - an unwrap that raced with a logout, destroy or clear is not cached
 //!   (an epoch counter, bumped by every removal).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::secret::SecretBytes;
 use crate::crypto::{CryptoError, PreparedKey};
+use crate::token::handle_hash::HandleMap;
 
 struct Entry {
     binding: Arc<[u8]>,
@@ -23,7 +23,7 @@ struct Entry {
 
 #[derive(Default)]
 pub struct KeyCache {
-    map: RwLock<HashMap<[u8; 16], Entry>>,
+    map: RwLock<HandleMap<[u8; 16], Entry>>,
     epoch: AtomicU64,
 }
 

@@ -207,7 +207,7 @@ impl Envelope {
         };
         let aad = rec.aad(id, &attrs.bound_encoding());
         rec.ciphertext = self.with_kek(backend, version, |s, k| {
-            kek::gcm_seal(s, k, &iv, &aad, value)
+            kek::gcm_seal(backend, s, k, &iv, &aad, value)
         })?;
         Ok(rec.try_encode()?)
     }
@@ -246,7 +246,7 @@ impl Envelope {
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
             .with_kek(backend, rec.kek_version, |s, k| {
-                kek::gcm_open(s, k, &rec.iv, &aad, &rec.ciphertext)
+                kek::gcm_open(backend, s, k, &rec.iv, &aad, &rec.ciphertext)
             })
             .inspect_err(|e| {
                 if e.rv() == CKR_HSME_RECORD_INVALID {

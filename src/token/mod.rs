@@ -7,6 +7,7 @@ pub mod dek;
 pub mod find;
 pub mod general;
 pub mod guard;
+pub mod handle_hash;
 pub mod module;
 pub mod object_ops;
 pub mod objects;

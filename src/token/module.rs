@@ -21,7 +21,9 @@ pub struct SlotEntry {
 }
 
 pub struct Module {
-    pub pid: u32,
+    /// `FORKS` when this module was initialised: another value means this
+    /// process is a fork child of the one that initialised it.
+    pub forks: u64,
     pub config: Config,
     pub backend: Backend,
     /// Our slot ids are indexes into this list.
@@ -53,9 +55,31 @@ fn write_state() -> RwLockWriteGuard<'static, Option<Arc<Module>>> {
 pub fn get() -> Result<Arc<Module>> {
     let guard = STATE.read().unwrap_or_else(PoisonError::into_inner);
     match guard.as_ref() {
-        Some(m) if m.pid == std::process::id() => Ok(m.clone()),
+        Some(m) if m.forks == FORKS.load(Ordering::Acquire) => Ok(m.clone()),
         _ => Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
     }
+}
+
+/// How many fork()s this process descends from since the module was loaded:
+/// bumped in the child by a pthread_atfork handler. Comparing it is a load,
+/// where comparing pids would be a system call on every PKCS#11 call.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    FORKS.fetch_add(1, Ordering::AcqRel);
+}
+
+fn watch_forks() {
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+        if rc != 0 {
+            crate::log_warn!(
+                "pthread_atfork failed ({rc}): a fork child may reuse this process's module"
+            );
+        }
+    });
 }
 
 /// Keep this module mapped until the process exits. Libraries inside it
@@ -82,10 +106,11 @@ fn pin_module_in_memory() {
 
 pub fn initialize() -> Result<()> {
     pin_module_in_memory();
+    watch_forks();
     let _life = LIFECYCLE.lock().unwrap_or_else(PoisonError::into_inner);
     let mut guard = write_state();
     if let Some(old) = guard.take() {
-        if old.pid == std::process::id() {
+        if old.forks == FORKS.load(Ordering::Acquire) {
             *guard = Some(old);
             return Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
         }
@@ -117,7 +142,7 @@ pub fn finalize() -> Result<()> {
     let m = {
         let mut guard = write_state();
         match guard.as_ref() {
-            Some(m) if m.pid == std::process::id() => {}
+            Some(m) if m.forks == FORKS.load(Ordering::Acquire) => {}
             _ => return Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
         }
         guard
@@ -175,7 +200,7 @@ impl Module {
         };
         let n_slots = slots.len();
         Ok(Module {
-            pid: std::process::id(),
+            forks: FORKS.load(Ordering::Acquire),
             config,
             backend,
             slots,

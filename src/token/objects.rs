@@ -1,13 +1,13 @@
 //! Object handles. Our handles are stable across sessions and never reused
 //! in a process: DEKs and backend objects share one counter.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cryptoki_sys::*;
 
 use super::attributes::Attrs;
+use super::handle_hash::HandleMap;
 use crate::error::{Error, Result};
 
 /// A DEK owned by this module.
@@ -70,9 +70,9 @@ pub enum Object {
 
 #[derive(Default)]
 struct Maps {
-    by_handle: HashMap<CK_OBJECT_HANDLE, Object>,
-    backend: HashMap<(usize, CK_OBJECT_HANDLE), CK_OBJECT_HANDLE>,
-    deks: HashMap<[u8; 16], CK_OBJECT_HANDLE>,
+    by_handle: HandleMap<CK_OBJECT_HANDLE, Object>,
+    backend: HandleMap<(usize, CK_OBJECT_HANDLE), CK_OBJECT_HANDLE>,
+    deks: HandleMap<[u8; 16], CK_OBJECT_HANDLE>,
 }
 
 pub struct Objects {

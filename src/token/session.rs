@@ -2,12 +2,12 @@
 //! state of its own operations. The state sits behind a per-session mutex,
 //! so threads using different sessions never contend.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cryptoki_sys::*;
 
+use super::handle_hash::HandleMap;
 use crate::crypto::CipherOp;
 use crate::error::{Error, Result};
 
@@ -66,14 +66,14 @@ impl Session {
 }
 
 pub struct Sessions {
-    map: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Session>>>,
+    map: RwLock<HandleMap<CK_SESSION_HANDLE, Arc<Session>>>,
     next: AtomicU64,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HandleMap::default()),
             next: AtomicU64::new(1),
         }
     }
