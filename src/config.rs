@@ -36,6 +36,18 @@ pub struct Config {
     pub lazy_rewrap: bool,
     /// Refuse to unwrap records under KEK versions below this one.
     pub min_decrypt_version: Option<u32>,
+    /// Days a destroyed token DEK stays recoverable before it may be purged
+    /// (7 to 90).
+    pub retention_days: u32,
+    /// Turn purge protection on for the store (for good: once on, a
+    /// configuration saying false is refused). Unset: whatever the store says.
+    pub purge_protection: Option<bool>,
+    /// Seconds a cached DEK is used before its KEK version is checked again
+    /// on the HSM (revocation is noticed within this time).
+    pub cache_soft_ttl_secs: u64,
+    /// Seconds cached DEKs keep working while the HSM cannot be reached
+    /// (0: no grace).
+    pub cache_hard_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -55,6 +67,10 @@ impl Default for Config {
             refresh_secs: 60,
             lazy_rewrap: true,
             min_decrypt_version: None,
+            retention_days: 90,
+            purge_protection: None,
+            cache_soft_ttl_secs: 60,
+            cache_hard_ttl_secs: 3600,
         }
     }
 }
@@ -109,6 +125,15 @@ impl Config {
         if self.refresh_secs == 0 || self.refresh_secs > 86_400 {
             return bad("refresh_secs", "seconds between 1 and 86400");
         }
+        if !(7..=90).contains(&self.retention_days) {
+            return bad("retention_days", "a number of days from 7 to 90");
+        }
+        if self.cache_soft_ttl_secs == 0 {
+            return bad("cache_soft_ttl_secs", "a number of seconds of at least 1");
+        }
+        if self.cache_hard_ttl_secs != 0 && self.cache_hard_ttl_secs < self.cache_soft_ttl_secs {
+            return bad("cache_hard_ttl_secs", "0, or at least cache_soft_ttl_secs");
+        }
         if self.min_decrypt_version == Some(0) {
             return bad("min_decrypt_version", "a KEK version of at least 1");
         }
@@ -133,6 +158,10 @@ impl Config {
                 .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
             lazy_rewrap: self.lazy_rewrap,
             min_decrypt_version: self.min_decrypt_version,
+            retention: std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400),
+            purge_protection: self.purge_protection,
+            soft_ttl: std::time::Duration::from_secs(self.cache_soft_ttl_secs),
+            hard_ttl: std::time::Duration::from_secs(self.cache_hard_ttl_secs),
         }
     }
 }
@@ -165,6 +194,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log_level"), "{e}");
+        for bad in [
+            "retention_days = 6",
+            "retention_days = 91",
+            "cache_soft_ttl_secs = 0",
+        ] {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap_or("")), "{e}");
+        }
+        assert_eq!(Config::from_toml("").unwrap().retention_days, 90);
     }
 
     #[test]

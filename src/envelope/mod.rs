@@ -2,6 +2,7 @@
 //! the service that seals and opens DEK values with the KEK on the HSM.
 
 pub mod cache;
+pub mod deletion;
 pub mod record;
 pub mod secret;
 pub mod service;

@@ -40,6 +40,14 @@ pub struct Settings {
     pub lazy_rewrap: bool,
     /// Refuse to open records under older versions.
     pub min_decrypt_version: Option<u32>,
+    /// How long a destroyed token DEK stays recoverable.
+    pub retention: Duration,
+    /// Purge protection as configured (None: as the store says).
+    pub purge_protection: Option<bool>,
+    /// Cached DEKs are re-checked against their KEK version this often.
+    pub soft_ttl: Duration,
+    /// Cached DEKs outlive an unreachable HSM this long (zero: not at all).
+    pub hard_ttl: Duration,
 }
 
 /// This process's view of the KEK versions.
@@ -91,7 +99,9 @@ impl Envelope {
             .lock()
             .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
         if guard.is_none() {
-            *guard = Some(Store::open(&self.settings.store_path)?);
+            let store = Store::open(&self.settings.store_path)?;
+            super::deletion::apply_purge_protection(&store, self.settings.purge_protection)?;
+            *guard = Some(store);
         }
         match guard.as_ref() {
             Some(s) => f(s),

@@ -20,8 +20,10 @@
 //!
 //! Nothing here logs row contents.
 
+pub mod deletion;
 pub mod kek;
 
+pub use deletion::DeletedRow;
 pub use kek::{KekState, KekVersionRow};
 
 use std::fs::OpenOptions;
@@ -36,7 +38,7 @@ use rusqlite::{
 use thiserror::Error;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// How long a connection waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -137,6 +139,14 @@ CREATE TABLE IF NOT EXISTS lease (
     holder  TEXT NOT NULL,
     expires INTEGER NOT NULL
 );
+";
+
+/// Version 3: recoverable deletion (issue 5). A deleted row keeps its
+/// record until it is purged.
+const SCHEMA_V3: &str = "
+ALTER TABLE dek ADD COLUMN deleted_at INTEGER;
+ALTER TABLE dek ADD COLUMN purge_after INTEGER;
+CREATE INDEX IF NOT EXISTS dek_deleted ON dek (deleted_at);
 ";
 
 pub(crate) const ROW_COLUMNS: &str =
@@ -311,8 +321,14 @@ impl Store {
                     )
                     .map_err(open_err)?;
                 }
-                // Each step is idempotent; the version moves in the same transaction.
-                tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
+                // Each step runs once, gated by the version, which moves in
+                // the same transaction.
+                if v < 2 {
+                    tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
+                }
+                if v < 3 {
+                    tx.execute_batch(SCHEMA_V3).map_err(open_err)?;
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(open_err)?;
             } else {
@@ -370,17 +386,18 @@ impl Store {
         }
     }
 
+    /// A live (not deleted) row.
     pub fn get(&self, id: &[u8; 16]) -> Result<Option<DekRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM dek WHERE id = ?1"))?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM dek WHERE id = ?1 AND deleted_at IS NULL"
+        ))?;
         Ok(stmt.query_row(params![id], row_to_dek).optional()?)
     }
 
-    /// All rows, ordered by `created`, then `id`.
+    /// All live (not deleted) rows, ordered by `created`, then `id`.
     pub fn list(&self) -> Result<Vec<DekRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM dek ORDER BY created, id"
+            "SELECT {ROW_COLUMNS} FROM dek WHERE deleted_at IS NULL ORDER BY created, id"
         ))?;
         let rows = stmt.query_map([], row_to_dek)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -390,9 +407,9 @@ impl Store {
     /// tells another process's inserts, updates and deletes apart from "no
     /// change" without reading records.
     pub fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, generation FROM dek ORDER BY id")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, generation FROM dek WHERE deleted_at IS NULL ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }

@@ -198,6 +198,11 @@ impl Module {
             }
             None => None,
         };
+        // A purge-protection setting the store refuses is a configuration
+        // error, reported now rather than at the first DEK.
+        if let Some(env) = &envelope {
+            env.with_store(|_| Ok(()))?;
+        }
         let n_slots = slots.len();
         Ok(Module {
             forks: FORKS.load(Ordering::Acquire),

@@ -200,12 +200,14 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
                 return Err(Error::Rv(CKR_ACTION_PROHIBITED));
             }
             let env = m.envelope_for(d.slot)?;
+            // A token DEK stays recoverable for the retention period.
             if d.is_token() {
-                env.with_store(|st| Ok(st.delete(&d.id)?))?;
+                env.soft_delete(&d.id)?;
+            } else {
+                crate::log_info!("session DEK destroyed: id={}", hex(&d.id));
             }
             m.objects.remove(oh);
             env.cache.remove(&d.id);
-            crate::log_info!("DEK destroyed: id={}", hex(&d.id));
             Ok(())
         }
         Target::Backend(bh) => {
