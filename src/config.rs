@@ -48,6 +48,16 @@ pub struct Config {
     /// Seconds cached DEKs keep working while the HSM cannot be reached
     /// (0: no grace).
     pub cache_hard_ttl_secs: u64,
+    /// Tamper-evident audit log (JSON lines, appended). None: no audit log.
+    pub audit_log: Option<PathBuf>,
+    /// A checkpoint authenticated on the HSM every this many lines...
+    pub audit_checkpoint_lines: u32,
+    /// ...or after this many seconds, whichever comes first.
+    pub audit_checkpoint_secs: u64,
+    /// Label of the HMAC key on the backend token that authenticates checkpoints.
+    pub audit_hmac_label: String,
+    /// DEK use is logged as counts per DEK per this many seconds.
+    pub audit_use_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -71,6 +81,11 @@ impl Default for Config {
             purge_protection: None,
             cache_soft_ttl_secs: 60,
             cache_hard_ttl_secs: 3600,
+            audit_log: None,
+            audit_checkpoint_lines: 100,
+            audit_checkpoint_secs: 300,
+            audit_hmac_label: "audit-hmac".into(),
+            audit_use_interval_secs: 60,
         }
     }
 }
@@ -133,6 +148,9 @@ impl Config {
         }
         if self.cache_hard_ttl_secs != 0 && self.cache_hard_ttl_secs < self.cache_soft_ttl_secs {
             return bad("cache_hard_ttl_secs", "0, or at least cache_soft_ttl_secs");
+        }
+        if self.audit_checkpoint_lines == 0 || self.audit_checkpoint_secs == 0 || self.audit_use_interval_secs == 0 {
+            return bad("audit_checkpoint_lines / audit_checkpoint_secs / audit_use_interval_secs", "values of at least 1");
         }
         if self.min_decrypt_version == Some(0) {
             return bad("min_decrypt_version", "a KEK version of at least 1");
