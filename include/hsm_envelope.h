@@ -51,6 +51,20 @@
  */
 #define CKR_HSME_STORE_ERROR (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x03UL)
 
+/*
+ * The KEK version this DEK needs was deleted or disabled on the HSM
+ * (CKA_DECRYPT or CKA_UNWRAP turned off): the DEK is revoked.
+ * Value 0xC8450004UL.
+ */
+#define CKR_HSME_KEK_REVOKED (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x04UL)
+
+/*
+ * The HSM cannot be reached (device error, token gone, sessions lost) and
+ * the DEK is not cached, or its grace period (cache_hard_ttl_secs) is over.
+ * Value 0xC8450005UL.
+ */
+#define CKR_HSME_HSM_UNAVAILABLE (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x05UL)
+
 /* ---- Attribute types (CK_ATTRIBUTE_TYPE) ------------------------------ */
 
 /*

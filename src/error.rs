@@ -90,6 +90,8 @@ pub fn rv_name(rv: CK_RV) -> String {
         vendor::CKR_HSME_KEK_UNAVAILABLE => "CKR_HSME_KEK_UNAVAILABLE".into(),
         vendor::CKR_HSME_RECORD_INVALID => "CKR_HSME_RECORD_INVALID".into(),
         vendor::CKR_HSME_STORE_ERROR => "CKR_HSME_STORE_ERROR".into(),
+        vendor::CKR_HSME_KEK_REVOKED => "CKR_HSME_KEK_REVOKED".into(),
+        vendor::CKR_HSME_HSM_UNAVAILABLE => "CKR_HSME_HSM_UNAVAILABLE".into(),
         _ => match cryptoki::error::Rv::from(rv) {
             cryptoki::error::Rv::Ok => "CKR_OK".into(),
             cryptoki::error::Rv::Error(e) => format!("{e:?} (0x{rv:x})"),

@@ -14,6 +14,12 @@ pub const CKR_HSME_KEK_UNAVAILABLE: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x01;
 pub const CKR_HSME_RECORD_INVALID: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x02;
 /// The wrapped-DEK store could not be read or written.
 pub const CKR_HSME_STORE_ERROR: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x03;
+/// The KEK version this DEK needs was deleted or disabled on the HSM
+/// (CKA_DECRYPT or CKA_UNWRAP turned off): the DEK is revoked.
+pub const CKR_HSME_KEK_REVOKED: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x04;
+/// The HSM cannot be reached (device error, token gone, sessions lost) and
+/// the DEK is not cached, or its grace period (cache_hard_ttl_secs) is over.
+pub const CKR_HSME_HSM_UNAVAILABLE: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x05;
 
 /// CK_ULONG, read-only: the KEK version a token DEK is wrapped under.
 pub const CKA_HSME_KEK_VERSION: CK_ATTRIBUTE_TYPE = CKA_VENDOR_DEFINED | BASE | 0x01;

@@ -16,12 +16,14 @@
 typedef char check_kek_unavailable[IS_ULONG(CKR_HSME_KEK_UNAVAILABLE) ? 1 : -1];
 typedef char check_record_invalid[IS_ULONG(CKR_HSME_RECORD_INVALID) ? 1 : -1];
 typedef char check_store_error[IS_ULONG(CKR_HSME_STORE_ERROR) ? 1 : -1];
+typedef char check_kek_revoked[IS_ULONG(CKR_HSME_KEK_REVOKED) ? 1 : -1];
+typedef char check_hsm_unavailable[IS_ULONG(CKR_HSME_HSM_UNAVAILABLE) ? 1 : -1];
 typedef char check_kek_version[IS_ULONG(CKA_HSME_KEK_VERSION) ? 1 : -1];
 typedef char check_on_backend[IS_ULONG(CKA_HSME_ON_BACKEND) ? 1 : -1];
 
 /* Usable in #if as well (plain integer constant expressions). */
-#if !(CKR_HSME_KEK_UNAVAILABLE && CKR_HSME_RECORD_INVALID && CKR_HSME_STORE_ERROR && CKA_HSME_KEK_VERSION &&        \
-      CKA_HSME_ON_BACKEND)
+#if !(CKR_HSME_KEK_UNAVAILABLE && CKR_HSME_RECORD_INVALID && CKR_HSME_STORE_ERROR && CKR_HSME_KEK_REVOKED &&         \
+      CKR_HSME_HSM_UNAVAILABLE && CKA_HSME_KEK_VERSION && CKA_HSME_ON_BACKEND)
 #error "hsm_envelope.h constants are not preprocessor constants"
 #endif
 
@@ -31,6 +33,8 @@ int main(void) {
     PRINT(CKR_HSME_KEK_UNAVAILABLE);
     PRINT(CKR_HSME_RECORD_INVALID);
     PRINT(CKR_HSME_STORE_ERROR);
+    PRINT(CKR_HSME_KEK_REVOKED);
+    PRINT(CKR_HSME_HSM_UNAVAILABLE);
     PRINT(CKA_HSME_KEK_VERSION);
     PRINT(CKA_HSME_ON_BACKEND);
     return 0;
