@@ -7,7 +7,10 @@
 #   DIR/hsm-envelope.toml  hsm-envelope configuration pointing at the token
 # The token is labelled "hsm-envelope", user PIN ${PIN:-1234}, SO PIN
 # ${SO_PIN:-5678}, and holds the KEK: AES-256, label "kek", CKA_ID 01,
-# token, private, sensitive, never extractable, encrypt/decrypt/wrap/unwrap.
+# token, private, sensitive, never extractable, encrypt/decrypt/wrap/unwrap;
+# and the audit HMAC key: generic secret of 32 bytes, label "audit-hmac",
+# CKA_ID 02, token, private, sensitive, never extractable, sign/verify (it
+# authenticates the audit log's checkpoints with CKM_SHA256_HMAC).
 #
 # stdout is exactly two lines, so that
 #     eval "$(softhsm-config/new-token.sh DIR)"
@@ -47,6 +50,8 @@ so_pin=${SO_PIN:-5678}
 token_label=hsm-envelope
 kek_label=kek
 kek_id=01
+hmac_label=audit-hmac
+hmac_id=02
 
 # --- tools -------------------------------------------------------------------
 command -v softhsm2-util >/dev/null 2>&1 ||
@@ -121,13 +126,26 @@ run_quiet pkcs11-tool --module "$module" --token-label "$token_label" \
     --keygen --key-type AES:32 --label "$kek_label" --id "$kek_id" \
     --private --sensitive --usage-decrypt --usage-wrap
 
+# --- audit HMAC key ------------------------------------------------------------
+# Generic secret for CKM_SHA256_HMAC over the audit log's checkpoints. In
+# pkcs11-tool 0.23 --usage-sign does not reach secret keys (SoftHSM2's default
+# CKA_SIGN/CKA_VERIFY, true, apply; newer pkcs11-tool sets them explicitly),
+# and -O does not print "sign" for them: both are checked below by signing
+# and verifying with the key.
+note "generating audit HMAC key '$hmac_label' (generic secret, 32 bytes, id $hmac_id)"
+run_quiet pkcs11-tool --module "$module" --token-label "$token_label" \
+    --login --pin "$user_pin" \
+    --keygen --key-type GENERIC:32 --label "$hmac_label" --id "$hmac_id" \
+    --private --sensitive --usage-sign
+
 # Check the result instead of trusting the tool's defaults.
 listing=$(pkcs11-tool --module "$module" --token-label "$token_label" \
     --login --pin "$user_pin" --list-objects --type secrkey 2>/dev/null) ||
     die "cannot list objects on the new token"
-# Print the header, "Usage:" and "Access:" lines of each secret key labelled
-# $kek_label (one "Type: ..." line per such key).
-kek_info=$(printf '%s\n' "$listing" | awk -v want="$kek_label" '
+# key_info LABEL: the header, "Usage:" and "Access:" lines of each secret key
+# labelled LABEL in $listing (one "Type: ..." line per such key).
+key_info() {
+    printf '%s\n' "$listing" | awk -v want="$1" '
     /^[^ \t]/ { header = $0; inkey = ($0 ~ /^Secret Key Object/); label = ""; next }
     inkey && /^[ \t]+label:/ {
         sub(/^[ \t]+label:[ \t]*/, ""); label = $0
@@ -135,7 +153,9 @@ kek_info=$(printf '%s\n' "$listing" | awk -v want="$kek_label" '
         next
     }
     inkey && label == want && /^[ \t]+(Usage|Access):/ { print }
-')
+'
+}
+kek_info=$(key_info "$kek_label")
 if [[ $(printf '%s\n' "$kek_info" | grep -c '^Type: ') -ne 1 ]]; then
     printf '%s\n' "$listing" >&2
     die "expected exactly one secret key labelled '$kek_label' on the token (listing above)"
@@ -162,6 +182,44 @@ public_listing=$(pkcs11-tool --module "$module" --token-label "$token_label" \
 if printf '%s\n' "$public_listing" | grep -Eq "^[[:space:]]+label:[[:space:]]+$kek_label\$"; then
     die "KEK is visible without login (CKA_PRIVATE is not set)"
 fi
+
+# The audit HMAC key: one generic secret of 32 bytes, sensitive, never
+# extractable, private, and it signs and verifies with CKM_SHA256_HMAC.
+hmac_info=$(key_info "$hmac_label")
+if [[ $(printf '%s\n' "$hmac_info" | grep -c '^Type: ') -ne 1 ]]; then
+    printf '%s\n' "$listing" >&2
+    die "expected exactly one secret key labelled '$hmac_label' on the token (listing above)"
+fi
+printf '%s\n' "$hmac_info" | grep -qx 'Type: Secret Key Object; Generic secret length 32' ||
+    die "audit HMAC key is not a 32-byte generic secret: $(printf '%s\n' "$hmac_info" | grep '^Type: ')"
+access=$(printf '%s\n' "$hmac_info" | sed -n 's/^[[:space:]]*Access:[[:space:]]*//p')
+usage=$(printf '%s\n' "$hmac_info" | sed -n 's/^[[:space:]]*Usage:[[:space:]]*//p')
+for flag in "sensitive" "always sensitive" "never extractable"; do
+    has_flag "$access" "$flag" || die "audit HMAC key lacks '$flag' (Access: $access)"
+done
+if has_flag "$access" "extractable"; then
+    die "audit HMAC key is extractable (Access: $access)"
+fi
+has_flag "$usage" verify || die "audit HMAC key lacks usage 'verify' (Usage: $usage)"
+if printf '%s\n' "$public_listing" | grep -Eq "^[[:space:]]+label:[[:space:]]+$hmac_label\$"; then
+    die "audit HMAC key is visible without login (CKA_PRIVATE is not set)"
+fi
+# CKA_SIGN and CKA_VERIFY, for real: sign a test message and verify the MAC.
+check_dir=$(mktemp -d) || die "cannot create a temporary directory"
+printf 'hsm-envelope audit HMAC key check\n' >"$check_dir/msg"
+hmac_ok=0
+if pkcs11-tool --module "$module" --token-label "$token_label" \
+    --login --pin "$user_pin" --sign --mechanism SHA256-HMAC --id "$hmac_id" \
+    --input-file "$check_dir/msg" --output-file "$check_dir/mac" >/dev/null 2>&1 &&
+    [[ $(wc -c <"$check_dir/mac") -eq 32 ]] &&
+    pkcs11-tool --module "$module" --token-label "$token_label" \
+        --login --pin "$user_pin" --verify --mechanism SHA256-HMAC --id "$hmac_id" \
+        --input-file "$check_dir/msg" --signature-file "$check_dir/mac" 2>/dev/null |
+    grep -qx 'Signature is valid'; then
+    hmac_ok=1
+fi
+rm -rf -- "$check_dir"
+[[ $hmac_ok -eq 1 ]] || die "audit HMAC key cannot sign and verify with CKM_SHA256_HMAC"
 
 # --- hsm-envelope configuration ------------------------------------------------
 toml_str() { # TOML basic string

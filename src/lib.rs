@@ -11,6 +11,7 @@
 //! - [`store`]: persistence of wrapped DEK records (SQLite).
 
 pub mod admin;
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod crypto;

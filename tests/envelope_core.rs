@@ -719,7 +719,11 @@ fn find_objects_sees_deks_and_backend_objects_with_stable_handles() {
     );
     let b = generate(&s1, false, vec![Attribute::Label(b"b".to_vec())]);
     let all = s1.find_objects(&[]).unwrap();
-    assert_eq!(all.len(), 3, "empty template: KEK + 2 DEKs, got {all:?}");
+    assert_eq!(
+        all.len(),
+        4,
+        "empty template: KEK + audit key + 2 DEKs, got {all:?}"
+    );
     assert!(all.contains(&a) && all.contains(&b));
     let s2 = p.open_ro_session(slot).unwrap();
     assert_eq!(
@@ -730,13 +734,13 @@ fn find_objects_sees_deks_and_backend_objects_with_stable_handles() {
     let secret = s2
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
         .unwrap();
-    assert_eq!(secret.len(), 3);
+    assert_eq!(secret.len(), 4);
     assert!(s2
         .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
         .unwrap()
         .is_empty());
     s1.destroy_object(a).unwrap();
-    assert_eq!(s2.find_objects(&[]).unwrap().len(), 2);
+    assert_eq!(s2.find_objects(&[]).unwrap().len(), 3);
     let e = gcm_encrypt(&s1, a, &[1; 12], b"", b"x").unwrap_err();
     assert_eq!(rv(e), RvError::KeyHandleInvalid);
     // A new object never reuses a destroyed handle.

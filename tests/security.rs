@@ -55,6 +55,34 @@ fn no_decoy_kek_can_be_made_through_the_module() {
         .unwrap();
     let e = s.update_attributes(other, &[kek_label]).unwrap_err();
     assert_eq!(rv(e), RvError::AttributeValueInvalid);
+    // The audit log's HMAC key is protected the same way: no decoys, no MACs
+    // for applications.
+    let audit = s
+        .find_objects(&[Attribute::Label(b"audit-hmac".to_vec())])
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    let e = s
+        .sign(&Mechanism::Sha256Hmac, audit[0], b"checkpoint")
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+    let e = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &aes_template(
+                false,
+                vec![
+                    on_backend(),
+                    Attribute::Label(b"audit-hmac".to_vec()),
+                    Attribute::ValueLen(32.into()),
+                ],
+            ),
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeValueInvalid);
+    assert_eq!(
+        rv(s.destroy_object(audit[0]).unwrap_err()),
+        RvError::ActionProhibited
+    );
     // DEKs still work: there is one KEK.
     let dek = generate(&s, true, vec![]);
     gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();

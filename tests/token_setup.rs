@@ -88,9 +88,13 @@ fn token_holds_exactly_one_kek_with_expected_attributes() {
     let (_token, pkcs11, slot) = softhsm_with_token();
     let session = user_session(&pkcs11, slot);
 
-    // The KEK is the only object on the token.
+    // The KEK and the audit log's HMAC key are the only objects on the token.
     let all = session.find_objects(&[]).unwrap();
-    assert_eq!(all.len(), 1, "expected only the KEK on a fresh token");
+    assert_eq!(
+        all.len(),
+        2,
+        "expected only the KEK and the audit HMAC key on a fresh token"
+    );
     let keks = session
         .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
         .unwrap();

@@ -20,21 +20,35 @@ pub fn is_dek_slot(m: &Module, s: &Session) -> bool {
     m.dek_slot == Some(s.slot)
 }
 
-/// Whether the backend object `bh` is (or passes for) a KEK.
+/// Labels reserved for the module's own keys on the backend token: the KEK
+/// and the audit log's HMAC key (whose MACs would otherwise be forgeable by
+/// any application using the module).
+fn protected_labels(m: &Module) -> [&[u8]; 2] {
+    [
+        m.config.kek_label.as_bytes(),
+        m.config.audit_hmac_label.as_bytes(),
+    ]
+}
+
+/// Whether the backend object `bh` is (or passes for) a KEK or the audit
+/// key: a protected key.
 pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
     if !is_dek_slot(m, s) {
         return false;
     }
-    let want = m.config.kek_label.as_bytes();
-    let mut label = vec![0u8; want.len()];
+    let want = protected_labels(m);
+    let longest = want.iter().map(|w| w.len()).max().unwrap_or(0);
+    let mut label = vec![0u8; longest];
     let mut attr = CK_ATTRIBUTE {
         type_: CKA_LABEL,
         pValue: label.as_mut_ptr() as *mut _,
         ulValueLen: label.len() as CK_ULONG,
     };
     match bcall!(m.backend, C_GetAttributeValue(s.backend, bh, &mut attr, 1)) {
-        CKR_OK => attr.ulValueLen as usize == want.len() && label == want,
-        // A longer label, so not the KEK's.
+        CKR_OK => label
+            .get(..attr.ulValueLen as usize)
+            .is_some_and(|l| want.contains(&l)),
+        // A longer label than any protected one.
         CKR_BUFFER_TOO_SMALL => false,
         // The call with this handle will fail on its own.
         CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID => false,
@@ -54,7 +68,8 @@ pub fn refuse_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<()> {
 /// A template that would give a backend object the KEK's label: refused, so
 /// no decoy can make the KEK ambiguous or pass for it.
 pub fn refuse_kek_label(m: &Module, s: &Session, t: &Template) -> Result<()> {
-    if is_dek_slot(m, s) && find_in(t, CKA_LABEL) == Some(m.config.kek_label.as_bytes()) {
+    if is_dek_slot(m, s) && find_in(t, CKA_LABEL).is_some_and(|l| protected_labels(m).contains(&l))
+    {
         return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
     }
     Ok(())

@@ -1,0 +1,173 @@
+//! DEK use counters: one atomic add under a shared lock per use, drained
+//! into one `dek_use` line per DEK (and KEK version) per interval.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+type Key = ([u8; 16], u32);
+
+struct Slot {
+    label: Box<[u8]>,
+    count: AtomicU64,
+}
+
+/// A drained counter.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Used {
+    pub key_id: [u8; 16],
+    pub kek_version: u32,
+    pub label: Box<[u8]>,
+    pub count: u64,
+}
+
+pub(crate) struct UseCounts {
+    map: RwLock<HashMap<Key, Slot>>,
+    epoch: Instant,
+    interval_ms: u64,
+    /// Milliseconds after `epoch` when the current interval ends.
+    deadline_ms: AtomicU64,
+    /// Unix time the current interval started (the `since` of its lines).
+    started_unix: AtomicU64,
+}
+
+impl UseCounts {
+    pub(crate) fn new(interval: Duration, now_unix: u64) -> UseCounts {
+        let interval_ms = u64::try_from(interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        UseCounts {
+            map: RwLock::new(HashMap::new()),
+            epoch: Instant::now(),
+            interval_ms,
+            deadline_ms: AtomicU64::new(interval_ms),
+            started_unix: AtomicU64::new(now_unix),
+        }
+    }
+
+    /// Counts one use. The label is kept from the first use in the interval.
+    pub(crate) fn add(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32) {
+        let key = (*key_id, kek_version);
+        {
+            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = map.get(&key) {
+                slot.count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        map.entry(key)
+            .or_insert_with(|| Slot {
+                label: label.into(),
+                count: AtomicU64::new(0),
+            })
+            .count
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// True (for exactly one caller) when the interval is over; that caller
+    /// then drains with [`UseCounts::take`].
+    pub(crate) fn due(&self) -> bool {
+        let now = self.now_ms();
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        now >= deadline
+            && self
+                .deadline_ms
+                .compare_exchange(
+                    deadline,
+                    now.saturating_add(self.interval_ms),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Drains every counter: (start of the interval, counts by key id).
+    /// Starts a new interval.
+    pub(crate) fn take(&self, now_unix: u64) -> (u64, Vec<Used>) {
+        let drained = {
+            let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut *map)
+        };
+        self.deadline_ms.store(
+            self.now_ms().saturating_add(self.interval_ms),
+            Ordering::Relaxed,
+        );
+        let since = self.started_unix.swap(now_unix, Ordering::Relaxed);
+        let mut used: Vec<Used> = drained
+            .into_iter()
+            .filter_map(|((key_id, kek_version), slot)| {
+                let count = slot.count.into_inner();
+                (count > 0).then_some(Used {
+                    key_id,
+                    kek_version,
+                    label: slot.label,
+                    count,
+                })
+            })
+            .collect();
+        used.sort_by_key(|u| (u.key_id, u.kek_version));
+        (since, used)
+    }
+
+    /// Forget everything (after fork(): the counts are the parent's).
+    pub(crate) fn discard(&self, now_unix: u64) {
+        let _ = self.take(now_unix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_aggregate_per_dek_and_version() {
+        let u = UseCounts::new(Duration::from_secs(60), 100);
+        for _ in 0..1000 {
+            u.add(&[1; 16], b"one", 1);
+        }
+        u.add(&[2; 16], b"two", 1);
+        u.add(&[2; 16], b"renamed", 1);
+        u.add(&[2; 16], b"two", 2);
+        assert!(!u.due());
+        let (since, used) = u.take(160);
+        assert_eq!(since, 100);
+        assert_eq!(used.len(), 3);
+        assert_eq!((used[0].key_id, used[0].count), ([1; 16], 1000));
+        assert_eq!(
+            (&*used[1].label, used[1].count, used[1].kek_version),
+            (&b"two"[..], 2, 1)
+        );
+        assert_eq!((used[2].count, used[2].kek_version), (1, 2));
+        let (since, used) = u.take(200);
+        assert_eq!((since, used.len()), (160, 0));
+    }
+
+    #[test]
+    fn due_once_per_interval_and_from_many_threads() {
+        let u = UseCounts::new(Duration::from_millis(1), 0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(u.due());
+        assert!(!u.due(), "only one caller sees the interval end");
+        let u = std::sync::Arc::new(UseCounts::new(Duration::from_secs(3600), 0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let u = u.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        u.add(&[7; 16], b"x", 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(u.take(1).1[0].count, 40_000);
+    }
+}
