@@ -31,7 +31,10 @@ fn target() -> Option<&'static Target> {
         if get(&mut p) != CKR_OK || p.is_null() {
             return None;
         }
-        Some(Target { list: &*p, _lib: lib })
+        Some(Target {
+            list: &*p,
+            _lib: lib,
+        })
     })
     .as_ref()
 }
@@ -41,7 +44,8 @@ static WAS_DOWN: AtomicBool = AtomicBool::new(false);
 /// Down while the flag file exists; on the way back up, every session of
 /// the real module is closed (a reconnect loses them).
 fn down() -> bool {
-    let is_down = std::env::var_os("FAULTY_BACKEND_FLAG").is_some_and(|f| std::path::Path::new(&f).exists());
+    let is_down =
+        std::env::var_os("FAULTY_BACKEND_FLAG").is_some_and(|f| std::path::Path::new(&f).exists());
     if is_down {
         WAS_DOWN.store(true, Ordering::SeqCst);
     } else if WAS_DOWN.swap(false, Ordering::SeqCst) {
@@ -53,7 +57,9 @@ fn down() -> bool {
 }
 
 unsafe fn close_everything(t: &Target) {
-    let (Some(list), Some(close)) = (t.list.C_GetSlotList, t.list.C_CloseAllSessions) else { return };
+    let (Some(list), Some(close)) = (t.list.C_GetSlotList, t.list.C_CloseAllSessions) else {
+        return;
+    };
     let mut n: CK_ULONG = 0;
     if list(CK_TRUE as CK_BBOOL, std::ptr::null_mut(), &mut n) != CKR_OK {
         return;
@@ -98,7 +104,9 @@ faulty! {
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
     static LIST: OnceLock<CK_FUNCTION_LIST> = OnceLock::new();
-    let Some(t) = target() else { return CKR_GENERAL_ERROR };
+    let Some(t) = target() else {
+        return CKR_GENERAL_ERROR;
+    };
     if pp.is_null() {
         return CKR_ARGUMENTS_BAD;
     }

@@ -149,8 +149,14 @@ impl Config {
         if self.cache_hard_ttl_secs != 0 && self.cache_hard_ttl_secs < self.cache_soft_ttl_secs {
             return bad("cache_hard_ttl_secs", "0, or at least cache_soft_ttl_secs");
         }
-        if self.audit_checkpoint_lines == 0 || self.audit_checkpoint_secs == 0 || self.audit_use_interval_secs == 0 {
-            return bad("audit_checkpoint_lines / audit_checkpoint_secs / audit_use_interval_secs", "values of at least 1");
+        if self.audit_checkpoint_lines == 0
+            || self.audit_checkpoint_secs == 0
+            || self.audit_use_interval_secs == 0
+        {
+            return bad(
+                "audit_checkpoint_lines / audit_checkpoint_secs / audit_use_interval_secs",
+                "values of at least 1",
+            );
         }
         if self.min_decrypt_version == Some(0) {
             return bad("min_decrypt_version", "a KEK version of at least 1");
