@@ -20,6 +20,7 @@
 //!
 //! Nothing here logs row contents.
 
+pub mod admin;
 pub mod deletion;
 pub mod kek;
 

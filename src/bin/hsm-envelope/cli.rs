@@ -1,0 +1,165 @@
+//! The command line (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the operation failed or was refused (the reason is printed)
+  2  usage or configuration error: bad arguments, unreadable or invalid
+     configuration, store file not openable, no PIN
+  3  backend error: backend module not loadable, token not found, login
+     failed (wrong PIN), a KEK version missing, or an HSM call failed
+
+PIN: from the environment variable HSM_ENVELOPE_PIN, else prompted without
+echo when standard input is a terminal; never from the command line.
+With --json, stdout holds exactly one JSON document, also on failure
+({\"error\": ..., \"exit_code\": ...}); messages and progress go to stderr.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hsm-envelope",
+    version,
+    about = "Operator tool for hsm-envelope: KEK versions, rotation, re-wrap, DEK listing, health",
+    long_about = "Operator tool for hsm-envelope, the PKCS#11 module that keeps KEKs on the \
+backend HSM and stores DEKs wrapped by them. It reads the module's TOML configuration \
+(--config, else HSM_ENVELOPE_CONF, else the defaults) and logs in to the backend token \
+as the user.",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The module's TOML configuration file [default: the built-in defaults]
+    #[arg(long, global = true, env = "HSM_ENVELOPE_CONF", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Machine-readable output: one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage KEK versions on the HSM: create, rotate, list, promote, destroy
+    #[command(after_help = EXIT_CODES)]
+    Kek {
+        #[command(subcommand)]
+        command: KekCommand,
+    },
+    /// Re-wrap every DEK record under the primary KEK version
+    ///
+    /// Each record is unwrapped with its old KEK version and wrapped with the
+    /// primary one, both on the HSM, and replaced atomically; the data the
+    /// DEKs encrypt is not touched. Batched and resumable: stopping it at any
+    /// point (even kill -9) and running it again carries on, and a run with
+    /// nothing to do changes nothing. Exit 1 if records remain under older
+    /// versions at the end (e.g. ones that failed to open; see the log).
+    #[command(after_help = EXIT_CODES)]
+    Rewrap(RewrapArgs),
+    /// List DEKs
+    #[command(after_help = EXIT_CODES)]
+    Dek {
+        #[command(subcommand)]
+        command: DekCommand,
+    },
+    /// Health: backend module, token, login, KEK versions, record counts
+    #[command(after_help = EXIT_CODES)]
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KekCommand {
+    /// Generate a new KEK version on the HSM (decrypt-only unless --primary)
+    ///
+    /// A version made ahead of time can be promoted later with `kek set-primary`.
+    #[command(after_help = EXIT_CODES)]
+    Create {
+        /// Key type of the new version
+        #[arg(long = "type", value_enum, default_value_t = KekKind::Aes256)]
+        kind: KekKind,
+        /// Make the new version primary at once (as `kek rotate` does)
+        #[arg(long)]
+        primary: bool,
+    },
+    /// Generate a new KEK version on the HSM and make it primary
+    ///
+    /// New DEKs wrap under it at once here, and in every running process
+    /// within `refresh_secs`. Existing records stay under their versions
+    /// until `hsm-envelope rewrap` (or their next use, with lazy_rewrap).
+    #[command(after_help = EXIT_CODES)]
+    Rotate,
+    /// List KEK versions: kind, state, created, primary since, records under each
+    #[command(after_help = EXIT_CODES)]
+    List,
+    /// Make an existing version primary
+    #[command(after_help = EXIT_CODES)]
+    SetPrimary {
+        /// The KEK version
+        #[arg(value_name = "VERSION")]
+        kek_version: u32,
+    },
+    /// Destroy a KEK version on the HSM
+    ///
+    /// Refused for the primary version, and while any record (soft-deleted
+    /// ones included) still needs it: run `hsm-envelope rewrap` first. Also
+    /// refused within `refresh_secs` of the version's retirement, while
+    /// running processes may still wrap new DEKs under it.
+    #[command(after_help = EXIT_CODES)]
+    DestroyVersion {
+        /// The KEK version
+        #[arg(value_name = "VERSION")]
+        kek_version: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DekCommand {
+    /// List token DEKs: label, id, CKA_ID, KEK version, created, last used
+    ///
+    /// Soft-deleted DEKs are not listed; their records still count for their
+    /// KEK version (`kek list`, `status`).
+    #[command(after_help = EXIT_CODES)]
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct RewrapArgs {
+    /// Records per batch (each batch is one store transaction)
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KekKind {
+    /// AES-256, generated on the HSM
+    Aes256,
+    /// RSA-2048 (not supported yet)
+    Rsa2048,
+    /// RSA-3072 (not supported yet)
+    Rsa3072,
+}
+
+impl KekKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KekKind::Aes256 => "aes256",
+            KekKind::Rsa2048 => "rsa2048",
+            KekKind::Rsa3072 => "rsa3072",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,259 @@
+//! `hsm-envelope kek ...`: KEK versions on the HSM.
+
+use serde_json::{json, Value};
+
+use hsm_envelope::admin::Admin;
+use hsm_envelope::store::{KekState, KekVersionRow};
+
+use crate::cli::KekKind;
+use crate::exit;
+use crate::output::{opt_time, table, time, Failure, Report};
+
+/// Only AES-256 versions can be made for now.
+pub fn check_kind(kind: KekKind) -> Result<(), Failure> {
+    match kind {
+        KekKind::Aes256 => Ok(()),
+        other => Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "KEK type {} is not supported yet (RSA KEKs come later); use --type aes256",
+                other.as_str()
+            ),
+        )
+        .with_extra(json!({ "type": other.as_str() }))),
+    }
+}
+
+fn version_json(r: &KekVersionRow, records: u64) -> Value {
+    json!({
+        "version": r.version,
+        "kind": r.kind,
+        "state": r.state.as_str(),
+        "created": r.created,
+        "primary_since": r.primary_since,
+        "retired": r.retired,
+        "records": records,
+    })
+}
+
+pub fn create(admin: &Admin, kind: KekKind, primary: bool) -> Result<Report, Failure> {
+    check_kind(kind)?;
+    let env = &admin.env;
+    let v = env.create_version(admin.backend(), primary)?;
+    let text = if primary {
+        format!(
+            "KEK '{}': created v{v} ({}) on the HSM; it is now primary\n",
+            env.kek_label(),
+            kind.as_str()
+        )
+    } else {
+        format!(
+            "KEK '{}': created v{v} ({}) on the HSM, decrypt-only; promote it with `hsm-envelope kek set-primary {v}`\n",
+            env.kek_label(),
+            kind.as_str()
+        )
+    };
+    Ok(Report::new(
+        text,
+        json!({
+            "kek_label": env.kek_label(),
+            "version": v,
+            "kind": kind.as_str(),
+            "primary": primary,
+        }),
+    ))
+}
+
+pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let b = admin.backend();
+    let previous = env.primary(b)?;
+    let v = env.rotate(b)?;
+    let pending = env.pending_rewrap(b)?;
+    let refresh = admin.config.refresh_secs;
+    let mut text = format!(
+        "KEK '{}': v{v} is now primary (was v{previous}). New DEKs wrap under it; running processes switch within refresh_secs ({refresh} s).\n",
+        env.kek_label()
+    );
+    if pending > 0 {
+        text.push_str(&format!(
+            "{pending} record(s) are under older versions: run `hsm-envelope rewrap`.\n"
+        ));
+    }
+    Ok(Report::new(
+        text,
+        json!({
+            "kek_label": env.kek_label(),
+            "previous_primary": previous,
+            "primary": v,
+            "pending_rewrap": pending,
+            "refresh_secs": refresh,
+        }),
+    ))
+}
+
+pub fn list(admin: &Admin) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let versions = env.versions(admin.backend())?;
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|(r, n)| {
+            vec![
+                r.version.to_string(),
+                r.kind.clone(),
+                r.state.as_str().to_string(),
+                time(r.created),
+                opt_time(r.primary_since),
+                n.to_string(),
+            ]
+        })
+        .collect();
+    let text = format!(
+        "KEK '{}':\n{}",
+        env.kek_label(),
+        table(
+            &[
+                "VERSION",
+                "KIND",
+                "STATE",
+                "CREATED",
+                "PRIMARY SINCE",
+                "RECORDS"
+            ],
+            &rows
+        )
+    );
+    let primary = versions
+        .iter()
+        .find(|(r, _)| r.state == KekState::Primary)
+        .map(|(r, _)| r.version);
+    Ok(Report::new(
+        text,
+        json!({
+            "kek_label": env.kek_label(),
+            "primary": primary,
+            "versions": versions.iter().map(|(r, n)| version_json(r, *n)).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+/// The version's row and record count, or a refusal naming what exists.
+fn find_version(admin: &Admin, version: u32) -> Result<(KekVersionRow, u64), Failure> {
+    let versions = admin.env.versions(admin.backend())?;
+    let known: Vec<String> = versions
+        .iter()
+        .map(|(r, _)| format!("v{} ({})", r.version, r.state.as_str()))
+        .collect();
+    versions
+        .into_iter()
+        .find(|(r, _)| r.version == version)
+        .ok_or_else(|| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "KEK '{}' has no version {version} (versions: {})",
+                    admin.env.kek_label(),
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
+pub fn set_primary(admin: &Admin, version: u32) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let (row, _) = find_version(admin, version)?;
+    match row.state {
+        KekState::Destroyed => {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!("v{version} is destroyed and cannot be primary"),
+            ))
+        }
+        KekState::Primary => {
+            return Ok(Report::new(
+                format!("KEK '{}': v{version} is already primary\n", env.kek_label()),
+                json!({"kek_label": env.kek_label(), "primary": version, "changed": false}),
+            ))
+        }
+        KekState::DecryptOnly => {}
+    }
+    let previous = env.primary(admin.backend())?;
+    env.set_primary(admin.backend(), version)?;
+    let pending = env.pending_rewrap(admin.backend())?;
+    Ok(Report::new(
+        format!(
+            "KEK '{}': v{version} is now primary (was v{previous}); {pending} record(s) under other versions\n",
+            env.kek_label()
+        ),
+        json!({
+            "kek_label": env.kek_label(),
+            "previous_primary": previous,
+            "primary": version,
+            "changed": true,
+            "pending_rewrap": pending,
+        }),
+    ))
+}
+
+pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let (row, records) = find_version(admin, version)?;
+    let refuse = |msg: String| {
+        Failure::new(exit::FAILED, msg).with_extra(json!({
+            "kek_label": env.kek_label(),
+            "version": version,
+            "state": row.state.as_str(),
+            "records": records,
+        }))
+    };
+    match row.state {
+        KekState::Primary => {
+            return Err(refuse(format!(
+                "refused: v{version} is the primary version; rotate or set another primary first"
+            )))
+        }
+        KekState::Destroyed => return Err(refuse(format!("v{version} is already destroyed"))),
+        KekState::DecryptOnly => {}
+    }
+    if records > 0 {
+        return Err(refuse(format!(
+            "refused: {records} record(s) still need v{version}; run `hsm-envelope rewrap` first"
+        )));
+    }
+    // A process that read the versions just before this one was retired may
+    // still seal new DEKs under it until its view expires (refresh_secs);
+    // destroying the version now could leave such a DEK unopenable.
+    if let Some(retired) = row.retired {
+        let wait_until = retired + admin.config.refresh_secs as i64 + 1;
+        let now = now_secs();
+        if now < wait_until {
+            return Err(refuse(format!(
+                "refused: v{version} was primary until {}; running processes may still wrap new DEKs under it for refresh_secs ({} s). Try again in {} s (and re-wrap first if records appear)",
+                time(retired),
+                admin.config.refresh_secs,
+                wait_until - now
+            )));
+        }
+    }
+    // The library checks primary and references again, under its own reads.
+    env.destroy_version(admin.backend(), version)
+        .map_err(|e| Failure::from(e).with_extra(json!({"version": version})))?;
+    Ok(Report::new(
+        format!(
+            "KEK '{}': v{version} destroyed on the HSM\n",
+            env.kek_label()
+        ),
+        json!({
+            "kek_label": env.kek_label(),
+            "version": version,
+            "destroyed": true,
+        }),
+    ))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

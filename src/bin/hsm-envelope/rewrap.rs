@@ -1,0 +1,183 @@
+//! `hsm-envelope rewrap`: every record under the primary KEK version.
+//!
+//! Resumable by construction: each batch selects records *not under the
+//! primary version*, so a run killed at any point leaves every record either
+//! old (still selected next time) or new (never selected again), and each
+//! record is replaced in a store transaction only if unchanged meanwhile.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use hsm_envelope::admin::Admin;
+
+use crate::cli::RewrapArgs;
+use crate::exit;
+use crate::output::{Failure, Report};
+
+/// Progress on stderr: a bar on a terminal, a plain line per second otherwise.
+enum Progress {
+    Bar(ProgressBar),
+    Lines { last: Instant, total: u64 },
+    Silent,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        if total == 0 {
+            return Progress::Silent;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            let style = ProgressStyle::with_template(
+                "re-wrap {bar:40.cyan/blue} {pos}/{len} ({percent}%)  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Progress::Bar(bar)
+        } else {
+            eprintln!("re-wrap: {total} record(s) to re-wrap");
+            Progress::Lines {
+                last: Instant::now(),
+                total,
+            }
+        }
+    }
+
+    fn update(&mut self, done: u64, skipped: u64, started: Instant) {
+        match self {
+            Progress::Bar(bar) => {
+                if done > bar.length().unwrap_or(0) {
+                    bar.set_length(done);
+                }
+                bar.set_position(done);
+                let secs = started.elapsed().as_secs_f64();
+                let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+                let mut msg = format!("{rate:.0} records/s");
+                if skipped > 0 {
+                    msg.push_str(&format!(", {skipped} skipped"));
+                }
+                bar.set_message(msg);
+            }
+            Progress::Lines { last, total } => {
+                if last.elapsed() >= Duration::from_secs(1) {
+                    *last = Instant::now();
+                    eprintln!("{}", line(done, (*total).max(done), skipped, started));
+                }
+            }
+            Progress::Silent => {}
+        }
+    }
+
+    fn finish(self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn line(done: u64, total: u64, skipped: u64, started: Instant) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    let eta = if rate > 0.0 {
+        format!("{:.0} s", total.saturating_sub(done) as f64 / rate)
+    } else {
+        "-".into()
+    };
+    format!("re-wrap: {done}/{total}, {skipped} skipped, {rate:.0} records/s, ETA {eta}")
+}
+
+pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let b = admin.backend();
+    let primary = env.primary(b)?;
+    let pending_before = env.pending_rewrap(b)?;
+    let started = Instant::now();
+    let mut progress = Progress::new(pending_before);
+    let (mut scanned, mut rewrapped, mut skipped) = (0u64, 0u64, 0u64);
+    let mut after = [0u8; 16];
+    let mut batches = 0u64;
+    let outcome = loop {
+        if pending_before == 0 {
+            break Ok(());
+        }
+        let batch = match env.rewrap_batch(b, after, args.batch) {
+            Ok(batch) => batch,
+            Err(e) => break Err(e),
+        };
+        batches += 1;
+        scanned += batch.scanned as u64;
+        rewrapped += batch.rewrapped as u64;
+        skipped += batch.skipped as u64;
+        progress.update(scanned, skipped, started);
+        match batch.next {
+            // A short batch is the last one.
+            Some(next) if batch.scanned >= args.batch as usize => after = next,
+            _ => break Ok(()),
+        }
+    };
+    progress.finish();
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = if elapsed > 0.0 {
+        rewrapped as f64 / elapsed
+    } else {
+        0.0
+    };
+    if let Err(e) = outcome {
+        hsm_envelope::log_warn!(
+            "rewrap stopped after {rewrapped} record(s) re-wrapped, {skipped} skipped: {e}"
+        );
+        let f = Failure::from(e);
+        let msg = format!(
+            "re-wrap stopped after {rewrapped} record(s) ({:.1} s): {}; run it again to continue",
+            elapsed, f.message
+        );
+        return Err(Failure::new(f.code, msg).with_extra(json!({
+            "rewrapped": rewrapped,
+            "skipped": skipped,
+            "elapsed_secs": elapsed,
+        })));
+    }
+    let remaining = env.pending_rewrap(b)?;
+    hsm_envelope::log_info!(
+        "rewrap: {rewrapped} re-wrapped under v{primary}, {skipped} skipped, {remaining} remaining, {elapsed:.1} s"
+    );
+    let mut text = format!(
+        "re-wrap under KEK '{}' v{primary}: {rewrapped} re-wrapped, {skipped} skipped, {elapsed:.2} s, {rate:.0} records/s\n",
+        env.kek_label()
+    );
+    if pending_before == 0 {
+        text = format!(
+            "re-wrap: nothing to do, every record is under KEK '{}' v{primary}\n",
+            env.kek_label()
+        );
+    }
+    let doc = json!({
+        "kek_label": env.kek_label(),
+        "primary": primary,
+        "pending_before": pending_before,
+        "scanned": scanned,
+        "rewrapped": rewrapped,
+        "skipped": skipped,
+        "remaining": remaining,
+        "batches": batches,
+        "batch_size": args.batch,
+        "elapsed_secs": elapsed,
+        "rate_per_sec": rate,
+    });
+    if remaining > 0 {
+        text.push_str(&format!(
+            "{remaining} record(s) are still under older versions (failed to open or changed meanwhile; see the log); run again\n"
+        ));
+        return Err(Failure::new(
+            exit::FAILED,
+            format!("{remaining} record(s) still under older KEK versions"),
+        )
+        .with_report(Report::new(text, doc)));
+    }
+    Ok(Report::new(text, doc))
+}

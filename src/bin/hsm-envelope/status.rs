@@ -1,0 +1,176 @@
+//! `hsm-envelope status`: each check in order, and what it found; a failed
+//! check still shows the ones before it.
+
+use serde_json::{json, Value};
+
+use hsm_envelope::admin::Admin;
+use hsm_envelope::config::Config;
+use hsm_envelope::error::Error;
+use hsm_envelope::store::KekState;
+
+use crate::exit;
+use crate::output::{opt_time, table, time, Failure, Report};
+
+/// How far connecting got before `e`: 0 module, 1 token, 2 login.
+fn failed_stage(e: &Error) -> usize {
+    match e {
+        Error::BackendLoad(_) | Error::Config(_) => 0,
+        Error::Backend {
+            func: "C_GetFunctionList" | "C_Initialize",
+            ..
+        } => 0,
+        Error::Backend {
+            func: "C_GetSlotList" | "C_GetTokenInfo",
+            ..
+        }
+        | Error::Admin(_) => 1,
+        _ => 2,
+    }
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "FAILED"
+    }
+}
+
+pub fn run(config: Config, pin: &str) -> Result<Report, Failure> {
+    let module = config.backend_module.display().to_string();
+    let token = config.token_label.clone();
+    let kek_label = config.kek_label.clone();
+    let store = config.store_path.display().to_string();
+    let admin = match Admin::connect(config, pin) {
+        Ok(a) => a,
+        Err(e) => {
+            let stage = failed_stage(&e);
+            let msg = crate::connect_message(&e);
+            let text = format!(
+                "backend module   {module}: {}\ntoken            '{token}': {}\nlogin            {}\n",
+                mark(stage > 0),
+                if stage > 0 { mark(stage > 1) } else { "-" },
+                if stage > 1 { mark(false) } else { "-" },
+            );
+            let doc = json!({
+                "backend_module": {"path": module, "loaded": stage > 0},
+                "token": {"label": token, "found": stage > 1},
+                "login": false,
+                "healthy": false,
+            });
+            return Err(Failure::new(exit::BACKEND, msg).with_report(Report::new(text, doc)));
+        }
+    };
+    let result = details(&admin, &module, &token, &kek_label, &store);
+    admin.close();
+    result
+}
+
+fn details(
+    admin: &Admin,
+    module: &str,
+    token: &str,
+    kek_label: &str,
+    store: &str,
+) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let b = admin.backend();
+    let slot = admin.slot.id();
+    let mut text = format!(
+        "backend module   {module}: ok\ntoken            '{token}': ok (backend slot {slot})\nlogin            ok\nstore            {store}\n"
+    );
+    let mut doc = json!({
+        "backend_module": {"path": module, "loaded": true},
+        "token": {"label": token, "found": true, "slot": slot},
+        "login": true,
+        "store": store,
+        "kek_label": kek_label,
+    });
+    let facts = env
+        .versions(b)
+        .and_then(|v| Ok((v, env.with_store(|st| Ok(st.record_counts()?))?)))
+        .and_then(|(v, counts)| Ok((v, counts, env.pending_rewrap(b)?)))
+        .and_then(|(v, c, p)| Ok((v, c, p, env.with_store(|st| Ok(st.deleted_count()?))?)));
+    let (versions, counts, pending, deleted) = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            let f = Failure::from(e);
+            text.push_str(&format!("KEK '{kek_label}'        FAILED: {}\n", f.message));
+            if let Value::Object(m) = &mut doc {
+                m.insert("healthy".into(), json!(false));
+            }
+            return Err(Failure::new(f.code, f.message).with_report(Report::new(text, doc)));
+        }
+    };
+    let primary = versions
+        .iter()
+        .find(|(r, _)| r.state == KekState::Primary)
+        .map(|(r, _)| r.version);
+    let total: u64 = counts.iter().map(|(_, _, n)| n).sum();
+    let other_labels: u64 = counts
+        .iter()
+        .filter(|(l, _, _)| l != kek_label)
+        .map(|(_, _, n)| n)
+        .sum();
+    text.push_str(&format!(
+        "KEK '{kek_label}'        primary v{}\n",
+        primary.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    ));
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|(r, n)| {
+            vec![
+                format!("  v{}", r.version),
+                r.kind.clone(),
+                r.state.as_str().to_string(),
+                time(r.created),
+                opt_time(r.primary_since),
+                n.to_string(),
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &[
+            "  VERSION",
+            "KIND",
+            "STATE",
+            "CREATED",
+            "PRIMARY SINCE",
+            "RECORDS",
+        ],
+        &rows,
+    ));
+    text.push_str(&format!(
+        "records          {total} ({deleted} soft-deleted, still recoverable)\n"
+    ));
+    if other_labels > 0 {
+        text.push_str(&format!(
+            "                 {other_labels} under other KEK labels (not openable with this configuration)\n"
+        ));
+    }
+    text.push_str(&format!("pending re-wrap  {pending}\n"));
+    if let Value::Object(m) = &mut doc {
+        m.insert("primary".into(), json!(primary));
+        m.insert(
+            "versions".into(),
+            json!(versions
+                .iter()
+                .map(|(r, n)| json!({
+                    "version": r.version,
+                    "kind": r.kind,
+                    "state": r.state.as_str(),
+                    "created": r.created,
+                    "primary_since": r.primary_since,
+                    "retired": r.retired,
+                    "records": n,
+                }))
+                .collect::<Vec<_>>()),
+        );
+        m.insert("records".into(), json!(total));
+        m.insert("records_soft_deleted".into(), json!(deleted));
+        m.insert("records_other_kek_labels".into(), json!(other_labels));
+        m.insert("pending_rewrap".into(), json!(pending));
+        m.insert("healthy".into(), json!(true));
+    }
+    Ok(Report::new(text, doc))
+}
