@@ -599,3 +599,536 @@ fn soft_deleted_deks_are_not_listed_but_still_need_their_kek_version() {
     assert_eq!(ok_json(&t, &["rewrap"])["rewrapped"], 2);
     assert_eq!(versions(&t)[1], (2, "primary".into(), 2));
 }
+
+// ---------------------------------------------------------------------------
+// Issue 5: recoverable deletion (`dek deleted`, `dek recover`, `dek purge`),
+// the audit log (`audit verify`), the audit HMAC key made by `kek create`.
+
+/// The id of a DEK as the tool shows it: its CKA_UNIQUE_ID through the module.
+fn unique_id(s: &cryptoki::session::Session, h: cryptoki::object::ObjectHandle) -> String {
+    match s
+        .get_attributes(h, &[AttributeType::UniqueId])
+        .unwrap()
+        .as_slice()
+    {
+        [Attribute::UniqueId(u)] => String::from_utf8(u.clone()).unwrap(),
+        other => panic!("CKA_UNIQUE_ID: {other:?}"),
+    }
+}
+
+fn id_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `dek deleted --json`'s rows.
+fn deleted_rows(t: &TestToken) -> Vec<Value> {
+    ok_json(t, &["dek", "deleted"])["deleted"]
+        .as_array()
+        .expect("deleted array")
+        .clone()
+}
+
+/// Finalizes the module in this process, which closes its store.
+///
+/// Do this before [`expire_retention`] or [`rows_with_id`]: this test links
+/// its own copy of SQLite (rusqlite), and the module has another. POSIX
+/// locks belong to the process, so when one copy closes its descriptor of
+/// the store it drops the other copy's locks on it, and the module's next
+/// write can be lost. SQLite guards against that only within one copy.
+fn finalize_module(p: cryptoki::context::Pkcs11, s: cryptoki::session::Session) {
+    drop(s);
+    p.finalize().expect("C_Finalize of the module");
+}
+
+/// Moves a deleted row's purge date into the past, as if its retention
+/// period had passed (a simulated clock: the store is written directly).
+/// The module must not be initialized in this process (see
+/// [`finalize_module`]).
+fn expire_retention(t: &TestToken, id: &str) {
+    let db = rusqlite::Connection::open(&t.store_path).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let n = db
+        .execute(
+            "UPDATE dek SET purge_after = strftime('%s','now') - 60 WHERE id = ?1 AND deleted_at IS NOT NULL",
+            [id_bytes(id)],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "no deleted row {id} in {}", t.store_path.display());
+}
+
+/// Rows of the store with this id, deleted or not (read directly; the
+/// module must not be initialized in this process: see [`finalize_module`]).
+fn rows_with_id(t: &TestToken, id: &str) -> i64 {
+    let db = rusqlite::Connection::open(&t.store_path).unwrap();
+    db.query_row(
+        "SELECT count(*) FROM dek WHERE id = ?1",
+        [id_bytes(id)],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_issue_5_commands_have_help() {
+    for cmd in [
+        &["dek", "deleted"][..],
+        &["dek", "recover"],
+        &["dek", "purge"],
+        &["audit"],
+        &["audit", "verify"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = Command::new(BIN)
+            .args(&args)
+            .env_remove("HSM_ENVELOPE_PIN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{args:?}:\n{}", show(&o));
+        let out = stdout(&o);
+        assert!(
+            out.contains(&format!("Usage: hsm-envelope {}", cmd.join(" "))),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("Exit codes:"), "{args:?}: {out}");
+    }
+    let o = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(stdout(&o).contains("audit"), "{}", show(&o));
+}
+
+#[test]
+fn malformed_dek_ids_exit_2_before_any_pin() {
+    let t = TestToken::new();
+    for (cmd, id) in [
+        ("recover", "xyz"),
+        ("recover", "0011"),
+        ("purge", "00112233445566778899aabbccddeeffaa"),
+        ("purge", "g0112233445566778899aabbccddeeff"),
+        ("recover", ""),
+    ] {
+        let mut c = cli_cmd(&t, &["dek", cmd, id]);
+        c.env_remove("HSM_ENVELOPE_PIN");
+        let o = run(c);
+        assert_eq!(code(&o), 2, "{cmd} {id:?}:\n{}", show(&o));
+        assert!(stderr(&o).contains("32 hex digits"), "{}", show(&o));
+        assert!(!stderr(&o).contains("no PIN"), "{}", show(&o));
+    }
+    // --json: still one JSON document on stdout.
+    let (c, doc) = cli_json(&t, &["dek", "purge", "not-an-id"]);
+    assert_eq!(c, 2, "{doc:#}");
+    assert_eq!(doc["exit_code"], 2);
+    assert!(
+        doc["error"].as_str().unwrap().contains("32 hex digits"),
+        "{doc:#}"
+    );
+    // A well-formed id that is no deleted DEK is a refusal (exit 1).
+    let o = cli(&t, &["dek", "recover", &"0".repeat(32)]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stderr(&o).contains("no soft-deleted DEK"), "{}", show(&o));
+}
+
+#[test]
+fn a_destroyed_dek_is_listed_recovered_and_decrypts_its_old_data() {
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let keep = generate(&s, true, vec![Attribute::Label(b"keep".to_vec())]);
+    let dek = generate(&s, true, vec![Attribute::Label(b"doomed".to_vec())]);
+    let id = unique_id(&s, dek);
+    let iv = [9u8; 12];
+    let ct = gcm_encrypt(&s, dek, &iv, b"aad", b"old secret data").unwrap();
+    let _ = keep;
+
+    let out = ok(&t, &["dek", "deleted"]);
+    assert!(out.contains("no soft-deleted DEKs"), "{out}");
+    s.destroy_object(dek).unwrap();
+    assert!(s
+        .find_objects(&[Attribute::Label(b"doomed".to_vec())])
+        .unwrap()
+        .is_empty());
+
+    // Listed, in text and JSON, with its dates.
+    let out = ok(&t, &["dek", "deleted"]);
+    assert!(out.contains("purge protection off"), "{out}");
+    assert!(out.contains("retention        90 days"), "{out}");
+    let header = out.lines().find(|l| l.starts_with("LABEL")).unwrap();
+    for h in ["ID", "KEK VERSION", "DELETED", "PURGE AFTER", "PURGE NOW"] {
+        assert!(header.contains(h), "{h}: {out}");
+    }
+    let line = out.lines().find(|l| l.starts_with("doomed")).unwrap();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[1], id, "{out}");
+    assert_eq!(cells[2], "v1", "{out}");
+    assert!(cells[3].ends_with('Z') && cells[4].ends_with('Z'), "{out}");
+    assert_eq!(cells[5], "yes", "no purge protection: {out}");
+    assert!(!out.contains("keep"), "{out}");
+
+    let doc = ok_json(&t, &["dek", "deleted"]);
+    assert_eq!(doc["count"], 1, "{doc:#}");
+    assert_eq!(doc["purge_protection"], false);
+    assert_eq!(doc["retention_days"], 90);
+    let row = &doc["deleted"][0];
+    assert_eq!(row["id"], id.as_str());
+    assert_eq!(row["label"], "doomed");
+    assert_eq!(row["kek_version"], 1);
+    assert_eq!(row["purge_allowed"], true);
+    let deleted_at = row["deleted_at"].as_i64().unwrap();
+    assert!(deleted_at > 1_600_000_000);
+    assert_eq!(
+        row["purge_after"].as_i64().unwrap() - deleted_at,
+        90 * 86_400
+    );
+
+    // `dek list` and status.
+    assert_eq!(ok_json(&t, &["dek", "list"])["count"], 1);
+    let st = ok_json(&t, &["status"]);
+    assert_eq!(st["deleted_deks"], 1);
+    assert_eq!(st["deleted_purgeable_now"], 1);
+    assert_eq!(st["purge_protection"], false);
+    assert_eq!(st["retention_days"], 90);
+    let out = ok(&t, &["status"]);
+    assert!(out.contains("deleted DEKs     1"), "{out}");
+    assert!(out.contains("retention        90 days"), "{out}");
+    assert!(out.contains("purge protection off"), "{out}");
+
+    // Recover (the id in upper case works too).
+    let out = ok(&t, &["dek", "recover", &id.to_uppercase()]);
+    assert!(out.contains("recovered") && out.contains(&id), "{out}");
+    assert!(out.contains("doomed"), "{out}");
+    assert!(deleted_rows(&t).is_empty());
+    assert_eq!(ok_json(&t, &["dek", "list"])["count"], 2);
+
+    // The module finds it again, and it decrypts what it encrypted.
+    let found = s
+        .find_objects(&[Attribute::Label(b"doomed".to_vec())])
+        .unwrap();
+    assert_eq!(found.len(), 1, "the recovered DEK is found again");
+    assert_eq!(unique_id(&s, found[0]), id);
+    assert_eq!(
+        gcm_decrypt(&s, found[0], &iv, b"aad", &ct).unwrap(),
+        b"old secret data"
+    );
+
+    // Recovering again: it is live, not deleted.
+    let o = cli(&t, &["dek", "recover", &id]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stderr(&o).contains("is not deleted"), "{}", show(&o));
+    let (c, doc) = cli_json(&t, &["dek", "recover", &id]);
+    assert_eq!(c, 1);
+    assert_eq!(doc["id"], id.as_str());
+}
+
+#[test]
+fn purge_is_refused_under_protection_until_retention_has_passed() {
+    let t = TestToken::with_extra_config("purge_protection = true\nretention_days = 7\n");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![Attribute::Label(b"retained".to_vec())]);
+    let id = unique_id(&s, dek);
+    s.destroy_object(dek).unwrap();
+    finalize_module(p, s);
+
+    let doc = ok_json(&t, &["dek", "deleted"]);
+    assert_eq!(doc["purge_protection"], true, "{doc:#}");
+    assert_eq!(doc["retention_days"], 7);
+    let row = &doc["deleted"][0];
+    assert_eq!(row["purge_allowed"], false);
+    assert_eq!(
+        row["purge_after"].as_i64().unwrap() - row["deleted_at"].as_i64().unwrap(),
+        7 * 86_400
+    );
+    let out = ok(&t, &["dek", "deleted"]);
+    assert!(out.contains("purge protection on"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("retained")).unwrap();
+    assert!(line.trim_end().ends_with("no"), "{out}");
+    let st = ok_json(&t, &["status"]);
+    assert_eq!(st["purge_protection"], true);
+    assert_eq!(st["deleted_purgeable_now"], 0);
+    assert!(ok(&t, &["status"]).contains("purge protection on"));
+
+    // Refused, with the reason and the date; the row stays.
+    let o = cli(&t, &["dek", "purge", &id]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("purge protection is on") && err.contains("retained until"),
+        "{err}"
+    );
+    assert!(err.contains("dek recover"), "{err}");
+    let (c, doc) = cli_json(&t, &["dek", "purge", &id]);
+    assert_eq!(c, 1, "{doc:#}");
+    assert_eq!(doc["purged"], false);
+    assert_eq!(doc["purge_protection"], true);
+    assert!(doc["error"]
+        .as_str()
+        .unwrap()
+        .contains("purge protection is on"));
+    assert_eq!(rows_with_id(&t, &id), 1);
+    assert_eq!(deleted_rows(&t).len(), 1);
+
+    // Retention has passed (simulated clock): allowed, and the row is gone.
+    expire_retention(&t, &id);
+    assert_eq!(deleted_rows(&t)[0]["purge_allowed"], true);
+    let out = ok(&t, &["dek", "purge", &id]);
+    assert!(
+        out.contains("purged for good") && out.contains(&id),
+        "{out}"
+    );
+    assert_eq!(rows_with_id(&t, &id), 0);
+    assert!(deleted_rows(&t).is_empty());
+    assert_eq!(ok_json(&t, &["status"])["records"], 0);
+    // Gone for good.
+    for cmd in ["recover", "purge"] {
+        let o = cli(&t, &["dek", cmd, &id]);
+        assert_eq!(code(&o), 1, "{cmd}: {}", show(&o));
+        assert!(stderr(&o).contains("no soft-deleted DEK"), "{}", show(&o));
+    }
+    // The module (loaded again) does not find it either.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    assert!(s
+        .find_objects(&[Attribute::Label(b"retained".to_vec())])
+        .unwrap()
+        .is_empty());
+
+    // Protection cannot be switched off by the configuration afterwards.
+    let text = t
+        .config_text()
+        .replace("purge_protection = true", "purge_protection = false");
+    let off = write_config(&t, "off.toml", &text);
+    let o = with_config(&t, &off, &["dek", "deleted"]);
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    assert!(stderr(&o).contains("purge_protection"), "{}", show(&o));
+}
+
+#[test]
+fn purge_is_allowed_at_once_without_protection() {
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![Attribute::Label(b"shred-me".to_vec())]);
+    let id = unique_id(&s, dek);
+    // A live DEK cannot be purged: destroy it through the module first.
+    let o = cli(&t, &["dek", "purge", &id]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stderr(&o).contains("is not deleted"), "{}", show(&o));
+    assert_eq!(ok_json(&t, &["dek", "list"])["count"], 1);
+
+    s.destroy_object(dek).unwrap();
+    let doc = ok_json(&t, &["dek", "purge", &id]);
+    assert_eq!(doc["purged"], true, "{doc:#}");
+    assert_eq!(doc["id"], id.as_str());
+    assert_eq!(doc["label"], "shred-me");
+    assert!(deleted_rows(&t).is_empty());
+    let o = cli(&t, &["dek", "recover", &id]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    finalize_module(p, s);
+    assert_eq!(rows_with_id(&t, &id), 0, "the row is gone from the store");
+}
+
+/// Writes an audit log with the library, its checkpoints signed on SoftHSM2
+/// (loaded directly) by the `audit-hmac` key: 10 entries and a checkpoint
+/// every 4 lines, then a flush, then `tail` entries after the last
+/// checkpoint. Returns the log's lines.
+fn write_audit_log(path: &Path, tail: usize) -> Vec<String> {
+    use hsm_envelope::audit::{Audit, Context, Entry, HsmMac, Op};
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let session = user_session_raw(&hsm);
+    let a = Audit::open(
+        path,
+        Context {
+            token: TOKEN_LABEL.into(),
+        },
+        (4, std::time::Duration::from_secs(300)),
+        std::time::Duration::from_secs(60),
+        Some(Box::new(HsmMac::from_session(session, "audit-hmac"))),
+    )
+    .expect("Audit::open");
+    let id = [0x42u8; 16];
+    for i in 0..10u32 {
+        a.record(
+            Entry::new(Op::DekCreate, cryptoki_sys::CKR_OK)
+                .key(&id, b"payroll")
+                .kek_version(i),
+        );
+    }
+    a.flush();
+    for _ in 0..tail {
+        a.record(Entry::new(Op::Logout, cryptoki_sys::CKR_OK));
+    }
+    let s = a.stats();
+    assert_eq!((s.errors, s.checkpoint_failures), (0, 0), "{s:?}");
+    drop(a);
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn audit_verify_accepts_an_intact_log_and_names_an_edited_line() {
+    let t = TestToken::new();
+    let path = t.path().join("audit.log");
+    let lines = write_audit_log(&path, 0);
+    let n = lines.len() as u64;
+    assert!(n >= 13, "{lines:#?}");
+    let log = path.to_str().unwrap();
+
+    let out = ok(&t, &["audit", "verify", "--log", log]);
+    assert!(out.contains("result       intact"), "{out}");
+    assert!(out.contains(&format!("lines        {n}")), "{out}");
+    assert!(!out.contains("WARNING"), "{out}");
+    let doc = ok_json(&t, &["audit", "verify", "--log", log]);
+    assert_eq!(doc["intact"], true, "{doc:#}");
+    assert_eq!(doc["lines"], n);
+    assert!(doc["checkpoints"].as_u64().unwrap() >= 3, "{doc:#}");
+    assert_eq!(doc["unauthenticated_tail"], 0);
+    assert_eq!(doc["first_bad"], Value::Null);
+
+    // The default path comes from the configuration's `audit_log`.
+    let mut text = t.config_text();
+    text.push_str(&format!("audit_log = {:?}\n", log));
+    let with_log = write_config(&t, "with-log.toml", &text);
+    let o = with_config(&t, &with_log, &["audit", "verify"]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert!(stdout(&o).contains(log), "{}", show(&o));
+
+    // Edit one byte of line 3: exit 1, and line 3 is named.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let start: usize = lines[..2].iter().map(|l| l.len() + 1).sum();
+    let at = start
+        + lines[2]
+            .find("payroll")
+            .unwrap_or_else(|| panic!("line 3: {}", lines[2]));
+    bytes[at] = b'P';
+    std::fs::write(&path, &bytes).unwrap();
+    let o = cli(&t, &["audit", "verify", "--log", log]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stdout(&o).contains("NOT INTACT"), "{}", show(&o));
+    assert!(stdout(&o).contains("first bad    line 3:"), "{}", show(&o));
+    assert!(stderr(&o).contains("first bad line 3"), "{}", show(&o));
+    let (c, doc) = cli_json(&t, &["audit", "verify", "--log", log]);
+    assert_eq!(c, 1, "{doc:#}");
+    assert_eq!(doc["intact"], false);
+    assert_eq!(doc["first_bad"]["line"], 3, "{doc:#}");
+    assert!(doc["first_bad"]["reason"].as_str().unwrap().contains('3'));
+    assert!(doc["error"].as_str().unwrap().contains("line 3"));
+}
+
+#[test]
+fn audit_verify_warns_about_the_unauthenticated_tail_and_needs_a_log_and_the_key() {
+    let t = TestToken::new();
+    let path = t.path().join("audit.log");
+    let lines = write_audit_log(&path, 2);
+    let n = lines.len() as u64;
+    let log = path.to_str().unwrap();
+    let out = ok(&t, &["audit", "verify", "--log", log]);
+    assert!(out.contains("result       intact"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "WARNING: the last 2 line(s) ({}-{n}) follow the last checkpoint",
+            n - 1
+        )),
+        "{out}"
+    );
+    assert!(out.contains("NOT authenticated"), "{out}");
+    let doc = ok_json(&t, &["audit", "verify", "--log", log]);
+    assert_eq!(doc["unauthenticated_tail"], 2, "{doc:#}");
+
+    // No --log and no `audit_log`: exit 2, before the PIN.
+    let mut c = cli_cmd(&t, &["audit", "verify"]);
+    c.env_remove("HSM_ENVELOPE_PIN");
+    let o = run(c);
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("--log") && stderr(&o).contains("audit_log"),
+        "{}",
+        show(&o)
+    );
+    // A log that is not there: exit 2, naming it.
+    let missing = t.path().join("missing.log");
+    let o = cli(&t, &["audit", "verify", "--log", missing.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    assert!(stderr(&o).contains("missing.log"), "{}", show(&o));
+    // No HMAC key with the configured label: a backend problem (exit 3),
+    // not a verdict on the log.
+    let mut text = t.config_text();
+    text.push_str("audit_hmac_label = \"no-such-key\"\n");
+    let nokey = write_config(&t, "nokey.toml", &text);
+    let o = with_config(&t, &nokey, &["audit", "verify", "--log", log]);
+    assert_eq!(code(&o), 3, "{}", show(&o));
+    assert!(stderr(&o).contains("no-such-key"), "{}", show(&o));
+}
+
+#[test]
+fn kek_create_and_rotate_make_the_audit_hmac_key_if_missing() {
+    let t = TestToken::new();
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let find = |hs: &cryptoki::session::Session| {
+        hs.find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(b"audit-hmac".to_vec()),
+        ])
+        .unwrap()
+    };
+    // new-token.sh made one: nothing to do.
+    assert_eq!(find(&hs).len(), 1);
+    let doc = ok_json(&t, &["kek", "create"]);
+    assert_eq!(doc["audit_hmac_key"]["label"], "audit-hmac", "{doc:#}");
+    assert_eq!(doc["audit_hmac_key"]["created"], false);
+    assert_eq!(find(&hs).len(), 1);
+
+    // Removed on the HSM: `kek create` makes it again, non-extractable.
+    hs.destroy_object(find(&hs)[0]).unwrap();
+    let out = ok(&t, &["kek", "create"]);
+    assert!(out.contains("audit HMAC key 'audit-hmac' created"), "{out}");
+    let keys = find(&hs);
+    assert_eq!(keys.len(), 1);
+    assert!(bool_attr(&hs, keys[0], AttributeType::Sensitive));
+    assert!(!bool_attr(&hs, keys[0], AttributeType::Extractable));
+    // ... and `kek rotate` too.
+    hs.destroy_object(keys[0]).unwrap();
+    let doc = ok_json(&t, &["kek", "rotate"]);
+    assert_eq!(doc["audit_hmac_key"]["created"], true, "{doc:#}");
+    assert_eq!(find(&hs).len(), 1);
+
+    // The new key authenticates checkpoints that `audit verify` accepts.
+    let path = t.path().join("audit.log");
+    write_audit_log(&path, 0);
+    ok(&t, &["audit", "verify", "--log", path.to_str().unwrap()]);
+
+    // Two keys with the label: which one would verify? `kek create` says
+    // that the version was made but the key is not right (exit 1), and
+    // `audit verify` refuses to judge the log (exit 3).
+    hs.generate_key(
+        &cryptoki::mechanism::Mechanism::GenericSecretKeyGen,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sign(true),
+            Attribute::ValueLen(32.into()),
+            Attribute::Label(b"audit-hmac".to_vec()),
+        ],
+    )
+    .unwrap();
+    let (c, doc) = cli_json(&t, &["kek", "create"]);
+    assert_eq!(c, 1, "{doc:#}");
+    let err = doc["error"].as_str().unwrap();
+    assert!(
+        err.contains("v5 was created") && err.contains("audit HMAC key"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["version"], 5, "{doc:#}");
+    assert_eq!(versions(&t).len(), 5);
+    let o = cli(&t, &["audit", "verify", "--log", path.to_str().unwrap()]);
+    assert_eq!(code(&o), 3, "{}", show(&o));
+    assert!(stderr(&o).contains("expected exactly one"), "{}", show(&o));
+}

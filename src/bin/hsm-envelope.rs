@@ -1,6 +1,7 @@
 //! `hsm-envelope`: the operator's tool. It reads the module's TOML
 //! configuration, logs in to the backend token with the user PIN, and manages
-//! KEK versions, re-wraps DEK records, lists DEKs and reports health.
+//! KEK versions, re-wraps DEK records, lists, recovers and purges DEKs,
+//! verifies the audit log and reports health.
 //!
 //! One file per command group under `src/bin/hsm-envelope/`; this file holds
 //! the command line, the PIN, the exit codes and the output plumbing.
@@ -9,6 +10,8 @@
 
 // A crate root looks for modules beside itself; ours are in a directory
 // named after the binary.
+#[path = "hsm-envelope/audit.rs"]
+mod audit;
 #[path = "hsm-envelope/cli.rs"]
 mod cli;
 #[path = "hsm-envelope/dek.rs"]
@@ -33,7 +36,7 @@ use hsm_envelope::config::Config;
 use hsm_envelope::error::Error;
 use hsm_envelope::store::StoreError;
 
-use cli::{Cli, Command, DekCommand, KekCommand};
+use cli::{AuditCommand, Cli, Command, DekCommand, KekCommand};
 use output::{Failure, Report};
 
 /// The environment variable holding the user PIN (never a command-line
@@ -55,8 +58,9 @@ pub mod exit {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        // --help / --version exit 0; usage errors exit 2.
-        Err(e) => e.exit(),
+        // --help / --version exit 0; usage errors exit 2 (with --json, as
+        // one JSON document too).
+        Err(e) => usage_error(e),
     };
     let json = cli.json;
     match run(cli) {
@@ -69,6 +73,28 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// Exits for a command line clap refused: clap's message on stderr and, with
+/// `--json`, the usual `{"error", "exit_code"}` document on stdout.
+fn usage_error(e: clap::Error) -> ! {
+    if !e.use_stderr() || !std::env::args_os().skip(1).any(|a| a == "--json") {
+        e.exit()
+    }
+    let _ = e.print();
+    let rendered = e.render().to_string();
+    let msg = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line")
+        .trim_start_matches("error: ")
+        .to_string();
+    let doc = serde_json::json!({ "error": msg, "exit_code": exit::USAGE });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string())
+    );
+    std::process::exit(i32::from(exit::USAGE))
 }
 
 fn run(cli: Cli) -> Result<Report, Failure> {
@@ -85,6 +111,12 @@ fn run(cli: Cli) -> Result<Report, Failure> {
     {
         kek::check_kind(*kind)?;
     }
+    let audit_log = match &cli.command {
+        Command::Audit {
+            command: AuditCommand::Verify { log },
+        } => Some(audit::log_path(log.as_deref(), &config)?),
+        _ => None,
+    };
     let pin = read_pin()?;
     if matches!(cli.command, Command::Status) {
         return status::run(config, &pin);
@@ -104,6 +136,15 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         Command::Rewrap(args) => rewrap::run(&admin, args),
         Command::Dek { command } => match command {
             DekCommand::List => dek::list(&admin),
+            DekCommand::Deleted => dek::deleted(&admin),
+            DekCommand::Recover { id } => dek::recover(&admin, id),
+            DekCommand::Purge { id } => dek::purge(&admin, id),
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { .. },
+        } => match &audit_log {
+            Some(path) => audit::verify(&admin, path),
+            None => unreachable!("resolved before the PIN"),
         },
         Command::Status => unreachable!("handled above"),
     };

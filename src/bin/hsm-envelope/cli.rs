@@ -22,7 +22,7 @@ With --json, stdout holds exactly one JSON document, also on failure
 #[command(
     name = "hsm-envelope",
     version,
-    about = "Operator tool for hsm-envelope: KEK versions, rotation, re-wrap, DEK listing, health",
+    about = "Operator tool for hsm-envelope: KEK versions, rotation, re-wrap, DEKs (list, recover, purge), audit log, health",
     long_about = "Operator tool for hsm-envelope, the PKCS#11 module that keeps KEKs on the \
 backend HSM and stores DEKs wrapped by them. It reads the module's TOML configuration \
 (--config, else HSM_ENVELOPE_CONF, else the defaults) and logs in to the backend token \
@@ -61,13 +61,20 @@ pub enum Command {
     /// versions at the end (e.g. ones that failed to open; see the log).
     #[command(after_help = EXIT_CODES)]
     Rewrap(RewrapArgs),
-    /// List DEKs
+    /// Token DEKs: list, list soft-deleted ones, recover, purge
     #[command(after_help = EXIT_CODES)]
     Dek {
         #[command(subcommand)]
         command: DekCommand,
     },
-    /// Health: backend module, token, login, KEK versions, record counts
+    /// The tamper-evident audit log
+    #[command(after_help = EXIT_CODES)]
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Health: backend module, token, login, KEK versions, record counts,
+    /// deleted DEKs and purge protection
     #[command(after_help = EXIT_CODES)]
     Status,
 }
@@ -125,6 +132,67 @@ pub enum DekCommand {
     /// KEK version (`kek list`, `status`).
     #[command(after_help = EXIT_CODES)]
     List,
+    /// List soft-deleted DEKs: when they were deleted, from when they may be
+    /// purged, and whether they may be purged now
+    ///
+    /// Destroying a token DEK through the module only marks it deleted: it
+    /// stays recoverable for `retention_days`. Under purge protection it can
+    /// be purged only once that period has passed; without it, at any time.
+    #[command(after_help = EXIT_CODES)]
+    Deleted,
+    /// Restore a soft-deleted DEK with its attributes
+    ///
+    /// Applications find it again, and data it encrypted decrypts again.
+    #[command(after_help = EXIT_CODES)]
+    Recover {
+        /// The DEK's id: 32 hex digits, as `dek deleted` shows it
+        #[arg(value_name = "ID", value_parser = parse_dek_id)]
+        id: [u8; 16],
+    },
+    /// Remove a soft-deleted DEK for good (it cannot be recovered after)
+    ///
+    /// Refused (exit 1) while purge protection is on and the DEK's retention
+    /// period has not passed. The record's bytes are overwritten in the store;
+    /// data encrypted under the DEK can no longer be decrypted.
+    #[command(after_help = EXIT_CODES)]
+    Purge {
+        /// The DEK's id: 32 hex digits, as `dek deleted` shows it
+        #[arg(value_name = "ID", value_parser = parse_dek_id)]
+        id: [u8; 16],
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the audit log: the hash chain of every line, and every
+    /// checkpoint's HMAC with the key on the HSM (`audit_hmac_label`)
+    ///
+    /// Names the first edited, removed, inserted or reordered line and why
+    /// (exit 1). Lines after the last checkpoint are chain-checked but not
+    /// authenticated: their number is reported.
+    #[command(after_help = EXIT_CODES)]
+    Verify {
+        /// The log file [default: `audit_log` from the configuration]
+        #[arg(long, value_name = "PATH")]
+        log: Option<PathBuf>,
+    },
+}
+
+/// A DEK id as `dek list` and `dek deleted` show it: 32 hex digits.
+pub fn parse_dek_id(s: &str) -> Result<[u8; 16], String> {
+    let t = s.trim();
+    let expected = "expected the DEK's id: 32 hex digits, as `hsm-envelope dek deleted` shows it";
+    if t.len() != 32 {
+        return Err(format!("{expected} (got {} characters)", t.chars().count()));
+    }
+    if let Some(c) = t.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("{expected} ({c:?} is not a hex digit)"));
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| expected.to_string())?;
+    }
+    Ok(id)
 }
 
 #[derive(Args, Debug)]
@@ -161,5 +229,20 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dek_ids_are_32_hex_digits() {
+        let id = super::parse_dek_id("00112233445566778899aabbccddeeFF").unwrap();
+        assert_eq!(id[0], 0x00);
+        assert_eq!(id[1], 0x11);
+        assert_eq!(id[15], 0xff);
+        for bad in ["", "0011", &"0".repeat(33), &format!("{}g", "0".repeat(31))] {
+            assert!(super::parse_dek_id(bad).is_err(), "{bad:?}");
+        }
+        // Multi-byte characters are refused, not sliced.
+        let s = format!("{}é", "0".repeat(30));
+        assert_eq!(s.len(), 32);
+        assert!(super::parse_dek_id(&s).is_err());
     }
 }

@@ -7,7 +7,7 @@ use hsm_envelope::store::{KekState, KekVersionRow};
 
 use crate::cli::KekKind;
 use crate::exit;
-use crate::output::{opt_time, table, time, Failure, Report};
+use crate::output::{now_secs, opt_time, table, time, Failure, Report};
 
 /// Only AES-256 versions can be made for now.
 pub fn check_kind(kind: KekKind) -> Result<(), Failure> {
@@ -40,7 +40,7 @@ pub fn create(admin: &Admin, kind: KekKind, primary: bool) -> Result<Report, Fai
     check_kind(kind)?;
     let env = &admin.env;
     let v = env.create_version(admin.backend(), primary)?;
-    let text = if primary {
+    let mut text = if primary {
         format!(
             "KEK '{}': created v{v} ({}) on the HSM; it is now primary\n",
             env.kek_label(),
@@ -53,15 +53,61 @@ pub fn create(admin: &Admin, kind: KekKind, primary: bool) -> Result<Report, Fai
             kind.as_str()
         )
     };
-    Ok(Report::new(
-        text,
-        json!({
-            "kek_label": env.kek_label(),
-            "version": v,
-            "kind": kind.as_str(),
-            "primary": primary,
-        }),
-    ))
+    let mut doc = json!({
+        "kek_label": env.kek_label(),
+        "version": v,
+        "kind": kind.as_str(),
+        "primary": primary,
+    });
+    let done = if primary {
+        format!("v{v} was created and is primary")
+    } else {
+        format!("v{v} was created")
+    };
+    audit_key(admin, &done, &mut text, &mut doc)?;
+    Ok(Report::new(text, doc))
+}
+
+/// After a KEK operation: make sure the audit HMAC key exists on the token
+/// (issue 5: it is made by new-token.sh and by `kek create`). A failure is
+/// reported with the KEK operation's outcome, so nobody repeats it blindly.
+fn audit_key(admin: &Admin, done: &str, text: &mut String, doc: &mut Value) -> Result<(), Failure> {
+    let label = admin.config.audit_hmac_label.clone();
+    match crate::audit::ensure_key(admin) {
+        Ok(made) => {
+            if made {
+                text.push_str(&format!(
+                    "audit HMAC key '{label}' created on the HSM (it authenticates the audit log's checkpoints)\n"
+                ));
+            }
+            if let Value::Object(m) = doc {
+                m.insert(
+                    "audit_hmac_key".into(),
+                    json!({"label": label, "created": made}),
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let f = Failure::from(e);
+            let mut extra = doc.clone();
+            if let Value::Object(m) = &mut extra {
+                m.insert(
+                    "audit_hmac_key".into(),
+                    json!({"label": label, "created": false, "error": f.message}),
+                );
+            }
+            Err(Failure::new(
+                f.code,
+                format!(
+                    "KEK '{}': {done}, but the audit HMAC key '{label}' could not be checked or created: {}",
+                    admin.env.kek_label(),
+                    f.message
+                ),
+            )
+            .with_extra(extra))
+        }
+    }
 }
 
 pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
@@ -80,16 +126,20 @@ pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
             "{pending} record(s) are under older versions: run `hsm-envelope rewrap`.\n"
         ));
     }
-    Ok(Report::new(
-        text,
-        json!({
-            "kek_label": env.kek_label(),
-            "previous_primary": previous,
-            "primary": v,
-            "pending_rewrap": pending,
-            "refresh_secs": refresh,
-        }),
-    ))
+    let mut doc = json!({
+        "kek_label": env.kek_label(),
+        "previous_primary": previous,
+        "primary": v,
+        "pending_rewrap": pending,
+        "refresh_secs": refresh,
+    });
+    audit_key(
+        admin,
+        &format!("v{v} was created and is primary (was v{previous})"),
+        &mut text,
+        &mut doc,
+    )?;
+    Ok(Report::new(text, doc))
 }
 
 pub fn list(admin: &Admin) -> Result<Report, Failure> {
@@ -249,11 +299,4 @@ pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
             "destroyed": true,
         }),
     ))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

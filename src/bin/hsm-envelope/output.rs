@@ -106,6 +106,14 @@ pub fn time(secs: i64) -> String {
     )
 }
 
+/// The current time in unix seconds.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// An optional time, or `-`.
 pub fn opt_time(secs: Option<i64>) -> String {
     secs.map(time).unwrap_or_else(|| "-".into())

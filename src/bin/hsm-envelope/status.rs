@@ -1,5 +1,6 @@
 //! `hsm-envelope status`: each check in order, and what it found; a failed
-//! check still shows the ones before it.
+//! check still shows the ones before it. Then the KEK versions, the records,
+//! the soft-deleted DEKs, the retention period and purge protection.
 
 use serde_json::{json, Value};
 
@@ -9,7 +10,7 @@ use hsm_envelope::error::Error;
 use hsm_envelope::store::KekState;
 
 use crate::exit;
-use crate::output::{opt_time, table, time, Failure, Report};
+use crate::output::{now_secs, opt_time, table, time, Failure, Report};
 
 /// How far connecting got before `e`: 0 module, 1 token, 2 login.
 fn failed_stage(e: &Error) -> usize {
@@ -90,8 +91,11 @@ fn details(
         .versions(b)
         .and_then(|v| Ok((v, env.with_store(|st| Ok(st.record_counts()?))?)))
         .and_then(|(v, counts)| Ok((v, counts, env.pending_rewrap(b)?)))
-        .and_then(|(v, c, p)| Ok((v, c, p, env.with_store(|st| Ok(st.deleted_count()?))?)));
-    let (versions, counts, pending, deleted) = match facts {
+        .and_then(|(v, c, p)| Ok((v, c, p, env.deleted()?)))
+        .and_then(|(v, c, p, d)| {
+            Ok((v, c, p, d, env.with_store(|st| Ok(st.purge_protection()?))?))
+        });
+    let (versions, counts, pending, deleted_rows, protection) = match facts {
         Ok(f) => f,
         Err(e) => {
             let f = Failure::from(e);
@@ -102,6 +106,13 @@ fn details(
             return Err(Failure::new(f.code, f.message).with_report(Report::new(text, doc)));
         }
     };
+    let deleted = deleted_rows.len() as u64;
+    let now = now_secs();
+    let purgeable = deleted_rows
+        .iter()
+        .filter(|r| !protection || now >= r.purge_after)
+        .count();
+    let retention = admin.config.retention_days;
     let primary = versions
         .iter()
         .find(|(r, _)| r.state == KekState::Primary)
@@ -149,6 +160,10 @@ fn details(
         ));
     }
     text.push_str(&format!("pending re-wrap  {pending}\n"));
+    text.push_str(&format!(
+        "deleted DEKs     {deleted} ({purgeable} may be purged now; see `hsm-envelope dek deleted`)\nretention        {retention} days\npurge protection {}\n",
+        if protection { "on" } else { "off" }
+    ));
     if let Value::Object(m) = &mut doc {
         m.insert("primary".into(), json!(primary));
         m.insert(
@@ -170,6 +185,10 @@ fn details(
         m.insert("records_soft_deleted".into(), json!(deleted));
         m.insert("records_other_kek_labels".into(), json!(other_labels));
         m.insert("pending_rewrap".into(), json!(pending));
+        m.insert("deleted_deks".into(), json!(deleted));
+        m.insert("deleted_purgeable_now".into(), json!(purgeable));
+        m.insert("retention_days".into(), json!(retention));
+        m.insert("purge_protection".into(), json!(protection));
         m.insert("healthy".into(), json!(true));
     }
     Ok(Report::new(text, doc))
