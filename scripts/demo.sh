@@ -62,7 +62,7 @@ show_aes_mechanisms() {
     printf '(%d mechanisms in all; the others are the HSM'"'"'s, passed through)\n' \
         "$(printf '%s\n' "$mechs" | grep -c '^[[:space:]]')"
     for m in AES-GCM AES-CBC-PAD AES-CTR AES-KEY-GEN; do
-        printf '%s\n' "$mechs" | grep -Eq "^[[:space:]]+$m," || die "mechanism $m not listed"
+        grep -Eq "^[[:space:]]+$m," <<<"$mechs" || die "mechanism $m not listed"
     done
 }
 

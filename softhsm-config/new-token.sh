@@ -160,7 +160,7 @@ if [[ $(printf '%s\n' "$kek_info" | grep -c '^Type: ') -ne 1 ]]; then
     printf '%s\n' "$listing" >&2
     die "expected exactly one secret key labelled '$kek_label' on the token (listing above)"
 fi
-printf '%s\n' "$kek_info" | grep -qx 'Type: Secret Key Object; AES length 32' ||
+grep -qx 'Type: Secret Key Object; AES length 32' <<<"$kek_info" ||
     die "KEK is not an AES-256 key: $(printf '%s\n' "$kek_info" | grep '^Type: ')"
 access=$(printf '%s\n' "$kek_info" | sed -n 's/^[[:space:]]*Access:[[:space:]]*//p')
 usage=$(printf '%s\n' "$kek_info" | sed -n 's/^[[:space:]]*Usage:[[:space:]]*//p')
@@ -179,7 +179,7 @@ done
 # CKA_PRIVATE: the KEK must not be visible without login.
 public_listing=$(pkcs11-tool --module "$module" --token-label "$token_label" \
     --list-objects 2>/dev/null) || die "cannot list public objects on the new token"
-if printf '%s\n' "$public_listing" | grep -Eq "^[[:space:]]+label:[[:space:]]+$kek_label\$"; then
+if grep -Eq "^[[:space:]]+label:[[:space:]]+$kek_label\$" <<<"$public_listing"; then
     die "KEK is visible without login (CKA_PRIVATE is not set)"
 fi
 
@@ -190,7 +190,7 @@ if [[ $(printf '%s\n' "$hmac_info" | grep -c '^Type: ') -ne 1 ]]; then
     printf '%s\n' "$listing" >&2
     die "expected exactly one secret key labelled '$hmac_label' on the token (listing above)"
 fi
-printf '%s\n' "$hmac_info" | grep -qx 'Type: Secret Key Object; Generic secret length 32' ||
+grep -qx 'Type: Secret Key Object; Generic secret length 32' <<<"$hmac_info" ||
     die "audit HMAC key is not a 32-byte generic secret: $(printf '%s\n' "$hmac_info" | grep '^Type: ')"
 access=$(printf '%s\n' "$hmac_info" | sed -n 's/^[[:space:]]*Access:[[:space:]]*//p')
 usage=$(printf '%s\n' "$hmac_info" | sed -n 's/^[[:space:]]*Usage:[[:space:]]*//p')
@@ -201,7 +201,7 @@ if has_flag "$access" "extractable"; then
     die "audit HMAC key is extractable (Access: $access)"
 fi
 has_flag "$usage" verify || die "audit HMAC key lacks usage 'verify' (Usage: $usage)"
-if printf '%s\n' "$public_listing" | grep -Eq "^[[:space:]]+label:[[:space:]]+$hmac_label\$"; then
+if grep -Eq "^[[:space:]]+label:[[:space:]]+$hmac_label\$" <<<"$public_listing"; then
     die "audit HMAC key is visible without login (CKA_PRIVATE is not set)"
 fi
 # CKA_SIGN and CKA_VERIFY, for real: sign a test message and verify the MAC.
@@ -212,10 +212,10 @@ if pkcs11-tool --module "$module" --token-label "$token_label" \
     --login --pin "$user_pin" --sign --mechanism SHA256-HMAC --id "$hmac_id" \
     --input-file "$check_dir/msg" --output-file "$check_dir/mac" >/dev/null 2>&1 &&
     [[ $(wc -c <"$check_dir/mac") -eq 32 ]] &&
-    pkcs11-tool --module "$module" --token-label "$token_label" \
+    verdict=$(pkcs11-tool --module "$module" --token-label "$token_label" \
         --login --pin "$user_pin" --verify --mechanism SHA256-HMAC --id "$hmac_id" \
-        --input-file "$check_dir/msg" --signature-file "$check_dir/mac" 2>/dev/null |
-    grep -qx 'Signature is valid'; then
+        --input-file "$check_dir/msg" --signature-file "$check_dir/mac" 2>/dev/null) &&
+    grep -qx 'Signature is valid' <<<"$verdict"; then
     hmac_ok=1
 fi
 rm -rf -- "$check_dir"

@@ -94,18 +94,17 @@ impl Config {
     /// Load from `HSM_ENVELOPE_CONF`, or the defaults when it is unset.
     pub fn from_env() -> Result<Config> {
         match std::env::var_os(CONF_ENV) {
-            Some(p) if !p.is_empty() => Config::from_file(Path::new(&p)),
+            Some(p) if !p.is_empty() => Config::from_file(Path::new(&p)).map_err(|e| match e {
+                Error::Config(m) => Error::Config(format!("{m} (the file named by {CONF_ENV})")),
+                other => other,
+            }),
             _ => Ok(Config::default()),
         }
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read {} (named by {CONF_ENV}): {e}",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         Config::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,

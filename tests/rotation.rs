@@ -669,7 +669,6 @@ fn min_decrypt_version_refuses_records_under_older_versions() {
 /// CKA_HSME_KEK_VERSION still reports the old version) until a
 /// C_FindObjectsInit reloads the row.
 #[test]
-#[ignore = "src bug: Envelope::rewrap_one does not update the DekState it re-wrapped"]
 fn a_lazily_rewrapped_dek_can_still_be_changed_through_its_handle() {
     let t = TestToken::with_extra_config("refresh_secs = 1\n");
     let p = ours();
@@ -698,7 +697,6 @@ fn a_lazily_rewrapped_dek_can_still_be_changed_through_its_handle() {
 /// gone: CKR_HSME_KEK_UNAVAILABLE, although the store holds a good record.
 /// Only a C_FindObjectsInit (which reloads changed rows) repairs it.
 #[test]
-#[ignore = "src bug: a held DEK handle is not reloaded from the store when its record was re-wrapped elsewhere"]
 fn a_held_handle_survives_rewrap_and_destroy_of_its_old_version() {
     let t = TestToken::with_extra_config("refresh_secs = 1\n");
     let p = ours();

@@ -3,12 +3,10 @@
 //! tags with AES-128 and AES-256 (aws-lc-rs has no AES-192-GCM); other cases
 //! go to the portable engines in `gcm.rs`.
 
-use std::sync::Arc;
-
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{append_secret, CipherOp, CryptoError, Direction, PreparedKey, Stage};
+use super::{append_secret, CipherOp, CryptoError, Direction, SessionKey, SpareBuffer, Stage};
 
 const TAG: usize = 16;
 /// SP 800-38D's per-message plaintext limit (2^39 - 256 bits).
@@ -35,7 +33,7 @@ impl GcmKey {
 }
 
 pub struct GcmOp {
-    key: Arc<PreparedKey>,
+    key: SessionKey,
     nonce: [u8; 12],
     aad: Vec<u8>,
     dir: Direction,
@@ -46,7 +44,7 @@ pub struct GcmOp {
 }
 
 impl GcmOp {
-    pub fn new(key: Arc<PreparedKey>, nonce: [u8; 12], aad: &[u8], dir: Direction) -> Self {
+    pub fn new(key: SessionKey, nonce: [u8; 12], aad: &[u8], dir: Direction) -> Self {
         GcmOp {
             key,
             nonce,
@@ -55,6 +53,30 @@ impl GcmOp {
             stage: Stage::Fresh,
             buf: Zeroizing::new(Vec::new()),
         }
+    }
+
+    /// Use `spare` for multi-part input, unless input was already buffered.
+    pub fn lend_buffer(&mut self, spare: SpareBuffer) -> Option<SpareBuffer> {
+        if self.buf.capacity() != 0 {
+            return Some(spare);
+        }
+        self.buf = spare.0;
+        None
+    }
+
+    /// The buffer, with what this operation wrote zeroized. Bytes past the
+    /// length were never written by anyone through it (growth moves to a
+    /// fresh buffer, see `append_secret`), so wiping the length suffices
+    /// and costs what was used, not what was reserved.
+    pub fn reclaim_buffer(&mut self) -> Option<SpareBuffer> {
+        if self.buf.capacity() == 0 {
+            // Single-part: nothing was buffered, nothing to hand on.
+            return None;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.as_mut_slice().zeroize();
+        buf.clear();
+        (buf.capacity() != 0 && buf.capacity() <= SpareBuffer::MAX_KEPT).then_some(SpareBuffer(buf))
     }
 
     fn len_for(&self, input_len: usize) -> usize {
@@ -148,9 +170,23 @@ impl CipherOp for GcmOp {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{multipart, oneshot, random_chunks, Rng};
-    use super::super::{new_op, new_prepared_op, Mode};
+    use super::super::{new_op, new_prepared_op, Mode, PreparedKey, PreparedOp, SessionHold};
     use super::*;
     use crate::envelope::secret::SecretBytes;
+    use std::sync::Arc;
+
+    fn session_key(raw: &[u8]) -> SessionKey {
+        SessionHold::new(Arc::new(
+            PreparedKey::new(SecretBytes::from_slice(raw)).unwrap(),
+        ))
+    }
+
+    /// An aws-lc operation (not a portable one) for `mode`.
+    fn aws_op(key: &SessionKey, mode: &Mode, dir: Direction) -> PreparedOp {
+        let op = new_prepared_op(key, mode, dir).unwrap();
+        assert!(matches!(op, PreparedOp::AwsGcm(_)));
+        op
+    }
 
     /// aws-lc and the portable engine agree, both ways, for every size.
     #[test]
@@ -158,39 +194,28 @@ mod tests {
         let mut rng = Rng(0x5eed);
         for key_len in [16usize, 32] {
             let raw = rng.bytes(key_len);
-            let key = Arc::new(PreparedKey::new(SecretBytes::from_slice(&raw)).unwrap());
+            let key = session_key(&raw);
             assert!(key.gcm.usable());
             for size in [0usize, 1, 15, 16, 17, 255, 4096, 65_537] {
+                let (iv, aad) = (rng.bytes(12), rng.bytes(size % 37));
                 let mode = Mode::Gcm {
-                    iv: rng.bytes(12),
-                    aad: rng.bytes(size % 37),
+                    iv: &iv,
+                    aad: &aad,
                     tag_len: 16,
                 };
                 let data = rng.bytes(size);
-                let fast = oneshot(
-                    &mut *new_prepared_op(&key, &mode, Direction::Encrypt).unwrap(),
-                    &data,
-                )
-                .unwrap();
+                let fast = oneshot(&mut aws_op(&key, &mode, Direction::Encrypt), &data).unwrap();
                 let slow = oneshot(
                     &mut *new_op(&raw, &mode, Direction::Encrypt).unwrap(),
                     &data,
                 )
                 .unwrap();
                 assert_eq!(fast, slow, "key {key_len} size {size}");
-                let back = oneshot(
-                    &mut *new_prepared_op(&key, &mode, Direction::Decrypt).unwrap(),
-                    &slow,
-                )
-                .unwrap();
+                let back = oneshot(&mut aws_op(&key, &mode, Direction::Decrypt), &slow).unwrap();
                 assert_eq!(back, data);
                 let chunks = random_chunks(&mut rng, size);
-                let parts = multipart(
-                    &mut *new_prepared_op(&key, &mode, Direction::Encrypt).unwrap(),
-                    &data,
-                    &chunks,
-                )
-                .unwrap();
+                let parts = multipart(&mut aws_op(&key, &mode, Direction::Encrypt), &data, &chunks)
+                    .unwrap();
                 assert_eq!(parts, fast);
             }
         }
@@ -211,38 +236,28 @@ mod tests {
         let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
         let ct = hex("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662");
         let tag = hex("76fc6ece0f4e1768cddf8853bb2d551b");
-        let k = Arc::new(PreparedKey::new(SecretBytes::from_slice(&key)).unwrap());
+        let k = session_key(&key);
         let mode = Mode::Gcm {
-            iv,
-            aad,
+            iv: &iv,
+            aad: &aad,
             tag_len: 16,
         };
-        let out = oneshot(
-            &mut *new_prepared_op(&k, &mode, Direction::Encrypt).unwrap(),
-            &pt,
-        )
-        .unwrap();
+        let out = oneshot(&mut aws_op(&k, &mode, Direction::Encrypt), &pt).unwrap();
         assert_eq!(out, [ct, tag].concat());
     }
 
     #[test]
     fn tampering_releases_nothing() {
-        let k = Arc::new(PreparedKey::new(SecretBytes::from_slice(&[7; 32])).unwrap());
+        let k = session_key(&[7; 32]);
         let mode = Mode::Gcm {
-            iv: vec![1; 12],
-            aad: vec![],
+            iv: &[1; 12],
+            aad: &[],
             tag_len: 16,
         };
-        let mut ct = oneshot(
-            &mut *new_prepared_op(&k, &mode, Direction::Encrypt).unwrap(),
-            &[0x41; 64],
-        )
-        .unwrap();
+        let mut ct = oneshot(&mut aws_op(&k, &mode, Direction::Encrypt), &[0x41; 64]).unwrap();
         ct[3] ^= 1;
         let mut out = [0u8; 64];
-        let r = new_prepared_op(&k, &mode, Direction::Decrypt)
-            .unwrap()
-            .oneshot(&ct, &mut out);
+        let r = aws_op(&k, &mode, Direction::Decrypt).oneshot(&ct, &mut out);
         assert_eq!(r, Err(CryptoError::Invalid));
         assert_eq!(
             out, [0u8; 64],
@@ -252,13 +267,13 @@ mod tests {
 
     #[test]
     fn short_buffer_keeps_the_operation() {
-        let k = Arc::new(PreparedKey::new(SecretBytes::from_slice(&[7; 16])).unwrap());
+        let k = session_key(&[7; 16]);
         let mode = Mode::Gcm {
-            iv: vec![1; 12],
-            aad: vec![],
+            iv: &[1; 12],
+            aad: &[],
             tag_len: 16,
         };
-        let mut op = new_prepared_op(&k, &mode, Direction::Encrypt).unwrap();
+        let mut op = aws_op(&k, &mode, Direction::Encrypt);
         let mut small = [0u8; 20];
         assert_eq!(
             op.oneshot(&[1; 5], &mut small),
@@ -266,5 +281,37 @@ mod tests {
         );
         let mut ok = [0u8; 21];
         assert_eq!(op.oneshot(&[1; 5], &mut ok), Ok(21));
+    }
+
+    /// A buffer handed from one operation to the next holds nothing of the
+    /// first, and the second gives the same bytes as with a fresh buffer.
+    #[test]
+    fn a_reclaimed_buffer_is_wiped_and_reusable() {
+        let k = session_key(&[7; 32]);
+        let mode = Mode::Gcm {
+            iv: &[1; 12],
+            aad: &[],
+            tag_len: 16,
+        };
+        let mut rng = Rng(7);
+        let long = rng.bytes(1000);
+        let mut op = aws_op(&k, &mode, Direction::Encrypt);
+        multipart(&mut op, &long, &[100, 300]).unwrap();
+        let spare = op.reclaim_buffer().expect("kept");
+        assert!(spare.0.is_empty());
+        assert!(spare.0.capacity() >= long.len());
+        // SAFETY: the first `long.len()` bytes of the allocation were
+        // written (then wiped) by the operation.
+        let used = unsafe { std::slice::from_raw_parts(spare.0.as_ptr(), long.len()) };
+        assert!(
+            used.iter().all(|b| *b == 0),
+            "nothing of the message is left"
+        );
+        let short = rng.bytes(10);
+        let mut op = aws_op(&k, &mode, Direction::Encrypt);
+        assert!(op.lend_buffer(spare).is_none(), "taken");
+        let parts = multipart(&mut op, &short, &[3]).unwrap();
+        let whole = oneshot(&mut aws_op(&k, &mode, Direction::Encrypt), &short).unwrap();
+        assert_eq!(parts, whole);
     }
 }

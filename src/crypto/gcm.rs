@@ -335,11 +335,7 @@ mod tests {
         tag_len: usize,
         dir: Direction,
     ) -> Box<dyn super::CipherOp> {
-        let mode = Mode::Gcm {
-            iv: iv.to_vec(),
-            aad: aad.to_vec(),
-            tag_len,
-        };
+        let mode = Mode::Gcm { iv, aad, tag_len };
         new_op(key, &mode, dir).unwrap()
     }
 
@@ -692,8 +688,8 @@ mod tests {
         }
         let bad = |iv: &[u8], tag_len: usize| {
             let mode = Mode::Gcm {
-                iv: iv.to_vec(),
-                aad: vec![],
+                iv,
+                aad: &[],
                 tag_len,
             };
             new_op(&key, &mode, Direction::Encrypt).err()

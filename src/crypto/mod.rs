@@ -11,13 +11,15 @@ mod awslc;
 mod cbc;
 mod ctr;
 mod gcm;
+mod prepared;
+
+pub use prepared::{
+    new_prepared_op, PreparedKey, PreparedOp, SessionHold, SessionKey, SpareBuffer,
+};
 
 use aes::cipher::{consts::U16, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
-use std::sync::Arc;
 
 use zeroize::Zeroizing;
-
-use crate::envelope::secret::SecretBytes;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
@@ -46,12 +48,15 @@ pub enum Direction {
 }
 
 /// IV and AAD are public values, so the derived Debug reveals nothing secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
+/// They are borrowed (from the caller's mechanism parameters, for the length
+/// of C_EncryptInit): an operation copies what it keeps, and parsing a
+/// mechanism allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode<'a> {
     /// `tag_len` in bytes (4..=16); `iv` 1..=256 bytes (12 is the fast path).
     Gcm {
-        iv: Vec<u8>,
-        aad: Vec<u8>,
+        iv: &'a [u8],
+        aad: &'a [u8],
         tag_len: usize,
     },
     /// CKM_AES_CBC_PAD: CBC with PKCS#7 padding.
@@ -114,55 +119,6 @@ impl Schedule {
             Schedule::A256(c) => build(c.clone(), mode, dir),
         }
     }
-}
-
-/// A DEK's value with its key schedules, built once when the DEK enters the
-/// key cache so that no operation re-expands the key.
-pub struct PreparedKey {
-    value: SecretBytes,
-    schedule: Schedule,
-    #[cfg(feature = "aws-lc")]
-    gcm: awslc::GcmKey,
-}
-
-impl PreparedKey {
-    pub fn new(value: SecretBytes) -> Result<Self, CryptoError> {
-        Ok(PreparedKey {
-            schedule: Schedule::new(value.as_slice())?,
-            #[cfg(feature = "aws-lc")]
-            gcm: awslc::GcmKey::new(value.as_slice())?,
-            value,
-        })
-    }
-
-    /// The key bytes (for wrapping and for CKA_VALUE of extractable keys).
-    pub fn value(&self) -> &[u8] {
-        self.value.as_slice()
-    }
-}
-
-/// An operation on a cached key. AES-GCM with a 96-bit IV and a full tag
-/// runs on aws-lc-rs where built in; everything else on the portable engines.
-pub fn new_prepared_op(
-    key: &Arc<PreparedKey>,
-    mode: &Mode,
-    dir: Direction,
-) -> Result<Box<dyn CipherOp>, CryptoError> {
-    #[cfg(feature = "aws-lc")]
-    if let (
-        Mode::Gcm {
-            iv,
-            aad,
-            tag_len: 16,
-        },
-        true,
-    ) = (mode, key.gcm.usable())
-    {
-        if let Ok(nonce) = <[u8; 12]>::try_from(iv.as_slice()) {
-            return Ok(Box::new(awslc::GcmOp::new(key.clone(), nonce, aad, dir)));
-        }
-    }
-    key.schedule.op(mode, dir)
 }
 
 fn build<A: AesCipher>(

@@ -36,9 +36,20 @@ impl KeyCache {
         (*e.binding == *binding).then(|| e.key.clone())
     }
 
-    /// Read before an unwrap; pass to `insert`.
+    /// Read before an unwrap; pass to `insert`. Also read before a cache
+    /// lookup by whoever keeps the key past the call (a session remembering
+    /// its last DEK), to check later with `still_serves`.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether a key obtained from this cache when `epoch` was read may
+    /// still be served: nothing was removed since (no logout, destroy or
+    /// clear). One load, no lock: this is on every warm C_EncryptInit.
+    /// Any rule that ends a cached key's service (a time to live, say) must
+    /// be checked here too, or sessions that remember a key would outlive it.
+    pub fn still_serves(&self, epoch: u64) -> bool {
+        self.epoch.load(Ordering::Acquire) == epoch
     }
 
     /// Prepare the key schedules once and cache them, unless something was

@@ -286,11 +286,38 @@ impl Envelope {
             return Ok(v);
         }
         let epoch = self.cache.epoch();
-        let v = self.open(backend, id, attrs, record)?;
-        if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
-            self.rewrap_one(backend, id, attrs, record, generation, v.as_slice());
-        }
+        let v = match self.open(backend, id, attrs, record) {
+            Ok(v) => {
+                if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
+                    self.rewrap_one(backend, id, attrs, record, generation, v.as_slice());
+                }
+                v
+            }
+            // Another process may have re-wrapped the row (and destroyed the
+            // version this copy names): open what the store holds now.
+            Err(e) if row_generation.is_some() && e.rv() == CKR_HSME_KEK_UNAVAILABLE => self
+                .open_current_row(backend, id, attrs, record)
+                .ok_or(e)??,
+            Err(e) => return Err(e),
+        };
         Ok(self.cache.insert(*id, binding.clone(), v, epoch)?)
+    }
+
+    /// Open the store's current record of `id` when it differs from ours but
+    /// binds the same attributes. None when there is nothing newer to try.
+    fn open_current_row(
+        &self,
+        backend: &Backend,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        record: &[u8],
+    ) -> Option<Result<SecretBytes>> {
+        let row = self.with_store(|st| Ok(st.get(id)?)).ok().flatten()?;
+        let current = Attrs::decode(&row.attrs).ok()?;
+        if row.record == record || current.bound_encoding() != attrs.bound_encoding() {
+            return None;
+        }
+        Some(self.open(backend, id, &current, &row.record))
     }
 
     /// Best effort: a failure here leaves the record as it was.

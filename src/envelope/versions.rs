@@ -228,6 +228,17 @@ impl Envelope {
             }
             KekState::DecryptOnly => {}
         }
+        // Until every process has re-read the versions, one may still seal
+        // new DEKs under the version that was primary.
+        let settled = row
+            .retired
+            .unwrap_or(0)
+            .saturating_add(self.settings.refresh.as_secs() as i64 + 1);
+        if crate::token::dek::now() < settled {
+            return Err(Error::Admin(format!(
+                "v{version} was primary until moments ago; processes may still wrap new DEKs under it until {settled} (unix time): try again then"
+            )));
+        }
         let needed = self.with_store(|st| Ok(st.count_under(&label, version)?))?;
         if needed > 0 {
             return Err(Error::Admin(format!(

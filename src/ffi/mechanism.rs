@@ -34,19 +34,21 @@ unsafe fn param<T: Copy>(m: &CK_MECHANISM) -> Result<T> {
     Ok(std::ptr::read_unaligned(m.pParameter as *const T))
 }
 
-/// # Safety
-/// `p` must point to `len` readable bytes when non-null.
-unsafe fn param_bytes(p: *const u8, len: CK_ULONG) -> Result<Vec<u8>> {
-    super::args::bytes(p, len)
-        .map(<[u8]>::to_vec)
-        .map_err(|_| param_invalid())
-}
-
-/// The software mode for `m`, or CKR_MECHANISM_INVALID if it has none.
+/// The caller's bytes, borrowed: they stay valid for the call (C_EncryptInit)
+/// that parses them, which is as long as a `Mode` lives.
 ///
 /// # Safety
-/// `m` must be a valid CK_MECHANISM with readable parameters.
-pub unsafe fn soft_mode(m: &CK_MECHANISM) -> Result<Mode> {
+/// `p` must point to `len` readable bytes when non-null, for `'a`.
+unsafe fn param_bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
+    super::args::bytes(p, len).map_err(|_| param_invalid())
+}
+
+/// The software mode for `m`, or CKR_MECHANISM_INVALID if it has none. It
+/// borrows the parameters' IV and AAD (nothing is copied or allocated).
+///
+/// # Safety
+/// `m` must be a valid CK_MECHANISM with parameters readable for `'a`.
+pub unsafe fn soft_mode<'a>(m: &'a CK_MECHANISM) -> Result<Mode<'a>> {
     match m.mechanism {
         CKM_AES_GCM => {
             let (iv, iv_len, aad, aad_len, tag_bits) =

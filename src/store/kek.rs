@@ -185,7 +185,9 @@ impl Store {
     }
 
     /// Up to `limit` rows of `label` not under `version`, by id after
-    /// `after` (for batched, resumable re-wrapping).
+    /// `after` (for batched, resumable re-wrapping). `+kek_label` keeps
+    /// SQLite on the primary key: walking ids in order makes a whole run
+    /// linear, where the label index made every batch sort the table.
     pub fn rows_not_under(
         &self,
         label: &str,
@@ -194,7 +196,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<DekRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM dek WHERE kek_label = ?1 AND kek_version != ?2 AND id > ?3 ORDER BY id LIMIT ?4"
+            "SELECT {ROW_COLUMNS} FROM dek WHERE +kek_label = ?1 AND kek_version != ?2 AND id > ?3 ORDER BY id LIMIT ?4"
         ))?;
         let rows = stmt.query_map(params![label, version, after, limit], super::row_to_dek)?;
         Ok(rows.collect::<Result<_, _>>()?)

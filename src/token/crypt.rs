@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use super::module::Module;
-use super::objects::Object;
-use super::session::Op;
-use super::sessions::lookup;
-use crate::crypto::{self, CryptoError, Direction, Mode};
+use super::module::{Module, ModuleRef};
+use super::objects::{Dek, Object};
+use super::remembered::{Checked, RememberedKey};
+use super::session::{Op, Session};
+use super::sessions::{lookup, with_session};
+use crate::crypto::{self, CipherOp, CryptoError, Direction, Mode};
 use crate::error::{Error, Result};
 use zeroize::Zeroizing;
 
@@ -39,17 +40,11 @@ pub enum Out<'a> {
 /// What the shim must do next.
 pub enum Step {
     Done(usize),
-    /// Forward the same call to this backend session.
-    Forward(Arc<Module>, CK_SESSION_HANDLE),
+    /// Forward the same call to this backend session. The module stays
+    /// counted in (see `module::ModuleRef`) until the shim has done so.
+    Forward(ModuleRef, CK_SESSION_HANDLE),
     /// Forward an init to this backend session, with the backend's key handle.
-    ForwardInit(Arc<Module>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
-}
-
-fn slot_of(ops: &mut super::session::Ops, dir: Direction) -> &mut Op {
-    match dir {
-        Direction::Encrypt => &mut ops.encrypt,
-        Direction::Decrypt => &mut ops.decrypt,
-    }
+    ForwardInit(ModuleRef, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
 }
 
 /// C_EncryptInit / C_DecryptInit. `soft` is the mechanism parsed for the
@@ -59,58 +54,107 @@ pub fn init(
     h: CK_SESSION_HANDLE,
     dir: Direction,
     mech: CK_MECHANISM_TYPE,
-    soft: Result<Mode>,
+    soft: Result<Mode<'_>>,
     key: CK_OBJECT_HANDLE,
 ) -> Result<Step> {
-    let (m, s) = lookup(h)?;
+    with_session(h, |m, s| init_on(m, s, dir, mech, soft, key))
+}
+
+fn init_on(
+    m: ModuleRef,
+    s: &Session,
+    dir: Direction,
+    mech: CK_MECHANISM_TYPE,
+    soft: Result<Mode<'_>>,
+    key: CK_OBJECT_HANDLE,
+) -> Result<Step> {
     let mut ops = s.ops()?;
-    let op = slot_of(&mut ops, dir);
+    let (op, last) = ops.direction(dir);
     if op.is_active() {
         return Err(Error::Rv(CKR_OPERATION_ACTIVE));
     }
+    // Warm: the same DEK as last time in this direction, nothing changed.
+    if let Some(k) = last.as_ref().and_then(|r| r.reuse(key, mech, &m)) {
+        let mode = soft?;
+        let new_op = crypto::new_prepared_op(k, &mode, dir)?;
+        ops.start(dir, new_op);
+        return Ok(Step::Done(0));
+    }
+    // Stale or another key: let go of it now (it may be a destroyed key's).
+    *last = None;
     let obj = m
         .objects
         .get(key)
         .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     match obj {
         Object::Dek(d) => {
-            // Checked under the read lock: no copy of the key's state.
-            let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-            if d.slot != s.slot || (st.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot)) {
-                return Err(Error::Rv(CKR_KEY_HANDLE_INVALID));
-            }
-            let usage = if dir == Direction::Encrypt {
-                CKA_ENCRYPT
-            } else {
-                CKA_DECRYPT
-            };
-            if !st.attrs.flag(usage) {
-                return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
-            }
-            if !st.attrs.mechanism_allowed(mech) {
-                return Err(Error::Rv(CKR_MECHANISM_INVALID));
-            }
-            let mode = soft?;
-            let env = m.envelope_for(d.slot)?;
-            let key = env.value(
-                &m.backend,
-                &d.id,
-                &st.attrs,
-                &st.record,
-                &st.binding,
-                d.is_token().then_some(st.generation),
-            )?;
-            drop(st);
-            *op = Op::Soft(crypto::new_prepared_op(&key, &mode, dir)?);
+            let (remembered, mode) = check_and_fetch(&m, s, d, dir, mech, key, soft)?;
+            let new_op = crypto::new_prepared_op(remembered.key(), &mode, dir);
+            *last = Some(remembered);
+            ops.start(dir, new_op?);
             Ok(Step::Done(0))
         }
         Object::Backend { .. } => {
             // Refuses the KEK, and keys of another slot.
-            let bkey = super::object_ops::backend_key(&m, &s, key)?;
+            let bkey = super::object_ops::backend_key(&m, s, key)?;
             *op = Op::Backend;
-            Ok(Step::ForwardInit(m.clone(), s.backend, bkey))
+            Ok(Step::ForwardInit(m, s.backend, bkey))
         }
     }
+}
+
+/// The full checks of an init on a DEK, and its key (from the cache, else
+/// unwrapped on the HSM), as the session will remember them.
+fn check_and_fetch<'m>(
+    m: &Module,
+    s: &Session,
+    d: Arc<Dek>,
+    dir: Direction,
+    mech: CK_MECHANISM_TYPE,
+    handle: CK_OBJECT_HANDLE,
+    soft: Result<Mode<'m>>,
+) -> Result<(RememberedKey, Mode<'m>)> {
+    // Checked under the read lock: no copy of the key's state.
+    let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    // Under the read lock, so it belongs to the state checked below.
+    let stamp = d.state.stamp();
+    let private = st.attrs.flag(CKA_PRIVATE);
+    if d.slot != s.slot || (private && !m.is_user(s.slot)) {
+        return Err(Error::Rv(CKR_KEY_HANDLE_INVALID));
+    }
+    let usage = if dir == Direction::Encrypt {
+        CKA_ENCRYPT
+    } else {
+        CKA_DECRYPT
+    };
+    if !st.attrs.flag(usage) {
+        return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    }
+    if !st.attrs.mechanism_allowed(mech) {
+        return Err(Error::Rv(CKR_MECHANISM_INVALID));
+    }
+    let mode = soft?;
+    let env = m.envelope_for(d.slot)?;
+    // Before the lookup: a removal from the cache after this is noticed.
+    let epoch = env.cache.epoch();
+    let key = env.value(
+        &m.backend,
+        &d.id,
+        &st.attrs,
+        &st.record,
+        &st.binding,
+        d.is_token().then_some(st.generation),
+    )?;
+    drop(st);
+    let checked = Checked {
+        handle,
+        mechanism: mech,
+        dek: d,
+        stamp,
+        epoch,
+        private,
+    };
+    Ok((RememberedKey::new(checked, key), mode))
 }
 
 /// Which part of an operation a call is.
@@ -130,9 +174,18 @@ pub fn step<'a>(
     part: Part,
     args: impl FnOnce() -> Result<(Input<'a>, Out<'a>)>,
 ) -> Result<Step> {
-    let (m, s) = lookup(h)?;
+    with_session(h, |m, s| step_on(m, s, dir, part, args))
+}
+
+fn step_on<'a>(
+    m: ModuleRef,
+    s: &Session,
+    dir: Direction,
+    part: Part,
+    args: impl FnOnce() -> Result<(Input<'a>, Out<'a>)>,
+) -> Result<Step> {
     let mut ops = s.ops()?;
-    let op = slot_of(&mut ops, dir);
+    let (op, _) = ops.direction(dir);
     let cipher = match op {
         // Bad pointers are reported first, with or without an operation.
         Op::Idle => {
@@ -140,13 +193,13 @@ pub fn step<'a>(
                 .err()
                 .unwrap_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)))
         }
-        Op::Backend => return Ok(Step::Forward(m.clone(), s.backend)),
+        Op::Backend => return Ok(Step::Forward(m, s.backend)),
         Op::Soft(c) => c,
     };
     let (input, out) = match args() {
         Ok(a) => a,
         Err(e) => {
-            *op = Op::Idle;
+            ops.end(dir);
             return Err(e);
         }
     };
@@ -168,7 +221,7 @@ pub fn step<'a>(
     match result {
         Ok(n) => {
             if part != Part::Update {
-                *op = Op::Idle;
+                ops.end(dir);
             }
             Ok(Step::Done(n))
         }
@@ -176,11 +229,11 @@ pub fn step<'a>(
         Err(e @ CryptoError::BufferTooSmall { .. }) => Err(e.into()),
         // A ciphertext invalid only by its length has its own code.
         Err(CryptoError::DataLen) if dir == Direction::Decrypt => {
-            *op = Op::Idle;
+            ops.end(dir);
             Err(Error::Rv(CKR_ENCRYPTED_DATA_LEN_RANGE))
         }
         Err(e) => {
-            *op = Op::Idle;
+            ops.end(dir);
             Err(e.into())
         }
     }
@@ -197,7 +250,7 @@ pub fn forwarded(h: CK_SESSION_HANDLE, dir: Direction, part: Part, rv: CK_RV, qu
     if ends {
         if let Ok((_, s)) = lookup(h) {
             if let Ok(mut ops) = s.ops() {
-                *slot_of(&mut ops, dir) = Op::Idle;
+                ops.end(dir);
             }
         }
     }

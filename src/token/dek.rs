@@ -1,6 +1,6 @@
 //! DEK objects: making one (generate, import, unwrap) and reading one.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLockReadGuard};
 
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
@@ -10,6 +10,7 @@ use super::module::Module;
 use super::objects::{Dek, DekState};
 use super::policy::{self, Origin};
 use super::session::Session;
+use super::stamped::Stamped;
 use crate::envelope::secret::SecretBytes;
 use crate::envelope::service::hex;
 use crate::envelope::Envelope;
@@ -125,7 +126,7 @@ pub fn create(
         id,
         slot: s.slot,
         owner: if token { None } else { Some(s.handle) },
-        state: RwLock::new(state),
+        state: Stamped::new(state),
     };
     env.cache.insert(id, binding, value, env.cache.epoch())?;
     let h = m.objects.intern_dek(Arc::new(dek));
@@ -167,8 +168,20 @@ pub fn attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) -> A
         };
     }
     if ty == CKA_HSME_KEK_VERSION {
-        // Read from the record: a re-wrap changes it without touching attributes.
-        return match Envelope::record_version(&st.record) {
+        // Read from the record: a re-wrap changes it without touching
+        // attributes, perhaps in another process (the store has the latest).
+        let stored = d
+            .is_token()
+            .then(|| {
+                m.envelope_for(d.slot)
+                    .ok()?
+                    .with_store(|st| Ok(st.get(&d.id)?))
+                    .ok()
+                    .flatten()
+            })
+            .flatten()
+            .map(|row| row.kek_version);
+        return match stored.or_else(|| Envelope::record_version(&st.record)) {
             Some(v) => Answer::Value(Zeroizing::new((v as CK_ULONG).to_ne_bytes().to_vec())),
             None => Answer::Invalid,
         };

@@ -1,14 +1,19 @@
 //! The module's process-wide state between C_Initialize and C_Finalize, and
 //! the rules for reaching it: after fork() the child sees
 //! CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize itself.
+//!
+//! Reaching the module writes no shared memory (see `inflight`): every call
+//! makes one, so a lock or a reference count here would serialise all threads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
 
+use super::inflight;
 use super::objects::{Object, Objects};
 use super::session::Sessions;
 use crate::backend::Backend;
@@ -24,6 +29,10 @@ pub struct Module {
     /// `FORKS` when this module was initialised: another value means this
     /// process is a fork child of the one that initialised it.
     pub forks: u64,
+    /// Which C_Initialize of this process made this module. Session handles
+    /// are unique within a module but start again in the next one, so
+    /// anything remembered by handle is remembered with this too.
+    pub generation: u64,
     pub config: Config,
     pub backend: Backend,
     /// Our slot ids are indexes into this list.
@@ -40,23 +49,58 @@ pub struct Module {
     pub session_life: Mutex<()>,
 }
 
-static STATE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
+/// The live module (a leaked `Box`), or null. Written only under `LIFECYCLE`.
+static CURRENT: AtomicPtr<Module> = AtomicPtr::new(std::ptr::null_mut());
 /// Serialises C_Initialize and C_Finalize (which waits for calls in
 /// progress), so a new module never starts under one still shutting down.
 static LIFECYCLE: Mutex<()> = Mutex::new(());
+/// Counts C_Initialize calls that made a module (see `Module::generation`).
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
-/// A panic while a lock was held must not wedge the module for good: the
-/// state it guards is replaced or checked on every use.
-fn write_state() -> RwLockWriteGuard<'static, Option<Arc<Module>>> {
-    STATE.write().unwrap_or_else(PoisonError::into_inner)
+// Every thread reaches the module through a raw pointer, which the
+// compiler cannot check for thread safety: this does.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Module>();
+};
+
+/// The module, for the length of one call: C_Finalize waits for every
+/// `ModuleRef` to be dropped before it frees the module.
+pub struct ModuleRef {
+    module: NonNull<Module>,
+    stripe: usize,
+}
+
+impl std::ops::Deref for ModuleRef {
+    type Target = Module;
+    fn deref(&self) -> &Module {
+        // SAFETY: counted in by `get`, so C_Finalize has not freed it.
+        unsafe { self.module.as_ref() }
+    }
+}
+
+impl Drop for ModuleRef {
+    fn drop(&mut self) {
+        inflight::leave(self.stripe);
+    }
 }
 
 /// The live module, if this process initialised it.
-pub fn get() -> Result<Arc<Module>> {
-    let guard = STATE.read().unwrap_or_else(PoisonError::into_inner);
-    match guard.as_ref() {
-        Some(m) if m.forks == FORKS.load(Ordering::Acquire) => Ok(m.clone()),
-        _ => Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
+pub fn get() -> Result<ModuleRef> {
+    let stripe = inflight::enter();
+    let p = CURRENT.load(Ordering::SeqCst);
+    // SAFETY: a non-null `CURRENT` is a leaked Box that C_Finalize frees only
+    // after taking it out of `CURRENT` and seeing this call counted out; a
+    // fork child's copy of the parent's module is never freed.
+    match unsafe { p.as_ref() } {
+        Some(m) if m.forks == FORKS.load(Ordering::Acquire) => Ok(ModuleRef {
+            module: NonNull::from(m),
+            stripe,
+        }),
+        _ => {
+            inflight::leave(stripe);
+            Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))
+        }
     }
 }
 
@@ -67,12 +111,13 @@ static FORKS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn forked_child() {
     FORKS.fetch_add(1, Ordering::AcqRel);
+    inflight::reset_after_fork();
 }
 
 fn watch_forks() {
     static WATCHING: std::sync::Once = std::sync::Once::new();
     WATCHING.call_once(|| {
-        // SAFETY: registers a handler that only touches an atomic.
+        // SAFETY: registers a handler that only touches atomics.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
         if rc != 0 {
             crate::log_warn!(
@@ -108,15 +153,14 @@ pub fn initialize() -> Result<()> {
     pin_module_in_memory();
     watch_forks();
     let _life = LIFECYCLE.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut guard = write_state();
-    if let Some(old) = guard.take() {
+    // SAFETY: as in `get`; under LIFECYCLE nobody frees it meanwhile.
+    if let Some(old) = unsafe { CURRENT.load(Ordering::SeqCst).as_ref() } {
         if old.forks == FORKS.load(Ordering::Acquire) {
-            *guard = Some(old);
             return Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
         }
         // A fork child: the parent's backend sessions and store connection
-        // are not ours to use or close. Leak them.
-        std::mem::forget(old);
+        // are not ours to use or close. The module is leaked (replaced
+        // below, never freed).
     }
     let config = Config::from_env().inspect_err(|e| {
         // There is no log file yet: the host's stderr is the only place.
@@ -132,42 +176,45 @@ pub fn initialize() -> Result<()> {
         m.slots.len(),
         m.dek_slot
     );
-    *guard = Some(Arc::new(m));
+    CURRENT.store(Box::into_raw(Box::new(m)), Ordering::SeqCst);
     Ok(())
 }
 
 /// Tear down, after every call in progress has finished with the module.
+///
+/// Why no call can still be using the module when it is freed: a call does
+/// (A) increment its stripe, then (B) load `CURRENT`; this does (S) swap
+/// `CURRENT` to null, then (L) read every stripe until it reads zero. All
+/// four are SeqCst, so they fall in one total order that agrees with each
+/// thread's program order. A call that got the module at (B) read the
+/// pointer before (S) replaced it (nothing else writes `CURRENT` while we
+/// hold LIFECYCLE), so A < B < S < L: (L) on its stripe sees its increment,
+/// and reads zero only once its matching decrement has happened (each
+/// call's decrement follows its own increment on the same counter, so no
+/// other call can cancel it out). That decrement is a release and (L) an
+/// acquire, so everything the call did with the module happens before the
+/// drop below. A call whose increment comes after (S) loads null at (B)
+/// and never touches the module; it only delays (L) for a moment.
 pub fn finalize() -> Result<()> {
     let _life = LIFECYCLE.lock().unwrap_or_else(PoisonError::into_inner);
-    let m = {
-        let mut guard = write_state();
-        match guard.as_ref() {
-            Some(m) if m.forks == FORKS.load(Ordering::Acquire) => {}
-            _ => return Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
-        }
-        guard
-            .take()
-            .ok_or(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))?
-    };
+    let p = CURRENT.load(Ordering::SeqCst);
+    // SAFETY: as in `get`; under LIFECYCLE nobody frees it meanwhile.
+    match unsafe { p.as_ref() } {
+        Some(m) if m.forks == FORKS.load(Ordering::Acquire) => {}
+        _ => return Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
+    }
     // New calls now see NOT_INITIALIZED; wait for those already inside.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut m = m;
-    let module = loop {
-        match Arc::try_unwrap(m) {
-            Ok(module) => break module,
-            Err(back) if Instant::now() < deadline => {
-                m = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(back) => {
-                crate::log_error!(
-                    "C_Finalize: calls still in progress after 30 s; leaving the backend as is"
-                );
-                std::mem::forget(back);
-                return Ok(());
-            }
-        }
-    };
+    CURRENT.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    if !inflight::wait_idle(Instant::now() + Duration::from_secs(30)) {
+        crate::log_error!(
+            "C_Finalize: calls still in progress after 30 s; leaving the backend as is"
+        );
+        // Leaked: a call may still be using it.
+        return Ok(());
+    }
+    // SAFETY: `p` came from Box::into_raw in `initialize`, is no longer
+    // reachable through `CURRENT`, and no call holds it (see above).
+    let module = *unsafe { Box::from_raw(p) };
     module.shutdown();
     Ok(())
 }
@@ -206,6 +253,7 @@ impl Module {
         let n_slots = slots.len();
         Ok(Module {
             forks: FORKS.load(Ordering::Acquire),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1,
             config,
             backend,
             slots,
@@ -220,6 +268,8 @@ impl Module {
 
     fn shutdown(self) {
         for s in self.sessions.all() {
+            // Threads may still hold it (see `session_cache`): no key stays in it.
+            s.close();
             let _ = crate::backend::bcall!(self.backend, C_CloseSession(s.backend));
         }
         if let Some(env) = &self.envelope {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use super::attributes::Template;
+use super::attributes::{Attrs, Template};
 use super::dek::{self, Answer};
 use super::guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label};
-use super::module::Module;
+use super::module::{Module, ModuleRef};
 use super::objects::{Dek, DekState, Object};
 use super::policy::{self, Origin};
 use super::session::Session;
@@ -243,7 +243,7 @@ pub fn object_size(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<CK_ULON
 /// What C_GetAttributeValue must do.
 pub enum AttrStep {
     /// Forward the caller's template to this backend session and object.
-    Forward(Arc<Module>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
+    Forward(ModuleRef, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
     /// One answer per requested type, in order.
     Answers(Vec<Answer>),
 }
@@ -255,7 +255,7 @@ pub fn get_attributes(
 ) -> Result<AttrStep> {
     let (m, s) = lookup(h)?;
     match resolve(&m, &s, oh)? {
-        Target::Backend(bh) => Ok(AttrStep::Forward(m.clone(), s.backend, bh)),
+        Target::Backend(bh) => Ok(AttrStep::Forward(m, s.backend, bh)),
         Target::Dek(d) => {
             let st = dek::visible(&m, &s, &d)?;
             Ok(AttrStep::Answers(
@@ -300,7 +300,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
     let new = policy::apply_set(&w.attrs, t)?;
     let env = m.envelope_for(d.slot)?;
     // Bound attributes changed: the record must be sealed again.
-    let record = if new.bound_encoding() != w.attrs.bound_encoding() {
+    let resealed = if new.bound_encoding() != w.attrs.bound_encoding() {
         let value = env.value(
             &m.backend,
             &d.id,
@@ -309,29 +309,43 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
             &w.binding,
             d.is_token().then_some(w.generation),
         )?;
-        env.seal(&m.backend, &d.id, &new, value.value())?
+        Some(env.seal(&m.backend, &d.id, &new, value.value())?)
     } else {
-        w.record.clone()
+        None
     };
+    let mut record = resealed.clone().unwrap_or_else(|| w.record.clone());
     let mut generation = w.generation;
     if d.is_token() {
-        let ok = env.with_store(|store| {
-            Ok(store.update(
-                &d.id,
-                new.label(),
-                new.id(),
-                &new.encode(),
-                &record,
-                &m.config.kek_label,
-                Envelope::record_version(&record).unwrap_or(0),
-                Some(w.generation),
-            )?)
-        })?;
-        if !ok {
-            // Another process changed the key meanwhile; the caller may retry.
-            return Err(Error::Rv(CKR_FUNCTION_FAILED));
+        // Twice at most: the row may have been re-wrapped (same attributes,
+        // newer record) since this process read it; then build on the
+        // stored record. Any other change is someone else's: refuse.
+        for attempt in 0..2 {
+            let ok = env.with_store(|store| {
+                Ok(store.update(
+                    &d.id,
+                    new.label(),
+                    new.id(),
+                    &new.encode(),
+                    &record,
+                    &m.config.kek_label,
+                    Envelope::record_version(&record).unwrap_or(0),
+                    Some(generation),
+                )?)
+            })?;
+            if ok {
+                generation += 1;
+                break;
+            }
+            let row = env.with_store(|st| Ok(st.get(&d.id)?))?;
+            match row {
+                Some(row) if attempt == 0 && Attrs::decode(&row.attrs)? == w.attrs => {
+                    generation = row.generation;
+                    record = resealed.clone().unwrap_or(row.record);
+                }
+                // Another process changed the key meanwhile; the caller may retry.
+                _ => return Err(Error::Rv(CKR_FUNCTION_FAILED)),
+            }
         }
-        generation += 1;
     }
     *w = DekState::new(new, record, generation);
     Ok(())

@@ -8,6 +8,7 @@ use cryptoki_sys::*;
 
 use super::attributes::Attrs;
 use super::handle_hash::HandleMap;
+use super::stamped::Stamped;
 use crate::error::{Error, Result};
 
 /// A DEK owned by this module.
@@ -16,7 +17,10 @@ pub struct Dek {
     pub slot: usize,
     /// The session that owns a session DEK; None for token DEKs.
     pub owner: Option<CK_SESSION_HANDLE>,
-    pub state: RwLock<DekState>,
+    /// Its stamp changes with every write and when this object loses its
+    /// handle (see `Objects::forget`, `intern_dek`): sessions that remember
+    /// this DEK (see `remembered`) check it.
+    pub state: Stamped<DekState>,
 }
 
 #[derive(Clone)]
@@ -143,7 +147,10 @@ impl Objects {
                 h
             }
         };
-        m.by_handle.insert(h, Object::Dek(dek));
+        if let Some(Object::Dek(old)) = m.by_handle.insert(h, Object::Dek(dek)) {
+            // The handle now names a newer state: the old one is stale.
+            old.state.invalidate();
+        }
         h
     }
 
@@ -153,7 +160,8 @@ impl Objects {
 
     /// Forget the handles `drop` selects and return their objects. A
     /// forgotten handle is never given out again: the object gets a new one
-    /// when it is found again.
+    /// when it is found again. A forgotten DEK's stamp changes, so no session
+    /// goes on using what it remembered of it.
     pub fn forget(&self, drop: impl Fn(CK_OBJECT_HANDLE, &Object) -> bool) -> Vec<Object> {
         let Ok(mut m) = self.maps.write() else {
             return Vec::new();
@@ -170,6 +178,7 @@ impl Objects {
                 match &o {
                     Object::Dek(d) => {
                         m.deks.remove(&d.id);
+                        d.state.invalidate();
                     }
                     Object::Backend { slot, handle, .. } => {
                         m.backend.remove(&(*slot, *handle));

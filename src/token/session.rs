@@ -2,19 +2,20 @@
 //! state of its own operations. The state sits behind a per-session mutex,
 //! so threads using different sessions never contend.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cryptoki_sys::*;
 
 use super::handle_hash::HandleMap;
-use crate::crypto::CipherOp;
+use super::remembered::RememberedKey;
+use crate::crypto::{Direction, PreparedOp, SpareBuffer};
 use crate::error::{Error, Result};
 
 pub enum Op {
     Idle,
     /// A software cipher on a DEK.
-    Soft(Box<dyn CipherOp>),
+    Soft(PreparedOp),
     /// Forwarded to the backend session.
     Backend,
 }
@@ -34,25 +35,77 @@ pub struct Ops {
     pub encrypt: Op,
     pub decrypt: Op,
     pub find: Option<Find>,
+    /// The DEK this session last encrypted with, and the one it last
+    /// decrypted with (see `remembered`).
+    pub last_encrypt_key: Option<RememberedKey>,
+    pub last_decrypt_key: Option<RememberedKey>,
+    /// A wiped multi-part buffer from an ended operation, for the next one.
+    spare: Option<SpareBuffer>,
 }
 
 impl Ops {
-    /// End software operations (their keys are released); backend ones are
-    /// the backend's to end.
+    fn new() -> Self {
+        Ops {
+            encrypt: Op::Idle,
+            decrypt: Op::Idle,
+            find: None,
+            last_encrypt_key: None,
+            last_decrypt_key: None,
+            spare: None,
+        }
+    }
+
+    /// Start a software operation in direction `dir`.
+    pub fn start(&mut self, dir: Direction, mut op: PreparedOp) {
+        if let Some(spare) = self.spare.take() {
+            self.spare = op.lend_buffer(spare);
+        }
+        *self.direction(dir).0 = Op::Soft(op);
+    }
+
+    /// End the operation in direction `dir`, keeping its buffer.
+    pub fn end(&mut self, dir: Direction) {
+        if let Op::Soft(mut op) = std::mem::replace(self.direction(dir).0, Op::Idle) {
+            if self.spare.is_none() {
+                self.spare = op.reclaim_buffer();
+            }
+        }
+    }
+
+    /// End software operations and forget remembered keys (their key
+    /// values are released); backend operations are the backend's to end.
     pub fn drop_soft(&mut self) {
         for op in [&mut self.encrypt, &mut self.decrypt] {
             if matches!(op, Op::Soft(_)) {
                 *op = Op::Idle;
             }
         }
+        self.last_encrypt_key = None;
+        self.last_decrypt_key = None;
+        self.spare = None;
+    }
+
+    /// The operation slot and the remembered key of one direction.
+    pub fn direction(&mut self, dir: Direction) -> (&mut Op, &mut Option<RememberedKey>) {
+        match dir {
+            Direction::Encrypt => (&mut self.encrypt, &mut self.last_encrypt_key),
+            Direction::Decrypt => (&mut self.decrypt, &mut self.last_decrypt_key),
+        }
     }
 }
 
+/// Aligned to whole cache lines (128 bytes: x86 fetches lines in pairs):
+/// its count and its mutex are written on every call, and must not share a
+/// line with another session that another thread uses.
+#[repr(align(128))]
 pub struct Session {
     pub handle: CK_SESSION_HANDLE,
     pub slot: usize,
     pub flags: CK_FLAGS,
     pub backend: CK_SESSION_HANDLE,
+    /// Set once the handle is closed: threads that remember this session
+    /// (see `session_cache`) check it, since they skip the handle table.
+    closed: AtomicBool,
     ops: Mutex<Ops>,
 }
 
@@ -60,6 +113,24 @@ impl Session {
     pub fn ops(&self) -> Result<MutexGuard<'_, Ops>> {
         self.ops.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
     }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The handle is gone: say so to threads that remember it, and release
+    /// every key value this session holds, since such a thread may keep the
+    /// session itself alive for a while.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut ops = self
+            .ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ops.drop_soft();
+        ops.find = None;
+    }
+
     pub fn is_rw(&self) -> bool {
         self.flags & CKF_RW_SESSION != 0
     }
@@ -92,11 +163,8 @@ impl Sessions {
             slot,
             flags,
             backend,
-            ops: Mutex::new(Ops {
-                encrypt: Op::Idle,
-                decrypt: Op::Idle,
-                find: None,
-            }),
+            closed: AtomicBool::new(false),
+            ops: Mutex::new(Ops::new()),
         };
         self.map
             .write()
@@ -112,9 +180,13 @@ impl Sessions {
             .ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))
     }
 
+    /// Take the session out of the table and close it (see `Session::close`).
     pub fn remove(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
         let mut m = self.map.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
-        m.remove(&h).ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))
+        let s = m.remove(&h).ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))?;
+        drop(m);
+        s.close();
+        Ok(s)
     }
 
     pub fn on_slot(&self, slot: usize) -> Vec<Arc<Session>> {

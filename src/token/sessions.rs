@@ -6,9 +6,10 @@ use std::sync::{Arc, PoisonError};
 
 use cryptoki_sys::*;
 
-use super::module::{self, Module};
+use super::module::{self, Module, ModuleRef};
 use super::objects::Object;
 use super::session::Session;
+use super::session_cache;
 use crate::backend::bcall;
 use crate::backend::check;
 use crate::error::{Error, Result};
@@ -43,10 +44,20 @@ pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
 }
 
 /// The session and the module, for every call that takes a session handle.
-pub fn lookup(h: CK_SESSION_HANDLE) -> Result<(Arc<Module>, Arc<Session>)> {
+/// Neither takes a lock or writes memory another thread's session uses.
+pub fn lookup(h: CK_SESSION_HANDLE) -> Result<(ModuleRef, Arc<Session>)> {
     let m = module::get()?;
-    let s = m.sessions.get(h)?;
+    let s = session_cache::get(&m, h)?;
     Ok((m, s))
+}
+
+/// `lookup` for the encrypt/decrypt hot path: runs `f` on the session
+/// without taking a reference to it (see `session_cache::with`).
+pub fn with_session<R>(
+    h: CK_SESSION_HANDLE,
+    f: impl FnOnce(ModuleRef, &Session) -> Result<R>,
+) -> Result<R> {
+    session_cache::with(module::get()?, h, f)
 }
 
 pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {

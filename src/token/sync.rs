@@ -2,11 +2,12 @@
 //! a DEK made by another process is found here, and one it destroyed is gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::attributes::Attrs;
 use super::module::Module;
 use super::objects::{Dek, DekState};
+use super::stamped::Stamped;
 use crate::error::Result;
 use crate::store::DekRow;
 
@@ -15,7 +16,7 @@ pub fn dek_from_row(slot: usize, row: &DekRow) -> Result<Arc<Dek>> {
         id: row.id,
         slot,
         owner: None,
-        state: RwLock::new(DekState::new(
+        state: Stamped::new(DekState::new(
             Attrs::decode(&row.attrs)?,
             row.record.clone(),
             row.generation,

@@ -2,8 +2,6 @@
 //! AES key (the KEK included) using AES key wrap on the HSM; everything else
 //! is forwarded with handles translated.
 
-use std::sync::Arc;
-
 use cryptoki_sys::*;
 
 use super::attributes::{as_bool, find_in, Template};
@@ -12,7 +10,7 @@ use super::guard::{
     derive_mechanism_has_handles, is_dek_slot, is_kek, is_key_wrap, kek_only_key_wraps,
     refuse_kek_label,
 };
-use super::module::Module;
+use super::module::{Module, ModuleRef};
 use super::object_ops::{adopt, backend_key, mech_ptr, raw_template, resolve, Target};
 use super::policy::{self, Origin};
 use super::session::Session;
@@ -60,7 +58,7 @@ fn is_trusted(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
 pub enum WrapStep {
     Done(Vec<u8>),
     Forward(
-        Arc<Module>,
+        ModuleRef,
         CK_SESSION_HANDLE,
         CK_OBJECT_HANDLE,
         CK_OBJECT_HANDLE,
@@ -81,7 +79,7 @@ pub fn wrap_key(
     match (wrapping, key) {
         (Target::Backend(w), Target::Backend(k)) => {
             kek_only_key_wraps(&m, &s, w, mech)?;
-            Ok(WrapStep::Forward(m.clone(), s.backend, w, k))
+            Ok(WrapStep::Forward(m, s.backend, w, k))
         }
         (Target::Backend(w), Target::Dek(d)) => {
             let st = dek::visible(&m, &s, &d)?;

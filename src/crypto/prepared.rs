@@ -1,0 +1,170 @@
+//! What the hot path works with: a DEK's key prepared once (value and key
+//! schedules), a session's hold on it, the operation built on it (inline,
+//! not boxed, for AES-GCM on aws-lc), and the multi-part buffer that ended
+//! operations hand on to the next.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+#[cfg(feature = "aws-lc")]
+use super::awslc;
+use super::{CipherOp, CryptoError, Direction, Mode, Schedule};
+use crate::envelope::secret::SecretBytes;
+
+/// A DEK's value with its key schedules, built once when the DEK enters the
+/// key cache so that no operation re-expands the key.
+pub struct PreparedKey {
+    value: SecretBytes,
+    schedule: Schedule,
+    #[cfg(feature = "aws-lc")]
+    pub(super) gcm: awslc::GcmKey,
+}
+
+impl PreparedKey {
+    pub fn new(value: SecretBytes) -> Result<Self, CryptoError> {
+        Ok(PreparedKey {
+            schedule: Schedule::new(value.as_slice())?,
+            #[cfg(feature = "aws-lc")]
+            gcm: awslc::GcmKey::new(value.as_slice())?,
+            value,
+        })
+    }
+
+    /// The key bytes (for wrapping and for CKA_VALUE of extractable keys).
+    pub fn value(&self) -> &[u8] {
+        self.value.as_slice()
+    }
+}
+
+/// A session's own reference to a cached key: operations clone the outer
+/// `Arc`, whose count only that session touches, instead of the cache's,
+/// which every thread using the DEK would write (see `token::remembered`).
+pub type SessionKey = Arc<SessionHold>;
+
+/// The cache's `Arc` as one session holds it. Aligned to whole cache lines
+/// (128 bytes: x86 fetches lines in pairs) so that the outer count, written
+/// on every operation, never shares a line with another session's.
+#[repr(align(128))]
+pub struct SessionHold(Arc<PreparedKey>);
+
+impl SessionHold {
+    pub fn new(key: Arc<PreparedKey>) -> SessionKey {
+        Arc::new(SessionHold(key))
+    }
+}
+
+impl std::ops::Deref for SessionHold {
+    type Target = PreparedKey;
+    fn deref(&self) -> &PreparedKey {
+        &self.0
+    }
+}
+
+/// A multi-part buffer that ended operations hand back for the next one,
+/// so a session does not allocate (and, for large messages, page-fault in)
+/// a fresh buffer and regrow it for every message. What an operation wrote
+/// is zeroized before the buffer is handed back; it holds no data.
+pub struct SpareBuffer(
+    // Only the aws-lc operation buffers in a way worth keeping.
+    #[cfg_attr(not(feature = "aws-lc"), allow(dead_code))] pub(super) Zeroizing<Vec<u8>>,
+);
+
+impl SpareBuffer {
+    /// Larger buffers are freed (after zeroizing), not kept by the session:
+    /// this bounds what an idle session holds. 2 MiB fits a 1 MiB message
+    /// with its tag (the buffer grows by doubling).
+    pub const MAX_KEPT: usize = 2 << 20;
+}
+
+/// An operation on a cached key. The aws-lc AES-GCM operation is held
+/// inline, so the common case allocates nothing; the portable engines'
+/// operations are boxed.
+pub enum PreparedOp {
+    #[cfg(feature = "aws-lc")]
+    AwsGcm(awslc::GcmOp),
+    Portable(Box<dyn CipherOp>),
+}
+
+/// Calls the operation inside with static dispatch for the inline case.
+macro_rules! each {
+    ($self:ident, $op:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "aws-lc")]
+            PreparedOp::AwsGcm($op) => $call,
+            PreparedOp::Portable($op) => $call,
+        }
+    };
+}
+
+impl PreparedOp {
+    /// Give the operation a buffer for multi-part input; an operation that
+    /// keeps its own hands it back.
+    pub fn lend_buffer(&mut self, spare: SpareBuffer) -> Option<SpareBuffer> {
+        match self {
+            #[cfg(feature = "aws-lc")]
+            PreparedOp::AwsGcm(op) => op.lend_buffer(spare),
+            PreparedOp::Portable(_) => Some(spare),
+        }
+    }
+
+    /// Take back the multi-part buffer of an ended operation, wiped, if it
+    /// is worth keeping.
+    pub fn reclaim_buffer(&mut self) -> Option<SpareBuffer> {
+        match self {
+            #[cfg(feature = "aws-lc")]
+            PreparedOp::AwsGcm(op) => op.reclaim_buffer(),
+            PreparedOp::Portable(_) => None,
+        }
+    }
+}
+
+impl CipherOp for PreparedOp {
+    fn oneshot_len(&self, input_len: usize) -> usize {
+        each!(self, op => op.oneshot_len(input_len))
+    }
+    fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
+        each!(self, op => op.oneshot(input, output))
+    }
+    fn update_len(&self, input_len: usize) -> usize {
+        each!(self, op => op.update_len(input_len))
+    }
+    fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
+        each!(self, op => op.update(input, output))
+    }
+    fn finish_len(&self) -> usize {
+        each!(self, op => op.finish_len())
+    }
+    fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
+        each!(self, op => op.finish(output))
+    }
+}
+
+/// An operation on a cached key. AES-GCM with a 96-bit IV and a full tag
+/// runs on aws-lc-rs where built in; everything else on the portable engines.
+pub fn new_prepared_op(
+    key: &SessionKey,
+    mode: &Mode,
+    dir: Direction,
+) -> Result<PreparedOp, CryptoError> {
+    #[cfg(feature = "aws-lc")]
+    if let (
+        Mode::Gcm {
+            iv,
+            aad,
+            tag_len: 16,
+        },
+        true,
+    ) = (mode, key.gcm.usable())
+    {
+        if let Ok(nonce) = <[u8; 12]>::try_from(*iv) {
+            return Ok(PreparedOp::AwsGcm(awslc::GcmOp::new(
+                key.clone(),
+                nonce,
+                aad,
+                dir,
+            )));
+        }
+    }
+    key.schedule.op(mode, dir).map(PreparedOp::Portable)
+}

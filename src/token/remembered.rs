@@ -1,0 +1,186 @@
+//! A session remembers the DEK it last encrypted with, and the one it last
+//! decrypted with, so that the next C_EncryptInit / C_DecryptInit on the
+//! same key skips the object table, the DEK's lock, its attribute checks
+//! and the key cache: all shared between threads, and together most of the
+//! cost of a small message.
+//!
+//! What is remembered is the outcome of those checks for one (handle,
+//! mechanism), and it is used only while none of its inputs changed:
+//! - the DEK's stamp (see `stamped`): it changes on any write to the DEK's
+//!   state, and when its handle is forgotten or re-pointed (destroy, logout,
+//!   the owning session's close, a newer row from the store);
+//! - the key cache's epoch (`KeyCache::still_serves`): it changes on every
+//!   removal from the cache (logout, destroy, clear);
+//! - the login, for a private DEK.
+//!
+//! The key is held through a session-owned `Arc` around the cache's `Arc`:
+//! each operation takes a reference to the outer one, whose count only this
+//! session's operations touch, so threads that share a DEK never write the
+//! same cache line. No second copy of the key is made.
+//!
+//! A remembered key that no longer holds is never used, but it is only let
+//! go of at the session's next init in that direction, at its close, or at
+//! a logout (which clears every session's): until then the key's memory
+//! stays allocated, as it does for an operation left unfinished.
+
+use std::sync::Arc;
+
+use cryptoki_sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE};
+
+use super::module::Module;
+use super::objects::Dek;
+use crate::crypto::{PreparedKey, SessionHold, SessionKey};
+use crate::envelope::cache::KeyCache;
+
+pub struct RememberedKey {
+    handle: CK_OBJECT_HANDLE,
+    mechanism: CK_MECHANISM_TYPE,
+    dek: Arc<Dek>,
+    /// The DEK's stamp, read under its read lock with the state checked.
+    stamp: u64,
+    /// The key cache's epoch, read before the key was looked up.
+    epoch: u64,
+    /// CKA_PRIVATE: usable only while the normal user is logged in.
+    private: bool,
+    key: SessionKey,
+}
+
+/// What the checks of a full init established, to remember.
+pub struct Checked {
+    pub handle: CK_OBJECT_HANDLE,
+    pub mechanism: CK_MECHANISM_TYPE,
+    pub dek: Arc<Dek>,
+    pub stamp: u64,
+    pub epoch: u64,
+    pub private: bool,
+}
+
+impl RememberedKey {
+    pub fn new(c: Checked, key: Arc<PreparedKey>) -> Self {
+        RememberedKey {
+            handle: c.handle,
+            mechanism: c.mechanism,
+            dek: c.dek,
+            stamp: c.stamp,
+            epoch: c.epoch,
+            private: c.private,
+            key: SessionHold::new(key),
+        }
+    }
+
+    /// The key, if an init of `handle` with `mechanism` would pass the same
+    /// checks and get the same key as when it was remembered.
+    pub fn reuse(
+        &self,
+        handle: CK_OBJECT_HANDLE,
+        mechanism: CK_MECHANISM_TYPE,
+        m: &Module,
+    ) -> Option<&SessionKey> {
+        let cache = &m.envelope_for(self.dek.slot).ok()?.cache;
+        self.still_holds(handle, mechanism, || m.is_user(self.dek.slot), cache)
+            .then_some(&self.key)
+    }
+
+    fn still_holds(
+        &self,
+        handle: CK_OBJECT_HANDLE,
+        mechanism: CK_MECHANISM_TYPE,
+        user_logged_in: impl FnOnce() -> bool,
+        cache: &KeyCache,
+    ) -> bool {
+        self.handle == handle
+            && self.mechanism == mechanism
+            && self.dek.state.stamp() == self.stamp
+            && cache.still_serves(self.epoch)
+            && (!self.private || user_logged_in())
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::secret::SecretBytes;
+    use crate::token::attributes::Attrs;
+    use crate::token::objects::DekState;
+    use crate::token::stamped::Stamped;
+
+    const H: CK_OBJECT_HANDLE = 7;
+    const MECH: CK_MECHANISM_TYPE = cryptoki_sys::CKM_AES_GCM;
+
+    fn dek() -> Arc<Dek> {
+        Arc::new(Dek {
+            id: [1; 16],
+            slot: 0,
+            owner: None,
+            state: Stamped::new(DekState::new(Attrs::default(), vec![1, 2, 3], 0)),
+        })
+    }
+
+    fn remember(d: &Arc<Dek>, cache: &KeyCache, private: bool) -> RememberedKey {
+        let stamp = d.state.stamp();
+        let epoch = cache.epoch();
+        let key = PreparedKey::new(SecretBytes::from_slice(&[9; 32])).unwrap();
+        let checked = Checked {
+            handle: H,
+            mechanism: MECH,
+            dek: d.clone(),
+            stamp,
+            epoch,
+            private,
+        };
+        RememberedKey::new(checked, Arc::new(key))
+    }
+
+    #[test]
+    fn reused_only_while_nothing_changed() {
+        let cache = KeyCache::default();
+        let d = dek();
+        let r = remember(&d, &cache, true);
+        assert!(r.still_holds(H, MECH, || true, &cache));
+        assert!(
+            !r.still_holds(H + 1, MECH, || true, &cache),
+            "another handle"
+        );
+        assert!(
+            !r.still_holds(H, cryptoki_sys::CKM_AES_CTR, || true, &cache),
+            "another mechanism"
+        );
+        assert!(!r.still_holds(H, MECH, || false, &cache), "logged out");
+        let public = remember(&d, &cache, false);
+        assert!(public.still_holds(H, MECH, || false, &cache));
+    }
+
+    #[test]
+    fn a_write_to_the_dek_ends_it() {
+        let cache = KeyCache::default();
+        let d = dek();
+        let r = remember(&d, &cache, false);
+        drop(d.state.write().unwrap());
+        assert!(!r.still_holds(H, MECH, || true, &cache));
+    }
+
+    #[test]
+    fn losing_the_handle_ends_it() {
+        let cache = KeyCache::default();
+        let d = dek();
+        let r = remember(&d, &cache, false);
+        d.state.invalidate();
+        assert!(!r.still_holds(H, MECH, || true, &cache));
+    }
+
+    #[test]
+    fn any_removal_from_the_cache_ends_it() {
+        let cache = KeyCache::default();
+        let d = dek();
+        let r = remember(&d, &cache, false);
+        cache.remove(&[2; 16]);
+        assert!(!r.still_holds(H, MECH, || true, &cache));
+        let r = remember(&d, &cache, false);
+        cache.clear();
+        assert!(!r.still_holds(H, MECH, || true, &cache));
+    }
+}
