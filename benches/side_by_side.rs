@@ -141,7 +141,7 @@ usage: bash scripts/bench.sh [FLAGS]
   --find-count N     keys for the C_FindObjects section (default 10000)
   --find-session     make those DEKs session DEKs instead of token DEKs (SQLite store)
   --latency-us US    per-backend-call latency of the computed network-HSM scenario (500)
-  --unwrap-calls N   backend calls per DEK unwrap in that scenario (default 3, see output)
+  --unwrap-calls N   backend calls per DEK unwrap in that scenario (default 2, see output)
   --no-sections      the table only
   --help             this text
 ";
@@ -219,7 +219,7 @@ fn parse_args() -> Res<Parsed> {
         find_count: 10_000,
         find_token: true,
         latency_us: 500.0,
-        unwrap_calls: 3,
+        unwrap_calls: 2,
         sections: true,
     };
     let mut duration = None;

@@ -169,8 +169,8 @@ pub fn network_scenario(
     );
     let _ = writeln!(
         s,
-        "  (C_DecryptInit + C_Decrypt length query + C_Decrypt on the KEK: cryptoki's \
-         Session::decrypt in src/backend/kek.rs gcm_open; flag --unwrap-calls)."
+        "  (C_DecryptInit + C_Decrypt into a buffer sized up front, on the KEK: \
+         src/backend/kek.rs gcm_open; flag --unwrap-calls)."
     );
     let _ = writeln!(
         s,
