@@ -458,7 +458,7 @@ fn a_record_moved_or_altered_in_the_store_fails_to_unwrap() {
             |r| r.get(0),
         )
         .unwrap();
-    let loosened = flip_bool_attr(&attrs, cryptoki_sys::CKA_DECRYPT);
+    let loosened = set_bool_attr(&attrs, cryptoki_sys::CKA_DECRYPT, 1);
     conn.execute(
         "UPDATE dek SET attrs = ?1 WHERE label = ?2",
         rusqlite::params![loosened, b"b".to_vec()],
@@ -473,22 +473,6 @@ fn a_record_moved_or_altered_in_the_store_fails_to_unwrap() {
     let b = s.find_objects(&[Attribute::Label(b"b".to_vec())]).unwrap()[0];
     let e = gcm_decrypt(&s, b, &[1; 12], b"", &[0; 17]).unwrap_err();
     assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_RECORD_INVALID));
-}
-
-/// The stored attribute encoding: version, count, then (type u64 LE, len u32 LE, value).
-fn flip_bool_attr(enc: &[u8], ty: u64) -> Vec<u8> {
-    let mut out = enc.to_vec();
-    let mut pos = 5;
-    while pos + 12 <= out.len() {
-        let t = u64::from_le_bytes(out[pos..pos + 8].try_into().unwrap());
-        let len = u32::from_le_bytes(out[pos + 8..pos + 12].try_into().unwrap()) as usize;
-        if t == ty && len == 1 {
-            out[pos + 12] ^= 1;
-            return out;
-        }
-        pos += 12 + len;
-    }
-    panic!("attribute {ty:#x} not found");
 }
 
 #[test]

@@ -139,3 +139,19 @@ pub fn user_session_raw(hsm: &Pkcs11) -> Session {
     }
     s
 }
+
+/// The stored attribute encoding: version, count, then (type u64 LE, len u32 LE, value).
+pub fn set_bool_attr(enc: &[u8], ty: u64, v: u8) -> Vec<u8> {
+    let mut out = enc.to_vec();
+    let mut pos = 5;
+    while pos + 12 <= out.len() {
+        let t = u64::from_le_bytes(out[pos..pos + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(out[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        if t == ty && len == 1 {
+            out[pos + 12] = v;
+            return out;
+        }
+        pos += 12 + len;
+    }
+    panic!("attribute {ty:#x} not found");
+}
