@@ -407,3 +407,30 @@ pub fn exists(session: &Session, label: &str, version: u32) -> Result<bool> {
         .map_err(|e| Error::from_cryptoki("C_FindObjects", e))?;
     Ok(!found.is_empty())
 }
+
+/// Whether a KEK version may still be used: CKA_DECRYPT and CKA_UNWRAP both
+/// on. The customer revokes by turning either off, or by deleting the key.
+pub fn enabled(session: &Session, kek: ObjectHandle) -> Result<bool> {
+    let attrs = session
+        .get_attributes(kek, &[AttributeType::Decrypt, AttributeType::Unwrap])
+        .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
+    let mut on = 0;
+    for a in attrs {
+        if matches!(a, Attribute::Decrypt(true) | Attribute::Unwrap(true)) {
+            on += 1;
+        }
+    }
+    Ok(on == 2)
+}
+
+/// Whether the session's user is logged in (so a KEK that cannot be found
+/// is really gone, not merely private).
+pub fn logged_in(session: &Session) -> Result<bool> {
+    let info = session
+        .get_session_info()
+        .map_err(|e| Error::from_cryptoki("C_GetSessionInfo", e))?;
+    Ok(matches!(
+        info.session_state(),
+        cryptoki::session::SessionState::RoUser | cryptoki::session::SessionState::RwUser
+    ))
+}

@@ -1,18 +1,46 @@
 //! Backend sessions used for the module's own KEK work, reused across calls
-//! so a DEK unwrap costs one backend round trip, not three.
+//! so a DEK unwrap costs two backend round trips, not more.
+//!
+//! After an HSM outage the backend may have lost every session and the
+//! login: a session found dead is replaced (and the work retried once), and
+//! a new session logs in again with the PIN the application gave C_Login,
+//! kept in locked, zeroized memory until logout.
 
 use std::sync::Mutex;
 
 use cryptoki::context::Pkcs11;
-use cryptoki::session::Session;
+use cryptoki::error::RvError;
+use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
+use cryptoki::types::RawAuthPin;
 use cryptoki_sys::*;
 
+use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
 
 pub struct SessionPool {
     slot: Slot,
     idle: Mutex<Vec<Session>>,
+    pin: Mutex<Option<SecretBytes>>,
+}
+
+/// Codes that mean the HSM (or our link to it) is gone, not that the
+/// request was wrong.
+pub fn is_outage(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_DEVICE_ERROR
+            | CKR_DEVICE_REMOVED
+            | CKR_DEVICE_MEMORY
+            | CKR_TOKEN_NOT_PRESENT
+            | CKR_TOKEN_NOT_RECOGNIZED
+            | CKR_SESSION_HANDLE_INVALID
+            | CKR_SESSION_CLOSED
+    )
+}
+
+fn lost(e: &Error) -> bool {
+    matches!(e, Error::Backend { rv, .. } if is_outage(*rv))
 }
 
 impl SessionPool {
@@ -20,7 +48,42 @@ impl SessionPool {
         SessionPool {
             slot,
             idle: Mutex::new(Vec::new()),
+            pin: Mutex::new(None),
         }
+    }
+
+    /// Keep the user PIN for logging in again after a reconnect.
+    pub fn remember_pin(&self, pin: &[u8]) {
+        if let Ok(mut p) = self.pin.lock() {
+            *p = Some(SecretBytes::from_slice(pin));
+        }
+    }
+
+    pub fn forget_pin(&self) {
+        if let Ok(mut p) = self.pin.lock() {
+            *p = None;
+        }
+    }
+
+    fn open(&self, pkcs11: &Pkcs11) -> Result<Session> {
+        // no_drop: dropping a Session must never call the backend (fork, finalize).
+        let s = pkcs11
+            .open_rw_session_no_drop(self.slot)
+            .map_err(|e| Error::from_cryptoki("C_OpenSession", e))?;
+        if let Ok(guard) = self.pin.lock() {
+            if let Some(pin) = guard.as_ref() {
+                let raw = RawAuthPin::new(pin.as_slice().to_vec().into());
+                match s.login_with_raw(UserType::User, &raw) {
+                    Ok(())
+                    | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+                    Err(e) => {
+                        let _ = s.close();
+                        return Err(Error::from_cryptoki("C_Login", e));
+                    }
+                }
+            }
+        }
+        Ok(s)
     }
 
     /// Run `f` on an idle (or new) read-write session. A session the backend
@@ -33,20 +96,30 @@ impl SessionPool {
             .pop();
         let session = match taken {
             Some(s) => s,
-            // no_drop: dropping a Session must never call the backend (fork, finalize).
-            None => pkcs11
-                .open_rw_session_no_drop(self.slot)
-                .map_err(|e| Error::from_cryptoki("C_OpenSession", e))?,
+            None => self.open(pkcs11)?,
         };
         let out = f(&session);
-        let lost = matches!(&out, Err(Error::Backend { rv, .. })
-            if matches!(*rv, CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED | CKR_DEVICE_ERROR | CKR_DEVICE_REMOVED | CKR_TOKEN_NOT_PRESENT));
-        if !lost {
+        if !matches!(&out, Err(e) if lost(e)) {
             if let Ok(mut idle) = self.idle.lock() {
                 idle.push(session);
             }
         }
         out
+    }
+
+    /// As `with`, but work that failed because the session was lost is tried
+    /// once more on a new session (after a reconnect every idle one is dead).
+    pub fn with_retry<T>(&self, pkcs11: &Pkcs11, f: impl Fn(&Session) -> Result<T>) -> Result<T> {
+        match self.with(pkcs11, &f) {
+            Err(e) if lost(&e) => {
+                // Drop every idle session: they died together.
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.clear();
+                }
+                self.with(pkcs11, f)
+            }
+            other => other,
+        }
     }
 
     /// Close every idle session explicitly (C_Finalize path).

@@ -19,12 +19,25 @@ use crate::token::handle_hash::HandleMap;
 struct Entry {
     binding: Arc<[u8]>,
     key: Arc<PreparedKey>,
+    /// The KEK version the value was unwrapped with (revocation is per version).
+    kek_version: u32,
 }
 
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HandleMap<[u8; 16], Entry>>,
     epoch: AtomicU64,
+    /// Until when (`now_ms`) cached keys may be served without checking
+    /// their KEK versions on the HSM again (the soft TTL, or the outage grace).
+    valid_until: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock local to this process.
+pub fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl KeyCache {
@@ -49,7 +62,35 @@ impl KeyCache {
     /// Any rule that ends a cached key's service (a time to live, say) must
     /// be checked here too, or sessions that remember a key would outlive it.
     pub fn still_serves(&self, epoch: u64) -> bool {
-        self.epoch.load(Ordering::Acquire) == epoch
+        self.epoch.load(Ordering::Acquire) == epoch && self.fresh()
+    }
+
+    /// Whether the KEK versions were checked recently enough (soft TTL).
+    pub fn fresh(&self) -> bool {
+        now_ms() < self.valid_until.load(Ordering::Acquire)
+    }
+
+    pub fn valid_until(&self, ms: u64) {
+        self.valid_until.store(ms, Ordering::Release);
+    }
+
+    /// The KEK versions cached values were unwrapped with.
+    pub fn versions(&self) -> Vec<u32> {
+        let Ok(m) = self.map.read() else {
+            return Vec::new();
+        };
+        let mut v: Vec<u32> = m.values().map(|e| e.kek_version).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Drop (zeroize) every value unwrapped with `version`.
+    pub fn remove_version(&self, version: u32) {
+        if let Ok(mut m) = self.map.write() {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            m.retain(|_, e| e.kek_version != version);
+        }
     }
 
     /// Prepare the key schedules once and cache them, unless something was
@@ -58,6 +99,7 @@ impl KeyCache {
         &self,
         id: [u8; 16],
         binding: Arc<[u8]>,
+        kek_version: u32,
         value: SecretBytes,
         epoch: u64,
     ) -> Result<Arc<PreparedKey>, CryptoError> {
@@ -69,6 +111,7 @@ impl KeyCache {
                     Entry {
                         binding,
                         key: key.clone(),
+                        kek_version,
                     },
                 );
             }
@@ -108,16 +151,27 @@ mod tests {
         let c = KeyCache::default();
         let b: Arc<[u8]> = Arc::from(&b"rec+attrs"[..]);
         let e = c.epoch();
-        c.insert([1; 16], b.clone(), SecretBytes::from_slice(&[7; 32]), e)
+        c.insert([1; 16], b.clone(), 1, SecretBytes::from_slice(&[7; 32]), e)
             .unwrap();
         assert!(c.get(&[1; 16], &b).is_some());
         assert!(c.get(&[1; 16], b"other").is_none(), "a changed row misses");
         // An unwrap that started before a removal is not cached.
         let e = c.epoch();
         c.remove(&[9; 16]);
-        c.insert([2; 16], b.clone(), SecretBytes::from_slice(&[7; 32]), e)
+        c.insert([2; 16], b.clone(), 1, SecretBytes::from_slice(&[7; 32]), e)
             .unwrap();
         assert!(c.get(&[2; 16], &b).is_none());
+        c.insert(
+            [3; 16],
+            b.clone(),
+            2,
+            SecretBytes::from_slice(&[7; 32]),
+            c.epoch(),
+        )
+        .unwrap();
+        assert_eq!(c.versions(), vec![1, 2]);
+        c.remove_version(1);
+        assert_eq!(c.versions(), vec![2]);
         c.clear();
         assert!(c.is_empty());
     }

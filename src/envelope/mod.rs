@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod deletion;
+pub mod health;
 pub mod record;
 pub mod secret;
 pub mod service;

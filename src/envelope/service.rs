@@ -23,7 +23,7 @@ use crate::crypto::PreparedKey;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::token::attributes::Attrs;
-use crate::vendor::{CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
+use crate::vendor::{CKR_HSME_KEK_REVOKED, CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
 
 const RECORD_IV_LEN: usize = 12;
 
@@ -68,6 +68,8 @@ pub struct Envelope {
     pub cache: KeyCache,
     /// See `kek::TempGate`.
     pub temp_gate: kek::TempGate,
+    /// Revocation and outage state (see `health`).
+    pub(super) health: super::health::Health,
     /// Who this process is, for leases in the store.
     pub(super) holder: String,
 }
@@ -84,6 +86,7 @@ impl Envelope {
             store: Mutex::new(None),
             cache: KeyCache::default(),
             temp_gate: kek::TempGate::default(),
+            health: super::health::Health::default(),
             holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
         }
     }
@@ -118,6 +121,22 @@ impl Envelope {
         self.pool.with(backend.pkcs11(), f)
     }
 
+    /// As `with_session`, retried once on a new session if the first was lost
+    /// (an HSM reconnect kills every pooled session at once).
+    pub fn with_session_retry<T>(
+        &self,
+        backend: &Backend,
+        f: impl Fn(&cryptoki::session::Session) -> Result<T>,
+    ) -> Result<T> {
+        self.pool.with_retry(backend.pkcs11(), f)
+    }
+
+    /// The user logged in: keep the PIN (locked, zeroized) to log in again
+    /// after the HSM comes back from an outage.
+    pub fn remember_pin(&self, pin: &[u8]) {
+        self.pool.remember_pin(pin);
+    }
+
     /// Run `f` with a pooled backend session and KEK version `version`.
     fn with_kek<T>(
         &self,
@@ -125,9 +144,21 @@ impl Envelope {
         version: u32,
         f: impl Fn(&cryptoki::session::Session, ObjectHandle) -> Result<T>,
     ) -> Result<T> {
-        self.pool.with(backend.pkcs11(), |s| {
+        self.pool.with_retry(backend.pkcs11(), |s| {
             let handle = self.kek_handle(s, version)?;
-            f(s, handle).map_err(|e| self.kek_error(e))
+            match f(s, handle) {
+                // A stale handle (the login was lost and regained, say): find
+                // the KEK again once.
+                Err(Error::Backend {
+                    rv: CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID,
+                    ..
+                }) => {
+                    self.forget_keks();
+                    let handle = self.kek_handle(s, version)?;
+                    f(s, handle).map_err(|e| self.kek_error(e))
+                }
+                other => other.map_err(|e| self.kek_error(e)),
+            }
         })
     }
 
@@ -146,12 +177,22 @@ impl Envelope {
             return Ok(h);
         }
         let label = &self.settings.kek_label;
-        let h = kek::find(s, label, version)?;
+        let h = match kek::find(s, label, version) {
+            Ok(h) => h,
+            // Not there although we are logged in: deleted on the HSM.
+            Err(e) if e.rv() == CKR_HSME_KEK_UNAVAILABLE && kek::logged_in(s)? => {
+                return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
+            }
+            Err(e) => return Err(e),
+        };
         if !kek::check_policy(s, h)? {
             crate::log_error!(
                 "KEK '{label}' v{version} is extractable or not sensitive; refusing to use it"
             );
             return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
+        }
+        if !kek::enabled(s, h)? {
+            return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
         }
         if let Ok(mut m) = self.handles.lock() {
             m.insert(version, h);
@@ -179,9 +220,11 @@ impl Envelope {
         }
     }
 
-    /// Called when the login ends: KEK handles and every cached value go.
+    /// Called when the login ends: KEK handles, the PIN and every cached
+    /// value go.
     pub fn on_logout(&self) {
         self.forget_keks();
+        self.pool.forget_pin();
         self.cache.clear();
     }
 
@@ -253,6 +296,9 @@ impl Envelope {
             );
             return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
         }
+        if self.health.is_revoked(rec.kek_version) {
+            return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
+        }
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
             .with_kek(backend, rec.kek_version, |s, k| {
@@ -282,11 +328,18 @@ impl Envelope {
         binding: &Arc<[u8]>,
         row_generation: Option<i64>,
     ) -> Result<Arc<PreparedKey>> {
+        // Revocation and outage: the KEK versions in use are checked every
+        // soft TTL; an error here means nothing cached may be served.
+        self.ensure_fresh(backend)?;
         if let Some(v) = self.cache.get(id, binding) {
             return Ok(v);
         }
         let epoch = self.cache.epoch();
-        let v = match self.open(backend, id, attrs, record) {
+        let version = Envelope::record_version(record).unwrap_or(0);
+        let opened = self
+            .open(backend, id, attrs, record)
+            .map_err(|e| self.classify(version, e));
+        let v = match opened {
             Ok(v) => {
                 if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
                     self.rewrap_one(backend, id, attrs, record, generation, v.as_slice());
@@ -295,12 +348,17 @@ impl Envelope {
             }
             // Another process may have re-wrapped the row (and destroyed the
             // version this copy names): open what the store holds now.
-            Err(e) if row_generation.is_some() && e.rv() == CKR_HSME_KEK_UNAVAILABLE => self
-                .open_current_row(backend, id, attrs, record)
-                .ok_or(e)??,
+            Err(e)
+                if row_generation.is_some()
+                    && matches!(e.rv(), CKR_HSME_KEK_UNAVAILABLE | CKR_HSME_KEK_REVOKED) =>
+            {
+                self.open_current_row(backend, id, attrs, record)
+                    .ok_or(e)??
+            }
             Err(e) => return Err(e),
         };
-        Ok(self.cache.insert(*id, binding.clone(), v, epoch)?)
+        self.service_ok(super::cache::now_ms());
+        Ok(self.cache.insert(*id, binding.clone(), version, v, epoch)?)
     }
 
     /// Open the store's current record of `id` when it differs from ours but

@@ -128,7 +128,8 @@ pub fn create(
         owner: if token { None } else { Some(s.handle) },
         state: Stamped::new(state),
     };
-    env.cache.insert(id, binding, value, env.cache.epoch())?;
+    env.cache
+        .insert(id, binding, kek_version, value, env.cache.epoch())?;
     let h = m.objects.intern_dek(Arc::new(dek));
     crate::log_info!(
         "DEK created: id={} origin={origin:?} token={token} kek_version={kek_version}",

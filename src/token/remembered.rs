@@ -121,6 +121,8 @@ mod tests {
     }
 
     fn remember(d: &Arc<Dek>, cache: &KeyCache, private: bool) -> RememberedKey {
+        // As after a check of the KEK versions on the HSM.
+        cache.valid_until(u64::MAX);
         let stamp = d.state.stamp();
         let epoch = cache.epoch();
         let key = PreparedKey::new(SecretBytes::from_slice(&[9; 32])).unwrap();
@@ -152,6 +154,19 @@ mod tests {
         assert!(!r.still_holds(H, MECH, || false, &cache), "logged out");
         let public = remember(&d, &cache, false);
         assert!(public.still_holds(H, MECH, || false, &cache));
+    }
+
+    #[test]
+    fn the_soft_ttl_running_out_ends_it() {
+        let cache = KeyCache::default();
+        let d = dek();
+        let r = remember(&d, &cache, false);
+        assert!(r.still_holds(H, MECH, || true, &cache));
+        cache.valid_until(0);
+        assert!(
+            !r.still_holds(H, MECH, || true, &cache),
+            "the KEK must be checked again"
+        );
     }
 
     #[test]

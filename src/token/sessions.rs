@@ -134,6 +134,12 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()>
     if user != CKU_CONTEXT_SPECIFIC {
         m.logged_in(s.slot, user);
     }
+    // Kept to log in again by itself after an HSM outage (see backend::pool).
+    if rv == CKR_OK && user == CKU_USER {
+        if let Ok(env) = m.envelope_for(s.slot) {
+            env.remember_pin(pin);
+        }
+    }
     crate::log_info!("login on slot {} as user type {user}", s.slot);
     check("C_Login", rv)
 }

@@ -1,0 +1,177 @@
+//! Revocation and outage. Every `soft_ttl` the KEK versions that cached DEKs
+//! came from are checked on the HSM, one cheap call per version (not per
+//! DEK): a version deleted or disabled there (CKA_DECRYPT or CKA_UNWRAP off)
+//! is revoked, and its DEKs are dropped and refused from then on. An HSM that
+//! cannot be reached is an outage, not a revocation: cached DEKs keep
+//! working until `hard_ttl` after the last good check, new unwraps fail with
+//! CKR_HSME_HSM_UNAVAILABLE, and service resumes when the HSM is back.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use cryptoki_sys::*;
+
+use super::cache::now_ms;
+use super::service::Envelope;
+use crate::backend::pool::is_outage;
+use crate::backend::{kek, Backend};
+use crate::error::{Error, Result};
+use crate::vendor::{CKR_HSME_HSM_UNAVAILABLE, CKR_HSME_KEK_REVOKED};
+
+/// How soon an outage is looked at again while cached DEKs are served.
+const OUTAGE_RETRY_MS: u64 = 1_000;
+
+#[derive(Default)]
+pub struct Health {
+    revoked: Mutex<HashSet<u32>>,
+    last_ok: AtomicU64,
+    outage: AtomicBool,
+    /// One check at a time; the others serve or wait briefly.
+    checking: Mutex<()>,
+}
+
+/// What the HSM says about one KEK version.
+enum Status {
+    Usable,
+    Revoked,
+}
+
+impl Health {
+    pub fn is_revoked(&self, version: u32) -> bool {
+        self.revoked
+            .lock()
+            .map(|r| r.contains(&version))
+            .unwrap_or(false)
+    }
+}
+
+impl Envelope {
+    /// Called before serving a cached DEK: checks the KEK versions in use
+    /// when the soft TTL has passed. Cheap (one clock read) otherwise.
+    pub fn ensure_fresh(&self, backend: &Backend) -> Result<()> {
+        if self.cache.fresh() {
+            return Ok(());
+        }
+        let _one = self
+            .health
+            .checking
+            .lock()
+            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        if self.cache.fresh() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let soft = self.settings.soft_ttl.as_millis() as u64;
+        let versions = self.cache.versions();
+        if versions.is_empty() {
+            self.cache.valid_until(now + soft);
+            return Ok(());
+        }
+        match self.with_session_retry(backend, |s| {
+            versions
+                .iter()
+                .map(|v| self.status(s, *v).map(|st| (*v, st)))
+                .collect::<Result<Vec<_>>>()
+        }) {
+            Ok(statuses) => {
+                for (v, st) in statuses {
+                    if let Status::Revoked = st {
+                        self.revoke(v);
+                    }
+                }
+                self.service_ok(now);
+                self.cache.valid_until(now + soft);
+                Ok(())
+            }
+            Err(e) if is_outage(e.rv()) || e.rv() == CKR_HSME_HSM_UNAVAILABLE => {
+                self.outage_seen(&e);
+                let hard = self.settings.hard_ttl.as_millis() as u64;
+                let last_ok = self.health.last_ok.load(Ordering::Acquire);
+                if hard > 0 && now < last_ok.saturating_add(hard) {
+                    self.cache
+                        .valid_until((now + OUTAGE_RETRY_MS).min(last_ok + hard));
+                    Ok(())
+                } else {
+                    self.cache.clear();
+                    Err(Error::Rv(CKR_HSME_HSM_UNAVAILABLE))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A KEK version is gone or disabled on the HSM: drop (zeroize) its DEKs
+    /// and refuse them from now on.
+    pub(super) fn revoke(&self, version: u32) {
+        let first = self
+            .health
+            .revoked
+            .lock()
+            .map(|mut r| r.insert(version))
+            .unwrap_or(false);
+        self.cache.remove_version(version);
+        self.forget_keks();
+        if first {
+            crate::log_warn!(
+                "KEK '{}' v{version} is revoked on the HSM: its DEKs are no longer served",
+                self.kek_label()
+            );
+        }
+    }
+
+    /// A backend call worked: the HSM is reachable.
+    pub(super) fn service_ok(&self, now: u64) {
+        self.health.last_ok.store(now, Ordering::Release);
+        if self.health.outage.swap(false, Ordering::AcqRel) {
+            crate::log_info!("HSM reachable again");
+        }
+    }
+
+    fn outage_seen(&self, e: &Error) {
+        if !self.health.outage.swap(true, Ordering::AcqRel) {
+            crate::log_warn!(
+                "HSM unreachable ({e}): serving cached DEKs for at most cache_hard_ttl_secs"
+            );
+        }
+    }
+
+    /// Map an unwrap failure: an unreachable HSM is an outage (its own code),
+    /// a KEK that vanished while we are logged in is a revocation.
+    pub(super) fn classify(&self, version: u32, e: Error) -> Error {
+        let rv = e.rv();
+        if is_outage(rv) {
+            self.outage_seen(&e);
+            return Error::Rv(CKR_HSME_HSM_UNAVAILABLE);
+        }
+        if rv == CKR_HSME_KEK_REVOKED {
+            self.revoke(version);
+        }
+        e
+    }
+
+    fn status(&self, s: &cryptoki::session::Session, version: u32) -> Result<Status> {
+        match self.kek_handle(s, version) {
+            Ok(h) => match kek::enabled(s, h) {
+                Ok(true) => Ok(Status::Usable),
+                Ok(false) => Ok(Status::Revoked),
+                // The handle went stale: look it up again next time.
+                Err(Error::Backend {
+                    rv: CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID,
+                    ..
+                }) => {
+                    self.forget_keks();
+                    match self.kek_handle(s, version) {
+                        Ok(h) if kek::enabled(s, h)? => Ok(Status::Usable),
+                        Ok(_) => Ok(Status::Revoked),
+                        Err(e) if e.rv() == CKR_HSME_KEK_REVOKED => Ok(Status::Revoked),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) if e.rv() == CKR_HSME_KEK_REVOKED => Ok(Status::Revoked),
+            Err(e) => Err(e),
+        }
+    }
+}

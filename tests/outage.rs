@@ -1,0 +1,176 @@
+//! Revocation and outage, told apart: a KEK version deleted or disabled on
+//! the HSM stops its DEKs within cache_soft_ttl_secs (CKR_HSME_KEK_REVOKED);
+//! an HSM that cannot be reached does not stop cached DEKs until
+//! cache_hard_ttl_secs (new unwraps fail with CKR_HSME_HSM_UNAVAILABLE), and
+//! service resumes by itself when the HSM is back.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::p11::*;
+use common::*;
+use cryptoki::error::RvError;
+use cryptoki::object::Attribute;
+
+const CKR_HSME_KEK_REVOKED: u64 = 0xC845_0004;
+const CKR_HSME_HSM_UNAVAILABLE: u64 = 0xC845_0005;
+
+fn kek_on_softhsm(hsm: &cryptoki::session::Session) -> cryptoki::object::ObjectHandle {
+    hsm.find_objects(&[
+        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+        Attribute::Id(KEK_ID.to_vec()),
+    ])
+    .unwrap()[0]
+}
+
+#[test]
+fn disabling_the_kek_on_the_hsm_revokes_its_deks_within_the_soft_ttl() {
+    let _t = TestToken::with_extra_config("cache_soft_ttl_secs = 1\n");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    // The customer turns the KEK off on their HSM.
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    hs.update_attributes(kek_on_softhsm(&hs), &[Attribute::Decrypt(false)])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1300));
+    let e = gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap_err();
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
+    let e = s.generate_key(
+        &cryptoki::mechanism::Mechanism::AesKeyGen,
+        &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+    );
+    assert_eq!(
+        rv(e.unwrap_err()),
+        RvError::VendorDefined(CKR_HSME_KEK_REVOKED),
+        "no new DEK under a revoked KEK"
+    );
+}
+
+/// pkcs11-tool deletes the KEK from another process while this one keeps
+/// encrypting: the DEK stops within the soft TTL.
+#[test]
+fn deleting_the_kek_from_another_process_stops_a_running_one() {
+    let _t = TestToken::with_extra_config("cache_soft_ttl_secs = 1\n");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    let out = std::process::Command::new("pkcs11-tool")
+        .args(["--module"])
+        .arg(softhsm_module_path())
+        .args([
+            "--token-label",
+            TOKEN_LABEL,
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--delete-object",
+            "--type",
+            "secrkey",
+            "--id",
+            "01",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deleted = Instant::now();
+    let stopped = loop {
+        match gcm_encrypt(&s, dek, &[1; 12], b"", b"x") {
+            Ok(_) if deleted.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Ok(_) => panic!("still serving 10 s after the KEK was deleted"),
+            Err(e) => break (rv(e), deleted.elapsed()),
+        }
+    };
+    assert_eq!(stopped.0, RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
+    assert!(
+        stopped.1 < Duration::from_millis(2500),
+        "stopped after {:?} (soft TTL 1 s)",
+        stopped.1
+    );
+}
+
+fn faulty_backend_path() -> PathBuf {
+    let dir = module_path().parent().unwrap().to_path_buf();
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir
+    };
+    let p = dir.join("examples/libfaulty_backend.so");
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build --example faulty_backend` (cargo nextest run builds it)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn an_outage_is_not_a_revocation_and_service_resumes() {
+    let t = TestToken::with_extra_config("cache_soft_ttl_secs = 1\ncache_hard_ttl_secs = 3\n");
+    let flag = t.path().join("hsm-down");
+    std::env::set_var("FAULTY_BACKEND_TARGET", softhsm_module_path());
+    std::env::set_var("FAULTY_BACKEND_FLAG", &flag);
+    let conf = t.config_text().replace(
+        &format!("backend_module = \"{}\"", softhsm_module_path().display()),
+        &format!("backend_module = \"{}\"", faulty_backend_path().display()),
+    );
+    assert!(conf.contains("libfaulty_backend.so"), "{conf}");
+    std::fs::write(&t.conf, conf).unwrap();
+
+    // A DEK made earlier (not in this instance's cache), and one made now.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let old = generate(&s, true, vec![Attribute::Label(b"old".to_vec())]);
+    let old_ct = gcm_encrypt(&s, old, &[2; 12], b"", b"old").unwrap();
+    drop(s);
+    p.finalize().unwrap();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let old = s
+        .find_objects(&[Attribute::Label(b"old".to_vec())])
+        .unwrap()[0];
+    let cached = generate(&s, true, vec![]);
+    gcm_encrypt(&s, cached, &[1; 12], b"", b"x").unwrap();
+
+    std::fs::write(&flag, b"down").unwrap();
+    let down = Instant::now();
+    gcm_encrypt(&s, cached, &[1; 12], b"", b"x")
+        .expect("cached DEK, HSM down, within the soft TTL");
+    std::thread::sleep(Duration::from_millis(1300));
+    gcm_encrypt(&s, cached, &[1; 12], b"", b"x")
+        .expect("cached DEK, HSM down, within the hard TTL");
+    let e = gcm_decrypt(&s, old, &[2; 12], b"", &old_ct).unwrap_err();
+    assert_eq!(
+        rv(e),
+        RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE),
+        "a new unwrap needs the HSM"
+    );
+    std::thread::sleep(Duration::from_millis(3200).saturating_sub(down.elapsed()));
+    let e = gcm_encrypt(&s, cached, &[1; 12], b"", b"x").unwrap_err();
+    assert_eq!(
+        rv(e),
+        RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE),
+        "past the hard TTL"
+    );
+
+    // Back: the module reconnects (new backend sessions, login again with
+    // the PIN given to C_Login) without the application doing anything.
+    std::fs::remove_file(&flag).unwrap();
+    gcm_encrypt(&s, cached, &[1; 12], b"", b"x").expect("after the outage");
+    assert_eq!(
+        gcm_decrypt(&s, old, &[2; 12], b"", &old_ct).unwrap(),
+        b"old"
+    );
+}
