@@ -48,6 +48,7 @@ impl Admin {
                 Err(e) => Err(Error::from_cryptoki("C_Login", e)),
             }
         })?;
+        env.open_audit(&config, &backend)?;
         Ok(Admin {
             config,
             backend,
@@ -62,6 +63,9 @@ impl Admin {
 
     /// Close the backend sessions and release the backend.
     pub fn close(self) {
+        if let Some(a) = self.env.audit() {
+            a.flush();
+        }
         self.env.close();
         self.backend.finalize();
     }

@@ -52,6 +52,10 @@ impl SessionPool {
         }
     }
 
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
     /// Keep the user PIN for logging in again after a reconnect.
     pub fn remember_pin(&self, pin: &[u8]) {
         if let Ok(mut p) = self.pin.lock() {

@@ -3,7 +3,10 @@
 //! ciphertexts decrypt again); purge removes it for good, only once
 //! retention has passed or when purge protection is off.
 
+use cryptoki_sys::CKR_OK;
+
 use super::service::{hex, Envelope};
+use crate::audit::{Entry, Op};
 use crate::error::{Error, Result};
 use crate::store::deletion::PurgeRefusal;
 use crate::store::{DeletedRow, Store};
@@ -34,6 +37,11 @@ impl Envelope {
         self.cache.remove(id);
         if done {
             crate::log_info!("DEK {} deleted; recoverable until {purge_after}", hex(id));
+            self.log(
+                Entry::new(Op::DekDestroy, CKR_OK)
+                    .key(id, &[])
+                    .detail("recoverable"),
+            );
         }
         Ok(done)
     }
@@ -47,6 +55,7 @@ impl Envelope {
             return Err(Error::Admin(format!("no deleted DEK {}", hex(id))));
         }
         crate::log_info!("DEK {} recovered", hex(id));
+        self.log(Entry::new(Op::DekRecover, CKR_OK).key(id, &[]));
         Ok(())
     }
 
@@ -55,6 +64,7 @@ impl Envelope {
         match self.with_store(|st| Ok(st.purge(id, now)?))? {
             Ok(()) => {
                 crate::log_info!("DEK {} purged", hex(id));
+                self.log(Entry::new(Op::DekPurge, CKR_OK).key(id, &[]));
                 Ok(())
             }
             Err(PurgeRefusal::NotDeleted) => {

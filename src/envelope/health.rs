@@ -14,6 +14,7 @@ use cryptoki_sys::*;
 
 use super::cache::now_ms;
 use super::service::Envelope;
+use crate::audit::{Entry, Op};
 use crate::backend::pool::is_outage;
 use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
@@ -117,6 +118,7 @@ impl Envelope {
                 "KEK '{}' v{version} is revoked on the HSM: its DEKs are no longer served",
                 self.kek_label()
             );
+            self.log(Entry::new(Op::Revoked, CKR_HSME_KEK_REVOKED).kek_version(version));
         }
     }
 
@@ -125,6 +127,7 @@ impl Envelope {
         self.health.last_ok.store(now, Ordering::Release);
         if self.health.outage.swap(false, Ordering::AcqRel) {
             crate::log_info!("HSM reachable again");
+            self.log(Entry::new(Op::OutageEnd, CKR_OK));
         }
     }
 
@@ -133,6 +136,7 @@ impl Envelope {
             crate::log_warn!(
                 "HSM unreachable ({e}): serving cached DEKs for at most cache_hard_ttl_secs"
             );
+            self.log(Entry::new(Op::OutageStart, e.rv()));
         }
     }
 

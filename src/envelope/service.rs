@@ -70,6 +70,8 @@ pub struct Envelope {
     pub temp_gate: kek::TempGate,
     /// Revocation and outage state (see `health`).
     pub(super) health: super::health::Health,
+    /// The tamper-evident audit log, when configured.
+    audit: std::sync::OnceLock<crate::audit::Audit>,
     /// Who this process is, for leases in the store.
     pub(super) holder: String,
 }
@@ -87,8 +89,47 @@ impl Envelope {
             cache: KeyCache::default(),
             temp_gate: kek::TempGate::default(),
             health: super::health::Health::default(),
+            audit: std::sync::OnceLock::new(),
             holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
         }
+    }
+
+    fn pool_slot(&self) -> Slot {
+        self.pool.slot()
+    }
+
+    /// Attach the audit log (once, after start-up).
+    pub fn attach_audit(&self, audit: crate::audit::Audit) {
+        let _ = self.audit.set(audit);
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::Audit> {
+        self.audit.get()
+    }
+
+    /// Write one audit line, if there is an audit log.
+    pub fn log(&self, e: crate::audit::Entry<'_>) {
+        if let Some(a) = self.audit.get() {
+            a.record(e);
+        }
+    }
+
+    /// Open the audit log named by the configuration, its checkpoints
+    /// authenticated by the HMAC key on the token (a session of its own per
+    /// checkpoint: checkpoints are rare, and never re-enter the pool).
+    pub fn open_audit(&self, config: &crate::config::Config, backend: &Backend) -> Result<()> {
+        let pkcs11 = backend.pkcs11().clone();
+        let slot = self.pool_slot();
+        let signer = crate::audit::hsm::HsmMac::new(config.audit_hmac_label.clone(), move |op| {
+            let s = pkcs11
+                .open_rw_session(slot)
+                .map_err(|e| Error::from_cryptoki("C_OpenSession", e))?;
+            op(&s)
+        });
+        if let Some(a) = crate::audit::Audit::from_config(config, Some(Box::new(signer)))? {
+            self.attach_audit(a);
+        }
+        Ok(())
     }
 
     pub fn kek_label(&self) -> &str {

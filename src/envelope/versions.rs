@@ -10,6 +10,7 @@ use cryptoki_sys::*;
 
 use super::record::WrappedRecord;
 use super::service::{hex, Envelope, View};
+use crate::audit::{Entry, Op};
 use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
 use crate::store::{KekState, KekVersionRow, StoreError};
@@ -150,6 +151,12 @@ impl Envelope {
         })?;
         self.with_store(|st| Ok(st.add_kek_version(label, next, "aes256", make_primary)?))?;
         crate::log_info!("KEK '{label}' v{next} created (primary: {make_primary})");
+        let op = if make_primary {
+            Op::KekRotate
+        } else {
+            Op::KekCreate
+        };
+        self.log(Entry::new(op, CKR_OK).kek_version(next));
         Ok(next)
     }
 
@@ -187,6 +194,13 @@ impl Envelope {
         }
         let written = self.with_store(|st| Ok(st.replace_records(&updates)?))?;
         batch.rewrapped = written;
+        if written > 0 {
+            self.log(
+                Entry::new(Op::Rewrap, CKR_OK)
+                    .kek_version(primary)
+                    .count(written as u64),
+            );
+        }
         batch.skipped += updates.len() - written;
         Ok(batch)
     }
@@ -198,6 +212,7 @@ impl Envelope {
         self.with_session(backend, |s| self.kek_handle(s, version).map(|_| ()))?;
         self.with_store(|st| Ok(st.set_primary_kek(&label, version)?))?;
         self.refresh_now();
+        self.log(Entry::new(Op::KekSetPrimary, CKR_OK).kek_version(version));
         Ok(())
     }
 
@@ -253,6 +268,7 @@ impl Envelope {
         self.forget_keks();
         self.with_store(|st| Ok(st.mark_kek_destroyed(&label, version)?))?;
         crate::log_info!("KEK '{label}' v{version} destroyed");
+        self.log(Entry::new(Op::KekDestroyVersion, CKR_OK).kek_version(version));
         Ok(())
     }
 

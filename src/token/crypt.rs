@@ -74,11 +74,14 @@ fn init_on(
         return Err(Error::Rv(CKR_OPERATION_ACTIVE));
     }
     // Warm: the same DEK as last time in this direction, nothing changed.
-    if let Some(k) = last.as_ref().and_then(|r| r.reuse(key, mech, &m)) {
-        let mode = soft?;
-        let new_op = crypto::new_prepared_op(k, &mode, dir)?;
-        ops.start(dir, new_op);
-        return Ok(Step::Done(0));
+    if let Some(r) = last.as_ref() {
+        if let Some(k) = r.reuse(key, mech, &m) {
+            let mode = soft?;
+            let new_op = crypto::new_prepared_op(k, &mode, dir)?;
+            count_use(&m, s, r);
+            ops.start(dir, new_op);
+            return Ok(Step::Done(0));
+        }
     }
     // Stale or another key: let go of it now (it may be a destroyed key's).
     *last = None;
@@ -90,6 +93,7 @@ fn init_on(
         Object::Dek(d) => {
             let (remembered, mode) = check_and_fetch(&m, s, d, dir, mech, key, soft)?;
             let new_op = crypto::new_prepared_op(remembered.key(), &mode, dir);
+            count_use(&m, s, &remembered);
             *last = Some(remembered);
             ops.start(dir, new_op?);
             Ok(Step::Done(0))
@@ -100,6 +104,13 @@ fn init_on(
             *op = Op::Backend;
             Ok(Step::ForwardInit(m, s.backend, bkey))
         }
+    }
+}
+
+/// A DEK use, counted (not logged per call) when there is an audit log.
+fn count_use(m: &Module, s: &Session, r: &RememberedKey) {
+    if let Some(audit) = m.envelope_for(s.slot).ok().and_then(|e| e.audit()) {
+        r.count_use(audit);
     }
 }
 
@@ -145,6 +156,8 @@ fn check_and_fetch<'m>(
         &st.binding,
         d.is_token().then_some(st.generation),
     )?;
+    let label = st.attrs.label().to_vec();
+    let kek_version = crate::envelope::Envelope::record_version(&st.record).unwrap_or(0);
     drop(st);
     let checked = Checked {
         handle,
@@ -154,7 +167,10 @@ fn check_and_fetch<'m>(
         epoch,
         private,
     };
-    Ok((RememberedKey::new(checked, key), mode))
+    Ok((
+        RememberedKey::new(checked, key).with_tag(label, kek_version),
+        mode,
+    ))
 }
 
 /// Which part of an operation a call is.

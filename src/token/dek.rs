@@ -120,6 +120,7 @@ pub fn create(
         };
         env.with_store(|st| Ok(st.insert(&row)?))?;
     }
+    let label = attrs.label().to_vec();
     let state = DekState::new(attrs, record, 0);
     let binding = state.binding.clone();
     let dek = Dek {
@@ -130,6 +131,12 @@ pub fn create(
     };
     env.cache
         .insert(id, binding, kek_version, value, env.cache.epoch())?;
+    env.log(
+        crate::audit::Entry::new(crate::audit::Op::DekCreate, CKR_OK)
+            .key(&id, &label)
+            .kek_version(kek_version)
+            .detail(if token { "token" } else { "session" }),
+    );
     let h = m.objects.intern_dek(Arc::new(dek));
     crate::log_info!(
         "DEK created: id={} origin={origin:?} token={token} kek_version={kek_version}",

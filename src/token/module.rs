@@ -249,6 +249,7 @@ impl Module {
         // error, reported now rather than at the first DEK.
         if let Some(env) = &envelope {
             env.with_store(|_| Ok(()))?;
+            env.open_audit(&config, &backend)?;
         }
         let n_slots = slots.len();
         Ok(Module {
@@ -273,6 +274,9 @@ impl Module {
             let _ = crate::backend::bcall!(self.backend, C_CloseSession(s.backend));
         }
         if let Some(env) = &self.envelope {
+            if let Some(a) = env.audit() {
+                a.flush();
+            }
             env.close();
         }
         self.backend.finalize();

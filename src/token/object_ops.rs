@@ -205,6 +205,11 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
                 env.soft_delete(&d.id)?;
             } else {
                 crate::log_info!("session DEK destroyed: id={}", hex(&d.id));
+                env.log(
+                    crate::audit::Entry::new(crate::audit::Op::DekDestroy, CKR_OK)
+                        .key(&d.id, &[])
+                        .detail("session"),
+                );
             }
             m.objects.remove(oh);
             env.cache.remove(&d.id);

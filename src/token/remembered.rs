@@ -43,6 +43,8 @@ pub struct RememberedKey {
     /// CKA_PRIVATE: usable only while the normal user is logged in.
     private: bool,
     key: SessionKey,
+    /// Label and KEK version for the audit log's use counts.
+    tag: Option<(Vec<u8>, u32)>,
 }
 
 /// What the checks of a full init established, to remember.
@@ -65,7 +67,24 @@ impl RememberedKey {
             epoch: c.epoch,
             private: c.private,
             key: SessionHold::new(key),
+            tag: None,
         }
+    }
+
+    /// The DEK's label and KEK version, for counting uses in the audit log
+    /// without reading the DEK's state again on the warm path.
+    pub fn with_tag(mut self, label: Vec<u8>, kek_version: u32) -> Self {
+        self.tag = Some((label, kek_version));
+        self
+    }
+
+    /// Count one use of the remembered DEK in the audit log.
+    pub fn count_use(&self, audit: &crate::audit::Audit) {
+        let (label, version) = self
+            .tag
+            .as_ref()
+            .map_or((&[][..], 0), |(l, v)| (l.as_slice(), *v));
+        audit.count_use(&self.dek.id, label, version);
     }
 
     /// The key, if an init of `handle` with `mechanism` would pass the same

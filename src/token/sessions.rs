@@ -140,6 +140,15 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()>
             env.remember_pin(pin);
         }
     }
+    if let Ok(env) = m.envelope_for(s.slot) {
+        env.log(
+            crate::audit::Entry::new(crate::audit::Op::Login, rv).detail(if user == CKU_SO {
+                "so"
+            } else {
+                "user"
+            }),
+        );
+    }
     crate::log_info!("login on slot {} as user type {user}", s.slot);
     check("C_Login", rv)
 }
@@ -149,6 +158,9 @@ pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     let rv = bcall!(m.backend, C_Logout(s.backend));
     // Whatever the backend says, our cached DEK values go.
     m.logged_out(s.slot, Some(s.backend));
+    if let Ok(env) = m.envelope_for(s.slot) {
+        env.log(crate::audit::Entry::new(crate::audit::Op::Logout, rv));
+    }
     check("C_Logout", rv)?;
     crate::log_info!("logout on slot {}", s.slot);
     Ok(())
