@@ -143,6 +143,9 @@ fn an_outage_is_not_a_revocation_and_service_resumes() {
         .unwrap()[0];
     let cached = generate(&s, true, vec![]);
     gcm_encrypt(&s, cached, &[1; 12], b"", b"x").unwrap();
+    let digest = s
+        .digest(&cryptoki::mechanism::Mechanism::Sha256, b"msg")
+        .unwrap();
 
     std::fs::write(&flag, b"down").unwrap();
     let down = Instant::now();
@@ -172,5 +175,12 @@ fn an_outage_is_not_a_revocation_and_service_resumes() {
     assert_eq!(
         gcm_decrypt(&s, old, &[2; 12], b"", &old_ct).unwrap(),
         b"old"
+    );
+    // Forwarded calls on the same application session work again too: the
+    // module re-opened its backend session behind it.
+    assert_eq!(
+        s.digest(&cryptoki::mechanism::Mechanism::Sha256, b"msg")
+            .unwrap(),
+        digest
     );
 }

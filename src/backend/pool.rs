@@ -63,6 +63,20 @@ impl SessionPool {
         }
     }
 
+    /// Log backend session `bh` in with the remembered PIN, if there is one
+    /// (an application session re-opened after a reconnect).
+    pub fn login_raw(&self, backend: &crate::backend::Backend, bh: CK_SESSION_HANDLE) {
+        if let Ok(guard) = self.pin.lock() {
+            if let Some(pin) = guard.as_ref() {
+                let p = pin.as_slice();
+                let _ = crate::backend::bcall!(
+                    backend,
+                    C_Login(bh, CKU_USER, p.as_ptr() as *mut u8, p.len() as CK_ULONG)
+                );
+            }
+        }
+    }
+
     pub fn forget_pin(&self) {
         if let Ok(mut p) = self.pin.lock() {
             *p = None;

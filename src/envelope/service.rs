@@ -178,6 +178,11 @@ impl Envelope {
         self.pool.remember_pin(pin);
     }
 
+    /// Log a re-opened application backend session in again (see `pool`).
+    pub fn login_again(&self, backend: &Backend, bh: CK_SESSION_HANDLE) {
+        self.pool.login_raw(backend, bh);
+    }
+
     /// Run `f` with a pooled backend session and KEK version `version`.
     fn with_kek<T>(
         &self,

@@ -6,7 +6,7 @@ use cryptoki_sys::*;
 use super::args::*;
 use crate::backend::bcall;
 use crate::token::object_ops::backend_key;
-use crate::token::sessions::lookup;
+use crate::token::sessions::{forward, lookup};
 
 /// A call that takes a session and passes everything else through.
 macro_rules! forward_session {
@@ -15,7 +15,7 @@ macro_rules! forward_session {
         pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, $($arg: $ty),*) -> CK_RV {
             guard(stringify!($name), || {
                 let (m, s) = lookup(h)?;
-                Ok(bcall!(m.backend, $name(s.backend, $($arg),*)))
+                Ok(forward(&m, &s, |bs| bcall!(m.backend, $name(bs, $($arg),*))))
             })
         }
     )*};
@@ -30,7 +30,7 @@ macro_rules! forward_key_init {
                 mechanism(p_m)?;
                 let (m, s) = lookup(h)?;
                 let bkey = backend_key(&m, &s, key)?;
-                Ok(bcall!(m.backend, $name(s.backend, p_m, bkey)))
+                Ok(forward(&m, &s, |bs| bcall!(m.backend, $name(bs, p_m, bkey))))
             })
         }
     )*};
@@ -63,6 +63,8 @@ pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE
     guard("C_DigestKey", || {
         let (m, s) = lookup(h)?;
         let bkey = backend_key(&m, &s, key)?;
-        Ok(bcall!(m.backend, C_DigestKey(s.backend, bkey)))
+        Ok(forward(&m, &s, |bs| {
+            bcall!(m.backend, C_DigestKey(bs, bkey))
+        }))
     })
 }

@@ -102,7 +102,7 @@ fn init_on(
             // Refuses the KEK, and keys of another slot.
             let bkey = super::object_ops::backend_key(&m, s, key)?;
             *op = Op::Backend;
-            Ok(Step::ForwardInit(m, s.backend, bkey))
+            Ok(Step::ForwardInit(m, s.backend(), bkey))
         }
     }
 }
@@ -209,7 +209,7 @@ fn step_on<'a>(
                 .err()
                 .unwrap_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)))
         }
-        Op::Backend => return Ok(Step::Forward(m, s.backend)),
+        Op::Backend => return Ok(Step::Forward(m, s.backend())),
         Op::Soft(c) => c,
     };
     let (input, out) = match args() {

@@ -37,27 +37,25 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
         // No short-lived key copy (made for key wrap) exists while we look.
         let _gate = m.envelope.as_ref().and_then(|e| e.temp_gate.search());
         let mut raw = raw_template(t);
-        check(
-            "C_FindObjectsInit",
-            bcall!(
-                m.backend,
-                C_FindObjectsInit(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG)
-            ),
-        )?;
+        let (rp, rn) = (raw.as_mut_ptr(), raw.len() as CK_ULONG);
+        let rv = super::sessions::forward(&m, &s, |bs| {
+            bcall!(m.backend, C_FindObjectsInit(bs, rp, rn))
+        });
+        check("C_FindObjectsInit", rv)?;
         let mut batch = [0 as CK_OBJECT_HANDLE; 64];
         loop {
             let mut n = 0;
             let rv = bcall!(
                 m.backend,
                 C_FindObjects(
-                    s.backend,
+                    s.backend(),
                     batch.as_mut_ptr(),
                     batch.len() as CK_ULONG,
                     &mut n
                 )
             );
             if rv != CKR_OK {
-                let _ = bcall!(m.backend, C_FindObjectsFinal(s.backend));
+                let _ = bcall!(m.backend, C_FindObjectsFinal(s.backend()));
                 return Err(Error::Backend {
                     func: "C_FindObjects",
                     rv,
@@ -72,7 +70,7 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
         }
         check(
             "C_FindObjectsFinal",
-            bcall!(m.backend, C_FindObjectsFinal(s.backend)),
+            bcall!(m.backend, C_FindObjectsFinal(s.backend())),
         )?;
     }
     s.ops()?.find = Some(Find { handles, pos: 0 });

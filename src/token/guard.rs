@@ -44,7 +44,10 @@ pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
         pValue: label.as_mut_ptr() as *mut _,
         ulValueLen: label.len() as CK_ULONG,
     };
-    match bcall!(m.backend, C_GetAttributeValue(s.backend, bh, &mut attr, 1)) {
+    let ap: *mut CK_ATTRIBUTE = &mut attr;
+    match super::sessions::forward(m, s, |bs| {
+        bcall!(m.backend, C_GetAttributeValue(bs, bh, ap, 1))
+    }) {
         CKR_OK => label
             .get(..attr.ulValueLen as usize)
             .is_some_and(|l| want.contains(&l)),

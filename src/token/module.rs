@@ -271,7 +271,7 @@ impl Module {
         for s in self.sessions.all() {
             // Threads may still hold it (see `session_cache`): no key stays in it.
             s.close();
-            let _ = crate::backend::bcall!(self.backend, C_CloseSession(s.backend));
+            let _ = crate::backend::bcall!(self.backend, C_CloseSession(s.backend()));
         }
         if let Some(env) = &self.envelope {
             if let Some(a) = env.audit() {

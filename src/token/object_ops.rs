@@ -74,8 +74,11 @@ pub fn adopt(
         pValue: &mut token as *mut _ as *mut _,
         ulValueLen: 1,
     };
-    let is_token =
-        bcall!(m.backend, C_GetAttributeValue(s.backend, bh, &mut attr, 1)) == CKR_OK && token != 0;
+    let is_token = bcall!(
+        m.backend,
+        C_GetAttributeValue(s.backend(), bh, &mut attr, 1)
+    ) == CKR_OK
+        && token != 0;
     let owner = if is_token { None } else { Some(s.handle) };
     Ok(m.objects.intern_backend(s.slot, bh, owner))
 }
@@ -101,7 +104,12 @@ pub fn create_object(h: CK_SESSION_HANDLE, t: &Template) -> Result<CK_OBJECT_HAN
     let mut bh = 0;
     let rv = bcall!(
         m.backend,
-        C_CreateObject(s.backend, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut bh)
+        C_CreateObject(
+            s.backend(),
+            raw.as_mut_ptr(),
+            raw.len() as CK_ULONG,
+            &mut bh
+        )
     );
     adopt(&m, &s, "C_CreateObject", rv, bh)
 }
@@ -121,7 +129,7 @@ pub fn generate_key(
     let rv = bcall!(
         m.backend,
         C_GenerateKey(
-            s.backend,
+            s.backend(),
             mech_ptr(mech),
             raw.as_mut_ptr(),
             raw.len() as CK_ULONG,
@@ -145,7 +153,7 @@ pub fn generate_key_pair(
     let rv = bcall!(
         m.backend,
         C_GenerateKeyPair(
-            s.backend,
+            s.backend(),
             mech_ptr(mech),
             pu.as_mut_ptr(),
             pu.len() as CK_ULONG,
@@ -176,7 +184,7 @@ pub fn copy_object(
             let rv = bcall!(
                 m.backend,
                 C_CopyObject(
-                    s.backend,
+                    s.backend(),
                     bh,
                     raw.as_mut_ptr(),
                     raw.len() as CK_ULONG,
@@ -219,7 +227,7 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
             refuse_kek(&m, &s, bh)?;
             check(
                 "C_DestroyObject",
-                bcall!(m.backend, C_DestroyObject(s.backend, bh)),
+                bcall!(m.backend, C_DestroyObject(s.backend(), bh)),
             )?;
             m.objects.remove(oh);
             Ok(())
@@ -238,7 +246,7 @@ pub fn object_size(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<CK_ULON
             let mut n = 0;
             check(
                 "C_GetObjectSize",
-                bcall!(m.backend, C_GetObjectSize(s.backend, bh, &mut n)),
+                bcall!(m.backend, C_GetObjectSize(s.backend(), bh, &mut n)),
             )?;
             Ok(n)
         }
@@ -260,7 +268,7 @@ pub fn get_attributes(
 ) -> Result<AttrStep> {
     let (m, s) = lookup(h)?;
     match resolve(&m, &s, oh)? {
-        Target::Backend(bh) => Ok(AttrStep::Forward(m, s.backend, bh)),
+        Target::Backend(bh) => Ok(AttrStep::Forward(m, s.backend(), bh)),
         Target::Dek(d) => {
             let st = dek::visible(&m, &s, &d)?;
             Ok(AttrStep::Answers(
@@ -284,7 +292,7 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
                 "C_SetAttributeValue",
                 bcall!(
                     m.backend,
-                    C_SetAttributeValue(s.backend, bh, raw.as_mut_ptr(), raw.len() as CK_ULONG)
+                    C_SetAttributeValue(s.backend(), bh, raw.as_mut_ptr(), raw.len() as CK_ULONG)
                 ),
             )
         }

@@ -102,7 +102,9 @@ pub struct Session {
     pub handle: CK_SESSION_HANDLE,
     pub slot: usize,
     pub flags: CK_FLAGS,
-    pub backend: CK_SESSION_HANDLE,
+    /// The backend session behind this one; replaced when the backend lost
+    /// it (an HSM reconnect), see `sessions::forward`.
+    backend: AtomicU64,
     /// Set once the handle is closed: threads that remember this session
     /// (see `session_cache`) check it, since they skip the handle table.
     closed: AtomicBool,
@@ -112,6 +114,14 @@ pub struct Session {
 impl Session {
     pub fn ops(&self) -> Result<MutexGuard<'_, Ops>> {
         self.ops.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
+    }
+
+    pub fn backend(&self) -> CK_SESSION_HANDLE {
+        self.backend.load(Ordering::Acquire) as CK_SESSION_HANDLE
+    }
+
+    pub fn set_backend(&self, bh: CK_SESSION_HANDLE) {
+        self.backend.store(handle_bits(bh), Ordering::Release);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -162,7 +172,7 @@ impl Sessions {
             handle,
             slot,
             flags,
-            backend,
+            backend: AtomicU64::new(handle_bits(backend)),
             closed: AtomicBool::new(false),
             ops: Mutex::new(Ops::new()),
         };
@@ -202,4 +212,10 @@ impl Sessions {
         };
         m.values().cloned().collect()
     }
+}
+
+/// CK_SESSION_HANDLE is a CK_ULONG: 32 or 64 bits by platform.
+#[allow(clippy::unnecessary_cast)]
+fn handle_bits(h: CK_SESSION_HANDLE) -> u64 {
+    h as u64
 }

@@ -78,7 +78,7 @@ pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
 /// Close one session: its backend session, and the objects that die with
 /// it (session DEKs, and backend session objects made through it).
 fn close_one(m: &Module, s: &Session) {
-    let rv = bcall!(m.backend, C_CloseSession(s.backend));
+    let rv = bcall!(m.backend, C_CloseSession(s.backend()));
     if rv != CKR_OK {
         crate::log_debug!("backend C_CloseSession: 0x{rv:x}");
     }
@@ -116,7 +116,7 @@ pub fn info(h: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
     let mut info = CK_SESSION_INFO::default();
     check(
         "C_GetSessionInfo",
-        bcall!(m.backend, C_GetSessionInfo(s.backend, &mut info)),
+        bcall!(m.backend, C_GetSessionInfo(s.backend(), &mut info)),
     )?;
     info.slotID = s.slot as CK_SLOT_ID;
     Ok(info)
@@ -125,7 +125,7 @@ pub fn info(h: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
 pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
     // The PIN goes straight from the caller's buffer to the backend.
-    let rv = bcall!(m.backend, C_Login(s.backend, user, ptr(pin), len(pin)));
+    let rv = bcall!(m.backend, C_Login(s.backend(), user, ptr(pin), len(pin)));
     // Already logged in (the host may drive the backend itself): the token
     // is logged in all the same, so record it, and still report the code.
     if rv != CKR_USER_ALREADY_LOGGED_IN {
@@ -155,9 +155,9 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()>
 
 pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     let (m, s) = lookup(h)?;
-    let rv = bcall!(m.backend, C_Logout(s.backend));
+    let rv = bcall!(m.backend, C_Logout(s.backend()));
     // Whatever the backend says, our cached DEK values go.
-    m.logged_out(s.slot, Some(s.backend));
+    m.logged_out(s.slot, Some(s.backend()));
     if let Ok(env) = m.envelope_for(s.slot) {
         env.log(crate::audit::Entry::new(crate::audit::Op::Logout, rv));
     }
@@ -170,7 +170,7 @@ pub fn init_pin(h: CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
     check(
         "C_InitPIN",
-        bcall!(m.backend, C_InitPIN(s.backend, ptr(pin), len(pin))),
+        bcall!(m.backend, C_InitPIN(s.backend(), ptr(pin), len(pin))),
     )
 }
 
@@ -180,7 +180,7 @@ pub fn set_pin(h: CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
         "C_SetPIN",
         bcall!(
             m.backend,
-            C_SetPIN(s.backend, ptr(old), len(old), ptr(new), len(new))
+            C_SetPIN(s.backend(), ptr(old), len(old), ptr(new), len(new))
         ),
     )
 }
@@ -191,7 +191,7 @@ pub fn generate_random(h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
         "C_GenerateRandom",
         bcall!(
             m.backend,
-            C_GenerateRandom(s.backend, out.as_mut_ptr(), len(out))
+            C_GenerateRandom(s.backend(), out.as_mut_ptr(), len(out))
         ),
     )
 }
@@ -200,7 +200,7 @@ pub fn seed_random(h: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
     check(
         "C_SeedRandom",
-        bcall!(m.backend, C_SeedRandom(s.backend, ptr(seed), len(seed))),
+        bcall!(m.backend, C_SeedRandom(s.backend(), ptr(seed), len(seed))),
     )
 }
 
@@ -211,4 +211,43 @@ fn ptr(b: &[u8]) -> *mut u8 {
 
 fn len(b: &[u8]) -> CK_ULONG {
     b.len() as CK_ULONG
+}
+
+/// Run a forwarded call on `s`'s backend session. If the backend lost that
+/// session (an HSM reconnect closes them all), open a new one, log it in
+/// again if the user was logged in, and run the call once more: the
+/// application keeps its session handle and notices nothing.
+pub fn forward(m: &Module, s: &Session, call: impl Fn(CK_SESSION_HANDLE) -> CK_RV) -> CK_RV {
+    let rv = call(s.backend());
+    if !matches!(rv, CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
+        return rv;
+    }
+    match reopen(m, s) {
+        Ok(bh) => call(bh),
+        Err(_) => rv,
+    }
+}
+
+fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
+    let entry = m.slots.get(s.slot).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
+    let mut bh: CK_SESSION_HANDLE = 0;
+    let flags = s.flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
+    check(
+        "C_OpenSession",
+        bcall!(
+            m.backend,
+            C_OpenSession(entry.backend_id, flags, std::ptr::null_mut(), None, &mut bh)
+        ),
+    )?;
+    if m.is_user(s.slot) {
+        if let Ok(env) = m.envelope_for(s.slot) {
+            env.login_again(&m.backend, bh);
+        }
+    }
+    s.set_backend(bh);
+    crate::log_info!(
+        "session {}: backend session re-opened after the HSM lost it",
+        s.handle
+    );
+    Ok(bh)
 }

@@ -51,7 +51,7 @@ fn is_trusted(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
         pValue: &mut v as *mut _ as *mut _,
         ulValueLen: 1,
     };
-    bcall!(m.backend, C_GetAttributeValue(s.backend, bh, &mut a, 1)) == CKR_OK && v != 0
+    bcall!(m.backend, C_GetAttributeValue(s.backend(), bh, &mut a, 1)) == CKR_OK && v != 0
 }
 
 /// What C_WrapKey must do.
@@ -79,7 +79,7 @@ pub fn wrap_key(
     match (wrapping, key) {
         (Target::Backend(w), Target::Backend(k)) => {
             kek_only_key_wraps(&m, &s, w, mech)?;
-            Ok(WrapStep::Forward(m, s.backend, w, k))
+            Ok(WrapStep::Forward(m, s.backend(), w, k))
         }
         (Target::Backend(w), Target::Dek(d)) => {
             let st = dek::visible(&m, &s, &d)?;
@@ -151,7 +151,7 @@ pub fn unwrap_key(
         let rv = bcall!(
             m.backend,
             C_UnwrapKey(
-                s.backend,
+                s.backend(),
                 mech_ptr(mech),
                 uw,
                 wrapped.as_ptr() as *mut u8,
@@ -197,7 +197,7 @@ pub fn derive_key(
     let rv = bcall!(
         m.backend,
         C_DeriveKey(
-            s.backend,
+            s.backend(),
             mech_ptr(mech),
             b,
             raw.as_mut_ptr(),
