@@ -1132,3 +1132,36 @@ fn kek_create_and_rotate_make_the_audit_hmac_key_if_missing() {
     assert_eq!(code(&o), 3, "{}", show(&o));
     assert!(stderr(&o).contains("expected exactly one"), "{}", show(&o));
 }
+
+/// `dek list` shows when a DEK was last unwrapped for use (its first use in
+/// a process), and "never" before that.
+#[test]
+fn dek_list_shows_last_use() {
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![Attribute::Label(b"used".to_vec())]);
+    let ct = gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    drop(s);
+    p.finalize().unwrap();
+    let doc = ok_json(&t, &["dek", "list"]);
+    assert!(
+        doc["deks"][0]["last_used"].is_null(),
+        "made, not yet unwrapped: {doc:#}"
+    );
+    // A new process instance unwraps it on first use.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = s
+        .find_objects(&[Attribute::Label(b"used".to_vec())])
+        .unwrap()[0];
+    gcm_decrypt(&s, dek, &[1; 12], b"", &ct).unwrap();
+    drop(s);
+    p.finalize().unwrap();
+    let doc = ok_json(&t, &["dek", "list"]);
+    assert!(
+        doc["deks"][0]["last_used"].as_i64().unwrap()
+            >= doc["deks"][0]["created"].as_i64().unwrap(),
+        "{doc:#}"
+    );
+}

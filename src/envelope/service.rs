@@ -404,6 +404,15 @@ impl Envelope {
             Err(e) => return Err(e),
         };
         self.service_ok(super::cache::now_ms());
+        // Last use, as `dek list` shows it: written when a token DEK is
+        // unwrapped (its first use in a process, or after its cache entry
+        // went), so a busy DEK costs no store write per call.
+        if row_generation.is_some() {
+            let now = crate::token::dek::now();
+            if let Err(e) = self.with_store(|st| Ok(st.touch_last_used(id, now)?)) {
+                crate::log_debug!("last_used of DEK {} not written: {e}", hex(id));
+            }
+        }
         Ok(self.cache.insert(*id, binding.clone(), version, v, epoch)?)
     }
 
