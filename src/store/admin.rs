@@ -3,9 +3,7 @@
 //! version, and a bulk insert in one transaction. Nothing here reads or
 //! returns wrapped records or attributes it does not need.
 
-use rusqlite::params;
-
-use super::{is_pk_violation, DekRow, Store, StoreError};
+use super::{DekRow, Store, StoreError};
 
 /// One DEK as `hsm-envelope dek list` shows it (no record, no attributes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,29 +74,8 @@ impl Store {
     /// [`Store::insert`] does one. `Duplicate` if any id exists.
     pub fn insert_many(&self, rows: &[DekRow]) -> Result<(), StoreError> {
         let tx = self.immediate()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO dek (id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, last_used, generation)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
-            )?;
-            for row in rows {
-                match stmt.execute(params![
-                    row.id,
-                    row.label,
-                    row.ckaid,
-                    row.attrs,
-                    row.record,
-                    row.kek_label,
-                    row.kek_version,
-                    row.created,
-                    row.updated,
-                    row.generation
-                ]) {
-                    Ok(_) => {}
-                    Err(e) if is_pk_violation(&e) => return Err(StoreError::Duplicate),
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        for row in rows {
+            super::insert_row(&tx, row)?;
         }
         tx.commit()?;
         Ok(())

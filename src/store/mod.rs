@@ -160,6 +160,30 @@ pub(crate) fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// One INSERT of a DEK row on `conn` (a connection or a transaction).
+pub(crate) fn insert_row(conn: &Connection, row: &DekRow) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO dek (id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, last_used, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+    )?;
+    match stmt.execute(params![
+        row.id,
+        row.label,
+        row.ckaid,
+        row.attrs,
+        row.record,
+        row.kek_label,
+        row.kek_version,
+        row.created,
+        row.updated,
+        row.generation
+    ]) {
+        Ok(_) => Ok(()),
+        Err(e) if is_pk_violation(&e) => Err(StoreError::Duplicate),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) fn row_to_dek(r: &Row<'_>) -> rusqlite::Result<DekRow> {
     Ok(DekRow {
         id: r.get(0)?,
@@ -365,26 +389,7 @@ impl Store {
     /// Inserts a new row as given (the caller sets `created`, `updated` and
     /// the initial `generation`). `Duplicate` if the id exists.
     pub fn insert(&self, row: &DekRow) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO dek (id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, last_used, generation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
-        )?;
-        match stmt.execute(params![
-            row.id,
-            row.label,
-            row.ckaid,
-            row.attrs,
-            row.record,
-            row.kek_label,
-            row.kek_version,
-            row.created,
-            row.updated,
-            row.generation
-        ]) {
-            Ok(_) => Ok(()),
-            Err(e) if is_pk_violation(&e) => Err(StoreError::Duplicate),
-            Err(e) => Err(e.into()),
-        }
+        insert_row(&self.conn, row)
     }
 
     /// A live (not deleted) row.

@@ -7,7 +7,7 @@ use hsm_envelope::store::{KekState, KekVersionRow};
 
 use crate::cli::KekKind;
 use crate::exit;
-use crate::output::{now_secs, opt_time, table, time, Failure, Report};
+use crate::output::{opt_time, table, time, Failure, Report};
 
 /// Only AES-256 versions can be made for now.
 pub fn check_kind(kind: KekKind) -> Result<(), Failure> {
@@ -270,22 +270,8 @@ pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
             "refused: {records} record(s) still need v{version}; run `hsm-envelope rewrap` first"
         )));
     }
-    // A process that read the versions just before this one was retired may
-    // still seal new DEKs under it until its view expires (refresh_secs);
-    // destroying the version now could leave such a DEK unopenable.
-    if let Some(retired) = row.retired {
-        let wait_until = retired + admin.config.refresh_secs as i64 + 1;
-        let now = now_secs();
-        if now < wait_until {
-            return Err(refuse(format!(
-                "refused: v{version} was primary until {}; running processes may still wrap new DEKs under it for refresh_secs ({} s). Try again in {} s (and re-wrap first if records appear)",
-                time(retired),
-                admin.config.refresh_secs,
-                wait_until - now
-            )));
-        }
-    }
-    // The library checks primary and references again, under its own reads.
+    // The library checks primary and references again, under its own reads,
+    // and refuses within refresh_secs of the version's retirement.
     env.destroy_version(admin.backend(), version)
         .map_err(|e| Failure::from(e).with_extra(json!({"version": version})))?;
     Ok(Report::new(
