@@ -98,6 +98,7 @@ fn write_sample(path: &Path, p: &Pkcs11) -> Vec<Vec<u8>> {
             .detail("1 -> 2"),
     );
     a.record(Entry::new(Op::KekSetPrimary, CKR_OK).kek_version(2));
+    a.record(Entry::new(Op::KekImport, CKR_OK).kek_version(3));
     a.record(Entry::new(Op::Rewrap, CKR_OK).kek_version(2).count(17));
     a.record(
         Entry::new(Op::DekDestroy, CKR_OK)

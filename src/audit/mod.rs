@@ -95,6 +95,8 @@ pub struct Context {
 pub enum Op {
     KekCreate,
     KekRotate,
+    /// A customer key brought in as a new version (BYOK).
+    KekImport,
     KekSetPrimary,
     KekDestroyVersion,
     /// A re-wrap job's summary (`count`: records re-wrapped).
@@ -114,9 +116,10 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 16] = [
         Op::KekCreate,
         Op::KekRotate,
+        Op::KekImport,
         Op::KekSetPrimary,
         Op::KekDestroyVersion,
         Op::Rewrap,
@@ -137,6 +140,7 @@ impl Op {
         match self {
             Op::KekCreate => "kek_create",
             Op::KekRotate => "kek_rotate",
+            Op::KekImport => "kek_import",
             Op::KekSetPrimary => "kek_set_primary",
             Op::KekDestroyVersion => "kek_destroy_version",
             Op::Rewrap => "rewrap",

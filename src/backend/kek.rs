@@ -20,13 +20,74 @@ pub fn version_id(version: u32) -> Vec<u8> {
     b[first..].to_vec()
 }
 
-/// Find version `version` of the AES KEK labelled `label`: a token object
-/// with that label and CKA_ID. Missing (or invisible: not logged in) and
-/// ambiguous are both `CKR_HSME_KEK_UNAVAILABLE`.
-pub fn find(session: &Session, label: &str, version: u32) -> Result<ObjectHandle> {
+/// What a KEK version is on the backend: an AES key, or an RSA key pair
+/// (the private half opens records, the public half seals them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KekKey {
+    Aes(ObjectHandle),
+    Rsa {
+        private: ObjectHandle,
+        /// Missing public half: records still open, none can be sealed.
+        public: Option<ObjectHandle>,
+    },
+}
+
+impl KekKey {
+    /// The object that opens records: whether it may decrypt and unwrap is
+    /// whether the version is enabled, and it must be sensitive and not
+    /// extractable.
+    pub fn opener(&self) -> ObjectHandle {
+        match *self {
+            KekKey::Aes(h) => h,
+            KekKey::Rsa { private, .. } => private,
+        }
+    }
+
+    /// Every backend object of the version (what destroying it destroys).
+    pub fn objects(&self) -> Vec<ObjectHandle> {
+        match *self {
+            KekKey::Aes(h) => vec![h],
+            KekKey::Rsa { private, public } => std::iter::once(private).chain(public).collect(),
+        }
+    }
+}
+
+/// The type of a KEK version, as `kek create --type` names it and the store
+/// records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KekType {
+    Aes256,
+    /// RSA with a modulus of this many bits.
+    Rsa(u32),
+}
+
+impl KekType {
+    pub fn name(self) -> String {
+        match self {
+            KekType::Aes256 => "aes256".into(),
+            KekType::Rsa(bits) => format!("rsa{bits}"),
+        }
+    }
+
+    /// The inverse of `name`.
+    pub fn parse(s: &str) -> Option<KekType> {
+        match s {
+            "aes256" => Some(KekType::Aes256),
+            _ => s
+                .strip_prefix("rsa")
+                .and_then(|b| b.parse().ok())
+                .map(KekType::Rsa),
+        }
+    }
+}
+
+/// Find version `version` of the KEK labelled `label`: the token keys with
+/// that label and CKA_ID, which must be exactly one AES key, or one RSA
+/// private key with at most one RSA public key. Certificates and data
+/// objects that share the name are ignored. Missing (or invisible: not
+/// logged in) and ambiguous are both `CKR_HSME_KEK_UNAVAILABLE`.
+pub fn find(session: &Session, label: &str, version: u32) -> Result<KekKey> {
     let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
         Attribute::Token(true),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(version_id(version)),
@@ -34,26 +95,66 @@ pub fn find(session: &Session, label: &str, version: u32) -> Result<ObjectHandle
     let found = session
         .find_objects(&template)
         .map_err(|e| Error::from_cryptoki("C_FindObjects", e))?;
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => {
+    let (mut aes, mut private, mut public, mut other) = (vec![], vec![], vec![], 0);
+    for h in found {
+        let attrs = session
+            .get_attributes(h, &[AttributeType::Class, AttributeType::KeyType])
+            .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
+        let (mut class, mut ktype) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = Some(c),
+                Attribute::KeyType(k) => ktype = Some(k),
+                _ => {}
+            }
+        }
+        match (class, ktype) {
+            (Some(ObjectClass::SECRET_KEY), Some(KeyType::AES)) => aes.push(h),
+            (Some(ObjectClass::PRIVATE_KEY), Some(KeyType::RSA)) => private.push(h),
+            (Some(ObjectClass::PUBLIC_KEY), Some(KeyType::RSA)) => public.push(h),
+            // A key of another type under the KEK's name makes it ambiguous.
+            (
+                Some(ObjectClass::SECRET_KEY | ObjectClass::PRIVATE_KEY | ObjectClass::PUBLIC_KEY),
+                _,
+            ) => other += 1,
+            _ => {}
+        }
+    }
+    match (aes.as_slice(), private.as_slice(), public.as_slice(), other) {
+        ([one], [], [], 0) => Ok(KekKey::Aes(*one)),
+        ([], [private], [], 0) => Ok(KekKey::Rsa {
+            private: *private,
+            public: None,
+        }),
+        ([], [private], [public], 0) => Ok(KekKey::Rsa {
+            private: *private,
+            public: Some(*public),
+        }),
+        ([], [], _, 0) => {
             crate::log_warn!("KEK '{label}' v{version} not found on the backend token");
             Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
         }
-        many => {
+        _ => {
             crate::log_error!(
-                "{} keys are KEK '{label}' v{version}; refusing to guess",
-                many.len()
+                "KEK '{label}' v{version} names {} AES, {} RSA private, {} RSA public and {other} other keys; refusing to guess",
+                aes.len(),
+                private.len(),
+                public.len()
             );
             Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
         }
     }
 }
 
-/// Whether the KEK is fit to be one: sensitive and not extractable.
-pub fn check_policy(session: &Session, kek: ObjectHandle) -> Result<bool> {
+/// Whether the KEK is fit to be one: the key that opens records is
+/// sensitive and not extractable, and an RSA modulus has 2048 bits or more.
+pub fn check_policy(session: &Session, kek: KekKey) -> Result<bool> {
+    let opener = kek.opener();
     let attrs = session
-        .get_attributes(kek, &[AttributeType::Sensitive, AttributeType::Extractable])
+        .get_attributes(
+            opener,
+            &[AttributeType::Sensitive, AttributeType::Extractable],
+        )
         .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
     let mut sensitive = false;
     let mut extractable = true;
@@ -62,6 +163,27 @@ pub fn check_policy(session: &Session, kek: ObjectHandle) -> Result<bool> {
             Attribute::Sensitive(b) => sensitive = b,
             Attribute::Extractable(b) => extractable = b,
             _ => {}
+        }
+    }
+    match kek {
+        KekKey::Rsa { private, .. } => {
+            if super::rsa::modulus_bits(session, private)? < super::rsa::MIN_KEK_BITS {
+                crate::log_error!("an RSA KEK has a modulus under 2048 bits");
+                return Ok(false);
+            }
+        }
+        KekKey::Aes(h) => {
+            let len = session
+                .get_attributes(h, &[AttributeType::ValueLen])
+                .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
+            // 0: not recorded (SoftHSM2 leaves it so for unwrapped keys;
+            // an import checks the length itself).
+            if let [Attribute::ValueLen(n)] = len.as_slice() {
+                if !matches!(u64::from(*n), 0 | 32) {
+                    crate::log_error!("an AES KEK is not AES-256");
+                    return Ok(false);
+                }
+            }
         }
     }
     Ok(sensitive && !extractable)
@@ -371,13 +493,12 @@ impl TempGate {
     }
 }
 
-/// Make KEK version `version` on the HSM: an AES-256 token key, private,
-/// sensitive, never extractable, for encrypt/decrypt/wrap/unwrap.
-pub fn generate_aes(session: &Session, label: &str, version: u32) -> Result<ObjectHandle> {
-    let template = [
+/// The attributes of an AES KEK version, generated or imported: a private,
+/// sensitive, never extractable token key for encrypt/decrypt/wrap/unwrap.
+pub fn aes_template(label: &str, version: u32) -> Vec<Attribute> {
+    vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -388,10 +509,33 @@ pub fn generate_aes(session: &Session, label: &str, version: u32) -> Result<Obje
         Attribute::Unwrap(true),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(version_id(version)),
-    ];
-    session
-        .generate_key(&Mechanism::AesKeyGen, &template)
-        .map_err(|e| Error::from_cryptoki("C_GenerateKey", e))
+    ]
+}
+
+/// Make KEK version `version` on the HSM: AES-256 (see `aes_template`), or
+/// an RSA key pair (see `rsa::generate`).
+pub fn generate(session: &Session, label: &str, version: u32, ty: KekType) -> Result<()> {
+    match ty {
+        KekType::Aes256 => {
+            let mut template = aes_template(label, version);
+            template.push(Attribute::ValueLen(32.into()));
+            session
+                .generate_key(&Mechanism::AesKeyGen, &template)
+                .map_err(|e| Error::from_cryptoki("C_GenerateKey", e))?;
+        }
+        KekType::Rsa(bits) => {
+            super::rsa::generate(session, label, version, bits)?;
+        }
+    }
+    Ok(())
+}
+
+/// The type of a found KEK version.
+pub fn kek_type(session: &Session, kek: KekKey) -> Result<KekType> {
+    Ok(match kek {
+        KekKey::Aes(_) => KekType::Aes256,
+        KekKey::Rsa { private, .. } => KekType::Rsa(super::rsa::modulus_bits(session, private)?),
+    })
 }
 
 /// Whether a KEK version object exists on the token (found by label and ID,
@@ -410,9 +554,12 @@ pub fn exists(session: &Session, label: &str, version: u32) -> Result<bool> {
 
 /// Whether a KEK version may still be used: CKA_DECRYPT and CKA_UNWRAP both
 /// on. The customer revokes by turning either off, or by deleting the key.
-pub fn enabled(session: &Session, kek: ObjectHandle) -> Result<bool> {
+pub fn enabled(session: &Session, kek: KekKey) -> Result<bool> {
     let attrs = session
-        .get_attributes(kek, &[AttributeType::Decrypt, AttributeType::Unwrap])
+        .get_attributes(
+            kek.opener(),
+            &[AttributeType::Decrypt, AttributeType::Unwrap],
+        )
         .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
     let mut on = 0;
     for a in attrs {

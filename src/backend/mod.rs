@@ -2,8 +2,10 @@
 //! operations; the raw function list of the same loaded library serves the
 //! calls we forward unchanged, so mechanism parameters pass through untouched.
 
+pub mod import;
 pub mod kek;
 pub mod pool;
+pub mod rsa;
 
 use std::path::Path;
 

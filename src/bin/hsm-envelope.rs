@@ -105,12 +105,12 @@ fn run(cli: Cli) -> Result<Report, Failure> {
             .unwrap_or(hsm_envelope::logging::Level::Info),
     );
     // Refusals that need no HSM come before the PIN.
-    if let Command::Kek {
-        command: KekCommand::Create { kind, .. },
-    } = &cli.command
-    {
-        kek::check_kind(*kind)?;
-    }
+    let blob = match &cli.command {
+        Command::Kek {
+            command: KekCommand::Import { input, .. },
+        } => Some(kek::read_blob(input)?),
+        _ => None,
+    };
     let audit_log = match &cli.command {
         Command::Audit {
             command: AuditCommand::Verify { log },
@@ -126,6 +126,15 @@ fn run(cli: Cli) -> Result<Report, Failure> {
     let result = match &cli.command {
         Command::Kek { command } => match command {
             KekCommand::Create { kind, primary } => kek::create(&admin, *kind, *primary),
+            KekCommand::ImportKey { out, new, bits } => {
+                kek::import_key(&admin, out.as_deref(), *new, *bits)
+            }
+            KekCommand::Import { kind, primary, .. } => kek::import(
+                &admin,
+                *kind,
+                blob.as_ref().map_or(&[][..], |b| b.as_slice()),
+                *primary,
+            ),
             KekCommand::Rotate => kek::rotate(&admin),
             KekCommand::List => kek::list(&admin),
             KekCommand::SetPrimary { kek_version } => kek::set_primary(&admin, *kek_version),

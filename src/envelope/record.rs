@@ -23,6 +23,12 @@
 //!
 //! For [`WrapAlg::AesGcm256`], `iv_len` must be 12 and `ct_len` must be
 //! 16 (tag) plus 1..=[`MAX_WRAPPED_KEY_LEN`] bytes of key value.
+//!
+//! For the RSA-OAEP algorithms, `iv_len` must be 0 and the ciphertext is one
+//! RSA block: as long as the modulus, 2048 to 8192 bits in whole bytes. Its
+//! plaintext is SHA-256 of the AAD (see [`WrappedRecord::aad`]) followed by
+//! the key value ([`rsa_plaintext`]): OAEP has no AAD of its own, and
+//! SoftHSM2 refuses OAEP labels.
 
 use thiserror::Error;
 
@@ -45,12 +51,20 @@ pub enum WrapAlg {
     /// DEK value encrypted with `CKM_AES_GCM` on the HSM under an AES-256
     /// KEK, 12-byte IV, 16-byte tag appended to the ciphertext.
     AesGcm256 = 1,
+    /// DEK value (behind the AAD digest) encrypted with `CKM_RSA_PKCS_OAEP`,
+    /// SHA-1 and MGF1-SHA-1, under an RSA KEK's public key: the backend
+    /// took no SHA-256 (SoftHSM2 2.6 takes only SHA-1).
+    RsaOaepSha1 = 2,
+    /// As `RsaOaepSha1` with SHA-256 and MGF1-SHA-256.
+    RsaOaepSha256 = 3,
 }
 
 impl WrapAlg {
     pub fn from_u8(b: u8) -> Option<WrapAlg> {
         match b {
             1 => Some(WrapAlg::AesGcm256),
+            2 => Some(WrapAlg::RsaOaepSha1),
+            3 => Some(WrapAlg::RsaOaepSha256),
             _ => None,
         }
     }
@@ -58,6 +72,53 @@ impl WrapAlg {
     pub fn as_u8(self) -> u8 {
         self as u8
     }
+
+    pub fn is_rsa(self) -> bool {
+        matches!(self, WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WrapAlg::AesGcm256 => "AES-256-GCM",
+            WrapAlg::RsaOaepSha1 => "RSA-OAEP-SHA1",
+            WrapAlg::RsaOaepSha256 => "RSA-OAEP-SHA256",
+        }
+    }
+}
+
+/// Smallest and largest RSA block a record may hold (2048- to 8192-bit keys).
+pub const RSA_MIN_BLOCK: usize = 256;
+pub const RSA_MAX_BLOCK: usize = 1024;
+/// Length of the AAD digest that starts an RSA record's plaintext.
+pub const AAD_DIGEST_LEN: usize = 32;
+
+/// The plaintext that an RSA KEK encrypts: SHA-256 of the record's AAD, then
+/// the key value. The digest binds the record to its id and attributes as
+/// the GCM tag does for AES KEKs, against honest mistakes and moved rows;
+/// but anyone holding the KEK's public key can make a record that opens, so
+/// it does not authenticate the record's origin.
+pub fn rsa_plaintext(aad: &[u8], value: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
+    use sha2::Digest;
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(AAD_DIGEST_LEN + value.len()));
+    out.extend_from_slice(&sha2::Sha256::digest(aad));
+    out.extend_from_slice(value);
+    out
+}
+
+/// The key value inside an RSA record's plaintext, when its digest matches
+/// `aad` (compared in constant time); None otherwise.
+pub fn rsa_value<'a>(aad: &[u8], plain: &'a [u8]) -> Option<&'a [u8]> {
+    use sha2::Digest;
+    if plain.len() <= AAD_DIGEST_LEN {
+        return None;
+    }
+    let (digest, value) = plain.split_at(AAD_DIGEST_LEN);
+    let want = sha2::Sha256::digest(aad);
+    let diff = digest
+        .iter()
+        .zip(want.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    (diff == 0).then_some(value)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +196,14 @@ impl WrappedRecord {
                     return Err(RecordError::Malformed(
                         "AES-GCM ciphertext length out of range",
                     ));
+                }
+            }
+            WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256 => {
+                if !self.iv.is_empty() {
+                    return Err(RecordError::Malformed("RSA-OAEP records have no IV"));
+                }
+                if !(RSA_MIN_BLOCK..=RSA_MAX_BLOCK).contains(&self.ciphertext.len()) {
+                    return Err(RecordError::Malformed("RSA-OAEP block length out of range"));
                 }
             }
         }
@@ -388,6 +457,45 @@ mod tests {
             WrappedRecord::decode(&bad),
             Err(RecordError::Malformed("KEK label is not UTF-8"))
         );
+    }
+
+    #[test]
+    fn rsa_records() {
+        let rsa = |alg, iv: Vec<u8>, n: usize| WrappedRecord {
+            alg,
+            iv,
+            ciphertext: vec![0x5A; n],
+            ..sample()
+        };
+        for alg in [WrapAlg::RsaOaepSha1, WrapAlg::RsaOaepSha256] {
+            for n in [256, 384, 512, 1024] {
+                let r = rsa(alg, vec![], n);
+                assert_eq!(WrappedRecord::decode(&r.encode()), Ok(r));
+            }
+            // An IV, a block shorter than RSA-2048's or longer than 8192's.
+            assert!(rsa(alg, vec![0; 12], 256).try_encode().is_err());
+            assert!(rsa(alg, vec![], 255).try_encode().is_err());
+            assert!(rsa(alg, vec![], 1025).try_encode().is_err());
+        }
+        // The algorithm is in the header, so in the AAD.
+        let id = [7u8; 16];
+        assert_ne!(
+            rsa(WrapAlg::RsaOaepSha1, vec![], 256).aad(&id, b""),
+            rsa(WrapAlg::RsaOaepSha256, vec![], 256).aad(&id, b"")
+        );
+    }
+
+    #[test]
+    fn rsa_plaintext_binds_the_aad() {
+        let plain = rsa_plaintext(b"aad", &[1, 2, 3]);
+        assert_eq!(plain.len(), AAD_DIGEST_LEN + 3);
+        assert_eq!(rsa_value(b"aad", &plain), Some(&[1u8, 2, 3][..]));
+        assert_eq!(rsa_value(b"aae", &plain), None);
+        assert_eq!(rsa_value(b"aad", &plain[..AAD_DIGEST_LEN]), None);
+        assert_eq!(rsa_value(b"aad", &[]), None);
+        let mut bad = plain.to_vec();
+        bad[0] ^= 1;
+        assert_eq!(rsa_value(b"aad", &bad), None);
     }
 
     #[test]

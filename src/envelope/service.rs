@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,11 @@ use cryptoki::slot::Slot;
 use cryptoki_sys::*;
 
 use super::cache::KeyCache;
-use super::record::{WrapAlg, WrappedRecord};
+use super::record::{self, WrapAlg, WrappedRecord};
 use super::secret::SecretBytes;
+use crate::backend::kek::KekKey;
 use crate::backend::pool::SessionPool;
-use crate::backend::{kek, Backend};
+use crate::backend::{kek, rsa, Backend};
 use crate::crypto::PreparedKey;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -61,7 +63,10 @@ pub struct Envelope {
     pub(super) settings: Settings,
     pub(super) pool: SessionPool,
     /// Backend handles of KEK versions, found once per login.
-    handles: Mutex<HashMap<u32, ObjectHandle>>,
+    handles: Mutex<HashMap<u32, KekKey>>,
+    /// The OAEP hash this backend takes (a `WrapAlg` byte; 0: not known
+    /// yet), found by the first seal under an RSA KEK.
+    oaep: AtomicU8,
     pub(super) view: RwLock<Option<View>>,
     /// Opened on first use, in the process that uses it (never across fork).
     store: Mutex<Option<Store>>,
@@ -84,6 +89,7 @@ impl Envelope {
             settings,
             pool: SessionPool::new(slot),
             handles: Mutex::new(HashMap::new()),
+            oaep: AtomicU8::new(0),
             view: RwLock::new(None),
             store: Mutex::new(None),
             cache: KeyCache::default(),
@@ -188,7 +194,7 @@ impl Envelope {
         &self,
         backend: &Backend,
         version: u32,
-        f: impl Fn(&cryptoki::session::Session, ObjectHandle) -> Result<T>,
+        f: impl Fn(&cryptoki::session::Session, KekKey) -> Result<T>,
     ) -> Result<T> {
         self.pool.with_retry(backend.pkcs11(), |s| {
             let handle = self.kek_handle(s, version)?;
@@ -208,12 +214,12 @@ impl Envelope {
         })
     }
 
-    /// The backend handle of a KEK version, checked to be fit for a KEK.
+    /// The backend objects of a KEK version, checked to be fit for a KEK.
     pub(super) fn kek_handle(
         &self,
         s: &cryptoki::session::Session,
         version: u32,
-    ) -> Result<ObjectHandle> {
+    ) -> Result<KekKey> {
         if let Some(h) = self
             .handles
             .lock()
@@ -295,18 +301,53 @@ impl Envelope {
         attrs: &Attrs,
         value: &[u8],
     ) -> Result<Vec<u8>> {
-        let mut iv = [0u8; RECORD_IV_LEN];
-        getrandom::fill(&mut iv).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
-        let mut rec = WrappedRecord {
-            alg: WrapAlg::AesGcm256,
+        let bound = attrs.bound_encoding();
+        let blank = |alg, iv: Vec<u8>| WrappedRecord {
+            alg,
             kek_label: self.settings.kek_label.clone(),
             kek_version: version,
-            iv: iv.to_vec(),
+            iv,
             ciphertext: Vec::new(),
         };
-        let aad = rec.aad(id, &attrs.bound_encoding());
-        rec.ciphertext = self.with_kek(backend, version, |s, k| {
-            kek::gcm_seal(backend, s, k, &iv, &aad, value)
+        let rec = self.with_kek(backend, version, |s, key| match key {
+            KekKey::Aes(k) => {
+                let mut iv = [0u8; RECORD_IV_LEN];
+                getrandom::fill(&mut iv).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
+                let mut rec = blank(WrapAlg::AesGcm256, iv.to_vec());
+                let aad = rec.aad(id, &bound);
+                rec.ciphertext = kek::gcm_seal(backend, s, k, &iv, &aad, value)?;
+                Ok(rec)
+            }
+            KekKey::Rsa { public, .. } => {
+                let public = public.ok_or_else(|| {
+                    crate::log_error!(
+                        "RSA KEK '{}' v{version} has no public key on the HSM: nothing can be wrapped under it",
+                        self.settings.kek_label
+                    );
+                    Error::Rv(CKR_HSME_KEK_UNAVAILABLE)
+                })?;
+                // SHA-256 unless this backend is known to refuse it.
+                let known = WrapAlg::from_u8(self.oaep.load(Ordering::Relaxed));
+                let mut alg = known.unwrap_or(WrapAlg::RsaOaepSha256);
+                loop {
+                    let mut rec = blank(alg, Vec::new());
+                    let plain = record::rsa_plaintext(&rec.aad(id, &bound), value);
+                    match rsa::oaep_seal(backend, s, public, alg, &plain) {
+                        Ok(block) => {
+                            self.oaep.store(alg.as_u8(), Ordering::Relaxed);
+                            rec.ciphertext = block;
+                            return Ok(rec);
+                        }
+                        Err(e) if alg == WrapAlg::RsaOaepSha256 && rsa::is_hash_refused(&e) => {
+                            crate::log_info!(
+                                "the backend refuses RSA-OAEP with SHA-256; wrapping with SHA-1"
+                            );
+                            alg = WrapAlg::RsaOaepSha1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
         })?;
         Ok(rec.try_encode()?)
     }
@@ -347,8 +388,18 @@ impl Envelope {
         }
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
-            .with_kek(backend, rec.kek_version, |s, k| {
-                kek::gcm_open(backend, s, k, &rec.iv, &aad, &rec.ciphertext)
+            .with_kek(backend, rec.kek_version, |s, key| match (rec.alg, key) {
+                (WrapAlg::AesGcm256, KekKey::Aes(k)) => {
+                    kek::gcm_open(backend, s, k, &rec.iv, &aad, &rec.ciphertext)
+                }
+                (WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256, KekKey::Rsa { private, .. }) => {
+                    let plain = rsa::oaep_open(backend, s, private, rec.alg, &rec.ciphertext)?;
+                    record::rsa_value(&aad, plain.as_slice())
+                        .map(SecretBytes::from_slice)
+                        .ok_or(Error::Rv(CKR_HSME_RECORD_INVALID))
+                }
+                // The record's algorithm is not the version's key type.
+                _ => Err(Error::Rv(CKR_HSME_RECORD_INVALID)),
             })
             .inspect_err(|e| {
                 if e.rv() == CKR_HSME_RECORD_INVALID {

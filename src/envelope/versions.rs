@@ -11,6 +11,7 @@ use cryptoki_sys::*;
 use super::record::WrappedRecord;
 use super::service::{hex, Envelope, View};
 use crate::audit::{Entry, Op};
+use crate::backend::kek::KekType;
 use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
 use crate::store::{KekState, KekVersionRow, StoreError};
@@ -80,8 +81,11 @@ impl Envelope {
     /// token (label, CKA_ID 01). Another process may register it first.
     fn bootstrap(&self, backend: &Backend) -> Result<KekVersionRow> {
         let label = self.settings.kek_label.clone();
-        self.with_session(backend, |s| self.kek_handle(s, 1).map(|_| ()))?;
-        match self.with_store(|st| Ok(st.add_kek_version(&label, 1, "aes256", true)?)) {
+        let ty = self.with_session(backend, |s| {
+            let key = self.kek_handle(s, 1)?;
+            kek::kek_type(s, key)
+        })?;
+        match self.with_store(|st| Ok(st.add_kek_version(&label, 1, &ty.name(), true)?)) {
             Ok(()) | Err(Error::Store(StoreError::Duplicate)) => {}
             Err(e) => return Err(e),
         }
@@ -104,29 +108,76 @@ impl Envelope {
         })
     }
 
-    /// Make a new AES-256 version on the HSM and make it primary, under a
-    /// lease so that only one process or command rotates at a time. A key
-    /// left on the HSM by a rotation that died before recording it is
-    /// adopted, not duplicated.
+    /// Make a new version of the primary's type on the HSM and make it
+    /// primary, under a lease so that only one process or command rotates at
+    /// a time. A key left on the HSM by a rotation that died before recording
+    /// it is adopted, not duplicated.
     pub fn rotate(&self, backend: &Backend) -> Result<u32> {
-        self.create_version(backend, true)
+        self.create_version(backend, None, true)
     }
 
-    /// Make a new AES-256 version on the HSM; primary or not (a version made
-    /// ahead of time can be promoted with `set_primary`).
-    pub fn create_version(&self, backend: &Backend, make_primary: bool) -> Result<u32> {
+    /// Make a new version on the HSM, of type `ty` (None: the primary's);
+    /// primary or not (a version made ahead of time can be promoted with
+    /// `set_primary`).
+    pub fn create_version(
+        &self,
+        backend: &Backend,
+        ty: Option<KekType>,
+        make_primary: bool,
+    ) -> Result<u32> {
+        self.add_version(backend, make_primary, Op::KekCreate, |s, label, next| {
+            if kek::exists(s, label, next)? {
+                crate::log_warn!(
+                    "KEK '{label}' v{next} is on the HSM but not recorded: adopting it"
+                );
+                return Ok(());
+            }
+            let ty = match ty {
+                Some(ty) => ty,
+                None => self.primary_type()?,
+            };
+            kek::generate(s, label, next, ty)
+        })
+    }
+
+    /// The type of the primary version, as the store records it.
+    fn primary_type(&self) -> Result<KekType> {
+        let label = self.settings.kek_label.clone();
+        let row = self.with_store(|st| Ok(st.primary_kek(&label)?))?;
+        Ok(row
+            .and_then(|r| KekType::parse(&r.kind))
+            .unwrap_or(KekType::Aes256))
+    }
+
+    /// Add the next version, made on the HSM by `make(session, label,
+    /// version)`, under the rotation lease; `op` is what the audit log
+    /// calls it (a rotation when it becomes primary).
+    pub(super) fn add_version(
+        &self,
+        backend: &Backend,
+        make_primary: bool,
+        op: Op,
+        make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<()>,
+    ) -> Result<u32> {
         let label = self.settings.kek_label.clone();
         let lease = format!("rotate:{label}");
         if !self.with_store(|st| Ok(st.take_lease(&lease, &self.holder, ROTATE_LEASE_SECS)?))? {
             return Err(Error::Admin("another process is rotating this KEK".into()));
         }
-        let result = self.create_locked(backend, &label, make_primary);
+        let result = self.add_locked(backend, &label, make_primary, op, make);
         let _ = self.with_store(|st| Ok(st.release_lease(&lease, &self.holder)?));
         self.refresh_now();
         result
     }
 
-    fn create_locked(&self, backend: &Backend, label: &str, make_primary: bool) -> Result<u32> {
+    fn add_locked(
+        &self,
+        backend: &Backend,
+        label: &str,
+        make_primary: bool,
+        op: Op,
+        make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<()>,
+    ) -> Result<u32> {
         // Registering version 1 first keeps numbering right on a new store.
         if self.with_store(|st| Ok(st.primary_kek(label)?))?.is_none() {
             self.bootstrap(backend)?;
@@ -138,23 +189,19 @@ impl Envelope {
             .max()
             .unwrap_or(0)
             + 1;
-        self.with_session(backend, |s| {
-            if kek::exists(s, label, next)? {
-                crate::log_warn!(
-                    "KEK '{label}' v{next} is on the HSM but not recorded: adopting it"
-                );
-            } else {
-                kek::generate_aes(s, label, next)?;
-            }
-            // The same checks as for any use: found once, sensitive, not extractable.
-            self.kek_handle(s, next).map(|_| ())
+        let ty = self.with_session(backend, |s| {
+            make(s, label, next)?;
+            // The same checks as for any use: found once, sensitive, not
+            // extractable, RSA of 2048 bits or more.
+            let key = self.kek_handle(s, next)?;
+            kek::kek_type(s, key)
         })?;
-        self.with_store(|st| Ok(st.add_kek_version(label, next, "aes256", make_primary)?))?;
-        crate::log_info!("KEK '{label}' v{next} created (primary: {make_primary})");
-        let op = if make_primary {
-            Op::KekRotate
-        } else {
-            Op::KekCreate
+        let kind = ty.name();
+        self.with_store(|st| Ok(st.add_kek_version(label, next, &kind, make_primary)?))?;
+        crate::log_info!("KEK '{label}' v{next} ({kind}) added (primary: {make_primary})");
+        let op = match op {
+            Op::KekCreate if make_primary => Op::KekRotate,
+            op => op,
         };
         self.log(Entry::new(op, CKR_OK).kek_version(next));
         Ok(next)
@@ -261,9 +308,11 @@ impl Envelope {
             )));
         }
         self.with_session(backend, |s| {
-            let h = self.kek_handle(s, version)?;
-            s.destroy_object(h)
-                .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))
+            for h in self.kek_handle(s, version)?.objects() {
+                s.destroy_object(h)
+                    .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))?;
+            }
+            Ok(())
         })?;
         self.forget_keks();
         self.with_store(|st| Ok(st.mark_kek_destroyed(&label, version)?))?;

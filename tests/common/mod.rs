@@ -13,6 +13,7 @@
 //! therefore refuses to make a second token in the same process.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod p11;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hsm_envelope::backend::import::Material;
+use hsm_envelope::backend::kek::KekType;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -45,7 +47,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Manage KEK versions on the HSM: create, rotate, list, promote, destroy
+    /// Manage KEK versions on the HSM: create, import, rotate, list, promote, destroy
     #[command(after_help = EXIT_CODES)]
     Kek {
         #[command(subcommand)]
@@ -93,9 +95,45 @@ pub enum KekCommand {
         #[arg(long)]
         primary: bool,
     },
+    /// Make (or show) the HSM import key that BYOK key material is wrapped to
+    ///
+    /// Writes its public half as PEM (SubjectPublicKeyInfo) and says how to
+    /// wrap: an ephemeral AES-256 key encrypted with RSA-OAEP to this public
+    /// key, followed by the key material wrapped with that AES key by AES-KWP
+    /// (RFC 5649) — the format Azure, AWS KMS and Vault import, and what
+    /// `scripts/byok-wrap.sh` makes with openssl. The private half never
+    /// leaves the HSM; a successful `kek import` destroys the pair.
+    #[command(after_help = EXIT_CODES)]
+    ImportKey {
+        /// Write the public key here (default: standard output)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing import key with a new one
+        #[arg(long)]
+        new: bool,
+        /// Size of a new import key
+        #[arg(long, default_value_t = 3072, value_parser = clap::value_parser!(u32).range(2048..=4096))]
+        bits: u32,
+    },
+    /// Import customer key material (BYOK) as a new KEK version
+    ///
+    /// FILE is the transfer blob made against the public key of `kek
+    /// import-key`. The new version is decrypt-only unless --primary.
+    #[command(after_help = EXIT_CODES)]
+    Import {
+        /// What the blob carries
+        #[arg(long = "type", value_enum)]
+        kind: ImportKind,
+        /// The transfer blob
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Make the new version primary at once
+        #[arg(long)]
+        primary: bool,
+    },
     /// Generate a new KEK version on the HSM and make it primary
     ///
-    /// New DEKs wrap under it at once here, and in every running process
+    /// The new version has the primary's type. New DEKs wrap under it at once here, and in every running process
     /// within `refresh_secs`. Existing records stay under their versions
     /// until `hsm-envelope rewrap` (or their next use, with lazy_rewrap).
     #[command(after_help = EXIT_CODES)]
@@ -206,9 +244,9 @@ pub struct RewrapArgs {
 pub enum KekKind {
     /// AES-256, generated on the HSM
     Aes256,
-    /// RSA-2048 (not supported yet)
+    /// RSA-2048 key pair, generated on the HSM; DEKs wrap with RSA-OAEP
     Rsa2048,
-    /// RSA-3072 (not supported yet)
+    /// RSA-3072 key pair, generated on the HSM; DEKs wrap with RSA-OAEP
     Rsa3072,
 }
 
@@ -218,6 +256,31 @@ impl KekKind {
             KekKind::Aes256 => "aes256",
             KekKind::Rsa2048 => "rsa2048",
             KekKind::Rsa3072 => "rsa3072",
+        }
+    }
+
+    pub fn kek_type(self) -> KekType {
+        match self {
+            KekKind::Aes256 => KekType::Aes256,
+            KekKind::Rsa2048 => KekType::Rsa(2048),
+            KekKind::Rsa3072 => KekType::Rsa(3072),
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportKind {
+    /// A 32-byte AES key
+    Aes256,
+    /// An RSA private key of 2048 bits or more, as PKCS#8 PrivateKeyInfo (DER)
+    Rsa,
+}
+
+impl ImportKind {
+    pub fn material(self) -> Material {
+        match self {
+            ImportKind::Aes256 => Material::Aes256,
+            ImportKind::Rsa => Material::Rsa,
         }
     }
 }

@@ -3,25 +3,44 @@
 use serde_json::{json, Value};
 
 use hsm_envelope::admin::Admin;
+use hsm_envelope::backend::{import, rsa};
+use hsm_envelope::envelope::record::WrapAlg;
 use hsm_envelope::store::{KekState, KekVersionRow};
 
-use crate::cli::KekKind;
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::cli::{ImportKind, KekKind};
 use crate::exit;
 use crate::output::{opt_time, table, time, Failure, Report};
 
-/// Only AES-256 versions can be made for now.
-pub fn check_kind(kind: KekKind) -> Result<(), Failure> {
-    match kind {
-        KekKind::Aes256 => Ok(()),
-        other => Err(Failure::new(
-            exit::FAILED,
-            format!(
-                "KEK type {} is not supported yet (RSA KEKs come later); use --type aes256",
-                other.as_str()
-            ),
+/// The transfer blob of `kek import`, read before the PIN is asked for.
+pub fn read_blob(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    // The largest blob: a 4096-bit OAEP block and a KWP'd 8192-bit PKCS#8 key.
+    const MAX_BLOB: u64 = 16 * 1024;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Failure::new(
+            exit::USAGE,
+            format!("cannot read the transfer file {}: {e}", path.display()),
         )
-        .with_extra(json!({ "type": other.as_str() }))),
+    })?;
+    if meta.len() > MAX_BLOB {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "{} is {} bytes: not a key transfer file (at most {MAX_BLOB})",
+                path.display(),
+                meta.len()
+            ),
+        ));
     }
+    std::fs::read(path).map(Zeroizing::new).map_err(|e| {
+        Failure::new(
+            exit::USAGE,
+            format!("cannot read the transfer file {}: {e}", path.display()),
+        )
+    })
 }
 
 fn version_json(r: &KekVersionRow, records: u64) -> Value {
@@ -37,9 +56,8 @@ fn version_json(r: &KekVersionRow, records: u64) -> Value {
 }
 
 pub fn create(admin: &Admin, kind: KekKind, primary: bool) -> Result<Report, Failure> {
-    check_kind(kind)?;
     let env = &admin.env;
-    let v = env.create_version(admin.backend(), primary)?;
+    let v = env.create_version(admin.backend(), Some(kind.kek_type()), primary)?;
     let mut text = if primary {
         format!(
             "KEK '{}': created v{v} ({}) on the HSM; it is now primary\n",
@@ -285,4 +303,87 @@ pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
             "destroyed": true,
         }),
     ))
+}
+
+pub fn import_key(
+    admin: &Admin,
+    out: Option<&Path>,
+    new: bool,
+    bits: u32,
+) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let info = env.import_key(admin.backend(), new, bits)?;
+    let pem = rsa::spki_pem(&info.spki);
+    let oaep = import::oaep_name(info.oaep);
+    let hash = if info.oaep == WrapAlg::RsaOaepSha256 {
+        "sha256"
+    } else {
+        "sha1"
+    };
+    let mut text = String::new();
+    match out {
+        Some(path) => {
+            std::fs::write(path, &pem).map_err(|e| {
+                Failure::new(
+                    exit::FAILED,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+            text.push_str(&format!(
+                "KEK '{}': the {}-bit import key's public half is in {}\n",
+                env.kek_label(),
+                info.bits,
+                path.display()
+            ));
+        }
+        None => text.push_str(&pem),
+    }
+    text.push_str(&format!(
+        "Wrap the key material to it as: {oaep} of a fresh AES-256 key, followed by the material wrapped with that key by AES-KWP (RFC 5649); e.g. `scripts/byok-wrap.sh --oaep-hash {hash} PUBLIC.pem MATERIAL BLOB`.\nThen: hsm-envelope kek import --type aes256|rsa --in BLOB\n"
+    ));
+    Ok(Report::new(
+        text,
+        json!({
+            "kek_label": env.kek_label(),
+            "public_key_pem": pem,
+            "bits": info.bits,
+            "oaep_hash": hash,
+            "wrapping": format!("{oaep}, then AES-KWP (RFC 5649)"),
+            "out": out.map(|p| p.display().to_string()),
+        }),
+    ))
+}
+
+pub fn import(
+    admin: &Admin,
+    kind: ImportKind,
+    blob: &[u8],
+    primary: bool,
+) -> Result<Report, Failure> {
+    let env = &admin.env;
+    let v = env.import_version(admin.backend(), blob, kind.material(), primary)?;
+    let kind_name = env
+        .versions(admin.backend())?
+        .into_iter()
+        .find(|(r, _)| r.version == v)
+        .map(|(r, _)| r.kind)
+        .unwrap_or_default();
+    let mut text = format!(
+        "KEK '{}': imported v{v} ({kind_name}){}; the import key was destroyed\n",
+        env.kek_label(),
+        if primary {
+            ", now primary"
+        } else {
+            ", decrypt-only; promote it with `hsm-envelope kek set-primary`"
+        }
+    );
+    let mut doc = json!({
+        "kek_label": env.kek_label(),
+        "version": v,
+        "kind": kind_name,
+        "primary": primary,
+        "imported": true,
+    });
+    audit_key(admin, &format!("v{v} was imported"), &mut text, &mut doc)?;
+    Ok(Report::new(text, doc))
 }

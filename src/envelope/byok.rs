@@ -1,0 +1,59 @@
+//! Bring-your-own-key: an import key pair on the HSM whose public half the
+//! customer wraps key material to, and the import of that material as a new
+//! KEK version (see `backend::import` for the transfer format).
+
+use super::service::Envelope;
+use crate::audit::Op;
+use crate::backend::import::{self, ImportKeyInfo, Material};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+impl Envelope {
+    /// The import key's public half and instructions; `new` (or no key yet)
+    /// makes a fresh pair of `bits` bits, replacing any old one.
+    pub fn import_key(&self, backend: &Backend, new: bool, bits: u32) -> Result<ImportKeyInfo> {
+        let label = self.settings.kek_label.clone();
+        self.with_session(backend, |s| {
+            let key = match import::find_import_key(s, &label) {
+                Ok(Some(key)) if !new => key,
+                // Absent, unwanted or broken: a new pair replaces it.
+                Ok(_) | Err(Error::Admin(_)) => {
+                    let key = import::create_import_key(s, &label, bits)?;
+                    crate::log_info!("KEK '{label}': new {bits}-bit BYOK import key made");
+                    key
+                }
+                Err(e) => return Err(e),
+            };
+            import::describe(backend, s, &key)
+        })
+    }
+
+    /// Import the key material in `blob` as the next KEK version, then
+    /// destroy the import key (one import per import key).
+    pub fn import_version(
+        &self,
+        backend: &Backend,
+        blob: &[u8],
+        material: Material,
+        make_primary: bool,
+    ) -> Result<u32> {
+        let label = self.settings.kek_label.clone();
+        let version = self.add_version(backend, make_primary, Op::KekImport, |s, label, next| {
+            if crate::backend::kek::exists(s, label, next)? {
+                return Err(Error::Admin(format!(
+                    "an object named KEK '{label}' v{next} is on the HSM but not in the store; remove it, or adopt it with `hsm-envelope kek create`"
+                )));
+            }
+            let key = import::find_import_key(s, label)?.ok_or_else(|| {
+                Error::Admin(format!(
+                    "KEK '{label}' has no import key on the HSM: run `hsm-envelope kek import-key` and wrap the key material to its public key"
+                ))
+            })?;
+            import::import(backend, s, &key, blob, material, label, next).map(|_| ())
+        })?;
+        if let Err(e) = self.with_session(backend, |s| import::destroy_import_key(s, &label)) {
+            crate::log_warn!("KEK '{label}': the used import key was not destroyed: {e}");
+        }
+        Ok(version)
+    }
+}
