@@ -41,6 +41,7 @@ use zeroize::Zeroizing;
 
 use hsm_envelope::admin::Admin;
 use hsm_envelope::config::Config;
+use hsm_envelope::envelope::rewrap::RewrapJob;
 use hsm_envelope::envelope::service::hex;
 use hsm_envelope::store::DekRow;
 use hsm_envelope::token::attributes::{Attrs, TemplateAttr};
@@ -54,6 +55,7 @@ const INSERT_CHUNK: usize = 5_000;
 struct Opts {
     records: usize,
     batch: u32,
+    threads: usize,
     keep: bool,
 }
 
@@ -61,6 +63,7 @@ fn parse_args() -> Opts {
     let mut o = Opts {
         records: GOAL_RECORDS,
         batch: 500,
+        threads: 1,
         keep: false,
     };
     let mut args = std::env::args().skip(1);
@@ -73,11 +76,12 @@ fn parse_args() -> Opts {
         match a.as_str() {
             "--records" => o.records = num("--records") as usize,
             "--batch" => o.batch = num("--batch").clamp(1, 100_000) as u32,
+            "--threads" => o.threads = num("--threads").clamp(1, 64) as usize,
             "--keep" => o.keep = true,
             // cargo bench passes --bench; libtest-style filters are ignored.
             "--bench" => {}
             "--help" | "-h" => {
-                println!("usage: rewrap [--records N] [--batch N] [--keep]");
+                println!("usage: rewrap [--records N] [--batch N] [--threads N] [--keep]");
                 std::process::exit(0);
             }
             other if other.starts_with('-') => die(&format!("unknown flag {other}")),
@@ -154,8 +158,8 @@ fn main() {
     let b = admin.backend();
     let label = env.kek_label().to_string();
     println!(
-        "re-wrap benchmark: {} records, batch {}, backend {module}",
-        opts.records, opts.batch
+        "re-wrap benchmark: {} records, batch {}, {} worker thread(s), backend {module}",
+        opts.records, opts.batch, opts.threads
     );
 
     // --- setup: records sealed under v1 -------------------------------------
@@ -219,10 +223,12 @@ fn main() {
     // --- re-wrap (timed) ----------------------------------------------------------
     let t2 = Instant::now();
     let (mut rewrapped, mut skipped, mut batches) = (0usize, 0usize, 0usize);
-    let mut after = [0u8; 16];
+    let mut after = 0i64;
+    let job =
+        RewrapJob::new(env, b, opts.threads).unwrap_or_else(|e| die(&format!("rewrap job: {e}")));
     loop {
-        let batch = env
-            .rewrap_batch(b, after, opts.batch)
+        let batch = job
+            .batch(after, opts.batch)
             .unwrap_or_else(|e| die(&format!("rewrap_batch: {e}")));
         batches += 1;
         rewrapped += batch.rewrapped;
@@ -232,6 +238,8 @@ fn main() {
             _ => break,
         }
     }
+    // Ending the job (its session copies of the KEK versions) is part of it.
+    drop(job);
     let secs = t2.elapsed().as_secs_f64();
 
     // --- checks ---------------------------------------------------------------

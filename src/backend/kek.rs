@@ -289,11 +289,11 @@ pub fn gcm_open(
             })
         }
     }
-    let plain = buf
-        .as_slice()
-        .get(..len as usize)
-        .ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
-    Ok(SecretBytes::from_slice(plain))
+    if len as usize > buf.len() {
+        return Err(Error::Rv(CKR_GENERAL_ERROR));
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
 }
 
 /// Random bytes from the HSM's generator (DEK values come from the HSM).

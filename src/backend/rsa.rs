@@ -140,11 +140,11 @@ pub fn oaep_open(
             })
         }
     }
-    let plain = buf
-        .as_slice()
-        .get(..len as usize)
-        .ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
-    Ok(SecretBytes::from_slice(plain))
+    if len as usize > buf.len() {
+        return Err(Error::Rv(CKR_GENERAL_ERROR));
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
 }
 
 /// Which OAEP hash the backend takes with this public key: SHA-256 if a

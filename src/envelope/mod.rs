@@ -6,6 +6,7 @@ pub mod cache;
 pub mod deletion;
 pub mod health;
 pub mod record;
+pub mod rewrap;
 pub mod secret;
 pub mod service;
 pub mod versions;

@@ -82,6 +82,17 @@ impl SecretBytes {
             };
         }
         let page = page_size();
+        if len <= page {
+            if let Some(p) = page_pool::take() {
+                return SecretBytes {
+                    ptr: p.ptr,
+                    len,
+                    layout: Some(p.layout),
+                    locked: p.locked,
+                    dontdump: p.dontdump,
+                };
+            }
+        }
         let size = len
             .checked_add(page - 1)
             .map(|n| n & !(page - 1))
@@ -144,6 +155,16 @@ impl SecretBytes {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
+    /// Shorten to `len` bytes (no-op if not shorter), wiping the cut-off
+    /// tail: a backend writes into a buffer sized by an upper bound, and the
+    /// result is kept in place rather than copied into a second buffer.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.as_mut_slice()[len..].zeroize();
+            self.len = len;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -166,21 +187,101 @@ impl Drop for SecretBytes {
         // SAFETY: the whole allocation is ours and initialised.
         let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), layout.size()) };
         all.zeroize();
-        // Undo page flags only after zeroizing, so the secret is never in an
-        // unlocked/dumpable page.
-        if self.locked {
-            // SAFETY: same range that was mlocked.
-            unsafe { libc::munlock(self.ptr.as_ptr().cast(), layout.size()) };
+        let page = Page {
+            ptr: self.ptr,
+            layout,
+            locked: self.locked,
+            dontdump: self.dontdump,
+        };
+        // Zeroed, still locked: kept for the next one-page buffer.
+        let left = if layout.size() == page_size() {
+            page_pool::put(page)
+        } else {
+            Some(page)
+        };
+        if let Some(page) = left {
+            release(page);
         }
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if self.dontdump {
-            // The allocator will reuse these pages for unrelated data, which
-            // should appear in core dumps again.
-            // SAFETY: same range that was advised.
-            unsafe { libc::madvise(self.ptr.as_ptr().cast(), layout.size(), libc::MADV_DODUMP) };
+    }
+}
+
+/// A zeroed allocation of whole pages, with its page flags.
+struct Page {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    locked: bool,
+    dontdump: bool,
+}
+
+/// Give a zeroed allocation back: page flags off, then freed.
+fn release(page: Page) {
+    // Undo page flags only after zeroizing (done by the caller), so the
+    // secret is never in an unlocked or dumpable page.
+    if page.locked {
+        // SAFETY: the range that was mlocked.
+        unsafe { libc::munlock(page.ptr.as_ptr().cast(), page.layout.size()) };
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if page.dontdump {
+        // The allocator will reuse these pages for unrelated data, which
+        // should appear in core dumps again.
+        // SAFETY: the range that was advised.
+        unsafe {
+            libc::madvise(
+                page.ptr.as_ptr().cast(),
+                page.layout.size(),
+                libc::MADV_DODUMP,
+            )
+        };
+    }
+    // SAFETY: allocated in `SecretBytes::new` with exactly this layout.
+    unsafe { alloc::dealloc(page.ptr.as_ptr(), page.layout) };
+}
+
+/// A few zeroed, locked one-page buffers per thread. Every unwrap of a DEK
+/// value needs one for a moment; reusing them saves the four system calls
+/// (mlock, madvise, munlock, madvise) that each new page costs, a tenth of
+/// a re-wrap's time on SoftHSM2.
+mod page_pool {
+    use std::cell::RefCell;
+
+    use super::{release, Page};
+
+    const KEEP: usize = 4;
+
+    struct Pool(Vec<Page>);
+
+    impl Drop for Pool {
+        fn drop(&mut self) {
+            for page in self.0.drain(..) {
+                release(page);
+            }
         }
-        // SAFETY: allocated in `new` with exactly this layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+
+    thread_local! {
+        static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+    }
+
+    /// A kept page, if this thread has one.
+    pub(super) fn take() -> Option<Page> {
+        POOL.try_with(|p| p.try_borrow_mut().ok()?.0.pop())
+            .ok()
+            .flatten()
+    }
+
+    /// Keep a zeroed page; gives it back when the pool is full (or the
+    /// thread is ending).
+    pub(super) fn put(page: Page) -> Option<Page> {
+        let mut page = Some(page);
+        let _ = POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.0.len() < KEEP {
+                    p.0.extend(page.take());
+                }
+            }
+        });
+        page
     }
 }
 
@@ -210,6 +311,18 @@ mod tests {
         let c = s.try_clone();
         assert_eq!(c.as_slice(), s.as_slice());
         assert_ne!(c.as_slice().as_ptr(), s.as_slice().as_ptr());
+    }
+
+    #[test]
+    fn truncate_wipes_the_tail() {
+        let mut s = SecretBytes::from_slice(&[7u8; 40]);
+        s.truncate(32);
+        assert_eq!(s.as_slice(), &[7u8; 32]);
+        // SAFETY: the allocation is at least 40 bytes long and still ours.
+        let tail = unsafe { std::slice::from_raw_parts(s.ptr.as_ptr().add(32), 8) };
+        assert_eq!(tail, &[0u8; 8]);
+        s.truncate(100);
+        assert_eq!(s.len(), 32);
     }
 
     #[test]

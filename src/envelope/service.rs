@@ -302,6 +302,25 @@ impl Envelope {
         value: &[u8],
     ) -> Result<Vec<u8>> {
         let bound = attrs.bound_encoding();
+        let rec = self.with_kek(backend, version, |s, key| {
+            self.seal_with(backend, s, key, version, id, &bound, value)
+        })?;
+        Ok(rec.try_encode()?)
+    }
+
+    /// Seal `value` for DEK `id` (security attributes `bound`, encoded) with
+    /// `key`, KEK version `version`, on session `s`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn seal_with(
+        &self,
+        backend: &Backend,
+        s: &cryptoki::session::Session,
+        key: KekKey,
+        version: u32,
+        id: &[u8; 16],
+        bound: &[u8],
+        value: &[u8],
+    ) -> Result<WrappedRecord> {
         let blank = |alg, iv: Vec<u8>| WrappedRecord {
             alg,
             kek_label: self.settings.kek_label.clone(),
@@ -309,12 +328,12 @@ impl Envelope {
             iv,
             ciphertext: Vec::new(),
         };
-        let rec = self.with_kek(backend, version, |s, key| match key {
+        match key {
             KekKey::Aes(k) => {
                 let mut iv = [0u8; RECORD_IV_LEN];
                 getrandom::fill(&mut iv).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
                 let mut rec = blank(WrapAlg::AesGcm256, iv.to_vec());
-                let aad = rec.aad(id, &bound);
+                let aad = rec.aad(id, bound);
                 rec.ciphertext = kek::gcm_seal(backend, s, k, &iv, &aad, value)?;
                 Ok(rec)
             }
@@ -331,7 +350,7 @@ impl Envelope {
                 let mut alg = known.unwrap_or(WrapAlg::RsaOaepSha256);
                 loop {
                     let mut rec = blank(alg, Vec::new());
-                    let plain = record::rsa_plaintext(&rec.aad(id, &bound), value);
+                    let plain = record::rsa_plaintext(&rec.aad(id, bound), value);
                     match rsa::oaep_seal(backend, s, public, alg, &plain) {
                         Ok(block) => {
                             self.oaep.store(alg.as_u8(), Ordering::Relaxed);
@@ -348,8 +367,31 @@ impl Envelope {
                     }
                 }
             }
-        })?;
-        Ok(rec.try_encode()?)
+        }
+    }
+
+    /// Open a decoded record with `key` on session `s`; `aad` is the
+    /// record's AAD for the DEK's id and attributes.
+    pub(super) fn open_with(
+        backend: &Backend,
+        s: &cryptoki::session::Session,
+        key: KekKey,
+        rec: &WrappedRecord,
+        aad: &[u8],
+    ) -> Result<SecretBytes> {
+        match (rec.alg, key) {
+            (WrapAlg::AesGcm256, KekKey::Aes(k)) => {
+                kek::gcm_open(backend, s, k, &rec.iv, aad, &rec.ciphertext)
+            }
+            (WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256, KekKey::Rsa { private, .. }) => {
+                let plain = rsa::oaep_open(backend, s, private, rec.alg, &rec.ciphertext)?;
+                record::rsa_value(aad, plain.as_slice())
+                    .map(SecretBytes::from_slice)
+                    .ok_or(Error::Rv(CKR_HSME_RECORD_INVALID))
+            }
+            // The record's algorithm is not the version's key type.
+            _ => Err(Error::Rv(CKR_HSME_RECORD_INVALID)),
+        }
     }
 
     /// Unwrap a record on the HSM, with the KEK version it names. Any change
@@ -362,6 +404,23 @@ impl Envelope {
         attrs: &Attrs,
         record: &[u8],
     ) -> Result<SecretBytes> {
+        let rec = self.openable(id, record)?;
+        let aad = rec.aad(id, &attrs.bound_encoding());
+        let value = self
+            .with_kek(backend, rec.kek_version, |s, key| {
+                Self::open_with(backend, s, key, &rec, &aad)
+            })
+            .inspect_err(|e| {
+                if e.rv() == CKR_HSME_RECORD_INVALID {
+                    crate::log_warn!("wrapped record of DEK {} failed authentication", hex(id));
+                }
+            })?;
+        Self::check_len(attrs, value)
+    }
+
+    /// Decode a stored record and check that this module may open it: its
+    /// KEK, the decrypt cut-off and revocation.
+    pub(super) fn openable(&self, id: &[u8; 16], record: &[u8]) -> Result<WrappedRecord> {
         let rec = WrappedRecord::decode(record)?;
         if rec.kek_label != self.settings.kek_label {
             crate::log_warn!(
@@ -386,26 +445,11 @@ impl Envelope {
         if self.health.is_revoked(rec.kek_version) {
             return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
         }
-        let aad = rec.aad(id, &attrs.bound_encoding());
-        let value = self
-            .with_kek(backend, rec.kek_version, |s, key| match (rec.alg, key) {
-                (WrapAlg::AesGcm256, KekKey::Aes(k)) => {
-                    kek::gcm_open(backend, s, k, &rec.iv, &aad, &rec.ciphertext)
-                }
-                (WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256, KekKey::Rsa { private, .. }) => {
-                    let plain = rsa::oaep_open(backend, s, private, rec.alg, &rec.ciphertext)?;
-                    record::rsa_value(&aad, plain.as_slice())
-                        .map(SecretBytes::from_slice)
-                        .ok_or(Error::Rv(CKR_HSME_RECORD_INVALID))
-                }
-                // The record's algorithm is not the version's key type.
-                _ => Err(Error::Rv(CKR_HSME_RECORD_INVALID)),
-            })
-            .inspect_err(|e| {
-                if e.rv() == CKR_HSME_RECORD_INVALID {
-                    crate::log_warn!("wrapped record of DEK {} failed authentication", hex(id));
-                }
-            })?;
+        Ok(rec)
+    }
+
+    /// An opened value must be as long as the DEK says.
+    pub(super) fn check_len(attrs: &Attrs, value: SecretBytes) -> Result<SecretBytes> {
         if Some(value.len() as CK_ULONG) != attrs.ulong(CKA_VALUE_LEN) {
             return Err(Error::Rv(CKR_HSME_RECORD_INVALID));
         }

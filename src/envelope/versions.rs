@@ -9,30 +9,16 @@ use std::time::Instant;
 use cryptoki_sys::*;
 
 use super::record::WrappedRecord;
-use super::service::{hex, Envelope, View};
+use super::service::{Envelope, View};
 use crate::audit::{Entry, Op};
 use crate::backend::kek::KekType;
 use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
 use crate::store::{KekState, KekVersionRow, StoreError};
-use crate::token::attributes::Attrs;
 use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
 
 /// How long a rotation may hold its lease.
 const ROTATE_LEASE_SECS: i64 = 120;
-
-/// One batch of a re-wrap run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RewrapBatch {
-    /// Rows looked at.
-    pub scanned: usize,
-    /// Rows now under the primary version.
-    pub rewrapped: usize,
-    /// Rows left as they were (changed meanwhile, or failed to open).
-    pub skipped: usize,
-    /// Where the next batch starts; None when there is nothing after.
-    pub next: Option<[u8; 16]>,
-}
 
 impl Envelope {
     /// The primary KEK version, from this process's view while fresh, else
@@ -205,51 +191,6 @@ impl Envelope {
         };
         self.log(Entry::new(op, CKR_OK).kek_version(next));
         Ok(next)
-    }
-
-    /// Re-wrap up to `limit` records not under the primary version, starting
-    /// after `after`: unwrap with the old version and wrap with the new, both
-    /// on the HSM, then replace each record in one transaction, each only if
-    /// unchanged meanwhile. Safe to stop at any point and run again.
-    pub fn rewrap_batch(
-        &self,
-        backend: &Backend,
-        after: [u8; 16],
-        limit: u32,
-    ) -> Result<RewrapBatch> {
-        let primary = self.primary(backend)?;
-        let label = self.settings.kek_label.clone();
-        let rows = self.with_store(|st| Ok(st.rows_not_under(&label, primary, &after, limit)?))?;
-        let mut batch = RewrapBatch {
-            scanned: rows.len(),
-            next: rows.last().map(|r| r.id),
-            ..Default::default()
-        };
-        let mut updates = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let sealed = Attrs::decode(&row.attrs).and_then(|attrs| {
-                let value = self.open(backend, &row.id, &attrs, &row.record)?;
-                self.seal_under(backend, primary, &row.id, &attrs, value.as_slice())
-            });
-            match sealed {
-                Ok(record) => updates.push((row.id, row.generation, record, primary)),
-                Err(e) => {
-                    crate::log_warn!("re-wrap: DEK {} left under its version: {e}", hex(&row.id));
-                    batch.skipped += 1;
-                }
-            }
-        }
-        let written = self.with_store(|st| Ok(st.replace_records(&updates)?))?;
-        batch.rewrapped = written;
-        if written > 0 {
-            self.log(
-                Entry::new(Op::Rewrap, CKR_OK)
-                    .kek_version(primary)
-                    .count(written as u64),
-            );
-        }
-        batch.skipped += updates.len() - written;
-        Ok(batch)
     }
 
     /// Make an existing version primary (new DEKs wrap under it at once here,

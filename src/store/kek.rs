@@ -184,21 +184,26 @@ impl Store {
         Ok(n.max(0) as u64)
     }
 
-    /// Up to `limit` rows of `label` not under `version`, by id after
-    /// `after` (for batched, resumable re-wrapping). `+kek_label` keeps
-    /// SQLite on the primary key: walking ids in order makes a whole run
-    /// linear, where the label index made every batch sort the table.
+    /// Up to `limit` rows of `label` not under `version`, in table order
+    /// after position `after` (a rowid; 0 to start), each with its position,
+    /// for batched, resumable re-wrapping. Table order, not id order: ids
+    /// are random, so a batch in id order would touch a page per row, where
+    /// in table order it reads and rewrites a few neighbouring pages.
+    /// (Rowids only change under VACUUM; a row missed that way is left for
+    /// the next run, which `rewrap` says.)
     pub fn rows_not_under(
         &self,
         label: &str,
         version: u32,
-        after: &[u8; 16],
+        after: i64,
         limit: u32,
-    ) -> Result<Vec<DekRow>, StoreError> {
+    ) -> Result<Vec<(i64, DekRow)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM dek WHERE +kek_label = ?1 AND kek_version != ?2 AND id > ?3 ORDER BY id LIMIT ?4"
+            "SELECT {ROW_COLUMNS}, rowid FROM dek WHERE +kek_label = ?1 AND kek_version != ?2 AND rowid > ?3 ORDER BY rowid LIMIT ?4"
         ))?;
-        let rows = stmt.query_map(params![label, version, after, limit], super::row_to_dek)?;
+        let rows = stmt.query_map(params![label, version, after, limit], |r| {
+            Ok((r.get(10)?, super::row_to_dek(r)?))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -238,6 +238,17 @@ pub struct RewrapArgs {
     /// Records per batch (each batch is one store transaction)
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
+    /// Worker threads, each with a backend session of its own. One is
+    /// fastest on SoftHSM2, which serialises its work; a network HSM gains
+    /// from several requests in flight (try 4 to 16)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
+}
+
+impl RewrapArgs {
+    pub fn threads(&self) -> usize {
+        self.threads as usize
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use hsm_envelope::admin::Admin;
+use hsm_envelope::envelope::rewrap::RewrapJob;
 
 use crate::cli::RewrapArgs;
 use crate::exit;
@@ -94,18 +95,19 @@ fn line(done: u64, total: u64, skipped: u64, started: Instant) -> String {
 pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
     let env = &admin.env;
     let b = admin.backend();
-    let primary = env.primary(b)?;
+    let job = RewrapJob::new(env, b, args.threads())?;
+    let primary = job.primary();
     let pending_before = env.pending_rewrap(b)?;
     let started = Instant::now();
     let mut progress = Progress::new(pending_before);
     let (mut scanned, mut rewrapped, mut skipped) = (0u64, 0u64, 0u64);
-    let mut after = [0u8; 16];
+    let mut after = 0i64;
     let mut batches = 0u64;
     let outcome = loop {
         if pending_before == 0 {
             break Ok(());
         }
-        let batch = match env.rewrap_batch(b, after, args.batch) {
+        let batch = match job.batch(after, args.batch) {
             Ok(batch) => batch,
             Err(e) => break Err(e),
         };
@@ -166,6 +168,7 @@ pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
         "remaining": remaining,
         "batches": batches,
         "batch_size": args.batch,
+        "threads": args.threads(),
         "elapsed_secs": elapsed,
         "rate_per_sec": rate,
     });

@@ -1,0 +1,90 @@
+//! The re-wrap job itself (src/envelope/rewrap.rs), driven in-process as
+//! `hsm-envelope rewrap` drives it: it works on session copies of the KEK
+//! versions, which must not outlive it, and revoking a version on the HSM
+//! must stop it at its next batch although its copy would still work.
+//!
+//! Runs in its own process (cargo nextest) with its own token.
+
+mod common;
+
+use common::cli::*;
+use common::p11::*;
+use common::*;
+use cryptoki::object::{Attribute, ObjectClass};
+use hsm_envelope::admin::Admin;
+use hsm_envelope::config::Config;
+use hsm_envelope::envelope::rewrap::RewrapJob;
+
+const CKR_HSME_KEK_REVOKED: u64 = 0xC845_0004;
+
+/// Backend objects labelled like the KEK that are session objects.
+fn session_copies(admin: &Admin) -> usize {
+    admin
+        .env
+        .with_session(admin.backend(), |s| {
+            Ok(s.find_objects(&[
+                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+                Attribute::Token(false),
+            ])
+            .unwrap()
+            .len())
+        })
+        .unwrap()
+}
+
+#[test]
+fn rewrap_job_uses_session_copies_and_stops_when_a_version_is_revoked() {
+    let t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    for i in 0..30 {
+        generate(
+            &s,
+            true,
+            vec![Attribute::Label(format!("d{i}").into_bytes())],
+        );
+    }
+    drop(s);
+    p.finalize().unwrap();
+    ok(&t, &["kek", "rotate"]);
+
+    let config = Config::from_file(&t.conf).unwrap();
+    let admin = Admin::connect(config, USER_PIN).unwrap();
+    let (env, b) = (&admin.env, admin.backend());
+    assert_eq!(env.pending_rewrap(b).unwrap(), 30);
+    let job = RewrapJob::new(env, b, 2).unwrap();
+    assert_eq!(job.primary(), 2);
+    let first = job.batch(0, 10).unwrap();
+    assert_eq!((first.scanned, first.rewrapped, first.skipped), (10, 10, 0));
+    // Copies of v1 and v2, as session objects, while the job runs.
+    assert_eq!(session_copies(&admin), 2);
+
+    // Revoke v1 on the HSM: the next batch refuses, although the job's copy
+    // of v1 could still decrypt.
+    env.with_session(b, |s| {
+        let v1 = s
+            .find_objects(&[
+                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+                Attribute::Id(KEK_ID.to_vec()),
+                Attribute::Token(true),
+                Attribute::Class(ObjectClass::SECRET_KEY),
+            ])
+            .unwrap();
+        s.update_attributes(v1[0], &[Attribute::Decrypt(false)])
+            .unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let e = job.batch(first.next.unwrap(), 10).unwrap_err();
+    assert_eq!(e.rv(), CKR_HSME_KEK_REVOKED, "{e}");
+    assert_eq!(
+        env.pending_rewrap(b).unwrap(),
+        20,
+        "nothing more was re-wrapped"
+    );
+
+    // The copies end with the job.
+    drop(job);
+    assert_eq!(session_copies(&admin), 0);
+    admin.close();
+}
