@@ -12,6 +12,11 @@
 #                in any format `openssl pkey` reads (sent as PKCS#8)
 #   OUT          the transfer blob to give to `kek import --in`
 #   --oaep-hash  what `kek import-key` said the HSM takes (default sha1)
+#
+# Run it on a host only you use: `openssl enc` takes the ephemeral AES key
+# on its command line, where other local users can read it while it runs
+# (with the blob, that would give them the material). Work files go to
+# /dev/shm (memory) where there is one, and are shredded.
 set -euo pipefail
 
 hash=sha1
@@ -20,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --oaep-hash) hash="${2:-}"; shift 2 ;;
         --rsa) rsa=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --) shift; break ;;
         -*) echo "byok-wrap.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
@@ -35,7 +40,11 @@ command -v openssl >/dev/null || { echo "byok-wrap.sh: openssl is missing (apt-g
 pub="$1" material="$2" out="$3"
 
 umask 077
-work="$(mktemp -d)"
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+    work="$(mktemp -d -p /dev/shm)"
+else
+    work="$(mktemp -d)"
+fi
 trap 'for f in "$work"/*; do [[ -f "$f" ]] && shred -u "$f" 2>/dev/null || rm -f "$f"; done; rmdir "$work"' EXIT
 
 if [[ $rsa -eq 1 ]]; then

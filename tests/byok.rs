@@ -16,7 +16,8 @@ use common::cli::*;
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use hsm_envelope::envelope::record::{WrapAlg, WrappedRecord};
 use hsm_envelope::token::attributes::Attrs;
@@ -183,7 +184,8 @@ fn rsa_2048_kek_round_trip() {
     assert_eq!(rec.alg, WrapAlg::RsaOaepSha1);
     assert_eq!(rec.kek_version, 2);
     assert!(rec.iv.is_empty());
-    assert_eq!(rec.ciphertext.len(), 256);
+    // An OAEP block and a PSS signature, 256 bytes each.
+    assert_eq!(rec.ciphertext.len(), 512);
     decrypts_after_restart("a", &ct_a, &data);
     decrypts_after_restart("b", &ct_b, &data);
 
@@ -218,8 +220,16 @@ fn rsa_2048_kek_round_trip() {
         .unwrap();
     assert_eq!(kek.len(), 1);
     let e = s
-        .decrypt(&Mechanism::RsaPkcs, kek[0], &rec.ciphertext)
+        .decrypt(&Mechanism::RsaPkcs, kek[0], rec.rsa_parts().0)
         .unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+    // Nor sign with it: a signing oracle would forge records.
+    let pss = Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: 32.into(),
+    });
+    let e = s.sign(&pss, kek[0], b"a record").unwrap_err();
     assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
     drop(s);
     p.finalize().unwrap();
@@ -265,7 +275,7 @@ fn rsa_2048_kek_round_trip() {
     ok(&t, &["kek", "set-primary", "4"]);
     ok(&t, &["rewrap"]);
     let (rec, _) = stored(&t, "b");
-    assert_eq!((rec.kek_version, rec.ciphertext.len()), (4, 384));
+    assert_eq!((rec.kek_version, rec.ciphertext.len()), (4, 768));
     decrypts_after_restart("b", &ct_b, &data);
 }
 
@@ -413,8 +423,9 @@ fn imported_rsa_kek_wraps_as_openssl_expects() {
     assert_eq!((rec.alg, rec.kek_version), (WrapAlg::RsaOaepSha1, 2));
     // openssl, with the customer's private key, opens the record: SHA-256
     // of the AAD, then the DEK.
+    let (oaep_block, signature) = rec.rsa_parts();
     let block = dir.join("block.bin");
-    std::fs::write(&block, &rec.ciphertext).unwrap();
+    std::fs::write(&block, oaep_block).unwrap();
     let plain = openssl(&[
         "pkeyutl",
         "-decrypt",
@@ -429,7 +440,78 @@ fn imported_rsa_kek_wraps_as_openssl_expects() {
     ]);
     assert_eq!(&plain[..32], sha2::Sha256::digest(&aad).as_slice());
     assert_eq!(&plain[32..], dek.as_slice());
+    // And the record's RSA-PSS signature over AAD || block verifies with
+    // the customer's public key.
+    let public = dir.join("rsa.pub");
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let signed = dir.join("signed.bin");
+    std::fs::write(&signed, [aad.as_slice(), oaep_block].concat()).unwrap();
+    let sig = dir.join("sig.bin");
+    std::fs::write(&sig, signature).unwrap();
+    let verified = openssl(&[
+        "dgst",
+        "-sha256",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:32",
+        "-verify",
+        public.to_str().unwrap(),
+        "-signature",
+        sig.to_str().unwrap(),
+        signed.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&verified).contains("Verified OK"));
     decrypts_after_restart("mine", &ct, &data);
+
+    // A forgery: whoever holds the public key can make an OAEP block that
+    // binds the row (its AAD digest) and a DEK value of their choosing.
+    // Without the HSM's signature the module refuses it.
+    let chosen = [0x66u8; 32];
+    let forged_plain = dir.join("forged.plain");
+    std::fs::write(
+        &forged_plain,
+        [sha2::Sha256::digest(&aad).as_slice(), &chosen].concat(),
+    )
+    .unwrap();
+    let forged_block = openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        public.to_str().unwrap(),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha1",
+        "-in",
+        forged_plain.to_str().unwrap(),
+    ]);
+    let (_, other_aad) = stored(&t, "mine");
+    assert_eq!(other_aad, aad);
+    for sig in [signature.to_vec(), vec![0x42; 256]] {
+        let forged = WrappedRecord {
+            ciphertext: [forged_block.as_slice(), &sig].concat(),
+            ..rec.clone()
+        };
+        set_record(&t, "mine", &forged.encode());
+        let p = ours();
+        let s = user_session(&p, token_slot(&p));
+        let h = s
+            .find_objects(&[Attribute::Label(b"mine".to_vec())])
+            .unwrap()[0];
+        let e = gcm_encrypt(&s, h, &[3; 12], b"", b"x").unwrap_err();
+        assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_RECORD_INVALID));
+        drop(s);
+        p.finalize().unwrap();
+    }
 }
 
 #[test]
@@ -601,6 +683,73 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
         "not an AES-256 key",
         1,
     );
+    // 31 bytes wrap to the 40 bytes of a 32-byte key; the trial seal and
+    // open of the new version catches it, and its object is destroyed.
+    let k31 = write("k31", &random_bytes(31));
+    let part2 = openssl(&[
+        "enc",
+        "-id-aes256-wrap-pad",
+        "-K",
+        &hex,
+        "-iv",
+        "A65959A6",
+        "-in",
+        k31.to_str().unwrap(),
+    ]);
+    assert_eq!(part2.len(), 40);
+    let part1 = openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        pem.to_str().unwrap(),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha1",
+        "-in",
+        eph_path.to_str().unwrap(),
+    ]);
+    let aes248 = write("aes248", &[part1, part2].concat());
+    refused(
+        &[
+            "kek",
+            "import",
+            "--type",
+            "aes256",
+            "--in",
+            &blob_arg(&aes248),
+        ],
+        "does not work as a KEK",
+        1,
+    );
+    // An RSA key with public exponent 3.
+    let e3 = dir.join("e3.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-pkeyopt",
+        "rsa_keygen_pubexp:3",
+        "-out",
+        e3.to_str().unwrap(),
+    ]);
+    let e3_blob = dir.join("e3.blob");
+    byok_wrap(&pem, &e3, &e3_blob, true);
+    refused(
+        &[
+            "kek",
+            "import",
+            "--type",
+            "rsa",
+            "--in",
+            &blob_arg(&e3_blob),
+        ],
+        "exponent",
+        1,
+    );
     // Files that are no transfer blob at all: usage errors, before any PIN.
     refused(
         &[
@@ -636,10 +785,11 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // Nothing was added, on the store or the HSM; the good blob still
-    // imports.
+    // Nothing was added, on the store or the HSM; the import key is still
+    // there, and the good blob still imports.
     assert_eq!(kinds(&t).len(), 1);
     assert!(hsm_objects(&[2]).is_empty());
+    assert_eq!(hsm_objects(b"byok-import").len(), 2);
     ok(
         &t,
         &[

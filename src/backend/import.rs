@@ -13,7 +13,7 @@
 //! the ephemeral key nor the material is ever outside it. The material is an
 //! AES-256 key, or an RSA private key as PKCS#8 PrivateKeyInfo.
 
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
@@ -94,15 +94,19 @@ pub fn create_import_key(session: &Session, label: &str, bits: u32) -> Result<Im
         Attribute::Encrypt(true),
         Attribute::Wrap(true),
         Attribute::Verify(false),
+        Attribute::VerifyRecover(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
         Attribute::ModulusBits(u64::from(bits).into()),
         Attribute::PublicExponent(vec![1, 0, 1]),
     ];
+    // Only unwraps, only with OAEP: no decryption or signing oracle.
     let mut private = rsa::private_template(label, id);
     for a in private.iter_mut() {
-        if let Attribute::Decrypt(d) = a {
-            *d = false;
+        match a {
+            Attribute::Decrypt(d) | Attribute::Sign(d) => *d = false,
+            Attribute::AllowedMechanisms(m) => *m = vec![MechanismType::RSA_PKCS_OAEP],
+            _ => {}
         }
     }
     let (public, private) = session
@@ -111,8 +115,20 @@ pub fn create_import_key(session: &Session, label: &str, bits: u32) -> Result<Im
     Ok(ImportKey { private, public })
 }
 
-/// Destroy the import key pair, if any (after a successful import: each
-/// import key brings in one key).
+impl ImportKey {
+    /// Destroy this pair (after a successful import: each import key brings
+    /// in one key).
+    pub fn destroy(&self, session: &Session) -> Result<()> {
+        for h in [self.private, self.public] {
+            session
+                .destroy_object(h)
+                .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Destroy the import key pair of `label`, if any.
 pub fn destroy_import_key(session: &Session, label: &str) -> Result<()> {
     let found = session
         .find_objects(&id_template(label))
@@ -144,7 +160,8 @@ pub fn describe(backend: &Backend, session: &Session, key: &ImportKey) -> Result
 
 /// The AES-KWP (RFC 5649) mechanism: `CKM_AES_KEY_WRAP_KWP` where the
 /// backend offers it, else `CKM_AES_KEY_WRAP_PAD`, which SoftHSM2 implements
-/// as RFC 5649.
+/// as RFC 5649. (On a backend whose `CKM_AES_KEY_WRAP_PAD` is something
+/// else, the unwrap fails and the import is refused; nothing is guessed.)
 fn kwp(backend: &Backend, session: &Session) -> Result<CK_MECHANISM_TYPE> {
     let slot = session
         .get_session_info()
@@ -324,6 +341,13 @@ fn check_rsa(
             "the RSA key has {bits} bits; a KEK needs {} or more",
             rsa::MIN_KEK_BITS
         )));
+    }
+    let (_, e) = rsa::public_parts(session, private)?;
+    if !rsa::exponent_ok(&e) {
+        return Err(Error::Admin(
+            "the RSA key's public exponent is even or under 65537; a KEK needs 65537 or more"
+                .into(),
+        ));
     }
     let public = rsa::make_public(
         session,

@@ -166,10 +166,24 @@ pub fn check_policy(session: &Session, kek: KekKey) -> Result<bool> {
         }
     }
     match kek {
-        KekKey::Rsa { private, .. } => {
-            if super::rsa::modulus_bits(session, private)? < super::rsa::MIN_KEK_BITS {
+        KekKey::Rsa { private, public } => {
+            use super::rsa;
+            if rsa::modulus_bits(session, private)? < rsa::MIN_KEK_BITS {
                 crate::log_error!("an RSA KEK has a modulus under 2048 bits");
                 return Ok(false);
+            }
+            let (n, e) = rsa::public_parts(session, private)?;
+            if !rsa::exponent_ok(&e) {
+                crate::log_error!("an RSA KEK has a public exponent under 65537 or even");
+                return Ok(false);
+            }
+            // A public half planted beside the private one would capture
+            // every new DEK value.
+            if let Some(public) = public {
+                if rsa::public_parts(session, public)? != (n, e) {
+                    crate::log_error!("an RSA KEK's public half does not match its private half");
+                    return Ok(false);
+                }
             }
         }
         KekKey::Aes(h) => {
@@ -514,20 +528,24 @@ pub fn aes_template(label: &str, version: u32) -> Vec<Attribute> {
 
 /// Make KEK version `version` on the HSM: AES-256 (see `aes_template`), or
 /// an RSA key pair (see `rsa::generate`).
-pub fn generate(session: &Session, label: &str, version: u32, ty: KekType) -> Result<()> {
+/// Returns the objects made.
+pub fn generate(
+    session: &Session,
+    label: &str,
+    version: u32,
+    ty: KekType,
+) -> Result<Vec<ObjectHandle>> {
     match ty {
         KekType::Aes256 => {
             let mut template = aes_template(label, version);
             template.push(Attribute::ValueLen(32.into()));
-            session
+            let key = session
                 .generate_key(&Mechanism::AesKeyGen, &template)
                 .map_err(|e| Error::from_cryptoki("C_GenerateKey", e))?;
+            Ok(vec![key])
         }
-        KekType::Rsa(bits) => {
-            super::rsa::generate(session, label, version, bits)?;
-        }
+        KekType::Rsa(bits) => super::rsa::generate(session, label, version, bits),
     }
-    Ok(())
 }
 
 /// The type of a found KEK version.

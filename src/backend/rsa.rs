@@ -1,9 +1,18 @@
-//! RSA KEKs on the backend: key pairs, and RSA-OAEP sealing and opening of
-//! DEK values. OAEP takes SHA-256 where the backend does, else SHA-1
-//! (SoftHSM2 2.6 refuses any other hash with `CKR_ARGUMENTS_BAD`); the
-//! record says which was used.
+//! RSA KEKs on the backend: key pairs, RSA-OAEP sealing and opening of DEK
+//! values, and RSA-PSS signatures over the records. OAEP takes SHA-256
+//! where the backend does, else SHA-1 (SoftHSM2 2.6 refuses any other hash
+//! with `CKR_ARGUMENTS_BAD`); the record says which was used.
+//!
+//! Why records are signed: anyone can encrypt to a public key, so an OAEP
+//! block alone proves nothing about who made it; an application able to
+//! write the store could plant a DEK value of its choosing. The PSS
+//! signature (made by the HSM with the KEK's private half, checked before
+//! the block is opened) makes RSA records as unforgeable as AES-GCM ones.
+//! One RSA key serving OAEP and PSS is safe (Haber and Pinkas, "Securely
+//! combining public-key cryptosystems", CCS 2001), and the key does nothing
+//! else: `CKA_ALLOWED_MECHANISMS` names just these two.
 
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::*;
@@ -18,6 +27,95 @@ use crate::vendor::CKR_HSME_RECORD_INVALID;
 /// RSA keys under 2048 bits are refused as KEKs (NIST SP 800-131A).
 pub const MIN_KEK_BITS: u32 = 2048;
 const PUBLIC_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
+/// What an RSA KEK may do: wrap (OAEP) and sign records (PSS, SHA-256).
+const KEK_MECHANISMS: [MechanismType; 2] = [
+    MechanismType::RSA_PKCS_OAEP,
+    MechanismType::SHA256_RSA_PKCS_PSS,
+];
+
+/// CK_RSA_PKCS_PSS_PARAMS: SHA-256, MGF1-SHA-256, 32-byte salt.
+fn pss_params() -> CK_RSA_PKCS_PSS_PARAMS {
+    CK_RSA_PKCS_PSS_PARAMS {
+        hashAlg: CKM_SHA256,
+        mgf: CKG_MGF1_SHA256,
+        sLen: 32,
+    }
+}
+
+/// RSA-PSS signature over `data` with the KEK's private half, on the HSM.
+pub fn pss_sign(
+    backend: &Backend,
+    session: &Session,
+    private: ObjectHandle,
+    data: &[u8],
+) -> Result<Vec<u8>> {
+    let mut params = pss_params();
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_SHA256_RSA_PKCS_PSS,
+        pParameter: &mut params as *mut CK_RSA_PKCS_PSS_PARAMS as *mut _,
+        ulParameterLen: size_of::<CK_RSA_PKCS_PSS_PARAMS>() as CK_ULONG,
+    };
+    let sh = session.handle();
+    crate::backend::check(
+        "C_SignInit",
+        bcall!(backend, C_SignInit(sh, &mut mech, private.handle())),
+    )?;
+    let mut out = vec![0u8; RSA_MAX_BLOCK];
+    let mut len = out.len() as CK_ULONG;
+    let rv = bcall!(
+        backend,
+        C_Sign(
+            sh,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            out.as_mut_ptr(),
+            &mut len
+        )
+    );
+    crate::backend::check("C_Sign", rv)?;
+    out.truncate(len as usize);
+    Ok(out)
+}
+
+/// Whether `signature` is the KEK's RSA-PSS signature over `data`, checked
+/// on the HSM with the public half.
+pub fn pss_verify(
+    backend: &Backend,
+    session: &Session,
+    public: ObjectHandle,
+    data: &[u8],
+    signature: &[u8],
+) -> Result<bool> {
+    let mut params = pss_params();
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_SHA256_RSA_PKCS_PSS,
+        pParameter: &mut params as *mut CK_RSA_PKCS_PSS_PARAMS as *mut _,
+        ulParameterLen: size_of::<CK_RSA_PKCS_PSS_PARAMS>() as CK_ULONG,
+    };
+    let sh = session.handle();
+    crate::backend::check(
+        "C_VerifyInit",
+        bcall!(backend, C_VerifyInit(sh, &mut mech, public.handle())),
+    )?;
+    let rv = bcall!(
+        backend,
+        C_Verify(
+            sh,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            signature.as_ptr() as *mut u8,
+            signature.len() as CK_ULONG
+        )
+    );
+    match rv {
+        CKR_OK => Ok(true),
+        CKR_SIGNATURE_INVALID | CKR_SIGNATURE_LEN_RANGE => Ok(false),
+        rv => Err(Error::Backend {
+            func: "C_Verify",
+            rv,
+        }),
+    }
+}
 
 /// CK_RSA_PKCS_OAEP_PARAMS for `alg`, with an empty label.
 fn oaep_params(alg: WrapAlg) -> CK_RSA_PKCS_OAEP_PARAMS {
@@ -193,7 +291,7 @@ fn modulus(session: &Session, key: ObjectHandle) -> Result<Vec<u8>> {
 }
 
 /// The public half of an RSA KEK version: a private token object (visible
-/// only when logged in), for encryption only.
+/// only when logged in), to seal values and check record signatures.
 pub fn public_template(label: &str, id: Vec<u8>) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -201,14 +299,18 @@ pub fn public_template(label: &str, id: Vec<u8>) -> Vec<Attribute> {
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Encrypt(true),
+        Attribute::Verify(true),
         Attribute::Wrap(false),
-        Attribute::Verify(false),
+        Attribute::VerifyRecover(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(KEK_MECHANISMS.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id),
     ]
 }
 
-/// The private half: sensitive, never extractable, for decrypt/unwrap only.
+/// The private half: sensitive, never extractable, to open values and sign
+/// records, nothing else.
 pub fn private_template(label: &str, id: Vec<u8>) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -219,28 +321,46 @@ pub fn private_template(label: &str, id: Vec<u8>) -> Vec<Attribute> {
         Attribute::Extractable(false),
         Attribute::Decrypt(true),
         Attribute::Unwrap(true),
-        Attribute::Sign(false),
+        Attribute::Sign(true),
+        Attribute::SignRecover(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(KEK_MECHANISMS.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id),
     ]
 }
 
+/// Whether an RSA public exponent is acceptable for a KEK: odd and at
+/// least 65537 (FIPS 186-5 asks for 2^16 < e < 2^256).
+pub fn exponent_ok(e: &[u8]) -> bool {
+    let lead = e.iter().position(|b| *b != 0).unwrap_or(e.len());
+    let e = &e[lead..];
+    let odd = e.last().is_some_and(|b| b & 1 == 1);
+    let big_enough = e.len() > 3 || (e.len() == 3 && e >= [0x01, 0x00, 0x01].as_slice());
+    odd && big_enough && e.len() <= 32
+}
+
 /// Make an RSA KEK version: a key pair of `bits` bits, exponent 65537.
-pub fn generate(session: &Session, label: &str, version: u32, bits: u32) -> Result<()> {
+pub fn generate(
+    session: &Session,
+    label: &str,
+    version: u32,
+    bits: u32,
+) -> Result<Vec<ObjectHandle>> {
     if bits < MIN_KEK_BITS {
         return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
     }
     let mut public = public_template(label, version_id(version));
     public.push(Attribute::ModulusBits(u64::from(bits).into()));
     public.push(Attribute::PublicExponent(PUBLIC_EXPONENT.to_vec()));
-    session
+    let (public, private) = session
         .generate_key_pair(
             &Mechanism::RsaPkcsKeyPairGen,
             &public,
             &private_template(label, version_id(version)),
         )
         .map_err(|e| Error::from_cryptoki("C_GenerateKeyPair", e))?;
-    Ok(())
+    Ok(vec![private, public])
 }
 
 /// The public half of an RSA private key, made as a token object from the
@@ -336,6 +456,18 @@ fn base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_exponents() {
+        assert!(exponent_ok(&[1, 0, 1]));
+        assert!(exponent_ok(&[0, 0, 1, 0, 1]));
+        assert!(exponent_ok(&[1, 0, 0, 0, 1]));
+        assert!(!exponent_ok(&[3]));
+        assert!(!exponent_ok(&[1]));
+        assert!(!exponent_ok(&[]));
+        assert!(!exponent_ok(&[1, 0, 0]));
+        assert!(!exponent_ok(&[0, 0xff, 0xff]));
+    }
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {

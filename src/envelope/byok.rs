@@ -13,23 +13,26 @@ impl Envelope {
     /// makes a fresh pair of `bits` bits, replacing any old one.
     pub fn import_key(&self, backend: &Backend, new: bool, bits: u32) -> Result<ImportKeyInfo> {
         let label = self.settings.kek_label.clone();
-        self.with_session(backend, |s| {
-            let key = match import::find_import_key(s, &label) {
-                Ok(Some(key)) if !new => key,
-                // Absent, unwanted or broken: a new pair replaces it.
-                Ok(_) | Err(Error::Admin(_)) => {
-                    let key = import::create_import_key(s, &label, bits)?;
-                    crate::log_info!("KEK '{label}': new {bits}-bit BYOK import key made");
-                    key
-                }
-                Err(e) => return Err(e),
-            };
-            import::describe(backend, s, &key)
+        // Under the rotation lease: an import in progress keeps its key.
+        self.with_lease(|| {
+            self.with_session(backend, |s| {
+                let key = match import::find_import_key(s, &label) {
+                    Ok(Some(key)) if !new => key,
+                    // Absent, unwanted or broken: a new pair replaces it.
+                    Ok(_) | Err(Error::Admin(_)) => {
+                        let key = import::create_import_key(s, &label, bits)?;
+                        crate::log_info!("KEK '{label}': new {bits}-bit BYOK import key made");
+                        key
+                    }
+                    Err(e) => return Err(e),
+                };
+                import::describe(backend, s, &key)
+            })
         })
     }
 
     /// Import the key material in `blob` as the next KEK version, then
-    /// destroy the import key (one import per import key).
+    /// destroy the import key that opened it (one import per import key).
     pub fn import_version(
         &self,
         backend: &Backend,
@@ -37,11 +40,11 @@ impl Envelope {
         material: Material,
         make_primary: bool,
     ) -> Result<u32> {
-        let label = self.settings.kek_label.clone();
+        let used = std::sync::Mutex::new(None);
         let version = self.add_version(backend, make_primary, Op::KekImport, |s, label, next| {
             if crate::backend::kek::exists(s, label, next)? {
                 return Err(Error::Admin(format!(
-                    "an object named KEK '{label}' v{next} is on the HSM but not in the store; remove it, or adopt it with `hsm-envelope kek create`"
+                    "an object named KEK '{label}' v{next} is on the HSM but not in the store; adopt it with `hsm-envelope kek create`, or remove it"
                 )));
             }
             let key = import::find_import_key(s, label)?.ok_or_else(|| {
@@ -49,10 +52,20 @@ impl Envelope {
                     "KEK '{label}' has no import key on the HSM: run `hsm-envelope kek import-key` and wrap the key material to its public key"
                 ))
             })?;
-            import::import(backend, s, &key, blob, material, label, next).map(|_| ())
+            let made = import::import(backend, s, &key, blob, material, label, next)?;
+            if let Ok(mut u) = used.lock() {
+                *u = Some(key);
+            }
+            Ok(made)
         })?;
-        if let Err(e) = self.with_session(backend, |s| import::destroy_import_key(s, &label)) {
-            crate::log_warn!("KEK '{label}': the used import key was not destroyed: {e}");
+        let key = used.lock().ok().and_then(|mut u| u.take());
+        if let Some(key) = key {
+            if let Err(e) = self.with_session(backend, |s| key.destroy(s)) {
+                crate::log_warn!(
+                    "KEK '{}': the used import key was not destroyed: {e}",
+                    self.settings.kek_label
+                );
+            }
         }
         Ok(version)
     }

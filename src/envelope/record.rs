@@ -24,11 +24,13 @@
 //! For [`WrapAlg::AesGcm256`], `iv_len` must be 12 and `ct_len` must be
 //! 16 (tag) plus 1..=[`MAX_WRAPPED_KEY_LEN`] bytes of key value.
 //!
-//! For the RSA-OAEP algorithms, `iv_len` must be 0 and the ciphertext is one
-//! RSA block: as long as the modulus, 2048 to 8192 bits in whole bytes. Its
-//! plaintext is SHA-256 of the AAD (see [`WrappedRecord::aad`]) followed by
-//! the key value ([`rsa_plaintext`]): OAEP has no AAD of its own, and
-//! SoftHSM2 refuses OAEP labels.
+//! For the RSA algorithms, `iv_len` must be 0 and the ciphertext is two RSA
+//! blocks of the modulus's length (2048 to 8192 bits in whole bytes): the
+//! OAEP encryption of SHA-256 of the AAD (see [`WrappedRecord::aad`])
+//! followed by the key value ([`rsa_plaintext`]; OAEP has no AAD of its
+//! own, and SoftHSM2 refuses OAEP labels), then the KEK's RSA-PSS
+//! signature over the AAD and that block ([`WrappedRecord::rsa_signed`]):
+//! anyone may encrypt to a public key, only the HSM can sign.
 
 use thiserror::Error;
 
@@ -52,8 +54,9 @@ pub enum WrapAlg {
     /// KEK, 12-byte IV, 16-byte tag appended to the ciphertext.
     AesGcm256 = 1,
     /// DEK value (behind the AAD digest) encrypted with `CKM_RSA_PKCS_OAEP`,
-    /// SHA-1 and MGF1-SHA-1, under an RSA KEK's public key: the backend
-    /// took no SHA-256 (SoftHSM2 2.6 takes only SHA-1).
+    /// SHA-1 and MGF1-SHA-1, under an RSA KEK's public key, and signed with
+    /// `CKM_SHA256_RSA_PKCS_PSS` by its private key: the backend took no
+    /// SHA-256 for OAEP (SoftHSM2 2.6 takes only SHA-1).
     RsaOaepSha1 = 2,
     /// As `RsaOaepSha1` with SHA-256 and MGF1-SHA-256.
     RsaOaepSha256 = 3,
@@ -86,7 +89,8 @@ impl WrapAlg {
     }
 }
 
-/// Smallest and largest RSA block a record may hold (2048- to 8192-bit keys).
+/// Smallest and largest RSA block (OAEP block or signature) a record may
+/// hold: 2048- to 8192-bit keys.
 pub const RSA_MIN_BLOCK: usize = 256;
 pub const RSA_MAX_BLOCK: usize = 1024;
 /// Length of the AAD digest that starts an RSA record's plaintext.
@@ -202,8 +206,10 @@ impl WrappedRecord {
                 if !self.iv.is_empty() {
                     return Err(RecordError::Malformed("RSA-OAEP records have no IV"));
                 }
-                if !(RSA_MIN_BLOCK..=RSA_MAX_BLOCK).contains(&self.ciphertext.len()) {
-                    return Err(RecordError::Malformed("RSA-OAEP block length out of range"));
+                // An OAEP block and a signature, both as long as the modulus.
+                let n = self.ciphertext.len();
+                if n % 2 != 0 || !(RSA_MIN_BLOCK..=RSA_MAX_BLOCK).contains(&(n / 2)) {
+                    return Err(RecordError::Malformed("RSA record length out of range"));
                 }
             }
         }
@@ -304,6 +310,17 @@ impl WrappedRecord {
         };
         rec.validate()?;
         Ok(rec)
+    }
+
+    /// An RSA record's OAEP block and signature (the two halves of the
+    /// ciphertext).
+    pub fn rsa_parts(&self) -> (&[u8], &[u8]) {
+        self.ciphertext.split_at(self.ciphertext.len() / 2)
+    }
+
+    /// What an RSA record's signature covers: its AAD, then its OAEP block.
+    pub fn rsa_signed(aad: &[u8], block: &[u8]) -> Vec<u8> {
+        [aad, block].concat()
     }
 
     /// Additional authenticated data for the HSM-side AES-GCM that wraps the
@@ -468,20 +485,23 @@ mod tests {
             ..sample()
         };
         for alg in [WrapAlg::RsaOaepSha1, WrapAlg::RsaOaepSha256] {
-            for n in [256, 384, 512, 1024] {
+            for n in [512, 768, 1024, 2048] {
                 let r = rsa(alg, vec![], n);
-                assert_eq!(WrappedRecord::decode(&r.encode()), Ok(r));
+                assert_eq!(WrappedRecord::decode(&r.encode()), Ok(r.clone()));
+                assert_eq!(r.rsa_parts().0.len(), n / 2);
             }
-            // An IV, a block shorter than RSA-2048's or longer than 8192's.
-            assert!(rsa(alg, vec![0; 12], 256).try_encode().is_err());
-            assert!(rsa(alg, vec![], 255).try_encode().is_err());
-            assert!(rsa(alg, vec![], 1025).try_encode().is_err());
+            // An IV; blocks shorter than RSA-2048's or longer than 8192's;
+            // halves of different lengths.
+            assert!(rsa(alg, vec![0; 12], 512).try_encode().is_err());
+            for n in [256, 510, 2050, 513] {
+                assert!(rsa(alg, vec![], n).try_encode().is_err(), "{n}");
+            }
         }
         // The algorithm is in the header, so in the AAD.
         let id = [7u8; 16];
         assert_ne!(
-            rsa(WrapAlg::RsaOaepSha1, vec![], 256).aad(&id, b""),
-            rsa(WrapAlg::RsaOaepSha256, vec![], 256).aad(&id, b"")
+            rsa(WrapAlg::RsaOaepSha1, vec![], 512).aad(&id, b""),
+            rsa(WrapAlg::RsaOaepSha256, vec![], 512).aad(&id, b"")
         );
     }
 

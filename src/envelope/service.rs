@@ -337,7 +337,7 @@ impl Envelope {
                 rec.ciphertext = kek::gcm_seal(backend, s, k, &iv, &aad, value)?;
                 Ok(rec)
             }
-            KekKey::Rsa { public, .. } => {
+            KekKey::Rsa { private, public } => {
                 let public = public.ok_or_else(|| {
                     crate::log_error!(
                         "RSA KEK '{}' v{version} has no public key on the HSM: nothing can be wrapped under it",
@@ -350,11 +350,17 @@ impl Envelope {
                 let mut alg = known.unwrap_or(WrapAlg::RsaOaepSha256);
                 loop {
                     let mut rec = blank(alg, Vec::new());
-                    let plain = record::rsa_plaintext(&rec.aad(id, bound), value);
+                    let aad = rec.aad(id, bound);
+                    let plain = record::rsa_plaintext(&aad, value);
                     match rsa::oaep_seal(backend, s, public, alg, &plain) {
                         Ok(block) => {
                             self.oaep.store(alg.as_u8(), Ordering::Relaxed);
-                            rec.ciphertext = block;
+                            let signed = WrappedRecord::rsa_signed(&aad, &block);
+                            let signature = rsa::pss_sign(backend, s, private, &signed)?;
+                            if signature.len() != block.len() {
+                                return Err(Error::Rv(CKR_GENERAL_ERROR));
+                            }
+                            rec.ciphertext = [block, signature].concat();
                             return Ok(rec);
                         }
                         Err(e) if alg == WrapAlg::RsaOaepSha256 && rsa::is_hash_refused(&e) => {
@@ -383,8 +389,16 @@ impl Envelope {
             (WrapAlg::AesGcm256, KekKey::Aes(k)) => {
                 kek::gcm_open(backend, s, k, &rec.iv, aad, &rec.ciphertext)
             }
-            (WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256, KekKey::Rsa { private, .. }) => {
-                let plain = rsa::oaep_open(backend, s, private, rec.alg, &rec.ciphertext)?;
+            (WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256, KekKey::Rsa { private, public }) => {
+                // The signature first: a block anyone could have made is
+                // never decrypted.
+                let public = public.ok_or(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))?;
+                let (block, signature) = rec.rsa_parts();
+                let signed = WrappedRecord::rsa_signed(aad, block);
+                if !rsa::pss_verify(backend, s, public, &signed, signature)? {
+                    return Err(Error::Rv(CKR_HSME_RECORD_INVALID));
+                }
+                let plain = rsa::oaep_open(backend, s, private, rec.alg, block)?;
                 record::rsa_value(aad, plain.as_slice())
                     .map(SecretBytes::from_slice)
                     .ok_or(Error::Rv(CKR_HSME_RECORD_INVALID))

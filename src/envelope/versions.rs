@@ -11,6 +11,8 @@ use cryptoki_sys::*;
 use super::record::WrappedRecord;
 use super::service::{Envelope, View};
 use crate::audit::{Entry, Op};
+use cryptoki::object::ObjectHandle;
+
 use crate::backend::kek::KekType;
 use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
@@ -116,7 +118,7 @@ impl Envelope {
                 crate::log_warn!(
                     "KEK '{label}' v{next} is on the HSM but not recorded: adopting it"
                 );
-                return Ok(());
+                return Ok(Vec::new());
             }
             let ty = match ty {
                 Some(ty) => ty,
@@ -135,23 +137,35 @@ impl Envelope {
             .unwrap_or(KekType::Aes256))
     }
 
+    /// Run `f` holding the rotation lease, so that only one process or
+    /// command changes the KEK's versions at a time.
+    pub(super) fn with_lease<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let lease = format!("rotate:{}", self.settings.kek_label);
+        if !self.with_store(|st| Ok(st.take_lease(&lease, &self.holder, ROTATE_LEASE_SECS)?))? {
+            return Err(Error::Admin(
+                "another process is changing this KEK's versions".into(),
+            ));
+        }
+        let result = f();
+        let _ = self.with_store(|st| Ok(st.release_lease(&lease, &self.holder)?));
+        result
+    }
+
     /// Add the next version, made on the HSM by `make(session, label,
-    /// version)`, under the rotation lease; `op` is what the audit log
-    /// calls it (a rotation when it becomes primary).
+    /// version)` (which returns the objects it made: none when it adopts
+    /// one), under the rotation lease; `op` is what the audit log calls it
+    /// (a rotation when it becomes primary). Before it is recorded, the new
+    /// version must pass the checks of any use and seal and open a test
+    /// value; if anything fails, the objects made are destroyed.
     pub(super) fn add_version(
         &self,
         backend: &Backend,
         make_primary: bool,
         op: Op,
-        make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<()>,
+        make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<Vec<ObjectHandle>>,
     ) -> Result<u32> {
         let label = self.settings.kek_label.clone();
-        let lease = format!("rotate:{label}");
-        if !self.with_store(|st| Ok(st.take_lease(&lease, &self.holder, ROTATE_LEASE_SECS)?))? {
-            return Err(Error::Admin("another process is rotating this KEK".into()));
-        }
-        let result = self.add_locked(backend, &label, make_primary, op, make);
-        let _ = self.with_store(|st| Ok(st.release_lease(&lease, &self.holder)?));
+        let result = self.with_lease(|| self.add_locked(backend, &label, make_primary, op, make));
         self.refresh_now();
         result
     }
@@ -162,7 +176,7 @@ impl Envelope {
         label: &str,
         make_primary: bool,
         op: Op,
-        make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<()>,
+        make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<Vec<ObjectHandle>>,
     ) -> Result<u32> {
         // Registering version 1 first keeps numbering right on a new store.
         if self.with_store(|st| Ok(st.primary_kek(label)?))?.is_none() {
@@ -175,22 +189,62 @@ impl Envelope {
             .max()
             .unwrap_or(0)
             + 1;
-        let ty = self.with_session(backend, |s| {
-            make(s, label, next)?;
-            // The same checks as for any use: found once, sensitive, not
-            // extractable, RSA of 2048 bits or more.
-            let key = self.kek_handle(s, next)?;
-            kek::kek_type(s, key)
+        self.with_session(backend, |s| {
+            let made = make(s, label, next)?;
+            let added = self.check_new(backend, s, next).and_then(|ty| {
+                let kind = ty.name();
+                self.with_store(|st| Ok(st.add_kek_version(label, next, &kind, make_primary)?))?;
+                crate::log_info!("KEK '{label}' v{next} ({kind}) added (primary: {make_primary})");
+                Ok(())
+            });
+            if let Err(e) = added {
+                self.forget_keks();
+                for h in made {
+                    let _ = s.destroy_object(h);
+                }
+                return Err(e);
+            }
+            Ok(())
         })?;
-        let kind = ty.name();
-        self.with_store(|st| Ok(st.add_kek_version(label, next, &kind, make_primary)?))?;
-        crate::log_info!("KEK '{label}' v{next} ({kind}) added (primary: {make_primary})");
         let op = match op {
             Op::KekCreate if make_primary => Op::KekRotate,
             op => op,
         };
         self.log(Entry::new(op, CKR_OK).kek_version(next));
         Ok(next)
+    }
+
+    /// A new version passes the checks of any use (found once, sensitive,
+    /// not extractable, RSA of 2048 bits or more with matching halves) and
+    /// seals and opens a test value: an imported AES key of 25 to 31 bytes,
+    /// say, fails here rather than after it is primary.
+    fn check_new(
+        &self,
+        backend: &Backend,
+        s: &cryptoki::session::Session,
+        version: u32,
+    ) -> Result<KekType> {
+        let key = self.kek_handle(s, version)?;
+        let ty = kek::kek_type(s, key)?;
+        let id = [0xA5u8; 16];
+        let bound = b"hsm-envelope/kek-self-test";
+        let mut value = [0u8; 32];
+        getrandom::fill(&mut value).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
+        let trial = self
+            .seal_with(backend, s, key, version, &id, bound, &value)
+            .and_then(|rec| {
+                let aad = rec.aad(&id, bound);
+                Envelope::open_with(backend, s, key, &rec, &aad)
+            });
+        match trial {
+            Ok(v) if v.as_slice() == value => Ok(ty),
+            Ok(_) => Err(Error::Admin(format!(
+                "the new KEK v{version} opened a test value wrongly; not recorded"
+            ))),
+            Err(e) => Err(Error::Admin(format!(
+                "the new KEK v{version} does not work as a KEK ({e}); not recorded, and its objects were destroyed"
+            ))),
+        }
     }
 
     /// Make an existing version primary (new DEKs wrap under it at once here,
