@@ -208,7 +208,7 @@ impl WrappedRecord {
                 }
                 // An OAEP block and a signature, both as long as the modulus.
                 let n = self.ciphertext.len();
-                if n % 2 != 0 || !(RSA_MIN_BLOCK..=RSA_MAX_BLOCK).contains(&(n / 2)) {
+                if !n.is_multiple_of(2) || !(RSA_MIN_BLOCK..=RSA_MAX_BLOCK).contains(&(n / 2)) {
                     return Err(RecordError::Malformed("RSA record length out of range"));
                 }
             }
