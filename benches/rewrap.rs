@@ -9,7 +9,8 @@
 //! The script builds this bench in release mode (`cargo build --release
 //! --bench rewrap`) and runs it; `cargo bench --bench rewrap -- FLAGS` works
 //! too. Flags: `--records N` (default 100000), `--batch N` (records per
-//! batch, default 500 as in `hsm-envelope rewrap`), `--keep` (keep the
+//! batch, default 500 as in `hsm-envelope rewrap`), `--threads N` (workers,
+//! default 1 as in `hsm-envelope rewrap`), `--keep` (keep the
 //! token directory and print its path). Needs SoftHSM2 and pkcs11-tool
 //! (Debian packages softhsm2 and opensc; `scripts/deps.sh`).
 //!
@@ -27,7 +28,7 @@
 //!    commit of its own.) This setup is timed and printed, not the result.
 //! 3. Rotates (`Envelope::rotate`: KEK v2 generated on the HSM, primary).
 //! 4. Re-wraps everything with the loop `hsm-envelope rewrap` runs:
-//!    `Envelope::rewrap_batch` (per record one HSM unwrap under v1 and one
+//!    `RewrapJob::batch` (per record one HSM unwrap under v1 and one
 //!    HSM wrap under v2, then one store transaction per batch) until done.
 //!    This is the timed part: records/s and total seconds.
 //! 5. Checks: nothing left under v1, and a sample of records opens under v2.
@@ -229,7 +230,7 @@ fn main() {
     loop {
         let batch = job
             .batch(after, opts.batch)
-            .unwrap_or_else(|e| die(&format!("rewrap_batch: {e}")));
+            .unwrap_or_else(|e| die(&format!("rewrap batch: {e}")));
         batches += 1;
         rewrapped += batch.rewrapped;
         skipped += batch.skipped;

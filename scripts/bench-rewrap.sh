@@ -8,6 +8,7 @@
 #   bash scripts/bench-rewrap.sh                         100 000 records, batch 500
 #   bash scripts/bench-rewrap.sh --records 20000 --batch 100
 #   bash scripts/bench-rewrap.sh --keep                  keep the token directory
+#   bash scripts/bench-rewrap.sh --threads 2             two worker threads
 #
 # Needs SoftHSM2 and pkcs11-tool (Debian packages softhsm2 and opensc; see
 # scripts/deps.sh), and cargo.

@@ -10,6 +10,9 @@
 #   4. the wrapped-DEK store (SQLite): each DEK's row and its wrapped record
 #      decoded field by field, and a search showing the known key's
 #      plaintext is in neither the store nor the log
+#   5. the admin tool: a customer's AES-256 KEK imported (BYOK, wrapped with
+#      scripts/byok-wrap.sh), then an RSA-3072 KEK and `rewrap` under it; the
+#      file encrypted earlier still decrypts
 # Every pkcs11-tool run is a new process: each one finds the DEKs in the
 # store and has the HSM unwrap them again.
 #
@@ -280,6 +283,27 @@ main() {
         printf '\nthe module'"'"'s log (no key material in it):\n'
         show grep -F created "$log_file" || true
     fi
+
+    say "11. bring your own KEK: customer key material imported as KEK v2"
+    local tool=$repo_root/target/release/hsm-envelope
+    export HSM_ENVELOPE_PIN=$PIN
+    show "$tool" kek import-key --out "$work/import.pem"
+    head -c 32 /dev/urandom >"$work/customer-kek.bin"
+    show bash scripts/byok-wrap.sh --oaep-hash sha1 "$work/import.pem" "$work/customer-kek.bin" \
+        "$work/customer-kek.blob"
+    show "$tool" kek import --type aes256 --in "$work/customer-kek.blob" --primary
+    p11 --login --pin "$PIN" --keygen --key-type AES:32 --label demo-byok --id 12 --sensitive
+    show "$tool" dek list
+
+    say "12. an RSA-3072 KEK, and every record re-wrapped under it (data untouched)"
+    show "$tool" kek create --type rsa3072 --primary
+    show "$tool" rewrap
+    show "$tool" kek list
+    p11 --login --pin "$PIN" --decrypt -m AES-CBC-PAD --iv "$iv" --id "$DEK_ID" \
+        -i "$work/cipher.bin" -o "$work/decrypted-after-rewrap.bin"
+    show cmp "$work/plain.bin" "$work/decrypted-after-rewrap.bin"
+    echo "the file encrypted in step 7 still decrypts: only the DEK records were re-wrapped"
+    unset HSM_ENVELOPE_PIN
 
     say "demo finished"
 }
