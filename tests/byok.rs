@@ -27,9 +27,7 @@ const CKR_HSME_RECORD_INVALID: u64 = 0xC845_0002;
 
 /// `(version, kind, state)` of every KEK version.
 fn kinds(t: &TestToken) -> Vec<(u64, String, String)> {
-    ok_json(t, &["kek", "list"])["versions"]
-        .as_array()
-        .expect("versions array")
+    kek_list(t)
         .iter()
         .map(|v| {
             (
@@ -52,6 +50,78 @@ fn openssl(args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&o.stderr)
     );
     o.stdout
+}
+
+/// `kek import --type KIND --in BLOB [--primary]`.
+fn import_args<'a>(kind: &'a str, blob: &'a str, primary: bool) -> Vec<&'a str> {
+    let mut args = vec!["kek", "import", "--type", kind, "--in", blob];
+    if primary {
+        args.push("--primary");
+    }
+    args
+}
+
+/// A new RSA private key from openssl (exponent 65537 unless `exp`).
+fn rsa_key(path: &Path, bits: u32, exp: Option<u32>) {
+    let bits = format!("rsa_keygen_bits:{bits}");
+    let exp = exp.map(|e| format!("rsa_keygen_pubexp:{e}"));
+    let mut args = vec!["genpkey", "-algorithm", "RSA", "-pkeyopt", &bits];
+    if let Some(e) = &exp {
+        args.extend(["-pkeyopt", e.as_str()]);
+    }
+    args.extend(["-out", path.to_str().unwrap()]);
+    openssl(&args);
+}
+
+/// The public half of an openssl private key, as PEM at `out`.
+fn public_of(private: &Path, out: &Path) {
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        out.to_str().unwrap(),
+    ]);
+}
+
+/// openssl's RSA-OAEP (SHA-1) encryption of the file `input`.
+fn oaep_encrypt(public: &Path, input: &Path) -> Vec<u8> {
+    openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        public.to_str().unwrap(),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha1",
+        "-in",
+        input.to_str().unwrap(),
+    ])
+}
+
+/// A transfer blob made by hand with openssl, for material the script
+/// refuses to wrap (its length checks are what is being tested).
+fn hand_made_blob(dir: &Path, public: &Path, material: &[u8]) -> Vec<u8> {
+    let eph = random_bytes(32);
+    let eph_path = dir.join("eph.bin");
+    std::fs::write(&eph_path, &eph).unwrap();
+    let material_path = dir.join("material.bin");
+    std::fs::write(&material_path, material).unwrap();
+    let hex: String = eph.iter().map(|b| format!("{b:02x}")).collect();
+    let wrapped = openssl(&[
+        "enc",
+        "-id-aes256-wrap-pad",
+        "-K",
+        &hex,
+        "-iv",
+        "A65959A6",
+        "-in",
+        material_path.to_str().unwrap(),
+    ]);
+    [oaep_encrypt(public, &eph_path), wrapped].concat()
 }
 
 fn wrap_script(args: &[&str]) -> std::process::Output {
@@ -297,18 +367,7 @@ fn imported_aes_kek_wraps_as_an_independent_implementation_expects() {
     byok_wrap(&pem, &material, &blob, false);
     assert_eq!(std::fs::metadata(&blob).unwrap().len(), 384 + 40);
 
-    let doc = ok_json(
-        &t,
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            blob.to_str().unwrap(),
-            "--primary",
-        ],
-    );
+    let doc = ok_json(&t, &import_args("aes256", blob.to_str().unwrap(), true));
     assert_eq!(
         (doc["version"].as_u64(), doc["kind"].as_str()),
         (Some(2), Some("aes256"))
@@ -317,17 +376,7 @@ fn imported_aes_kek_wraps_as_an_independent_implementation_expects() {
     // One import per import key: it is gone, and the blob cannot be
     // replayed.
     assert!(hsm_objects(b"byok-import").is_empty());
-    let o = cli(
-        &t,
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            blob.to_str().unwrap(),
-        ],
-    );
+    let o = cli(&t, &import_args("aes256", blob.to_str().unwrap(), false));
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(stderr(&o).contains("no import key"), "{}", show(&o));
 
@@ -366,34 +415,15 @@ fn imported_rsa_kek_wraps_as_openssl_expects() {
     let dir = t.path();
     let key = dir.join("rsa.pem");
     let small = dir.join("rsa1024.pem");
-    for (path, bits) in [(&key, "2048"), (&small, "1024")] {
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            &format!("rsa_keygen_bits:{bits}"),
-            "-out",
-            path.to_str().unwrap(),
-        ]);
-    }
+    rsa_key(&key, 2048, None);
+    rsa_key(&small, 1024, None);
     let pem = import_key(&t);
 
     // An RSA-1024 key is refused, and leaves nothing behind; the import key
     // stays for the next try.
     let blob_small = dir.join("small.blob");
     byok_wrap(&pem, &small, &blob_small, true);
-    let o = cli(
-        &t,
-        &[
-            "kek",
-            "import",
-            "--type",
-            "rsa",
-            "--in",
-            blob_small.to_str().unwrap(),
-        ],
-    );
+    let o = cli(&t, &import_args("rsa", blob_small.to_str().unwrap(), false));
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(stderr(&o).contains("1024 bits"), "{}", show(&o));
     assert_eq!(kinds(&t).len(), 1);
@@ -402,18 +432,7 @@ fn imported_rsa_kek_wraps_as_openssl_expects() {
 
     let blob = dir.join("rsa.blob");
     byok_wrap(&pem, &key, &blob, true);
-    let doc = ok_json(
-        &t,
-        &[
-            "kek",
-            "import",
-            "--type",
-            "rsa",
-            "--in",
-            blob.to_str().unwrap(),
-            "--primary",
-        ],
-    );
+    let doc = ok_json(&t, &import_args("rsa", blob.to_str().unwrap(), true));
     assert_eq!(doc["kind"], "rsa2048", "{doc:#}");
 
     let dek = random_bytes(32);
@@ -443,14 +462,7 @@ fn imported_rsa_kek_wraps_as_openssl_expects() {
     // And the record's RSA-PSS signature over AAD || block verifies with
     // the customer's public key.
     let public = dir.join("rsa.pub");
-    openssl(&[
-        "pkey",
-        "-in",
-        key.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
+    public_of(&key, &public);
     let signed = dir.join("signed.bin");
     std::fs::write(&signed, [aad.as_slice(), oaep_block].concat()).unwrap();
     let sig = dir.join("sig.bin");
@@ -481,19 +493,7 @@ fn imported_rsa_kek_wraps_as_openssl_expects() {
         [sha2::Sha256::digest(&aad).as_slice(), &chosen].concat(),
     )
     .unwrap();
-    let forged_block = openssl(&[
-        "pkeyutl",
-        "-encrypt",
-        "-pubin",
-        "-inkey",
-        public.to_str().unwrap(),
-        "-pkeyopt",
-        "rsa_padding_mode:oaep",
-        "-pkeyopt",
-        "rsa_oaep_md:sha1",
-        "-in",
-        forged_plain.to_str().unwrap(),
-    ]);
+    let forged_block = oaep_encrypt(&public, &forged_plain);
     let (_, other_aad) = stored(&t, "mine");
     assert_eq!(other_aad, aad);
     for sig in [signature.to_vec(), vec![0x42; 256]] {
@@ -533,33 +533,13 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
     std::fs::write(&material, random_bytes(32)).unwrap();
     // Made for a stranger's key before this HSM has an import key.
     let stranger = dir.join("stranger.pem");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-out",
-        stranger.to_str().unwrap(),
-    ]);
+    rsa_key(&stranger, 2048, None);
     let stranger_pub = dir.join("stranger.pub");
-    openssl(&[
-        "pkey",
-        "-in",
-        stranger.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        stranger_pub.to_str().unwrap(),
-    ]);
+    public_of(&stranger, &stranger_pub);
     let foreign = dir.join("foreign.blob");
     byok_wrap(&stranger_pub, &material, &foreign, false);
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&foreign),
-        ],
+        &import_args("aes256", &blob_arg(&foreign), false),
         "no import key",
         1,
     );
@@ -569,34 +549,12 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
     // needed: any block that does not open is refused).
     let foreign3072 = dir.join("foreign3072.blob");
     let stranger3072 = dir.join("stranger3072.pem");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:3072",
-        "-out",
-        stranger3072.to_str().unwrap(),
-    ]);
+    rsa_key(&stranger3072, 3072, None);
     let s3072_pub = dir.join("s3072.pub");
-    openssl(&[
-        "pkey",
-        "-in",
-        stranger3072.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        s3072_pub.to_str().unwrap(),
-    ]);
+    public_of(&stranger3072, &s3072_pub);
     byok_wrap(&s3072_pub, &material, &foreign3072, false);
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&foreign3072),
-        ],
+        &import_args("aes256", &blob_arg(&foreign3072), false),
         "do not open with this HSM's import key",
         1,
     );
@@ -611,155 +569,53 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
     };
     // Truncated; a corrupted key-wrap part; AES material imported as RSA.
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&write("short", &bytes[..390])),
-        ],
+        &import_args("aes256", &blob_arg(&write("short", &bytes[..390])), false),
         "too short",
         1,
     );
     let mut corrupt = bytes.clone();
     corrupt[400] ^= 1;
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&write("corrupt", &corrupt)),
-        ],
+        &import_args("aes256", &blob_arg(&write("corrupt", &corrupt)), false),
         "does not unwrap",
         1,
     );
     refused(
-        &["kek", "import", "--type", "rsa", "--in", &blob_arg(&good)],
+        &import_args("rsa", &blob_arg(&good), false),
         "does not unwrap",
         1,
     );
     // A 16-byte key is no AES-256 KEK (the script refuses to make such a
     // blob; openssl alone makes one).
-    let eph = random_bytes(32);
-    let eph_path = write("eph", &eph);
-    let part1 = openssl(&[
-        "pkeyutl",
-        "-encrypt",
-        "-pubin",
-        "-inkey",
-        pem.to_str().unwrap(),
-        "-pkeyopt",
-        "rsa_padding_mode:oaep",
-        "-pkeyopt",
-        "rsa_oaep_md:sha1",
-        "-in",
-        eph_path.to_str().unwrap(),
-    ]);
-    let k16 = write("k16", &random_bytes(16));
-    let hex: String = eph.iter().map(|b| format!("{b:02x}")).collect();
-    let part2 = openssl(&[
-        "enc",
-        "-id-aes256-wrap-pad",
-        "-K",
-        &hex,
-        "-iv",
-        "A65959A6",
-        "-in",
-        k16.to_str().unwrap(),
-    ]);
-    let aes128 = write("aes128", &[part1, part2].concat());
+    let aes128 = write("aes128", &hand_made_blob(&dir, &pem, &random_bytes(16)));
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&aes128),
-        ],
+        &import_args("aes256", &blob_arg(&aes128), false),
         "not an AES-256 key",
         1,
     );
     // 31 bytes wrap to the 40 bytes of a 32-byte key; the trial seal and
     // open of the new version catches it, and its object is destroyed.
-    let k31 = write("k31", &random_bytes(31));
-    let part2 = openssl(&[
-        "enc",
-        "-id-aes256-wrap-pad",
-        "-K",
-        &hex,
-        "-iv",
-        "A65959A6",
-        "-in",
-        k31.to_str().unwrap(),
-    ]);
-    assert_eq!(part2.len(), 40);
-    let part1 = openssl(&[
-        "pkeyutl",
-        "-encrypt",
-        "-pubin",
-        "-inkey",
-        pem.to_str().unwrap(),
-        "-pkeyopt",
-        "rsa_padding_mode:oaep",
-        "-pkeyopt",
-        "rsa_oaep_md:sha1",
-        "-in",
-        eph_path.to_str().unwrap(),
-    ]);
-    let aes248 = write("aes248", &[part1, part2].concat());
+    let blob31 = hand_made_blob(&dir, &pem, &random_bytes(31));
+    assert_eq!(blob31.len(), 384 + 40);
+    let aes248 = write("aes248", &blob31);
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&aes248),
-        ],
+        &import_args("aes256", &blob_arg(&aes248), false),
         "does not work as a KEK",
         1,
     );
     // An RSA key with public exponent 3.
     let e3 = dir.join("e3.pem");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-pkeyopt",
-        "rsa_keygen_pubexp:3",
-        "-out",
-        e3.to_str().unwrap(),
-    ]);
+    rsa_key(&e3, 2048, Some(3));
     let e3_blob = dir.join("e3.blob");
     byok_wrap(&pem, &e3, &e3_blob, true);
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "rsa",
-            "--in",
-            &blob_arg(&e3_blob),
-        ],
+        &import_args("rsa", &blob_arg(&e3_blob), false),
         "exponent",
         1,
     );
     // Files that are no transfer blob at all: usage errors, before any PIN.
     refused(
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            "/nonexistent/blob",
-        ],
+        &import_args("aes256", "/nonexistent/blob", false),
         "cannot read the transfer file",
         2,
     );
@@ -777,6 +633,7 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
     );
     let o = wrap_script(&["--oaep-hash", "md5", "a", "b", "c"]);
     assert_eq!(o.status.code(), Some(2));
+    let k16 = write("k16", &random_bytes(16));
     let o = wrap_script(&[pem.to_str().unwrap(), k16.to_str().unwrap(), "/dev/null"]);
     assert_eq!(
         o.status.code(),
@@ -790,16 +647,6 @@ fn import_refuses_bad_input_and_leaves_nothing_behind() {
     assert_eq!(kinds(&t).len(), 1);
     assert!(hsm_objects(&[2]).is_empty());
     assert_eq!(hsm_objects(b"byok-import").len(), 2);
-    ok(
-        &t,
-        &[
-            "kek",
-            "import",
-            "--type",
-            "aes256",
-            "--in",
-            &blob_arg(&good),
-        ],
-    );
+    ok(&t, &import_args("aes256", &blob_arg(&good), false));
     assert_eq!(kinds(&t)[1], (2, "aes256".into(), "decrypt-only".into()));
 }

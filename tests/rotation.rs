@@ -11,10 +11,11 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::cli::{cli_cmd, show};
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
@@ -23,7 +24,6 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hsm-envelope");
 const CKA_HSME_KEK_VERSION: u64 = 0xC845_0001;
 const CKR_HSME_KEK_UNAVAILABLE: u64 = 0xC845_0001;
 /// Selects a child's part; unset in the test itself.
@@ -31,25 +31,6 @@ const ROLE: &str = "HSME_ROLE";
 
 // ---------------------------------------------------------------------------
 // helpers
-
-fn cli_cmd(t: &TestToken, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("HSM_ENVELOPE_CONF", &t.conf)
-        .env("SOFTHSM2_CONF", &t.softhsm_conf)
-        .env("HSM_ENVELOPE_PIN", USER_PIN)
-        .stdin(Stdio::null());
-    c
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Runs the tool with `--json`; expects `want` as exit code.
 fn cli_json_expect(t: &TestToken, args: &[&str], want: i32) -> Value {

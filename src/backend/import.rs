@@ -180,41 +180,6 @@ fn kwp(backend: &Backend, session: &Session) -> Result<CK_MECHANISM_TYPE> {
     })
 }
 
-/// C_UnwrapKey with a parameterless mechanism (cryptoki 0.12 has no
-/// `CKM_AES_KEY_WRAP_KWP`).
-fn raw_unwrap(
-    backend: &Backend,
-    session: &Session,
-    mech: CK_MECHANISM_TYPE,
-    key: ObjectHandle,
-    wrapped: &[u8],
-    template: &[Attribute],
-) -> Result<ObjectHandle> {
-    let mut m = CK_MECHANISM {
-        mechanism: mech,
-        pParameter: std::ptr::null_mut(),
-        ulParameterLen: 0,
-    };
-    let mut raw: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
-    let mut handle: CK_OBJECT_HANDLE = 0;
-    let rv = bcall!(
-        backend,
-        C_UnwrapKey(
-            session.handle(),
-            &mut m,
-            key.handle(),
-            wrapped.as_ptr() as *mut u8,
-            wrapped.len() as CK_ULONG,
-            raw.as_mut_ptr(),
-            raw.len() as CK_ULONG,
-            &mut handle
-        )
-    );
-    crate::backend::check("C_UnwrapKey", rv)?;
-    // SAFETY: the backend just returned this handle for this session.
-    Ok(unsafe { ObjectHandle::new_from_raw(handle) })
-}
-
 /// Open a transfer blob with the import key and make its material KEK
 /// version `version` of `label`. Returns the new version's objects.
 pub fn import(
@@ -307,16 +272,17 @@ fn unwrap_material(
         Material::Rsa => rsa::private_template(label, version_id(version)),
     };
     let mech = kwp(backend, session)?;
-    let made = raw_unwrap(backend, session, mech, ephemeral, wrapped, &template).map_err(|e| {
-        crate::log_warn!("BYOK: AES-KWP unwrap of the key material failed: {e}");
-        Error::Admin(format!(
-            "the key material does not unwrap: the file is corrupt, or it is not {}",
-            match material {
-                Material::Aes256 => "an AES-256 key",
-                Material::Rsa => "an RSA private key in PKCS#8",
-            }
-        ))
-    })?;
+    let made = super::kek::unwrap_raw(backend, session, mech, ephemeral, wrapped, &template)
+        .map_err(|e| {
+            crate::log_warn!("BYOK: AES-KWP unwrap of the key material failed: {e}");
+            Error::Admin(format!(
+                "the key material does not unwrap: the file is corrupt, or it is not {}",
+                match material {
+                    Material::Aes256 => "an AES-256 key",
+                    Material::Rsa => "an RSA private key in PKCS#8",
+                }
+            ))
+        })?;
     let checked = match material {
         Material::Aes256 => Ok(vec![made]),
         Material::Rsa => check_rsa(session, made, label, version),

@@ -7,10 +7,10 @@ use cryptoki::session::Session;
 use cryptoki_sys::*;
 use zeroize::Zeroize;
 
-use crate::backend::{bcall, Backend};
+use crate::backend::Backend;
 use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
-use crate::vendor::{CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
+use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
 
 /// CKA_ID of a KEK version: the version number, big-endian, no leading zeros
 /// (version 1 is `01`, as `softhsm-config/new-token.sh` makes it).
@@ -224,9 +224,8 @@ fn gcm_mechanism(params: &mut CK_GCM_PARAMS) -> CK_MECHANISM {
     }
 }
 
-/// AES-GCM encryption of a DEK value under the KEK, on the HSM. Two backend
-/// calls (init, encrypt into a buffer sized up front): on a network HSM
-/// every call is a round trip.
+/// AES-GCM encryption of a DEK value under the KEK, on the HSM (two
+/// backend calls).
 pub fn gcm_seal(
     backend: &Backend,
     session: &Session,
@@ -237,26 +236,7 @@ pub fn gcm_seal(
 ) -> Result<Vec<u8>> {
     let mut params = gcm_params(iv, aad);
     let mut mech = gcm_mechanism(&mut params);
-    let sh = session.handle();
-    crate::backend::check(
-        "C_EncryptInit",
-        bcall!(backend, C_EncryptInit(sh, &mut mech, kek.handle())),
-    )?;
-    let mut out = vec![0u8; value.len() + 16];
-    let mut len = out.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Encrypt(
-            sh,
-            value.as_ptr() as *mut u8,
-            value.len() as CK_ULONG,
-            out.as_mut_ptr(),
-            &mut len
-        )
-    );
-    crate::backend::check("C_Encrypt", rv)?;
-    out.truncate(len as usize);
-    Ok(out)
+    super::oneshot::encrypt(backend, session, &mut mech, kek, value, value.len() + 16)
 }
 
 /// AES-GCM decryption of a wrapped DEK value on the HSM; the tag check binds
@@ -271,43 +251,7 @@ pub fn gcm_open(
 ) -> Result<SecretBytes> {
     let mut params = gcm_params(iv, aad);
     let mut mech = gcm_mechanism(&mut params);
-    let sh = session.handle();
-    crate::backend::check(
-        "C_DecryptInit",
-        bcall!(backend, C_DecryptInit(sh, &mut mech, kek.handle())),
-    )?;
-    // Backends size a GCM decryption by its input (an upper bound).
-    let mut buf = SecretBytes::new(sealed.len());
-    let mut len = sealed.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Decrypt(
-            sh,
-            sealed.as_ptr() as *mut u8,
-            sealed.len() as CK_ULONG,
-            buf.as_mut_slice().as_mut_ptr(),
-            &mut len
-        )
-    );
-    match rv {
-        CKR_OK => {}
-        // A failed tag check: SoftHSM2 answers CKR_GENERAL_ERROR, others
-        // CKR_ENCRYPTED_DATA_INVALID. Either way the record does not open.
-        CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_ENCRYPTED_DATA_LEN_RANGE => {
-            return Err(Error::Rv(CKR_HSME_RECORD_INVALID))
-        }
-        rv => {
-            return Err(Error::Backend {
-                func: "C_Decrypt",
-                rv,
-            })
-        }
-    }
-    if len as usize > buf.len() {
-        return Err(Error::Rv(CKR_GENERAL_ERROR));
-    }
-    buf.truncate(len as usize);
-    Ok(buf)
+    super::oneshot::decrypt(backend, session, &mut mech, kek, sealed)
 }
 
 /// Random bytes from the HSM's generator (DEK values come from the HSM).
@@ -404,56 +348,54 @@ pub fn keyunwrap(
     mech: CK_MECHANISM_TYPE,
     wrapped: &[u8],
 ) -> Result<SecretBytes> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ];
+    let _gate = gate.hold();
+    let temp = unwrap_raw(backend, session, mech, kek, wrapped, &template)?;
+    let handle = temp.handle();
+    let value = read_value(backend, session, handle);
+    let _ = session.destroy_object(temp);
+    value
+}
+
+/// C_UnwrapKey with a parameterless mechanism (AES key wrap; cryptoki 0.12
+/// has no `CKM_AES_KEY_WRAP_KWP`).
+pub fn unwrap_raw(
+    backend: &Backend,
+    session: &Session,
+    mech: CK_MECHANISM_TYPE,
+    key: ObjectHandle,
+    wrapped: &[u8],
+    template: &[Attribute],
+) -> Result<ObjectHandle> {
     let mut m = CK_MECHANISM {
         mechanism: mech,
         pParameter: std::ptr::null_mut(),
         ulParameterLen: 0,
     };
-    let mut class: CK_OBJECT_CLASS = CKO_SECRET_KEY;
-    let mut ktype: CK_KEY_TYPE = CKK_AES;
-    let mut f_: CK_BBOOL = CK_FALSE as CK_BBOOL;
-    let mut t_: CK_BBOOL = CK_TRUE as CK_BBOOL;
-    let attr = |ty, p: *mut CK_BBOOL| CK_ATTRIBUTE {
-        type_: ty,
-        pValue: p as *mut _,
-        ulValueLen: 1,
-    };
-    let mut template = [
-        CK_ATTRIBUTE {
-            type_: CKA_CLASS,
-            pValue: &mut class as *mut _ as *mut _,
-            ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-        },
-        CK_ATTRIBUTE {
-            type_: CKA_KEY_TYPE,
-            pValue: &mut ktype as *mut _ as *mut _,
-            ulValueLen: size_of::<CK_KEY_TYPE>() as CK_ULONG,
-        },
-        attr(CKA_TOKEN, &mut f_),
-        attr(CKA_SENSITIVE, &mut f_),
-        attr(CKA_EXTRACTABLE, &mut t_),
-    ];
+    let mut raw: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
     let mut handle: CK_OBJECT_HANDLE = 0;
-    let _gate = gate.hold();
     let rv = crate::backend::bcall!(
         backend,
         C_UnwrapKey(
             session.handle(),
             &mut m,
-            kek.handle(),
+            key.handle(),
             wrapped.as_ptr() as *mut u8,
             wrapped.len() as CK_ULONG,
-            template.as_mut_ptr(),
-            template.len() as CK_ULONG,
+            raw.as_mut_ptr(),
+            raw.len() as CK_ULONG,
             &mut handle
         )
     );
     crate::backend::check("C_UnwrapKey", rv)?;
-    // SAFETY: the handle was just returned by the backend for this session.
-    let temp = unsafe { ObjectHandle::new_from_raw(handle) };
-    let value = read_value(backend, session, handle);
-    let _ = session.destroy_object(temp);
-    value
+    // SAFETY: the backend just returned this handle for this session.
+    Ok(unsafe { ObjectHandle::new_from_raw(handle) })
 }
 
 /// CKA_VALUE of a backend key straight into locked, zeroized memory (no

@@ -4,6 +4,7 @@
 
 pub mod import;
 pub mod kek;
+pub mod oneshot;
 pub mod pool;
 pub mod rsa;
 

@@ -18,11 +18,10 @@ use cryptoki::session::Session;
 use cryptoki_sys::*;
 
 use super::kek::version_id;
-use crate::backend::{bcall, Backend};
+use crate::backend::{bcall, oneshot, Backend};
 use crate::envelope::record::{WrapAlg, RSA_MAX_BLOCK};
 use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
-use crate::vendor::CKR_HSME_RECORD_INVALID;
 
 /// RSA keys under 2048 bits are refused as KEKs (NIST SP 800-131A).
 pub const MIN_KEK_BITS: u32 = 2048;
@@ -42,6 +41,14 @@ fn pss_params() -> CK_RSA_PKCS_PSS_PARAMS {
     }
 }
 
+fn pss_mechanism(params: &mut CK_RSA_PKCS_PSS_PARAMS) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: CKM_SHA256_RSA_PKCS_PSS,
+        pParameter: params as *mut CK_RSA_PKCS_PSS_PARAMS as *mut _,
+        ulParameterLen: size_of::<CK_RSA_PKCS_PSS_PARAMS>() as CK_ULONG,
+    }
+}
+
 /// RSA-PSS signature over `data` with the KEK's private half, on the HSM.
 pub fn pss_sign(
     backend: &Backend,
@@ -50,11 +57,7 @@ pub fn pss_sign(
     data: &[u8],
 ) -> Result<Vec<u8>> {
     let mut params = pss_params();
-    let mut mech = CK_MECHANISM {
-        mechanism: CKM_SHA256_RSA_PKCS_PSS,
-        pParameter: &mut params as *mut CK_RSA_PKCS_PSS_PARAMS as *mut _,
-        ulParameterLen: size_of::<CK_RSA_PKCS_PSS_PARAMS>() as CK_ULONG,
-    };
+    let mut mech = pss_mechanism(&mut params);
     let sh = session.handle();
     crate::backend::check(
         "C_SignInit",
@@ -87,11 +90,7 @@ pub fn pss_verify(
     signature: &[u8],
 ) -> Result<bool> {
     let mut params = pss_params();
-    let mut mech = CK_MECHANISM {
-        mechanism: CKM_SHA256_RSA_PKCS_PSS,
-        pParameter: &mut params as *mut CK_RSA_PKCS_PSS_PARAMS as *mut _,
-        ulParameterLen: size_of::<CK_RSA_PKCS_PSS_PARAMS>() as CK_ULONG,
-    };
+    let mut mech = pss_mechanism(&mut params);
     let sh = session.handle();
     crate::backend::check(
         "C_VerifyInit",
@@ -154,8 +153,15 @@ pub fn is_hash_refused(e: &Error) -> bool {
     )
 }
 
-/// RSA-OAEP encryption of `plain` with a public key, on the HSM: two calls
-/// (init, encrypt into a buffer big enough for any block a record holds).
+fn oaep_mechanism_raw(params: &mut CK_RSA_PKCS_OAEP_PARAMS) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: CKM_RSA_PKCS_OAEP,
+        pParameter: params as *mut CK_RSA_PKCS_OAEP_PARAMS as *mut _,
+        ulParameterLen: size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
+    }
+}
+
+/// RSA-OAEP encryption of `plain` with a public key, on the HSM (two calls).
 pub fn oaep_seal(
     backend: &Backend,
     session: &Session,
@@ -164,31 +170,8 @@ pub fn oaep_seal(
     plain: &[u8],
 ) -> Result<Vec<u8>> {
     let mut params = oaep_params(alg);
-    let mut mech = CK_MECHANISM {
-        mechanism: CKM_RSA_PKCS_OAEP,
-        pParameter: &mut params as *mut CK_RSA_PKCS_OAEP_PARAMS as *mut _,
-        ulParameterLen: size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
-    };
-    let sh = session.handle();
-    crate::backend::check(
-        "C_EncryptInit",
-        bcall!(backend, C_EncryptInit(sh, &mut mech, public.handle())),
-    )?;
-    let mut out = vec![0u8; RSA_MAX_BLOCK];
-    let mut len = out.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Encrypt(
-            sh,
-            plain.as_ptr() as *mut u8,
-            plain.len() as CK_ULONG,
-            out.as_mut_ptr(),
-            &mut len
-        )
-    );
-    crate::backend::check("C_Encrypt", rv)?;
-    out.truncate(len as usize);
-    Ok(out)
+    let mut mech = oaep_mechanism_raw(&mut params);
+    oneshot::encrypt(backend, session, &mut mech, public, plain, RSA_MAX_BLOCK)
 }
 
 /// RSA-OAEP decryption of one block with the private key, on the HSM,
@@ -202,47 +185,8 @@ pub fn oaep_open(
     block: &[u8],
 ) -> Result<SecretBytes> {
     let mut params = oaep_params(alg);
-    let mut mech = CK_MECHANISM {
-        mechanism: CKM_RSA_PKCS_OAEP,
-        pParameter: &mut params as *mut CK_RSA_PKCS_OAEP_PARAMS as *mut _,
-        ulParameterLen: size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
-    };
-    let sh = session.handle();
-    crate::backend::check(
-        "C_DecryptInit",
-        bcall!(backend, C_DecryptInit(sh, &mut mech, private.handle())),
-    )?;
-    let mut buf = SecretBytes::new(block.len());
-    let mut len = block.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Decrypt(
-            sh,
-            block.as_ptr() as *mut u8,
-            block.len() as CK_ULONG,
-            buf.as_mut_slice().as_mut_ptr(),
-            &mut len
-        )
-    );
-    match rv {
-        CKR_OK => {}
-        // Bad padding or a block for another key: SoftHSM2 says
-        // CKR_GENERAL_ERROR, others CKR_ENCRYPTED_DATA_INVALID.
-        CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_ENCRYPTED_DATA_LEN_RANGE => {
-            return Err(Error::Rv(CKR_HSME_RECORD_INVALID))
-        }
-        rv => {
-            return Err(Error::Backend {
-                func: "C_Decrypt",
-                rv,
-            })
-        }
-    }
-    if len as usize > buf.len() {
-        return Err(Error::Rv(CKR_GENERAL_ERROR));
-    }
-    buf.truncate(len as usize);
-    Ok(buf)
+    let mut mech = oaep_mechanism_raw(&mut params);
+    oneshot::decrypt(backend, session, &mut mech, private, block)
 }
 
 /// Which OAEP hash the backend takes with this public key: SHA-256 if a

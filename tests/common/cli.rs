@@ -74,11 +74,17 @@ pub fn ok_json(t: &TestToken, args: &[&str]) -> Value {
     doc
 }
 
-/// `(version, state, records)` of every KEK version, from `kek list --json`.
-pub fn versions(t: &TestToken) -> Vec<(u64, String, u64)> {
+/// Every KEK version, as `kek list --json` shows it.
+pub fn kek_list(t: &TestToken) -> Vec<Value> {
     ok_json(t, &["kek", "list"])["versions"]
         .as_array()
         .expect("versions array")
+        .clone()
+}
+
+/// `(version, state, records)` of every KEK version, from `kek list --json`.
+pub fn versions(t: &TestToken) -> Vec<(u64, String, u64)> {
+    kek_list(t)
         .iter()
         .map(|v| {
             (
