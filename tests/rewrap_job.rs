@@ -1,7 +1,8 @@
 //! The re-wrap job itself (src/envelope/rewrap.rs), driven in-process as
 //! `hsm-envelope rewrap` drives it: it works on session copies of the KEK
 //! versions, which must not outlive it, and revoking a version on the HSM
-//! must stop it at its next batch although its copy would still work.
+//! must stop it at its next batch although its copy would still work, as
+//! must a rotation (nothing may be written under a former primary).
 //!
 //! Runs in its own process (cargo nextest) with its own token.
 
@@ -33,7 +34,7 @@ fn session_copies(admin: &Admin) -> usize {
 }
 
 #[test]
-fn rewrap_job_uses_session_copies_and_stops_when_a_version_is_revoked() {
+fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
     let t = TestToken::new();
     let p = ours();
     let s = user_session(&p, token_slot(&p));
@@ -86,5 +87,42 @@ fn rewrap_job_uses_session_copies_and_stops_when_a_version_is_revoked() {
     // The copies end with the job.
     drop(job);
     assert_eq!(session_copies(&admin), 0);
+
+    // v1 back on. A rotation during a run ends it at the next batch: no
+    // record goes under the version that stopped being primary.
+    env.with_session(b, |s| {
+        let v1 = s
+            .find_objects(&[
+                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+                Attribute::Id(KEK_ID.to_vec()),
+                Attribute::Token(true),
+                Attribute::Class(ObjectClass::SECRET_KEY),
+            ])
+            .unwrap();
+        s.update_attributes(v1[0], &[Attribute::Decrypt(true)])
+            .unwrap();
+        Ok(())
+    })
+    .unwrap();
+    env.forget_keks();
+    let job = RewrapJob::new(env, b, 1).unwrap();
+    let first = job.batch(0, 5).unwrap();
+    assert_eq!(first.rewrapped, 5);
+    assert_eq!(env.rotate(b).unwrap(), 3);
+    let e = job.batch(first.next.unwrap(), 5).unwrap_err();
+    assert!(e.to_string().contains("primary KEK version changed"), "{e}");
+    drop(job);
+    let job = RewrapJob::new(env, b, 1).unwrap();
+    assert_eq!(job.primary(), 3);
+    let mut after = 0;
+    loop {
+        let batch = job.batch(after, 50).unwrap();
+        match batch.next {
+            Some(next) if batch.scanned == 50 => after = next,
+            _ => break,
+        }
+    }
+    assert_eq!(env.pending_rewrap(b).unwrap(), 0);
+    drop(job);
     admin.close();
 }

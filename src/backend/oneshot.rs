@@ -27,16 +27,25 @@ pub fn encrypt(
     )?;
     let mut out = vec![0u8; out_cap];
     let mut len = out.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Encrypt(
-            sh,
-            data.as_ptr() as *mut u8,
-            data.len() as CK_ULONG,
-            out.as_mut_ptr(),
-            &mut len
+    let call = |out: &mut [u8], len: &mut CK_ULONG| {
+        bcall!(
+            backend,
+            C_Encrypt(
+                sh,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG,
+                out.as_mut_ptr(),
+                len
+            )
         )
-    );
+    };
+    let mut rv = call(&mut out, &mut len);
+    // The operation is still active: finish it with the size the backend
+    // asked for, or the pooled session stays busy for good.
+    if rv == CKR_BUFFER_TOO_SMALL && len as usize > out.len() {
+        out = vec![0u8; len as usize];
+        rv = call(&mut out, &mut len);
+    }
     check("C_Encrypt", rv)?;
     out.truncate(len as usize);
     Ok(out)
@@ -59,16 +68,24 @@ pub fn decrypt(
     )?;
     let mut buf = SecretBytes::new(data.len());
     let mut len = data.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Decrypt(
-            sh,
-            data.as_ptr() as *mut u8,
-            data.len() as CK_ULONG,
-            buf.as_mut_slice().as_mut_ptr(),
-            &mut len
+    let call = |buf: &mut SecretBytes, len: &mut CK_ULONG| {
+        bcall!(
+            backend,
+            C_Decrypt(
+                sh,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG,
+                buf.as_mut_slice().as_mut_ptr(),
+                len
+            )
         )
-    );
+    };
+    let mut rv = call(&mut buf, &mut len);
+    // As for encryption: finish the still-active operation.
+    if rv == CKR_BUFFER_TOO_SMALL && len as usize > buf.len() {
+        buf = SecretBytes::new(len as usize);
+        rv = call(&mut buf, &mut len);
+    }
     match rv {
         CKR_OK => {}
         // A failed tag or padding check, or a block for another key:

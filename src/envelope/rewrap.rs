@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki_sys::*;
 
 use super::service::{hex, Envelope};
@@ -86,8 +86,19 @@ impl<'a> RewrapJob<'a> {
         Ok(used)
     }
 
-    /// The token keys of the versions in use must still be enabled.
+    /// The primary must still be the one the job wraps under (a rotation
+    /// meanwhile ends the run: records are written only under the current
+    /// primary), and the token keys of the versions in use must still be
+    /// enabled (their session copies would work on regardless).
     fn recheck(&self) -> Result<()> {
+        let label = self.env.kek_label().to_string();
+        let now = self.env.with_store(|st| Ok(st.primary_kek(&label)?))?;
+        if now.as_ref().map(|r| r.version) != Some(self.primary) {
+            return Err(Error::Admin(format!(
+                "the primary KEK version changed during the run (was v{}); run rewrap again",
+                self.primary
+            )));
+        }
         let keys: Vec<(u32, KekKey)> = match self.keys.lock() {
             Ok(k) => k.iter().map(|(v, (token, _))| (*v, *token)).collect(),
             Err(_) => return Err(Error::Rv(CKR_GENERAL_ERROR)),
@@ -127,7 +138,14 @@ impl<'a> RewrapJob<'a> {
                 .collect();
             workers
                 .into_iter()
-                .map(|w| w.join().unwrap_or(Err(Error::Rv(CKR_GENERAL_ERROR))))
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        crate::log_error!(
+                            "a re-wrap worker panicked; its rows are left as they were"
+                        );
+                        Err(Error::Rv(CKR_GENERAL_ERROR))
+                    })
+                })
                 .collect()
         });
         let mut updates = Vec::with_capacity(rows.len());
@@ -139,7 +157,7 @@ impl<'a> RewrapJob<'a> {
                 }
             }
         }
-        let written = env.with_store(|st| Ok(st.replace_records(&updates)?))?;
+        let written = env.with_store(|st| Ok(st.replace_records(&label, &updates)?))?;
         batch.rewrapped = written;
         if written > 0 {
             env.log(
@@ -195,19 +213,29 @@ impl<'a> RewrapJob<'a> {
 }
 
 impl Drop for RewrapJob<'_> {
-    /// The session copies go with the job.
+    /// The session copies go with the job. Each handle is checked to still
+    /// be a session object named like the KEK before it is destroyed: after
+    /// an HSM reconnect a stale handle could name something else.
     fn drop(&mut self) {
-        let copies: Vec<ObjectHandle> = match self.keys.lock() {
-            Ok(k) => k
-                .values()
-                .filter(|(token, used)| token != used)
-                .flat_map(|(_, used)| used.objects())
-                .collect(),
-            Err(_) => return,
-        };
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let copies: Vec<ObjectHandle> = keys
+            .values()
+            .filter(|(token, used)| token != used)
+            .flat_map(|(_, used)| used.objects())
+            .collect();
+        drop(keys);
+        let label = self.env.kek_label().as_bytes().to_vec();
         let _ = self.env.with_session(self.backend, |s| {
             for h in copies {
-                let _ = s.destroy_object(h);
+                let ours = s
+                    .get_attributes(h, &[AttributeType::Token, AttributeType::Label])
+                    .is_ok_and(|a| {
+                        a.contains(&Attribute::Token(false))
+                            && a.contains(&Attribute::Label(label.clone()))
+                    });
+                if ours {
+                    let _ = s.destroy_object(h);
+                }
             }
             Ok(())
         });

@@ -246,38 +246,63 @@ mod page_pool {
     use std::cell::RefCell;
 
     use super::{release, Page};
+    use crate::token::module::fork_generation;
 
     const KEEP: usize = 4;
 
-    struct Pool(Vec<Page>);
+    /// The pages, and the fork generation they were locked in: a child of
+    /// `fork` does not inherit memory locks, so its pages are released, not
+    /// reused as if locked.
+    struct Pool {
+        pages: Vec<Page>,
+        forks: u64,
+    }
+
+    impl Pool {
+        fn current(&mut self) -> &mut Vec<Page> {
+            let now = fork_generation();
+            if self.forks != now {
+                for page in self.pages.drain(..) {
+                    release(page);
+                }
+                self.forks = now;
+            }
+            &mut self.pages
+        }
+    }
 
     impl Drop for Pool {
         fn drop(&mut self) {
-            for page in self.0.drain(..) {
+            for page in self.pages.drain(..) {
                 release(page);
             }
         }
     }
 
     thread_local! {
-        static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+        static POOL: RefCell<Pool> = const { RefCell::new(Pool { pages: Vec::new(), forks: 0 }) };
     }
 
     /// A kept page, if this thread has one.
     pub(super) fn take() -> Option<Page> {
-        POOL.try_with(|p| p.try_borrow_mut().ok()?.0.pop())
+        POOL.try_with(|p| p.try_borrow_mut().ok()?.current().pop())
             .ok()
             .flatten()
     }
 
-    /// Keep a zeroed page; gives it back when the pool is full (or the
-    /// thread is ending).
+    /// Keep a zeroed, locked page; gives it back when the pool is full, the
+    /// page is not locked (the lock budget is better spent on keys in use),
+    /// or the thread is ending.
     pub(super) fn put(page: Page) -> Option<Page> {
+        if !page.locked {
+            return Some(page);
+        }
         let mut page = Some(page);
         let _ = POOL.try_with(|p| {
             if let Ok(mut p) = p.try_borrow_mut() {
-                if p.0.len() < KEEP {
-                    p.0.extend(page.take());
+                let pages = p.current();
+                if pages.len() < KEEP {
+                    pages.extend(page.take());
                 }
             }
         });

@@ -560,7 +560,10 @@ impl Envelope {
                 return Ok(());
             }
             let new = self.seal_under(backend, primary, id, attrs, value)?;
-            self.with_store(|st| Ok(st.replace_records(&[(*id, generation, new, primary)])?))?;
+            let label = &self.settings.kek_label;
+            self.with_store(|st| {
+                Ok(st.replace_records(label, &[(*id, generation, new, primary)])?)
+            })?;
             crate::log_info!(
                 "DEK {} re-wrapped on use: KEK v{} -> v{primary}",
                 hex(id),

@@ -207,15 +207,26 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Replace the records of several rows in one transaction; each only if
-    /// its generation is still the one read (else it is skipped: someone
-    /// changed it meanwhile). Returns how many were written.
+    /// Replace the records of several rows of KEK `label` in one
+    /// transaction; each only if its generation is still the one read (else
+    /// someone changed it meanwhile) and if the version it now names is
+    /// still the primary one (else a rotation happened meanwhile, and the
+    /// version may be on its way to being destroyed). Returns how many were
+    /// written.
     pub fn replace_records(
         &self,
+        label: &str,
         updates: &[([u8; 16], i64, Vec<u8>, u32)],
     ) -> Result<usize, StoreError> {
         let now = now_secs();
         let tx = self.immediate()?;
+        let primary: Option<u32> = tx
+            .query_row(
+                "SELECT version FROM kek_version WHERE kek_label = ?1 AND state = 'primary'",
+                params![label],
+                |r| r.get(0),
+            )
+            .optional()?;
         let mut written = 0;
         {
             let mut stmt = tx.prepare_cached(
@@ -223,6 +234,9 @@ impl Store {
                  WHERE id = ?1 AND generation = ?2",
             )?;
             for (id, generation, record, version) in updates {
+                if primary != Some(*version) {
+                    continue;
+                }
                 written += stmt.execute(params![id, generation, record, version, now])?;
             }
         }

@@ -362,3 +362,32 @@ fn many_openers_of_a_new_file() {
         assert_eq!(Store::open(&path).unwrap().list().unwrap().len(), 8);
     }
 }
+
+/// Re-wrapped records are written only under the current primary version,
+/// each only if unchanged, and a batch walks the table in rowid order.
+#[test]
+fn replace_records_only_under_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&db(&dir)).unwrap();
+    s.add_kek_version("kek-main", 1, "aes256", true).unwrap();
+    for n in 1..=4 {
+        s.insert(&row(n)).unwrap();
+    }
+    s.add_kek_version("kek-main", 2, "aes256", true).unwrap();
+    let batch = s.rows_not_under("kek-main", 2, 0, 3).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert!(batch.windows(2).all(|w| w[0].0 < w[1].0), "rowid order");
+    let after = batch[2].0;
+    assert_eq!(s.rows_not_under("kek-main", 2, after, 3).unwrap().len(), 1);
+
+    let update = |r: &DekRow, v: u32| (r.id, r.generation, vec![0xEE; 70], v);
+    let (a, b) = (&batch[0].1, &batch[1].1);
+    // Under v2, the primary: written; a stale generation: skipped.
+    assert_eq!(s.replace_records("kek-main", &[update(a, 2)]).unwrap(), 1);
+    assert_eq!(s.replace_records("kek-main", &[update(a, 2)]).unwrap(), 0);
+    // A rotation to v3 happened meanwhile: nothing goes under v2 any more.
+    s.add_kek_version("kek-main", 3, "aes256", true).unwrap();
+    assert_eq!(s.replace_records("kek-main", &[update(b, 2)]).unwrap(), 0);
+    assert_eq!(s.get(&b.id).unwrap().unwrap().kek_version, 1);
+    assert_eq!(s.replace_records("kek-main", &[update(b, 3)]).unwrap(), 1);
+}

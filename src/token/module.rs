@@ -109,6 +109,12 @@ pub fn get() -> Result<ModuleRef> {
 /// where comparing pids would be a system call on every PKCS#11 call.
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
+/// The fork generation of this process (see `FORKS`), for state that must
+/// not be carried into a child, such as which pages are locked.
+pub fn fork_generation() -> u64 {
+    FORKS.load(Ordering::Acquire)
+}
+
 extern "C" fn forked_child() {
     FORKS.fetch_add(1, Ordering::AcqRel);
     inflight::reset_after_fork();
