@@ -33,6 +33,26 @@ fn session_copies(admin: &Admin) -> usize {
         .unwrap()
 }
 
+/// Turn CKA_DECRYPT of KEK v1 (the token key) off or on: revocation.
+fn set_v1_decrypt(admin: &Admin, on: bool) {
+    admin
+        .env
+        .with_session(admin.backend(), |s| {
+            let v1 = s
+                .find_objects(&[
+                    Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+                    Attribute::Id(KEK_ID.to_vec()),
+                    Attribute::Token(true),
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                ])
+                .unwrap();
+            s.update_attributes(v1[0], &[Attribute::Decrypt(on)])
+                .unwrap();
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
     let t = TestToken::new();
@@ -62,20 +82,7 @@ fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
 
     // Revoke v1 on the HSM: the next batch refuses, although the job's copy
     // of v1 could still decrypt.
-    env.with_session(b, |s| {
-        let v1 = s
-            .find_objects(&[
-                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-                Attribute::Id(KEK_ID.to_vec()),
-                Attribute::Token(true),
-                Attribute::Class(ObjectClass::SECRET_KEY),
-            ])
-            .unwrap();
-        s.update_attributes(v1[0], &[Attribute::Decrypt(false)])
-            .unwrap();
-        Ok(())
-    })
-    .unwrap();
+    set_v1_decrypt(&admin, false);
     let e = job.batch(first.next.unwrap(), 10).unwrap_err();
     assert_eq!(e.rv(), CKR_HSME_KEK_REVOKED, "{e}");
     assert_eq!(
@@ -90,20 +97,7 @@ fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
 
     // v1 back on. A rotation during a run ends it at the next batch: no
     // record goes under the version that stopped being primary.
-    env.with_session(b, |s| {
-        let v1 = s
-            .find_objects(&[
-                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-                Attribute::Id(KEK_ID.to_vec()),
-                Attribute::Token(true),
-                Attribute::Class(ObjectClass::SECRET_KEY),
-            ])
-            .unwrap();
-        s.update_attributes(v1[0], &[Attribute::Decrypt(true)])
-            .unwrap();
-        Ok(())
-    })
-    .unwrap();
+    set_v1_decrypt(&admin, true);
     env.forget_keks();
     let job = RewrapJob::new(env, b, 1).unwrap();
     let first = job.batch(0, 5).unwrap();
