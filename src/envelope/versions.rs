@@ -6,13 +6,12 @@
 
 use std::time::Instant;
 
+use cryptoki::object::ObjectHandle;
 use cryptoki_sys::*;
 
 use super::record::WrappedRecord;
 use super::service::{Envelope, View};
 use crate::audit::{Entry, Op};
-use cryptoki::object::ObjectHandle;
-
 use crate::backend::kek::KekType;
 use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
