@@ -43,10 +43,10 @@ use zeroize::Zeroizing;
 use hsm_envelope::admin::Admin;
 use hsm_envelope::config::Config;
 use hsm_envelope::envelope::rewrap::RewrapJob;
-use hsm_envelope::envelope::service::hex;
+use hsm_envelope::hex::encode as hex;
 use hsm_envelope::store::DekRow;
-use hsm_envelope::token::attributes::{Attrs, TemplateAttr};
-use hsm_envelope::token::policy::{self, Origin};
+use hsm_envelope::token::object::policy::{self, Origin};
+use hsm_envelope::token::object::template::{Attrs, TemplateAttr};
 
 const PIN: &str = "1234";
 const GOAL_RECORDS: usize = 100_000;

@@ -170,25 +170,6 @@ impl Config {
     }
 }
 
-impl Config {
-    pub fn envelope_settings(&self) -> crate::envelope::service::Settings {
-        crate::envelope::service::Settings {
-            kek_label: self.kek_label.clone(),
-            store_path: self.store_path.clone(),
-            refresh: std::time::Duration::from_secs(self.refresh_secs),
-            rotate_after: self
-                .rotate_after_days
-                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
-            lazy_rewrap: self.lazy_rewrap,
-            min_decrypt_version: self.min_decrypt_version,
-            retention: std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400),
-            purge_protection: self.purge_protection,
-            soft_ttl: std::time::Duration::from_secs(self.cache_soft_ttl_secs),
-            hard_ttl: std::time::Duration::from_secs(self.cache_hard_ttl_secs),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

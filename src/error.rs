@@ -3,7 +3,7 @@
 use cryptoki_sys::*;
 
 use crate::crypto::CryptoError;
-use crate::envelope::record::RecordError;
+pub use crate::rv_name::rv_name;
 use crate::store::StoreError;
 use crate::vendor;
 
@@ -27,8 +27,9 @@ pub enum Error {
     Admin(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stored record that does not parse (see `envelope::record`).
     #[error("wrapped DEK record: {0}")]
-    Record(#[from] RecordError),
+    Record(String),
     #[error("software cipher: {0}")]
     Crypto(#[from] CryptoError),
 }
@@ -81,20 +82,5 @@ fn rv_error_code(e: cryptoki::error::RvError) -> CK_RV {
         _ => (1..0x200)
             .find(|&c| Rv::from(c) == Rv::Error(e))
             .unwrap_or(CKR_GENERAL_ERROR),
-    }
-}
-
-/// A short name for logs; never includes data.
-pub fn rv_name(rv: CK_RV) -> String {
-    match rv {
-        vendor::CKR_HSME_KEK_UNAVAILABLE => "CKR_HSME_KEK_UNAVAILABLE".into(),
-        vendor::CKR_HSME_RECORD_INVALID => "CKR_HSME_RECORD_INVALID".into(),
-        vendor::CKR_HSME_STORE_ERROR => "CKR_HSME_STORE_ERROR".into(),
-        vendor::CKR_HSME_KEK_REVOKED => "CKR_HSME_KEK_REVOKED".into(),
-        vendor::CKR_HSME_HSM_UNAVAILABLE => "CKR_HSME_HSM_UNAVAILABLE".into(),
-        _ => match cryptoki::error::Rv::from(rv) {
-            cryptoki::error::Rv::Ok => "CKR_OK".into(),
-            cryptoki::error::Rv::Error(e) => format!("{e:?} (0x{rv:x})"),
-        },
     }
 }

@@ -9,16 +9,28 @@
 //! - [`backend`]: the HSM behind us, reached through `cryptoki`.
 //! - [`crypto`]: software AES engines.
 //! - [`store`]: persistence of wrapped DEK records (SQLite).
+//! - [`audit`]: the tamper-evident audit log.
+//!
+//! Leaves, which every layer may use and which name none of them:
+//! [`secret`] (locked, zeroized key memory), [`clock`], [`runtime`]
+//! (lifecycle, fork detection, stamped locks, handle hashing), [`config`],
+//! [`error`], [`rv_name`], [`hex`], [`logging`], [`vendor`].
+
 
 pub mod admin;
 pub mod audit;
 pub mod backend;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod envelope;
 pub mod error;
 pub mod ffi;
+pub mod hex;
 pub mod logging;
+pub mod runtime;
+pub mod rv_name;
+pub mod secret;
 pub mod store;
 pub mod token;
 pub mod vendor;

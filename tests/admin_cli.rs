@@ -200,7 +200,7 @@ fn wrong_pin_exits_3() {
         assert_eq!(code(&o), 3, "{args:?}: {}", show(&o));
         let err = stderr(&o);
         assert!(
-            err.contains("login") && err.contains("PinIncorrect"),
+            err.contains("login") && err.contains("CKR_PIN_INCORRECT"),
             "{err}"
         );
         assert!(!err.contains("0000") && !stdout(&o).contains("0000"));

@@ -20,7 +20,7 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use hsm_envelope::envelope::record::{WrapAlg, WrappedRecord};
-use hsm_envelope::token::attributes::Attrs;
+use hsm_envelope::token::object::template::Attrs;
 use sha2::Digest;
 
 const CKR_HSME_RECORD_INVALID: u64 = 0xC845_0002;

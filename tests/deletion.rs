@@ -117,7 +117,7 @@ fn without_protection_a_deleted_dek_can_be_purged_at_once() {
     drop(s);
     p.finalize().unwrap();
     let a = admin();
-    a.env.purge(&id, hsm_envelope::token::dek::now()).unwrap();
+    a.env.purge(&id, hsm_envelope::clock::unix_secs()).unwrap();
     a.close();
 }
 

@@ -7,11 +7,11 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use cryptoki_sys::*;
 
+use crate::backend::label_of;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::token::module::label_of;
 
 pub struct Admin {
     pub config: Config,
@@ -37,7 +37,7 @@ impl Admin {
                 config.token_label
             ))
         })?;
-        let env = Envelope::new(config.envelope_settings(), slot);
+        let env = Envelope::new(crate::envelope::service::Settings::from(&config), slot);
         env.with_session(&backend, |s| {
             match s.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
                 Ok(())

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Op;
+use crate::clock::rfc3339;
+use crate::hex::{decode as unhex, encode as hex};
+pub use crate::rv_name::rv_name;
 
 /// `prev` of the first line: 64 zeros in hex.
 pub(crate) const ZERO_HASH: [u8; 32] = [0; 32];
@@ -33,55 +36,6 @@ pub(crate) fn line_hash(line: &[u8]) -> [u8; 32] {
 /// `hsm-envelope-audit-v1 <seq> <hex sha-256>`.
 pub fn checkpoint_message(head_seq: u64, head_hash: &[u8; 32]) -> Vec<u8> {
     format!("hsm-envelope-audit-v1 {head_seq} {}", hex(head_hash)).into_bytes()
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    let b = s.as_bytes();
-    if !b.len().is_multiple_of(2) {
-        return None;
-    }
-    b.chunks_exact(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-        .collect()
-}
-
-/// RFC 3339 in UTC, second precision: `2024-02-29T23:59:07Z`.
-pub(crate) fn rfc3339(unix: u64) -> String {
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
 
 /// Who wrote a line and when (the same for every line of one append).
@@ -177,7 +131,7 @@ pub(crate) fn render(
     let out = LineOut {
         seq,
         prev: hex(prev),
-        time: rfc3339(stamp.unix),
+        time: rfc3339(i64::try_from(stamp.unix).unwrap_or(i64::MAX)),
         unix: stamp.unix,
         pid: stamp.pid,
         uid: stamp.uid,
@@ -264,138 +218,6 @@ pub(crate) fn result_name(rv: CK_RV) -> Cow<'static, str> {
     rv_name(rv)
 }
 
-/// The `CKR_` name of a return value: the standard ones, ours from
-/// `include/hsm_envelope.h`, else `CKR_VENDOR_DEFINED+0x..` / `CKR_0x..`.
-pub fn rv_name(rv: CK_RV) -> Cow<'static, str> {
-    macro_rules! names {
-        ($($c:path),* $(,)?) => {
-            &[$(($c, stringify!($c))),*]
-        };
-    }
-    use crate::vendor::*;
-    const TABLE: &[(CK_RV, &str)] = names!(
-        CKR_OK,
-        CKR_CANCEL,
-        CKR_HOST_MEMORY,
-        CKR_SLOT_ID_INVALID,
-        CKR_GENERAL_ERROR,
-        CKR_FUNCTION_FAILED,
-        CKR_ARGUMENTS_BAD,
-        CKR_NO_EVENT,
-        CKR_NEED_TO_CREATE_THREADS,
-        CKR_CANT_LOCK,
-        CKR_ATTRIBUTE_READ_ONLY,
-        CKR_ATTRIBUTE_SENSITIVE,
-        CKR_ATTRIBUTE_TYPE_INVALID,
-        CKR_ATTRIBUTE_VALUE_INVALID,
-        CKR_ACTION_PROHIBITED,
-        CKR_DATA_INVALID,
-        CKR_DATA_LEN_RANGE,
-        CKR_DEVICE_ERROR,
-        CKR_DEVICE_MEMORY,
-        CKR_DEVICE_REMOVED,
-        CKR_ENCRYPTED_DATA_INVALID,
-        CKR_ENCRYPTED_DATA_LEN_RANGE,
-        CKR_AEAD_DECRYPT_FAILED,
-        CKR_FUNCTION_CANCELED,
-        CKR_FUNCTION_NOT_PARALLEL,
-        CKR_FUNCTION_NOT_SUPPORTED,
-        CKR_KEY_HANDLE_INVALID,
-        CKR_KEY_SIZE_RANGE,
-        CKR_KEY_TYPE_INCONSISTENT,
-        CKR_KEY_NOT_NEEDED,
-        CKR_KEY_CHANGED,
-        CKR_KEY_NEEDED,
-        CKR_KEY_INDIGESTIBLE,
-        CKR_KEY_FUNCTION_NOT_PERMITTED,
-        CKR_KEY_NOT_WRAPPABLE,
-        CKR_KEY_UNEXTRACTABLE,
-        CKR_MECHANISM_INVALID,
-        CKR_MECHANISM_PARAM_INVALID,
-        CKR_OBJECT_HANDLE_INVALID,
-        CKR_OPERATION_ACTIVE,
-        CKR_OPERATION_NOT_INITIALIZED,
-        CKR_PIN_INCORRECT,
-        CKR_PIN_INVALID,
-        CKR_PIN_LEN_RANGE,
-        CKR_PIN_EXPIRED,
-        CKR_PIN_LOCKED,
-        CKR_SESSION_CLOSED,
-        CKR_SESSION_COUNT,
-        CKR_SESSION_HANDLE_INVALID,
-        CKR_SESSION_PARALLEL_NOT_SUPPORTED,
-        CKR_SESSION_READ_ONLY,
-        CKR_SESSION_EXISTS,
-        CKR_SESSION_READ_ONLY_EXISTS,
-        CKR_SESSION_READ_WRITE_SO_EXISTS,
-        CKR_SIGNATURE_INVALID,
-        CKR_SIGNATURE_LEN_RANGE,
-        CKR_TEMPLATE_INCOMPLETE,
-        CKR_TEMPLATE_INCONSISTENT,
-        CKR_TOKEN_NOT_PRESENT,
-        CKR_TOKEN_NOT_RECOGNIZED,
-        CKR_TOKEN_WRITE_PROTECTED,
-        CKR_UNWRAPPING_KEY_HANDLE_INVALID,
-        CKR_UNWRAPPING_KEY_SIZE_RANGE,
-        CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
-        CKR_USER_ALREADY_LOGGED_IN,
-        CKR_USER_NOT_LOGGED_IN,
-        CKR_USER_PIN_NOT_INITIALIZED,
-        CKR_USER_TYPE_INVALID,
-        CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
-        CKR_USER_TOO_MANY_TYPES,
-        CKR_WRAPPED_KEY_INVALID,
-        CKR_WRAPPED_KEY_LEN_RANGE,
-        CKR_WRAPPING_KEY_HANDLE_INVALID,
-        CKR_WRAPPING_KEY_SIZE_RANGE,
-        CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
-        CKR_RANDOM_SEED_NOT_SUPPORTED,
-        CKR_RANDOM_NO_RNG,
-        CKR_DOMAIN_PARAMS_INVALID,
-        CKR_CURVE_NOT_SUPPORTED,
-        CKR_BUFFER_TOO_SMALL,
-        CKR_SAVED_STATE_INVALID,
-        CKR_INFORMATION_SENSITIVE,
-        CKR_STATE_UNSAVEABLE,
-        CKR_CRYPTOKI_NOT_INITIALIZED,
-        CKR_CRYPTOKI_ALREADY_INITIALIZED,
-        CKR_MUTEX_BAD,
-        CKR_MUTEX_NOT_LOCKED,
-        CKR_NEW_PIN_MODE,
-        CKR_NEXT_OTP,
-        CKR_EXCEEDED_MAX_ITERATIONS,
-        CKR_FIPS_SELF_TEST_FAILED,
-        CKR_LIBRARY_LOAD_FAILED,
-        CKR_PIN_TOO_WEAK,
-        CKR_PUBLIC_KEY_INVALID,
-        CKR_FUNCTION_REJECTED,
-        CKR_TOKEN_RESOURCE_EXCEEDED,
-        CKR_OPERATION_CANCEL_FAILED,
-        CKR_KEY_EXHAUSTED,
-        CKR_PENDING,
-        CKR_SESSION_ASYNC_NOT_SUPPORTED,
-        CKR_OPERATION_NOT_VALIDATED,
-        CKR_PARAMETER_SET_NOT_SUPPORTED,
-        CKR_VENDOR_DEFINED,
-        CKR_HSME_KEK_UNAVAILABLE,
-        CKR_HSME_RECORD_INVALID,
-        CKR_HSME_STORE_ERROR,
-        CKR_HSME_KEK_REVOKED,
-        CKR_HSME_HSM_UNAVAILABLE,
-    );
-    if let Some((_, name)) = TABLE.iter().find(|(c, _)| *c == rv) {
-        return Cow::Borrowed(name);
-    }
-    if rv > CKR_VENDOR_DEFINED {
-        Cow::Owned(format!(
-            "CKR_VENDOR_DEFINED+0x{:x}",
-            rv - CKR_VENDOR_DEFINED
-        ))
-    } else {
-        Cow::Owned(format!("CKR_0x{rv:x}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,35 +232,9 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
-        assert_eq!(rfc3339(1_709_251_200), "2024-03-01T00:00:00Z");
-        assert_eq!(rfc3339(4_102_444_800), "2100-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_234_567_890), "2009-02-13T23:31:30Z");
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
-        assert_eq!(unhex("00ab10"), Some(vec![0, 0xab, 0x10]));
-        assert_eq!(unhex("0"), None);
-        assert_eq!(unhex("zz"), None);
-        assert_eq!(unhex("AB"), None, "lowercase only: one spelling per value");
-    }
-
-    #[test]
-    fn rv_names() {
+    fn result_names() {
         assert_eq!(result_name(CKR_OK), "ok");
-        assert_eq!(rv_name(CKR_OK), "CKR_OK");
-        assert_eq!(rv_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
-        assert_eq!(
-            rv_name(crate::vendor::CKR_HSME_KEK_REVOKED),
-            "CKR_HSME_KEK_REVOKED"
-        );
-        assert_eq!(rv_name(CKR_VENDOR_DEFINED + 7), "CKR_VENDOR_DEFINED+0x7");
-        assert_eq!(rv_name(0x1ff), "CKR_0x1ff");
+        assert_eq!(result_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
     }
 
     #[test]

@@ -62,7 +62,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::{CKR_OK, CK_RV};
 
@@ -251,12 +251,6 @@ pub struct Audit {
     checkpoints: AtomicU64,
     errors: AtomicU64,
     checkpoint_failures: AtomicU64,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Audit {
@@ -549,3 +543,8 @@ fn use_bodies((since, used): &(u64, Vec<uses::Used>)) -> Vec<Body<'_>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Unix seconds for audit lines (the module clock, see `clock`).
+fn now_unix() -> u64 {
+    u64::try_from(crate::clock::unix_secs()).unwrap_or(0)
+}

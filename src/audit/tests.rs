@@ -290,9 +290,9 @@ fn a_rechained_log_with_the_wrong_key_fails_and_without_checkpoints_is_unauthent
         if i == 1 {
             v["result"] = "CKR_PIN_INCORRECT".into();
         }
-        v["prev"] = line::hex(&prev).into();
+        v["prev"] = crate::hex::encode(&prev).into();
         if v["op"] == "checkpoint" {
-            v["mac"] = line::hex(&evil.mac(&checkpoint_message(i as u64, &prev))).into();
+            v["mac"] = crate::hex::encode(&evil.mac(&checkpoint_message(i as u64, &prev))).into();
         }
         let bytes = serde_json::to_vec(&v).unwrap();
         prev = line::line_hash(&bytes);
@@ -302,7 +302,7 @@ fn a_rechained_log_with_the_wrong_key_fails_and_without_checkpoints_is_unauthent
         if v["op"] != "checkpoint" {
             let mut w = v.clone();
             w["seq"] = (stripped.iter().filter(|&&b| b == b'\n').count() + 1).into();
-            w["prev"] = line::hex(&sprev).into();
+            w["prev"] = crate::hex::encode(&sprev).into();
             let bytes = serde_json::to_vec(&w).unwrap();
             sprev = line::line_hash(&bytes);
             stripped.extend_from_slice(&bytes);

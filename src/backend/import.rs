@@ -21,8 +21,8 @@ use super::kek::{aes_template, version_id};
 use super::rsa;
 use cryptoki_sys::*;
 
+use super::wrap_alg::WrapAlg;
 use crate::backend::{bcall, Backend};
-use crate::envelope::record::WrapAlg;
 use crate::error::{Error, Result};
 
 /// CKA_ID of the import key pair. No KEK version has it: version IDs are 1

@@ -8,8 +8,8 @@ use cryptoki_sys::*;
 use zeroize::Zeroize;
 
 use crate::backend::Backend;
-use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
 use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
 
 /// CKA_ID of a KEK version: the version number, big-endian, no leading zeros

@@ -7,6 +7,7 @@ pub mod kek;
 pub mod oneshot;
 pub mod pool;
 pub mod rsa;
+pub mod wrap_alg;
 
 use std::path::Path;
 
@@ -162,4 +163,11 @@ pub fn check(func: &'static str, rv: CK_RV) -> Result<()> {
     } else {
         Err(Error::Backend { func, rv })
     }
+}
+
+/// A blank-padded 32-byte PKCS#11 label as a string.
+pub fn label_of(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .trim_end_matches([' ', '\0'])
+        .to_string()
 }

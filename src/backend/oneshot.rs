@@ -7,8 +7,8 @@ use cryptoki::session::Session;
 use cryptoki_sys::*;
 
 use crate::backend::{bcall, check, Backend};
-use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
 use crate::vendor::CKR_HSME_RECORD_INVALID;
 
 /// Encrypt `data` with `key`; the output is at most `out_cap` bytes.

@@ -15,8 +15,8 @@ use cryptoki::slot::Slot;
 use cryptoki::types::RawAuthPin;
 use cryptoki_sys::*;
 
-use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
 
 pub struct SessionPool {
     slot: Slot,

@@ -18,10 +18,10 @@ use cryptoki::session::Session;
 use cryptoki_sys::*;
 
 use super::kek::version_id;
+use super::wrap_alg::{WrapAlg, RSA_MAX_BLOCK};
 use crate::backend::{bcall, oneshot, Backend};
-use crate::envelope::record::{WrapAlg, RSA_MAX_BLOCK};
-use crate::envelope::secret::SecretBytes;
 use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
 
 /// RSA keys under 2048 bits are refused as KEKs (NIST SP 800-131A).
 pub const MIN_KEK_BITS: u32 = 2048;

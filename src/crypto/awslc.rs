@@ -172,7 +172,7 @@ mod tests {
     use super::super::test_util::{multipart, oneshot, random_chunks, Rng};
     use super::super::{new_op, new_prepared_op, Mode, PreparedKey, PreparedOp, SessionHold};
     use super::*;
-    use crate::envelope::secret::SecretBytes;
+    use crate::secret::SecretBytes;
     use std::sync::Arc;
 
     fn session_key(raw: &[u8]) -> SessionKey {

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "aws-lc")]
 use super::awslc;
 use super::{CipherOp, CryptoError, Direction, Mode, Schedule};
-use crate::envelope::secret::SecretBytes;
+use crate::secret::SecretBytes;
 
 /// A DEK's value with its key schedules, built once when the DEK enters the
 /// key cache so that no operation re-expands the key.

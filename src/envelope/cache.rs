@@ -12,9 +12,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::secret::SecretBytes;
 use crate::crypto::{CryptoError, PreparedKey};
-use crate::token::handle_hash::HandleMap;
+use crate::runtime::handle_hash::HandleMap;
+use crate::secret::SecretBytes;
 
 struct Entry {
     binding: Arc<[u8]>,
@@ -30,14 +30,6 @@ pub struct KeyCache {
     /// Until when (`now_ms`) cached keys may be served without checking
     /// their KEK versions on the HSM again (the soft TTL, or the outage grace).
     valid_until: AtomicU64,
-}
-
-/// Milliseconds on a monotonic clock local to this process.
-pub fn now_ms() -> u64 {
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
 }
 
 impl KeyCache {
@@ -67,7 +59,7 @@ impl KeyCache {
 
     /// Whether the KEK versions were checked recently enough (soft TTL).
     pub fn fresh(&self) -> bool {
-        now_ms() < self.valid_until.load(Ordering::Acquire)
+        crate::clock::mono_ms() < self.valid_until.load(Ordering::Acquire)
     }
 
     pub fn valid_until(&self, ms: u64) {

@@ -5,9 +5,10 @@
 
 use cryptoki_sys::CKR_OK;
 
-use super::service::{hex, Envelope};
+use super::service::Envelope;
 use crate::audit::{Entry, Op};
 use crate::error::{Error, Result};
+use crate::hex::encode as hex;
 use crate::store::deletion::PurgeRefusal;
 use crate::store::{DeletedRow, Store};
 
@@ -32,7 +33,7 @@ impl Envelope {
     /// Soft-delete a token DEK: purgeable after the retention period.
     pub fn soft_delete(&self, id: &[u8; 16]) -> Result<bool> {
         let purge_after =
-            crate::token::dek::now().saturating_add(self.settings.retention.as_secs() as i64);
+            crate::clock::unix_secs().saturating_add(self.settings.retention.as_secs() as i64);
         let done = self.with_store(|st| Ok(st.soft_delete(id, purge_after)?))?;
         self.cache.remove(id);
         if done {

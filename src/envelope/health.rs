@@ -12,11 +12,11 @@ use std::sync::Mutex;
 
 use cryptoki_sys::*;
 
-use super::cache::now_ms;
 use super::service::Envelope;
 use crate::audit::{Entry, Op};
 use crate::backend::pool::is_outage;
 use crate::backend::{kek, Backend};
+use crate::clock::mono_ms as now_ms;
 use crate::error::{Error, Result};
 use crate::vendor::{CKR_HSME_HSM_UNAVAILABLE, CKR_HSME_KEK_REVOKED};
 

@@ -34,6 +34,8 @@
 
 use thiserror::Error;
 
+pub use crate::backend::wrap_alg::{WrapAlg, RSA_MAX_BLOCK, RSA_MIN_BLOCK};
+
 pub const RECORD_MAGIC: &[u8; 4] = b"HEV1";
 /// The only format version this build reads and writes.
 pub const RECORD_FORMAT_VERSION: u8 = 1;
@@ -47,52 +49,6 @@ pub const MAX_WRAPPED_KEY_LEN: usize = 1024;
 const GCM_IV_LEN: usize = 12;
 const GCM_TAG_LEN: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum WrapAlg {
-    /// DEK value encrypted with `CKM_AES_GCM` on the HSM under an AES-256
-    /// KEK, 12-byte IV, 16-byte tag appended to the ciphertext.
-    AesGcm256 = 1,
-    /// DEK value (behind the AAD digest) encrypted with `CKM_RSA_PKCS_OAEP`,
-    /// SHA-1 and MGF1-SHA-1, under an RSA KEK's public key, and signed with
-    /// `CKM_SHA256_RSA_PKCS_PSS` by its private key: the backend took no
-    /// SHA-256 for OAEP (SoftHSM2 2.6 takes only SHA-1).
-    RsaOaepSha1 = 2,
-    /// As `RsaOaepSha1` with SHA-256 and MGF1-SHA-256.
-    RsaOaepSha256 = 3,
-}
-
-impl WrapAlg {
-    pub fn from_u8(b: u8) -> Option<WrapAlg> {
-        match b {
-            1 => Some(WrapAlg::AesGcm256),
-            2 => Some(WrapAlg::RsaOaepSha1),
-            3 => Some(WrapAlg::RsaOaepSha256),
-            _ => None,
-        }
-    }
-
-    pub fn as_u8(self) -> u8 {
-        self as u8
-    }
-
-    pub fn is_rsa(self) -> bool {
-        matches!(self, WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WrapAlg::AesGcm256 => "AES-256-GCM",
-            WrapAlg::RsaOaepSha1 => "RSA-OAEP-SHA1",
-            WrapAlg::RsaOaepSha256 => "RSA-OAEP-SHA256",
-        }
-    }
-}
-
-/// Smallest and largest RSA block (OAEP block or signature) a record may
-/// hold: 2048- to 8192-bit keys.
-pub const RSA_MIN_BLOCK: usize = 256;
-pub const RSA_MAX_BLOCK: usize = 1024;
 /// Length of the AAD digest that starts an RSA record's plaintext.
 pub const AAD_DIGEST_LEN: usize = 32;
 
@@ -147,6 +103,12 @@ pub enum RecordError {
     UnknownAlg(u8),
     #[error("wrapped DEK record is malformed: {0}")]
     Malformed(&'static str),
+}
+
+impl From<RecordError> for crate::error::Error {
+    fn from(e: RecordError) -> Self {
+        crate::error::Error::Record(e.to_string())
+    }
 }
 
 /// Bounds-checked reader; every accessor returns `Truncated` instead of

@@ -20,12 +20,13 @@ use std::sync::Mutex;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki_sys::*;
 
-use super::service::{hex, Envelope};
+use super::attrs::Attrs;
+use super::service::Envelope;
 use crate::audit::{Entry, Op};
 use crate::backend::kek::{self, KekKey};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::token::attributes::Attrs;
+use crate::hex::encode as hex;
 use crate::vendor::CKR_HSME_KEK_REVOKED;
 
 /// One batch of a re-wrap run.

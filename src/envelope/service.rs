@@ -15,16 +15,18 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
 
+use super::attrs::Attrs;
 use super::cache::KeyCache;
 use super::record::{self, WrapAlg, WrappedRecord};
-use super::secret::SecretBytes;
 use crate::backend::kek::KekKey;
 use crate::backend::pool::SessionPool;
 use crate::backend::{kek, rsa, Backend};
+use crate::config::Config;
 use crate::crypto::PreparedKey;
 use crate::error::{Error, Result};
+use crate::hex::encode as hex;
+use crate::secret::SecretBytes;
 use crate::store::Store;
-use crate::token::attributes::Attrs;
 use crate::vendor::{CKR_HSME_KEK_REVOKED, CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_RECORD_INVALID};
 
 const RECORD_IV_LEN: usize = 12;
@@ -50,6 +52,25 @@ pub struct Settings {
     pub soft_ttl: Duration,
     /// Cached DEKs outlive an unreachable HSM this long (zero: not at all).
     pub hard_ttl: Duration,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Settings {
+        Settings {
+            kek_label: c.kek_label.clone(),
+            store_path: c.store_path.clone(),
+            refresh: std::time::Duration::from_secs(c.refresh_secs),
+            rotate_after: c
+                .rotate_after_days
+                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+            lazy_rewrap: c.lazy_rewrap,
+            min_decrypt_version: c.min_decrypt_version,
+            retention: std::time::Duration::from_secs(u64::from(c.retention_days) * 86_400),
+            purge_protection: c.purge_protection,
+            soft_ttl: std::time::Duration::from_secs(c.cache_soft_ttl_secs),
+            hard_ttl: std::time::Duration::from_secs(c.cache_hard_ttl_secs),
+        }
+    }
 }
 
 /// This process's view of the KEK versions.
@@ -512,12 +533,12 @@ impl Envelope {
             }
             Err(e) => return Err(e),
         };
-        self.service_ok(super::cache::now_ms());
+        self.service_ok(crate::clock::mono_ms());
         // Last use, as `dek list` shows it: written when a token DEK is
         // unwrapped (its first use in a process, or after its cache entry
         // went), so a busy DEK costs no store write per call.
         if row_generation.is_some() {
-            let now = crate::token::dek::now();
+            let now = crate::clock::unix_secs();
             if let Err(e) = self.with_store(|st| Ok(st.touch_last_used(id, now)?)) {
                 crate::log_debug!("last_used of DEK {} not written: {e}", hex(id));
             }
@@ -621,8 +642,4 @@ impl Envelope {
         self.pool.close_all();
         self.cache.clear();
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -38,7 +38,7 @@ impl Envelope {
         };
         let mut primary = row.version;
         if let (Some(max_age), Some(since)) = (self.settings.rotate_after, row.primary_since) {
-            let age = crate::token::dek::now().saturating_sub(since);
+            let age = crate::clock::unix_secs().saturating_sub(since);
             if age >= max_age.as_secs() as i64 {
                 match self.rotate(backend) {
                     Ok(v) => primary = v,
@@ -290,7 +290,7 @@ impl Envelope {
             .retired
             .unwrap_or(0)
             .saturating_add(self.settings.refresh.as_secs() as i64 + 1);
-        if crate::token::dek::now() < settled {
+        if crate::clock::unix_secs() < settled {
             return Err(Error::Admin(format!(
                 "v{version} was primary until moments ago; processes may still wrap new DEKs under it until {settled} (unix time): try again then"
             )));

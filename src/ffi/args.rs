@@ -9,8 +9,8 @@ use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
 use crate::error::{rv_name, Error, Result};
-use crate::token::attributes::{Template, TemplateAttr};
 use crate::token::crypt::Out;
+use crate::token::object::template::{Template, TemplateAttr};
 
 /// Run a shim body: panics stop here, errors become `CK_RV`.
 pub fn guard(name: &str, f: impl FnOnce() -> Result<CK_RV>) -> CK_RV {

@@ -5,8 +5,9 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use crate::backend::bcall;
-use crate::token::object_ops::backend_key;
-use crate::token::sessions::{forward, lookup};
+use crate::token::forward::forward;
+use crate::token::object::manage::backend_key;
+use crate::token::session::lookup;
 
 /// A call that takes a session and passes everything else through.
 macro_rules! forward_session {

@@ -6,9 +6,9 @@ use super::args::*;
 use super::mechanism::has_params;
 use crate::backend::bcall;
 use crate::error::{Error, Result};
-use crate::token::dek::Answer;
-use crate::token::find;
-use crate::token::object_ops::{self, AttrStep};
+use crate::token::object::dek::Answer;
+use crate::token::object::find;
+use crate::token::object::manage::{self, AttrStep};
 use crate::token::wrapping::{self, WrapStep};
 
 #[no_mangle]
@@ -23,7 +23,7 @@ pub unsafe extern "C" fn C_CreateObject(
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, object_ops::create_object(h, &t)?))
+        ok(put(ph, manage::create_object(h, &t)?))
     })
 }
 
@@ -40,13 +40,13 @@ pub unsafe extern "C" fn C_CopyObject(
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, object_ops::copy_object(h, oh, &t)?))
+        ok(put(ph, manage::copy_object(h, oh, &t)?))
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> CK_RV {
-    guard("C_DestroyObject", || ok(object_ops::destroy_object(h, oh)))
+    guard("C_DestroyObject", || ok(manage::destroy_object(h, oh)))
 }
 
 #[no_mangle]
@@ -59,7 +59,7 @@ pub unsafe extern "C" fn C_GetObjectSize(
         if pul.is_null() {
             return Err(bad());
         }
-        ok(put(pul, object_ops::object_size(h, oh)?))
+        ok(put(pul, manage::object_size(h, oh)?))
     })
 }
 
@@ -80,7 +80,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
             std::slice::from_raw_parts_mut(p_t, n as usize)
         };
         let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
-        match object_ops::get_attributes(h, oh, &types)? {
+        match manage::get_attributes(h, oh, &types)? {
             AttrStep::Forward(m, bs, bh) => {
                 Ok(bcall!(m.backend, C_GetAttributeValue(bs, bh, p_t, n)))
             }
@@ -143,7 +143,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 ) -> CK_RV {
     guard("C_SetAttributeValue", || {
         let t = template(p_t, n)?;
-        ok(object_ops::set_attributes(h, oh, &t))
+        ok(manage::set_attributes(h, oh, &t))
     })
 }
 
@@ -197,7 +197,7 @@ pub unsafe extern "C" fn C_GenerateKey(
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, object_ops::generate_key(h, m, &t)?))
+        ok(put(ph, manage::generate_key(h, m, &t)?))
     })
 }
 
@@ -218,7 +218,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
             return Err(bad());
         }
         let (pu, pr) = (template(p_pub, n_pub)?, template(p_priv, n_priv)?);
-        let (a, b) = object_ops::generate_key_pair(h, m, &pu, &pr)?;
+        let (a, b) = manage::generate_key_pair(h, m, &pu, &pr)?;
         put(ph_pub, a)?;
         ok(put(ph_priv, b))
     })

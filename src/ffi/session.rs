@@ -3,7 +3,7 @@
 use cryptoki_sys::*;
 
 use super::args::*;
-use crate::token::sessions;
+use crate::token::session::calls;
 
 #[no_mangle]
 pub unsafe extern "C" fn C_OpenSession(
@@ -17,18 +17,18 @@ pub unsafe extern "C" fn C_OpenSession(
         if ph.is_null() {
             return Err(bad());
         }
-        ok(put(ph, sessions::open(slot, flags)?))
+        ok(put(ph, calls::open(slot, flags)?))
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
-    guard("C_CloseSession", || ok(sessions::close(h)))
+    guard("C_CloseSession", || ok(calls::close(h)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
-    guard("C_CloseAllSessions", || ok(sessions::close_all(slot)))
+    guard("C_CloseAllSessions", || ok(calls::close_all(slot)))
 }
 
 #[no_mangle]
@@ -40,7 +40,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(
         if p_info.is_null() {
             return Err(bad());
         }
-        ok(put(p_info, sessions::info(h)?))
+        ok(put(p_info, calls::info(h)?))
     })
 }
 
@@ -51,12 +51,12 @@ pub unsafe extern "C" fn C_Login(
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_Login", || ok(sessions::login(h, user, bytes(pin, len)?)))
+    guard("C_Login", || ok(calls::login(h, user, bytes(pin, len)?)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
-    guard("C_Logout", || ok(sessions::logout(h)))
+    guard("C_Logout", || ok(calls::logout(h)))
 }
 
 #[no_mangle]
@@ -65,7 +65,7 @@ pub unsafe extern "C" fn C_InitPIN(
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_InitPIN", || ok(sessions::init_pin(h, bytes(pin, len)?)))
+    guard("C_InitPIN", || ok(calls::init_pin(h, bytes(pin, len)?)))
 }
 
 #[no_mangle]
@@ -77,7 +77,7 @@ pub unsafe extern "C" fn C_SetPIN(
     new_len: CK_ULONG,
 ) -> CK_RV {
     guard("C_SetPIN", || {
-        ok(sessions::set_pin(
+        ok(calls::set_pin(
             h,
             bytes(old, old_len)?,
             bytes(new, new_len)?,
@@ -92,7 +92,7 @@ pub unsafe extern "C" fn C_GenerateRandom(
     len: CK_ULONG,
 ) -> CK_RV {
     guard("C_GenerateRandom", || {
-        ok(sessions::generate_random(h, bytes_mut(p, len)?))
+        ok(calls::generate_random(h, bytes_mut(p, len)?))
     })
 }
 
@@ -102,7 +102,5 @@ pub unsafe extern "C" fn C_SeedRandom(
     p: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_SeedRandom", || {
-        ok(sessions::seed_random(h, bytes(p, len)?))
-    })
+    guard("C_SeedRandom", || ok(calls::seed_random(h, bytes(p, len)?)))
 }

@@ -5,7 +5,8 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{now_secs, Store, StoreError};
+use super::{Store, StoreError};
+use crate::clock::unix_secs as now_secs;
 
 /// A deleted row, as listings show it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{now_secs, DekRow, Store, StoreError, ROW_COLUMNS};
+use super::{DekRow, Store, StoreError, ROW_COLUMNS};
+use crate::clock::unix_secs as now_secs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KekState {

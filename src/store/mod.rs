@@ -31,7 +31,9 @@ use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::unix_secs as now_secs;
 
 use rusqlite::{
     ffi, params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
@@ -152,13 +154,6 @@ CREATE INDEX IF NOT EXISTS dek_deleted ON dek (deleted_at);
 
 pub(crate) const ROW_COLUMNS: &str =
     "id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, generation";
-
-pub(crate) fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// One INSERT of a DEK row on `conn` (a connection or a transaction).
 pub(crate) fn insert_row(conn: &Connection, row: &DekRow) -> Result<(), StoreError> {

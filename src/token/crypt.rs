@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use super::module::{Module, ModuleRef};
-use super::objects::{Dek, Object};
-use super::remembered::{Checked, RememberedKey};
-use super::session::{Op, Session};
-use super::sessions::{lookup, with_session};
 use crate::crypto::{self, CipherOp, CryptoError, Direction, Mode};
 use crate::error::{Error, Result};
+use crate::token::module::{Module, ModuleRef};
+use crate::token::object::table::{Dek, Object};
+use crate::token::session::calls::{lookup, with_session};
+use crate::token::session::remembered::{Checked, RememberedKey};
+use crate::token::session::table::{Op, Session};
 use zeroize::Zeroizing;
 
 /// The caller's input: borrowed, or copied first when it overlaps the output
@@ -100,7 +100,7 @@ fn init_on(
         }
         Object::Backend { .. } => {
             // Refuses the KEK, and keys of another slot.
-            let bkey = super::object_ops::backend_key(&m, s, key)?;
+            let bkey = crate::token::object::manage::backend_key(&m, s, key)?;
             *op = Op::Backend;
             Ok(Step::ForwardInit(m, s.backend(), bkey))
         }

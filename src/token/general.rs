@@ -2,8 +2,9 @@
 
 use cryptoki_sys::*;
 
-use super::module::{self, label_of};
+use crate::backend::label_of;
 use crate::error::{Error, Result};
+use crate::token::module;
 
 pub const MANUFACTURER: &str = "hsm-envelope";
 pub const LIBRARY_DESCRIPTION: &str = "hsm-envelope KEK/DEK module";

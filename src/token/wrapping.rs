@@ -4,19 +4,19 @@
 
 use cryptoki_sys::*;
 
-use super::attributes::{as_bool, find_in, Template};
-use super::dek;
-use super::guard::{
+use crate::backend::bcall;
+use crate::error::{Error, Result};
+use crate::token::kek_guard::{
     derive_mechanism_has_handles, is_dek_slot, is_kek, is_key_wrap, kek_only_key_wraps,
     refuse_kek_label,
 };
-use super::module::{Module, ModuleRef};
-use super::object_ops::{adopt, backend_key, mech_ptr, raw_template, resolve, Target};
-use super::policy::{self, Origin};
-use super::session::Session;
-use super::sessions::lookup;
-use crate::backend::bcall;
-use crate::error::{Error, Result};
+use crate::token::module::{Module, ModuleRef};
+use crate::token::object::dek;
+use crate::token::object::manage::{adopt, backend_key, mech_ptr, raw_template, resolve, Target};
+use crate::token::object::policy::{self, Origin};
+use crate::token::object::template::{as_bool, find_in, Template};
+use crate::token::session::calls::lookup;
+use crate::token::session::table::Session;
 use crate::vendor::CKA_HSME_ON_BACKEND;
 
 /// SoftHSM2 numbers RFC 5649 wrapping 0x210A; PKCS#11 3.0 calls it 0x210B.

@@ -86,32 +86,12 @@ fn pretty(v: &Value) -> String {
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 pub fn time(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    hsm_envelope::clock::rfc3339(secs)
 }
 
 /// The current time in unix seconds.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    hsm_envelope::clock::unix_secs()
 }
 
 /// An optional time, or `-`.
@@ -119,9 +99,7 @@ pub fn opt_time(secs: Option<i64>) -> String {
     secs.map(time).unwrap_or_else(|| "-".into())
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use hsm_envelope::hex::encode as hex;
 
 /// A label for display: text if printable UTF-8, else hex.
 pub fn label(b: &[u8]) -> String {

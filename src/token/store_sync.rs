@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::attributes::Attrs;
-use super::module::Module;
-use super::objects::{Dek, DekState};
-use super::stamped::Stamped;
 use crate::error::Result;
+use crate::runtime::stamped::Stamped;
 use crate::store::DekRow;
+use crate::token::module::Module;
+use crate::token::object::table::{Dek, DekState};
+use crate::token::object::template::Attrs;
 
 pub fn dek_from_row(slot: usize, row: &DekRow) -> Result<Arc<Dek>> {
     Ok(Arc::new(Dek {
@@ -49,7 +49,7 @@ pub fn sync_token_deks(m: &Module) -> Result<()> {
             }
             Err(_) => crate::log_warn!(
                 "DEK {} has unreadable attributes; skipped",
-                crate::envelope::service::hex(id)
+                crate::hex::encode(id)
             ),
         }
     }

@@ -246,7 +246,7 @@ mod page_pool {
     use std::cell::RefCell;
 
     use super::{release, Page};
-    use crate::token::module::fork_generation;
+    use crate::runtime::fork::generation as fork_generation;
 
     const KEEP: usize = 4;
 

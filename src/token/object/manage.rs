@@ -5,18 +5,18 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use super::attributes::{Attrs, Template};
-use super::dek::{self, Answer};
-use super::guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label};
-use super::module::{Module, ModuleRef};
-use super::objects::{Dek, DekState, Object};
-use super::policy::{self, Origin};
-use super::session::Session;
-use super::sessions::lookup;
 use crate::backend::{bcall, check};
-use crate::envelope::service::hex;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::hex::encode as hex;
+use crate::token::kek_guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label};
+use crate::token::module::{Module, ModuleRef};
+use crate::token::object::dek::{self, Answer};
+use crate::token::object::policy::{self, Origin};
+use crate::token::object::table::{Dek, DekState, Object};
+use crate::token::object::template::{Attrs, Template};
+use crate::token::session::calls::lookup;
+use crate::token::session::table::Session;
 use crate::vendor::CKA_HSME_ON_BACKEND;
 
 /// An object handle resolved for a call on `s`.

@@ -10,7 +10,7 @@
 //! the stripes round robin, so two threads share a line only when there are
 //! more threads than stripes. The total is only ever needed by C_Finalize.
 //!
-//! The memory-ordering argument is in `module::finalize`, which is the one
+//! The memory-ordering argument is in `lifecycle`, which is the one
 //! place that relies on it.
 
 use std::cell::Cell;
@@ -49,7 +49,7 @@ fn my_stripe() -> usize {
 /// Count this call in; returns the stripe to pass to `leave`.
 pub fn enter() -> usize {
     let s = my_stripe();
-    // SeqCst: see `module::finalize`.
+    // SeqCst: see `lifecycle`.
     COUNTS[s].0.fetch_add(1, Ordering::SeqCst);
     s
 }

@@ -5,17 +5,17 @@ use std::sync::{Arc, RwLockReadGuard};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::attributes::Template;
-use super::module::Module;
-use super::objects::{Dek, DekState};
-use super::policy::{self, Origin};
-use super::session::Session;
-use super::stamped::Stamped;
-use crate::envelope::secret::SecretBytes;
-use crate::envelope::service::hex;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::hex::encode as hex;
+use crate::runtime::stamped::Stamped;
+use crate::secret::SecretBytes;
 use crate::store::DekRow;
+use crate::token::module::Module;
+use crate::token::object::policy::{self, Origin};
+use crate::token::object::table::{Dek, DekState};
+use crate::token::object::template::Template;
+use crate::token::session::table::Session;
 use crate::vendor::CKA_HSME_KEK_VERSION;
 
 /// The DEK's state, read-locked, if the session may see it: same slot, and
@@ -49,13 +49,6 @@ fn check_value(value: &[u8]) -> Vec<u8> {
     } else {
         Vec::new()
     }
-}
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Make a DEK: seal its value under the KEK on the HSM, persist token DEKs,
@@ -105,7 +98,7 @@ pub fn create(
     let record = env.seal(&m.backend, &id, &attrs, value.as_slice())?;
     let kek_version = Envelope::record_version(&record).unwrap_or(0);
     if token {
-        let now = now();
+        let now = crate::clock::unix_secs();
         let row = DekRow {
             id,
             label: attrs.label().to_vec(),

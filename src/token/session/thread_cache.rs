@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use cryptoki_sys::{CKR_GENERAL_ERROR, CK_SESSION_HANDLE};
 
-use super::module::{Module, ModuleRef};
-use super::session::Session;
 use crate::error::{Error, Result};
+use crate::token::module::{Module, ModuleRef};
+use crate::token::session::table::Session;
 
 /// Threads usually use one session each; a few cover pools and handovers.
 const WAYS: usize = 4;

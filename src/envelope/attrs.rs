@@ -1,37 +1,12 @@
-//! Attribute sets of the objects this module owns (DEKs), their storage
-//! encoding, and the canonical encoding of the security attributes that the
-//! wrapped record binds.
+//! The attribute set of a DEK as its record stores it, and the canonical
+//! encoding of the security attributes that the wrapped record binds into
+//! its AAD (next to the record format it protects, see `record`).
 
 use std::collections::BTreeMap;
 
 use cryptoki_sys::*;
-use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-
-/// One attribute of a caller's template, copied out of caller memory. The
-/// value may be key material (CKA_VALUE), so it is zeroized on drop.
-pub struct TemplateAttr {
-    pub ty: CK_ATTRIBUTE_TYPE,
-    pub value: Zeroizing<Vec<u8>>,
-}
-
-pub type Template = Vec<TemplateAttr>;
-
-pub fn find_in(template: &Template, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
-    template
-        .iter()
-        .find(|a| a.ty == ty)
-        .map(|a| a.value.as_slice())
-}
-
-pub fn as_bool(v: &[u8]) -> Result<bool> {
-    match v {
-        [0] => Ok(false),
-        [1] => Ok(true),
-        _ => Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
-    }
-}
 
 pub fn as_ulong(v: &[u8]) -> Result<CK_ULONG> {
     let b: [u8; size_of::<CK_ULONG>()] = v
@@ -114,14 +89,6 @@ impl Attrs {
     }
     pub fn id(&self) -> &[u8] {
         self.get(CKA_ID).unwrap_or(&[])
-    }
-
-    /// Whether every (type, value) of a search template matches. CKA_VALUE is
-    /// never matched: a search must not become an oracle for key bytes.
-    pub fn matches(&self, template: &Template) -> bool {
-        template
-            .iter()
-            .all(|a| a.ty != CKA_VALUE && self.get(a.ty) == Some(a.value.as_slice()))
     }
 
     /// Mechanisms the key may be used with (CKA_ALLOWED_MECHANISMS; absent or

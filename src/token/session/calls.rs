@@ -6,13 +6,13 @@ use std::sync::{Arc, PoisonError};
 
 use cryptoki_sys::*;
 
-use super::module::{self, Module, ModuleRef};
-use super::objects::Object;
-use super::session::Session;
-use super::session_cache;
 use crate::backend::bcall;
 use crate::backend::check;
 use crate::error::{Error, Result};
+use crate::token::module::{self, Module, ModuleRef};
+use crate::token::object::table::Object;
+use crate::token::session::table::Session;
+use crate::token::session::thread_cache;
 
 pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
     let m = module::get()?;
@@ -47,17 +47,17 @@ pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
 /// Neither takes a lock or writes memory another thread's session uses.
 pub fn lookup(h: CK_SESSION_HANDLE) -> Result<(ModuleRef, Arc<Session>)> {
     let m = module::get()?;
-    let s = session_cache::get(&m, h)?;
+    let s = thread_cache::get(&m, h)?;
     Ok((m, s))
 }
 
 /// `lookup` for the encrypt/decrypt hot path: runs `f` on the session
-/// without taking a reference to it (see `session_cache::with`).
+/// without taking a reference to it (see `thread_cache::with`).
 pub fn with_session<R>(
     h: CK_SESSION_HANDLE,
     f: impl FnOnce(ModuleRef, &Session) -> Result<R>,
 ) -> Result<R> {
-    session_cache::with(module::get()?, h, f)
+    thread_cache::with(module::get()?, h, f)
 }
 
 pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
@@ -211,43 +211,4 @@ fn ptr(b: &[u8]) -> *mut u8 {
 
 fn len(b: &[u8]) -> CK_ULONG {
     b.len() as CK_ULONG
-}
-
-/// Run a forwarded call on `s`'s backend session. If the backend lost that
-/// session (an HSM reconnect closes them all), open a new one, log it in
-/// again if the user was logged in, and run the call once more: the
-/// application keeps its session handle and notices nothing.
-pub fn forward(m: &Module, s: &Session, call: impl Fn(CK_SESSION_HANDLE) -> CK_RV) -> CK_RV {
-    let rv = call(s.backend());
-    if !matches!(rv, CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
-        return rv;
-    }
-    match reopen(m, s) {
-        Ok(bh) => call(bh),
-        Err(_) => rv,
-    }
-}
-
-fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
-    let entry = m.slots.get(s.slot).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
-    let mut bh: CK_SESSION_HANDLE = 0;
-    let flags = s.flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
-    check(
-        "C_OpenSession",
-        bcall!(
-            m.backend,
-            C_OpenSession(entry.backend_id, flags, std::ptr::null_mut(), None, &mut bh)
-        ),
-    )?;
-    if m.is_user(s.slot) {
-        if let Ok(env) = m.envelope_for(s.slot) {
-            env.login_again(&m.backend, bh);
-        }
-    }
-    s.set_backend(bh);
-    crate::log_info!(
-        "session {}: backend session re-opened after the HSM lost it",
-        s.handle
-    );
-    Ok(bh)
 }

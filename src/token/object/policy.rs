@@ -5,8 +5,8 @@
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::attributes::{as_bool, as_ulong, Attrs, Template};
 use crate::error::{Error, Result};
+use crate::token::object::template::{as_bool, as_ulong, Attrs, Template};
 use crate::vendor::{CKA_HSME_KEK_VERSION, CKA_HSME_ON_BACKEND};
 
 /// How a DEK came to be; decides CKA_LOCAL and the "always/never" attributes.
@@ -55,17 +55,17 @@ pub fn is_valid_aes_len(n: usize) -> bool {
 /// Whether a creating template asks for an AES secret key (a DEK) rather
 /// than something to pass to the backend.
 pub fn wants_dek(template: &Template, default_class_is_secret: bool) -> Result<bool> {
-    if let Some(v) = super::attributes::find_in(template, CKA_HSME_ON_BACKEND) {
+    if let Some(v) = crate::token::object::template::find_in(template, CKA_HSME_ON_BACKEND) {
         if as_bool(v)? {
             return Ok(false);
         }
     }
-    let class = match super::attributes::find_in(template, CKA_CLASS) {
+    let class = match crate::token::object::template::find_in(template, CKA_CLASS) {
         Some(v) => as_ulong(v)?,
         None if default_class_is_secret => CKO_SECRET_KEY,
         None => return Ok(false),
     };
-    let ktype = match super::attributes::find_in(template, CKA_KEY_TYPE) {
+    let ktype = match crate::token::object::template::find_in(template, CKA_KEY_TYPE) {
         Some(v) => Some(as_ulong(v)?),
         None => None,
     };
@@ -233,8 +233,8 @@ pub fn apply_set(attrs: &Attrs, template: &Template) -> Result<Attrs> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::attributes::{ulong_bytes, TemplateAttr};
     use super::*;
+    use crate::token::object::template::{ulong_bytes, TemplateAttr};
 
     fn t(list: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Template {
         list.iter()

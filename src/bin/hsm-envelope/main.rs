@@ -10,19 +10,12 @@
 
 // A crate root looks for modules beside itself; ours are in a directory
 // named after the binary.
-#[path = "hsm-envelope/audit.rs"]
 mod audit;
-#[path = "hsm-envelope/cli.rs"]
 mod cli;
-#[path = "hsm-envelope/dek.rs"]
 mod dek;
-#[path = "hsm-envelope/kek.rs"]
 mod kek;
-#[path = "hsm-envelope/output.rs"]
 mod output;
-#[path = "hsm-envelope/rewrap.rs"]
 mod rewrap;
-#[path = "hsm-envelope/status.rs"]
 mod status;
 
 use std::io::IsTerminal;

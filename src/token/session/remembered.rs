@@ -27,10 +27,10 @@ use std::sync::Arc;
 
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE};
 
-use super::module::Module;
-use super::objects::Dek;
 use crate::crypto::{PreparedKey, SessionHold, SessionKey};
 use crate::envelope::cache::KeyCache;
+use crate::token::module::Module;
+use crate::token::object::table::Dek;
 
 pub struct RememberedKey {
     handle: CK_OBJECT_HANDLE,
@@ -122,10 +122,10 @@ impl RememberedKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::secret::SecretBytes;
-    use crate::token::attributes::Attrs;
-    use crate::token::objects::DekState;
-    use crate::token::stamped::Stamped;
+    use crate::runtime::stamped::Stamped;
+    use crate::secret::SecretBytes;
+    use crate::token::object::table::DekState;
+    use crate::token::object::template::Attrs;
 
     const H: CK_OBJECT_HANDLE = 7;
     const MECH: CK_MECHANISM_TYPE = cryptoki_sys::CKM_AES_GCM;

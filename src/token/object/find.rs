@@ -4,13 +4,13 @@
 
 use cryptoki_sys::*;
 
-use super::attributes::Template;
-use super::guard::is_dek_slot;
-use super::object_ops::raw_template;
-use super::session::Find;
-use super::sessions::lookup;
 use crate::backend::{bcall, check};
 use crate::error::{Error, Result};
+use crate::token::kek_guard::is_dek_slot;
+use crate::token::object::manage::raw_template;
+use crate::token::object::template::Template;
+use crate::token::session::calls::lookup;
+use crate::token::session::table::Find;
 use crate::vendor::{CKA_HSME_KEK_VERSION, CKA_HSME_ON_BACKEND};
 
 pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
@@ -20,11 +20,14 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
     }
     let mut handles = Vec::new();
     if is_dek_slot(&m, &s) {
-        super::sync::sync_token_deks(&m)?;
+        crate::token::store_sync::sync_token_deks(&m)?;
         let user = m.is_user(s.slot);
         for (oh, d) in m.objects.deks() {
             let Ok(st) = d.state.read() else { continue };
-            if d.slot == s.slot && (user || !st.attrs.flag(CKA_PRIVATE)) && st.attrs.matches(t) {
+            if d.slot == s.slot
+                && (user || !st.attrs.flag(CKA_PRIVATE))
+                && crate::token::object::template::matches(&st.attrs, t)
+            {
                 handles.push(oh);
             }
         }
@@ -38,7 +41,7 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
         let _gate = m.envelope.as_ref().and_then(|e| e.temp_gate.search());
         let mut raw = raw_template(t);
         let (rp, rn) = (raw.as_mut_ptr(), raw.len() as CK_ULONG);
-        let rv = super::sessions::forward(&m, &s, |bs| {
+        let rv = crate::token::forward::forward(&m, &s, |bs| {
             bcall!(m.backend, C_FindObjectsInit(bs, rp, rn))
         });
         check("C_FindObjectsInit", rv)?;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cryptoki_sys::*;
 
-use super::handle_hash::HandleMap;
-use super::remembered::RememberedKey;
 use crate::crypto::{Direction, PreparedOp, SpareBuffer};
 use crate::error::{Error, Result};
+use crate::runtime::handle_hash::HandleMap;
+use crate::token::session::remembered::RememberedKey;
 
 pub enum Op {
     Idle,
@@ -103,7 +103,7 @@ pub struct Session {
     pub slot: usize,
     pub flags: CK_FLAGS,
     /// The backend session behind this one; replaced when the backend lost
-    /// it (an HSM reconnect), see `sessions::forward`.
+    /// it (an HSM reconnect), see `token::forward`.
     backend: AtomicU64,
     /// Set once the handle is closed: threads that remember this session
     /// (see `session_cache`) check it, since they skip the handle table.

@@ -10,11 +10,11 @@
 
 use cryptoki_sys::*;
 
-use super::attributes::{find_in, Template};
-use super::module::Module;
-use super::session::Session;
 use crate::backend::bcall;
 use crate::error::{Error, Result};
+use crate::token::module::Module;
+use crate::token::object::template::{find_in, Template};
+use crate::token::session::table::Session;
 
 pub fn is_dek_slot(m: &Module, s: &Session) -> bool {
     m.dek_slot == Some(s.slot)
@@ -45,7 +45,7 @@ pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
         ulValueLen: label.len() as CK_ULONG,
     };
     let ap: *mut CK_ATTRIBUTE = &mut attr;
-    match super::sessions::forward(m, s, |bs| {
+    match crate::token::forward::forward(m, s, |bs| {
         bcall!(m.backend, C_GetAttributeValue(bs, bh, ap, 1))
     }) {
         CKR_OK => label

@@ -6,10 +6,10 @@ use std::sync::{Arc, RwLock};
 
 use cryptoki_sys::*;
 
-use super::attributes::Attrs;
-use super::handle_hash::HandleMap;
-use super::stamped::Stamped;
 use crate::error::{Error, Result};
+use crate::runtime::handle_hash::HandleMap;
+use crate::runtime::stamped::Stamped;
+use crate::token::object::template::Attrs;
 
 /// A DEK owned by this module.
 pub struct Dek {

@@ -1,0 +1,153 @@
+//! One published instance (the module between C_Initialize and C_Finalize)
+//! that every call reaches without a lock or a shared write, and that is
+//! freed only once no call uses it.
+//!
+//! Why no call can still be using the instance when it is freed: a call
+//! does (A) count itself in on its stripe (`inflight::enter`), then (B)
+//! load the pointer; `retire` does (S) swap the pointer to null, then (L)
+//! read every stripe until it reads zero. All four are SeqCst, so they fall
+//! in one total order that agrees with each thread's program order. A call
+//! that got the instance at (B) read the pointer before (S) replaced it
+//! (nothing else writes it while the lifecycle lock is held), so
+//! A < B < S < L: (L) on its stripe sees its increment, and reads zero only
+//! once its matching decrement has happened (each call's decrement follows
+//! its own increment on the same counter, so no other call can cancel it
+//! out). That decrement is a release and (L) an acquire, so everything the
+//! call did with the instance happens before it is dropped. A call whose
+//! increment comes after (S) loads null at (B) and never touches it.
+//!
+//! After fork() the child sees nothing published (until it publishes its
+//! own): the parent's instance, with its sessions and connections, is not
+//! the child's to use or free, so it is leaked in the child.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::{fork, inflight, lock::unpoisoned};
+
+struct Entry<T> {
+    /// The fork generation that published it.
+    forks: u64,
+    value: T,
+}
+
+pub struct Published<T> {
+    current: AtomicPtr<Entry<T>>,
+    /// Serialises publish and retire, so a new instance never starts under
+    /// one still shutting down.
+    lifecycle: Mutex<()>,
+}
+
+/// Held while publishing or retiring.
+pub struct LifecycleGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+
+/// What `retire` did.
+pub enum Retired<T> {
+    /// Nothing was published (in this process).
+    NotPublished,
+    /// Calls were still using it at the deadline: it is leaked, not freed.
+    Leaked,
+    /// Unpublished, and no call uses it any more.
+    Done(T),
+}
+
+/// The instance, for the length of one call: `retire` waits for every
+/// `Ref` to be dropped before it hands the instance back.
+pub struct Ref<T: 'static> {
+    entry: NonNull<Entry<T>>,
+    stripe: usize,
+}
+
+// SAFETY: a `Ref` only gives out `&T`, so it may cross or be shared between
+// threads exactly when `&T` may, i.e. when T is Sync.
+unsafe impl<T: Sync> Send for Ref<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for Ref<T> {}
+
+impl<T> std::ops::Deref for Ref<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: counted in by `get`, so `retire` has not freed it (see the
+        // module comment).
+        unsafe { &self.entry.as_ref().value }
+    }
+}
+
+impl<T> Drop for Ref<T> {
+    fn drop(&mut self) {
+        inflight::leave(self.stripe);
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for Published<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Sync + 'static> Published<T> {
+    pub const fn new() -> Self {
+        Published {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            lifecycle: Mutex::new(()),
+        }
+    }
+
+    pub fn lock(&self) -> LifecycleGuard<'_> {
+        LifecycleGuard(unpoisoned(self.lifecycle.lock()))
+    }
+
+    /// The live instance, if this process published one.
+    pub fn get(&'static self) -> Option<Ref<T>> {
+        let stripe = inflight::enter();
+        let p = self.current.load(Ordering::SeqCst);
+        // SAFETY: a non-null pointer is a leaked Box that `retire` frees
+        // only after taking it out of `current` and seeing this call counted
+        // out; a fork child's copy of the parent's instance is never freed.
+        match unsafe { p.as_ref() } {
+            Some(e) if e.forks == fork::generation() => Some(Ref {
+                entry: NonNull::from(e),
+                stripe,
+            }),
+            _ => {
+                inflight::leave(stripe);
+                None
+            }
+        }
+    }
+
+    /// Whether this process has a live instance (under the lifecycle lock).
+    pub fn is_live(&self, _g: &LifecycleGuard<'_>) -> bool {
+        let p = self.current.load(Ordering::SeqCst);
+        // SAFETY: as in `get`; under the lifecycle lock nobody frees it.
+        unsafe { p.as_ref() }.is_some_and(|e| e.forks == fork::generation())
+    }
+
+    /// Publish `value`; a fork parent's instance is replaced (and leaked).
+    /// Check `is_live` first: a live instance is replaced too.
+    pub fn publish(&self, _g: &LifecycleGuard<'_>, value: T) {
+        let entry = Box::new(Entry {
+            forks: fork::generation(),
+            value,
+        });
+        self.current.store(Box::into_raw(entry), Ordering::SeqCst);
+    }
+
+    /// Unpublish, then wait until no call uses the instance or `deadline`
+    /// passes.
+    pub fn retire(&self, g: &LifecycleGuard<'_>, deadline: Instant) -> Retired<T> {
+        if !self.is_live(g) {
+            return Retired::NotPublished;
+        }
+        let p = self.current.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !inflight::wait_idle(deadline) {
+            return Retired::Leaked;
+        }
+        // SAFETY: `p` came from Box::into_raw in `publish`, is no longer
+        // reachable through `current`, and no call holds it (module comment).
+        let entry = unsafe { Box::from_raw(p) };
+        Retired::Done(entry.value)
+    }
+}

@@ -1,0 +1,10 @@
+//! Objects: the handle table (`table`), the DEK attribute policy
+//! (`policy`), caller templates (`template`), making and reading DEKs
+//! (`dek`), the object-management calls (`manage`) and search (`find`).
+
+pub mod dek;
+pub mod find;
+pub mod manage;
+pub mod policy;
+pub mod table;
+pub mod template;
