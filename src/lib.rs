@@ -16,6 +16,8 @@
 //! (lifecycle, fork detection, stamped locks, handle hashing), [`config`],
 //! [`error`], [`rv_name`], [`hex`], [`logging`], [`vendor`].
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
 pub mod audit;

@@ -109,3 +109,20 @@ fn the_check_sees_an_upward_reference() {
     let refs = references("use crate::token::module::Module; // crate::ffi\n");
     assert_eq!(refs, vec![(1, "token".to_string())]);
 }
+
+#[test]
+fn the_compiler_keeps_unsafe_code_out_of_the_upper_layers() {
+    // `unsafe` lives in ffi, the backend's raw calls and the leaves
+    // (secret memory, runtime); everywhere else the compiler refuses it.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for module in ["token", "envelope", "store", "audit", "admin"] {
+        let text = std::fs::read_to_string(src.join(module).join("mod.rs")).expect("mod.rs");
+        assert!(
+            text.contains("#![forbid(unsafe_code)]"),
+            "src/{module}/mod.rs must forbid unsafe code"
+        );
+    }
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
+    assert!(lib.contains("#![deny(unsafe_op_in_unsafe_fn)]"));
+    assert!(lib.contains("#![deny(clippy::undocumented_unsafe_blocks)]"));
+}

@@ -2,6 +2,8 @@
 //! same backend, store and envelope code as the module, in its own process,
 //! logged in to the backend token with the user PIN.
 
+#![forbid(unsafe_code)]
+
 use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;

@@ -5,7 +5,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::line::{self, ZERO_HASH};
@@ -97,17 +96,8 @@ impl LogFile {
     /// Takes the exclusive lock (blocking) and returns the chain head.
     pub(crate) fn lock(&mut self) -> io::Result<Locked<'_>> {
         self.refresh()?;
-        let fd = self.file.as_raw_fd();
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        // flock(LOCK_EX) on Linux: shared with every process appending.
+        self.file.lock()?;
         let mut locked = Locked { log: self };
         locked.read_head()?;
         Ok(locked)
@@ -129,8 +119,8 @@ pub(crate) struct Locked<'a> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // SAFETY: as in lock(). Closing the file would also release it.
-        unsafe { libc::flock(self.log.file.as_raw_fd(), libc::LOCK_UN) };
+        // Closing the file would also release it.
+        let _ = self.log.file.unlock();
     }
 }
 

@@ -53,6 +53,8 @@
 //! checkpoint is retried at the next line after a pause (or at `flush`);
 //! the next successful one covers everything before it.
 
+#![forbid(unsafe_code)]
+
 mod file;
 pub mod hsm;
 mod line;
@@ -407,10 +409,7 @@ impl Audit {
         bodies: &[Body<'_>],
         ckpt: Checkpoint,
     ) -> std::io::Result<bool> {
-        let uid = {
-            // SAFETY: getuid has no preconditions and cannot fail.
-            unsafe { libc::getuid() }
-        };
+        let uid = crate::runtime::process::uid();
         let stamp = Stamp {
             unix: now_unix(),
             pid: std::process::id(),

@@ -169,10 +169,13 @@ fn kwp(backend: &Backend, session: &Session) -> Result<CK_MECHANISM_TYPE> {
         .slot_id()
         .id();
     let mut info = CK_MECHANISM_INFO::default();
-    let rv = bcall!(
-        backend,
-        C_GetMechanismInfo(slot, CKM_AES_KEY_WRAP_KWP, &mut info)
-    );
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        bcall!(
+            backend,
+            C_GetMechanismInfo(slot, CKM_AES_KEY_WRAP_KWP, &mut info)
+        )
+    };
     Ok(if rv == CKR_OK {
         CKM_AES_KEY_WRAP_KWP
     } else {

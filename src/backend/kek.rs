@@ -14,6 +14,15 @@ use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
 
 /// CKA_ID of a KEK version: the version number, big-endian, no leading zeros
 /// (version 1 is `01`, as `softhsm-config/new-token.sh` makes it).
+/// A backend object handle as cryptoki's type, for handles the backend gave
+/// this process (an application's key for key wrap, say).
+pub fn object_handle(raw: CK_OBJECT_HANDLE) -> ObjectHandle {
+    // SAFETY: `new_from_raw` is unsafe only because a made-up handle could
+    // name another object; every caller passes one the backend returned,
+    // and the backend checks it on use.
+    unsafe { ObjectHandle::new_from_raw(raw) }
+}
+
 pub fn version_id(version: u32) -> Vec<u8> {
     let b = version.to_be_bytes();
     let first = b.iter().position(|x| *x != 0).unwrap_or(b.len() - 1);
@@ -308,30 +317,36 @@ fn raw_wrap(
         ulParameterLen: 0,
     };
     let mut len: CK_ULONG = 0;
-    let rv = crate::backend::bcall!(
-        backend,
-        C_WrapKey(
-            session.handle(),
-            &mut m,
-            kek.handle(),
-            key.handle(),
-            std::ptr::null_mut(),
-            &mut len
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        crate::backend::bcall!(
+            backend,
+            C_WrapKey(
+                session.handle(),
+                &mut m,
+                kek.handle(),
+                key.handle(),
+                std::ptr::null_mut(),
+                &mut len
+            )
         )
-    );
+    };
     crate::backend::check("C_WrapKey", rv)?;
     let mut out = vec![0u8; len as usize];
-    let rv = crate::backend::bcall!(
-        backend,
-        C_WrapKey(
-            session.handle(),
-            &mut m,
-            kek.handle(),
-            key.handle(),
-            out.as_mut_ptr(),
-            &mut len
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        crate::backend::bcall!(
+            backend,
+            C_WrapKey(
+                session.handle(),
+                &mut m,
+                kek.handle(),
+                key.handle(),
+                out.as_mut_ptr(),
+                &mut len
+            )
         )
-    );
+    };
     crate::backend::check("C_WrapKey", rv)?;
     out.truncate(len as usize);
     Ok(out)
@@ -380,19 +395,22 @@ pub fn unwrap_raw(
     };
     let mut raw: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
     let mut handle: CK_OBJECT_HANDLE = 0;
-    let rv = crate::backend::bcall!(
-        backend,
-        C_UnwrapKey(
-            session.handle(),
-            &mut m,
-            key.handle(),
-            wrapped.as_ptr() as *mut u8,
-            wrapped.len() as CK_ULONG,
-            raw.as_mut_ptr(),
-            raw.len() as CK_ULONG,
-            &mut handle
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        crate::backend::bcall!(
+            backend,
+            C_UnwrapKey(
+                session.handle(),
+                &mut m,
+                key.handle(),
+                wrapped.as_ptr() as *mut u8,
+                wrapped.len() as CK_ULONG,
+                raw.as_mut_ptr(),
+                raw.len() as CK_ULONG,
+                &mut handle
+            )
         )
-    );
+    };
     crate::backend::check("C_UnwrapKey", rv)?;
     // SAFETY: the backend just returned this handle for this session.
     Ok(unsafe { ObjectHandle::new_from_raw(handle) })
@@ -410,10 +428,13 @@ fn read_value(
         pValue: std::ptr::null_mut(),
         ulValueLen: 0,
     };
-    let rv = crate::backend::bcall!(
-        backend,
-        C_GetAttributeValue(session.handle(), handle, &mut attr, 1)
-    );
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        crate::backend::bcall!(
+            backend,
+            C_GetAttributeValue(session.handle(), handle, &mut attr, 1)
+        )
+    };
     crate::backend::check("C_GetAttributeValue", rv)?;
     let len = attr.ulValueLen as usize;
     if !(1..=64).contains(&len) {
@@ -421,10 +442,13 @@ fn read_value(
     }
     let mut out = SecretBytes::new(len);
     attr.pValue = out.as_mut_slice().as_mut_ptr() as *mut _;
-    let rv = crate::backend::bcall!(
-        backend,
-        C_GetAttributeValue(session.handle(), handle, &mut attr, 1)
-    );
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        crate::backend::bcall!(
+            backend,
+            C_GetAttributeValue(session.handle(), handle, &mut attr, 1)
+        )
+    };
     crate::backend::check("C_GetAttributeValue", rv)?;
     if attr.ulValueLen as usize != len {
         return Err(Error::Rv(CKR_GENERAL_ERROR));

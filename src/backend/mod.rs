@@ -2,6 +2,7 @@
 //! operations; the raw function list of the same loaded library serves the
 //! calls we forward unchanged, so mechanism parameters pass through untouched.
 
+pub mod calls;
 pub mod import;
 pub mod kek;
 pub mod oneshot;
@@ -16,15 +17,16 @@ use cryptoki::error::RvError;
 use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
+pub use calls::{AttrIn, Mechanism};
 
 /// Call a function of the backend's raw function list; a missing entry is
-/// `CKR_FUNCTION_NOT_SUPPORTED`.
+/// `CKR_FUNCTION_NOT_SUPPORTED`. The call is unsafe and the macro does not
+/// hide it: every use sits in an `unsafe` block with its `SAFETY` comment
+/// (the function pointer itself is valid while `Backend` lives).
 macro_rules! bcall {
     ($backend:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $backend.raw().$f {
-            // SAFETY: the pointer comes from the backend's function list, and
-            // the library stays loaded while `Backend` lives.
-            Some(f) => unsafe { f($($arg),*) },
+            Some(f) => f($($arg),*),
             None => cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED,
         }
     };
@@ -45,6 +47,7 @@ pub struct Backend {
 struct RawList(*const CK_FUNCTION_LIST);
 // SAFETY: the list is a table of function pointers the backend never mutates.
 unsafe impl Send for RawList {}
+// SAFETY: as for `Send`: shared reads of an immutable table.
 unsafe impl Sync for RawList {}
 
 impl Backend {
@@ -55,6 +58,8 @@ impl Backend {
         // returns the same mapping, so both see one backend state.
         let lib = unsafe { libloading::Library::new(path) }
             .map_err(|e| Error::BackendLoad(format!("cannot load {}: {e}", path.display())))?;
+        // SAFETY: C_GetFunctionList has this signature in every PKCS#11
+        // module, and writes one pointer into `list`.
         let raw = unsafe {
             let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
                 lib.get(b"C_GetFunctionList\0").map_err(|e| {
@@ -106,14 +111,16 @@ impl Backend {
 
     pub fn token_info(&self, slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
         let mut info = CK_TOKEN_INFO::default();
-        let rv = bcall!(self, C_GetTokenInfo(slot, &mut info));
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        let rv = unsafe { bcall!(self, C_GetTokenInfo(slot, &mut info)) };
         check("C_GetTokenInfo", rv)?;
         Ok(info)
     }
 
     pub fn slot_info(&self, slot: CK_SLOT_ID) -> Result<CK_SLOT_INFO> {
         let mut info = CK_SLOT_INFO::default();
-        let rv = bcall!(self, C_GetSlotInfo(slot, &mut info));
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        let rv = unsafe { bcall!(self, C_GetSlotInfo(slot, &mut info)) };
         check("C_GetSlotInfo", rv)?;
         Ok(info)
     }
@@ -122,12 +129,14 @@ impl Backend {
         let mut n: CK_ULONG = 0;
         check(
             "C_GetMechanismList",
-            bcall!(self, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n)),
+            // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+            unsafe { bcall!(self, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n)) },
         )?;
         let mut v = vec![0 as CK_MECHANISM_TYPE; n as usize];
         check(
             "C_GetMechanismList",
-            bcall!(self, C_GetMechanismList(slot, v.as_mut_ptr(), &mut n)),
+            // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+            unsafe { bcall!(self, C_GetMechanismList(slot, v.as_mut_ptr(), &mut n)) },
         )?;
         v.truncate(n as usize);
         Ok(v)
@@ -141,7 +150,8 @@ impl Backend {
         let mut info = CK_MECHANISM_INFO::default();
         check(
             "C_GetMechanismInfo",
-            bcall!(self, C_GetMechanismInfo(slot, m, &mut info)),
+            // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+            unsafe { bcall!(self, C_GetMechanismInfo(slot, m, &mut info)) },
         )?;
         Ok(info)
     }

@@ -23,21 +23,25 @@ pub fn encrypt(
     let sh = session.handle();
     check(
         "C_EncryptInit",
-        bcall!(backend, C_EncryptInit(sh, mech, key.handle())),
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        unsafe { bcall!(backend, C_EncryptInit(sh, mech, key.handle())) },
     )?;
     let mut out = vec![0u8; out_cap];
     let mut len = out.len() as CK_ULONG;
     let call = |out: &mut [u8], len: &mut CK_ULONG| {
-        bcall!(
-            backend,
-            C_Encrypt(
-                sh,
-                data.as_ptr() as *mut u8,
-                data.len() as CK_ULONG,
-                out.as_mut_ptr(),
-                len
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        unsafe {
+            bcall!(
+                backend,
+                C_Encrypt(
+                    sh,
+                    data.as_ptr() as *mut u8,
+                    data.len() as CK_ULONG,
+                    out.as_mut_ptr(),
+                    len
+                )
             )
-        )
+        }
     };
     let mut rv = call(&mut out, &mut len);
     // The operation is still active: finish it with the size the backend
@@ -64,21 +68,25 @@ pub fn decrypt(
     let sh = session.handle();
     check(
         "C_DecryptInit",
-        bcall!(backend, C_DecryptInit(sh, mech, key.handle())),
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        unsafe { bcall!(backend, C_DecryptInit(sh, mech, key.handle())) },
     )?;
     let mut buf = SecretBytes::new(data.len());
     let mut len = data.len() as CK_ULONG;
     let call = |buf: &mut SecretBytes, len: &mut CK_ULONG| {
-        bcall!(
-            backend,
-            C_Decrypt(
-                sh,
-                data.as_ptr() as *mut u8,
-                data.len() as CK_ULONG,
-                buf.as_mut_slice().as_mut_ptr(),
-                len
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        unsafe {
+            bcall!(
+                backend,
+                C_Decrypt(
+                    sh,
+                    data.as_ptr() as *mut u8,
+                    data.len() as CK_ULONG,
+                    buf.as_mut_slice().as_mut_ptr(),
+                    len
+                )
             )
-        )
+        }
     };
     let mut rv = call(&mut buf, &mut len);
     // As for encryption: finish the still-active operation.

@@ -69,10 +69,13 @@ impl SessionPool {
         if let Ok(guard) = self.pin.lock() {
             if let Some(pin) = guard.as_ref() {
                 let p = pin.as_slice();
-                let _ = crate::backend::bcall!(
-                    backend,
-                    C_Login(bh, CKU_USER, p.as_ptr() as *mut u8, p.len() as CK_ULONG)
-                );
+                // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+                let _ = unsafe {
+                    crate::backend::bcall!(
+                        backend,
+                        C_Login(bh, CKU_USER, p.as_ptr() as *mut u8, p.len() as CK_ULONG)
+                    )
+                };
             }
         }
     }

@@ -61,20 +61,24 @@ pub fn pss_sign(
     let sh = session.handle();
     crate::backend::check(
         "C_SignInit",
-        bcall!(backend, C_SignInit(sh, &mut mech, private.handle())),
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        unsafe { bcall!(backend, C_SignInit(sh, &mut mech, private.handle())) },
     )?;
     let mut out = vec![0u8; RSA_MAX_BLOCK];
     let mut len = out.len() as CK_ULONG;
-    let rv = bcall!(
-        backend,
-        C_Sign(
-            sh,
-            data.as_ptr() as *mut u8,
-            data.len() as CK_ULONG,
-            out.as_mut_ptr(),
-            &mut len
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        bcall!(
+            backend,
+            C_Sign(
+                sh,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG,
+                out.as_mut_ptr(),
+                &mut len
+            )
         )
-    );
+    };
     crate::backend::check("C_Sign", rv)?;
     out.truncate(len as usize);
     Ok(out)
@@ -94,18 +98,22 @@ pub fn pss_verify(
     let sh = session.handle();
     crate::backend::check(
         "C_VerifyInit",
-        bcall!(backend, C_VerifyInit(sh, &mut mech, public.handle())),
+        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        unsafe { bcall!(backend, C_VerifyInit(sh, &mut mech, public.handle())) },
     )?;
-    let rv = bcall!(
-        backend,
-        C_Verify(
-            sh,
-            data.as_ptr() as *mut u8,
-            data.len() as CK_ULONG,
-            signature.as_ptr() as *mut u8,
-            signature.len() as CK_ULONG
+    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    let rv = unsafe {
+        bcall!(
+            backend,
+            C_Verify(
+                sh,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG,
+                signature.as_ptr() as *mut u8,
+                signature.len() as CK_ULONG
+            )
         )
-    );
+    };
     match rv {
         CKR_OK => Ok(true),
         CKR_SIGNATURE_INVALID | CKR_SIGNATURE_LEN_RANGE => Ok(false),

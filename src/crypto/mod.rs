@@ -6,6 +6,9 @@
 //! operation, and a finished operation refuses further work (an encrypt op must never
 //! reuse its IV).
 
+// Safe code only; one test reads freed-then-wiped capacity.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 #[cfg(feature = "aws-lc")]
 mod awslc;
 mod cbc;

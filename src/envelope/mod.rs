@@ -2,6 +2,8 @@
 //! binds, the key cache, and the service that seals and opens DEK values
 //! with the KEK on the HSM.
 
+#![forbid(unsafe_code)]
+
 pub mod attrs;
 pub mod byok;
 pub mod cache;

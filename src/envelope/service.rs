@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cryptoki::object::ObjectHandle;
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
 
@@ -610,8 +609,7 @@ impl Envelope {
         mech: CK_MECHANISM_TYPE,
         value: &[u8],
     ) -> Result<Vec<u8>> {
-        // SAFETY: `wrapping` is a handle the backend gave this process.
-        let w = unsafe { ObjectHandle::new_from_raw(wrapping) };
+        let w = kek::object_handle(wrapping);
         self.pool.with(backend.pkcs11(), |s| {
             kek::keywrap(backend, &self.temp_gate, s, w, mech, value)
         })
@@ -624,8 +622,7 @@ impl Envelope {
         mech: CK_MECHANISM_TYPE,
         wrapped: &[u8],
     ) -> Result<SecretBytes> {
-        // SAFETY: as above.
-        let w = unsafe { ObjectHandle::new_from_raw(unwrapping) };
+        let w = kek::object_handle(unwrapping);
         self.pool.with(backend.pkcs11(), |s| {
             kek::keyunwrap(backend, &self.temp_gate, s, w, mech, wrapped)
         })

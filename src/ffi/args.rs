@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
+use crate::backend::Mechanism;
 use crate::crypto::CryptoError;
 use crate::error::{rv_name, Error, Result};
 use crate::token::crypt::Out;
@@ -46,13 +47,16 @@ pub fn bad() -> Error {
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null.
 pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
-    if len == 0 {
-        return Ok(&[]);
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if len == 0 {
+            return Ok(&[]);
+        }
+        if p.is_null() {
+            return Err(bad());
+        }
+        Ok(std::slice::from_raw_parts(p, len as usize))
     }
-    if p.is_null() {
-        return Err(bad());
-    }
-    Ok(std::slice::from_raw_parts(p, len as usize))
 }
 
 /// Caller output bytes; a null pointer is only fine with length 0.
@@ -60,23 +64,29 @@ pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
 /// # Safety
 /// `p` must point to `len` writable bytes when non-null.
 pub unsafe fn bytes_mut<'a>(p: *mut u8, len: CK_ULONG) -> Result<&'a mut [u8]> {
-    if len == 0 {
-        return Ok(&mut []);
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if len == 0 {
+            return Ok(&mut []);
+        }
+        if p.is_null() {
+            return Err(bad());
+        }
+        Ok(std::slice::from_raw_parts_mut(p, len as usize))
     }
-    if p.is_null() {
-        return Err(bad());
-    }
-    Ok(std::slice::from_raw_parts_mut(p, len as usize))
 }
 
 /// # Safety
 /// `p` must be null or valid for a write of T.
 pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {
-    if p.is_null() {
-        return Err(bad());
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if p.is_null() {
+            return Err(bad());
+        }
+        p.write(v);
+        Ok(())
     }
-    p.write(v);
-    Ok(())
 }
 
 /// The caller's output buffer (pOut, *pulLen) for a cipher call. Reads the
@@ -85,13 +95,16 @@ pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {
 /// # Safety
 /// `pul` must be valid for reads; `p` valid for `*pul` bytes when non-null.
 pub unsafe fn out_buf<'a>(p: *mut u8, pul: *mut CK_ULONG) -> Result<Out<'a>> {
-    if pul.is_null() {
-        return Err(bad());
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if pul.is_null() {
+            return Err(bad());
+        }
+        if p.is_null() {
+            return Ok(Out::Query);
+        }
+        Ok(Out::Buf(std::slice::from_raw_parts_mut(p, *pul as usize)))
     }
-    if p.is_null() {
-        return Ok(Out::Query);
-    }
-    Ok(Out::Buf(std::slice::from_raw_parts_mut(p, *pul as usize)))
 }
 
 /// Report a cipher call's outcome through *pulLen.
@@ -99,16 +112,19 @@ pub unsafe fn out_buf<'a>(p: *mut u8, pul: *mut CK_ULONG) -> Result<Out<'a>> {
 /// # Safety
 /// `pul` must be valid for writes (checked non-null by `out_buf`).
 pub unsafe fn report_len(r: Result<usize>, pul: *mut CK_ULONG) -> Result<CK_RV> {
-    match r {
-        Ok(n) => {
-            put(pul, n as CK_ULONG)?;
-            Ok(CKR_OK)
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        match r {
+            Ok(n) => {
+                put(pul, n as CK_ULONG)?;
+                Ok(CKR_OK)
+            }
+            Err(Error::Crypto(CryptoError::BufferTooSmall { needed })) => {
+                put(pul, needed as CK_ULONG)?;
+                Ok(CKR_BUFFER_TOO_SMALL)
+            }
+            Err(e) => Err(e),
         }
-        Err(Error::Crypto(CryptoError::BufferTooSmall { needed })) => {
-            put(pul, needed as CK_ULONG)?;
-            Ok(CKR_BUFFER_TOO_SMALL)
-        }
-        Err(e) => Err(e),
     }
 }
 
@@ -117,18 +133,21 @@ pub unsafe fn report_len(r: Result<usize>, pul: *mut CK_ULONG) -> Result<CK_RV> 
 /// # Safety
 /// As `out_buf`.
 pub unsafe fn write_bytes(data: &[u8], p: *mut u8, pul: *mut CK_ULONG) -> Result<CK_RV> {
-    match out_buf(p, pul)? {
-        Out::Query => {}
-        Out::Buf(buf) => {
-            let Some(dst) = buf.get_mut(..data.len()) else {
-                put(pul, data.len() as CK_ULONG)?;
-                return Ok(CKR_BUFFER_TOO_SMALL);
-            };
-            dst.copy_from_slice(data);
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        match out_buf(p, pul)? {
+            Out::Query => {}
+            Out::Buf(buf) => {
+                let Some(dst) = buf.get_mut(..data.len()) else {
+                    put(pul, data.len() as CK_ULONG)?;
+                    return Ok(CKR_BUFFER_TOO_SMALL);
+                };
+                dst.copy_from_slice(data);
+            }
         }
+        put(pul, data.len() as CK_ULONG)?;
+        Ok(CKR_OK)
     }
-    put(pul, data.len() as CK_ULONG)?;
-    Ok(CKR_OK)
 }
 
 /// Copy a list (slot ids, mechanisms) out under the two-call convention.
@@ -136,18 +155,21 @@ pub unsafe fn write_bytes(data: &[u8], p: *mut u8, pul: *mut CK_ULONG) -> Result
 /// # Safety
 /// `pul` valid for reads and writes; `p` valid for `*pul` items when non-null.
 pub unsafe fn write_list<T: Copy>(items: &[T], p: *mut T, pul: *mut CK_ULONG) -> Result<CK_RV> {
-    if pul.is_null() {
-        return Err(bad());
-    }
-    if !p.is_null() {
-        if (*pul as usize) < items.len() {
-            *pul = items.len() as CK_ULONG;
-            return Ok(CKR_BUFFER_TOO_SMALL);
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if pul.is_null() {
+            return Err(bad());
         }
-        std::ptr::copy_nonoverlapping(items.as_ptr(), p, items.len());
+        if !p.is_null() {
+            if (*pul as usize) < items.len() {
+                *pul = items.len() as CK_ULONG;
+                return Ok(CKR_BUFFER_TOO_SMALL);
+            }
+            std::ptr::copy_nonoverlapping(items.as_ptr(), p, items.len());
+        }
+        *pul = items.len() as CK_ULONG;
+        Ok(CKR_OK)
     }
-    *pul = items.len() as CK_ULONG;
-    Ok(CKR_OK)
 }
 
 /// Copy a caller's template. Values may be key material: zeroized on drop.
@@ -155,26 +177,29 @@ pub unsafe fn write_list<T: Copy>(items: &[T], p: *mut T, pul: *mut CK_ULONG) ->
 /// # Safety
 /// `p` must point to `n` attributes whose values are readable.
 pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    if p.is_null() {
-        return Err(bad());
-    }
-    let attrs = std::slice::from_raw_parts(p, n as usize);
-    let mut out = Vec::with_capacity(attrs.len());
-    for a in attrs {
-        if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
-            return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if n == 0 {
+            return Ok(Vec::new());
         }
-        let v = bytes(a.pValue as *const u8, a.ulValueLen)
-            .map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
-        out.push(TemplateAttr {
-            ty: a.type_,
-            value: Zeroizing::new(v.to_vec()),
-        });
+        if p.is_null() {
+            return Err(bad());
+        }
+        let attrs = std::slice::from_raw_parts(p, n as usize);
+        let mut out = Vec::with_capacity(attrs.len());
+        for a in attrs {
+            if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+                return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+            }
+            let v = bytes(a.pValue as *const u8, a.ulValueLen)
+                .map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
+            out.push(TemplateAttr {
+                ty: a.type_,
+                value: Zeroizing::new(v.to_vec()),
+            });
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// The caller's mechanism, checked for null.
@@ -182,5 +207,17 @@ pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template> 
 /// # Safety
 /// `p` must be null or point to a valid CK_MECHANISM.
 pub unsafe fn mechanism<'a>(p: *const CK_MECHANISM) -> Result<&'a CK_MECHANISM> {
-    p.as_ref().ok_or_else(bad)
+    // SAFETY: null is checked by `as_ref`; otherwise valid by the contract.
+    unsafe { p.as_ref() }.ok_or_else(bad)
+}
+
+/// The caller's mechanism as the backend API takes it, parameters
+/// untouched (see `backend::Mechanism`).
+///
+/// # Safety
+/// `p` must be null or point to a valid CK_MECHANISM whose parameters stay
+/// valid for `'a` (the length of the call).
+pub unsafe fn caller_mechanism<'a>(p: *const CK_MECHANISM) -> Result<Mechanism<'a>> {
+    // SAFETY: the contract above is `Mechanism::from_caller`'s.
+    unsafe { mechanism(p).map(|m| Mechanism::from_caller(m)) }
 }

@@ -9,21 +9,31 @@ use crate::backend::bcall;
 use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
 use crate::token::crypt::{self, Input, Out, Part, Step};
+use crate::token::forward::forward_session;
 use zeroize::Zeroizing;
 
+/// # Safety
+/// `p_m` must be null or a valid CK_MECHANISM whose parameters stay valid
+/// for the call.
 unsafe fn init(
     h: CK_SESSION_HANDLE,
     dir: Direction,
     p_m: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<CK_RV> {
-    let m = mechanism(p_m)?;
-    match crypt::init(h, dir, m.mechanism, soft_mode(m), key)? {
-        Step::ForwardInit(md, bs, bkey) => {
-            let rv = match dir {
-                Encrypt => bcall!(md.backend, C_EncryptInit(bs, p_m, bkey)),
-                Decrypt => bcall!(md.backend, C_DecryptInit(bs, p_m, bkey)),
-            };
+    // SAFETY: this function's contract.
+    let m = unsafe { mechanism(p_m)? };
+    // SAFETY: as above; the mode borrows the parameters only for this call.
+    let soft = unsafe { soft_mode(m) };
+    match crypt::init(h, dir, m.mechanism, soft, key)? {
+        Step::ForwardInit(bkey) => {
+            let rv = forward_session(h, |b, bs| match dir {
+                // SAFETY: the caller's mechanism, passed on unchanged to a
+                // function of the backend's own list.
+                Encrypt => unsafe { bcall!(b, C_EncryptInit(bs, p_m, bkey)) },
+                // SAFETY: as above.
+                Decrypt => unsafe { bcall!(b, C_DecryptInit(bs, p_m, bkey)) },
+            })?;
             if rv != CKR_OK {
                 crypt::init_failed(h, dir);
             }
@@ -36,6 +46,10 @@ unsafe fn init(
 /// The caller's input and output. Overlapping buffers (allowed by the spec,
 /// used for in-place encryption) get the input copied out first, so that no
 /// shared and mutable views of the same memory ever coexist.
+///
+/// # Safety
+/// `p_in` must point to `in_len` readable bytes when non-null; `pul` be
+/// null or valid, and `p_out` point to `*pul` writable bytes when non-null.
 unsafe fn caller_buffers<'a>(
     p_in: *mut u8,
     in_len: CK_ULONG,
@@ -45,22 +59,30 @@ unsafe fn caller_buffers<'a>(
     let out_len = if p_out.is_null() || pul.is_null() {
         0
     } else {
-        *pul as usize
+        // SAFETY: non-null, and valid by this function's contract.
+        unsafe { *pul as usize }
     };
     let (a, b) = (p_in as usize, p_out as usize);
     let overlap = in_len > 0
         && out_len > 0
         && a < b.saturating_add(out_len)
         && b < a.saturating_add(in_len as usize);
-    let input = if overlap {
-        Input::Copied(Zeroizing::new(bytes(p_in, in_len)?.to_vec()))
-    } else {
-        Input::Borrowed(bytes(p_in, in_len)?)
-    };
-    Ok((input, out_buf(p_out, pul)?))
+    // SAFETY: this function's contract; with overlapping buffers the input
+    // is copied before the output slice is made.
+    unsafe {
+        let input = if overlap {
+            Input::Copied(Zeroizing::new(bytes(p_in, in_len)?.to_vec()))
+        } else {
+            Input::Borrowed(bytes(p_in, in_len)?)
+        };
+        Ok((input, out_buf(p_out, pul)?))
+    }
 }
 
 /// One data-carrying call: software, or forwarded with the caller's pointers.
+///
+/// # Safety
+/// As `caller_buffers`.
 unsafe fn step(
     h: CK_SESSION_HANDLE,
     dir: Direction,
@@ -70,30 +92,39 @@ unsafe fn step(
     p_out: *mut u8,
     pul: *mut CK_ULONG,
 ) -> Result<CK_RV> {
-    let args = || caller_buffers(p_in, in_len, p_out, pul);
+    // SAFETY: this function's contract is `caller_buffers`'.
+    let args = || unsafe { caller_buffers(p_in, in_len, p_out, pul) };
     match crypt::step(h, dir, part, args) {
-        Ok(Step::Done(n)) => report_len(Ok(n), pul),
-        Ok(Step::Forward(md, bs) | Step::ForwardInit(md, bs, _)) => {
-            let rv = match (dir, part) {
-                (Encrypt, Part::Single) => {
-                    bcall!(md.backend, C_Encrypt(bs, p_in, in_len, p_out, pul))
+        // SAFETY: `pul` was checked non-null by `out_buf` for a software step.
+        Ok(Step::Done(n)) => unsafe { report_len(Ok(n), pul) },
+        Ok(Step::Forward | Step::ForwardInit(_)) => {
+            let rv = forward_session(h, |b, bs| {
+                // SAFETY: the caller's pointers, passed on unchanged to a
+                // function of the backend's own list.
+                unsafe {
+                    match (dir, part) {
+                        (Encrypt, Part::Single) => {
+                            bcall!(b, C_Encrypt(bs, p_in, in_len, p_out, pul))
+                        }
+                        (Encrypt, Part::Update) => {
+                            bcall!(b, C_EncryptUpdate(bs, p_in, in_len, p_out, pul))
+                        }
+                        (Encrypt, Part::Final) => bcall!(b, C_EncryptFinal(bs, p_out, pul)),
+                        (Decrypt, Part::Single) => {
+                            bcall!(b, C_Decrypt(bs, p_in, in_len, p_out, pul))
+                        }
+                        (Decrypt, Part::Update) => {
+                            bcall!(b, C_DecryptUpdate(bs, p_in, in_len, p_out, pul))
+                        }
+                        (Decrypt, Part::Final) => bcall!(b, C_DecryptFinal(bs, p_out, pul)),
+                    }
                 }
-                (Encrypt, Part::Update) => {
-                    bcall!(md.backend, C_EncryptUpdate(bs, p_in, in_len, p_out, pul))
-                }
-                (Encrypt, Part::Final) => bcall!(md.backend, C_EncryptFinal(bs, p_out, pul)),
-                (Decrypt, Part::Single) => {
-                    bcall!(md.backend, C_Decrypt(bs, p_in, in_len, p_out, pul))
-                }
-                (Decrypt, Part::Update) => {
-                    bcall!(md.backend, C_DecryptUpdate(bs, p_in, in_len, p_out, pul))
-                }
-                (Decrypt, Part::Final) => bcall!(md.backend, C_DecryptFinal(bs, p_out, pul)),
-            };
+            })?;
             crypt::forwarded(h, dir, part, rv, p_out.is_null());
             Ok(rv)
         }
-        Err(e) => report_len(Err(e), pul),
+        // SAFETY: as for `Done`; `report_len` checks `pul` for null itself.
+        Err(e) => unsafe { report_len(Err(e), pul) },
     }
 }
 
@@ -103,7 +134,8 @@ pub unsafe extern "C" fn C_EncryptInit(
     p_m: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_EncryptInit", || init(h, Encrypt, p_m, key))
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { guard("C_EncryptInit", || init(h, Encrypt, p_m, key)) }
 }
 
 #[no_mangle]
@@ -114,7 +146,9 @@ pub unsafe extern "C" fn C_Encrypt(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_Encrypt", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_Encrypt", || unsafe {
         step(h, Encrypt, Part::Single, p_in, n, p_out, pul)
     })
 }
@@ -127,7 +161,9 @@ pub unsafe extern "C" fn C_EncryptUpdate(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_EncryptUpdate", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_EncryptUpdate", || unsafe {
         step(h, Encrypt, Part::Update, p_in, n, p_out, pul)
     })
 }
@@ -138,7 +174,9 @@ pub unsafe extern "C" fn C_EncryptFinal(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_EncryptFinal", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_EncryptFinal", || unsafe {
         step(h, Encrypt, Part::Final, std::ptr::null_mut(), 0, p_out, pul)
     })
 }
@@ -149,7 +187,8 @@ pub unsafe extern "C" fn C_DecryptInit(
     p_m: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_DecryptInit", || init(h, Decrypt, p_m, key))
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { guard("C_DecryptInit", || init(h, Decrypt, p_m, key)) }
 }
 
 #[no_mangle]
@@ -160,7 +199,9 @@ pub unsafe extern "C" fn C_Decrypt(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_Decrypt", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_Decrypt", || unsafe {
         step(h, Decrypt, Part::Single, p_in, n, p_out, pul)
     })
 }
@@ -173,7 +214,9 @@ pub unsafe extern "C" fn C_DecryptUpdate(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_DecryptUpdate", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_DecryptUpdate", || unsafe {
         step(h, Decrypt, Part::Update, p_in, n, p_out, pul)
     })
 }
@@ -184,7 +227,9 @@ pub unsafe extern "C" fn C_DecryptFinal(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_DecryptFinal", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_DecryptFinal", || unsafe {
         step(h, Decrypt, Part::Final, std::ptr::null_mut(), 0, p_out, pul)
     })
 }

@@ -5,7 +5,7 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use crate::backend::bcall;
-use crate::token::forward::forward;
+use crate::token::forward::{forward, forward_session};
 use crate::token::object::manage::backend_key;
 use crate::token::session::lookup;
 
@@ -15,8 +15,11 @@ macro_rules! forward_session {
         #[no_mangle]
         pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, $($arg: $ty),*) -> CK_RV {
             guard(stringify!($name), || {
-                let (m, s) = lookup(h)?;
-                Ok(forward(&m, &s, |bs| bcall!(m.backend, $name(bs, $($arg),*))))
+                forward_session(h, |b, bs| {
+                    // SAFETY: the caller's pointers, passed on unchanged to
+                    // a function of the backend's own list.
+                    unsafe { bcall!(b, $name(bs, $($arg),*)) }
+                })
             })
         }
     )*};
@@ -28,10 +31,15 @@ macro_rules! forward_key_init {
         #[no_mangle]
         pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
             guard(stringify!($name), || {
-                mechanism(p_m)?;
+                // SAFETY: null is checked; otherwise the caller's mechanism.
+                unsafe { mechanism(p_m)? };
                 let (m, s) = lookup(h)?;
                 let bkey = backend_key(&m, &s, key)?;
-                Ok(forward(&m, &s, |bs| bcall!(m.backend, $name(bs, p_m, bkey))))
+                Ok(forward(&m, &s, |bs| {
+                    // SAFETY: the caller's mechanism, passed on unchanged to
+                    // a function of the backend's own list.
+                    unsafe { bcall!(m.backend, $name(bs, p_m, bkey)) }
+                }))
             })
         }
     )*};
@@ -65,7 +73,8 @@ pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE
         let (m, s) = lookup(h)?;
         let bkey = backend_key(&m, &s, key)?;
         Ok(forward(&m, &s, |bs| {
-            bcall!(m.backend, C_DigestKey(bs, bkey))
+            // SAFETY: no pointers; a function of the backend's own list.
+            unsafe { bcall!(m.backend, C_DigestKey(bs, bkey)) }
         }))
     })
 }

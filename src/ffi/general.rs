@@ -7,7 +7,9 @@ use crate::token::{general, module};
 
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(p_init_args: *mut std::ffi::c_void) -> CK_RV {
-    guard("C_Initialize", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_Initialize", || unsafe {
         if let Some(args) = (p_init_args as *const CK_C_INITIALIZE_ARGS).as_ref() {
             if !args.pReserved.is_null() {
                 return Err(bad());
@@ -43,7 +45,8 @@ pub unsafe extern "C" fn C_Finalize(p_reserved: *mut std::ffi::c_void) -> CK_RV 
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInfo(p_info: *mut CK_INFO) -> CK_RV {
-    guard("C_GetInfo", || ok(put(p_info, general::info()?)))
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { guard("C_GetInfo", || ok(put(p_info, general::info()?))) }
 }
 
 #[no_mangle]
@@ -53,21 +56,27 @@ pub unsafe extern "C" fn C_GetSlotList(
     pul_count: *mut CK_ULONG,
 ) -> CK_RV {
     // Every slot of ours has its token present.
-    guard("C_GetSlotList", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetSlotList", || unsafe {
         write_list(&general::slot_list()?, p_list, pul_count)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: *mut CK_SLOT_INFO) -> CK_RV {
-    guard("C_GetSlotInfo", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetSlotInfo", || unsafe {
         ok(put(p_info, general::slot_info(slot)?))
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: *mut CK_TOKEN_INFO) -> CK_RV {
-    guard("C_GetTokenInfo", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetTokenInfo", || unsafe {
         ok(put(p_info, general::token_info(slot)?))
     })
 }
@@ -78,7 +87,9 @@ pub unsafe extern "C" fn C_GetMechanismList(
     p_list: *mut CK_MECHANISM_TYPE,
     pul_count: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetMechanismList", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetMechanismList", || unsafe {
         write_list(&general::mechanism_list(slot)?, p_list, pul_count)
     })
 }
@@ -89,7 +100,9 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
     mech: CK_MECHANISM_TYPE,
     p_info: *mut CK_MECHANISM_INFO,
 ) -> CK_RV {
-    guard("C_GetMechanismInfo", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetMechanismInfo", || unsafe {
         ok(put(p_info, general::mechanism_info(slot, mech)?))
     })
 }

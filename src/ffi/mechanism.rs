@@ -28,10 +28,13 @@ fn param_invalid() -> Error {
 /// # Safety
 /// `m.pParameter` must point to `m.ulParameterLen` readable bytes.
 unsafe fn param<T: Copy>(m: &CK_MECHANISM) -> Result<T> {
-    if m.pParameter.is_null() || m.ulParameterLen as usize != size_of::<T>() {
-        return Err(param_invalid());
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if m.pParameter.is_null() || m.ulParameterLen as usize != size_of::<T>() {
+            return Err(param_invalid());
+        }
+        Ok(std::ptr::read_unaligned(m.pParameter as *const T))
     }
-    Ok(std::ptr::read_unaligned(m.pParameter as *const T))
 }
 
 /// The caller's bytes, borrowed: they stay valid for the call (C_EncryptInit)
@@ -40,7 +43,8 @@ unsafe fn param<T: Copy>(m: &CK_MECHANISM) -> Result<T> {
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null, for `'a`.
 unsafe fn param_bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
-    super::args::bytes(p, len).map_err(|_| param_invalid())
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { super::args::bytes(p, len).map_err(|_| param_invalid()) }
 }
 
 /// The software mode for `m`, or CKR_MECHANISM_INVALID if it has none. It
@@ -49,49 +53,47 @@ unsafe fn param_bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
 /// # Safety
 /// `m` must be a valid CK_MECHANISM with parameters readable for `'a`.
 pub unsafe fn soft_mode<'a>(m: &'a CK_MECHANISM) -> Result<Mode<'a>> {
-    match m.mechanism {
-        CKM_AES_GCM => {
-            let (iv, iv_len, aad, aad_len, tag_bits) =
-                if m.ulParameterLen as usize == size_of::<CK_GCM_PARAMS>() {
-                    let p: CK_GCM_PARAMS = param(m)?;
-                    (p.pIv, p.ulIvLen, p.pAAD, p.ulAADLen, p.ulTagBits)
-                } else {
-                    let p: GcmParamsNoIvBits = param(m)?;
-                    (p.p_iv, p.ul_iv_len, p.p_aad, p.ul_aad_len, p.ul_tag_bits)
-                };
-            if iv_len == 0 || iv_len > MAX_GCM_IV || iv.is_null() {
-                return Err(param_invalid());
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        match m.mechanism {
+            CKM_AES_GCM => {
+                let (iv, iv_len, aad, aad_len, tag_bits) =
+                    if m.ulParameterLen as usize == size_of::<CK_GCM_PARAMS>() {
+                        let p: CK_GCM_PARAMS = param(m)?;
+                        (p.pIv, p.ulIvLen, p.pAAD, p.ulAADLen, p.ulTagBits)
+                    } else {
+                        let p: GcmParamsNoIvBits = param(m)?;
+                        (p.p_iv, p.ul_iv_len, p.p_aad, p.ul_aad_len, p.ul_tag_bits)
+                    };
+                if iv_len == 0 || iv_len > MAX_GCM_IV || iv.is_null() {
+                    return Err(param_invalid());
+                }
+                if !(32..=128).contains(&tag_bits) || tag_bits % 8 != 0 {
+                    return Err(param_invalid());
+                }
+                Ok(Mode::Gcm {
+                    iv: param_bytes(iv, iv_len)?,
+                    aad: param_bytes(aad, aad_len)?,
+                    tag_len: (tag_bits / 8) as usize,
+                })
             }
-            if !(32..=128).contains(&tag_bits) || tag_bits % 8 != 0 {
-                return Err(param_invalid());
+            CKM_AES_CBC_PAD => {
+                let iv: [u8; 16] = param(m)?;
+                Ok(Mode::CbcPad { iv })
             }
-            Ok(Mode::Gcm {
-                iv: param_bytes(iv, iv_len)?,
-                aad: param_bytes(aad, aad_len)?,
-                tag_len: (tag_bits / 8) as usize,
-            })
-        }
-        CKM_AES_CBC_PAD => {
-            let iv: [u8; 16] = param(m)?;
-            Ok(Mode::CbcPad { iv })
-        }
-        CKM_AES_CTR => {
-            let p: CK_AES_CTR_PARAMS = param(m)?;
-            if p.ulCounterBits == 0 || p.ulCounterBits > 128 {
-                return Err(param_invalid());
+            CKM_AES_CTR => {
+                let p: CK_AES_CTR_PARAMS = param(m)?;
+                if p.ulCounterBits == 0 || p.ulCounterBits > 128 {
+                    return Err(param_invalid());
+                }
+                Ok(Mode::Ctr {
+                    iv: p.cb,
+                    counter_bits: p.ulCounterBits as usize,
+                })
             }
-            Ok(Mode::Ctr {
-                iv: p.cb,
-                counter_bits: p.ulCounterBits as usize,
-            })
+            _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
         }
-        _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
     }
-}
-
-/// Whether a wrap mechanism carries parameters (our software path takes none).
-pub fn has_params(m: &CK_MECHANISM) -> bool {
-    !m.pParameter.is_null() && m.ulParameterLen > 0
 }
 
 #[cfg(test)]
@@ -119,6 +121,7 @@ mod tests {
             ulTagBits: 96,
         };
         let m = mech(&mut full as *mut _ as *mut _, size_of::<CK_GCM_PARAMS>());
+        // SAFETY: a test mechanism whose parameters live in this frame.
         match unsafe { soft_mode(&m) }.unwrap() {
             Mode::Gcm { iv, aad, tag_len } => {
                 assert_eq!((iv.len(), aad.len(), tag_len), (12, 5, 12))
@@ -136,6 +139,7 @@ mod tests {
             &mut short as *mut _ as *mut _,
             size_of::<GcmParamsNoIvBits>(),
         );
+        // SAFETY: a test mechanism whose parameters live in this frame.
         assert!(unsafe { soft_mode(&m) }.is_ok());
         for (iv_len, tag) in [(0, 128), (12, 24), (12, 136), (12, 100), (300, 128)] {
             let mut p = CK_GCM_PARAMS {
@@ -148,17 +152,20 @@ mod tests {
             };
             let m = mech(&mut p as *mut _ as *mut _, size_of::<CK_GCM_PARAMS>());
             assert_eq!(
+                // SAFETY: a test mechanism whose parameters live in this frame.
                 unsafe { soft_mode(&m) }.unwrap_err().rv(),
                 CKR_MECHANISM_PARAM_INVALID
             );
         }
         let m = mech(&mut full as *mut _ as *mut _, 7);
         assert_eq!(
+            // SAFETY: a test mechanism whose parameters live in this frame.
             unsafe { soft_mode(&m) }.unwrap_err().rv(),
             CKR_MECHANISM_PARAM_INVALID
         );
         let m = mech(std::ptr::null_mut(), size_of::<CK_GCM_PARAMS>());
         assert_eq!(
+            // SAFETY: a test mechanism whose parameters live in this frame.
             unsafe { soft_mode(&m) }.unwrap_err().rv(),
             CKR_MECHANISM_PARAM_INVALID
         );

@@ -215,11 +215,14 @@ static INTERFACES: Interfaces = Interfaces([
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
-    if pp.is_null() {
-        return CKR_ARGUMENTS_BAD;
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        if pp.is_null() {
+            return CKR_ARGUMENTS_BAD;
+        }
+        *pp = &FUNCTIONS_2_40 as *const _ as *mut _;
+        CKR_OK
     }
-    *pp = &FUNCTIONS_2_40 as *const _ as *mut _;
-    CKR_OK
 }
 
 #[no_mangle]
@@ -227,7 +230,9 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     p_list: *mut CK_INTERFACE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    args::guard("C_GetInterfaceList", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    args::guard("C_GetInterfaceList", || unsafe {
         args::write_list(&INTERFACES.0, p_list, pul)
     })
 }
@@ -241,7 +246,9 @@ pub unsafe extern "C" fn C_GetInterface(
     pp: *mut *mut CK_INTERFACE,
     flags: CK_FLAGS,
 ) -> CK_RV {
-    args::guard("C_GetInterface", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    args::guard("C_GetInterface", || unsafe {
         if pp.is_null() {
             return Err(args::bad());
         }
@@ -250,7 +257,7 @@ pub unsafe extern "C" fn C_GetInterface(
         }
         let found = INTERFACES.0.iter().find(|i| {
             // SAFETY: pFunctionList points at a CK_VERSION-led static list.
-            let v = unsafe { *(i.pFunctionList as *const CK_VERSION) };
+            let v = *(i.pFunctionList as *const CK_VERSION);
             let version_ok = version
                 .as_ref()
                 .is_none_or(|w| w.major == v.major && w.minor == v.minor);

@@ -3,9 +3,9 @@
 use cryptoki_sys::*;
 
 use super::args::*;
-use super::mechanism::has_params;
 use crate::backend::bcall;
 use crate::error::{Error, Result};
+use crate::token::forward::forward_session;
 use crate::token::object::dek::Answer;
 use crate::token::object::find;
 use crate::token::object::manage::{self, AttrStep};
@@ -18,7 +18,9 @@ pub unsafe extern "C" fn C_CreateObject(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_CreateObject", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_CreateObject", || unsafe {
         if ph.is_null() {
             return Err(bad());
         }
@@ -35,7 +37,9 @@ pub unsafe extern "C" fn C_CopyObject(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_CopyObject", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_CopyObject", || unsafe {
         if ph.is_null() {
             return Err(bad());
         }
@@ -55,7 +59,9 @@ pub unsafe extern "C" fn C_GetObjectSize(
     oh: CK_OBJECT_HANDLE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetObjectSize", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetObjectSize", || unsafe {
         if pul.is_null() {
             return Err(bad());
         }
@@ -70,7 +76,9 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     p_t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetAttributeValue", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetAttributeValue", || unsafe {
         if p_t.is_null() && n > 0 {
             return Err(bad());
         }
@@ -81,9 +89,11 @@ pub unsafe extern "C" fn C_GetAttributeValue(
         };
         let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
         match manage::get_attributes(h, oh, &types)? {
-            AttrStep::Forward(m, bs, bh) => {
-                Ok(bcall!(m.backend, C_GetAttributeValue(bs, bh, p_t, n)))
-            }
+            AttrStep::Forward(bh) => forward_session(h, |b, bs| {
+                // SAFETY: the caller's template, passed on unchanged to a
+                // function of the backend's own list.
+                bcall!(b, C_GetAttributeValue(bs, bh, p_t, n))
+            }),
             AttrStep::Answers(answers) => fill_attributes(attrs, answers),
         }
     })
@@ -92,46 +102,49 @@ pub unsafe extern "C" fn C_GetAttributeValue(
 /// Write one answer per attribute (the spec requires every attribute to be
 /// processed), then report the most important problem met.
 unsafe fn fill_attributes(attrs: &mut [CK_ATTRIBUTE], answers: Vec<Answer>) -> Result<CK_RV> {
-    let (mut failed, mut sensitive, mut invalid, mut small) = (None, false, false, false);
-    for (a, answer) in attrs.iter_mut().zip(answers) {
-        match answer {
-            Answer::Failed(e) => {
-                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                failed.get_or_insert(e);
-            }
-            Answer::Sensitive => {
-                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                sensitive = true;
-            }
-            Answer::Invalid => {
-                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                invalid = true;
-            }
-            Answer::Value(v) => {
-                if a.pValue.is_null() {
-                    a.ulValueLen = v.len() as CK_ULONG;
-                } else if (a.ulValueLen as usize) < v.len() {
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe {
+        let (mut failed, mut sensitive, mut invalid, mut small) = (None, false, false, false);
+        for (a, answer) in attrs.iter_mut().zip(answers) {
+            match answer {
+                Answer::Failed(e) => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                    small = true;
-                } else {
-                    std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len());
-                    a.ulValueLen = v.len() as CK_ULONG;
+                    failed.get_or_insert(e);
+                }
+                Answer::Sensitive => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    sensitive = true;
+                }
+                Answer::Invalid => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    invalid = true;
+                }
+                Answer::Value(v) => {
+                    if a.pValue.is_null() {
+                        a.ulValueLen = v.len() as CK_ULONG;
+                    } else if (a.ulValueLen as usize) < v.len() {
+                        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                        small = true;
+                    } else {
+                        std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len());
+                        a.ulValueLen = v.len() as CK_ULONG;
+                    }
                 }
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(if sensitive {
+            CKR_ATTRIBUTE_SENSITIVE
+        } else if invalid {
+            CKR_ATTRIBUTE_TYPE_INVALID
+        } else if small {
+            CKR_BUFFER_TOO_SMALL
+        } else {
+            CKR_OK
+        })
     }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    Ok(if sensitive {
-        CKR_ATTRIBUTE_SENSITIVE
-    } else if invalid {
-        CKR_ATTRIBUTE_TYPE_INVALID
-    } else if small {
-        CKR_BUFFER_TOO_SMALL
-    } else {
-        CKR_OK
-    })
 }
 
 #[no_mangle]
@@ -141,7 +154,9 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     p_t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> CK_RV {
-    guard("C_SetAttributeValue", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_SetAttributeValue", || unsafe {
         let t = template(p_t, n)?;
         ok(manage::set_attributes(h, oh, &t))
     })
@@ -153,7 +168,9 @@ pub unsafe extern "C" fn C_FindObjectsInit(
     p_t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> CK_RV {
-    guard("C_FindObjectsInit", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_FindObjectsInit", || unsafe {
         let t = template(p_t, n)?;
         ok(find::init(h, &t))
     })
@@ -166,7 +183,9 @@ pub unsafe extern "C" fn C_FindObjects(
     max: CK_ULONG,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_FindObjects", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_FindObjects", || unsafe {
         if (ph.is_null() && max > 0) || pul.is_null() {
             return Err(bad());
         }
@@ -191,13 +210,15 @@ pub unsafe extern "C" fn C_GenerateKey(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_GenerateKey", || {
-        let m = mechanism(p_m)?;
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GenerateKey", || unsafe {
+        let m = caller_mechanism(p_m)?;
         if ph.is_null() {
             return Err(bad());
         }
         let t = template(p_t, n)?;
-        ok(put(ph, manage::generate_key(h, m, &t)?))
+        ok(put(ph, manage::generate_key(h, &m, &t)?))
     })
 }
 
@@ -212,13 +233,15 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     ph_pub: *mut CK_OBJECT_HANDLE,
     ph_priv: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_GenerateKeyPair", || {
-        let m = mechanism(p_m)?;
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GenerateKeyPair", || unsafe {
+        let m = caller_mechanism(p_m)?;
         if ph_pub.is_null() || ph_priv.is_null() {
             return Err(bad());
         }
         let (pu, pr) = (template(p_pub, n_pub)?, template(p_priv, n_priv)?);
-        let (a, b) = manage::generate_key_pair(h, m, &pu, &pr)?;
+        let (a, b) = manage::generate_key_pair(h, &m, &pu, &pr)?;
         put(ph_pub, a)?;
         ok(put(ph_priv, b))
     })
@@ -233,16 +256,20 @@ pub unsafe extern "C" fn C_WrapKey(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_WrapKey", || {
-        let m = mechanism(p_m)?;
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_WrapKey", || unsafe {
+        let m = caller_mechanism(p_m)?;
         if pul.is_null() {
             return Err(bad());
         }
-        match wrapping::wrap_key(h, m.mechanism, has_params(m), wrapping, key)? {
+        match wrapping::wrap_key(h, m.kind(), m.has_params(), wrapping, key)? {
             WrapStep::Done(data) => write_bytes(&data, p_out, pul),
-            WrapStep::Forward(md, bs, w, k) => {
-                Ok(bcall!(md.backend, C_WrapKey(bs, p_m, w, k, p_out, pul)))
-            }
+            WrapStep::Forward(w, k) => forward_session(h, |b, bs| {
+                // SAFETY: the caller's mechanism and buffers, passed on
+                // unchanged to a function of the backend's own list.
+                bcall!(b, C_WrapKey(bs, p_m, w, k, p_out, pul))
+            }),
         }
     })
 }
@@ -258,8 +285,10 @@ pub unsafe extern "C" fn C_UnwrapKey(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_UnwrapKey", || {
-        let m = mechanism(p_m)?;
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_UnwrapKey", || unsafe {
+        let m = caller_mechanism(p_m)?;
         if ph.is_null() {
             return Err(bad());
         }
@@ -267,7 +296,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
         let t = template(p_t, n)?;
         ok(put(
             ph,
-            wrapping::unwrap_key(h, m, has_params(m), unwrapping, wrapped, &t)?,
+            wrapping::unwrap_key(h, &m, m.has_params(), unwrapping, wrapped, &t)?,
         ))
     })
 }
@@ -281,14 +310,16 @@ pub unsafe extern "C" fn C_DeriveKey(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_DeriveKey", || {
-        let m = mechanism(p_m)?;
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_DeriveKey", || unsafe {
+        let m = caller_mechanism(p_m)?;
         if ph.is_null() {
             // Mechanisms that return no key handle carry handles in their
             // parameters, which are not forwarded (see token::guard).
             return Err(Error::Rv(CKR_MECHANISM_INVALID));
         }
         let t = template(p_t, n)?;
-        ok(put(ph, wrapping::derive_key(h, m, base, &t)?))
+        ok(put(ph, wrapping::derive_key(h, &m, base, &t)?))
     })
 }

@@ -13,7 +13,9 @@ pub unsafe extern "C" fn C_OpenSession(
     _notify: CK_NOTIFY,
     ph: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
-    guard("C_OpenSession", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_OpenSession", || unsafe {
         if ph.is_null() {
             return Err(bad());
         }
@@ -36,7 +38,9 @@ pub unsafe extern "C" fn C_GetSessionInfo(
     h: CK_SESSION_HANDLE,
     p_info: *mut CK_SESSION_INFO,
 ) -> CK_RV {
-    guard("C_GetSessionInfo", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GetSessionInfo", || unsafe {
         if p_info.is_null() {
             return Err(bad());
         }
@@ -51,7 +55,8 @@ pub unsafe extern "C" fn C_Login(
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_Login", || ok(calls::login(h, user, bytes(pin, len)?)))
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { guard("C_Login", || ok(calls::login(h, user, bytes(pin, len)?))) }
 }
 
 #[no_mangle]
@@ -65,7 +70,8 @@ pub unsafe extern "C" fn C_InitPIN(
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_InitPIN", || ok(calls::init_pin(h, bytes(pin, len)?)))
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { guard("C_InitPIN", || ok(calls::init_pin(h, bytes(pin, len)?))) }
 }
 
 #[no_mangle]
@@ -76,7 +82,9 @@ pub unsafe extern "C" fn C_SetPIN(
     new: *mut CK_UTF8CHAR,
     new_len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_SetPIN", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_SetPIN", || unsafe {
         ok(calls::set_pin(
             h,
             bytes(old, old_len)?,
@@ -91,7 +99,9 @@ pub unsafe extern "C" fn C_GenerateRandom(
     p: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_GenerateRandom", || {
+    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+    // length rules are checked in `args` before any is used.
+    guard("C_GenerateRandom", || unsafe {
         ok(calls::generate_random(h, bytes_mut(p, len)?))
     })
 }
@@ -102,5 +112,6 @@ pub unsafe extern "C" fn C_SeedRandom(
     p: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_SeedRandom", || ok(calls::seed_random(h, bytes(p, len)?)))
+    // SAFETY: this function's own contract (its `# Safety` section).
+    unsafe { guard("C_SeedRandom", || ok(calls::seed_random(h, bytes(p, len)?))) }
 }

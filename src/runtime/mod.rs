@@ -9,4 +9,5 @@ pub mod handle_hash;
 pub mod inflight;
 pub mod lifecycle;
 pub mod lock;
+pub mod process;
 pub mod stamped;

@@ -20,6 +20,8 @@
 //!
 //! Nothing here logs row contents.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod deletion;
 pub mod kek;

@@ -40,11 +40,10 @@ pub enum Out<'a> {
 /// What the shim must do next.
 pub enum Step {
     Done(usize),
-    /// Forward the same call to this backend session. The module stays
-    /// counted in (see `module::ModuleRef`) until the shim has done so.
-    Forward(ModuleRef, CK_SESSION_HANDLE),
-    /// Forward an init to this backend session, with the backend's key handle.
-    ForwardInit(ModuleRef, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
+    /// Forward the same call (see `token::forward::forward_session`).
+    Forward,
+    /// Forward an init, with the backend's key handle.
+    ForwardInit(CK_OBJECT_HANDLE),
 }
 
 /// C_EncryptInit / C_DecryptInit. `soft` is the mechanism parsed for the
@@ -102,7 +101,7 @@ fn init_on(
             // Refuses the KEK, and keys of another slot.
             let bkey = crate::token::object::manage::backend_key(&m, s, key)?;
             *op = Op::Backend;
-            Ok(Step::ForwardInit(m, s.backend(), bkey))
+            Ok(Step::ForwardInit(bkey))
         }
     }
 }
@@ -194,7 +193,7 @@ pub fn step<'a>(
 }
 
 fn step_on<'a>(
-    m: ModuleRef,
+    _m: ModuleRef,
     s: &Session,
     dir: Direction,
     part: Part,
@@ -209,7 +208,7 @@ fn step_on<'a>(
                 .err()
                 .unwrap_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)))
         }
-        Op::Backend => return Ok(Step::Forward(m, s.backend())),
+        Op::Backend => return Ok(Step::Forward),
         Op::Soft(c) => c,
     };
     let (input, out) = match args() {

@@ -1,41 +1,54 @@
 //! The one path every forwarded call takes (p11-kit's proxy model): map
 //! the application's session to the backend's, call, and if the backend
 //! lost the session (an HSM reconnect closes them all), open a new one, log
-//! it in again and call once more.
+//! it in again and call once more. The application keeps its session
+//! handle and notices nothing.
 
 use cryptoki_sys::*;
 
-use crate::backend::{bcall, check};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::token::module::Module;
-use crate::token::session::Session;
+use crate::token::session::{lookup, Session};
 
-/// Run a forwarded call on `s`'s backend session. If the backend lost that
-/// session (an HSM reconnect closes them all), open a new one, log it in
-/// again if the user was logged in, and run the call once more: the
-/// application keeps its session handle and notices nothing.
-pub fn forward(m: &Module, s: &Session, call: impl Fn(CK_SESSION_HANDLE) -> CK_RV) -> CK_RV {
-    let rv = call(s.backend());
-    if !matches!(rv, CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
-        return rv;
+/// What a forwarded call returned, and whether it says the backend no
+/// longer knows the session.
+pub trait Outcome {
+    fn session_lost(&self) -> bool;
+}
+
+impl Outcome for CK_RV {
+    fn session_lost(&self) -> bool {
+        matches!(*self, CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED)
+    }
+}
+
+impl<T> Outcome for Result<T> {
+    fn session_lost(&self) -> bool {
+        matches!(self, Err(Error::Backend { rv, .. }) if rv.session_lost())
+    }
+}
+
+/// Run `call` on `s`'s backend session, re-opening it once if it was lost.
+pub fn forward<T: Outcome>(
+    m: &Module,
+    s: &Session,
+    mut call: impl FnMut(CK_SESSION_HANDLE) -> T,
+) -> T {
+    let out = call(s.backend());
+    if !out.session_lost() {
+        return out;
     }
     match reopen(m, s) {
         Ok(bh) => call(bh),
-        Err(_) => rv,
+        Err(_) => out,
     }
 }
 
 fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
     let entry = m.slots.get(s.slot).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
-    let mut bh: CK_SESSION_HANDLE = 0;
     let flags = s.flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
-    check(
-        "C_OpenSession",
-        bcall!(
-            m.backend,
-            C_OpenSession(entry.backend_id, flags, std::ptr::null_mut(), None, &mut bh)
-        ),
-    )?;
+    let bh = m.backend.open_session(entry.backend_id, flags)?;
     if m.is_user(s.slot) {
         if let Ok(env) = m.envelope_for(s.slot) {
             env.login_again(&m.backend, bh);
@@ -47,4 +60,14 @@ fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
         s.handle
     );
     Ok(bh)
+}
+
+/// `forward` for the ffi pass-through, which calls the backend's raw
+/// function list with the application's own pointers.
+pub fn forward_session(
+    h: CK_SESSION_HANDLE,
+    mut call: impl FnMut(&Backend, CK_SESSION_HANDLE) -> CK_RV,
+) -> Result<CK_RV> {
+    let (m, s) = lookup(h)?;
+    Ok(forward(&m, &s, |bs| call(&m.backend, bs)))
 }

@@ -10,8 +10,8 @@
 
 use cryptoki_sys::*;
 
-use crate::backend::bcall;
 use crate::error::{Error, Result};
+use crate::token::forward::forward;
 use crate::token::module::Module;
 use crate::token::object::template::{find_in, Template};
 use crate::token::session::table::Session;
@@ -37,25 +37,12 @@ pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
         return false;
     }
     let want = protected_labels(m);
-    let longest = want.iter().map(|w| w.len()).max().unwrap_or(0);
-    let mut label = vec![0u8; longest];
-    let mut attr = CK_ATTRIBUTE {
-        type_: CKA_LABEL,
-        pValue: label.as_mut_ptr() as *mut _,
-        ulValueLen: label.len() as CK_ULONG,
-    };
-    let ap: *mut CK_ATTRIBUTE = &mut attr;
-    match crate::token::forward::forward(m, s, |bs| {
-        bcall!(m.backend, C_GetAttributeValue(bs, bh, ap, 1))
-    }) {
-        CKR_OK => label
-            .get(..attr.ulValueLen as usize)
-            .is_some_and(|l| want.contains(&l)),
-        // A longer label than any protected one.
-        CKR_BUFFER_TOO_SMALL => false,
+    match forward(m, s, |bs| m.backend.attribute_bytes(bs, bh, CKA_LABEL)) {
+        Ok(label) => want.contains(&label.as_slice()),
         // The call with this handle will fail on its own.
-        CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID => false,
-        _ => true,
+        Err(e) if matches!(e.rv(), CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID) => false,
+        // Unreadable: counts as a KEK (fail closed).
+        Err(_) => true,
     }
 }
 

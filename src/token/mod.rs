@@ -1,6 +1,8 @@
 //! PKCS#11 semantics: slots, sessions, login, objects, attributes and the
 //! dispatch between software DEK operations and the backend.
 
+#![forbid(unsafe_code)]
+
 pub mod crypt;
 pub mod forward;
 pub mod general;

@@ -166,7 +166,7 @@ impl Module {
         for s in self.sessions.all() {
             // Threads may still hold it (see `session_cache`): no key stays in it.
             s.close();
-            let _ = crate::backend::bcall!(self.backend, C_CloseSession(s.backend()));
+            let _ = self.backend.close_session(s.backend());
         }
         if let Some(env) = &self.envelope {
             if let Some(a) = env.audit() {
@@ -241,16 +241,7 @@ impl Module {
                 .objects
                 .backend_on(slot)
                 .into_iter()
-                .filter(|(_, bh)| {
-                    let mut class: CK_OBJECT_CLASS = 0;
-                    let mut a = CK_ATTRIBUTE {
-                        type_: CKA_CLASS,
-                        pValue: &mut class as *mut _ as *mut _,
-                        ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-                    };
-                    crate::backend::bcall!(self.backend, C_GetAttributeValue(bs, *bh, &mut a, 1))
-                        != CKR_OK
-                })
+                .filter(|(_, bh)| self.backend.attribute_ulong(bs, *bh, CKA_CLASS).is_err())
                 .map(|(_, bh)| bh)
                 .collect(),
         };

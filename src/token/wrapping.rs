@@ -4,15 +4,16 @@
 
 use cryptoki_sys::*;
 
-use crate::backend::bcall;
+use crate::backend::Mechanism;
 use crate::error::{Error, Result};
+use crate::token::forward::forward;
 use crate::token::kek_guard::{
     derive_mechanism_has_handles, is_dek_slot, is_kek, is_key_wrap, kek_only_key_wraps,
     refuse_kek_label,
 };
-use crate::token::module::{Module, ModuleRef};
+use crate::token::module::Module;
 use crate::token::object::dek;
-use crate::token::object::manage::{adopt, backend_key, mech_ptr, raw_template, resolve, Target};
+use crate::token::object::manage::{adopt, backend_key, backend_template, resolve, Target};
 use crate::token::object::policy::{self, Origin};
 use crate::token::object::template::{as_bool, find_in, Template};
 use crate::token::session::calls::lookup;
@@ -45,24 +46,14 @@ fn backend_kw_mech(m: &Module, s: &Session, mech: CK_MECHANISM_TYPE) -> Result<C
 
 /// Whether the backend key has CKA_TRUSTED set.
 fn is_trusted(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
-    let mut v: CK_BBOOL = 0;
-    let mut a = CK_ATTRIBUTE {
-        type_: CKA_TRUSTED,
-        pValue: &mut v as *mut _ as *mut _,
-        ulValueLen: 1,
-    };
-    bcall!(m.backend, C_GetAttributeValue(s.backend(), bh, &mut a, 1)) == CKR_OK && v != 0
+    forward(m, s, |bs| m.backend.attribute_bool(bs, bh, CKA_TRUSTED)).unwrap_or(false)
 }
 
 /// What C_WrapKey must do.
 pub enum WrapStep {
     Done(Vec<u8>),
-    Forward(
-        ModuleRef,
-        CK_SESSION_HANDLE,
-        CK_OBJECT_HANDLE,
-        CK_OBJECT_HANDLE,
-    ),
+    /// Forward with these backend handles (wrapping key, key).
+    Forward(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE),
 }
 
 pub fn wrap_key(
@@ -79,7 +70,7 @@ pub fn wrap_key(
     match (wrapping, key) {
         (Target::Backend(w), Target::Backend(k)) => {
             kek_only_key_wraps(&m, &s, w, mech)?;
-            Ok(WrapStep::Forward(m, s.backend(), w, k))
+            Ok(WrapStep::Forward(w, k))
         }
         (Target::Backend(w), Target::Dek(d)) => {
             let st = dek::visible(&m, &s, &d)?;
@@ -121,7 +112,7 @@ pub fn wrap_key(
 /// sensitive key's value.
 pub fn unwrap_key(
     h: CK_SESSION_HANDLE,
-    mech: &CK_MECHANISM,
+    mech: &Mechanism<'_>,
     has_params: bool,
     unwrapping: CK_OBJECT_HANDLE,
     wrapped: &[u8],
@@ -134,8 +125,8 @@ pub fn unwrap_key(
         Target::Backend(b) => b,
         Target::Dek(..) => return Err(Error::Rv(CKR_MECHANISM_INVALID)),
     };
-    kek_only_key_wraps(&m, &s, uw, mech.mechanism)?;
-    let to_dek = is_key_wrap(mech.mechanism) && is_dek_slot(&m, &s) && policy::wants_dek(t, false)?;
+    kek_only_key_wraps(&m, &s, uw, mech.kind())?;
+    let to_dek = is_key_wrap(mech.kind()) && is_dek_slot(&m, &s) && policy::wants_dek(t, false)?;
     if is_kek(&m, &s, uw) {
         let flag = |ty| find_in(t, ty).map(as_bool).transpose();
         // Readable afterwards (not sensitive, extractable): refused.
@@ -146,27 +137,16 @@ pub fn unwrap_key(
     }
     if !to_dek {
         refuse_kek_label(&m, &s, t)?;
-        let mut raw = raw_template(t);
-        let mut bh = 0;
-        let rv = bcall!(
-            m.backend,
-            C_UnwrapKey(
-                s.backend(),
-                mech_ptr(mech),
-                uw,
-                wrapped.as_ptr() as *mut u8,
-                wrapped.len() as CK_ULONG,
-                raw.as_mut_ptr(),
-                raw.len() as CK_ULONG,
-                &mut bh
-            )
-        );
-        return adopt(&m, &s, "C_UnwrapKey", rv, bh);
+        let raw = backend_template(t);
+        let made = forward(&m, &s, |bs| {
+            m.backend.unwrap_key(bs, mech, uw, wrapped, &raw)
+        });
+        return adopt(&m, &s, made);
     }
     if has_params {
         return Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID));
     }
-    let bmech = backend_kw_mech(&m, &s, mech.mechanism)?;
+    let bmech = backend_kw_mech(&m, &s, mech.kind())?;
     let env = m.envelope_for(s.slot)?;
     let value = env.keyunwrap(&m.backend, uw, bmech, wrapped)?;
     if !policy::is_valid_aes_len(value.len()) {
@@ -179,12 +159,12 @@ pub fn unwrap_key(
 /// keys in their parameters (refused: see `guard`).
 pub fn derive_key(
     h: CK_SESSION_HANDLE,
-    mech: &CK_MECHANISM,
+    mech: &Mechanism<'_>,
     base: CK_OBJECT_HANDLE,
     t: &Template,
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
-    if derive_mechanism_has_handles(mech.mechanism) {
+    if derive_mechanism_has_handles(mech.kind()) {
         return Err(Error::Rv(CKR_MECHANISM_INVALID));
     }
     let b = backend_key(&m, &s, base)?;
@@ -192,18 +172,7 @@ pub fn derive_key(
     if find_in(t, CKA_HSME_ON_BACKEND).is_some() {
         return Err(Error::Rv(CKR_ATTRIBUTE_TYPE_INVALID));
     }
-    let mut raw = raw_template(t);
-    let mut bh = 0;
-    let rv = bcall!(
-        m.backend,
-        C_DeriveKey(
-            s.backend(),
-            mech_ptr(mech),
-            b,
-            raw.as_mut_ptr(),
-            raw.len() as CK_ULONG,
-            &mut bh
-        )
-    );
-    adopt(&m, &s, "C_DeriveKey", rv, bh)
+    let raw = backend_template(t);
+    let made = forward(&m, &s, |bs| m.backend.derive_key(bs, mech, b, &raw));
+    adopt(&m, &s, made)
 }

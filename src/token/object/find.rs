@@ -4,10 +4,10 @@
 
 use cryptoki_sys::*;
 
-use crate::backend::{bcall, check};
 use crate::error::{Error, Result};
+use crate::token::forward::forward;
 use crate::token::kek_guard::is_dek_slot;
-use crate::token::object::manage::raw_template;
+use crate::token::object::manage::backend_template;
 use crate::token::object::template::Template;
 use crate::token::session::calls::lookup;
 use crate::token::session::table::Find;
@@ -39,42 +39,11 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
     {
         // No short-lived key copy (made for key wrap) exists while we look.
         let _gate = m.envelope.as_ref().and_then(|e| e.temp_gate.search());
-        let mut raw = raw_template(t);
-        let (rp, rn) = (raw.as_mut_ptr(), raw.len() as CK_ULONG);
-        let rv = crate::token::forward::forward(&m, &s, |bs| {
-            bcall!(m.backend, C_FindObjectsInit(bs, rp, rn))
-        });
-        check("C_FindObjectsInit", rv)?;
-        let mut batch = [0 as CK_OBJECT_HANDLE; 64];
-        loop {
-            let mut n = 0;
-            let rv = bcall!(
-                m.backend,
-                C_FindObjects(
-                    s.backend(),
-                    batch.as_mut_ptr(),
-                    batch.len() as CK_ULONG,
-                    &mut n
-                )
-            );
-            if rv != CKR_OK {
-                let _ = bcall!(m.backend, C_FindObjectsFinal(s.backend()));
-                return Err(Error::Backend {
-                    func: "C_FindObjects",
-                    rv,
-                });
-            }
-            if n == 0 {
-                break;
-            }
-            for bh in batch.iter().take(n as usize) {
-                handles.push(m.objects.intern_backend(s.slot, *bh, None));
-            }
+        let raw = backend_template(t);
+        let found = forward(&m, &s, |bs| m.backend.find(bs, &raw))?;
+        for bh in found {
+            handles.push(m.objects.intern_backend(s.slot, bh, None));
         }
-        check(
-            "C_FindObjectsFinal",
-            bcall!(m.backend, C_FindObjectsFinal(s.backend())),
-        )?;
     }
     s.ops()?.find = Some(Find { handles, pos: 0 });
     Ok(())

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use crate::backend::{bcall, check};
+use crate::backend::{AttrIn, Mechanism};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
+use crate::token::forward::forward;
 use crate::token::kek_guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label};
-use crate::token::module::{Module, ModuleRef};
+use crate::token::module::Module;
 use crate::token::object::dek::{self, Answer};
 use crate::token::object::policy::{self, Origin};
 use crate::token::object::table::{Dek, DekState, Object};
@@ -36,49 +37,23 @@ pub fn resolve(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<Target> {
     }
 }
 
-/// The template as backend attributes (pointing into `t`), without our
-/// vendor attributes.
-pub fn raw_template(t: &Template) -> Vec<CK_ATTRIBUTE> {
+/// The template as backend attributes (borrowing `t`), without our vendor
+/// attributes.
+pub fn backend_template(t: &Template) -> Vec<AttrIn<'_>> {
     t.iter()
         .filter(|a| a.ty != CKA_HSME_ON_BACKEND)
-        .map(|a| CK_ATTRIBUTE {
-            type_: a.ty,
-            pValue: if a.value.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                a.value.as_ptr() as *mut _
-            },
-            ulValueLen: a.value.len() as CK_ULONG,
+        .map(|a| AttrIn {
+            ty: a.ty,
+            value: &a.value,
         })
         .collect()
 }
 
-/// The caller's mechanism as the backend's (non-const) pointer; backends only read it.
-pub fn mech_ptr(m: &CK_MECHANISM) -> *mut CK_MECHANISM {
-    m as *const CK_MECHANISM as *mut CK_MECHANISM
-}
-
 /// Our handle for an object the backend just made through session `s`.
 /// Session objects are tied to `s`, so their handles die with it.
-pub fn adopt(
-    m: &Module,
-    s: &Session,
-    func: &'static str,
-    rv: CK_RV,
-    bh: CK_OBJECT_HANDLE,
-) -> Result<CK_OBJECT_HANDLE> {
-    check(func, rv)?;
-    let mut token: CK_BBOOL = 0;
-    let mut attr = CK_ATTRIBUTE {
-        type_: CKA_TOKEN,
-        pValue: &mut token as *mut _ as *mut _,
-        ulValueLen: 1,
-    };
-    let is_token = bcall!(
-        m.backend,
-        C_GetAttributeValue(s.backend(), bh, &mut attr, 1)
-    ) == CKR_OK
-        && token != 0;
+pub fn adopt(m: &Module, s: &Session, made: Result<CK_OBJECT_HANDLE>) -> Result<CK_OBJECT_HANDLE> {
+    let bh = made?;
+    let is_token = forward(m, s, |bs| m.backend.attribute_bool(bs, bh, CKA_TOKEN)).unwrap_or(false);
     let owner = if is_token { None } else { Some(s.handle) };
     Ok(m.objects.intern_backend(s.slot, bh, owner))
 }
@@ -100,71 +75,39 @@ pub fn create_object(h: CK_SESSION_HANDLE, t: &Template) -> Result<CK_OBJECT_HAN
         return dek::create(&m, &s, t, Origin::Imported, None);
     }
     refuse_kek_label(&m, &s, t)?;
-    let mut raw = raw_template(t);
-    let mut bh = 0;
-    let rv = bcall!(
-        m.backend,
-        C_CreateObject(
-            s.backend(),
-            raw.as_mut_ptr(),
-            raw.len() as CK_ULONG,
-            &mut bh
-        )
-    );
-    adopt(&m, &s, "C_CreateObject", rv, bh)
+    let raw = backend_template(t);
+    let made = forward(&m, &s, |bs| m.backend.create_object(bs, &raw));
+    adopt(&m, &s, made)
 }
 
 pub fn generate_key(
     h: CK_SESSION_HANDLE,
-    mech: &CK_MECHANISM,
+    mech: &Mechanism<'_>,
     t: &Template,
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
-    if mech.mechanism == CKM_AES_KEY_GEN && is_dek_slot(&m, &s) && policy::wants_dek(t, true)? {
+    if mech.kind() == CKM_AES_KEY_GEN && is_dek_slot(&m, &s) && policy::wants_dek(t, true)? {
         return dek::create(&m, &s, t, Origin::Generated, None);
     }
     refuse_kek_label(&m, &s, t)?;
-    let mut raw = raw_template(t);
-    let mut bh = 0;
-    let rv = bcall!(
-        m.backend,
-        C_GenerateKey(
-            s.backend(),
-            mech_ptr(mech),
-            raw.as_mut_ptr(),
-            raw.len() as CK_ULONG,
-            &mut bh
-        )
-    );
-    adopt(&m, &s, "C_GenerateKey", rv, bh)
+    let raw = backend_template(t);
+    let made = forward(&m, &s, |bs| m.backend.generate_key(bs, mech, &raw));
+    adopt(&m, &s, made)
 }
 
 pub fn generate_key_pair(
     h: CK_SESSION_HANDLE,
-    mech: &CK_MECHANISM,
+    mech: &Mechanism<'_>,
     public: &Template,
     private: &Template,
 ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
     let (m, s) = lookup(h)?;
     refuse_kek_label(&m, &s, public)?;
     refuse_kek_label(&m, &s, private)?;
-    let (mut pu, mut pr) = (raw_template(public), raw_template(private));
-    let (mut bpu, mut bpr) = (0, 0);
-    let rv = bcall!(
-        m.backend,
-        C_GenerateKeyPair(
-            s.backend(),
-            mech_ptr(mech),
-            pu.as_mut_ptr(),
-            pu.len() as CK_ULONG,
-            pr.as_mut_ptr(),
-            pr.len() as CK_ULONG,
-            &mut bpu,
-            &mut bpr
-        )
-    );
-    let a = adopt(&m, &s, "C_GenerateKeyPair", rv, bpu)?;
-    Ok((a, adopt(&m, &s, "C_GenerateKeyPair", rv, bpr)?))
+    let (pu, pr) = (backend_template(public), backend_template(private));
+    let (bpu, bpr) = forward(&m, &s, |bs| m.backend.generate_key_pair(bs, mech, &pu, &pr))?;
+    let a = adopt(&m, &s, Ok(bpu))?;
+    Ok((a, adopt(&m, &s, Ok(bpr))?))
 }
 
 pub fn copy_object(
@@ -179,19 +122,9 @@ pub fn copy_object(
         Target::Backend(bh) => {
             refuse_kek(&m, &s, bh)?;
             refuse_kek_label(&m, &s, t)?;
-            let mut raw = raw_template(t);
-            let mut out = 0;
-            let rv = bcall!(
-                m.backend,
-                C_CopyObject(
-                    s.backend(),
-                    bh,
-                    raw.as_mut_ptr(),
-                    raw.len() as CK_ULONG,
-                    &mut out
-                )
-            );
-            adopt(&m, &s, "C_CopyObject", rv, out)
+            let raw = backend_template(t);
+            let made = forward(&m, &s, |bs| m.backend.copy_object(bs, bh, &raw));
+            adopt(&m, &s, made)
         }
     }
 }
@@ -225,10 +158,7 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
         }
         Target::Backend(bh) => {
             refuse_kek(&m, &s, bh)?;
-            check(
-                "C_DestroyObject",
-                bcall!(m.backend, C_DestroyObject(s.backend(), bh)),
-            )?;
+            forward(&m, &s, |bs| m.backend.destroy_object(bs, bh))?;
             m.objects.remove(oh);
             Ok(())
         }
@@ -242,21 +172,14 @@ pub fn object_size(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<CK_ULON
             let st = dek::visible(&m, &s, &d)?;
             Ok((st.record.len() + st.attrs.encode().len()) as CK_ULONG)
         }
-        Target::Backend(bh) => {
-            let mut n = 0;
-            check(
-                "C_GetObjectSize",
-                bcall!(m.backend, C_GetObjectSize(s.backend(), bh, &mut n)),
-            )?;
-            Ok(n)
-        }
+        Target::Backend(bh) => forward(&m, &s, |bs| m.backend.object_size(bs, bh)),
     }
 }
 
 /// What C_GetAttributeValue must do.
 pub enum AttrStep {
-    /// Forward the caller's template to this backend session and object.
-    Forward(ModuleRef, CK_SESSION_HANDLE, CK_OBJECT_HANDLE),
+    /// Forward the caller's template for this backend object.
+    Forward(CK_OBJECT_HANDLE),
     /// One answer per requested type, in order.
     Answers(Vec<Answer>),
 }
@@ -268,7 +191,7 @@ pub fn get_attributes(
 ) -> Result<AttrStep> {
     let (m, s) = lookup(h)?;
     match resolve(&m, &s, oh)? {
-        Target::Backend(bh) => Ok(AttrStep::Forward(m, s.backend(), bh)),
+        Target::Backend(bh) => Ok(AttrStep::Forward(bh)),
         Target::Dek(d) => {
             let st = dek::visible(&m, &s, &d)?;
             Ok(AttrStep::Answers(
@@ -287,14 +210,8 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
         Target::Backend(bh) => {
             refuse_kek(&m, &s, bh)?;
             refuse_kek_label(&m, &s, t)?;
-            let mut raw = raw_template(t);
-            check(
-                "C_SetAttributeValue",
-                bcall!(
-                    m.backend,
-                    C_SetAttributeValue(s.backend(), bh, raw.as_mut_ptr(), raw.len() as CK_ULONG)
-                ),
-            )
+            let raw = backend_template(t);
+            forward(&m, &s, |bs| m.backend.set_attributes(bs, bh, &raw))
         }
         Target::Dek(d) => set_dek_attributes(&m, &s, &d, t),
     }

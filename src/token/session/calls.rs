@@ -2,13 +2,13 @@
 //! session; login is forwarded to the backend and applies to the whole
 //! token, as the spec says.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use crate::backend::bcall;
-use crate::backend::check;
 use crate::error::{Error, Result};
+use crate::runtime::lock::unpoisoned;
+use crate::token::forward::forward;
 use crate::token::module::{self, Module, ModuleRef};
 use crate::token::object::table::Object;
 use crate::token::session::table::Session;
@@ -22,24 +22,13 @@ pub fn open(slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
     }
     // Opening and closing are serialised, so "was this the last session?"
     // has one answer.
-    let _life = m
-        .session_life
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let mut bh: CK_SESSION_HANDLE = 0;
-    let rv = bcall!(
-        m.backend,
-        C_OpenSession(
-            entry.backend_id,
-            flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION),
-            std::ptr::null_mut(),
-            None,
-            &mut bh
-        )
-    );
-    check("C_OpenSession", rv)?;
+    let _life = unpoisoned(m.session_life.lock());
+    let bh = m.backend.open_session(
+        entry.backend_id,
+        flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION),
+    )?;
     m.sessions.add(slot as usize, flags, bh).inspect_err(|_| {
-        let _ = bcall!(m.backend, C_CloseSession(bh));
+        let _ = m.backend.close_session(bh);
     })
 }
 
@@ -62,10 +51,7 @@ pub fn with_session<R>(
 
 pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
     let m = module::get()?;
-    let _life = m
-        .session_life
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let _life = unpoisoned(m.session_life.lock());
     let s = m.sessions.remove(h)?;
     close_one(&m, &s);
     if m.sessions.on_slot(s.slot).is_empty() {
@@ -78,9 +64,8 @@ pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
 /// Close one session: its backend session, and the objects that die with
 /// it (session DEKs, and backend session objects made through it).
 fn close_one(m: &Module, s: &Session) {
-    let rv = bcall!(m.backend, C_CloseSession(s.backend()));
-    if rv != CKR_OK {
-        crate::log_debug!("backend C_CloseSession: 0x{rv:x}");
+    if let Err(e) = m.backend.close_session(s.backend()) {
+        crate::log_debug!("{e}");
     }
     let gone = m.objects.forget(|_, o| match o {
         Object::Dek(d) => d.owner == Some(s.handle),
@@ -98,10 +83,7 @@ fn close_one(m: &Module, s: &Session) {
 pub fn close_all(slot: CK_SLOT_ID) -> Result<()> {
     let m = module::get()?;
     m.slot(slot)?;
-    let _life = m
-        .session_life
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let _life = unpoisoned(m.session_life.lock());
     for s in m.sessions.on_slot(slot as usize) {
         if m.sessions.remove(s.handle).is_ok() {
             close_one(&m, &s);
@@ -113,23 +95,33 @@ pub fn close_all(slot: CK_SLOT_ID) -> Result<()> {
 
 pub fn info(h: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
     let (m, s) = lookup(h)?;
-    let mut info = CK_SESSION_INFO::default();
-    check(
-        "C_GetSessionInfo",
-        bcall!(m.backend, C_GetSessionInfo(s.backend(), &mut info)),
-    )?;
+    let mut info = forward(&m, &s, |bs| m.backend.session_info(bs))?;
     info.slotID = s.slot as CK_SLOT_ID;
     Ok(info)
+}
+
+/// The backend's code in an error from a backend call (CKR_OK for success).
+fn rv_of(r: &Result<()>) -> CK_RV {
+    match r {
+        Ok(()) => CKR_OK,
+        Err(e) => e.rv(),
+    }
 }
 
 pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
     // The PIN goes straight from the caller's buffer to the backend.
-    let rv = bcall!(m.backend, C_Login(s.backend(), user, ptr(pin), len(pin)));
+    let result = forward(&m, &s, |bs| m.backend.login(bs, user, pin));
+    let rv = rv_of(&result);
     // Already logged in (the host may drive the backend itself): the token
     // is logged in all the same, so record it, and still report the code.
     if rv != CKR_USER_ALREADY_LOGGED_IN {
-        check("C_Login", rv)?;
+        if let Err(e) = &result {
+            return Err(Error::Backend {
+                func: "C_Login",
+                rv: e.rv(),
+            });
+        }
     }
     if user != CKU_CONTEXT_SPECIFIC {
         m.logged_in(s.slot, user);
@@ -150,65 +142,41 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()>
         );
     }
     crate::log_info!("login on slot {} as user type {user}", s.slot);
-    check("C_Login", rv)
+    result
 }
 
 pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     let (m, s) = lookup(h)?;
-    let rv = bcall!(m.backend, C_Logout(s.backend()));
+    let result = forward(&m, &s, |bs| m.backend.logout(bs));
     // Whatever the backend says, our cached DEK values go.
     m.logged_out(s.slot, Some(s.backend()));
     if let Ok(env) = m.envelope_for(s.slot) {
-        env.log(crate::audit::Entry::new(crate::audit::Op::Logout, rv));
+        env.log(crate::audit::Entry::new(
+            crate::audit::Op::Logout,
+            rv_of(&result),
+        ));
     }
-    check("C_Logout", rv)?;
+    result?;
     crate::log_info!("logout on slot {}", s.slot);
     Ok(())
 }
 
 pub fn init_pin(h: CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check(
-        "C_InitPIN",
-        bcall!(m.backend, C_InitPIN(s.backend(), ptr(pin), len(pin))),
-    )
+    forward(&m, &s, |bs| m.backend.init_pin(bs, pin))
 }
 
 pub fn set_pin(h: CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check(
-        "C_SetPIN",
-        bcall!(
-            m.backend,
-            C_SetPIN(s.backend(), ptr(old), len(old), ptr(new), len(new))
-        ),
-    )
+    forward(&m, &s, |bs| m.backend.set_pin(bs, old, new))
 }
 
 pub fn generate_random(h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check(
-        "C_GenerateRandom",
-        bcall!(
-            m.backend,
-            C_GenerateRandom(s.backend(), out.as_mut_ptr(), len(out))
-        ),
-    )
+    forward(&m, &s, |bs| m.backend.generate_random(bs, out))
 }
 
 pub fn seed_random(h: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
     let (m, s) = lookup(h)?;
-    check(
-        "C_SeedRandom",
-        bcall!(m.backend, C_SeedRandom(s.backend(), ptr(seed), len(seed))),
-    )
-}
-
-/// Caller bytes as the backend's (non-const) input pointer; it only reads them.
-fn ptr(b: &[u8]) -> *mut u8 {
-    b.as_ptr() as *mut u8
-}
-
-fn len(b: &[u8]) -> CK_ULONG {
-    b.len() as CK_ULONG
+    forward(&m, &s, |bs| m.backend.seed_random(bs, seed))
 }

@@ -1,0 +1,450 @@
+//! Typed, safe calls on the backend for the layers above: sessions, login,
+//! objects, attributes and key management, each with the two-call
+//! convention and pointer handling done here. Only the ffi pass-through
+//! calls the backend's raw function list itself (with the caller's own
+//! pointers).
+
+use std::marker::PhantomData;
+
+use cryptoki_sys::*;
+
+use super::{bcall, check, Backend};
+use crate::error::{Error, Result};
+
+/// One attribute to send to the backend: its type and borrowed value.
+#[derive(Clone, Copy)]
+pub struct AttrIn<'a> {
+    pub ty: CK_ATTRIBUTE_TYPE,
+    pub value: &'a [u8],
+}
+
+/// A mechanism to pass to the backend. Its parameters are either none
+/// (`plain`) or the application's, vouched for by the ffi layer for the
+/// length of the call (`from_caller`); nothing else can make one, so safe
+/// code cannot hand the backend a dangling parameter pointer.
+pub struct Mechanism<'a> {
+    raw: CK_MECHANISM,
+    _params: PhantomData<&'a [u8]>,
+}
+
+impl Mechanism<'static> {
+    /// A mechanism without parameters.
+    pub fn plain(mechanism: CK_MECHANISM_TYPE) -> Self {
+        Mechanism {
+            raw: CK_MECHANISM {
+                mechanism,
+                pParameter: std::ptr::null_mut(),
+                ulParameterLen: 0,
+            },
+            _params: PhantomData,
+        }
+    }
+}
+
+impl<'a> Mechanism<'a> {
+    /// The application's mechanism, parameters untouched.
+    ///
+    /// # Safety
+    /// `m.pParameter` must be null or point to `m.ulParameterLen` bytes that
+    /// stay valid (and, for mechanisms that write back, writable) for `'a`.
+    pub unsafe fn from_caller(m: &'a CK_MECHANISM) -> Self {
+        Mechanism {
+            raw: *m,
+            _params: PhantomData,
+        }
+    }
+
+    pub fn kind(&self) -> CK_MECHANISM_TYPE {
+        self.raw.mechanism
+    }
+
+    pub fn has_params(&self) -> bool {
+        !self.raw.pParameter.is_null() && self.raw.ulParameterLen > 0
+    }
+
+    /// The C structure, for parsing its parameters (reading them is unsafe).
+    pub fn raw(&self) -> &CK_MECHANISM {
+        &self.raw
+    }
+
+    /// For the backend's (non-const) pointer argument; backends only read it.
+    fn ptr(&self) -> *mut CK_MECHANISM {
+        &self.raw as *const CK_MECHANISM as *mut CK_MECHANISM
+    }
+}
+
+/// The template as backend attributes, pointing into `t`.
+fn raw_attrs(t: &[AttrIn<'_>]) -> Vec<CK_ATTRIBUTE> {
+    t.iter()
+        .map(|a| CK_ATTRIBUTE {
+            type_: a.ty,
+            pValue: if a.value.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                a.value.as_ptr() as *mut _
+            },
+            ulValueLen: a.value.len() as CK_ULONG,
+        })
+        .collect()
+}
+
+/// Longest attribute value read through `attribute_bytes`.
+const MAX_ATTRIBUTE_LEN: CK_ULONG = 1 << 20;
+
+/// Objects collected by one `find` at the most (a template matching more
+/// is a caller asking for trouble; the backend keeps them all the same).
+const MAX_FOUND: usize = 1 << 22;
+
+impl Backend {
+    pub fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+        let mut bh: CK_SESSION_HANDLE = 0;
+        // SAFETY: a function of the backend's own list; no callback, and
+        // `bh` outlives the call.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_OpenSession(slot, flags, std::ptr::null_mut(), None, &mut bh)
+            )
+        };
+        check("C_OpenSession", rv)?;
+        Ok(bh)
+    }
+
+    pub fn close_session(&self, bs: CK_SESSION_HANDLE) -> Result<()> {
+        // SAFETY: a function of the backend's own list, no pointers.
+        check("C_CloseSession", unsafe {
+            bcall!(self, C_CloseSession(bs))
+        })
+    }
+
+    pub fn session_info(&self, bs: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
+        let mut info = CK_SESSION_INFO::default();
+        // SAFETY: `info` outlives the call.
+        let rv = unsafe { bcall!(self, C_GetSessionInfo(bs, &mut info)) };
+        check("C_GetSessionInfo", rv)?;
+        Ok(info)
+    }
+
+    pub fn login(&self, bs: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        // SAFETY: the backend only reads `pin.len()` bytes of `pin`.
+        let rv = unsafe { bcall!(self, C_Login(bs, user, in_ptr(pin), len(pin))) };
+        check("C_Login", rv)
+    }
+
+    pub fn logout(&self, bs: CK_SESSION_HANDLE) -> Result<()> {
+        // SAFETY: no pointers.
+        check("C_Logout", unsafe { bcall!(self, C_Logout(bs)) })
+    }
+
+    pub fn init_pin(&self, bs: CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
+        // SAFETY: the backend only reads `pin.len()` bytes of `pin`.
+        let rv = unsafe { bcall!(self, C_InitPIN(bs, in_ptr(pin), len(pin))) };
+        check("C_InitPIN", rv)
+    }
+
+    pub fn set_pin(&self, bs: CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
+        // SAFETY: the backend only reads the two PINs, each for its length.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_SetPIN(bs, in_ptr(old), len(old), in_ptr(new), len(new))
+            )
+        };
+        check("C_SetPIN", rv)
+    }
+
+    pub fn generate_random(&self, bs: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
+        // SAFETY: the backend writes at most `out.len()` bytes into `out`.
+        let rv = unsafe { bcall!(self, C_GenerateRandom(bs, out.as_mut_ptr(), len(out))) };
+        check("C_GenerateRandom", rv)
+    }
+
+    pub fn seed_random(&self, bs: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
+        // SAFETY: the backend only reads `seed`, for its length.
+        let rv = unsafe { bcall!(self, C_SeedRandom(bs, in_ptr(seed), len(seed))) };
+        check("C_SeedRandom", rv)
+    }
+
+    pub fn create_object(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        t: &[AttrIn<'_>],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let mut raw = raw_attrs(t);
+        let mut out = 0;
+        // SAFETY: `raw` points into `t`, both outlive the call.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_CreateObject(bs, raw.as_mut_ptr(), len(&raw), &mut out)
+            )
+        };
+        check("C_CreateObject", rv)?;
+        Ok(out)
+    }
+
+    pub fn copy_object(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        t: &[AttrIn<'_>],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let mut raw = raw_attrs(t);
+        let mut out = 0;
+        // SAFETY: as in `create_object`.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_CopyObject(bs, h, raw.as_mut_ptr(), len(&raw), &mut out)
+            )
+        };
+        check("C_CopyObject", rv)?;
+        Ok(out)
+    }
+
+    pub fn destroy_object(&self, bs: CK_SESSION_HANDLE, h: CK_OBJECT_HANDLE) -> Result<()> {
+        // SAFETY: no pointers.
+        check("C_DestroyObject", unsafe {
+            bcall!(self, C_DestroyObject(bs, h))
+        })
+    }
+
+    pub fn object_size(&self, bs: CK_SESSION_HANDLE, h: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
+        let mut n = 0;
+        // SAFETY: `n` outlives the call.
+        let rv = unsafe { bcall!(self, C_GetObjectSize(bs, h, &mut n)) };
+        check("C_GetObjectSize", rv)?;
+        Ok(n)
+    }
+
+    pub fn set_attributes(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        t: &[AttrIn<'_>],
+    ) -> Result<()> {
+        let mut raw = raw_attrs(t);
+        // SAFETY: as in `create_object`.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_SetAttributeValue(bs, h, raw.as_mut_ptr(), len(&raw))
+            )
+        };
+        check("C_SetAttributeValue", rv)
+    }
+
+    /// One fixed-size attribute into `out`; returns the length the backend
+    /// reported.
+    fn attribute_into(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+        out: &mut [u8],
+    ) -> Result<usize> {
+        let mut a = CK_ATTRIBUTE {
+            type_: ty,
+            pValue: if out.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                out.as_mut_ptr().cast()
+            },
+            ulValueLen: len(out),
+        };
+        // SAFETY: `a` points into `out` with its true length; both outlive
+        // the call.
+        let rv = unsafe { bcall!(self, C_GetAttributeValue(bs, h, &mut a, 1)) };
+        check("C_GetAttributeValue", rv)?;
+        Ok(a.ulValueLen as usize)
+    }
+
+    pub fn attribute_bool(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> Result<bool> {
+        let mut v = [0u8; 1];
+        let n = self.attribute_into(bs, h, ty, &mut v)?;
+        Ok(n == 1 && v[0] != 0)
+    }
+
+    pub fn attribute_ulong(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> Result<CK_ULONG> {
+        let mut v = [0u8; size_of::<CK_ULONG>()];
+        match self.attribute_into(bs, h, ty, &mut v)? {
+            n if n == v.len() => Ok(CK_ULONG::from_ne_bytes(v)),
+            _ => Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+        }
+    }
+
+    /// A variable-length attribute, by the two-call convention (bounded).
+    pub fn attribute_bytes(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> Result<Vec<u8>> {
+        let n = self.attribute_into(bs, h, ty, &mut [])?;
+        if n as CK_ULONG > MAX_ATTRIBUTE_LEN {
+            return Err(Error::Rv(CKR_DEVICE_MEMORY));
+        }
+        let mut v = vec![0u8; n];
+        let got = self.attribute_into(bs, h, ty, &mut v)?;
+        v.truncate(got);
+        Ok(v)
+    }
+
+    pub fn generate_key(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        mech: &Mechanism<'_>,
+        t: &[AttrIn<'_>],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let mut raw = raw_attrs(t);
+        let mut out = 0;
+        // SAFETY: `mech` carries no or caller-vouched parameters (see
+        // `Mechanism`); `raw` points into `t`; all outlive the call.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_GenerateKey(bs, mech.ptr(), raw.as_mut_ptr(), len(&raw), &mut out)
+            )
+        };
+        check("C_GenerateKey", rv)?;
+        Ok(out)
+    }
+
+    pub fn generate_key_pair(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        mech: &Mechanism<'_>,
+        public: &[AttrIn<'_>],
+        private: &[AttrIn<'_>],
+    ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let (mut pu, mut pr) = (raw_attrs(public), raw_attrs(private));
+        let (mut hpu, mut hpr) = (0, 0);
+        // SAFETY: as in `generate_key`, for both templates.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_GenerateKeyPair(
+                    bs,
+                    mech.ptr(),
+                    pu.as_mut_ptr(),
+                    len(&pu),
+                    pr.as_mut_ptr(),
+                    len(&pr),
+                    &mut hpu,
+                    &mut hpr
+                )
+            )
+        };
+        check("C_GenerateKeyPair", rv)?;
+        Ok((hpu, hpr))
+    }
+
+    pub fn unwrap_key(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        mech: &Mechanism<'_>,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        t: &[AttrIn<'_>],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let mut raw = raw_attrs(t);
+        let mut out = 0;
+        // SAFETY: as in `generate_key`; the backend only reads `wrapped`.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_UnwrapKey(
+                    bs,
+                    mech.ptr(),
+                    unwrapping,
+                    in_ptr(wrapped),
+                    len(wrapped),
+                    raw.as_mut_ptr(),
+                    len(&raw),
+                    &mut out
+                )
+            )
+        };
+        check("C_UnwrapKey", rv)?;
+        Ok(out)
+    }
+
+    pub fn derive_key(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        mech: &Mechanism<'_>,
+        base: CK_OBJECT_HANDLE,
+        t: &[AttrIn<'_>],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let mut raw = raw_attrs(t);
+        let mut out = 0;
+        // SAFETY: as in `generate_key`.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_DeriveKey(bs, mech.ptr(), base, raw.as_mut_ptr(), len(&raw), &mut out)
+            )
+        };
+        check("C_DeriveKey", rv)?;
+        Ok(out)
+    }
+
+    /// Every object matching `t` that the session can see (C_FindObjectsInit,
+    /// C_FindObjects in batches, C_FindObjectsFinal).
+    pub fn find(&self, bs: CK_SESSION_HANDLE, t: &[AttrIn<'_>]) -> Result<Vec<CK_OBJECT_HANDLE>> {
+        let mut raw = raw_attrs(t);
+        // SAFETY: `raw` points into `t`; both outlive the search, which
+        // ends in this function.
+        let rv = unsafe { bcall!(self, C_FindObjectsInit(bs, raw.as_mut_ptr(), len(&raw))) };
+        check("C_FindObjectsInit", rv)?;
+        let mut found = Vec::new();
+        let mut batch = [0 as CK_OBJECT_HANDLE; 64];
+        let result = loop {
+            let mut n: CK_ULONG = 0;
+            // SAFETY: the backend writes at most `batch.len()` handles.
+            let rv = unsafe {
+                bcall!(
+                    self,
+                    C_FindObjects(bs, batch.as_mut_ptr(), len(&batch), &mut n)
+                )
+            };
+            if let Err(e) = check("C_FindObjects", rv) {
+                break Err(e);
+            }
+            let Some(got) = batch.get(..n as usize) else {
+                break Err(Error::Rv(CKR_DEVICE_ERROR));
+            };
+            if got.is_empty() {
+                break Ok(());
+            }
+            if found.len() + got.len() > MAX_FOUND {
+                break Err(Error::Rv(CKR_DEVICE_MEMORY));
+            }
+            found.extend_from_slice(got);
+        };
+        // SAFETY: no pointers.
+        let rv = unsafe { bcall!(self, C_FindObjectsFinal(bs)) };
+        result?;
+        check("C_FindObjectsFinal", rv)?;
+        Ok(found)
+    }
+}
+
+/// Caller bytes as the backend's (non-const) input pointer; it only reads them.
+fn in_ptr(b: &[u8]) -> *mut u8 {
+    b.as_ptr() as *mut u8
+}
+
+fn len<T>(b: &[T]) -> CK_ULONG {
+    b.len() as CK_ULONG
+}
