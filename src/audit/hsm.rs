@@ -3,7 +3,8 @@
 //! never leaves the HSM; verifying recomputes the MAC there and compares in
 //! constant time.
 
-use std::sync::{Mutex, PoisonError};
+use crate::runtime::lock::unpoisoned;
+use std::sync::Mutex;
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
@@ -48,7 +49,7 @@ impl HsmMac {
     pub fn from_session(session: Session, label: impl Into<String>) -> HsmMac {
         let session = Mutex::new(session);
         HsmMac::new(label, move |op| {
-            let s = session.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = unpoisoned(session.lock());
             op(&s)
         })
     }

@@ -61,9 +61,10 @@ mod line;
 mod uses;
 mod verify;
 
+use crate::runtime::lock::unpoisoned;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::{CKR_OK, CK_RV};
@@ -385,7 +386,7 @@ impl Audit {
     }
 
     fn append(&self, bodies: &[Body<'_>], ckpt: Checkpoint) {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = unpoisoned(self.state.lock());
         match self.append_locked(&mut st, bodies, ckpt) {
             Ok(false) => {}
             Ok(true) => {

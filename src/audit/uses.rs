@@ -1,9 +1,10 @@
 //! DEK use counters: one atomic add under a shared lock per use, drained
 //! into one `dek_use` line per DEK (and KEK version) per interval.
 
+use crate::runtime::lock::unpoisoned;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 type Key = ([u8; 16], u32);
@@ -50,13 +51,13 @@ impl UseCounts {
     pub(crate) fn add(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32) {
         let key = (*key_id, kek_version);
         {
-            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+            let map = unpoisoned(self.map.read());
             if let Some(slot) = map.get(&key) {
                 slot.count.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = unpoisoned(self.map.write());
         map.entry(key)
             .or_insert_with(|| Slot {
                 label: label.into(),
@@ -91,7 +92,7 @@ impl UseCounts {
     /// Starts a new interval.
     pub(crate) fn take(&self, now_unix: u64) -> (u64, Vec<Used>) {
         let drained = {
-            let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+            let mut map = unpoisoned(self.map.write());
             std::mem::take(&mut *map)
         };
         self.deadline_ms.store(

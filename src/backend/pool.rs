@@ -6,6 +6,7 @@
 //! a new session logs in again with the PIN the application gave C_Login,
 //! kept in locked, zeroized memory until logout.
 
+use crate::runtime::lock::unpoisoned;
 use std::sync::Mutex;
 
 use cryptoki::context::Pkcs11;
@@ -58,7 +59,8 @@ impl SessionPool {
 
     /// Keep the user PIN for logging in again after a reconnect.
     pub fn remember_pin(&self, pin: &[u8]) {
-        if let Ok(mut p) = self.pin.lock() {
+        {
+            let mut p = unpoisoned(self.pin.lock());
             *p = Some(SecretBytes::from_slice(pin));
         }
     }
@@ -66,7 +68,8 @@ impl SessionPool {
     /// Log backend session `bh` in with the remembered PIN, if there is one
     /// (an application session re-opened after a reconnect).
     pub fn login_raw(&self, backend: &crate::backend::Backend, bh: CK_SESSION_HANDLE) {
-        if let Ok(guard) = self.pin.lock() {
+        {
+            let guard = unpoisoned(self.pin.lock());
             if let Some(pin) = guard.as_ref() {
                 let p = pin.as_slice();
                 // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
@@ -81,7 +84,8 @@ impl SessionPool {
     }
 
     pub fn forget_pin(&self) {
-        if let Ok(mut p) = self.pin.lock() {
+        {
+            let mut p = unpoisoned(self.pin.lock());
             *p = None;
         }
     }
@@ -91,7 +95,8 @@ impl SessionPool {
         let s = pkcs11
             .open_rw_session_no_drop(self.slot)
             .map_err(|e| Error::from_cryptoki("C_OpenSession", e))?;
-        if let Ok(guard) = self.pin.lock() {
+        {
+            let guard = unpoisoned(self.pin.lock());
             if let Some(pin) = guard.as_ref() {
                 let raw = RawAuthPin::new(pin.as_slice().to_vec().into());
                 match s.login_with_raw(UserType::User, &raw) {
@@ -110,18 +115,15 @@ impl SessionPool {
     /// Run `f` on an idle (or new) read-write session. A session the backend
     /// no longer knows is dropped rather than returned to the pool.
     pub fn with<T>(&self, pkcs11: &Pkcs11, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let taken = self
-            .idle
-            .lock()
-            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?
-            .pop();
+        let taken = unpoisoned(self.idle.lock()).pop();
         let session = match taken {
             Some(s) => s,
             None => self.open(pkcs11)?,
         };
         let out = f(&session);
         if !matches!(&out, Err(e) if lost(e)) {
-            if let Ok(mut idle) = self.idle.lock() {
+            {
+                let mut idle = unpoisoned(self.idle.lock());
                 idle.push(session);
             }
         }
@@ -134,7 +136,8 @@ impl SessionPool {
         match self.with(pkcs11, &f) {
             Err(e) if lost(&e) => {
                 // Drop every idle session: they died together.
-                if let Ok(mut idle) = self.idle.lock() {
+                {
+                    let mut idle = unpoisoned(self.idle.lock());
                     idle.clear();
                 }
                 self.with(pkcs11, f)
@@ -145,7 +148,8 @@ impl SessionPool {
 
     /// Close every idle session explicitly (C_Finalize path).
     pub fn close_all(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
+        {
+            let mut idle = unpoisoned(self.idle.lock());
             for s in idle.drain(..) {
                 let _ = s.close();
             }

@@ -7,6 +7,7 @@ use crate::audit::Op;
 use crate::backend::import::{self, ImportKeyInfo, Material};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::runtime::lock::unpoisoned;
 
 impl Envelope {
     /// The import key's public half and instructions; `new` (or no key yet)
@@ -53,7 +54,8 @@ impl Envelope {
                 ))
             })?;
             let made = import::import(backend, s, &key, blob, material, label, next)?;
-            if let Ok(mut u) = used.lock() {
+            {
+        let mut u = unpoisoned(used.lock());
                 *u = Some(key);
             }
             Ok(made)

@@ -9,6 +9,7 @@
 //! - an unwrap that raced with a logout, destroy or clear is not cached
 //!   (an epoch counter, bumped by every removal).
 
+use crate::runtime::lock::unpoisoned;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -79,7 +80,8 @@ impl KeyCache {
 
     /// Drop (zeroize) every value unwrapped with `version`.
     pub fn remove_version(&self, version: u32) {
-        if let Ok(mut m) = self.map.write() {
+        {
+            let mut m = unpoisoned(self.map.write());
             self.epoch.fetch_add(1, Ordering::AcqRel);
             m.retain(|_, e| e.kek_version != version);
         }
@@ -96,7 +98,8 @@ impl KeyCache {
         epoch: u64,
     ) -> Result<Arc<PreparedKey>, CryptoError> {
         let key = Arc::new(PreparedKey::new(value)?);
-        if let Ok(mut m) = self.map.write() {
+        {
+            let mut m = unpoisoned(self.map.write());
             if self.epoch.load(Ordering::Acquire) == epoch {
                 m.insert(
                     id,
@@ -112,14 +115,16 @@ impl KeyCache {
     }
 
     pub fn remove(&self, id: &[u8; 16]) {
-        if let Ok(mut m) = self.map.write() {
+        {
+            let mut m = unpoisoned(self.map.write());
             self.epoch.fetch_add(1, Ordering::AcqRel);
             m.remove(id);
         }
     }
 
     pub fn clear(&self) {
-        if let Ok(mut m) = self.map.write() {
+        {
+            let mut m = unpoisoned(self.map.write());
             self.epoch.fetch_add(1, Ordering::AcqRel);
             m.clear();
         }

@@ -6,6 +6,7 @@
 //! working until `hard_ttl` after the last good check, new unwraps fail with
 //! CKR_HSME_HSM_UNAVAILABLE, and service resumes when the HSM is back.
 
+use crate::runtime::lock::unpoisoned;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -54,11 +55,7 @@ impl Envelope {
         if self.cache.fresh() {
             return Ok(());
         }
-        let _one = self
-            .health
-            .checking
-            .lock()
-            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let _one = unpoisoned(self.health.checking.lock());
         if self.cache.fresh() {
             return Ok(());
         }

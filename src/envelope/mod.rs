@@ -4,14 +4,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app_key_wrap;
 pub mod attrs;
 pub mod byok;
 pub mod cache;
 pub mod deletion;
 pub mod health;
+pub mod instance;
+pub mod kek_handles;
 pub mod record;
 pub mod rewrap;
 pub mod service;
+pub mod settings;
 pub mod versions;
 
-pub use service::Envelope;
+pub use service::{DekRef, Envelope};

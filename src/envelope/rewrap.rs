@@ -14,6 +14,7 @@
 //!   used as it is. Every batch re-checks the token keys, so revoking a
 //!   version stops the job at its next batch.
 
+use crate::runtime::lock::unpoisoned;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -75,7 +76,7 @@ impl<'a> RewrapJob<'a> {
 
     /// The key the job uses for `version`, made on first use.
     fn key(&self, version: u32) -> Result<KekKey> {
-        let mut keys = self.keys.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let mut keys = unpoisoned(self.keys.lock());
         if let Some((_, used)) = keys.get(&version) {
             return Ok(*used);
         }

@@ -4,6 +4,7 @@
 //! version nothing needs any more. Data is never re-encrypted: only the
 //! wrapped DEK records change.
 
+use crate::runtime::lock::unpoisoned;
 use std::time::Instant;
 
 use cryptoki::object::ObjectHandle;
@@ -26,7 +27,7 @@ impl Envelope {
     /// from the store. Registers version 1 on first use, and rotates when
     /// the policy says the primary is too old.
     pub fn primary(&self, backend: &Backend) -> Result<u32> {
-        if let Some(v) = *self.view.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))? {
+        if let Some(v) = *unpoisoned(self.view.read()) {
             if v.loaded.elapsed() < self.settings.refresh {
                 return Ok(v.primary);
             }
@@ -48,7 +49,8 @@ impl Envelope {
                 }
             }
         }
-        if let Ok(mut w) = self.view.write() {
+        {
+            let mut w = unpoisoned(self.view.write());
             *w = Some(View {
                 primary,
                 loaded: Instant::now(),
@@ -59,7 +61,8 @@ impl Envelope {
 
     /// Forget the view of versions (the next seal reads the store).
     pub fn refresh_now(&self) {
-        if let Ok(mut w) = self.view.write() {
+        {
+            let mut w = unpoisoned(self.view.write());
             *w = None;
         }
     }

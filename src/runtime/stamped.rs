@@ -10,7 +10,9 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LockResult, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::lock::unpoisoned;
 
 pub struct Stamped<T> {
     lock: RwLock<T>,
@@ -25,18 +27,18 @@ impl<T> Stamped<T> {
         }
     }
 
-    pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
-        self.lock.read()
+    pub fn read(&self) -> RwLockReadGuard<'_, T> {
+        unpoisoned(self.lock.read())
     }
 
     /// Write access; the stamp changes when the guard is dropped, while the
     /// lock is still held, so a stamp read under the read lock always
     /// belongs to the value read with it.
-    pub fn write(&self) -> Result<StampedWriteGuard<'_, T>, PoisonError<RwLockWriteGuard<'_, T>>> {
-        Ok(StampedWriteGuard {
-            guard: self.lock.write()?,
+    pub fn write(&self) -> StampedWriteGuard<'_, T> {
+        StampedWriteGuard {
+            guard: unpoisoned(self.lock.write()),
             stamp: &self.stamp,
-        })
+        }
     }
 
     /// The current stamp. Read it under the read lock to pair it with the
@@ -84,12 +86,12 @@ mod tests {
     fn writes_and_invalidation_change_the_stamp() {
         let s = Stamped::new(1);
         let a = s.stamp();
-        assert_eq!(*s.read().unwrap(), 1);
+        assert_eq!(*s.read(), 1);
         assert_eq!(s.stamp(), a, "reading changes nothing");
-        *s.write().unwrap() = 2;
+        *s.write() = 2;
         let b = s.stamp();
         assert_ne!(a, b);
-        drop(s.write().unwrap());
+        drop(s.write());
         let c = s.stamp();
         assert_ne!(
             b, c,
@@ -97,6 +99,6 @@ mod tests {
         );
         s.invalidate();
         assert_ne!(c, s.stamp());
-        assert_eq!(*s.read().unwrap(), 2);
+        assert_eq!(*s.read(), 2);
     }
 }

@@ -125,7 +125,7 @@ fn check_and_fetch<'m>(
     soft: Result<Mode<'m>>,
 ) -> Result<(RememberedKey, Mode<'m>)> {
     // Checked under the read lock: no copy of the key's state.
-    let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    let st = d.state.read();
     // Under the read lock, so it belongs to the state checked below.
     let stamp = d.state.stamp();
     let private = st.attrs.flag(CKA_PRIVATE);
@@ -147,14 +147,7 @@ fn check_and_fetch<'m>(
     let env = m.envelope_for(d.slot)?;
     // Before the lookup: a removal from the cache after this is noticed.
     let epoch = env.cache.epoch();
-    let key = env.value(
-        &m.backend,
-        &d.id,
-        &st.attrs,
-        &st.record,
-        &st.binding,
-        d.is_token().then_some(st.generation),
-    )?;
+    let key = env.value(&m.backend, d.key_ref(&st))?;
     let label = st.attrs.label().to_vec();
     let kek_version = crate::envelope::Envelope::record_version(&st.record).unwrap_or(0);
     drop(st);

@@ -246,13 +246,7 @@ impl Module {
                 .collect(),
         };
         self.objects.forget(|_, o| match o {
-            Object::Dek(d) => {
-                d.slot == slot
-                    && d.state
-                        .read()
-                        .map(|st| st.attrs.flag(CKA_PRIVATE))
-                        .unwrap_or(true)
-            }
+            Object::Dek(d) => d.slot == slot && d.state.read().attrs.flag(CKA_PRIVATE),
             Object::Backend {
                 slot: s, handle, ..
             } => *s == slot && backend_gone.contains(handle),

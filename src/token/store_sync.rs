@@ -32,7 +32,7 @@ pub fn sync_token_deks(m: &Module) -> Result<()> {
     let mut known: HashMap<[u8; 16], (cryptoki_sys::CK_OBJECT_HANDLE, i64)> = HashMap::new();
     for (h, d) in m.objects.deks() {
         if d.is_token() {
-            let gen = d.state.read().map(|s| s.generation).unwrap_or(-1);
+            let gen = d.state.read().generation;
             known.insert(d.id, (h, gen));
         }
     }

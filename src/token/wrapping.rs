@@ -85,14 +85,7 @@ pub fn wrap_key(
             }
             let bmech = backend_kw_mech(&m, &s, mech)?;
             let env = m.envelope_for(d.slot)?;
-            let value = env.value(
-                &m.backend,
-                &d.id,
-                &st.attrs,
-                &st.record,
-                &st.binding,
-                d.is_token().then_some(st.generation),
-            )?;
+            let value = env.value(&m.backend, d.key_ref(&st))?;
             drop(st);
             Ok(WrapStep::Done(env.keywrap(
                 &m.backend,

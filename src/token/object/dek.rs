@@ -21,7 +21,7 @@ use crate::vendor::CKA_HSME_KEK_VERSION;
 /// The DEK's state, read-locked, if the session may see it: same slot, and
 /// private DEKs only while the normal user is logged in.
 pub fn visible<'a>(m: &Module, s: &Session, d: &'a Dek) -> Result<RwLockReadGuard<'a, DekState>> {
-    let st = d.state.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    let st = d.state.read();
     if d.slot != s.slot || (st.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot)) {
         return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
     }
@@ -153,16 +153,9 @@ pub fn attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) -> A
         if st.attrs.flag(CKA_SENSITIVE) || !st.attrs.flag(CKA_EXTRACTABLE) {
             return Answer::Sensitive;
         }
-        let value = m.envelope_for(d.slot).and_then(|env| {
-            env.value(
-                &m.backend,
-                &d.id,
-                &st.attrs,
-                &st.record,
-                &st.binding,
-                d.is_token().then_some(st.generation),
-            )
-        });
+        let value = m
+            .envelope_for(d.slot)
+            .and_then(|env| env.value(&m.backend, d.key_ref(st)));
         return match value {
             Ok(v) => Answer::Value(Zeroizing::new(v.value().to_vec())),
             Err(e) => Answer::Failed(e),

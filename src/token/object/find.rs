@@ -23,7 +23,7 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
         crate::token::store_sync::sync_token_deks(&m)?;
         let user = m.is_user(s.slot);
         for (oh, d) in m.objects.deks() {
-            let Ok(st) = d.state.read() else { continue };
+            let st = d.state.read();
             if d.slot == s.slot
                 && (user || !st.attrs.flag(CKA_PRIVATE))
                 && crate::token::object::template::matches(&st.attrs, t)

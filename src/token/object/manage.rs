@@ -223,7 +223,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
     if d.is_token() && !s.is_rw() {
         return Err(Error::Rv(CKR_SESSION_READ_ONLY));
     }
-    let mut w = d.state.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+    let mut w = d.state.write();
     if w.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot) {
         return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
     }
@@ -231,14 +231,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
     let env = m.envelope_for(d.slot)?;
     // Bound attributes changed: the record must be sealed again.
     let resealed = if new.bound_encoding() != w.attrs.bound_encoding() {
-        let value = env.value(
-            &m.backend,
-            &d.id,
-            &w.attrs,
-            &w.record,
-            &w.binding,
-            d.is_token().then_some(w.generation),
-        )?;
+        let value = env.value(&m.backend, d.key_ref(&w))?;
         Some(env.seal(&m.backend, &d.id, &new, value.value())?)
     } else {
         None

@@ -1,11 +1,13 @@
 //! Object handles. Our handles are stable across sessions and never reused
 //! in a process: DEKs and backend objects share one counter.
 
+use crate::runtime::lock::unpoisoned;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cryptoki_sys::*;
 
+use crate::envelope::DekRef;
 use crate::error::{Error, Result};
 use crate::runtime::handle_hash::HandleMap;
 use crate::runtime::stamped::Stamped;
@@ -50,11 +52,19 @@ impl DekState {
 
 impl Dek {
     pub fn snapshot(&self) -> Result<DekState> {
-        self.state
-            .read()
-            .map(|s| s.clone())
-            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
+        Ok(self.state.read().clone())
     }
+    /// The DEK as the envelope service takes it, in state `st`.
+    pub fn key_ref<'a>(&'a self, st: &'a DekState) -> DekRef<'a> {
+        DekRef {
+            id: &self.id,
+            attrs: &st.attrs,
+            record: &st.record,
+            binding: &st.binding,
+            row_generation: self.is_token().then_some(st.generation),
+        }
+    }
+
     pub fn is_token(&self) -> bool {
         self.owner.is_none()
     }
@@ -99,7 +109,7 @@ impl Objects {
     }
 
     pub fn get(&self, h: CK_OBJECT_HANDLE) -> Result<Object> {
-        let m = self.maps.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let m = unpoisoned(self.maps.read());
         m.by_handle
             .get(&h)
             .cloned()

@@ -193,7 +193,7 @@ mod tests {
         let cache = KeyCache::default();
         let d = dek();
         let r = remember(&d, &cache, false);
-        drop(d.state.write().unwrap());
+        drop(d.state.write());
         assert!(!r.still_holds(H, MECH, || true, &cache));
     }
 

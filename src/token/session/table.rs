@@ -2,6 +2,7 @@
 //! state of its own operations. The state sits behind a per-session mutex,
 //! so threads using different sessions never contend.
 
+use crate::runtime::lock::unpoisoned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -113,7 +114,7 @@ pub struct Session {
 
 impl Session {
     pub fn ops(&self) -> Result<MutexGuard<'_, Ops>> {
-        self.ops.lock().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))
+        Ok(unpoisoned(self.ops.lock()))
     }
 
     pub fn backend(&self) -> CK_SESSION_HANDLE {
@@ -133,10 +134,7 @@ impl Session {
     /// session itself alive for a while.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let mut ops = self
-            .ops
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ops = unpoisoned(self.ops.lock());
         ops.drop_soft();
         ops.find = None;
     }
@@ -176,15 +174,12 @@ impl Sessions {
             closed: AtomicBool::new(false),
             ops: Mutex::new(Ops::new()),
         };
-        self.map
-            .write()
-            .map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?
-            .insert(handle, Arc::new(s));
+        unpoisoned(self.map.write()).insert(handle, Arc::new(s));
         Ok(handle)
     }
 
     pub fn get(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
-        let m = self.map.read().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let m = unpoisoned(self.map.read());
         m.get(&h)
             .cloned()
             .ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))
@@ -192,7 +187,7 @@ impl Sessions {
 
     /// Take the session out of the table and close it (see `Session::close`).
     pub fn remove(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
-        let mut m = self.map.write().map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let mut m = unpoisoned(self.map.write());
         let s = m.remove(&h).ok_or(Error::Rv(CKR_SESSION_HANDLE_INVALID))?;
         drop(m);
         s.close();

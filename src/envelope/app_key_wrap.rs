@@ -1,0 +1,43 @@
+//! Key wrap and unwrap of DEK values with the application's own backend
+//! keys (C_WrapKey / C_UnwrapKey), and random bytes from the HSM.
+
+use cryptoki_sys::*;
+
+use super::service::Envelope;
+use crate::backend::{kek, Backend};
+use crate::error::Result;
+use crate::secret::SecretBytes;
+
+impl Envelope {
+    pub fn random(&self, backend: &Backend, out: &mut [u8]) -> Result<()> {
+        self.pool.with(backend.pkcs11(), |s| kek::random(s, out))
+    }
+
+    /// Wrap `value` with the backend key `wrapping` (any AES key the
+    /// caller may use, the KEK included) using an AES key-wrap mechanism.
+    pub fn keywrap(
+        &self,
+        backend: &Backend,
+        wrapping: CK_OBJECT_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        value: &[u8],
+    ) -> Result<Vec<u8>> {
+        let w = kek::object_handle(wrapping);
+        self.pool.with(backend.pkcs11(), |s| {
+            kek::keywrap(backend, &self.temp_gate, s, w, mech, value)
+        })
+    }
+
+    pub fn keyunwrap(
+        &self,
+        backend: &Backend,
+        unwrapping: CK_OBJECT_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        wrapped: &[u8],
+    ) -> Result<SecretBytes> {
+        let w = kek::object_handle(unwrapping);
+        self.pool.with(backend.pkcs11(), |s| {
+            kek::keyunwrap(backend, &self.temp_gate, s, w, mech, wrapped)
+        })
+    }
+}

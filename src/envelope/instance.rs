@@ -1,0 +1,177 @@
+//! The envelope service's parts (settings, pooled backend sessions, key
+//! cache, store, audit log, health) and the plumbing around them. Sealing,
+//! opening and the value lookup are in `service`; KEK handles in
+//! `kek_handles`; key wrap with application keys in `app_key_wrap`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU8;
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use cryptoki::slot::Slot;
+use cryptoki_sys::*;
+
+use super::cache::KeyCache;
+use super::settings::Settings;
+use crate::backend::kek::{self, KekKey};
+use crate::backend::pool::SessionPool;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::hex::encode as hex;
+use crate::runtime::lock::unpoisoned;
+use crate::store::Store;
+
+/// This process's view of the KEK versions.
+#[derive(Clone, Copy)]
+pub(super) struct View {
+    pub primary: u32,
+    pub loaded: Instant,
+}
+
+pub struct Envelope {
+    pub(super) settings: Settings,
+    pub(super) pool: SessionPool,
+    /// Backend handles of KEK versions, found once per login.
+    pub(super) handles: Mutex<HashMap<u32, KekKey>>,
+    /// The OAEP hash this backend takes (a `WrapAlg` byte; 0: not known
+    /// yet), found by the first seal under an RSA KEK.
+    pub(super) oaep: AtomicU8,
+    pub(super) view: RwLock<Option<View>>,
+    /// Opened on first use, in the process that uses it (never across fork).
+    pub(super) store: Mutex<Option<Store>>,
+    pub cache: KeyCache,
+    /// See `kek::TempGate`.
+    pub temp_gate: kek::TempGate,
+    /// Revocation and outage state (see `health`).
+    pub(super) health: super::health::Health,
+    /// The tamper-evident audit log, when configured.
+    pub(super) audit: std::sync::OnceLock<crate::audit::Audit>,
+    /// Who this process is, for leases in the store.
+    pub(super) holder: String,
+}
+
+impl Envelope {
+    pub fn new(settings: Settings, slot: Slot) -> Self {
+        let mut tag = [0u8; 4];
+        let _ = getrandom::fill(&mut tag);
+        Envelope {
+            settings,
+            pool: SessionPool::new(slot),
+            handles: Mutex::new(HashMap::new()),
+            oaep: AtomicU8::new(0),
+            view: RwLock::new(None),
+            store: Mutex::new(None),
+            cache: KeyCache::default(),
+            temp_gate: kek::TempGate::default(),
+            health: super::health::Health::default(),
+            audit: std::sync::OnceLock::new(),
+            holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
+        }
+    }
+
+    fn pool_slot(&self) -> Slot {
+        self.pool.slot()
+    }
+
+    /// Attach the audit log (once, after start-up).
+    pub fn attach_audit(&self, audit: crate::audit::Audit) {
+        let _ = self.audit.set(audit);
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::Audit> {
+        self.audit.get()
+    }
+
+    /// Write one audit line, if there is an audit log.
+    pub fn log(&self, e: crate::audit::Entry<'_>) {
+        if let Some(a) = self.audit.get() {
+            a.record(e);
+        }
+    }
+
+    /// Open the audit log named by the configuration, its checkpoints
+    /// authenticated by the HMAC key on the token (a session of its own per
+    /// checkpoint: checkpoints are rare, and never re-enter the pool).
+    pub fn open_audit(&self, config: &crate::config::Config, backend: &Backend) -> Result<()> {
+        let pkcs11 = backend.pkcs11().clone();
+        let slot = self.pool_slot();
+        let signer = crate::audit::hsm::HsmMac::new(config.audit_hmac_label.clone(), move |op| {
+            let s = pkcs11
+                .open_rw_session(slot)
+                .map_err(|e| Error::from_cryptoki("C_OpenSession", e))?;
+            op(&s)
+        });
+        if let Some(a) = crate::audit::Audit::from_config(config, Some(Box::new(signer)))? {
+            self.attach_audit(a);
+        }
+        Ok(())
+    }
+
+    pub fn kek_label(&self) -> &str {
+        &self.settings.kek_label
+    }
+
+    /// Run `f` with the store, opening it on first use.
+    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let mut guard = unpoisoned(self.store.lock());
+        if guard.is_none() {
+            let store = Store::open(&self.settings.store_path)?;
+            super::deletion::apply_purge_protection(&store, self.settings.purge_protection)?;
+            *guard = Some(store);
+        }
+        match guard.as_ref() {
+            Some(s) => f(s),
+            None => Err(Error::Rv(CKR_GENERAL_ERROR)),
+        }
+    }
+
+    /// Run `f` with a pooled backend session.
+    pub fn with_session<T>(
+        &self,
+        backend: &Backend,
+        f: impl FnOnce(&cryptoki::session::Session) -> Result<T>,
+    ) -> Result<T> {
+        self.pool.with(backend.pkcs11(), f)
+    }
+
+    /// As `with_session`, retried once on a new session if the first was lost
+    /// (an HSM reconnect kills every pooled session at once).
+    pub fn with_session_retry<T>(
+        &self,
+        backend: &Backend,
+        f: impl Fn(&cryptoki::session::Session) -> Result<T>,
+    ) -> Result<T> {
+        self.pool.with_retry(backend.pkcs11(), f)
+    }
+
+    /// The user logged in: keep the PIN (locked, zeroized) to log in again
+    /// after the HSM comes back from an outage.
+    pub fn remember_pin(&self, pin: &[u8]) {
+        self.pool.remember_pin(pin);
+    }
+
+    /// Log a re-opened application backend session in again (see `pool`).
+    pub fn login_again(&self, backend: &Backend, bh: CK_SESSION_HANDLE) {
+        self.pool.login_raw(backend, bh);
+    }
+
+    /// Called when the login ends: KEK handles, the PIN and every cached
+    /// value go.
+    pub fn on_logout(&self) {
+        self.forget_keks();
+        self.pool.forget_pin();
+        self.cache.clear();
+    }
+
+    /// The application's last session closed: the pooled backend sessions
+    /// go too, so the backend logs out as the spec says it must.
+    pub fn close_sessions(&self) {
+        self.pool.close_all();
+        self.on_logout();
+    }
+
+    pub fn close(&self) {
+        self.pool.close_all();
+        self.cache.clear();
+    }
+}
