@@ -111,10 +111,6 @@ pub type Res<T> = Result<T, String>;
 /// User PIN of the token new-token.sh makes (a fixed test value).
 pub const PIN: &str = "1234";
 const TOKEN_LABEL: &str = "hsm-envelope";
-const SOFTHSM_CANDIDATES: &[&str] = &[
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-];
 
 /// Implementation names for `--only`.
 const IMPLS: &[&str] = &["aws-lc", "aes-gcm", "ours", "softhsm"];
@@ -136,8 +132,8 @@ usage: bash scripts/bench.sh [FLAGS]
   --sizes LIST       message sizes, e.g. 64,1K,4K,64K,1M (the default)
   --chunk BYTES      bytes per C_EncryptUpdate in multi-part mode (default 16K)
   --module PATH      our module (default target/release/libhsm_envelope.so)
-  --softhsm PATH     SoftHSM2 (default $SOFTHSM2_MODULE, else /usr/lib/softhsm/libsofthsm2.so
-                     or /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so)
+  --softhsm PATH     SoftHSM2 (default $SOFTHSM2_MODULE, else the first that exists of
+                     SOFTHSM2_CANDIDATES in src/config.rs)
   --find-count N     keys for the C_FindObjects section (default 10000)
   --find-session     make those DEKs session DEKs instead of token DEKs (SQLite store)
   --latency-us US    per-backend-call latency of the computed network-HSM scenario (500)
@@ -911,25 +907,7 @@ fn softhsm_path(flag: Option<&Path>) -> Res<PathBuf> {
             Err(format!("--softhsm {}: no such file", p.display()))
         };
     }
-    if let Some(p) = std::env::var_os("SOFTHSM2_MODULE").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("SOFTHSM2_MODULE={}: no such file", p.display()))
-        };
-    }
-    SOFTHSM_CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "SoftHSM2 (libsofthsm2.so) not found at {}; install the Debian package softhsm2 \
-                 (scripts/deps.sh), set SOFTHSM2_MODULE or pass --softhsm PATH",
-                SOFTHSM_CANDIDATES.join(" or ")
-            )
-        })
+    hsm_envelope::config::find_softhsm2().map_err(|e| format!("{e}, or pass --softhsm PATH"))
 }
 
 fn print_header(args: &Args, module: &Path, softhsm: &Path, token_dir: &Path) {

@@ -10,6 +10,45 @@ use crate::error::{Error, Result};
 
 pub const CONF_ENV: &str = "HSM_ENVELOPE_CONF";
 
+/// Names SoftHSM2's PKCS#11 module, ahead of [`SOFTHSM2_CANDIDATES`].
+pub const SOFTHSM2_MODULE_ENV: &str = "SOFTHSM2_MODULE";
+
+/// Where SoftHSM2's PKCS#11 module is looked for, in order; the first is the
+/// default `backend_module`. The scripts' copy is `scripts/softhsm2-path.sh`
+/// (tests/token_setup.rs checks that the two agree).
+pub const SOFTHSM2_CANDIDATES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
+/// SoftHSM2's PKCS#11 module: `$SOFTHSM2_MODULE` if set (the file must
+/// exist), else the first of [`SOFTHSM2_CANDIDATES`] that exists. For the
+/// tests, benches and tools that drive SoftHSM2 directly.
+pub fn find_softhsm2() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(SOFTHSM2_MODULE_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Config(format!(
+                "{SOFTHSM2_MODULE_ENV}={}: no such file",
+                p.display()
+            )))
+        };
+    }
+    SOFTHSM2_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "SoftHSM2 module libsofthsm2.so not found (looked at {}); install the \
+                 Debian package softhsm2 (scripts/deps.sh) or set {SOFTHSM2_MODULE_ENV}",
+                SOFTHSM2_CANDIDATES.join(", ")
+            ))
+        })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -67,7 +106,7 @@ impl Default for Config {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
             .unwrap_or_else(|| PathBuf::from("."));
         Config {
-            backend_module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+            backend_module: PathBuf::from(SOFTHSM2_CANDIDATES[0]),
             token_label: "hsm-envelope".into(),
             kek_label: "kek".into(),
             store_path: data.join("hsm-envelope").join("deks.sqlite"),

@@ -37,13 +37,6 @@ pub const KEK_LABEL: &str = "kek";
 /// CKA_ID of the KEK made by `new-token.sh`.
 pub const KEK_ID: &[u8] = &[0x01];
 
-/// Where `new-token.sh` and [`softhsm_module_path`] look for SoftHSM2, in
-/// order (the environment variable `SOFTHSM2_MODULE` overrides both).
-pub const SOFTHSM_MODULE_CANDIDATES: &[&str] = &[
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-];
-
 /// File name of the module this crate builds.
 pub const MODULE_FILE_NAME: &str = "libhsm_envelope.so";
 
@@ -213,26 +206,11 @@ pub fn module_path() -> PathBuf {
     );
 }
 
-/// SoftHSM2's module, found like new-token.sh does: `SOFTHSM2_MODULE` if set,
-/// else the first of [`SOFTHSM_MODULE_CANDIDATES`] that exists. Panics with
-/// a clear message if none is found.
+/// SoftHSM2's module, found by `hsm_envelope::config::find_softhsm2`
+/// (`SOFTHSM2_MODULE`, else the first candidate that exists; new-token.sh
+/// searches the same list). Panics with a clear message if none is found.
 pub fn softhsm_module_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOFTHSM2_MODULE").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "SOFTHSM2_MODULE={}: no such file", p.display());
-        return p;
-    }
-    SOFTHSM_MODULE_CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "SoftHSM2 module not found (looked at {}); install the Debian \
-                 package softhsm2 (scripts/deps.sh) or set SOFTHSM2_MODULE",
-                SOFTHSM_MODULE_CANDIDATES.join(", ")
-            )
-        })
+    hsm_envelope::config::find_softhsm2().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Loads a PKCS#11 module and calls `C_Initialize` with `CKF_OS_LOCKING_OK`.
