@@ -19,9 +19,10 @@
 # Environment:
 #   KEEP=1         keep the temporary directory (token, store, log, files)
 #   DEMO_MODULE=…  run the pkcs11-tool steps against another PKCS#11 module
-#                  (e.g. /usr/lib/softhsm/libsofthsm2.so) without building;
-#                  only for checking this script itself. The store steps are
-#                  then skipped if the module wrote no store.
+#                  (e.g. SoftHSM2's: `bash scripts/softhsm2-path.sh` prints
+#                  it) without building; only for checking this script
+#                  itself. The store steps are then skipped if the module
+#                  wrote no store.
 # The PINs are the fixed test PINs of new-token.sh (user 1234, SO 5678).
 set -euo pipefail
 

@@ -32,13 +32,9 @@ if [[ -d ${CARGO_HOME:-$HOME/.cargo}/bin ]]; then
     PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
 fi
 
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 softhsm_module_found() {
-    if [[ -n ${SOFTHSM2_MODULE:-} ]]; then
-        [[ -f $SOFTHSM2_MODULE ]]
-        return
-    fi
-    [[ -f /usr/lib/softhsm/libsofthsm2.so ||
-        -f /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so ]]
+    "$BASH" "$script_dir/softhsm2-path.sh" >/dev/null 2>&1
 }
 
 # Prints the Debian packages that are missing, one per line.

@@ -22,7 +22,8 @@
 #
 # Environment:
 #   PIN, SO_PIN        token PINs (defaults 1234 / 5678; test values only)
-#   SOFTHSM2_MODULE    path of libsofthsm2.so (default: searched, see below)
+#   SOFTHSM2_MODULE    path of libsofthsm2.so (default: searched by
+#                      scripts/softhsm2-path.sh)
 set -euo pipefail
 
 prog=new-token.sh
@@ -44,6 +45,7 @@ self=${BASH_SOURCE[0]}
 if [[ $self == */* ]]; then self_dir=${self%/*}; else self_dir=.; fi
 script_dir=$(cd -- "${self_dir:-/}" && pwd -P) || die "cannot locate $self"
 template=$script_dir/softhsm2.conf.template
+finder=$script_dir/../scripts/softhsm2-path.sh
 
 user_pin=${PIN:-1234}
 so_pin=${SO_PIN:-5678}
@@ -59,23 +61,11 @@ command -v softhsm2-util >/dev/null 2>&1 ||
 command -v pkcs11-tool >/dev/null 2>&1 ||
     die "pkcs11-tool not found (install the Debian package 'opensc', e.g. scripts/deps.sh)"
 [[ -r $template ]] || die "template not found: $template"
+[[ -r $finder ]] || die "script not found: $finder"
 
-# Same search as tests/common/mod.rs softhsm_module_path().
-if [[ -n ${SOFTHSM2_MODULE:-} ]]; then
-    module=$SOFTHSM2_MODULE
-    [[ -f $module ]] || die "SOFTHSM2_MODULE=$module: no such file"
-else
-    module=
-    for candidate in /usr/lib/softhsm/libsofthsm2.so \
-        /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
-        if [[ -f $candidate ]]; then
-            module=$candidate
-            break
-        fi
-    done
-    [[ -n $module ]] ||
-        die "SoftHSM2 module libsofthsm2.so not found in /usr/lib/softhsm or /usr/lib/x86_64-linux-gnu/softhsm (install 'softhsm2' or set SOFTHSM2_MODULE)"
-fi
+# SoftHSM2's module: $SOFTHSM2_MODULE, else searched by scripts/softhsm2-path.sh
+# (which explains on stderr why, if it finds none).
+module=$("$BASH" "$finder") || exit 1
 
 # --- DIR ---------------------------------------------------------------------
 case $dir_arg in

@@ -420,6 +420,32 @@ fn missing_softhsm_module_is_a_clear_error() {
     );
 }
 
+/// The scripts' SoftHSM2 search (scripts/softhsm2-path.sh) and the Rust one
+/// (`hsm_envelope::config`) use the same list and find the same module.
+#[test]
+fn softhsm2_search_is_the_same_in_scripts_and_rust() {
+    let run = |arg: Option<&str>| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join("scripts/softhsm2-path.sh"));
+        cmd.args(arg);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "softhsm2-path.sh {arg:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run(Some("--candidates")).lines().collect::<Vec<_>>(),
+        hsm_envelope::config::SOFTHSM2_CANDIDATES
+    );
+    assert_eq!(
+        Path::new(run(None).trim_end_matches('\n')),
+        softhsm_module_path()
+    );
+}
+
 #[test]
 fn missing_tools_are_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
