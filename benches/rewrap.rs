@@ -3,8 +3,8 @@
 //!
 //! # Run
 //!
-//!     bash scripts/bench-rewrap.sh                       # 100 000 records, batch 500
-//!     bash scripts/bench-rewrap.sh --records 20000 --batch 100
+//!     bash scripts/bench.sh rewrap                       # 100 000 records, batch 500
+//!     bash scripts/bench.sh rewrap --records 20000 --batch 100
 //!
 //! The script builds this bench in release mode (`cargo build --release
 //! --bench rewrap`) and runs it; `cargo bench --bench rewrap -- FLAGS` works
@@ -82,7 +82,9 @@ fn parse_args() -> Opts {
             // cargo bench passes --bench; libtest-style filters are ignored.
             "--bench" => {}
             "--help" | "-h" => {
-                println!("usage: rewrap [--records N] [--batch N] [--threads N] [--keep]");
+                println!(
+                    "usage: bash scripts/bench.sh rewrap [--records N] [--batch N] [--threads N] [--keep]"
+                );
                 std::process::exit(0);
             }
             other if other.starts_with('-') => die(&format!("unknown flag {other}")),
