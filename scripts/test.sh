@@ -5,7 +5,8 @@
 #   2. cargo fmt --check         formatting
 #   3. cargo clippy -D warnings  lints, all targets
 #   4. cargo test --doc          doc tests
-#   5. (more checks: see the marked spot below)
+#   5. cargo nextest run         the portable build (no aws-lc-rs): unit
+#      --no-default-features     tests and tests/envelope_core.rs
 #   6. cargo nextest run         unit and integration tests, one process per
 #                                test: each test loads the PKCS#11 module (a
 #                                process-global singleton) with its own token
@@ -46,13 +47,6 @@ step doctest cargo test --doc
 # The portable build (pure-Rust aes-gcm, no aws-lc-rs): unit tests and the
 # module's behaviour tests. The full suite below runs on the default build.
 step portable cargo nextest run --no-default-features --no-fail-fast --lib --test envelope_core
-
-# ---------------------------------------------------------------------------
-# MORE CHECKS GO HERE, each as `step NAME COMMAND...`, for example:
-#   step c-compile   bash scripts/c-compile-test.sh     # include/hsm_envelope.h with gcc
-#   step p11-interop bash scripts/pkcs11-tool-interop.sh # pkcs11-tool against the module
-# (they may `cargo build` the module first; keep nextest the last step)
-# ---------------------------------------------------------------------------
 
 step nextest cargo nextest run --no-fail-fast
 
