@@ -6,7 +6,8 @@
  * key-encryption keys (KEKs) stay on the HSM, the data-encryption keys (DEKs)
  * are wrapped by a KEK on the HSM and used for AES in software. Most callers
  * need nothing beyond the standard PKCS#11 API; this header only adds the
- * module's own return codes and attribute types.
+ * module's own return codes and attribute types, and declares one test-only
+ * function (HSME_TestAdvanceClock, at the end).
  *
  * This header does not include, and does not require, a PKCS#11 header: it
  * defines only its own names, as plain unsigned long constants. Use them
@@ -79,5 +80,30 @@
  * Value 0xC8450002UL.
  */
 #define CKA_HSME_ON_BACKEND (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x02UL)
+
+/* ---- Test-only vendor function --------------------------------------- */
+
+/*
+ * FOR TESTS ONLY: moves the module's clock forward by `ms` milliseconds, so
+ * that a test of a TTL or interval (cache_soft_ttl_secs, cache_hard_ttl_secs,
+ * refresh_secs, rotation age, audit intervals) need not sleep through it.
+ * Both the wall clock the module stores and shows times by and the monotonic
+ * clock its TTLs run on move, for this process only.
+ *
+ * It works only in a process started with the environment variable
+ * HSM_ENVELOPE_TEST_CLOCK=1 (read once, at the module's first use of its
+ * clock): then it returns CKR_OK (0x00000000UL). Otherwise it changes nothing
+ * and returns CKR_FUNCTION_NOT_SUPPORTED (0x00000054UL). Never set
+ * HSM_ENVELOPE_TEST_CLOCK in production. C_Initialize is not needed first.
+ *
+ * The function is exported by libhsm_envelope.so but is not in any PKCS#11
+ * function list: look it up with dlsym(handle, "HSME_TestAdvanceClock"). To
+ * start another process (such as the admin tool hsm-envelope) with its clock
+ * already moved, give it HSM_ENVELOPE_TEST_CLOCK=1 and
+ * HSM_ENVELOPE_TEST_CLOCK_OFFSET_MS=<milliseconds> in its environment.
+ *
+ * The return value is a CK_RV; `ms` is a 64-bit unsigned integer.
+ */
+unsigned long HSME_TestAdvanceClock(unsigned long long ms);
 
 #endif /* HSM_ENVELOPE_H */

@@ -5,7 +5,7 @@
 //! Both can be moved forward by a test, so a test of a 60-second TTL takes
 //! milliseconds instead of a minute of sleeping: within a process with
 //! [`advance`] (reached from outside the module as the exported
-//! `HSME_TestAdvanceClock`, see `ffi::vendor`), and for a child process by
+//! `HSME_TestAdvanceClock`, see `ffi::test_clock`), and for a child process by
 //! starting it with `HSM_ENVELOPE_TEST_CLOCK_OFFSET_MS`. Neither works
 //! unless `HSM_ENVELOPE_TEST_CLOCK=1` is set in the environment: a
 //! production process cannot have its clock moved by accident.

@@ -19,6 +19,11 @@ const CFLAGS: &[&str] = &["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror"
 /// Compiles `tests/c/<name>.c` with gcc into `dir/<name>`; panics with gcc's
 /// output if that fails.
 fn compile_c(name: &str, dir: &Path) -> PathBuf {
+    compile_c_linked(name, dir, &[])
+}
+
+/// As [`compile_c`], with extra linker arguments after the source.
+fn compile_c_linked(name: &str, dir: &Path, link: &[String]) -> PathBuf {
     let root = repo_root();
     let src = root.join("tests").join("c").join(format!("{name}.c"));
     let exe = dir.join(name);
@@ -29,6 +34,7 @@ fn compile_c(name: &str, dir: &Path) -> PathBuf {
         .arg("-o")
         .arg(&exe)
         .arg(&src)
+        .args(link)
         .arg("-ldl")
         .output()
         .unwrap_or_else(|e| panic!("cannot run gcc (install it: scripts/deps.sh): {e}"));
@@ -198,4 +204,35 @@ fn c_demo_reports_a_failed_step() {
         describe(&out)
     );
     assert!(!stdout.lines().any(|l| l == "OK"), "{}", describe(&out));
+}
+
+/// The test-only `HSME_TestAdvanceClock`, called as the header declares it
+/// (linked against the module), in fresh processes: without
+/// HSM_ENVELOPE_TEST_CLOCK=1 in their environment it refuses
+/// (CKR_FUNCTION_NOT_SUPPORTED); with it, CKR_OK.
+#[test]
+fn test_clock_function_needs_the_test_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    // By its absolute path: the module has no SONAME, so the executable
+    // then needs exactly this file (not one found on LD_LIBRARY_PATH).
+    let exe = compile_c_linked(
+        "test_clock",
+        dir.path(),
+        &[module_path().display().to_string()],
+    );
+    let run = |switch: Option<&str>| {
+        let mut c = Command::new(&exe);
+        c.env_remove("HSM_ENVELOPE_TEST_CLOCK")
+            .env_remove("HSM_ENVELOPE_TEST_CLOCK_OFFSET_MS");
+        if let Some(v) = switch {
+            c.env("HSM_ENVELOPE_TEST_CLOCK", v);
+        }
+        let out = c.output().expect("run test_clock");
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let not_supported = format!("0x{:X}", cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(run(None), not_supported, "no switch: refused");
+    assert_eq!(run(Some("0")), not_supported, "only \"1\" turns it on");
+    assert_eq!(run(Some("1")), "0x0", "with HSM_ENVELOPE_TEST_CLOCK=1");
 }

@@ -11,6 +11,7 @@ pub mod general;
 pub mod mechanism;
 pub mod objects;
 pub mod session;
+pub mod test_clock;
 pub mod unsupported;
 
 use cryptoki_sys::*;
