@@ -65,7 +65,7 @@ use crate::runtime::lock::unpoisoned;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cryptoki_sys::{CKR_OK, CK_RV};
 
@@ -235,8 +235,9 @@ enum Checkpoint {
 
 struct State {
     log: file::LogFile,
-    /// No checkpoint attempt before this after a failed one (unless forced).
-    retry_at: Option<Instant>,
+    /// No checkpoint attempt before this (`clock::mono_ms`) after a failed
+    /// one (unless forced).
+    retry_at: Option<u64>,
 }
 
 /// The audit log of one process. Share it (it is `Sync`); see the module
@@ -471,13 +472,13 @@ impl Audit {
         buf: &mut Vec<u8>,
         head: &mut file::Head,
         stamp: &Stamp<'_>,
-        retry_at: &mut Option<Instant>,
+        retry_at: &mut Option<u64>,
         force: bool,
     ) -> std::io::Result<bool> {
         let Some(signer) = &self.signer else {
             return Ok(false);
         };
-        if !force && retry_at.is_some_and(|t| Instant::now() < t) {
+        if !force && retry_at.is_some_and(|t| crate::clock::mono_ms() < t) {
             return Ok(false);
         }
         let msg = checkpoint_message(head.seq, &head.hash);
@@ -489,8 +490,8 @@ impl Audit {
                     "audit log {}: cannot sign a checkpoint on the HSM: {e}",
                     self.path.display()
                 );
-                let pause = Duration::from_secs(self.every_secs.min(30));
-                *retry_at = Some(Instant::now() + pause);
+                let pause_ms = self.every_secs.min(30) * 1000;
+                *retry_at = Some(crate::clock::mono_ms().saturating_add(pause_ms));
                 return Ok(false);
             }
         };

@@ -5,7 +5,7 @@ use crate::runtime::lock::unpoisoned;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type Key = ([u8; 16], u32);
 
@@ -25,9 +25,10 @@ pub(crate) struct Used {
 
 pub(crate) struct UseCounts {
     map: RwLock<HashMap<Key, Slot>>,
-    epoch: Instant,
+    /// `clock::mono_ms` when the counters were made.
+    epoch_ms: u64,
     interval_ms: u64,
-    /// Milliseconds after `epoch` when the current interval ends.
+    /// Milliseconds after `epoch_ms` when the current interval ends.
     deadline_ms: AtomicU64,
     /// Unix time the current interval started (the `since` of its lines).
     started_unix: AtomicU64,
@@ -40,7 +41,7 @@ impl UseCounts {
             .max(1);
         UseCounts {
             map: RwLock::new(HashMap::new()),
-            epoch: Instant::now(),
+            epoch_ms: crate::clock::mono_ms(),
             interval_ms,
             deadline_ms: AtomicU64::new(interval_ms),
             started_unix: AtomicU64::new(now_unix),
@@ -68,7 +69,7 @@ impl UseCounts {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        crate::clock::mono_ms().saturating_sub(self.epoch_ms)
     }
 
     /// True (for exactly one caller) when the interval is over; that caller

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU8;
 use std::sync::{Mutex, RwLock};
-use std::time::Instant;
 
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
@@ -25,7 +24,8 @@ use crate::store::Store;
 #[derive(Clone, Copy)]
 pub(super) struct View {
     pub primary: u32,
-    pub loaded: Instant,
+    /// When it was read from the store (`clock::mono_ms`).
+    pub loaded_ms: u64,
 }
 
 pub struct Envelope {

@@ -5,7 +5,7 @@
 //! wrapped DEK records change.
 
 use crate::runtime::lock::unpoisoned;
-use std::time::Instant;
+use std::time::Duration;
 
 use cryptoki::object::ObjectHandle;
 use cryptoki_sys::*;
@@ -28,7 +28,8 @@ impl Envelope {
     /// the policy says the primary is too old.
     pub fn primary(&self, backend: &Backend) -> Result<u32> {
         if let Some(v) = *unpoisoned(self.view.read()) {
-            if v.loaded.elapsed() < self.settings.refresh {
+            let age = Duration::from_millis(crate::clock::mono_ms().saturating_sub(v.loaded_ms));
+            if age < self.settings.refresh {
                 return Ok(v.primary);
             }
         }
@@ -53,7 +54,7 @@ impl Envelope {
             let mut w = unpoisoned(self.view.write());
             *w = Some(View {
                 primary,
-                loaded: Instant::now(),
+                loaded_ms: crate::clock::mono_ms(),
             });
         }
         Ok(primary)
