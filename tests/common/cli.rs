@@ -2,21 +2,28 @@
 //! binary, with a test token's configuration and the test PIN.
 
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use super::{TestToken, USER_PIN};
+use super::{TestToken, CLOCK_OFFSET_MS, USER_PIN};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hsm-envelope");
 
 /// The tool with the token's configuration and the test PIN; stdin is not
-/// a terminal.
+/// a terminal. Its clock starts as far ahead as [`super::advance_clock`]
+/// has moved this process's module clock.
 pub fn cli_cmd(t: &TestToken, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env("HSM_ENVELOPE_CONF", &t.conf)
         .env("SOFTHSM2_CONF", &t.softhsm_conf)
         .env("HSM_ENVELOPE_PIN", USER_PIN)
+        .env("HSM_ENVELOPE_TEST_CLOCK", "1")
+        .env(
+            "HSM_ENVELOPE_TEST_CLOCK_OFFSET_MS",
+            CLOCK_OFFSET_MS.load(Ordering::SeqCst).to_string(),
+        )
         .stdin(Stdio::null());
     c
 }

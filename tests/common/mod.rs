@@ -11,6 +11,10 @@
 //! Plain `cargo test` runs several tests as threads of one process, which
 //! shares one environment and one loaded module between them; `TestToken`
 //! therefore refuses to make a second token in the same process.
+//!
+//! Time: `TestToken` also sets `HSM_ENVELOPE_TEST_CLOCK=1`, so a test waits
+//! for a TTL, refresh interval or rotation age with [`advance_clock`]
+//! instead of sleeping. The clock only moves when a test moves it.
 #![allow(dead_code)]
 
 pub mod cli;
@@ -18,7 +22,9 @@ pub mod p11;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -117,6 +123,9 @@ impl TestToken {
         // the environment concurrently on our behalf.
         std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
         std::env::set_var("HSM_ENVELOPE_CONF", &conf);
+        // Lets advance_clock move the module clock (read at its first use,
+        // so it must be set before the module is loaded).
+        std::env::set_var("HSM_ENVELOPE_TEST_CLOCK", "1");
         TestToken {
             dir,
             softhsm_conf,
@@ -256,4 +265,41 @@ pub fn user_session(pkcs11: &Pkcs11, slot: Slot) -> Session {
         .login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
         .expect("C_Login as user with the test PIN failed");
     session
+}
+
+/// How far [`advance_clock`] has moved the module clock in this process, in
+/// milliseconds; `cli::cli_cmd` starts the admin tool with its clock moved
+/// as far (`HSM_ENVELOPE_TEST_CLOCK_OFFSET_MS`).
+pub static CLOCK_OFFSET_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Moves the clock of the module loaded in this process forward by `by`
+/// (both its wall clock and the monotonic clock its TTLs and intervals run
+/// on), through the test-only `HSME_TestAdvanceClock`, instead of sleeping.
+/// Needs `HSM_ENVELOPE_TEST_CLOCK=1` before the module was loaded (set by
+/// [`TestToken::new`]); panics otherwise. Loads the module if it is not
+/// loaded yet (dlopen gives back the mapping cryptoki uses), and keeps it
+/// loaded.
+pub fn advance_clock(by: Duration) {
+    type Advance = unsafe extern "C" fn(u64) -> cryptoki_sys::CK_RV;
+    static MODULE: OnceLock<libloading::Library> = OnceLock::new();
+    let lib = MODULE.get_or_init(|| {
+        let path = module_path();
+        // SAFETY: our own module, which has no unsafe initialisers.
+        unsafe { libloading::Library::new(&path) }
+            .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
+    });
+    // SAFETY: the symbol's C type, as include/hsm_envelope.h declares it.
+    let advance = unsafe { lib.get::<Advance>(b"HSME_TestAdvanceClock\0") }
+        .unwrap_or_else(|e| panic!("HSME_TestAdvanceClock: {e}"));
+    let ms = u64::try_from(by.as_millis()).expect("advance_clock: too far");
+    // SAFETY: takes and returns plain integers.
+    let rv = unsafe { advance(ms) };
+    assert_eq!(
+        rv,
+        cryptoki_sys::CKR_OK,
+        "HSME_TestAdvanceClock({ms}) answered {rv:#x}: the module clock can \
+         only move with HSM_ENVELOPE_TEST_CLOCK=1 set before the module is \
+         loaded (TestToken::new sets it)"
+    );
+    CLOCK_OFFSET_MS.fetch_add(ms, Ordering::SeqCst);
 }
