@@ -3,11 +3,15 @@
 //! an HSM that cannot be reached does not stop cached DEKs until
 //! cache_hard_ttl_secs (new unwraps fail with CKR_HSME_HSM_UNAVAILABLE), and
 //! service resumes by itself when the HSM is back.
+//!
+//! The TTLs pass on the module clock, moved by `advance_clock`: they are long
+//! enough that real time never reaches them during a test, so each "before"
+//! is certain and each "after" comes from the moved clock alone.
 
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::p11::*;
 use common::*;
@@ -16,6 +20,19 @@ use cryptoki::object::Attribute;
 
 const CKR_HSME_KEK_REVOKED: u64 = 0xC845_0004;
 const CKR_HSME_HSM_UNAVAILABLE: u64 = 0xC845_0005;
+
+/// cache_soft_ttl_secs of these tests.
+const SOFT_TTL: Duration = Duration::from_secs(60);
+/// cache_hard_ttl_secs of the outage test.
+const HARD_TTL: Duration = Duration::from_secs(180);
+
+fn ttl_config(hard: Option<Duration>) -> String {
+    let mut c = format!("cache_soft_ttl_secs = {}\n", SOFT_TTL.as_secs());
+    if let Some(hard) = hard {
+        c += &format!("cache_hard_ttl_secs = {}\n", hard.as_secs());
+    }
+    c
+}
 
 fn kek_on_softhsm(hsm: &cryptoki::session::Session) -> cryptoki::object::ObjectHandle {
     hsm.find_objects(&[
@@ -27,7 +44,7 @@ fn kek_on_softhsm(hsm: &cryptoki::session::Session) -> cryptoki::object::ObjectH
 
 #[test]
 fn disabling_the_kek_on_the_hsm_revokes_its_deks_within_the_soft_ttl() {
-    let _t = TestToken::with_extra_config("cache_soft_ttl_secs = 1\n");
+    let _t = TestToken::with_extra_config(&ttl_config(None));
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![]);
@@ -37,7 +54,9 @@ fn disabling_the_kek_on_the_hsm_revokes_its_deks_within_the_soft_ttl() {
     let hs = user_session_raw(&hsm);
     hs.update_attributes(kek_on_softhsm(&hs), &[Attribute::Decrypt(false)])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1300));
+    // The HSM is asked again only once the soft TTL has passed.
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").expect("cached DEK, within the soft TTL");
+    advance_clock(SOFT_TTL);
     let e = gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap_err();
     assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
     let e = s.generate_key(
@@ -55,7 +74,7 @@ fn disabling_the_kek_on_the_hsm_revokes_its_deks_within_the_soft_ttl() {
 /// encrypting: the DEK stops within the soft TTL.
 #[test]
 fn deleting_the_kek_from_another_process_stops_a_running_one() {
-    let _t = TestToken::with_extra_config("cache_soft_ttl_secs = 1\n");
+    let _t = TestToken::with_extra_config(&ttl_config(None));
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![]);
@@ -82,22 +101,11 @@ fn deleting_the_kek_from_another_process_stops_a_running_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deleted = Instant::now();
-    let stopped = loop {
-        match gcm_encrypt(&s, dek, &[1; 12], b"", b"x") {
-            Ok(_) if deleted.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Ok(_) => panic!("still serving 10 s after the KEK was deleted"),
-            Err(e) => break (rv(e), deleted.elapsed()),
-        }
-    };
-    assert_eq!(stopped.0, RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
-    assert!(
-        stopped.1 < Duration::from_millis(2500),
-        "stopped after {:?} (soft TTL 1 s)",
-        stopped.1
-    );
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").expect("cached DEK, within the soft TTL");
+    advance_clock(SOFT_TTL);
+    let e = gcm_encrypt(&s, dek, &[1; 12], b"", b"x")
+        .expect_err("still serving once the soft TTL passed after the KEK was deleted");
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
 }
 
 fn faulty_backend_path() -> PathBuf {
@@ -118,7 +126,7 @@ fn faulty_backend_path() -> PathBuf {
 
 #[test]
 fn an_outage_is_not_a_revocation_and_service_resumes() {
-    let t = TestToken::with_extra_config("cache_soft_ttl_secs = 1\ncache_hard_ttl_secs = 3\n");
+    let t = TestToken::with_extra_config(&ttl_config(Some(HARD_TTL)));
     let flag = t.path().join("hsm-down");
     std::env::set_var("FAULTY_BACKEND_TARGET", softhsm_module_path());
     std::env::set_var("FAULTY_BACKEND_FLAG", &flag);
@@ -148,10 +156,9 @@ fn an_outage_is_not_a_revocation_and_service_resumes() {
         .unwrap();
 
     std::fs::write(&flag, b"down").unwrap();
-    let down = Instant::now();
     gcm_encrypt(&s, cached, &[1; 12], b"", b"x")
         .expect("cached DEK, HSM down, within the soft TTL");
-    std::thread::sleep(Duration::from_millis(1300));
+    advance_clock(SOFT_TTL);
     gcm_encrypt(&s, cached, &[1; 12], b"", b"x")
         .expect("cached DEK, HSM down, within the hard TTL");
     let e = gcm_decrypt(&s, old, &[2; 12], b"", &old_ct).unwrap_err();
@@ -160,7 +167,8 @@ fn an_outage_is_not_a_revocation_and_service_resumes() {
         RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE),
         "a new unwrap needs the HSM"
     );
-    std::thread::sleep(Duration::from_millis(3200).saturating_sub(down.elapsed()));
+    // The hard TTL counts from the last time the HSM answered, before `down`.
+    advance_clock(HARD_TTL - SOFT_TTL);
     let e = gcm_encrypt(&s, cached, &[1; 12], b"", b"x").unwrap_err();
     assert_eq!(
         rv(e),
