@@ -5,6 +5,9 @@
 //! their part (as `a_second_process_finds_and_uses_the_dek` in
 //! envelope_core.rs does). Each test runs in its own process (cargo
 //! nextest) with its own token.
+//!
+//! Waiting for refresh_secs is moving the module clock (`advance_clock`),
+//! not sleeping; see [`REFRESH`].
 
 mod common;
 
@@ -28,6 +31,16 @@ const CKA_HSME_KEK_VERSION: u64 = 0xC845_0001;
 const CKR_HSME_KEK_UNAVAILABLE: u64 = 0xC845_0001;
 /// Selects a child's part; unset in the test itself.
 const ROLE: &str = "HSME_ROLE";
+/// refresh_secs of these tests: long enough that real time never reaches it
+/// during a test (so a process keeps its view of the primary version until
+/// a test moves the module clock past it), and shorter than the default
+/// cache_soft_ttl_secs (60 s), so that moving the clock past it does not
+/// also expire the cached DEKs.
+const REFRESH: Duration = Duration::from_secs(30);
+
+fn refresh_config() -> String {
+    format!("refresh_secs = {}\n", REFRESH.as_secs())
+}
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -135,10 +148,15 @@ const MARK: &str = "@hsme ";
 
 /// The child keeps making token DEKs, encrypting with them and decrypting
 /// what it encrypted before, printing `DEK <n> <start ms> <KEK version>` per
-/// DEK, until the stop file appears. Then it logs out and in again (no
-/// cached values left) and decrypts everything once more, through the HSM.
+/// DEK, until the stop file appears. When the advance file appears it moves
+/// its module clock forward by refresh_secs, once, and prints `ADVANCED <n>`
+/// (`n`: the next DEK's number). After the stop file it logs out and in
+/// again (no cached values left) and decrypts everything once more, through
+/// the HSM.
 fn rotation_child() {
     let stop = PathBuf::from(std::env::var_os("HSME_STOP").expect("HSME_STOP"));
+    let advance = PathBuf::from(std::env::var_os("HSME_ADVANCE").expect("HSME_ADVANCE"));
+    let mut advanced = false;
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     // (label, handle, IV, ciphertext, plaintext) of every DEK made.
@@ -149,6 +167,12 @@ fn rotation_child() {
     let mut i = 0u32;
     while !stop.exists() {
         assert!(Instant::now() < deadline, "never told to stop");
+        if !advanced && advance.exists() {
+            advance_clock(REFRESH);
+            advanced = true;
+            writeln!(out, "\n{MARK}ADVANCED {i}").unwrap();
+            out.flush().unwrap();
+        }
         let started = now_ms();
         let label = format!("c{i}").into_bytes();
         let dek = s
@@ -199,15 +223,30 @@ fn rotation_child() {
     writeln!(out, "\n{MARK}FINAL {}", made.len()).unwrap();
 }
 
+/// The child's next report line (what follows [`MARK`]); None once its
+/// stdout is closed or `until` has passed.
+fn next_report(rx: &mpsc::Receiver<String>, until: Instant) -> Option<String> {
+    loop {
+        let left = until.checked_duration_since(Instant::now())?;
+        let line = rx.recv_timeout(left).ok()?;
+        if let Some(report) = line.strip_prefix(MARK) {
+            return Some(report.to_string());
+        }
+    }
+}
+
 #[test]
 fn rotation_reaches_a_running_process_without_a_failure() {
     if std::env::var(ROLE).as_deref() == Ok("rotation-child") {
         return rotation_child();
     }
-    let t = TestToken::with_extra_config("refresh_secs = 1\n");
+    let t = TestToken::with_extra_config(&refresh_config());
     let stop = t.path().join("stop");
+    let advance = t.path().join("advance");
     let mut c = child(ROTATION_TEST, "rotation-child", &t.conf, &t)
         .env("HSME_STOP", &stop)
+        .env("HSME_ADVANCE", &advance)
+        .env("HSM_ENVELOPE_TEST_CLOCK", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -233,16 +272,12 @@ fn rotation_reaches_a_running_process_without_a_failure() {
     let mut seen = 0;
     let wait_until = Instant::now() + Duration::from_secs(60);
     while seen < 5 {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) if l.starts_with(&format!("{MARK}DEK ")) => seen += 1,
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < wait_until => {}
-            Err(e) => {
+        match next_report(&rx, wait_until) {
+            Some(r) if r.starts_with("DEK ") => seen += 1,
+            Some(_) => {}
+            None => {
                 let _ = c.kill();
-                panic!(
-                    "the child made no DEKs ({e}): {}",
-                    err_reader.join().unwrap()
-                );
+                panic!("the child made no DEKs: {}", err_reader.join().unwrap());
             }
         }
     }
@@ -250,8 +285,28 @@ fn rotation_reaches_a_running_process_without_a_failure() {
     let rot = cli_json(&t, &["kek", "rotate"]);
     let rotated = now_ms();
     assert_eq!(rot["primary"], 2);
-    // refresh_secs = 1, plus time for DEKs to be made under v2.
-    std::thread::sleep(Duration::from_millis(3000));
+    // refresh_secs passes on the child's clock; then a few DEKs more.
+    std::fs::write(&advance, b"").unwrap();
+    let mut since_advance = None;
+    let wait_until = Instant::now() + Duration::from_secs(60);
+    while since_advance.is_none_or(|n| n < 3) {
+        match next_report(&rx, wait_until) {
+            Some(r) if r.starts_with("ADVANCED ") => since_advance = Some(0),
+            Some(r) if r.starts_with("DEK ") => {
+                if let Some(n) = since_advance.as_mut() {
+                    *n += 1;
+                }
+            }
+            Some(_) => {}
+            None => {
+                let _ = c.kill();
+                panic!(
+                    "the child stopped making DEKs after the rotation: {}",
+                    err_reader.join().unwrap()
+                );
+            }
+        }
+    }
     std::fs::write(&stop, b"").unwrap();
     let status = c.wait().unwrap();
     let lines = reader.join().unwrap();
@@ -283,22 +338,30 @@ fn rotation_reaches_a_running_process_without_a_failure() {
         deks.windows(2).all(|w| w[0].1 <= w[1].1),
         "once on v2, never back: {deks:?}"
     );
-    // Every DEK begun later than refresh_secs (+ 0.5 s slack) after the
-    // rotation finished is under v2; and there are some.
-    let bound = rotated + 1000 + 500;
-    let late: Vec<_> = deks.iter().filter(|(t, _)| *t > bound).collect();
+    // Until refresh_secs has passed on its clock the child trusts its view
+    // (v1); every DEK begun after that is under v2, and there are some.
+    let moved: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{MARK}ADVANCED ")))
+        .expect("the child moved its clock")
+        .parse()
+        .unwrap();
+    let (before, late) = deks.split_at(moved);
+    assert!(
+        before.iter().all(|(_, v)| *v == 1),
+        "a DEK made within refresh_secs of the child's last look at the versions is not under v1: {deks:?}"
+    );
     assert!(late.len() >= 3, "too few DEKs after the rotation: {deks:?}");
     assert!(
         late.iter().all(|(_, v)| *v == 2),
-        "a DEK made {}+ ms after the rotation is not under v2: {deks:?}",
-        1500
+        "a DEK made once refresh_secs had passed after the rotation is not under v2: {deks:?}"
     );
-    let first_v2 = deks.iter().find(|(_, v)| *v == 2).unwrap().0;
     eprintln!(
-        "{} DEKs; rotation took {} ms; first v2 DEK begun {} ms after it finished",
+        "{} DEKs; rotation took {} ms; {} DEKs before the child's clock passed refresh_secs, {} after",
         deks.len(),
         rotated - rotate_started,
-        first_v2 as i128 - rotated as i128
+        before.len(),
+        late.len()
     );
 }
 
@@ -519,7 +582,7 @@ fn rewrap_killed_at_random_points_then_finished_keeps_every_dek() {
 // (c) lazy re-wrap on use
 
 fn lazy_rewrap_case(lazy: bool) {
-    let t = TestToken::with_extra_config(&format!("refresh_secs = 1\nlazy_rewrap = {lazy}\n"));
+    let t = TestToken::with_extra_config(&format!("{}lazy_rewrap = {lazy}\n", refresh_config()));
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let old = generate(&s, true, vec![Attribute::Label(b"old".to_vec())]);
@@ -529,8 +592,16 @@ fn lazy_rewrap_case(lazy: bool) {
     assert_eq!(kek_version(&s, untouched), 1);
     let rot = cli_json(&t, &["kek", "rotate"]);
     assert_eq!(rot["pending_rewrap"], 2);
+    // Until refresh_secs has passed this process has not seen the rotation:
+    // a use unwraps the record on the HSM (no cached value after the
+    // re-login) but, v1 being primary in its view, leaves the row.
+    relogin(&s);
+    let old = find_label(&s, b"old");
+    let pt = gcm_decrypt(&s, old, &[1; 12], b"", &ct).unwrap();
+    assert_eq!(pt, b"before the rotation");
+    assert_eq!(row_versions(&t)["old"], 1, "re-wrapped within refresh_secs");
     // This process notices the rotation within refresh_secs.
-    std::thread::sleep(Duration::from_millis(1200));
+    advance_clock(REFRESH);
     // No cached value: the next use unwraps the stored record on the HSM.
     relogin(&s);
     let old = find_label(&s, b"old");
@@ -596,13 +667,13 @@ fn min_decrypt_version_refuses_records_under_older_versions() {
     if std::env::var(ROLE).as_deref() == Ok("min-decrypt") {
         return min_decrypt_child();
     }
-    let t = TestToken::with_extra_config("refresh_secs = 1\n");
+    let t = TestToken::with_extra_config(&refresh_config());
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let old = generate(&s, true, vec![Attribute::Label(b"old".to_vec())]);
     let ct_old = gcm_encrypt(&s, old, &[1; 12], b"", b"under v1").unwrap();
     cli_json(&t, &["kek", "rotate"]);
-    std::thread::sleep(Duration::from_millis(1200));
+    advance_clock(REFRESH);
     let new = generate(&s, true, vec![Attribute::Label(b"new".to_vec())]);
     assert_eq!(kek_version(&s, new), 2);
     let ct_new = gcm_encrypt(&s, new, &[2; 12], b"", b"under v2").unwrap();
@@ -651,12 +722,12 @@ fn min_decrypt_version_refuses_records_under_older_versions() {
 /// C_FindObjectsInit reloads the row.
 #[test]
 fn a_lazily_rewrapped_dek_can_still_be_changed_through_its_handle() {
-    let t = TestToken::with_extra_config("refresh_secs = 1\n");
+    let t = TestToken::with_extra_config(&refresh_config());
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     generate(&s, true, vec![Attribute::Label(b"d".to_vec())]);
     cli_json(&t, &["kek", "rotate"]);
-    std::thread::sleep(Duration::from_millis(1200));
+    advance_clock(REFRESH);
     relogin(&s);
     let d = find_label(&s, b"d");
     gcm_encrypt(&s, d, &[1; 12], b"", b"x").unwrap(); // re-wrapped here
@@ -679,7 +750,7 @@ fn a_lazily_rewrapped_dek_can_still_be_changed_through_its_handle() {
 /// Only a C_FindObjectsInit (which reloads changed rows) repairs it.
 #[test]
 fn a_held_handle_survives_rewrap_and_destroy_of_its_old_version() {
-    let t = TestToken::with_extra_config("refresh_secs = 1\n");
+    let t = TestToken::with_extra_config(&refresh_config());
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let d = generate(
@@ -690,7 +761,9 @@ fn a_held_handle_survives_rewrap_and_destroy_of_its_old_version() {
     let ct = gcm_encrypt(&s, d, &[1; 12], b"", b"x").unwrap();
     cli_json(&t, &["kek", "rotate"]);
     assert_eq!(cli_json(&t, &["rewrap"])["rewrapped"], 1);
-    std::thread::sleep(Duration::from_millis(2100));
+    // v1 may be destroyed once refresh_secs (+1 s) has passed since it was
+    // retired; the tool's clock moves with ours (cli_cmd).
+    advance_clock(REFRESH + Duration::from_secs(1));
     cli_json(&t, &["kek", "destroy-version", "1"]);
     relogin(&s); // drops cached values; a public DEK keeps its handle
     let pt = gcm_decrypt(&s, d, &[1; 12], b"", &ct).expect("decrypt with the held handle");
