@@ -341,7 +341,10 @@ fn kek_create_rotate_set_primary_and_list() {
 
 #[test]
 fn destroy_version_is_refused_while_needed_and_removes_the_key_after_rewrap() {
-    let t = TestToken::with_extra_config("refresh_secs = 1\n");
+    // Long enough that real time does not reach it during the test: the
+    // clock is moved past it below.
+    let refresh = std::time::Duration::from_secs(30);
+    let t = TestToken::with_extra_config(&format!("refresh_secs = {}\n", refresh.as_secs()));
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let mut deks = Vec::new();
@@ -376,8 +379,22 @@ fn destroy_version_is_refused_while_needed_and_removes_the_key_after_rewrap() {
     let doc = ok_json(&t, &["rewrap"]);
     assert_eq!(doc["rewrapped"], 3);
     assert_eq!(doc["remaining"], 0);
-    // Past refresh_secs since v1 was retired: no process can still seal under it.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Within refresh_secs (+1 s) of v1's retirement a process may still
+    // seal under it: refused, and nothing is destroyed.
+    let o = cli(&t, &["kek", "destroy-version", "1"]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("was primary until moments ago"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
+        versions(&t),
+        [(1, "decrypt-only".into(), 0), (2, "primary".into(), 3)]
+    );
+    // Past refresh_secs since v1 was retired: no process can still seal under
+    // it. The tool's clock moves with this process's (cli_cmd).
+    advance_clock(refresh + std::time::Duration::from_secs(1));
     let out = ok(&t, &["kek", "destroy-version", "1"]);
     assert!(out.contains("v1 destroyed"), "{out}");
     assert_eq!(
