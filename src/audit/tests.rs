@@ -68,6 +68,33 @@ fn check(bytes: &[u8], key: u8) -> Report {
     verify_reader(bytes, &SoftMac::new(key)).unwrap()
 }
 
+/// For a test that moves the module clock: true in a child process that
+/// runs only the test `name` (this binary again, started with
+/// HSM_ENVELOPE_TEST_CLOCK=1), where the test body then runs; false in the
+/// parent, which runs that child and asserts it passed. The clock cannot be
+/// moved in the parent, which `cargo test` shares between tests.
+fn in_clock_child(name: &str) -> bool {
+    const CHILD: &str = "HSME_UNIT_CLOCK_CHILD";
+    if std::env::var(CHILD).as_deref() == Ok(name) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, name)
+        .env("HSM_ENVELOPE_TEST_CLOCK", "1")
+        .env_remove("HSM_ENVELOPE_TEST_CLOCK_OFFSET_MS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} in a child process: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
 fn lines_of(path: &Path) -> Vec<Vec<u8>> {
     std::fs::read(path)
         .unwrap()
@@ -352,20 +379,18 @@ fn use_is_counted_not_logged_per_call() {
 
 #[test]
 fn use_counts_are_written_when_the_interval_passes() {
+    if !in_clock_child("audit::tests::use_counts_are_written_when_the_interval_passes") {
+        return;
+    }
+    let interval = Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("audit.log");
-    let a = Audit::open(
-        &p,
-        ctx(),
-        (100, Duration::from_secs(3600)),
-        Duration::from_millis(50),
-        None,
-    )
-    .unwrap();
+    let a = Audit::open(&p, ctx(), (100, Duration::from_secs(3600)), interval, None).unwrap();
     for _ in 0..10 {
         a.count_use(&[1; 16], b"x", 1);
     }
-    std::thread::sleep(Duration::from_millis(80));
+    assert!(lines_of(&p).is_empty(), "written within the interval");
+    assert!(crate::clock::advance(interval));
     a.count_use(&[1; 16], b"x", 1); // notices the interval is over
     let lines = lines_of(&p);
     assert_eq!(lines.len(), 1);
