@@ -169,7 +169,8 @@ fn kwp(backend: &Backend, session: &Session) -> Result<CK_MECHANISM_TYPE> {
         .slot_id()
         .id();
     let mut info = CK_MECHANISM_INFO::default();
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         bcall!(
             backend,

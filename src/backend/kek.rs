@@ -317,7 +317,8 @@ fn raw_wrap(
         ulParameterLen: 0,
     };
     let mut len: CK_ULONG = 0;
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         crate::backend::bcall!(
             backend,
@@ -333,7 +334,8 @@ fn raw_wrap(
     };
     crate::backend::check("C_WrapKey", rv)?;
     let mut out = vec![0u8; len as usize];
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         crate::backend::bcall!(
             backend,
@@ -395,7 +397,8 @@ pub fn unwrap_raw(
     };
     let mut raw: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
     let mut handle: CK_OBJECT_HANDLE = 0;
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         crate::backend::bcall!(
             backend,
@@ -428,7 +431,8 @@ fn read_value(
         pValue: std::ptr::null_mut(),
         ulValueLen: 0,
     };
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         crate::backend::bcall!(
             backend,
@@ -442,7 +446,8 @@ fn read_value(
     }
     let mut out = SecretBytes::new(len);
     attr.pValue = out.as_mut_slice().as_mut_ptr() as *mut _;
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         crate::backend::bcall!(
             backend,

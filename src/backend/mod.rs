@@ -111,7 +111,8 @@ impl Backend {
 
     pub fn token_info(&self, slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
         let mut info = CK_TOKEN_INFO::default();
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         let rv = unsafe { bcall!(self, C_GetTokenInfo(slot, &mut info)) };
         check("C_GetTokenInfo", rv)?;
         Ok(info)
@@ -119,7 +120,8 @@ impl Backend {
 
     pub fn slot_info(&self, slot: CK_SLOT_ID) -> Result<CK_SLOT_INFO> {
         let mut info = CK_SLOT_INFO::default();
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         let rv = unsafe { bcall!(self, C_GetSlotInfo(slot, &mut info)) };
         check("C_GetSlotInfo", rv)?;
         Ok(info)
@@ -129,13 +131,15 @@ impl Backend {
         let mut n: CK_ULONG = 0;
         check(
             "C_GetMechanismList",
-            // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+            // SAFETY: a function of the backend's own list; every pointer is to a
+            // local or buffer that outlives the call.
             unsafe { bcall!(self, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n)) },
         )?;
         let mut v = vec![0 as CK_MECHANISM_TYPE; n as usize];
         check(
             "C_GetMechanismList",
-            // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+            // SAFETY: a function of the backend's own list; every pointer is to a
+            // local or buffer that outlives the call.
             unsafe { bcall!(self, C_GetMechanismList(slot, v.as_mut_ptr(), &mut n)) },
         )?;
         v.truncate(n as usize);
@@ -150,7 +154,8 @@ impl Backend {
         let mut info = CK_MECHANISM_INFO::default();
         check(
             "C_GetMechanismInfo",
-            // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+            // SAFETY: a function of the backend's own list; every pointer is to a
+            // local or buffer that outlives the call.
             unsafe { bcall!(self, C_GetMechanismInfo(slot, m, &mut info)) },
         )?;
         Ok(info)

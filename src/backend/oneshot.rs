@@ -23,13 +23,15 @@ pub fn encrypt(
     let sh = session.handle();
     check(
         "C_EncryptInit",
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         unsafe { bcall!(backend, C_EncryptInit(sh, mech, key.handle())) },
     )?;
     let mut out = vec![0u8; out_cap];
     let mut len = out.len() as CK_ULONG;
     let call = |out: &mut [u8], len: &mut CK_ULONG| {
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         unsafe {
             bcall!(
                 backend,
@@ -68,13 +70,15 @@ pub fn decrypt(
     let sh = session.handle();
     check(
         "C_DecryptInit",
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         unsafe { bcall!(backend, C_DecryptInit(sh, mech, key.handle())) },
     )?;
     let mut buf = SecretBytes::new(data.len());
     let mut len = data.len() as CK_ULONG;
     let call = |buf: &mut SecretBytes, len: &mut CK_ULONG| {
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         unsafe {
             bcall!(
                 backend,

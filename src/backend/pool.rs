@@ -68,17 +68,10 @@ impl SessionPool {
     /// Log backend session `bh` in with the remembered PIN, if there is one
     /// (an application session re-opened after a reconnect).
     pub fn login_raw(&self, backend: &crate::backend::Backend, bh: CK_SESSION_HANDLE) {
-        {
-            let guard = unpoisoned(self.pin.lock());
-            if let Some(pin) = guard.as_ref() {
-                let p = pin.as_slice();
-                // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
-                let _ = unsafe {
-                    crate::backend::bcall!(
-                        backend,
-                        C_Login(bh, CKU_USER, p.as_ptr() as *mut u8, p.len() as CK_ULONG)
-                    )
-                };
+        let guard = unpoisoned(self.pin.lock());
+        if let Some(pin) = guard.as_ref() {
+            if let Err(e) = backend.login(bh, CKU_USER, pin.as_slice()) {
+                crate::log_debug!("logging a re-opened session in again: {e}");
             }
         }
     }

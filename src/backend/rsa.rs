@@ -61,12 +61,14 @@ pub fn pss_sign(
     let sh = session.handle();
     crate::backend::check(
         "C_SignInit",
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         unsafe { bcall!(backend, C_SignInit(sh, &mut mech, private.handle())) },
     )?;
     let mut out = vec![0u8; RSA_MAX_BLOCK];
     let mut len = out.len() as CK_ULONG;
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         bcall!(
             backend,
@@ -98,10 +100,12 @@ pub fn pss_verify(
     let sh = session.handle();
     crate::backend::check(
         "C_VerifyInit",
-        // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+        // SAFETY: a function of the backend's own list; every pointer is to a
+        // local or buffer that outlives the call.
         unsafe { bcall!(backend, C_VerifyInit(sh, &mut mech, public.handle())) },
     )?;
-    // SAFETY: a function of the backend's own list; every pointer is to a local or buffer that outlives the call.
+    // SAFETY: a function of the backend's own list; every pointer is to a
+    // local or buffer that outlives the call.
     let rv = unsafe {
         bcall!(
             backend,
