@@ -5,12 +5,16 @@
 //! flag goes away, the first call closes every session on the real module
 //! first: like a reconnect, the sessions (and the login) are gone.
 //!
+//! With FAULTY_BACKEND_RENUMBER set, the reconnect also renumbers every
+//! object handle (a restarted or failed-over network HSM does): handles
+//! handed out before it name nothing afterwards.
+//!
 //! Built with `cargo build --example faulty_backend` into
 //! target/<profile>/examples/libfaulty_backend.so (tests/outage.rs builds it).
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use cryptoki_sys::*;
@@ -40,6 +44,25 @@ fn target() -> Option<&'static Target> {
 }
 
 static WAS_DOWN: AtomicBool = AtomicBool::new(false);
+/// Added to every object handle handed out after a renumbering reconnect.
+static OFFSET: AtomicU64 = AtomicU64::new(0);
+const SHIFT: u64 = 0x4000_0000;
+
+/// A handle as the application sees it, from the real module's.
+fn out(h: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
+    h + OFFSET.load(Ordering::SeqCst) as CK_OBJECT_HANDLE
+}
+
+/// The real module's handle, from the application's: an old one (from
+/// before the renumbering) names nothing.
+fn inn(h: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
+    let off = OFFSET.load(Ordering::SeqCst) as CK_OBJECT_HANDLE;
+    if h >= off {
+        h - off
+    } else {
+        CK_INVALID_HANDLE
+    }
+}
 
 /// Down while the flag file exists; on the way back up, every session of
 /// the real module is closed (a reconnect loses them).
@@ -51,6 +74,9 @@ fn down() -> bool {
     } else if WAS_DOWN.swap(false, Ordering::SeqCst) {
         if let Some(t) = target() {
             unsafe { close_everything(t) };
+        }
+        if std::env::var_os("FAULTY_BACKEND_RENUMBER").is_some() {
+            OFFSET.fetch_add(SHIFT, Ordering::SeqCst);
         }
     }
     is_down
@@ -92,13 +118,86 @@ faulty! {
     C_Login(a: CK_SESSION_HANDLE, b: CK_USER_TYPE, c: *mut CK_UTF8CHAR, d: CK_ULONG);
     C_GetSessionInfo(a: CK_SESSION_HANDLE, b: *mut CK_SESSION_INFO);
     C_FindObjectsInit(a: CK_SESSION_HANDLE, b: *mut CK_ATTRIBUTE, c: CK_ULONG);
-    C_FindObjects(a: CK_SESSION_HANDLE, b: *mut CK_OBJECT_HANDLE, c: CK_ULONG, d: *mut CK_ULONG);
-    C_GetAttributeValue(a: CK_SESSION_HANDLE, b: CK_OBJECT_HANDLE, c: *mut CK_ATTRIBUTE, d: CK_ULONG);
-    C_EncryptInit(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE);
     C_Encrypt(a: CK_SESSION_HANDLE, b: *mut CK_BYTE, c: CK_ULONG, d: *mut CK_BYTE, e: *mut CK_ULONG);
-    C_DecryptInit(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE);
     C_Decrypt(a: CK_SESSION_HANDLE, b: *mut CK_BYTE, c: CK_ULONG, d: *mut CK_BYTE, e: *mut CK_ULONG);
     C_GenerateRandom(a: CK_SESSION_HANDLE, b: *mut CK_BYTE, c: CK_ULONG);
+}
+
+/// Forward `$f` unless the token is down, with the object handle arguments
+/// named in `in` translated to the real module's.
+macro_rules! faulty_objects {
+    ($($f:ident ( $($a:ident : $t:ty),* ) in [$($h:ident),*];)*) => {$(
+        unsafe extern "C" fn $f($($a: $t),*) -> CK_RV {
+            if down() {
+                return CKR_DEVICE_ERROR;
+            }
+            $(let $h = inn($h);)*
+            match target().and_then(|t| t.list.$f) {
+                Some(f) => f($($a),*),
+                None => CKR_GENERAL_ERROR,
+            }
+        }
+    )*};
+}
+
+faulty_objects! {
+    C_GetAttributeValue(a: CK_SESSION_HANDLE, b: CK_OBJECT_HANDLE, c: *mut CK_ATTRIBUTE, d: CK_ULONG) in [b];
+    C_SetAttributeValue(a: CK_SESSION_HANDLE, b: CK_OBJECT_HANDLE, c: *mut CK_ATTRIBUTE, d: CK_ULONG) in [b];
+    C_DestroyObject(a: CK_SESSION_HANDLE, b: CK_OBJECT_HANDLE) in [b];
+    C_EncryptInit(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE) in [c];
+    C_DecryptInit(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE) in [c];
+    C_SignInit(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE) in [c];
+    C_VerifyInit(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE) in [c];
+    C_WrapKey(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE, d: CK_OBJECT_HANDLE, e: *mut CK_BYTE, f: *mut CK_ULONG) in [c, d];
+}
+
+unsafe extern "C" fn C_FindObjects(
+    a: CK_SESSION_HANDLE,
+    b: *mut CK_OBJECT_HANDLE,
+    c: CK_ULONG,
+    d: *mut CK_ULONG,
+) -> CK_RV {
+    if down() {
+        return CKR_DEVICE_ERROR;
+    }
+    let Some(f) = target().and_then(|t| t.list.C_FindObjects) else {
+        return CKR_GENERAL_ERROR;
+    };
+    let rv = f(a, b, c, d);
+    if rv == CKR_OK && !b.is_null() && !d.is_null() {
+        for i in 0..(*d).min(c) as usize {
+            *b.add(i) = out(*b.add(i));
+        }
+    }
+    rv
+}
+
+/// A call that makes one object (`$h`: where its handle goes), with the
+/// object handle arguments in `in` translated.
+macro_rules! makes_object {
+    ($($f:ident ( $($a:ident : $t:ty),* ) in [$($i:ident),*] out $h:ident;)*) => {$(
+        unsafe extern "C" fn $f($($a: $t),*) -> CK_RV {
+            if down() {
+                return CKR_DEVICE_ERROR;
+            }
+            $(let $i = inn($i);)*
+            let rv = match target().and_then(|t| t.list.$f) {
+                Some(f) => f($($a),*),
+                None => CKR_GENERAL_ERROR,
+            };
+            if rv == CKR_OK && !$h.is_null() {
+                *$h = out(*$h);
+            }
+            rv
+        }
+    )*};
+}
+
+makes_object! {
+    C_CreateObject(a: CK_SESSION_HANDLE, b: *mut CK_ATTRIBUTE, c: CK_ULONG, d: *mut CK_OBJECT_HANDLE) in [] out d;
+    C_GenerateKey(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: *mut CK_ATTRIBUTE, d: CK_ULONG, e: *mut CK_OBJECT_HANDLE) in [] out e;
+    C_CopyObject(a: CK_SESSION_HANDLE, b: CK_OBJECT_HANDLE, c: *mut CK_ATTRIBUTE, d: CK_ULONG, e: *mut CK_OBJECT_HANDLE) in [b] out e;
+    C_UnwrapKey(a: CK_SESSION_HANDLE, b: *mut CK_MECHANISM, c: CK_OBJECT_HANDLE, d: *mut CK_BYTE, e: CK_ULONG, f: *mut CK_ATTRIBUTE, g: CK_ULONG, h: *mut CK_OBJECT_HANDLE) in [c] out h;
 }
 
 #[no_mangle]
@@ -122,6 +221,15 @@ pub unsafe extern "C" fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK
         C_DecryptInit: Some(C_DecryptInit),
         C_Decrypt: Some(C_Decrypt),
         C_GenerateRandom: Some(C_GenerateRandom),
+        C_SetAttributeValue: Some(C_SetAttributeValue),
+        C_DestroyObject: Some(C_DestroyObject),
+        C_SignInit: Some(C_SignInit),
+        C_VerifyInit: Some(C_VerifyInit),
+        C_WrapKey: Some(C_WrapKey),
+        C_CreateObject: Some(C_CreateObject),
+        C_GenerateKey: Some(C_GenerateKey),
+        C_CopyObject: Some(C_CopyObject),
+        C_UnwrapKey: Some(C_UnwrapKey),
         ..*t.list
     });
     *pp = list as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;

@@ -124,9 +124,9 @@ fn faulty_backend_path() -> PathBuf {
     p
 }
 
-#[test]
-fn an_outage_is_not_a_revocation_and_service_resumes() {
-    let t = TestToken::with_extra_config(&ttl_config(Some(HARD_TTL)));
+/// Point the token's configuration at the fault-injecting backend; returns
+/// the flag file whose existence takes the HSM down.
+fn through_faulty_backend(t: &TestToken) -> PathBuf {
     let flag = t.path().join("hsm-down");
     std::env::set_var("FAULTY_BACKEND_TARGET", softhsm_module_path());
     std::env::set_var("FAULTY_BACKEND_FLAG", &flag);
@@ -136,6 +136,13 @@ fn an_outage_is_not_a_revocation_and_service_resumes() {
     );
     assert!(conf.contains("libfaulty_backend.so"), "{conf}");
     std::fs::write(&t.conf, conf).unwrap();
+    flag
+}
+
+#[test]
+fn an_outage_is_not_a_revocation_and_service_resumes() {
+    let t = TestToken::with_extra_config(&ttl_config(Some(HARD_TTL)));
+    let flag = through_faulty_backend(&t);
 
     // A DEK made earlier (not in this instance's cache), and one made now.
     let p = ours();
@@ -191,4 +198,87 @@ fn an_outage_is_not_a_revocation_and_service_resumes() {
             .unwrap(),
         digest
     );
+}
+
+/// A network HSM that restarts gives its objects new handles. Handles the
+/// application found before keep working (the module finds each object
+/// again by class, label and id), and the KEK found before the restart is
+/// still refused as an encryption key: the guard runs on the object found
+/// again, not on a stale handle that would pass for "not the KEK".
+#[test]
+fn backend_handles_found_before_an_hsm_restart_keep_working_and_the_kek_stays_guarded() {
+    let t = TestToken::with_extra_config(&ttl_config(Some(HARD_TTL)));
+    std::env::set_var("FAULTY_BACKEND_RENUMBER", "1");
+    let flag = through_faulty_backend(&t);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let on_backend = Attribute::VendorDefined((
+        cryptoki::object::AttributeType::VendorDefined(0xC845_0002),
+        vec![1],
+    ));
+    let app = s
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &aes_template(
+                true,
+                vec![
+                    on_backend,
+                    Attribute::Label(b"app".to_vec()),
+                    Attribute::Id(vec![7]),
+                    Attribute::ValueLen(32.into()),
+                ],
+            ),
+        )
+        .unwrap();
+    let kek = s
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap()[0];
+    let dek = generate(&s, true, vec![]);
+    let ecb = |key| s.encrypt(&cryptoki::mechanism::Mechanism::AesEcb, key, &[5; 16]);
+    let before = ecb(app).unwrap();
+    let dek_ct = gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    assert_eq!(rv(ecb(kek).unwrap_err()), RvError::KeyFunctionNotPermitted);
+
+    // The HSM goes away and comes back with new handles for everything.
+    std::fs::write(&flag, b"down").unwrap();
+    assert!(ecb(app).is_err(), "the HSM is down");
+    std::fs::remove_file(&flag).unwrap();
+
+    assert_eq!(
+        ecb(app).expect("a backend key found before the restart"),
+        before
+    );
+    assert_eq!(
+        s.find_objects(&[Attribute::Label(b"app".to_vec())])
+            .unwrap(),
+        vec![app],
+        "a search after the restart gives the same handle"
+    );
+    assert_eq!(
+        rv(ecb(kek).unwrap_err()),
+        RvError::KeyFunctionNotPermitted,
+        "the KEK is still no encryption key"
+    );
+    // Again, with the KEK as the first call after the restart: its stale
+    // handle must not slip past the guard.
+    std::fs::write(&flag, b"down").unwrap();
+    assert!(ecb(app).is_err(), "the HSM is down");
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(
+        rv(ecb(kek).unwrap_err()),
+        RvError::KeyFunctionNotPermitted,
+        "the KEK, first call after a restart"
+    );
+    assert_eq!(ecb(app).unwrap(), before);
+    assert_eq!(gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap(), dek_ct);
+    let label = s
+        .get_attributes(app, &[cryptoki::object::AttributeType::Label])
+        .unwrap();
+    assert_eq!(label, vec![Attribute::Label(b"app".to_vec())]);
+    s.destroy_object(app)
+        .expect("destroyed through its old handle");
+    assert!(s
+        .find_objects(&[Attribute::Label(b"app".to_vec())])
+        .unwrap()
+        .is_empty());
 }

@@ -300,6 +300,78 @@ impl Backend {
         Ok(v)
     }
 
+    /// Several attributes at once by the two-call convention (two backend
+    /// calls); an attribute the object lacks, or keeps secret, is `None`.
+    pub fn attributes(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut raw: Vec<CK_ATTRIBUTE> = types
+            .iter()
+            .map(|&type_| CK_ATTRIBUTE {
+                type_,
+                pValue: std::ptr::null_mut(),
+                ulValueLen: 0,
+            })
+            .collect();
+        // SAFETY: null pValues ask for lengths only; `raw` outlives the call.
+        let rv = unsafe {
+            bcall!(
+                self,
+                C_GetAttributeValue(bs, h, raw.as_mut_ptr(), len(&raw))
+            )
+        };
+        if !matches!(
+            rv,
+            CKR_OK | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID
+        ) {
+            check("C_GetAttributeValue", rv)?;
+        }
+        let mut values: Vec<Option<Vec<u8>>> = raw
+            .iter()
+            .map(|a| {
+                (a.ulValueLen != CK_UNAVAILABLE_INFORMATION && a.ulValueLen <= MAX_ATTRIBUTE_LEN)
+                    .then(|| vec![0u8; a.ulValueLen as usize])
+            })
+            .collect();
+        let mut ask: Vec<CK_ATTRIBUTE> = raw
+            .iter()
+            .zip(values.iter_mut())
+            .filter_map(|(a, v)| {
+                v.as_mut().map(|v| CK_ATTRIBUTE {
+                    type_: a.type_,
+                    pValue: if v.is_empty() {
+                        std::ptr::null_mut()
+                    } else {
+                        v.as_mut_ptr().cast()
+                    },
+                    ulValueLen: len(v),
+                })
+            })
+            .collect();
+        if !ask.is_empty() {
+            // SAFETY: each pValue points into a buffer of `values` of the
+            // length given; `ask` and `values` outlive the call.
+            let rv = unsafe {
+                bcall!(
+                    self,
+                    C_GetAttributeValue(bs, h, ask.as_mut_ptr(), len(&ask))
+                )
+            };
+            check("C_GetAttributeValue", rv)?;
+        }
+        let mut got = ask.iter();
+        for v in values.iter_mut().flatten() {
+            match got.next() {
+                Some(a) if a.ulValueLen as usize <= v.len() => v.truncate(a.ulValueLen as usize),
+                _ => return Err(Error::Rv(CKR_DEVICE_ERROR)),
+            }
+        }
+        Ok(values)
+    }
+
     pub fn generate_key(
         &self,
         bs: CK_SESSION_HANDLE,

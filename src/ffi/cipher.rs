@@ -9,7 +9,7 @@ use crate::backend::bcall;
 use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
 use crate::token::crypt::{self, Input, Out, Part, Step};
-use crate::token::forward::forward_session;
+use crate::token::forward::{again_after_reconnect, forward_session};
 use zeroize::Zeroizing;
 
 /// # Safety
@@ -135,7 +135,11 @@ pub unsafe extern "C" fn C_EncryptInit(
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
     // SAFETY: this function's own contract (its `# Safety` section).
-    unsafe { guard("C_EncryptInit", || init(h, Encrypt, p_m, key)) }
+    unsafe {
+        guard("C_EncryptInit", || {
+            again_after_reconnect(|| init(h, Encrypt, p_m, key))
+        })
+    }
 }
 
 #[no_mangle]
@@ -188,7 +192,11 @@ pub unsafe extern "C" fn C_DecryptInit(
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
     // SAFETY: this function's own contract (its `# Safety` section).
-    unsafe { guard("C_DecryptInit", || init(h, Decrypt, p_m, key)) }
+    unsafe {
+        guard("C_DecryptInit", || {
+            again_after_reconnect(|| init(h, Decrypt, p_m, key))
+        })
+    }
 }
 
 #[no_mangle]

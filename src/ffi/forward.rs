@@ -5,7 +5,7 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use crate::backend::bcall;
-use crate::token::forward::{forward, forward_session};
+use crate::token::forward::{again_after_reconnect, forward, forward_session};
 use crate::token::object::manage::backend_key;
 use crate::token::session::lookup;
 
@@ -30,7 +30,7 @@ macro_rules! forward_key_init {
     ($($name:ident;)*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
-            guard(stringify!($name), || {
+            guard(stringify!($name), || again_after_reconnect(|| {
                 // SAFETY: null is checked; otherwise the caller's mechanism.
                 unsafe { mechanism(p_m)? };
                 let (m, s) = lookup(h)?;
@@ -40,7 +40,7 @@ macro_rules! forward_key_init {
                     // a function of the backend's own list.
                     unsafe { bcall!(m.backend, $name(bs, p_m, bkey)) }
                 }))
-            })
+            }))
         }
     )*};
 }
@@ -70,11 +70,13 @@ forward_session! {
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
     guard("C_DigestKey", || {
-        let (m, s) = lookup(h)?;
-        let bkey = backend_key(&m, &s, key)?;
-        Ok(forward(&m, &s, |bs| {
-            // SAFETY: no pointers; a function of the backend's own list.
-            unsafe { bcall!(m.backend, C_DigestKey(bs, bkey)) }
-        }))
+        again_after_reconnect(|| {
+            let (m, s) = lookup(h)?;
+            let bkey = backend_key(&m, &s, key)?;
+            Ok(forward(&m, &s, |bs| {
+                // SAFETY: no pointers; a function of the backend's own list.
+                unsafe { bcall!(m.backend, C_DigestKey(bs, bkey)) }
+            }))
+        })
     })
 }

@@ -5,7 +5,7 @@ use cryptoki_sys::*;
 use super::args::*;
 use crate::backend::bcall;
 use crate::error::{Error, Result};
-use crate::token::forward::forward_session;
+use crate::token::forward::{again_after_reconnect, forward_session};
 use crate::token::object::dek::Answer;
 use crate::token::object::find;
 use crate::token::object::manage::{self, AttrStep};
@@ -37,20 +37,24 @@ pub unsafe extern "C" fn C_CopyObject(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_CopyObject", || unsafe {
-        if ph.is_null() {
-            return Err(bad());
-        }
-        let t = template(p_t, n)?;
-        ok(put(ph, manage::copy_object(h, oh, &t)?))
+    guard("C_CopyObject", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            if ph.is_null() {
+                return Err(bad());
+            }
+            let t = template(p_t, n)?;
+            ok(put(ph, manage::copy_object(h, oh, &t)?))
+        })
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> CK_RV {
-    guard("C_DestroyObject", || ok(manage::destroy_object(h, oh)))
+    guard("C_DestroyObject", || {
+        again_after_reconnect(|| ok(manage::destroy_object(h, oh)))
+    })
 }
 
 #[no_mangle]
@@ -59,13 +63,15 @@ pub unsafe extern "C" fn C_GetObjectSize(
     oh: CK_OBJECT_HANDLE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_GetObjectSize", || unsafe {
-        if pul.is_null() {
-            return Err(bad());
-        }
-        ok(put(pul, manage::object_size(h, oh)?))
+    guard("C_GetObjectSize", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            if pul.is_null() {
+                return Err(bad());
+            }
+            ok(put(pul, manage::object_size(h, oh)?))
+        })
     })
 }
 
@@ -76,26 +82,28 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     p_t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_GetAttributeValue", || unsafe {
-        if p_t.is_null() && n > 0 {
-            return Err(bad());
-        }
-        let attrs = if n == 0 {
-            &mut [][..]
-        } else {
-            std::slice::from_raw_parts_mut(p_t, n as usize)
-        };
-        let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
-        match manage::get_attributes(h, oh, &types)? {
-            AttrStep::Forward(bh) => forward_session(h, |b, bs| {
-                // SAFETY: the caller's template, passed on unchanged to a
-                // function of the backend's own list.
-                bcall!(b, C_GetAttributeValue(bs, bh, p_t, n))
-            }),
-            AttrStep::Answers(answers) => fill_attributes(attrs, answers),
-        }
+    guard("C_GetAttributeValue", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            if p_t.is_null() && n > 0 {
+                return Err(bad());
+            }
+            let attrs = if n == 0 {
+                &mut [][..]
+            } else {
+                std::slice::from_raw_parts_mut(p_t, n as usize)
+            };
+            let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
+            match manage::get_attributes(h, oh, &types)? {
+                AttrStep::Forward(bh) => forward_session(h, |b, bs| {
+                    // SAFETY: the caller's template, passed on unchanged to a
+                    // function of the backend's own list.
+                    bcall!(b, C_GetAttributeValue(bs, bh, p_t, n))
+                }),
+                AttrStep::Answers(answers) => fill_attributes(attrs, answers),
+            }
+        })
     })
 }
 
@@ -154,11 +162,13 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     p_t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_SetAttributeValue", || unsafe {
-        let t = template(p_t, n)?;
-        ok(manage::set_attributes(h, oh, &t))
+    guard("C_SetAttributeValue", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            let t = template(p_t, n)?;
+            ok(manage::set_attributes(h, oh, &t))
+        })
     })
 }
 
@@ -256,21 +266,23 @@ pub unsafe extern "C" fn C_WrapKey(
     p_out: *mut CK_BYTE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_WrapKey", || unsafe {
-        let m = caller_mechanism(p_m)?;
-        if pul.is_null() {
-            return Err(bad());
-        }
-        match wrapping::wrap_key(h, m.kind(), m.has_params(), wrapping, key)? {
-            WrapStep::Done(data) => write_bytes(&data, p_out, pul),
-            WrapStep::Forward(w, k) => forward_session(h, |b, bs| {
-                // SAFETY: the caller's mechanism and buffers, passed on
-                // unchanged to a function of the backend's own list.
-                bcall!(b, C_WrapKey(bs, p_m, w, k, p_out, pul))
-            }),
-        }
+    guard("C_WrapKey", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            let m = caller_mechanism(p_m)?;
+            if pul.is_null() {
+                return Err(bad());
+            }
+            match wrapping::wrap_key(h, m.kind(), m.has_params(), wrapping, key)? {
+                WrapStep::Done(data) => write_bytes(&data, p_out, pul),
+                WrapStep::Forward(w, k) => forward_session(h, |b, bs| {
+                    // SAFETY: the caller's mechanism and buffers, passed on
+                    // unchanged to a function of the backend's own list.
+                    bcall!(b, C_WrapKey(bs, p_m, w, k, p_out, pul))
+                }),
+            }
+        })
     })
 }
 
@@ -285,19 +297,21 @@ pub unsafe extern "C" fn C_UnwrapKey(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_UnwrapKey", || unsafe {
-        let m = caller_mechanism(p_m)?;
-        if ph.is_null() {
-            return Err(bad());
-        }
-        let wrapped = bytes(p_wrapped, wrapped_len)?;
-        let t = template(p_t, n)?;
-        ok(put(
-            ph,
-            wrapping::unwrap_key(h, &m, m.has_params(), unwrapping, wrapped, &t)?,
-        ))
+    guard("C_UnwrapKey", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            let m = caller_mechanism(p_m)?;
+            if ph.is_null() {
+                return Err(bad());
+            }
+            let wrapped = bytes(p_wrapped, wrapped_len)?;
+            let t = template(p_t, n)?;
+            ok(put(
+                ph,
+                wrapping::unwrap_key(h, &m, m.has_params(), unwrapping, wrapped, &t)?,
+            ))
+        })
     })
 }
 
@@ -310,16 +324,18 @@ pub unsafe extern "C" fn C_DeriveKey(
     n: CK_ULONG,
     ph: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
-    // length rules are checked in `args` before any is used.
-    guard("C_DeriveKey", || unsafe {
-        let m = caller_mechanism(p_m)?;
-        if ph.is_null() {
-            // Mechanisms that return no key handle carry handles in their
-            // parameters, which are not forwarded (see token::guard).
-            return Err(Error::Rv(CKR_MECHANISM_INVALID));
-        }
-        let t = template(p_t, n)?;
-        ok(put(ph, wrapping::derive_key(h, &m, base, &t)?))
+    guard("C_DeriveKey", || {
+        // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
+        // length rules are checked in `args` before any is used.
+        again_after_reconnect(|| unsafe {
+            let m = caller_mechanism(p_m)?;
+            if ph.is_null() {
+                // Mechanisms that return no key handle carry handles in their
+                // parameters, which are not forwarded (see token::guard).
+                return Err(Error::Rv(CKR_MECHANISM_INVALID));
+            }
+            let t = template(p_t, n)?;
+            ok(put(ph, wrapping::derive_key(h, &m, base, &t)?))
+        })
     })
 }

@@ -55,6 +55,8 @@ fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
         }
     }
     s.set_backend(bh);
+    // Backend object handles may have changed with the reconnect.
+    m.objects.note_reconnect();
     crate::log_info!(
         "session {}: backend session re-opened after the HSM lost it",
         s.handle
@@ -70,4 +72,40 @@ pub fn forward_session(
 ) -> Result<CK_RV> {
     let (m, s) = lookup(h)?;
     Ok(forward(&m, &s, |bs| call(&m.backend, bs)))
+}
+
+/// Codes a call gets for a backend object handle that names nothing.
+fn stale_handle(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_OBJECT_HANDLE_INVALID
+            | CKR_KEY_HANDLE_INVALID
+            | CKR_WRAPPING_KEY_HANDLE_INVALID
+            | CKR_UNWRAPPING_KEY_HANDLE_INVALID
+    )
+}
+
+/// Run a call that names backend objects by our handles. If it failed for
+/// a stale handle while an HSM reconnect happened (its handles were looked
+/// up before the reconnect was noticed), run it once more: its handles are
+/// then found again (see `object::rebind`) and every check in it, the KEK
+/// guard included, runs again on them.
+pub fn again_after_reconnect(mut body: impl FnMut() -> Result<CK_RV>) -> Result<CK_RV> {
+    let Ok(before) = crate::token::module::get().map(|m| m.objects.reconnects()) else {
+        return body();
+    };
+    let first = body();
+    let stale = match &first {
+        Ok(rv) => stale_handle(*rv),
+        Err(e) => stale_handle(e.rv()),
+    };
+    match crate::token::module::get() {
+        Ok(m) if stale && m.objects.reconnects() != before => {
+            crate::log_info!(
+                "a call met a stale backend handle after a reconnect; trying it again"
+            );
+            body()
+        }
+        _ => first,
+    }
 }

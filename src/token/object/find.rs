@@ -42,7 +42,8 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
         let raw = backend_template(t);
         let found = forward(&m, &s, |bs| m.backend.find(bs, &raw))?;
         for bh in found {
-            handles.push(m.objects.intern_backend(s.slot, bh, None));
+            let identify = || crate::token::object::rebind::identify(&m, &s, bh);
+            handles.push(m.objects.intern_backend(s.slot, bh, None, identify));
         }
     }
     s.ops()?.find = Some(Find { handles, pos: 0 });

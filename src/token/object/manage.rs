@@ -14,6 +14,7 @@ use crate::token::kek_guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label}
 use crate::token::module::Module;
 use crate::token::object::dek::{self, Answer};
 use crate::token::object::policy::{self, Origin};
+use crate::token::object::rebind;
 use crate::token::object::table::{Dek, DekState, Object};
 use crate::token::object::template::{Attrs, Template};
 use crate::token::session::calls::lookup;
@@ -32,7 +33,20 @@ pub fn resolve(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<Target> {
             drop(dek::visible(m, s, &d)?);
             Ok(Target::Dek(d))
         }
-        Object::Backend { slot, handle, .. } if slot == s.slot => Ok(Target::Backend(handle)),
+        Object::Backend {
+            slot,
+            handle,
+            identity,
+            checked,
+            ..
+        } if slot == s.slot => Ok(Target::Backend(rebind::current_handle(
+            m,
+            s,
+            h,
+            handle,
+            identity.as_deref(),
+            checked,
+        ))),
         Object::Backend { .. } => Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)),
     }
 }
@@ -55,7 +69,14 @@ pub fn adopt(m: &Module, s: &Session, made: Result<CK_OBJECT_HANDLE>) -> Result<
     let bh = made?;
     let is_token = forward(m, s, |bs| m.backend.attribute_bool(bs, bh, CKA_TOKEN)).unwrap_or(false);
     let owner = if is_token { None } else { Some(s.handle) };
-    Ok(m.objects.intern_backend(s.slot, bh, owner))
+    let identify = || {
+        if is_token {
+            rebind::identify(m, s, bh)
+        } else {
+            None
+        }
+    };
+    Ok(m.objects.intern_backend(s.slot, bh, owner, identify))
 }
 
 /// Backend handle for a key used by a forwarded operation (encrypt, sign,

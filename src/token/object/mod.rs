@@ -6,5 +6,6 @@ pub mod dek;
 pub mod find;
 pub mod manage;
 pub mod policy;
+pub mod rebind;
 pub mod table;
 pub mod template;

@@ -70,6 +70,16 @@ impl Dek {
     }
 }
 
+/// What a backend token object is (class, label, id, as the backend
+/// reported them when we first saw it), to find it again after an HSM
+/// reconnect, when its old handle may name nothing or another object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub class: Vec<u8>,
+    pub label: Vec<u8>,
+    pub id: Vec<u8>,
+}
+
 #[derive(Clone)]
 pub enum Object {
     Backend {
@@ -78,6 +88,12 @@ pub enum Object {
         /// The session a backend session object was made through; its
         /// handle dies with that session.
         owner: Option<CK_SESSION_HANDLE>,
+        /// For token objects; `None` for session objects and objects whose
+        /// attributes could not be read.
+        identity: Option<Arc<Identity>>,
+        /// The reconnect count (`Objects::reconnects`) when `handle` was
+        /// last known good.
+        checked: u64,
     },
     Dek(Arc<Dek>),
 }
@@ -92,6 +108,9 @@ struct Maps {
 pub struct Objects {
     maps: RwLock<Maps>,
     next: AtomicU64,
+    /// How many times a backend session was found lost and re-opened (an
+    /// HSM reconnect): backend handles checked before then may be stale.
+    reconnects: AtomicU64,
 }
 
 impl Default for Objects {
@@ -99,6 +118,7 @@ impl Default for Objects {
         Objects {
             maps: RwLock::new(Maps::default()),
             next: AtomicU64::new(1),
+            reconnects: AtomicU64::new(0),
         }
     }
 }
@@ -116,17 +136,33 @@ impl Objects {
             .ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))
     }
 
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+
+    /// A backend session was lost and re-opened: every backend handle must
+    /// be checked again before its next use.
+    pub fn note_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Our handle for a backend object, made on first sight. `owner` is the
-    /// session a session object was just created through.
+    /// session a session object was just created through; `identify` reads
+    /// what the object is, only for one not seen before (and outside the
+    /// table's lock: it calls the backend).
     pub fn intern_backend(
         &self,
         slot: usize,
         bh: CK_OBJECT_HANDLE,
         owner: Option<CK_SESSION_HANDLE>,
+        identify: impl FnOnce() -> Option<Identity>,
     ) -> CK_OBJECT_HANDLE {
-        let Ok(mut m) = self.maps.write() else {
-            return CK_INVALID_HANDLE;
-        };
+        if let Some(h) = unpoisoned(self.maps.read()).backend.get(&(slot, bh)) {
+            return *h;
+        }
+        let checked = self.reconnects();
+        let identity = identify().map(Arc::new);
+        let mut m = unpoisoned(self.maps.write());
         if let Some(h) = m.backend.get(&(slot, bh)) {
             return *h;
         }
@@ -138,9 +174,33 @@ impl Objects {
                 slot,
                 handle: bh,
                 owner,
+                identity,
+                checked,
             },
         );
         h
+    }
+
+    /// After a reconnect: our handle `h` now names backend object `bh`
+    /// (found again by its identity), checked at reconnect count `checked`.
+    pub fn rebind(&self, h: CK_OBJECT_HANDLE, bh: CK_OBJECT_HANDLE, checked: u64) {
+        let mut m = unpoisoned(self.maps.write());
+        let Some(Object::Backend {
+            slot,
+            handle,
+            checked: c,
+            ..
+        }) = m.by_handle.get_mut(&h)
+        else {
+            return;
+        };
+        let (slot, old) = (*slot, *handle);
+        *handle = bh;
+        *c = checked;
+        if old != bh {
+            m.backend.remove(&(slot, old));
+            m.backend.insert((slot, bh), h);
+        }
     }
 
     /// Our handle for a DEK; an id seen before keeps its handle, and its
