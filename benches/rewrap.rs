@@ -167,7 +167,7 @@ fn main() {
 
     // --- setup: records sealed under v1 -------------------------------------
     let v1 = env
-        .primary(b)
+        .primary()
         .unwrap_or_else(|e| die(&format!("primary: {e}")));
     let t0 = Instant::now();
     let mut rows = Vec::with_capacity(INSERT_CHUNK);
@@ -180,7 +180,7 @@ fn main() {
         let mut attrs = dek_attrs(format!("bench-{i}").as_bytes());
         attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
         let record = env
-            .seal(b, &id, &attrs, value.as_ref())
+            .seal(&id, &attrs, value.as_ref())
             .unwrap_or_else(|e| die(&format!("seal: {e}")));
         let now = t0.elapsed().as_secs() as i64 + 1_700_000_000;
         if i % (opts.records / 50).max(1) == 0 {
@@ -214,13 +214,13 @@ fn main() {
     // --- rotate ----------------------------------------------------------------
     let t1 = Instant::now();
     let v2 = env
-        .rotate(b)
+        .rotate()
         .unwrap_or_else(|e| die(&format!("rotate: {e}")));
     println!(
         "rotate:  v{v2} generated on the HSM and made primary in {:.1} ms",
         t1.elapsed().as_secs_f64() * 1e3
     );
-    let pending = env.pending_rewrap(b).unwrap();
+    let pending = env.pending_rewrap().unwrap();
     assert_eq!(pending as usize, opts.records);
 
     // --- re-wrap (timed) ----------------------------------------------------------
@@ -246,7 +246,7 @@ fn main() {
     let secs = t2.elapsed().as_secs_f64();
 
     // --- checks ---------------------------------------------------------------
-    let left = env.pending_rewrap(b).unwrap();
+    let left = env.pending_rewrap().unwrap();
     assert_eq!(left, 0, "records left under v{v1}");
     assert_eq!(skipped, 0);
     assert_eq!(rewrapped, opts.records);
@@ -256,7 +256,7 @@ fn main() {
             .unwrap()
             .expect("sampled row");
         assert_eq!(row.kek_version, v2);
-        let opened = env.open(b, id, attrs, &row.record).expect("opens under v2");
+        let opened = env.open(id, attrs, &row.record).expect("opens under v2");
         assert_eq!(opened.as_slice(), value.as_slice());
     }
 

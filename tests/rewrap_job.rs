@@ -22,7 +22,7 @@ const CKR_HSME_KEK_REVOKED: u64 = 0xC845_0004;
 fn session_copies(admin: &Admin) -> usize {
     admin
         .env
-        .with_session(admin.backend(), |s| {
+        .with_session(|s| {
             Ok(s.find_objects(&[
                 Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
                 Attribute::Token(false),
@@ -37,7 +37,7 @@ fn session_copies(admin: &Admin) -> usize {
 fn set_v1_decrypt(admin: &Admin, on: bool) {
     admin
         .env
-        .with_session(admin.backend(), |s| {
+        .with_session(|s| {
             let v1 = s
                 .find_objects(&[
                     Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
@@ -72,7 +72,7 @@ fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
     let config = Config::from_file(&t.conf).unwrap();
     let admin = Admin::connect(config, USER_PIN).unwrap();
     let (env, b) = (&admin.env, admin.backend());
-    assert_eq!(env.pending_rewrap(b).unwrap(), 30);
+    assert_eq!(env.pending_rewrap().unwrap(), 30);
     let job = RewrapJob::new(env, b, 2).unwrap();
     assert_eq!(job.primary(), 2);
     let first = job.batch(0, 10).unwrap();
@@ -86,7 +86,7 @@ fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
     let e = job.batch(first.next.unwrap(), 10).unwrap_err();
     assert_eq!(e.rv(), CKR_HSME_KEK_REVOKED, "{e}");
     assert_eq!(
-        env.pending_rewrap(b).unwrap(),
+        env.pending_rewrap().unwrap(),
         20,
         "nothing more was re-wrapped"
     );
@@ -102,7 +102,7 @@ fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
     let job = RewrapJob::new(env, b, 1).unwrap();
     let first = job.batch(0, 5).unwrap();
     assert_eq!(first.rewrapped, 5);
-    assert_eq!(env.rotate(b).unwrap(), 3);
+    assert_eq!(env.rotate().unwrap(), 3);
     let e = job.batch(first.next.unwrap(), 5).unwrap_err();
     assert!(e.to_string().contains("primary KEK version changed"), "{e}");
     drop(job);
@@ -116,7 +116,7 @@ fn rewrap_job_uses_session_copies_and_stops_on_revocation_or_rotation() {
             _ => break,
         }
     }
-    assert_eq!(env.pending_rewrap(b).unwrap(), 0);
+    assert_eq!(env.pending_rewrap().unwrap(), 0);
     drop(job);
     admin.close();
 }

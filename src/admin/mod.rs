@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
 use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -17,7 +19,7 @@ use crate::error::{Error, Result};
 
 pub struct Admin {
     pub config: Config,
-    backend: Backend,
+    backend: Arc<Backend>,
     pub env: Envelope,
     pub slot: Slot,
 }
@@ -25,7 +27,7 @@ pub struct Admin {
 impl Admin {
     /// Load the backend, find the KEK's token, log in as the user.
     pub fn connect(config: Config, pin: &str) -> Result<Admin> {
-        let backend = Backend::load(&config.backend_module)?;
+        let backend = Arc::new(Backend::load(&config.backend_module)?);
         let mut found = None;
         for id in backend.token_slots()? {
             if label_of(&backend.token_info(id)?.label) == config.token_label {
@@ -39,18 +41,22 @@ impl Admin {
                 config.token_label
             ))
         })?;
-        let env = Envelope::new(crate::envelope::service::Settings::from(&config), slot);
-        env.with_session(&backend, |s| {
-            match s.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
+        let env = Envelope::new(
+            crate::envelope::service::Settings::from(&config),
+            slot,
+            backend.clone(),
+        );
+        env.with_session(
+            |s| match s.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
                 Ok(())
                 | Err(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::UserAlreadyLoggedIn,
                     _,
                 )) => Ok(()),
                 Err(e) => Err(Error::from_cryptoki("C_Login", e)),
-            }
-        })?;
-        env.open_audit(&config, &backend)?;
+            },
+        )?;
+        env.open_audit(&config)?;
         Ok(Admin {
             config,
             backend,
@@ -69,6 +75,11 @@ impl Admin {
             a.flush();
         }
         self.env.close();
-        self.backend.finalize();
+        let Admin { backend, env, .. } = self;
+        // The envelope holds the only other reference to the backend.
+        drop(env);
+        if let Ok(b) = Arc::try_unwrap(backend) {
+            b.finalize();
+        }
     }
 }

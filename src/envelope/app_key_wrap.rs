@@ -4,12 +4,13 @@
 use cryptoki_sys::*;
 
 use super::service::Envelope;
-use crate::backend::{kek, Backend};
+use crate::backend::kek;
 use crate::error::Result;
 use crate::secret::SecretBytes;
 
 impl Envelope {
-    pub fn random(&self, backend: &Backend, out: &mut [u8]) -> Result<()> {
+    pub fn random(&self, out: &mut [u8]) -> Result<()> {
+        let backend = self.backend();
         self.pool.with(backend.pkcs11(), |s| kek::random(s, out))
     }
 
@@ -17,11 +18,11 @@ impl Envelope {
     /// caller may use, the KEK included) using an AES key-wrap mechanism.
     pub fn keywrap(
         &self,
-        backend: &Backend,
         wrapping: CK_OBJECT_HANDLE,
         mech: CK_MECHANISM_TYPE,
         value: &[u8],
     ) -> Result<Vec<u8>> {
+        let backend = self.backend();
         let w = kek::object_handle(wrapping);
         self.pool.with(backend.pkcs11(), |s| {
             kek::keywrap(backend, &self.temp_gate, s, w, mech, value)
@@ -30,11 +31,11 @@ impl Envelope {
 
     pub fn keyunwrap(
         &self,
-        backend: &Backend,
         unwrapping: CK_OBJECT_HANDLE,
         mech: CK_MECHANISM_TYPE,
         wrapped: &[u8],
     ) -> Result<SecretBytes> {
+        let backend = self.backend();
         let w = kek::object_handle(unwrapping);
         self.pool.with(backend.pkcs11(), |s| {
             kek::keyunwrap(backend, &self.temp_gate, s, w, mech, wrapped)

@@ -5,18 +5,18 @@
 use super::service::Envelope;
 use crate::audit::Op;
 use crate::backend::import::{self, ImportKeyInfo, Material};
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::runtime::lock::unpoisoned;
 
 impl Envelope {
     /// The import key's public half and instructions; `new` (or no key yet)
     /// makes a fresh pair of `bits` bits, replacing any old one.
-    pub fn import_key(&self, backend: &Backend, new: bool, bits: u32) -> Result<ImportKeyInfo> {
+    pub fn import_key(&self, new: bool, bits: u32) -> Result<ImportKeyInfo> {
+        let backend = self.backend();
         let label = self.settings.kek_label.clone();
         // Under the rotation lease: an import in progress keeps its key.
         self.with_lease(|| {
-            self.with_session(backend, |s| {
+            self.with_session(|s| {
                 let key = match import::find_import_key(s, &label) {
                     Ok(Some(key)) if !new => key,
                     // Absent, unwanted or broken: a new pair replaces it.
@@ -36,13 +36,13 @@ impl Envelope {
     /// destroy the import key that opened it (one import per import key).
     pub fn import_version(
         &self,
-        backend: &Backend,
         blob: &[u8],
         material: Material,
         make_primary: bool,
     ) -> Result<u32> {
+        let backend = self.backend();
         let used = std::sync::Mutex::new(None);
-        let version = self.add_version(backend, make_primary, Op::KekImport, |s, label, next| {
+        let version = self.add_version(make_primary, Op::KekImport, |s, label, next| {
             if crate::backend::kek::exists(s, label, next)? {
                 return Err(Error::Admin(format!(
                     "an object named KEK '{label}' v{next} is on the HSM but not in the store; adopt it with `hsm-envelope kek create`, or remove it"
@@ -62,7 +62,7 @@ impl Envelope {
         })?;
         let key = used.lock().ok().and_then(|mut u| u.take());
         if let Some(key) = key {
-            if let Err(e) = self.with_session(backend, |s| key.destroy(s)) {
+            if let Err(e) = self.with_session(|s| key.destroy(s)) {
                 crate::log_warn!(
                     "KEK '{}': the used import key was not destroyed: {e}",
                     self.settings.kek_label

@@ -15,8 +15,8 @@ use cryptoki_sys::*;
 
 use super::service::Envelope;
 use crate::audit::{Entry, Op};
+use crate::backend::kek;
 use crate::backend::pool::is_outage;
-use crate::backend::{kek, Backend};
 use crate::clock::mono_ms as now_ms;
 use crate::error::{Error, Result};
 use crate::vendor::{CKR_HSME_HSM_UNAVAILABLE, CKR_HSME_KEK_REVOKED};
@@ -51,7 +51,7 @@ impl Health {
 impl Envelope {
     /// Called before serving a cached DEK: checks the KEK versions in use
     /// when the soft TTL has passed. Cheap (one clock read) otherwise.
-    pub fn ensure_fresh(&self, backend: &Backend) -> Result<()> {
+    pub fn ensure_fresh(&self) -> Result<()> {
         if self.cache.fresh() {
             return Ok(());
         }
@@ -66,7 +66,7 @@ impl Envelope {
             self.cache.valid_until(now + soft);
             return Ok(());
         }
-        match self.with_session_retry(backend, |s| {
+        match self.with_session_retry(|s| {
             versions
                 .iter()
                 .map(|v| self.status(s, *v).map(|st| (*v, st)))

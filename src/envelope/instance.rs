@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU8;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
@@ -29,6 +29,8 @@ pub(super) struct View {
 }
 
 pub struct Envelope {
+    /// The HSM behind the service, shared with the token layer's forwarded calls.
+    backend: Arc<Backend>,
     pub(super) settings: Settings,
     pub(super) pool: SessionPool,
     /// Backend handles of KEK versions, found once per login.
@@ -51,10 +53,15 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    pub fn new(settings: Settings, slot: Slot) -> Self {
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn new(settings: Settings, slot: Slot, backend: Arc<Backend>) -> Self {
         let mut tag = [0u8; 4];
         let _ = getrandom::fill(&mut tag);
         Envelope {
+            backend,
             settings,
             pool: SessionPool::new(slot),
             handles: Mutex::new(HashMap::new()),
@@ -92,7 +99,8 @@ impl Envelope {
     /// Open the audit log named by the configuration, its checkpoints
     /// authenticated by the HMAC key on the token (a session of its own per
     /// checkpoint: checkpoints are rare, and never re-enter the pool).
-    pub fn open_audit(&self, config: &crate::config::Config, backend: &Backend) -> Result<()> {
+    pub fn open_audit(&self, config: &crate::config::Config) -> Result<()> {
+        let backend = self.backend();
         let pkcs11 = backend.pkcs11().clone();
         let slot = self.pool_slot();
         let signer = crate::audit::hsm::HsmMac::new(config.audit_hmac_label.clone(), move |op| {
@@ -128,9 +136,9 @@ impl Envelope {
     /// Run `f` with a pooled backend session.
     pub fn with_session<T>(
         &self,
-        backend: &Backend,
         f: impl FnOnce(&cryptoki::session::Session) -> Result<T>,
     ) -> Result<T> {
+        let backend = self.backend();
         self.pool.with(backend.pkcs11(), f)
     }
 
@@ -138,9 +146,9 @@ impl Envelope {
     /// (an HSM reconnect kills every pooled session at once).
     pub fn with_session_retry<T>(
         &self,
-        backend: &Backend,
         f: impl Fn(&cryptoki::session::Session) -> Result<T>,
     ) -> Result<T> {
+        let backend = self.backend();
         self.pool.with_retry(backend.pkcs11(), f)
     }
 
@@ -151,7 +159,8 @@ impl Envelope {
     }
 
     /// Log a re-opened application backend session in again (see `pool`).
-    pub fn login_again(&self, backend: &Backend, bh: CK_SESSION_HANDLE) {
+    pub fn login_again(&self, bh: CK_SESSION_HANDLE) {
+        let backend = self.backend();
         self.pool.login_raw(backend, bh);
     }
 

@@ -6,7 +6,6 @@ use cryptoki_sys::*;
 
 use super::service::Envelope;
 use crate::backend::kek::{self, KekKey};
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::runtime::lock::unpoisoned;
 use crate::vendor::{CKR_HSME_KEK_REVOKED, CKR_HSME_KEK_UNAVAILABLE};
@@ -15,10 +14,10 @@ impl Envelope {
     /// Run `f` with a pooled backend session and KEK version `version`.
     pub(super) fn with_kek<T>(
         &self,
-        backend: &Backend,
         version: u32,
         f: impl Fn(&cryptoki::session::Session, KekKey) -> Result<T>,
     ) -> Result<T> {
+        let backend = self.backend();
         self.pool.with_retry(backend.pkcs11(), |s| {
             let handle = self.kek_handle(s, version)?;
             match f(s, handle) {

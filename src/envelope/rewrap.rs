@@ -64,7 +64,7 @@ impl<'a> RewrapJob<'a> {
         Ok(RewrapJob {
             env,
             backend,
-            primary: env.primary(backend)?,
+            primary: env.primary()?,
             threads: threads.clamp(1, 64),
             keys: Mutex::new(HashMap::new()),
         })
@@ -80,7 +80,7 @@ impl<'a> RewrapJob<'a> {
         if let Some((_, used)) = keys.get(&version) {
             return Ok(*used);
         }
-        let (token, used) = self.env.with_session(self.backend, |s| {
+        let (token, used) = self.env.with_session(|s| {
             let token = self.env.kek_handle(s, version)?;
             Ok((token, session_copy(s, token)))
         })?;
@@ -105,7 +105,7 @@ impl<'a> RewrapJob<'a> {
             Ok(k) => k.iter().map(|(v, (token, _))| (*v, *token)).collect(),
             Err(_) => return Err(Error::Rv(CKR_GENERAL_ERROR)),
         };
-        self.env.with_session(self.backend, |s| {
+        self.env.with_session(|s| {
             for (version, token) in &keys {
                 if !kek::enabled(s, *token)? {
                     crate::log_warn!("re-wrap: KEK v{version} was revoked; stopping");
@@ -177,7 +177,7 @@ impl<'a> RewrapJob<'a> {
     fn rewrap_rows(&self, rows: &[crate::store::DekRow]) -> Result<Vec<Option<Update>>> {
         let (env, backend, primary) = (self.env, self.backend, self.primary);
         let new_key = self.key(primary)?;
-        env.with_session(backend, |s| {
+        env.with_session(|s| {
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let sealed = Attrs::decode(&row.attrs).and_then(|attrs| {
@@ -187,15 +187,8 @@ impl<'a> RewrapJob<'a> {
                     let old_key = self.key(rec.kek_version)?;
                     let value = Envelope::open_with(backend, s, old_key, &rec, &aad)?;
                     let value = Envelope::check_len(&attrs, value)?;
-                    let new = env.seal_with(
-                        backend,
-                        s,
-                        new_key,
-                        primary,
-                        &row.id,
-                        &bound,
-                        value.as_slice(),
-                    )?;
+                    let new =
+                        env.seal_with(s, new_key, primary, &row.id, &bound, value.as_slice())?;
                     Ok(new.try_encode()?)
                 });
                 match sealed {
@@ -227,7 +220,7 @@ impl Drop for RewrapJob<'_> {
             .collect();
         drop(keys);
         let label = self.env.kek_label().as_bytes().to_vec();
-        let _ = self.env.with_session(self.backend, |s| {
+        let _ = self.env.with_session(|s| {
             for h in copies {
                 let ours = s
                     .get_attributes(h, &[AttributeType::Token, AttributeType::Label])

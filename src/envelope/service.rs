@@ -42,28 +42,21 @@ pub struct DekRef<'a> {
 impl Envelope {
     /// Wrap `value` for the DEK `id` with attributes `attrs` under the
     /// primary KEK version; returns the encoded record.
-    pub fn seal(
-        &self,
-        backend: &Backend,
-        id: &[u8; 16],
-        attrs: &Attrs,
-        value: &[u8],
-    ) -> Result<Vec<u8>> {
-        let version = self.primary(backend)?;
-        self.seal_under(backend, version, id, attrs, value)
+    pub fn seal(&self, id: &[u8; 16], attrs: &Attrs, value: &[u8]) -> Result<Vec<u8>> {
+        let version = self.primary()?;
+        self.seal_under(version, id, attrs, value)
     }
 
     pub(super) fn seal_under(
         &self,
-        backend: &Backend,
         version: u32,
         id: &[u8; 16],
         attrs: &Attrs,
         value: &[u8],
     ) -> Result<Vec<u8>> {
         let bound = attrs.bound_encoding();
-        let rec = self.with_kek(backend, version, |s, key| {
-            self.seal_with(backend, s, key, version, id, &bound, value)
+        let rec = self.with_kek(version, |s, key| {
+            self.seal_with(s, key, version, id, &bound, value)
         })?;
         Ok(rec.try_encode()?)
     }
@@ -73,7 +66,6 @@ impl Envelope {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn seal_with(
         &self,
-        backend: &Backend,
         s: &cryptoki::session::Session,
         key: KekKey,
         version: u32,
@@ -81,6 +73,7 @@ impl Envelope {
         bound: &[u8],
         value: &[u8],
     ) -> Result<WrappedRecord> {
+        let backend = self.backend();
         let blank = |alg, iv: Vec<u8>| WrappedRecord {
             alg,
             kek_label: self.settings.kek_label.clone(),
@@ -171,17 +164,12 @@ impl Envelope {
     /// Unwrap a record on the HSM, with the KEK version it names. Any change
     /// to the record, the id or the bound attributes makes the HSM's tag
     /// check fail.
-    pub fn open(
-        &self,
-        backend: &Backend,
-        id: &[u8; 16],
-        attrs: &Attrs,
-        record: &[u8],
-    ) -> Result<SecretBytes> {
+    pub fn open(&self, id: &[u8; 16], attrs: &Attrs, record: &[u8]) -> Result<SecretBytes> {
+        let backend = self.backend();
         let rec = self.openable(id, record)?;
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
-            .with_kek(backend, rec.kek_version, |s, key| {
+            .with_kek(rec.kek_version, |s, key| {
                 Self::open_with(backend, s, key, &rec, &aad)
             })
             .inspect_err(|e| {
@@ -234,7 +222,7 @@ impl Envelope {
     /// very record and attributes (`binding`), else unwrapped on the HSM.
     /// `row_generation` is set for token DEKs: a record under an old KEK
     /// version is then re-wrapped under the primary one (lazy re-wrap).
-    pub fn value(&self, backend: &Backend, dek: DekRef<'_>) -> Result<Arc<PreparedKey>> {
+    pub fn value(&self, dek: DekRef<'_>) -> Result<Arc<PreparedKey>> {
         let DekRef {
             id,
             attrs,
@@ -244,19 +232,19 @@ impl Envelope {
         } = dek;
         // Revocation and outage: the KEK versions in use are checked every
         // soft TTL; an error here means nothing cached may be served.
-        self.ensure_fresh(backend)?;
+        self.ensure_fresh()?;
         if let Some(v) = self.cache.get(id, binding) {
             return Ok(v);
         }
         let epoch = self.cache.epoch();
         let version = Envelope::record_version(record).unwrap_or(0);
         let opened = self
-            .open(backend, id, attrs, record)
+            .open(id, attrs, record)
             .map_err(|e| self.classify(version, e));
         let v = match opened {
             Ok(v) => {
                 if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
-                    self.rewrap_one(backend, id, attrs, record, generation, v.as_slice());
+                    self.rewrap_one(id, attrs, record, generation, v.as_slice());
                 }
                 v
             }
@@ -266,8 +254,7 @@ impl Envelope {
                 if row_generation.is_some()
                     && matches!(e.rv(), CKR_HSME_KEK_UNAVAILABLE | CKR_HSME_KEK_REVOKED) =>
             {
-                self.open_current_row(backend, id, attrs, record)
-                    .ok_or(e)??
+                self.open_current_row(id, attrs, record).ok_or(e)??
             }
             Err(e) => return Err(e),
         };
@@ -288,7 +275,6 @@ impl Envelope {
     /// binds the same attributes. None when there is nothing newer to try.
     fn open_current_row(
         &self,
-        backend: &Backend,
         id: &[u8; 16],
         attrs: &Attrs,
         record: &[u8],
@@ -298,13 +284,12 @@ impl Envelope {
         if row.record == record || current.bound_encoding() != attrs.bound_encoding() {
             return None;
         }
-        Some(self.open(backend, id, &current, &row.record))
+        Some(self.open(id, &current, &row.record))
     }
 
     /// Best effort: a failure here leaves the record as it was.
     fn rewrap_one(
         &self,
-        backend: &Backend,
         id: &[u8; 16],
         attrs: &Attrs,
         record: &[u8],
@@ -314,11 +299,11 @@ impl Envelope {
         let Ok(rec) = WrappedRecord::decode(record) else {
             return;
         };
-        let r = self.primary(backend).and_then(|primary| {
+        let r = self.primary().and_then(|primary| {
             if rec.kek_version == primary {
                 return Ok(());
             }
-            let new = self.seal_under(backend, primary, id, attrs, value)?;
+            let new = self.seal_under(primary, id, attrs, value)?;
             let label = &self.settings.kek_label;
             self.with_store(|st| {
                 Ok(st.replace_records(label, &[(*id, generation, new, primary)])?)

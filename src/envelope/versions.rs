@@ -13,8 +13,8 @@ use cryptoki_sys::*;
 use super::record::WrappedRecord;
 use super::service::{Envelope, View};
 use crate::audit::{Entry, Op};
+use crate::backend::kek;
 use crate::backend::kek::KekType;
-use crate::backend::{kek, Backend};
 use crate::error::{Error, Result};
 use crate::store::{KekState, KekVersionRow, StoreError};
 use crate::vendor::CKR_HSME_KEK_UNAVAILABLE;
@@ -26,7 +26,7 @@ impl Envelope {
     /// The primary KEK version, from this process's view while fresh, else
     /// from the store. Registers version 1 on first use, and rotates when
     /// the policy says the primary is too old.
-    pub fn primary(&self, backend: &Backend) -> Result<u32> {
+    pub fn primary(&self) -> Result<u32> {
         if let Some(v) = *unpoisoned(self.view.read()) {
             let age = Duration::from_millis(crate::clock::mono_ms().saturating_sub(v.loaded_ms));
             if age < self.settings.refresh {
@@ -36,13 +36,13 @@ impl Envelope {
         let label = self.settings.kek_label.clone();
         let row = match self.with_store(|st| Ok(st.primary_kek(&label)?))? {
             Some(row) => row,
-            None => self.bootstrap(backend)?,
+            None => self.bootstrap()?,
         };
         let mut primary = row.version;
         if let (Some(max_age), Some(since)) = (self.settings.rotate_after, row.primary_since) {
             let age = crate::clock::unix_secs().saturating_sub(since);
             if age >= max_age.as_secs() as i64 {
-                match self.rotate(backend) {
+                match self.rotate() {
                     Ok(v) => primary = v,
                     // Someone else is rotating, or we cannot: keep sealing
                     // under the current primary and try again later.
@@ -70,9 +70,9 @@ impl Envelope {
 
     /// A store with no versions yet: version 1 is the KEK made with the
     /// token (label, CKA_ID 01). Another process may register it first.
-    fn bootstrap(&self, backend: &Backend) -> Result<KekVersionRow> {
+    fn bootstrap(&self) -> Result<KekVersionRow> {
         let label = self.settings.kek_label.clone();
-        let ty = self.with_session(backend, |s| {
+        let ty = self.with_session(|s| {
             let key = self.kek_handle(s, 1)?;
             kek::kek_type(s, key)
         })?;
@@ -85,8 +85,8 @@ impl Envelope {
     }
 
     /// Every version, oldest first, with how many records each holds.
-    pub fn versions(&self, backend: &Backend) -> Result<Vec<(KekVersionRow, u64)>> {
-        self.primary(backend)?;
+    pub fn versions(&self) -> Result<Vec<(KekVersionRow, u64)>> {
+        self.primary()?;
         let label = self.settings.kek_label.clone();
         self.with_store(|st| {
             let rows = st.kek_versions(&label)?;
@@ -103,20 +103,15 @@ impl Envelope {
     /// primary, under a lease so that only one process or command rotates at
     /// a time. A key left on the HSM by a rotation that died before recording
     /// it is adopted, not duplicated.
-    pub fn rotate(&self, backend: &Backend) -> Result<u32> {
-        self.create_version(backend, None, true)
+    pub fn rotate(&self) -> Result<u32> {
+        self.create_version(None, true)
     }
 
     /// Make a new version on the HSM, of type `ty` (None: the primary's);
     /// primary or not (a version made ahead of time can be promoted with
     /// `set_primary`).
-    pub fn create_version(
-        &self,
-        backend: &Backend,
-        ty: Option<KekType>,
-        make_primary: bool,
-    ) -> Result<u32> {
-        self.add_version(backend, make_primary, Op::KekCreate, |s, label, next| {
+    pub fn create_version(&self, ty: Option<KekType>, make_primary: bool) -> Result<u32> {
+        self.add_version(make_primary, Op::KekCreate, |s, label, next| {
             if kek::exists(s, label, next)? {
                 crate::log_warn!(
                     "KEK '{label}' v{next} is on the HSM but not recorded: adopting it"
@@ -162,20 +157,18 @@ impl Envelope {
     /// value; if anything fails, the objects made are destroyed.
     pub(super) fn add_version(
         &self,
-        backend: &Backend,
         make_primary: bool,
         op: Op,
         make: impl Fn(&cryptoki::session::Session, &str, u32) -> Result<Vec<ObjectHandle>>,
     ) -> Result<u32> {
         let label = self.settings.kek_label.clone();
-        let result = self.with_lease(|| self.add_locked(backend, &label, make_primary, op, make));
+        let result = self.with_lease(|| self.add_locked(&label, make_primary, op, make));
         self.refresh_now();
         result
     }
 
     fn add_locked(
         &self,
-        backend: &Backend,
         label: &str,
         make_primary: bool,
         op: Op,
@@ -183,7 +176,7 @@ impl Envelope {
     ) -> Result<u32> {
         // Registering version 1 first keeps numbering right on a new store.
         if self.with_store(|st| Ok(st.primary_kek(label)?))?.is_none() {
-            self.bootstrap(backend)?;
+            self.bootstrap()?;
         }
         let next = self
             .with_store(|st| Ok(st.kek_versions(label)?))?
@@ -192,9 +185,9 @@ impl Envelope {
             .max()
             .unwrap_or(0)
             + 1;
-        self.with_session(backend, |s| {
+        self.with_session(|s| {
             let made = make(s, label, next)?;
-            let added = self.check_new(backend, s, next).and_then(|ty| {
+            let added = self.check_new(s, next).and_then(|ty| {
                 let kind = ty.name();
                 self.with_store(|st| Ok(st.add_kek_version(label, next, &kind, make_primary)?))?;
                 crate::log_info!("KEK '{label}' v{next} ({kind}) added (primary: {make_primary})");
@@ -221,12 +214,8 @@ impl Envelope {
     /// not extractable, RSA of 2048 bits or more with matching halves) and
     /// seals and opens a test value: an imported AES key of 25 to 31 bytes,
     /// say, fails here rather than after it is primary.
-    fn check_new(
-        &self,
-        backend: &Backend,
-        s: &cryptoki::session::Session,
-        version: u32,
-    ) -> Result<KekType> {
+    fn check_new(&self, s: &cryptoki::session::Session, version: u32) -> Result<KekType> {
+        let backend = self.backend();
         let key = self.kek_handle(s, version)?;
         let ty = kek::kek_type(s, key)?;
         let id = [0xA5u8; 16];
@@ -234,7 +223,7 @@ impl Envelope {
         let mut value = [0u8; 32];
         getrandom::fill(&mut value).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
         let trial = self
-            .seal_with(backend, s, key, version, &id, bound, &value)
+            .seal_with(s, key, version, &id, bound, &value)
             .and_then(|rec| {
                 let aad = rec.aad(&id, bound);
                 Envelope::open_with(backend, s, key, &rec, &aad)
@@ -252,9 +241,9 @@ impl Envelope {
 
     /// Make an existing version primary (new DEKs wrap under it at once here,
     /// within `refresh_secs` in other processes).
-    pub fn set_primary(&self, backend: &Backend, version: u32) -> Result<()> {
+    pub fn set_primary(&self, version: u32) -> Result<()> {
         let label = self.settings.kek_label.clone();
-        self.with_session(backend, |s| self.kek_handle(s, version).map(|_| ()))?;
+        self.with_session(|s| self.kek_handle(s, version).map(|_| ()))?;
         self.with_store(|st| Ok(st.set_primary_kek(&label, version)?))?;
         self.refresh_now();
         self.log(Entry::new(Op::KekSetPrimary, CKR_OK).kek_version(version));
@@ -262,15 +251,15 @@ impl Envelope {
     }
 
     /// Records not under the primary version.
-    pub fn pending_rewrap(&self, backend: &Backend) -> Result<u64> {
-        let primary = self.primary(backend)?;
+    pub fn pending_rewrap(&self) -> Result<u64> {
+        let primary = self.primary()?;
         let label = self.settings.kek_label.clone();
         self.with_store(|st| Ok(st.count_not_under(&label, primary)?))
     }
 
     /// Destroy version `version` on the HSM, only if it is not primary and no
     /// record at all (soft-deleted ones included: they are rows) needs it.
-    pub fn destroy_version(&self, backend: &Backend, version: u32) -> Result<()> {
+    pub fn destroy_version(&self, version: u32) -> Result<()> {
         let label = self.settings.kek_label.clone();
         let rows = self.with_store(|st| Ok(st.kek_versions(&label)?))?;
         let row = rows
@@ -305,7 +294,7 @@ impl Envelope {
                 "{needed} record(s) still need v{version}; run `hsm-envelope rewrap` first"
             )));
         }
-        self.with_session(backend, |s| {
+        self.with_session(|s| {
             for h in self.kek_handle(s, version)?.objects() {
                 s.destroy_object(h)
                     .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))?;

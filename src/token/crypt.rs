@@ -147,7 +147,7 @@ fn check_and_fetch<'m>(
     let env = m.envelope_for(d.slot)?;
     // Before the lookup: a removal from the cache after this is noticed.
     let epoch = env.cache.epoch();
-    let key = env.value(&m.backend, d.key_ref(&st))?;
+    let key = env.value(d.key_ref(&st))?;
     let label = st.attrs.label().to_vec();
     let kek_version = crate::envelope::Envelope::record_version(&st.record).unwrap_or(0);
     drop(st);

@@ -51,7 +51,7 @@ fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
     let bh = m.backend.open_session(entry.backend_id, flags)?;
     if m.is_user(s.slot) {
         if let Ok(env) = m.envelope_for(s.slot) {
-            env.login_again(&m.backend, bh);
+            env.login_again(bh);
         }
     }
     s.set_backend(bh);

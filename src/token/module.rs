@@ -6,7 +6,7 @@
 //! makes one, so a lock or a reference count here would serialise all threads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cryptoki::slot::Slot;
@@ -31,7 +31,7 @@ pub struct Module {
     /// anything remembered by handle is remembered with this too.
     pub generation: u64,
     pub config: Config,
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
     /// Our slot ids are indexes into this list.
     pub slots: Vec<SlotEntry>,
     /// The slot whose backend token holds the KEK; DEKs live there.
@@ -114,7 +114,7 @@ pub fn finalize() -> Result<()> {
 
 impl Module {
     fn start(config: Config) -> Result<Module> {
-        let backend = Backend::load(&config.backend_module)?;
+        let backend = Arc::new(Backend::load(&config.backend_module)?);
         let mut slots = Vec::new();
         let mut dek_slot = None;
         for id in backend.token_slots()? {
@@ -137,6 +137,7 @@ impl Module {
                 Some(Envelope::new(
                     crate::envelope::service::Settings::from(&config),
                     slot,
+                    backend.clone(),
                 ))
             }
             None => None,
@@ -145,7 +146,7 @@ impl Module {
         // error, reported now rather than at the first DEK.
         if let Some(env) = &envelope {
             env.with_store(|_| Ok(()))?;
-            env.open_audit(&config, &backend)?;
+            env.open_audit(&config)?;
         }
         let n_slots = slots.len();
         Ok(Module {
@@ -174,7 +175,15 @@ impl Module {
             }
             env.close();
         }
-        self.backend.finalize();
+        let Module {
+            backend, envelope, ..
+        } = self;
+        // The envelope holds the only other reference to the backend.
+        drop(envelope);
+        match Arc::try_unwrap(backend) {
+            Ok(b) => b.finalize(),
+            Err(_) => crate::log_warn!("the backend is still in use; not finalised"),
+        }
         crate::log_info!("finalised");
     }
 

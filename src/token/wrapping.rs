@@ -85,14 +85,9 @@ pub fn wrap_key(
             }
             let bmech = backend_kw_mech(&m, &s, mech)?;
             let env = m.envelope_for(d.slot)?;
-            let value = env.value(&m.backend, d.key_ref(&st))?;
+            let value = env.value(d.key_ref(&st))?;
             drop(st);
-            Ok(WrapStep::Done(env.keywrap(
-                &m.backend,
-                w,
-                bmech,
-                value.value(),
-            )?))
+            Ok(WrapStep::Done(env.keywrap(w, bmech, value.value())?))
         }
         // DEKs do not wrap in software (yet).
         (Target::Dek(..), _) => Err(Error::Rv(CKR_MECHANISM_INVALID)),
@@ -141,7 +136,7 @@ pub fn unwrap_key(
     }
     let bmech = backend_kw_mech(&m, &s, mech.kind())?;
     let env = m.envelope_for(s.slot)?;
-    let value = env.keyunwrap(&m.backend, uw, bmech, wrapped)?;
+    let value = env.keyunwrap(uw, bmech, wrapped)?;
     if !policy::is_valid_aes_len(value.len()) {
         return Err(Error::Rv(CKR_WRAPPED_KEY_INVALID));
     }

@@ -47,7 +47,7 @@ pub fn ensure_key(admin: &Admin) -> hsm_envelope::Result<bool> {
     let label = admin.config.audit_hmac_label.as_str();
     let made = admin
         .env
-        .with_session(admin.backend(), |s| audit::hsm::ensure_key(s, label))?;
+        .with_session(|s| audit::hsm::ensure_key(s, label))?;
     if made {
         hsm_envelope::log_info!("audit HMAC key '{label}' created on the backend token");
     }
@@ -60,7 +60,7 @@ pub fn verify(admin: &Admin, path: &Path) -> Result<Report, Failure> {
     // A missing or ambiguous key is an HSM problem, not a tampered log.
     admin
         .env
-        .with_session(admin.backend(), |s| audit::hsm::find_key(s, &label))
+        .with_session(|s| audit::hsm::find_key(s, &label))
         .map_err(|e| {
             Failure::new(
                 exit::BACKEND,

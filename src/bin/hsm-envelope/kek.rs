@@ -57,7 +57,7 @@ fn version_json(r: &KekVersionRow, records: u64) -> Value {
 
 pub fn create(admin: &Admin, kind: KekKind, primary: bool) -> Result<Report, Failure> {
     let env = &admin.env;
-    let v = env.create_version(admin.backend(), Some(kind.kek_type()), primary)?;
+    let v = env.create_version(Some(kind.kek_type()), primary)?;
     let mut text = if primary {
         format!(
             "KEK '{}': created v{v} ({}) on the HSM; it is now primary\n",
@@ -130,10 +130,9 @@ fn audit_key(admin: &Admin, done: &str, text: &mut String, doc: &mut Value) -> R
 
 pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
     let env = &admin.env;
-    let b = admin.backend();
-    let previous = env.primary(b)?;
-    let v = env.rotate(b)?;
-    let pending = env.pending_rewrap(b)?;
+    let previous = env.primary()?;
+    let v = env.rotate()?;
+    let pending = env.pending_rewrap()?;
     let refresh = admin.config.refresh_secs;
     let mut text = format!(
         "KEK '{}': v{v} is now primary (was v{previous}). New DEKs wrap under it; running processes switch within refresh_secs ({refresh} s).\n",
@@ -162,7 +161,7 @@ pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
 
 pub fn list(admin: &Admin) -> Result<Report, Failure> {
     let env = &admin.env;
-    let versions = env.versions(admin.backend())?;
+    let versions = env.versions()?;
     let rows: Vec<Vec<String>> = versions
         .iter()
         .map(|(r, n)| {
@@ -207,7 +206,7 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
 
 /// The version's row and record count, or a refusal naming what exists.
 fn find_version(admin: &Admin, version: u32) -> Result<(KekVersionRow, u64), Failure> {
-    let versions = admin.env.versions(admin.backend())?;
+    let versions = admin.env.versions()?;
     let known: Vec<String> = versions
         .iter()
         .map(|(r, _)| format!("v{} ({})", r.version, r.state.as_str()))
@@ -245,9 +244,9 @@ pub fn set_primary(admin: &Admin, version: u32) -> Result<Report, Failure> {
         }
         KekState::DecryptOnly => {}
     }
-    let previous = env.primary(admin.backend())?;
-    env.set_primary(admin.backend(), version)?;
-    let pending = env.pending_rewrap(admin.backend())?;
+    let previous = env.primary()?;
+    env.set_primary(version)?;
+    let pending = env.pending_rewrap()?;
     Ok(Report::new(
         format!(
             "KEK '{}': v{version} is now primary (was v{previous}); {pending} record(s) under other versions\n",
@@ -290,7 +289,7 @@ pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
     }
     // The library checks primary and references again, under its own reads,
     // and refuses within refresh_secs of the version's retirement.
-    env.destroy_version(admin.backend(), version)
+    env.destroy_version(version)
         .map_err(|e| Failure::from(e).with_extra(json!({"version": version})))?;
     Ok(Report::new(
         format!(
@@ -312,7 +311,7 @@ pub fn import_key(
     bits: u32,
 ) -> Result<Report, Failure> {
     let env = &admin.env;
-    let info = env.import_key(admin.backend(), new, bits)?;
+    let info = env.import_key(new, bits)?;
     let pem = rsa::spki_pem(&info.spki);
     let oaep = import::oaep_name(info.oaep);
     let hash = if info.oaep == WrapAlg::RsaOaepSha256 {
@@ -361,9 +360,9 @@ pub fn import(
     primary: bool,
 ) -> Result<Report, Failure> {
     let env = &admin.env;
-    let v = env.import_version(admin.backend(), blob, kind.material(), primary)?;
+    let v = env.import_version(blob, kind.material(), primary)?;
     let kind_name = env
-        .versions(admin.backend())?
+        .versions()?
         .into_iter()
         .find(|(r, _)| r.version == v)
         .map(|(r, _)| r.kind)

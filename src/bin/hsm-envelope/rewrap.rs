@@ -97,7 +97,7 @@ pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
     let b = admin.backend();
     let job = RewrapJob::new(env, b, args.threads())?;
     let primary = job.primary();
-    let pending_before = env.pending_rewrap(b)?;
+    let pending_before = env.pending_rewrap()?;
     let started = Instant::now();
     let mut progress = Progress::new(pending_before);
     let (mut scanned, mut rewrapped, mut skipped) = (0u64, 0u64, 0u64);
@@ -144,7 +144,7 @@ pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
             "elapsed_secs": elapsed,
         })));
     }
-    let remaining = env.pending_rewrap(b)?;
+    let remaining = env.pending_rewrap()?;
     hsm_envelope::log_info!(
         "rewrap: {rewrapped} re-wrapped under v{primary}, {skipped} skipped, {remaining} remaining, {elapsed:.1} s"
     );

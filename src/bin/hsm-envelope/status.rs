@@ -75,7 +75,6 @@ fn details(
     store: &str,
 ) -> Result<Report, Failure> {
     let env = &admin.env;
-    let b = admin.backend();
     let slot = admin.slot.id();
     let mut text = format!(
         "backend module   {module}: ok\ntoken            '{token}': ok (backend slot {slot})\nlogin            ok\nstore            {store}\n"
@@ -88,9 +87,9 @@ fn details(
         "kek_label": kek_label,
     });
     let facts = env
-        .versions(b)
+        .versions()
         .and_then(|v| Ok((v, env.with_store(|st| Ok(st.record_counts()?))?)))
-        .and_then(|(v, counts)| Ok((v, counts, env.pending_rewrap(b)?)))
+        .and_then(|(v, counts)| Ok((v, counts, env.pending_rewrap()?)))
         .and_then(|(v, c, p)| Ok((v, c, p, env.deleted()?)))
         .and_then(|(v, c, p, d)| {
             Ok((v, c, p, d, env.with_store(|st| Ok(st.purge_protection()?))?))

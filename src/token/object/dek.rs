@@ -78,7 +78,7 @@ pub fn create(
                 .ulong(CKA_VALUE_LEN)
                 .ok_or(Error::Rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
             let mut v = SecretBytes::new(len);
-            env.random(&m.backend, v.as_mut_slice())?;
+            env.random(v.as_mut_slice())?;
             v
         }
     };
@@ -95,7 +95,7 @@ pub fn create(
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
     attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
-    let record = env.seal(&m.backend, &id, &attrs, value.as_slice())?;
+    let record = env.seal(&id, &attrs, value.as_slice())?;
     let kek_version = Envelope::record_version(&record).unwrap_or(0);
     if token {
         let now = crate::clock::unix_secs();
@@ -155,7 +155,7 @@ pub fn attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) -> A
         }
         let value = m
             .envelope_for(d.slot)
-            .and_then(|env| env.value(&m.backend, d.key_ref(st)));
+            .and_then(|env| env.value(d.key_ref(st)));
         return match value {
             Ok(v) => Answer::Value(Zeroizing::new(v.value().to_vec())),
             Err(e) => Answer::Failed(e),

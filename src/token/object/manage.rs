@@ -252,8 +252,8 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
     let env = m.envelope_for(d.slot)?;
     // Bound attributes changed: the record must be sealed again.
     let resealed = if new.bound_encoding() != w.attrs.bound_encoding() {
-        let value = env.value(&m.backend, d.key_ref(&w))?;
-        Some(env.seal(&m.backend, &d.id, &new, value.value())?)
+        let value = env.value(d.key_ref(&w))?;
+        Some(env.seal(&d.id, &new, value.value())?)
     } else {
         None
     };
