@@ -16,12 +16,13 @@
 // object with C_CreateObject); keys from KeyGenerator are checked by round
 // trip only, since their values need not be readable.
 //
-// Two provider instances load the same module: "plain" with SunPKCS11's
-// defaults (session keys, CKA_TOKEN false), and "wrap", whose generated and
-// imported AES keys also get CKA_WRAP, CKA_UNWRAP and CKA_EXTRACTABLE true,
-// for the Cipher.WRAP_MODE / UNWRAP_MODE checks. SunPKCS11 in JDK 17 has no
-// AES/KW or AES/KWP (those checks SKIP there); JDK 25's offers them for a
-// wrap/unwrap-only mechanism only with allowLegacy, set on "wrap".
+// Each check configures its own SunPKCS11 instance on the module (its own
+// session pool, so checks are independent): "plain" with SunPKCS11's
+// defaults (session keys, CKA_TOKEN false), or "wrapping", whose generated
+// and imported AES keys also get CKA_WRAP, CKA_UNWRAP and CKA_EXTRACTABLE
+// true, for the Cipher.WRAP_MODE / UNWRAP_MODE checks. SunPKCS11 in JDK 17
+// has no AES/KW or AES/KWP (those checks SKIP there); JDK 25's offers them
+// for a wrap/unwrap-only mechanism only with allowLegacy, set on "wrapping".
 
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -131,22 +132,55 @@ public final class InteropTest {
         return b;
     }
 
-    static Provider load(String name, String library, String extra) throws Exception {
+    private static String library;
+    private static char[] pin;
+    private static int providers;
+
+    /**
+     * A new SunPKCS11 instance on the module, logged in. Every check makes its
+     * own, so each has its own session pool: a session a failed check left
+     * with an operation active cannot fail the checks after it.
+     */
+    static Provider load(String extra) throws Exception {
+        String name = "Interop" + (++providers);
         String cfg = "name = " + name + "\n"
                 + "library = " + library + "\n"
                 + "slotListIndex = 0\n"
                 + extra;
         Path f = Files.createTempFile("sunpkcs11-" + name, ".cfg");
-        Files.writeString(f, cfg, StandardCharsets.UTF_8);
-        f.toFile().deleteOnExit();
-        Provider p = Security.getProvider("SunPKCS11").configure(f.toString());
-        Security.addProvider(p);
-        return p;
+        try {
+            Files.writeString(f, cfg, StandardCharsets.UTF_8);
+            Provider p = Security.getProvider("SunPKCS11").configure(f.toString());
+            KeyStore.getInstance("PKCS11", p).load(null, pin);
+            return p;
+        } finally {
+            Files.delete(f);
+        }
     }
 
-    static void login(Provider p, char[] pin) throws Exception {
-        KeyStore ks = KeyStore.getInstance("PKCS11", p);
-        ks.load(null, pin);
+    /** SunPKCS11 defaults: session keys (CKA_TOKEN false). */
+    static Provider plain() throws Exception {
+        return load("");
+    }
+
+    /**
+     * Generated and imported AES keys can also wrap, unwrap and be wrapped.
+     * allowLegacy: SunPKCS11 offers AES/KW and AES/KWP for a mechanism that
+     * cannot also encrypt/decrypt only with it, and CKM_AES_KEY_WRAP(_PAD)
+     * are wrap/unwrap-only on SoftHSM2.
+     */
+    static Provider wrapping() throws Exception {
+        return load("allowLegacy = true\n"
+                + "attributes(generate, CKO_SECRET_KEY, CKK_AES) = {\n"
+                + "  CKA_WRAP = true\n  CKA_UNWRAP = true\n  CKA_EXTRACTABLE = true\n}\n"
+                + "attributes(import, CKO_SECRET_KEY, CKK_AES) = {\n"
+                + "  CKA_WRAP = true\n  CKA_UNWRAP = true\n  CKA_EXTRACTABLE = true\n}\n");
+    }
+
+    static SecretKey gen(Provider p, int bits) throws Exception {
+        KeyGenerator kg = KeyGenerator.getInstance("AES", p);
+        kg.init(bits);
+        return kg.generateKey();
     }
 
     /** The transformations checked, with the data sizes they accept. */
@@ -215,13 +249,6 @@ public final class InteropTest {
         return out.toByteArray();
     }
 
-    static SecretKey need(SecretKey k) {
-        if (k == null) {
-            throw new AssertionError("no generated key (keygen failed)");
-        }
-        return k;
-    }
-
     @FunctionalInterface
     interface Action {
         void run() throws Exception;
@@ -257,7 +284,6 @@ public final class InteropTest {
             System.err.println("usage: java -cp OUT InteropTest LIBRARY PIN");
             System.exit(2);
         }
-        String library = args[0];
         // INTEROP_JAVA_SKIPS: lines "name<TAB>reason" (scripts/interop.sh)
         String skips = System.getenv("INTEROP_JAVA_SKIPS");
         if (skips != null) {
@@ -268,51 +294,29 @@ public final class InteropTest {
                 }
             }
         }
-        char[] pin = args[1].toCharArray();
         System.out.println("# java " + System.getProperty("java.version") + " ("
                 + System.getProperty("java.vm.vendor") + "), module " + library);
 
-        Provider[] holder = new Provider[2];
+        library = args[0];
+        pin = args[1].toCharArray();
         check("provider-load", () -> {
-            holder[0] = load("InteropPlain", library, "");
-            // allowLegacy: SunPKCS11 offers AES/KW and AES/KWP only for
-            // mechanisms that can also encrypt/decrypt unless this is set, and
-            // CKM_AES_KEY_WRAP(_PAD) are wrap/unwrap-only on SoftHSM2.
-            holder[1] = load("InteropWrap", library,
-                    "allowLegacy = true\n"
-                            + "attributes(generate, CKO_SECRET_KEY, CKK_AES) = {\n"
-                            + "  CKA_WRAP = true\n  CKA_UNWRAP = true\n  CKA_EXTRACTABLE = true\n}\n"
-                            + "attributes(import, CKO_SECRET_KEY, CKK_AES) = {\n"
-                            + "  CKA_WRAP = true\n  CKA_UNWRAP = true\n  CKA_EXTRACTABLE = true\n}\n");
+            plain();
             return null;
         });
-        if (holder[0] == null) {
-            System.exit(1);
-        }
-        Provider p = holder[0];
-        Provider pw = holder[1];
-        check("login", () -> {
-            login(p, pin);
-            login(pw, pin);
+        check("provider-load-wrap", () -> {
+            wrapping();
             return null;
         });
         Provider jce = Security.getProvider("SunJCE");
 
         // --- KeyGenerator ----------------------------------------------------------
-        SecretKey[] gen = new SecretKey[2];
-        check("keygen-aes128", () -> {
-            KeyGenerator kg = KeyGenerator.getInstance("AES", p);
-            kg.init(128);
-            gen[0] = kg.generateKey();
-            require(gen[0].getAlgorithm().equals("AES"), "algorithm " + gen[0].getAlgorithm());
-            return null;
-        });
-        check("keygen-aes256", () -> {
-            KeyGenerator kg = KeyGenerator.getInstance("AES", p);
-            kg.init(256);
-            gen[1] = kg.generateKey();
-            return null;
-        });
+        for (int bits : new int[] {128, 256}) {
+            check("keygen-aes" + bits, () -> {
+                SecretKey k = gen(plain(), bits);
+                require(k.getAlgorithm().equals("AES"), "algorithm " + k.getAlgorithm());
+                return null;
+            });
+        }
 
         // --- the five modes: round trip with a generated key, and against SunJCE ----
         byte[] known = HEX.parseHex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
@@ -321,11 +325,10 @@ public final class InteropTest {
             String n = shortName(m.transformation());
             int len = m.blockMultipleOnly() ? 16 * 67 : 1061;
             byte[] aad = m.aead() ? "header".getBytes(StandardCharsets.UTF_8) : null;
-            for (int ki = 0; ki < 2; ki++) {
-                SecretKey k = gen[ki];
-                String kn = ki == 0 ? "aes128" : "aes256";
-                check(n + "-roundtrip-" + kn, () -> {
-                    need(k);
+            for (int bits : new int[] {128, 256}) {
+                check(n + "-roundtrip-aes" + bits, () -> {
+                    Provider p = plain();
+                    SecretKey k = gen(p, bits);
                     Cipher c = cipher(p, m.transformation());
                     byte[] pt = random(len);
                     byte[] iv = random(m.ivLen());
@@ -344,7 +347,7 @@ public final class InteropTest {
                 });
             }
             check(n + "-vs-SunJCE", () -> {
-                Cipher c = cipher(p, m.transformation());
+                Cipher c = cipher(plain(), m.transformation());
                 Cipher ref = Cipher.getInstance(m.transformation(), jce);
                 byte[] pt = random(len);
                 byte[] iv = random(m.ivLen());
@@ -364,12 +367,15 @@ public final class InteropTest {
 
         // --- Cipher reuse after a failed doFinal -----------------------------------------
         // Each "-reuse-" check makes doFinal fail, accepts any exception from it
-        // (the "-exception" checks say whether it was the right one), then
+        // (GCM-bad-tag-exception says whether a bad tag gives the right one; for
+        // CBC padding SunPKCS11 cannot: it maps no CKR_ code to
+        // BadPaddingException when the token removes the padding), then
         // initialises the same Cipher object again and expects it to work.
         for (boolean multi : new boolean[] {false, true}) {
             String suffix = multi ? "-multipart" : "";
             check("GCM-reuse-after-bad-tag" + suffix, () -> {
-                SecretKey k = need(gen[1]);
+                Provider p = plain();
+                SecretKey k = gen(p, 256);
                 Cipher c = cipher(p, "AES/GCM/NoPadding");
                 byte[] pt = random(100);
                 byte[] iv = random(12);
@@ -396,7 +402,8 @@ public final class InteropTest {
             });
         }
         check("GCM-bad-tag-exception", () -> {
-            SecretKey k = need(gen[1]);
+            Provider p = plain();
+            SecretKey k = gen(p, 256);
             Cipher c = cipher(p, "AES/GCM/NoPadding");
             byte[] iv = random(12);
             byte[] ct = run(c, Cipher.ENCRYPT_MODE, k, new GCMParameterSpec(128, iv), null, random(40));
@@ -406,7 +413,8 @@ public final class InteropTest {
             return null;
         });
         check("CBC-PKCS5-reuse-after-bad-padding", () -> {
-            SecretKey k = need(gen[1]);
+            Provider p = plain();
+            SecretKey k = gen(p, 256);
             Cipher c = cipher(p, "AES/CBC/PKCS5Padding");
             byte[] iv = random(16);
             byte[] pt = random(40);
@@ -417,17 +425,9 @@ public final class InteropTest {
                     "decrypt after the failure (it was " + describe(t) + ")");
             return null;
         });
-        check("CBC-PKCS5-bad-padding-exception", () -> {
-            SecretKey k = need(gen[1]);
-            Cipher c = cipher(p, "AES/CBC/PKCS5Padding");
-            byte[] iv = random(16);
-            byte[] bad = badPadding(c, k, iv);
-            Throwable t = failure(() -> run(c, Cipher.DECRYPT_MODE, k, new IvParameterSpec(iv), null, bad));
-            require(t instanceof BadPaddingException, "want BadPaddingException, got " + describe(t));
-            return null;
-        });
         check("CBC-PKCS5-reuse-after-short-ciphertext", () -> {
-            SecretKey k = need(gen[1]);
+            Provider p = plain();
+            SecretKey k = gen(p, 256);
             Cipher c = cipher(p, "AES/CBC/PKCS5Padding");
             byte[] iv = random(16);
             byte[] pt = random(40);
@@ -451,6 +451,7 @@ public final class InteropTest {
             String t = w[1];
             String n = "wrap-" + t.replace('/', '-');
             check(n + "-roundtrip", () -> {
+                Provider pw = wrapping();
                 Cipher c;
                 try {
                     c = Cipher.getInstance(t, pw);
@@ -468,7 +469,7 @@ public final class InteropTest {
                 c.init(Cipher.UNWRAP_MODE, kek);
                 Key back = c.unwrap(wrapped, "AES", Cipher.SECRET_KEY);
                 // the unwrapped key encrypts like the original
-                Cipher g = cipher(p, "AES/GCM/NoPadding");
+                Cipher g = cipher(pw, "AES/GCM/NoPadding");
                 byte[] pt = random(50);
                 byte[] iv = random(12);
                 byte[] ct = run(g, Cipher.ENCRYPT_MODE, dek, new GCMParameterSpec(128, iv), null, pt);
@@ -477,6 +478,7 @@ public final class InteropTest {
                 return null;
             });
             check(n + "-vs-SunJCE", () -> {
+                Provider pw = wrapping();
                 Cipher c;
                 try {
                     c = Cipher.getInstance(t, pw);
@@ -501,7 +503,7 @@ public final class InteropTest {
                 c.init(Cipher.UNWRAP_MODE, kek);
                 Key back = c.unwrap(want, "AES", Cipher.SECRET_KEY);
                 // check the unwrapped value by encrypting with it vs SunJCE
-                Cipher g = cipher(p, "AES/GCM/NoPadding");
+                Cipher g = cipher(pw, "AES/GCM/NoPadding");
                 Cipher gref = Cipher.getInstance("AES/GCM/NoPadding", jce);
                 byte[] pt = random(50);
                 byte[] iv = random(12);
