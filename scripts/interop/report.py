@@ -164,7 +164,10 @@ def main():
     if broken or regress:
         print("interop: FAILED" + (f" ({len(regress)} test(s) pass on SoftHSM2 but not on ours)" if regress else ""))
         return 1
-    print("interop: OK")
+    if "softhsm" in targets and "ours" in targets:
+        print("interop: OK (every test that passes on SoftHSM2 passes on ours)")
+    else:
+        print(f"interop: ran on {targets[0]} only; nothing compared")
     return 0
 
 
