@@ -182,12 +182,16 @@ setup_python() {
     local want=("python-pkcs11==$PYTHON_PKCS11_VERSION" "PyKCS11==$PYKCS11_VERSION")
     local pp_sdist=$sdist_dir/python_pkcs11-$PYTHON_PKCS11_VERSION.tar.gz
     local pk_sdist=$sdist_dir/pykcs11-$PYKCS11_VERSION.tar.gz
+    if [[ ! -x $py ]]; then
+        note "creating the venv $venv"
+        python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    fi
     if [[ ! -f $pp_sdist || ! -f $pk_sdist ]]; then
         note "downloading the sdists of ${want[*]} from PyPI"
         # Source distributions (they hold the tests) of these two only; no
         # dependencies, which the venv gets from requirements.txt.
-        python3 -m pip download --quiet --no-deps --no-binary python-pkcs11,PyKCS11 \
-            --dest "$sdist_dir" "${want[@]}" ||
+        "$py" -m pip download --quiet --disable-pip-version-check --no-deps \
+            --no-binary python-pkcs11,PyKCS11 --dest "$sdist_dir" "${want[@]}" ||
             die "pip download of ${want[*]} failed (PyPI reachable?)"
     fi
     [[ -f $pp_sdist && -f $pk_sdist ]] || die "sdists not where expected: $pp_sdist, $pk_sdist"
@@ -195,10 +199,13 @@ setup_python() {
     # The venv is rebuilt when the requirements or the sdists change.
     local stamp
     stamp=$(cat "$helpers/requirements.txt" "$pp_sdist" "$pk_sdist" | sha256sum | cut -d' ' -f1)
-    if [[ ! -x $py || $(cat "$venv/.interop-stamp" 2>/dev/null) != "$stamp" ]]; then
-        note "creating the venv $venv (python-pkcs11 and PyKCS11 are built from source; takes a minute)"
-        rm -rf -- "$venv"
-        python3 -m venv "$venv" || die "python3 -m venv failed"
+    if [[ $(cat "$venv/.interop-stamp" 2>/dev/null) != "$stamp" ]]; then
+        if [[ -f $venv/.interop-stamp ]]; then
+            # installed from other requirements or sdists: start again
+            rm -rf -- "$venv"
+            python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+        fi
+        note "installing into $venv (python-pkcs11 and PyKCS11 are built from source; takes a minute)"
         "$py" -m pip install --quiet --disable-pip-version-check \
             -r "$helpers/requirements.txt" "$pp_sdist" "$pk_sdist" ||
             die "pip install into $venv failed"
@@ -206,7 +213,7 @@ setup_python() {
     fi
 
     # Each suite's tests, unpacked once (read-only use; runs are from here).
-    local name dir member
+    local name dir member sdist
     for name in python-pkcs11 pykcs11; do
         if [[ $name == python-pkcs11 ]]; then
             dir=$work/suites/python_pkcs11-$PYTHON_PKCS11_VERSION

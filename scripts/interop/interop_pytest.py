@@ -76,7 +76,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 _results = {}  # node id -> [outcome, message]
-_order = []
 
 
 def _one_line(text, limit=400):
@@ -100,7 +99,6 @@ def pytest_runtest_logreport(report):
     nodeid = report.nodeid
     if nodeid not in _results:
         _results[nodeid] = ["pass", ""]
-        _order.append(nodeid)
     entry = _results[nodeid]
     subtest = hasattr(report, "context")
     if report.failed:
@@ -125,11 +123,18 @@ def pytest_runtest_logreport(report):
         entry[:] = ["fail", "unexpected success (the suite expected a failure)"]
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_sessionstart(session):
     out = os.environ.get("INTEROP_RESULTS")
-    if not out:
+    if out:
+        open(out, "w", encoding="utf-8").close()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """Append the test's line as soon as it is done, so that a crash of the
+    process (a module can take it down) still leaves the results so far."""
+    out = os.environ.get("INTEROP_RESULTS")
+    if not out or nodeid not in _results:
         return
-    with open(out, "w", encoding="utf-8") as f:
-        for nodeid in _order:
-            outcome, msg = _results[nodeid]
-            f.write(f"{nodeid}\t{outcome}\t{_one_line(msg)}\n")
+    outcome, msg = _results[nodeid]
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(f"{nodeid}\t{outcome}\t{_one_line(msg)}\n")

@@ -9,7 +9,8 @@ fail, skip, xfail, bydesign), message; DIR/SUITE/TARGET/rc the runner's
 exit code. Exit status 1 if, for a suite run on both targets, a test that
 passed on SoftHSM2 failed on ours or was skipped there by the suite itself
 (a skip from the skip list is by design and does not count), or if a run
-produced no results; else 0.
+produced no results or ended other than with 0 or 1 (a crash or a
+timeout); else 0.
 """
 
 import argparse
@@ -79,10 +80,15 @@ def main():
         for t in targets:
             res, rc = load(a.results, s, t)
             data[(s, t)] = res
-            if res is None or (not res and rc not in (0, None)):
-                broken.append(f"{s} on {t}: no results (runner exit code {rc}); "
-                              f"see {os.path.join(a.results, s, t, 'output.log')}")
+            log = os.path.join(a.results, s, t, "output.log")
+            if res is None or not res:
+                broken.append(f"{s} on {t}: no results (runner exit code {rc}); see {log}")
                 data[(s, t)] = None
+            elif rc not in (0, 1, None):
+                # 0/1: all passed / some failed; anything else is a crash,
+                # a timeout (124) or a runner error: the results are partial.
+                broken.append(f"{s} on {t}: runner exit code {rc} (crash, timeout or "
+                              f"runner error), results may be partial; see {log}")
 
     # --- table ---
     w = max(len(s) for s in suites + ["suite"])
