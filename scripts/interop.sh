@@ -22,7 +22,9 @@
 #
 # Exit status: 0 if every test that passes on SoftHSM2 also passes on ours
 # (for the suites run against both); 1 if one does not (it failed, or the
-# suite skipped it on ours only); 2 on a usage error or a missing tool.
+# suite skipped it on ours only) or a suite run crashed or timed out; 2 on
+# a usage error, a missing tool, or a failed setup step (download, build,
+# token).
 #
 # Environment:
 #   INTEROP_NO_BUILD=1   do not run `cargo build --release --lib` first
