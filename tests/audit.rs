@@ -6,6 +6,8 @@
 
 mod common;
 
+use hsm_envelope::hex::encode as hex;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,10 +71,6 @@ fn lines_of(path: &Path) -> Vec<Vec<u8>> {
 fn json(line: &[u8]) -> serde_json::Value {
     serde_json::from_slice(line)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -25,6 +25,8 @@
 
 mod common;
 
+use hsm_envelope::hex::encode as hex;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -235,10 +237,6 @@ fn slot_field<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 // --- files and keys ----------------------------------------------------------
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Deterministic, non-repeating test bytes (no RNG dependency needed).
 fn test_bytes(len: usize, seed: u8) -> Vec<u8> {

@@ -11,6 +11,8 @@
 
 mod common;
 
+use hsm_envelope::hex::encode as hex;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -111,10 +113,6 @@ fn relogin(s: &Session) {
     s.logout().expect("C_Logout");
     s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
         .expect("C_Login");
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Vec<u8> {
