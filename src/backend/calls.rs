@@ -125,9 +125,19 @@ impl Backend {
         Ok(info)
     }
 
-    pub fn login(&self, bs: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
-        // SAFETY: the backend only reads `pin.len()` bytes of `pin`.
-        let rv = unsafe { bcall!(self, C_Login(bs, user, in_ptr(pin), len(pin))) };
+    /// C_Login; `pin` None passes a NULL PIN (protected authentication path).
+    pub fn login(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: Option<&[u8]>,
+    ) -> Result<()> {
+        let (p, n) = match pin {
+            Some(pin) => (in_ptr(pin), len(pin)),
+            None => (std::ptr::null_mut(), 0),
+        };
+        // SAFETY: the backend only reads `n` bytes at `p` (none for NULL).
+        let rv = unsafe { bcall!(self, C_Login(bs, user, p, n)) };
         check("C_Login", rv)
     }
 
@@ -519,4 +529,95 @@ fn in_ptr(b: &[u8]) -> *mut u8 {
 
 fn len<T>(b: &[T]) -> CK_ULONG {
     b.len() as CK_ULONG
+}
+
+/// A session operation that `Backend::end_operation` can end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Encrypt,
+    Decrypt,
+    Digest,
+    Sign,
+    Verify,
+    SignRecover,
+    VerifyRecover,
+}
+
+/// Largest output a cancelled operation may still owe (it is discarded).
+const MAX_CANCEL_OUTPUT: CK_ULONG = 64 << 20;
+
+impl Backend {
+    /// End `op` on `bs` whatever state it is in, for C_SessionCancel on a
+    /// backend that has no C_SessionCancel of its own (a 2.40 module): the
+    /// operation is finished (its output, if any, is wiped and dropped).
+    /// Ok(false) when no such operation was active.
+    pub fn end_operation(&self, bs: CK_SESSION_HANDLE, op: Operation) -> Result<bool> {
+        let mut len: CK_ULONG = 0;
+        let null = std::ptr::null_mut();
+        let mut one = [0u8; 1];
+        // SAFETY: length queries and one-byte inputs; every pointer is to a
+        // local that outlives the call.
+        let rv = unsafe {
+            match op {
+                Operation::Encrypt => bcall!(self, C_EncryptFinal(bs, null, &mut len)),
+                Operation::Decrypt => bcall!(self, C_DecryptFinal(bs, null, &mut len)),
+                Operation::Digest => bcall!(self, C_DigestFinal(bs, null, &mut len)),
+                Operation::Sign => bcall!(self, C_SignFinal(bs, null, &mut len)),
+                // These end with their one call, whatever it answers.
+                Operation::Verify => bcall!(self, C_VerifyFinal(bs, one.as_mut_ptr(), 1)),
+                Operation::SignRecover => {
+                    bcall!(self, C_SignRecover(bs, one.as_mut_ptr(), 1, null, &mut len))
+                }
+                Operation::VerifyRecover => {
+                    bcall!(
+                        self,
+                        C_VerifyRecover(bs, one.as_mut_ptr(), 1, null, &mut len)
+                    )
+                }
+            }
+        };
+        if rv == CKR_OPERATION_NOT_INITIALIZED {
+            return Ok(false);
+        }
+        let needs_output = matches!(
+            op,
+            Operation::Encrypt
+                | Operation::Decrypt
+                | Operation::Digest
+                | Operation::Sign
+                | Operation::SignRecover
+                | Operation::VerifyRecover
+        );
+        if !needs_output || rv != CKR_OK {
+            // Verify ended; a failed length query ended the operation too
+            // (only CKR_BUFFER_TOO_SMALL keeps one, and a query cannot get it).
+            return Ok(true);
+        }
+        if len > MAX_CANCEL_OUTPUT {
+            return Err(Error::Rv(CKR_OPERATION_CANCEL_FAILED));
+        }
+        let mut out = zeroize::Zeroizing::new(vec![0u8; len.max(1) as usize]);
+        let mut n = len.max(1);
+        let p = out.as_mut_ptr();
+        // SAFETY: `out` holds `n` writable bytes and outlives the call.
+        let rv = unsafe {
+            match op {
+                Operation::Encrypt => bcall!(self, C_EncryptFinal(bs, p, &mut n)),
+                Operation::Decrypt => bcall!(self, C_DecryptFinal(bs, p, &mut n)),
+                Operation::Digest => bcall!(self, C_DigestFinal(bs, p, &mut n)),
+                Operation::Sign => bcall!(self, C_SignFinal(bs, p, &mut n)),
+                Operation::SignRecover => {
+                    bcall!(self, C_SignRecover(bs, one.as_mut_ptr(), 1, p, &mut n))
+                }
+                Operation::VerifyRecover => {
+                    bcall!(self, C_VerifyRecover(bs, one.as_mut_ptr(), 1, p, &mut n))
+                }
+                Operation::Verify => CKR_OK,
+            }
+        };
+        if rv == CKR_BUFFER_TOO_SMALL {
+            return Err(Error::Rv(CKR_OPERATION_CANCEL_FAILED));
+        }
+        Ok(true)
+    }
 }

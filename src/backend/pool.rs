@@ -70,7 +70,7 @@ impl SessionPool {
     pub fn login_raw(&self, backend: &crate::backend::Backend, bh: CK_SESSION_HANDLE) {
         let guard = unpoisoned(self.pin.lock());
         if let Some(pin) = guard.as_ref() {
-            if let Err(e) = backend.login(bh, CKU_USER, pin.as_slice()) {
+            if let Err(e) = backend.login(bh, CKU_USER, Some(pin.as_slice())) {
                 crate::log_debug!("logging a re-opened session in again: {e}");
             }
         }

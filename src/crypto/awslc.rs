@@ -41,6 +41,9 @@ pub struct GcmOp {
     /// Multi-part input, held until the final call (decryption must verify
     /// the tag before releasing anything).
     buf: Zeroizing<Vec<u8>>,
+    /// Multi-part encryption streams (see `gcm_stream`); made by the first
+    /// update, on the portable AES schedule (AES-NI where the CPU has it).
+    stream: Option<Box<dyn CipherOp>>,
 }
 
 impl GcmOp {
@@ -52,7 +55,18 @@ impl GcmOp {
             dir,
             stage: Stage::Fresh,
             buf: Zeroizing::new(Vec::new()),
+            stream: None,
         }
+    }
+
+    fn stream_mut(&mut self) -> Result<&mut Box<dyn CipherOp>, CryptoError> {
+        if self.stream.is_none() {
+            let mut j0 = [0u8; 16];
+            j0[..12].copy_from_slice(&self.nonce);
+            j0[15] = 1;
+            self.stream = Some(self.key.schedule.gcm_stream(&j0, &self.aad, TAG)?);
+        }
+        self.stream.as_mut().ok_or(CryptoError::Param)
     }
 
     /// Use `spare` for multi-part input, unless input was already buffered.
@@ -145,22 +159,36 @@ impl CipherOp for GcmOp {
         self.stage.end(r, true)
     }
 
-    fn update_len(&self, _input_len: usize) -> usize {
-        0
+    fn update_len(&self, input_len: usize) -> usize {
+        match self.dir {
+            Direction::Encrypt => input_len,
+            Direction::Decrypt => 0,
+        }
     }
 
-    fn update(&mut self, input: &[u8], _output: &mut [u8]) -> Result<usize, CryptoError> {
+    fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(false)?;
+        if self.dir == Direction::Encrypt {
+            let r = self.stream_mut().and_then(|st| st.update(input, output));
+            return self.stage.end(r, false);
+        }
         let r = append_secret(&mut self.buf, input).map(|_| 0);
         self.stage.end(r, false)
     }
 
     fn finish_len(&self) -> usize {
-        self.len_for(self.buf.len())
+        match &self.stream {
+            Some(st) => st.finish_len(),
+            None => self.len_for(self.buf.len()),
+        }
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(false)?;
+        if let Some(st) = self.stream.as_mut() {
+            let r = st.finish(output);
+            return self.stage.end(r, true);
+        }
         let key = self.key.gcm.0.as_ref().ok_or(CryptoError::KeySize)?;
         let r = process(key, self.nonce, &self.aad, self.dir, &self.buf, output);
         self.stage.end(r, true)
@@ -295,8 +323,10 @@ mod tests {
         };
         let mut rng = Rng(7);
         let long = rng.bytes(1000);
-        let mut op = aws_op(&k, &mode, Direction::Encrypt);
-        multipart(&mut op, &long, &[100, 300]).unwrap();
+        // Decryption is what buffers (encryption streams).
+        let sealed = oneshot(&mut aws_op(&k, &mode, Direction::Encrypt), &long).unwrap();
+        let mut op = aws_op(&k, &mode, Direction::Decrypt);
+        assert_eq!(multipart(&mut op, &sealed, &[100, 300]).unwrap(), long);
         let spare = op.reclaim_buffer().expect("kept");
         assert!(spare.0.is_empty());
         assert!(spare.0.capacity() >= long.len());
@@ -308,10 +338,9 @@ mod tests {
             "nothing of the message is left"
         );
         let short = rng.bytes(10);
-        let mut op = aws_op(&k, &mode, Direction::Encrypt);
+        let sealed = oneshot(&mut aws_op(&k, &mode, Direction::Encrypt), &short).unwrap();
+        let mut op = aws_op(&k, &mode, Direction::Decrypt);
         assert!(op.lend_buffer(spare).is_none(), "taken");
-        let parts = multipart(&mut op, &short, &[3]).unwrap();
-        let whole = oneshot(&mut aws_op(&k, &mode, Direction::Encrypt), &short).unwrap();
-        assert_eq!(parts, whole);
+        assert_eq!(multipart(&mut op, &sealed, &[3]).unwrap(), short);
     }
 }

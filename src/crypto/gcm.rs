@@ -13,9 +13,11 @@
 //! C = IV (SP 800-38D 7.1), and the full tag `GHASH_H(A, C) ^ E_K(J0)`, which we truncate
 //! and compare in constant time. The keystream from inc32(J0) comes from the `ctr` crate.
 //!
-//! Multi-part operations buffer the whole message (zeroized on drop): encryption so the
-//! tag is emitted with the data, decryption so no plaintext leaves before the tag checks.
+//! Multi-part encryption streams (`gcm_stream`: ciphertext out of every update, the tag
+//! at the final call); multi-part decryption buffers the whole message (zeroized on drop)
+//! so no plaintext leaves before the tag checks.
 
+use super::gcm_stream::GcmStream;
 use super::{append_secret, ct_eq, AesCipher, CipherOp, CryptoError, Direction, Stage};
 use aes::cipher::{array::Array, consts::U12, InnerIvInit, StreamCipherCore};
 use aes_gcm::aead::{inout::InOutBuf, AeadInOut};
@@ -66,6 +68,8 @@ impl Input<'_> {
 pub(super) struct GcmOp<A: AesCipher> {
     eng: Engine<A>,
     dir: Direction,
+    /// Multi-part encryption streams (see `gcm_stream`); made by the first update.
+    stream: Option<GcmStream<A>>,
     /// Multi-part input (plaintext, or ciphertext || tag); wiped on drop.
     buf: Zeroizing<Vec<u8>>,
     stage: Stage,
@@ -106,9 +110,24 @@ impl<A: AesCipher> GcmOp<A> {
         Ok(Self {
             eng,
             dir,
+            stream: None,
             buf: Zeroizing::new(Vec::new()),
             stage: Stage::Fresh,
         })
+    }
+
+    /// The streaming encryptor, made on the first multi-part call.
+    fn stream_mut(&mut self) -> Result<&mut GcmStream<A>, CryptoError> {
+        if self.stream.is_none() {
+            let st = GcmStream::new(
+                self.eng.raw.clone(),
+                &self.eng.j0,
+                &self.eng.aad,
+                self.eng.tag_len,
+            )?;
+            self.stream = Some(st);
+        }
+        self.stream.as_mut().ok_or(CryptoError::Param)
     }
 
     /// Largest input this op may buffer or process.
@@ -296,12 +315,19 @@ impl<A: AesCipher> CipherOp for GcmOp<A> {
         self.stage.end(r, true)
     }
 
-    fn update_len(&self, _input_len: usize) -> usize {
-        0
+    fn update_len(&self, input_len: usize) -> usize {
+        match self.dir {
+            Direction::Encrypt => input_len,
+            Direction::Decrypt => 0,
+        }
     }
 
-    fn update(&mut self, input: &[u8], _output: &mut [u8]) -> Result<usize, CryptoError> {
+    fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(false)?;
+        if self.dir == Direction::Encrypt {
+            let r = self.stream_mut().and_then(|st| st.update(input, output));
+            return self.stage.end(r, false);
+        }
         let total = (self.buf.len() as u64).saturating_add(input.len() as u64);
         let r = if total > self.max_input() {
             Err(CryptoError::DataLen)
@@ -312,12 +338,18 @@ impl<A: AesCipher> CipherOp for GcmOp<A> {
     }
 
     fn finish_len(&self) -> usize {
-        self.out_len(self.buf.len())
+        match &self.stream {
+            Some(st) => st.finish_len(),
+            None => self.out_len(self.buf.len()),
+        }
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(false)?;
-        let r = self.finish_inner(output);
+        let r = match self.stream.as_mut() {
+            Some(st) => st.finish(output),
+            None => self.finish_inner(output),
+        };
         self.stage.end(r, true)
     }
 }
@@ -641,20 +673,26 @@ mod tests {
                 let mut exact = vec![0u8; msg.len()];
                 assert_eq!(d.oneshot(&expect, &mut exact), Ok(msg.len()));
                 assert_eq!(exact, msg);
-                // Multi-part finish, retried.
+                // Multi-part encryption streams: each update returns its
+                // ciphertext (a short buffer changes nothing), the final
+                // call the tag (retried after a short buffer).
                 let mut e = op(&key, &iv, &aad, tag_len, Direction::Encrypt);
-                e.update(&msg[..10], &mut []).unwrap();
-                e.update(&msg[10..], &mut []).unwrap();
-                assert_eq!(e.finish_len(), expect.len());
-                let mut small = vec![0u8; expect.len() - 1];
+                let mut out = vec![0u8; expect.len()];
+                assert_eq!(e.update_len(10), 10);
+                assert_eq!(
+                    e.update(&msg[..10], &mut out[..9]),
+                    Err(CryptoError::BufferTooSmall { needed: 10 })
+                );
+                assert_eq!(e.update(&msg[..10], &mut out), Ok(10));
+                let rest = msg.len() - 10;
+                assert_eq!(e.update(&msg[10..], &mut out[10..]), Ok(rest));
+                assert_eq!(e.finish_len(), tag_len);
+                let mut small = vec![0u8; tag_len - 1];
                 assert_eq!(
                     e.finish(&mut small),
-                    Err(CryptoError::BufferTooSmall {
-                        needed: expect.len()
-                    })
+                    Err(CryptoError::BufferTooSmall { needed: tag_len })
                 );
-                let mut out = vec![0u8; expect.len()];
-                assert_eq!(e.finish(&mut out), Ok(expect.len()));
+                assert_eq!(e.finish(&mut out[msg.len()..]), Ok(tag_len));
                 assert_eq!(out, expect);
                 let mut d = op(&key, &iv, &aad, tag_len, Direction::Decrypt);
                 d.update(&expect, &mut []).unwrap();

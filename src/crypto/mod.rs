@@ -1,4 +1,4 @@
-//! Software AES engines (GCM, CBC-PAD, CTR) behind a small object-safe interface,
+//! Software AES engines (GCM, ECB, CBC, CBC-PAD, CTR) behind a small object-safe interface,
 //! so that another backend (e.g. aws-lc-rs) can be dropped in behind `new_op` later.
 //!
 //! Every operation follows PKCS#11 call rules: `BufferTooSmall` never changes state
@@ -11,9 +11,11 @@
 
 #[cfg(feature = "aws-lc")]
 mod awslc;
+mod block;
 mod cbc;
 mod ctr;
 mod gcm;
+mod gcm_stream;
 mod prepared;
 
 pub use prepared::{
@@ -62,6 +64,10 @@ pub enum Mode<'a> {
         aad: &'a [u8],
         tag_len: usize,
     },
+    /// CKM_AES_ECB: whole blocks only.
+    Ecb,
+    /// CKM_AES_CBC: CBC without padding, whole blocks only.
+    Cbc { iv: [u8; 16] },
     /// CKM_AES_CBC_PAD: CBC with PKCS#7 padding.
     CbcPad { iv: [u8; 16] },
     /// CKM_AES_CTR: the low `counter_bits` (1..=128) bits of `iv` are a big-endian counter.
@@ -115,6 +121,21 @@ impl Schedule {
         })
     }
 
+    /// A streaming GCM encryptor for pre-counter block `j0`.
+    #[cfg_attr(not(feature = "aws-lc"), allow(dead_code))]
+    fn gcm_stream(
+        &self,
+        j0: &[u8; 16],
+        aad: &[u8],
+        tag_len: usize,
+    ) -> Result<Box<dyn CipherOp>, CryptoError> {
+        Ok(match self {
+            Schedule::A128(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
+            Schedule::A192(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
+            Schedule::A256(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
+        })
+    }
+
     fn op(&self, mode: &Mode, dir: Direction) -> Result<Box<dyn CipherOp>, CryptoError> {
         match self {
             Schedule::A128(c) => build(c.clone(), mode, dir),
@@ -133,6 +154,8 @@ fn build<A: AesCipher>(
         Mode::Gcm { iv, aad, tag_len } => {
             Box::new(gcm::GcmOp::new(cipher, iv, aad, *tag_len, dir)?)
         }
+        Mode::Ecb => Box::new(block::ecb(cipher, dir)),
+        Mode::Cbc { iv } => Box::new(block::cbc(cipher, iv, dir)),
         Mode::CbcPad { iv } => cbc::new_op(cipher, iv, dir),
         Mode::Ctr { iv, counter_bits } => Box::new(ctr::CtrOp::new(cipher, iv, *counter_bits)?),
     })

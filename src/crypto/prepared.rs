@@ -16,7 +16,7 @@ use crate::secret::SecretBytes;
 /// key cache so that no operation re-expands the key.
 pub struct PreparedKey {
     value: SecretBytes,
-    schedule: Schedule,
+    pub(super) schedule: Schedule,
     #[cfg(feature = "aws-lc")]
     pub(super) gcm: awslc::GcmKey,
 }

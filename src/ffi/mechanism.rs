@@ -81,6 +81,12 @@ pub unsafe fn soft_mode<'a>(m: &'a CK_MECHANISM) -> Result<Mode<'a>> {
                 let iv: [u8; 16] = param(m)?;
                 Ok(Mode::CbcPad { iv })
             }
+            CKM_AES_CBC => {
+                let iv: [u8; 16] = param(m)?;
+                Ok(Mode::Cbc { iv })
+            }
+            CKM_AES_ECB if m.pParameter.is_null() && m.ulParameterLen == 0 => Ok(Mode::Ecb),
+            CKM_AES_ECB => Err(param_invalid()),
             CKM_AES_CTR => {
                 let p: CK_AES_CTR_PARAMS = param(m)?;
                 if p.ulCounterBits == 0 || p.ulCounterBits > 128 {

@@ -3,7 +3,7 @@
 use cryptoki_sys::*;
 
 use super::args::*;
-use crate::token::session::calls;
+use crate::token::session::{calls, cancel};
 
 #[no_mangle]
 pub unsafe extern "C" fn C_OpenSession(
@@ -55,8 +55,17 @@ pub unsafe extern "C" fn C_Login(
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> CK_RV {
-    // SAFETY: this function's own contract (its `# Safety` section).
-    unsafe { guard("C_Login", || ok(calls::login(h, user, bytes(pin, len)?))) }
+    guard("C_Login", || {
+        // A NULL PIN is only for tokens with a protected authentication
+        // path (a PIN pad); `login` checks that before the HSM sees it.
+        let pin = if pin.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's PIN, `len` bytes (PKCS#11 contract).
+            Some(unsafe { bytes(pin, len)? })
+        };
+        ok(calls::login(h, user, pin))
+    })
 }
 
 #[no_mangle]
@@ -114,4 +123,9 @@ pub unsafe extern "C" fn C_SeedRandom(
 ) -> CK_RV {
     // SAFETY: this function's own contract (its `# Safety` section).
     unsafe { guard("C_SeedRandom", || ok(calls::seed_random(h, bytes(p, len)?))) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    guard("C_SessionCancel", || ok(cancel::cancel(h, flags)))
 }

@@ -155,3 +155,27 @@ pub fn set_bool_attr(enc: &[u8], ty: u64, v: u8) -> Vec<u8> {
     }
     panic!("attribute {ty:#x} not found");
 }
+
+/// The module's PKCS#11 3.0 function list (for the 3.0 calls cryptoki lacks).
+pub fn raw_list_3_0() -> &'static cryptoki_sys::CK_FUNCTION_LIST_3_0 {
+    use cryptoki_sys::{CKR_OK, CK_INTERFACE, CK_VERSION};
+    let lib = Box::leak(Box::new(
+        unsafe { libloading::Library::new(module_path()) }.unwrap(),
+    ));
+    unsafe {
+        type GetInterface = unsafe extern "C" fn(
+            *mut u8,
+            *mut CK_VERSION,
+            *mut *mut CK_INTERFACE,
+            cryptoki_sys::CK_FLAGS,
+        ) -> cryptoki_sys::CK_RV;
+        let get: libloading::Symbol<GetInterface> = lib.get(b"C_GetInterface\0").unwrap();
+        let mut v = CK_VERSION { major: 3, minor: 0 };
+        let mut iface = std::ptr::null_mut();
+        assert_eq!(
+            get(c"PKCS 11".as_ptr() as *mut u8, &mut v, &mut iface, 0),
+            CKR_OK
+        );
+        &*((*iface).pFunctionList as *const cryptoki_sys::CK_FUNCTION_LIST_3_0)
+    }
+}

@@ -108,8 +108,17 @@ fn rv_of(r: &Result<()>) -> CK_RV {
     }
 }
 
-pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+/// C_Login. `pin` is None for a NULL pointer, which only a token with a
+/// protected authentication path takes; to any other it would be a wrong
+/// PIN, costing a try against the PIN's lockout, so it never reaches it.
+pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Result<()> {
     let (m, s) = lookup(h)?;
+    let entry = m.slots.get(s.slot).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
+    if pin.is_none()
+        && m.backend.token_info(entry.backend_id)?.flags & CKF_PROTECTED_AUTHENTICATION_PATH == 0
+    {
+        return Err(Error::Rv(CKR_ARGUMENTS_BAD));
+    }
     // The PIN goes straight from the caller's buffer to the backend.
     let result = forward(&m, &s, |bs| m.backend.login(bs, user, pin));
     let rv = rv_of(&result);
@@ -127,7 +136,7 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()>
         m.logged_in(s.slot, user);
     }
     // Kept to log in again by itself after an HSM outage (see backend::pool).
-    if rv == CKR_OK && user == CKU_USER {
+    if let (CKR_OK, CKU_USER, Some(pin)) = (rv, user, pin) {
         if let Ok(env) = m.envelope_for(s.slot) {
             env.remember_pin(pin);
         }

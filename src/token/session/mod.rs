@@ -4,6 +4,7 @@
 //! DEK a session keeps ready for its next init (`remembered`).
 
 pub mod calls;
+pub mod cancel;
 pub mod remembered;
 pub mod table;
 mod thread_cache;

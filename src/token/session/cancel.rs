@@ -1,0 +1,52 @@
+//! C_SessionCancel (PKCS#11 3.0): end the session's active operations of
+//! the kinds the flags name. Software operations on DEKs simply end;
+//! operations forwarded to a backend that speaks only 2.40 are ended there
+//! by finishing them and discarding what they return.
+
+use cryptoki_sys::*;
+
+use crate::backend::calls::Operation;
+use crate::crypto::Direction;
+use crate::error::Result;
+use crate::token::forward::forward;
+use crate::token::session::lookup;
+use crate::token::session::table::Op;
+
+pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
+    let (m, s) = lookup(h)?;
+    let mut backend_ops = Vec::new();
+    {
+        let mut ops = s.ops()?;
+        for (flag, dir, op) in [
+            (CKF_ENCRYPT, Direction::Encrypt, Operation::Encrypt),
+            (CKF_DECRYPT, Direction::Decrypt, Operation::Decrypt),
+        ] {
+            if flags & flag == 0 {
+                continue;
+            }
+            if matches!(ops.direction(dir).0, Op::Backend) {
+                backend_ops.push(op);
+            }
+            ops.end(dir);
+        }
+        if flags & CKF_FIND_OBJECTS != 0 {
+            ops.find = None;
+        }
+    }
+    // Forwarded without our bookkeeping: ended on the backend if active.
+    for (flag, op) in [
+        (CKF_DIGEST, Operation::Digest),
+        (CKF_SIGN, Operation::Sign),
+        (CKF_VERIFY, Operation::Verify),
+        (CKF_SIGN_RECOVER, Operation::SignRecover),
+        (CKF_VERIFY_RECOVER, Operation::VerifyRecover),
+    ] {
+        if flags & flag != 0 {
+            backend_ops.push(op);
+        }
+    }
+    for op in backend_ops {
+        forward(&m, &s, |bs| m.backend.end_operation(bs, op))?;
+    }
+    Ok(())
+}

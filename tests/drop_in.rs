@@ -1,0 +1,187 @@
+//! Drop-in for PKCS#11 software: a DEK is a full AES key, and the calls
+//! clients make work as they do against the HSM. One test per point of the
+//! drop-in issue, each checked against SoftHSM2 loaded directly in the same
+//! process, or against RustCrypto, where there are bytes to compare.
+
+mod common;
+
+use common::p11::*;
+use common::*;
+use cryptoki::error::RvError;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use cryptoki_sys::*;
+
+/// A DEK of known value in our module and the same key in SoftHSM2.
+fn twin_keys(
+    s: &Session,
+    hs: &Session,
+    value: &[u8],
+    extra: Vec<Attribute>,
+) -> (ObjectHandle, ObjectHandle) {
+    let ours_key = import(s, value, false, extra.clone());
+    let mut hsm_extra = vec![Attribute::Encrypt(true), Attribute::Decrypt(true)];
+    hsm_extra.extend(extra);
+    (ours_key, import(hs, value, false, hsm_extra))
+}
+
+#[test]
+fn ecb_and_cbc_without_padding_on_a_dek_match_softhsm() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    for len in [16usize, 24, 32] {
+        let (k, hk) = twin_keys(&s, &hs, &random_bytes(len), vec![]);
+        for size in [0usize, 16, 32, 1024] {
+            let data = random_bytes(size);
+            let iv: [u8; 16] = random_bytes(16).try_into().unwrap();
+            for mech in [Mechanism::AesEcb, Mechanism::AesCbc(iv)] {
+                let a = s.encrypt(&mech, k, &data).unwrap();
+                assert_eq!(
+                    a,
+                    hs.encrypt(&mech, hk, &data).unwrap(),
+                    "{mech:?} {len} {size}"
+                );
+                assert_eq!(s.decrypt(&mech, k, &a).unwrap(), data);
+                // Multi-part, in pieces that are not whole blocks.
+                s.encrypt_init(&mech, k).unwrap();
+                let mut parts = Vec::new();
+                for piece in data.chunks(7) {
+                    parts.extend(s.encrypt_update(piece).unwrap());
+                }
+                parts.extend(s.encrypt_final().unwrap());
+                assert_eq!(parts, a, "multi-part {mech:?}");
+            }
+        }
+        // Not a whole number of blocks.
+        let e = s.encrypt(&Mechanism::AesEcb, k, &[0; 17]).unwrap_err();
+        assert_eq!(rv(e), RvError::DataLenRange);
+        let e = s
+            .decrypt(&Mechanism::AesCbc([0; 16]), k, &[0; 17])
+            .unwrap_err();
+        assert_eq!(rv(e), RvError::EncryptedDataLenRange);
+    }
+}
+
+/// Point 7: JDK 25's SunPKCS11 resets a Cipher with C_SessionCancel.
+#[test]
+fn session_cancel_ends_software_and_backend_operations() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let l = raw_list_3_0();
+    let cancel = l.C_SessionCancel.unwrap();
+    let dek = generate(&s, false, vec![]);
+    let backend_key = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &aes_template(
+                false,
+                vec![
+                    Attribute::VendorDefined((
+                        cryptoki::object::AttributeType::VendorDefined(0xC845_0002),
+                        vec![1],
+                    )),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                ],
+            ),
+        )
+        .unwrap();
+    let cbc = Mechanism::AesCbcPad([3; 16]);
+    for key in [dek, backend_key] {
+        s.encrypt_init(&cbc, key).unwrap();
+        s.encrypt_update(&[1; 40]).unwrap();
+        let e = s.encrypt_init(&cbc, key).unwrap_err();
+        assert_eq!(rv(e), RvError::OperationActive);
+        assert_eq!(unsafe { cancel(s.handle(), CKF_ENCRYPT) }, CKR_OK);
+        let e = s.encrypt_final().unwrap_err();
+        assert_eq!(rv(e), RvError::OperationNotInitialized, "cancelled");
+        s.encrypt_init(&cbc, key)
+            .expect("a new operation after the cancel");
+        assert_eq!(s.encrypt_final().unwrap().len(), 16);
+        // Cancelling what is not active, and other kinds, is fine.
+        assert_eq!(
+            unsafe { cancel(s.handle(), CKF_DECRYPT | CKF_SIGN | CKF_DIGEST) },
+            CKR_OK
+        );
+    }
+    // A search is cancelled too.
+    let raw = raw_list();
+    let find_init = raw.C_FindObjectsInit.unwrap();
+    assert_eq!(
+        unsafe { find_init(s.handle(), std::ptr::null_mut(), 0) },
+        CKR_OK
+    );
+    assert_eq!(
+        unsafe { find_init(s.handle(), std::ptr::null_mut(), 0) },
+        CKR_OPERATION_ACTIVE
+    );
+    assert_eq!(unsafe { cancel(s.handle(), CKF_FIND_OBJECTS) }, CKR_OK);
+    assert_eq!(
+        unsafe { find_init(s.handle(), std::ptr::null_mut(), 0) },
+        CKR_OK
+    );
+    assert_eq!(
+        unsafe { cancel(999_999, CKF_ENCRYPT) },
+        CKR_SESSION_HANDLE_INVALID
+    );
+}
+
+/// Point 8: a NULL PIN is refused before it reaches the HSM, where it would
+/// count as a wrong PIN.
+#[test]
+fn login_with_a_null_pin_is_arguments_bad_and_costs_no_pin_try() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let s = p.open_rw_session(slot).unwrap();
+    let l = raw_list();
+    for _ in 0..3 {
+        let r = unsafe { l.C_Login.unwrap()(s.handle(), CKU_USER, std::ptr::null_mut(), 0) };
+        assert_eq!(r, CKR_ARGUMENTS_BAD);
+    }
+    let info = p.get_token_info(slot).unwrap();
+    assert!(!info.user_pin_count_low(), "no PIN try was counted");
+    s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .expect("the right PIN still works");
+}
+
+/// Point 9: multi-part GCM encryption streams: each C_EncryptUpdate returns
+/// its ciphertext, C_EncryptFinal the tag.
+#[test]
+fn multi_part_gcm_encryption_streams_and_matches_softhsm() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    for len in [16usize, 24, 32] {
+        let (k, hk) = twin_keys(&s, &hs, &random_bytes(len), vec![]);
+        for iv_len in [12usize, 16] {
+            let data = random_bytes(1000);
+            let mut iv = random_bytes(iv_len);
+            let aad = random_bytes(20);
+            let mech = Mechanism::AesGcm(GcmParams::new(&mut iv, &aad, 128.into()).unwrap());
+            let whole = hs.encrypt(&mech, hk, &data).unwrap();
+            s.encrypt_init(&mech, k).unwrap();
+            let mut out = Vec::new();
+            for piece in data.chunks(333) {
+                let c = s.encrypt_update(piece).unwrap();
+                assert_eq!(c.len(), piece.len(), "an update returns its ciphertext");
+                out.extend(c);
+            }
+            let tag = s.encrypt_final().unwrap();
+            assert_eq!(tag.len(), 16, "the final call returns the tag only");
+            out.extend(tag);
+            assert_eq!(out, whole, "key {len} B, IV {iv_len} B");
+            assert_eq!(s.decrypt(&mech, k, &out).unwrap(), data);
+        }
+    }
+}
