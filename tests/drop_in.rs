@@ -185,3 +185,203 @@ fn multi_part_gcm_encryption_streams_and_matches_softhsm() {
         }
     }
 }
+
+/// Point 11: absurd counts and lengths are errors, never an allocation that
+/// aborts the host process (the panic guard cannot catch an abort, so this
+/// test process itself is the proof).
+#[test]
+fn absurd_counts_and_lengths_are_errors_not_aborts() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let l = raw_list();
+    let h = s.handle();
+    let dek = generate(
+        &s,
+        false,
+        vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
+    );
+    let mut class: CK_ULONG = CKO_SECRET_KEY;
+    let mut attr = CK_ATTRIBUTE {
+        type_: CKA_CLASS,
+        pValue: &mut class as *mut _ as *mut _,
+        ulValueLen: size_of::<CK_ULONG>() as CK_ULONG,
+    };
+    let mut out: CK_OBJECT_HANDLE = 0;
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_AES_KEY_GEN,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    for count in [1u64 << 33, 1 << 40] {
+        unsafe {
+            assert_eq!(
+                l.C_CreateObject.unwrap()(h, &mut attr, count, &mut out),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(
+                l.C_FindObjectsInit.unwrap()(h, &mut attr, count),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(
+                l.C_GenerateKey.unwrap()(h, &mut mech, &mut attr, count, &mut out),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(
+                l.C_SetAttributeValue.unwrap()(h, dek.handle(), &mut attr, count),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(
+                l.C_GetAttributeValue.unwrap()(h, dek.handle(), &mut attr, count),
+                CKR_ARGUMENTS_BAD
+            );
+        }
+    }
+    // An attribute value longer than any real one.
+    attr.ulValueLen = 1 << 40;
+    assert_eq!(
+        unsafe { l.C_CreateObject.unwrap()(h, &mut attr, 1, &mut out) },
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
+    // In-place encryption of 2^62 bytes: the input cannot be copied aside.
+    let mut ecb = CK_MECHANISM {
+        mechanism: CKM_AES_ECB,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut buf = [0u8; 32];
+    unsafe {
+        assert_eq!(l.C_EncryptInit.unwrap()(h, &mut ecb, dek.handle()), CKR_OK);
+        let mut n: CK_ULONG = 1 << 62;
+        let rv = l.C_Encrypt.unwrap()(h, buf.as_mut_ptr(), 1 << 62, buf.as_mut_ptr(), &mut n);
+        assert!(
+            rv == CKR_HOST_MEMORY || rv == CKR_DATA_LEN_RANGE || rv == CKR_ARGUMENTS_BAD,
+            "0x{rv:x}"
+        );
+    }
+    // The module still works.
+    assert_eq!(
+        s.encrypt(&Mechanism::AesEcb, dek, &[7; 16]).unwrap().len(),
+        16
+    );
+}
+
+/// Point 12: nothing made or renamed through the module, DEK or not, may
+/// carry the KEK's label (or the audit key's): a search by it finds the KEK.
+#[test]
+fn no_dek_may_take_the_kek_label() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let kek_label = Attribute::Label(KEK_LABEL.as_bytes().to_vec());
+    let e = s
+        .create_object(&aes_template(
+            true,
+            vec![kek_label.clone(), Attribute::Value(vec![1; 32])],
+        ))
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeValueInvalid, "C_CreateObject");
+    let e = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &aes_template(
+                false,
+                vec![kek_label.clone(), Attribute::ValueLen(32.into())],
+            ),
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeValueInvalid, "C_GenerateKey");
+    let dek = generate(&s, true, vec![Attribute::Label(b"mine".to_vec())]);
+    let e = s.update_attributes(dek, std::slice::from_ref(&kek_label)).unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeValueInvalid, "C_SetAttributeValue");
+    assert_eq!(
+        s.find_objects(&[kek_label]).unwrap().len(),
+        1,
+        "the KEK alone"
+    );
+}
+
+/// Point 13: the codes clients act on.
+#[test]
+fn failures_get_their_specific_codes() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    // Garbage unwrapped under the KEK.
+    let kek = s
+        .find_objects(&[Attribute::Label(KEK_LABEL.as_bytes().to_vec())])
+        .unwrap()[0];
+    for mech in [Mechanism::AesKeyWrap, Mechanism::AesKeyWrapPad] {
+        let e = s
+            .unwrap_key(&mech, kek, &[0x5a; 40], &aes_template(false, vec![]))
+            .unwrap_err();
+        assert_eq!(rv(e), RvError::WrappedKeyInvalid, "{mech:?}");
+    }
+    // C_Encrypt cannot finish a multi-part operation; the operation stays.
+    let dek = generate(&s, false, vec![]);
+    let cbc = Mechanism::AesCbcPad([1; 16]);
+    s.encrypt_init(&cbc, dek).unwrap();
+    let first = s.encrypt_update(&[2; 20]).unwrap();
+    let e = s.encrypt(&cbc, dek, &[3; 4]).unwrap_err();
+    assert!(
+        matches!(
+            rv(e),
+            RvError::OperationActive | RvError::OperationNotInitialized
+        ),
+        "cryptoki's encrypt() inits first"
+    );
+    let raw = raw_list();
+    let mut out = [0u8; 64];
+    let mut n: CK_ULONG = out.len() as CK_ULONG;
+    let mut data = [3u8; 4];
+    let r = unsafe {
+        raw.C_Encrypt.unwrap()(s.handle(), data.as_mut_ptr(), 4, out.as_mut_ptr(), &mut n)
+    };
+    assert_eq!(r, CKR_OPERATION_ACTIVE);
+    let rest = s
+        .encrypt_final()
+        .expect("the multi-part operation is still there");
+    let mut all = first;
+    all.extend(rest);
+    assert_eq!(all, s.encrypt(&cbc, dek, &[2; 20]).unwrap());
+}
+
+/// Point 13: a DEK made while another thread logs out fails as "not logged
+/// in", never with a general error.
+#[test]
+fn making_deks_while_another_thread_logs_out_fails_as_not_logged_in() {
+    let _t = TestToken::new();
+    let p = ours();
+    let slot = token_slot(&p);
+    let _login = user_session(&p, slot);
+    let other = p.open_rw_session(slot).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let errors = std::thread::scope(|sc| {
+        let worker = sc.spawn(|| {
+            let ws = p.open_rw_session(slot).unwrap();
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = ws.generate_key(
+                    &Mechanism::AesKeyGen,
+                    &aes_template(false, vec![Attribute::ValueLen(32.into())]),
+                ) {
+                    errors.push(rv(e));
+                }
+            }
+            errors
+        });
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        other.logout().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        worker.join().unwrap()
+    });
+    assert!(
+        !errors.is_empty(),
+        "the logout happened while keys were made"
+    );
+    assert!(
+        errors.iter().all(|e| *e == RvError::UserNotLoggedIn),
+        "{errors:?}"
+    );
+}

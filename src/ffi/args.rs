@@ -42,21 +42,74 @@ pub fn bad() -> Error {
     Error::Rv(CKR_ARGUMENTS_BAD)
 }
 
+/// Most attributes one template may carry. PKCS#11 sets no limit; real
+/// templates have tens. A count beyond this is a caller's bug (or an
+/// attack), and allocating for it could abort the host process.
+pub const MAX_TEMPLATE: CK_ULONG = 4096;
+
+/// Longest attribute value copied out of a template (certificates and RSA
+/// keys are a few KiB; a CRL can be large).
+pub const MAX_ATTRIBUTE_VALUE: CK_ULONG = 16 << 20;
+
+/// A caller's length as a slice length: no slice may span more than
+/// isize::MAX bytes, so a larger claimed length cannot be a real buffer.
+fn slice_len<T>(len: CK_ULONG) -> Result<usize> {
+    usize::try_from(len)
+        .ok()
+        .filter(|n| {
+            n.checked_mul(size_of::<T>().max(1))
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
+        .ok_or_else(bad)
+}
+
 /// Caller bytes; a null pointer is only fine with length 0.
 ///
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null.
 pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
-    // SAFETY: this function's own contract (its `# Safety` section).
-    unsafe {
-        if len == 0 {
-            return Ok(&[]);
-        }
-        if p.is_null() {
-            return Err(bad());
-        }
-        Ok(std::slice::from_raw_parts(p, len as usize))
+    if len == 0 {
+        return Ok(&[]);
     }
+    if p.is_null() {
+        return Err(bad());
+    }
+    let n = slice_len::<u8>(len)?;
+    // SAFETY: non-null, and `n` bytes readable by this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// A copy of caller bytes that may not be borrowed (in-place calls), or an
+/// error if memory for it cannot be had: never an abort of the host.
+///
+/// # Safety
+/// As `bytes`.
+pub unsafe fn bytes_copy(p: *const u8, len: CK_ULONG) -> Result<Zeroizing<Vec<u8>>> {
+    // SAFETY: this function's contract is `bytes`'.
+    let src = unsafe { bytes(p, len)? };
+    let mut v = Zeroizing::new(Vec::new());
+    v.try_reserve_exact(src.len())
+        .map_err(|_| Error::Rv(CKR_HOST_MEMORY))?;
+    v.extend_from_slice(src);
+    Ok(v)
+}
+
+/// The caller's attribute array of C_GetAttributeValue, written in place.
+///
+/// # Safety
+/// `p` must point to `n` attributes when non-null.
+pub unsafe fn attributes_mut<'a>(
+    p: *mut CK_ATTRIBUTE,
+    n: CK_ULONG,
+) -> Result<&'a mut [CK_ATTRIBUTE]> {
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() || n > MAX_TEMPLATE {
+        return Err(bad());
+    }
+    // SAFETY: non-null, `n` attributes by this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, n as usize) })
 }
 
 /// Caller output bytes; a null pointer is only fine with length 0.
@@ -64,16 +117,15 @@ pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
 /// # Safety
 /// `p` must point to `len` writable bytes when non-null.
 pub unsafe fn bytes_mut<'a>(p: *mut u8, len: CK_ULONG) -> Result<&'a mut [u8]> {
-    // SAFETY: this function's own contract (its `# Safety` section).
-    unsafe {
-        if len == 0 {
-            return Ok(&mut []);
-        }
-        if p.is_null() {
-            return Err(bad());
-        }
-        Ok(std::slice::from_raw_parts_mut(p, len as usize))
+    if len == 0 {
+        return Ok(&mut []);
     }
+    if p.is_null() {
+        return Err(bad());
+    }
+    let n = slice_len::<u8>(len)?;
+    // SAFETY: non-null, and `n` bytes writable by this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, n) })
 }
 
 /// # Safety
@@ -103,7 +155,8 @@ pub unsafe fn out_buf<'a>(p: *mut u8, pul: *mut CK_ULONG) -> Result<Out<'a>> {
         if p.is_null() {
             return Ok(Out::Query);
         }
-        Ok(Out::Buf(std::slice::from_raw_parts_mut(p, *pul as usize)))
+        let n = slice_len::<u8>(*pul)?;
+        Ok(Out::Buf(std::slice::from_raw_parts_mut(p, n)))
     }
 }
 
@@ -182,21 +235,18 @@ pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template> 
         if n == 0 {
             return Ok(Vec::new());
         }
-        if p.is_null() {
+        if p.is_null() || n > MAX_TEMPLATE {
             return Err(bad());
         }
         let attrs = std::slice::from_raw_parts(p, n as usize);
         let mut out = Vec::with_capacity(attrs.len());
         for a in attrs {
-            if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+            if a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > MAX_ATTRIBUTE_VALUE {
                 return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
             }
-            let v = bytes(a.pValue as *const u8, a.ulValueLen)
+            let value = bytes_copy(a.pValue as *const u8, a.ulValueLen)
                 .map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
-            out.push(TemplateAttr {
-                ty: a.type_,
-                value: Zeroizing::new(v.to_vec()),
-            });
+            out.push(TemplateAttr { ty: a.type_, value });
         }
         Ok(out)
     }

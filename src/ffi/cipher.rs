@@ -10,7 +10,6 @@ use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
 use crate::token::crypt::{self, Input, Out, Part, Step};
 use crate::token::forward::{again_after_reconnect, forward_session};
-use zeroize::Zeroizing;
 
 /// # Safety
 /// `p_m` must be null or a valid CK_MECHANISM whose parameters stay valid
@@ -71,7 +70,7 @@ unsafe fn caller_buffers<'a>(
     // is copied before the output slice is made.
     unsafe {
         let input = if overlap {
-            Input::Copied(Zeroizing::new(bytes(p_in, in_len)?.to_vec()))
+            Input::Copied(bytes_copy(p_in, in_len)?)
         } else {
             Input::Borrowed(bytes(p_in, in_len)?)
         };

@@ -86,14 +86,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            if p_t.is_null() && n > 0 {
-                return Err(bad());
-            }
-            let attrs = if n == 0 {
-                &mut [][..]
-            } else {
-                std::slice::from_raw_parts_mut(p_t, n as usize)
-            };
+            let attrs = attributes_mut(p_t, n)?;
             let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
             match manage::get_attributes(h, oh, &types)? {
                 AttrStep::Forward(bh) => forward_session(h, |b, bs| {

@@ -193,6 +193,11 @@ fn step_on<'a>(
     args: impl FnOnce() -> Result<(Input<'a>, Out<'a>)>,
 ) -> Result<Step> {
     let mut ops = s.ops()?;
+    // C_Encrypt cannot finish what C_EncryptUpdate began: refused, and the
+    // operation stays for C_EncryptFinal.
+    if part == Part::Single && ops.is_multi_part(dir) {
+        return Err(Error::Rv(CKR_OPERATION_ACTIVE));
+    }
     let (op, _) = ops.direction(dir);
     let cipher = match op {
         // Bad pointers are reported first, with or without an operation.
@@ -228,8 +233,9 @@ fn step_on<'a>(
     };
     match result {
         Ok(n) => {
-            if part != Part::Update {
-                ops.end(dir);
+            match part {
+                Part::Update => ops.mark_multi_part(dir),
+                _ => ops.end(dir),
             }
             Ok(Step::Done(n))
         }

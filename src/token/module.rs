@@ -216,6 +216,13 @@ impl Module {
         }
     }
 
+    /// Nobody is logged in on `slot` any more (see `logged_out` for the rest).
+    pub fn mark_logged_out(&self, slot: usize) {
+        if let Some(l) = self.login.get(slot) {
+            l.store(0, Ordering::Release);
+        }
+    }
+
     /// The envelope service, for a session on the DEK slot.
     pub fn envelope_for(&self, slot: usize) -> Result<&Envelope> {
         match (&self.envelope, self.dek_slot) {

@@ -128,7 +128,8 @@ pub fn unwrap_key(
         let raw = backend_template(t);
         let made = forward(&m, &s, |bs| {
             m.backend.unwrap_key(bs, mech, uw, wrapped, &raw)
-        });
+        })
+        .map_err(unwrap_error);
         return adopt(&m, &s, made);
     }
     if has_params {
@@ -136,7 +137,7 @@ pub fn unwrap_key(
     }
     let bmech = backend_kw_mech(&m, &s, mech.kind())?;
     let env = m.envelope_for(s.slot)?;
-    let value = env.keyunwrap(uw, bmech, wrapped)?;
+    let value = env.keyunwrap(uw, bmech, wrapped).map_err(unwrap_error)?;
     if !policy::is_valid_aes_len(value.len()) {
         return Err(Error::Rv(CKR_WRAPPED_KEY_INVALID));
     }
@@ -163,4 +164,21 @@ pub fn derive_key(
     let raw = backend_template(t);
     let made = forward(&m, &s, |bs| m.backend.derive_key(bs, mech, b, &raw));
     adopt(&m, &s, made)
+}
+
+/// The specific code for a wrapped key the HSM could not unwrap: SoftHSM2,
+/// for one, answers a failed integrity check of AES key wrap with
+/// CKR_GENERAL_ERROR, which says nothing to the caller.
+fn unwrap_error(e: Error) -> Error {
+    match e {
+        Error::Backend {
+            func: "C_UnwrapKey",
+            rv: CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_DATA_INVALID,
+        } => Error::Rv(CKR_WRAPPED_KEY_INVALID),
+        Error::Backend {
+            func: "C_UnwrapKey",
+            rv: CKR_ENCRYPTED_DATA_LEN_RANGE | CKR_DATA_LEN_RANGE,
+        } => Error::Rv(CKR_WRAPPED_KEY_LEN_RANGE),
+        other => other,
+    }
 }

@@ -11,6 +11,7 @@ use crate::hex::encode as hex;
 use crate::runtime::stamped::Stamped;
 use crate::secret::SecretBytes;
 use crate::store::DekRow;
+use crate::token::kek_guard::refuse_kek_label;
 use crate::token::module::Module;
 use crate::token::object::policy::{self, Origin};
 use crate::token::object::table::{Dek, DekState};
@@ -61,6 +62,8 @@ pub fn create(
     given: Option<SecretBytes>,
 ) -> Result<CK_OBJECT_HANDLE> {
     let env = m.envelope_for(s.slot)?;
+    // No DEK may pass for the KEK (or the audit key) in a search by label.
+    refuse_kek_label(m, s, template)?;
     let (mut attrs, tvalue) = policy::new_dek(template, origin)?;
     let token = attrs.flag(CKA_TOKEN);
     if token && !s.is_rw() {
@@ -77,8 +80,13 @@ pub fn create(
             let len = attrs
                 .ulong(CKA_VALUE_LEN)
                 .ok_or(Error::Rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
+            // Checked before anything is allocated for it.
+            if !policy::is_valid_aes_len(len) {
+                return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
+            }
             let mut v = SecretBytes::new(len);
-            env.random(v.as_mut_slice())?;
+            env.random(v.as_mut_slice())
+                .map_err(|e| lost_login(m, s, e))?;
             v
         }
     };
@@ -95,7 +103,9 @@ pub fn create(
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
     attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
-    let record = env.seal(&id, &attrs, value.as_slice())?;
+    let record = env
+        .seal(&id, &attrs, value.as_slice())
+        .map_err(|e| lost_login(m, s, e))?;
     let kek_version = Envelope::record_version(&record).unwrap_or(0);
     if token {
         let now = crate::clock::unix_secs();
@@ -136,6 +146,16 @@ pub fn create(
         hex(&id)
     );
     Ok(h)
+}
+
+/// An HSM call failed because another thread logged out meanwhile: the
+/// caller's answer is that the user is not logged in.
+fn lost_login(m: &Module, s: &Session, e: Error) -> Error {
+    if m.is_user(s.slot) {
+        e
+    } else {
+        Error::Rv(CKR_USER_NOT_LOGGED_IN)
+    }
 }
 
 /// One attribute of a DEK as C_GetAttributeValue reports it.

@@ -244,6 +244,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
     if d.is_token() && !s.is_rw() {
         return Err(Error::Rv(CKR_SESSION_READ_ONLY));
     }
+    refuse_kek_label(m, s, t)?;
     let mut w = d.state.write();
     if w.attrs.flag(CKA_PRIVATE) && !m.is_user(s.slot) {
         return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));

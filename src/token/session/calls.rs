@@ -156,6 +156,9 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Re
 
 pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     let (m, s) = lookup(h)?;
+    // Logged out before the HSM hears of it: a DEK call racing this one
+    // then fails as not logged in, not with whatever the HSM says mid-way.
+    m.mark_logged_out(s.slot);
     let result = forward(&m, &s, |bs| m.backend.logout(bs));
     // Whatever the backend says, our cached DEK values go.
     m.logged_out(s.slot, Some(s.backend()));

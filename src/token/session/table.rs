@@ -42,6 +42,9 @@ pub struct Ops {
     pub last_decrypt_key: Option<RememberedKey>,
     /// A wiped multi-part buffer from an ended operation, for the next one.
     spare: Option<SpareBuffer>,
+    /// Whether the operation of each direction (encrypt, decrypt) had an
+    /// update: it can then only be finished, not done in one call.
+    multi_part: [bool; 2],
 }
 
 impl Ops {
@@ -53,11 +56,28 @@ impl Ops {
             last_encrypt_key: None,
             last_decrypt_key: None,
             spare: None,
+            multi_part: [false; 2],
         }
+    }
+
+    fn index(dir: Direction) -> usize {
+        match dir {
+            Direction::Encrypt => 0,
+            Direction::Decrypt => 1,
+        }
+    }
+
+    pub fn is_multi_part(&self, dir: Direction) -> bool {
+        self.multi_part[Self::index(dir)]
+    }
+
+    pub fn mark_multi_part(&mut self, dir: Direction) {
+        self.multi_part[Self::index(dir)] = true;
     }
 
     /// Start a software operation in direction `dir`.
     pub fn start(&mut self, dir: Direction, mut op: PreparedOp) {
+        self.multi_part[Self::index(dir)] = false;
         if let Some(spare) = self.spare.take() {
             self.spare = op.lend_buffer(spare);
         }
@@ -66,6 +86,7 @@ impl Ops {
 
     /// End the operation in direction `dir`, keeping its buffer.
     pub fn end(&mut self, dir: Direction) {
+        self.multi_part[Self::index(dir)] = false;
         if let Op::Soft(mut op) = std::mem::replace(self.direction(dir).0, Op::Idle) {
             if self.spare.is_none() {
                 self.spare = op.reclaim_buffer();
