@@ -292,7 +292,9 @@ fn no_dek_may_take_the_kek_label() {
         .unwrap_err();
     assert_eq!(rv(e), RvError::AttributeValueInvalid, "C_GenerateKey");
     let dek = generate(&s, true, vec![Attribute::Label(b"mine".to_vec())]);
-    let e = s.update_attributes(dek, std::slice::from_ref(&kek_label)).unwrap_err();
+    let e = s
+        .update_attributes(dek, std::slice::from_ref(&kek_label))
+        .unwrap_err();
     assert_eq!(rv(e), RvError::AttributeValueInvalid, "C_SetAttributeValue");
     assert_eq!(
         s.find_objects(&[kek_label]).unwrap().len(),
@@ -384,4 +386,271 @@ fn making_deks_while_another_thread_logs_out_fails_as_not_logged_in() {
         errors.iter().all(|e| *e == RvError::UserNotLoggedIn),
         "{errors:?}"
     );
+}
+
+fn flags(wrap: bool, derive: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Wrap(wrap),
+        Attribute::Unwrap(wrap),
+        Attribute::Derive(derive),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
+}
+
+/// Point 3: a DEK wraps and unwraps with AES key wrap (KW and KWP), DEKs
+/// and backend keys alike, with SoftHSM2's bytes.
+#[test]
+fn a_dek_wraps_and_unwraps_like_softhsm() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let (w, hw) = twin_keys(&s, &hs, &random_bytes(32), flags(true, false));
+    let (k, hk) = twin_keys(&s, &hs, &random_bytes(24), flags(false, false));
+    for mech in [Mechanism::AesKeyWrap, Mechanism::AesKeyWrapPad] {
+        let wrapped = s.wrap_key(&mech, w, k).unwrap();
+        assert_eq!(wrapped, hs.wrap_key(&mech, hw, hk).unwrap(), "{mech:?}");
+        let back = s
+            .unwrap_key(
+                &mech,
+                w,
+                &wrapped,
+                &aes_template(
+                    false,
+                    vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
+                ),
+            )
+            .unwrap();
+        let data = [9u8; 32];
+        assert_eq!(
+            s.encrypt(&Mechanism::AesEcb, back, &data).unwrap(),
+            s.encrypt(&Mechanism::AesEcb, k, &data).unwrap(),
+            "the unwrapped DEK is the same key"
+        );
+        let e = s
+            .unwrap_key(&mech, w, &[0u8; 40], &aes_template(false, vec![]))
+            .unwrap_err();
+        assert_eq!(rv(e), RvError::WrappedKeyInvalid);
+    }
+    // A DEK without CKA_WRAP does not wrap.
+    let e = s.wrap_key(&Mechanism::AesKeyWrap, k, w).unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+    // A DEK wraps a backend key: on the HSM, from a short-lived copy.
+    let on_backend = Attribute::VendorDefined((
+        cryptoki::object::AttributeType::VendorDefined(0xC845_0002),
+        vec![1],
+    ));
+    let bk_value = random_bytes(32);
+    let bk = import(
+        &s,
+        &bk_value,
+        false,
+        vec![
+            on_backend,
+            Attribute::Extractable(true),
+            Attribute::Sensitive(false),
+        ],
+    );
+    let hbk = import(&hs, &bk_value, false, vec![Attribute::Extractable(true)]);
+    let secret_keys_on_the_hsm = || {
+        hs.find_objects(&[Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY)])
+            .unwrap()
+            .len()
+    };
+    let before = secret_keys_on_the_hsm();
+    assert_eq!(
+        s.wrap_key(&Mechanism::AesKeyWrap, w, bk).unwrap(),
+        hs.wrap_key(&Mechanism::AesKeyWrap, hw, hbk).unwrap()
+    );
+    assert_eq!(
+        secret_keys_on_the_hsm(),
+        before,
+        "no short-lived copy is left on the HSM"
+    );
+}
+
+/// Point 4: an HSM RSA public key wraps a DEK (OAEP and PKCS#1 v1.5), and
+/// the private key unwraps it into a DEK: on the HSM, from short-lived copies.
+#[test]
+fn rsa_keys_on_the_hsm_wrap_and_unwrap_deks() {
+    use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+    use cryptoki::mechanism::MechanismType;
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let (public, private) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Wrap(true),
+                Attribute::Encrypt(true),
+            ],
+            &[
+                Attribute::Unwrap(true),
+                Attribute::Decrypt(true),
+                Attribute::Sensitive(true),
+            ],
+        )
+        .unwrap();
+    let dek = generate(&s, false, vec![Attribute::Extractable(true)]);
+    let oaep = Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+        MechanismType::SHA1,
+        PkcsMgfType::MGF1_SHA1,
+        PkcsOaepSource::empty(),
+    ));
+    for mech in [oaep, Mechanism::RsaPkcs] {
+        let wrapped = s.wrap_key(&mech, public, dek).expect("RSA wraps a DEK");
+        assert_eq!(wrapped.len(), 256);
+        let back = s
+            .unwrap_key(&mech, private, &wrapped, &aes_template(false, vec![]))
+            .expect("RSA unwraps into a DEK");
+        let data = [4u8; 16];
+        assert_eq!(
+            s.encrypt(&Mechanism::AesEcb, back, &data).unwrap(),
+            s.encrypt(&Mechanism::AesEcb, dek, &data).unwrap()
+        );
+        // The unwrapped key is a DEK: it has a record (a KEK version).
+        let v = s
+            .get_attributes(
+                back,
+                &[cryptoki::object::AttributeType::VendorDefined(0xC845_0001)],
+            )
+            .unwrap();
+        assert_eq!(v.len(), 1);
+    }
+    // A DEK that may not leave the module stays in.
+    let fixed = generate(&s, false, vec![]);
+    let e = s.wrap_key(&Mechanism::RsaPkcs, public, fixed).unwrap_err();
+    assert_eq!(rv(e), RvError::KeyUnextractable);
+}
+
+/// Point 5: C_DeriveKey from a DEK with AES-ECB/CBC_ENCRYPT_DATA gives a
+/// new DEK with the key SoftHSM2 derives.
+#[test]
+fn deks_derive_by_encryption_like_softhsm() {
+    use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let (base, hbase) = twin_keys(&s, &hs, &random_bytes(32), flags(false, true));
+    let data = random_bytes(32);
+    let derived_template = aes_template(
+        false,
+        vec![
+            Attribute::ValueLen(32.into()),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+        ],
+    );
+    let cbc = Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new([6; 16], &data));
+    let a = s.derive_key(&cbc, base, &derived_template).unwrap();
+    let b = hs.derive_key(&cbc, hbase, &derived_template).unwrap();
+    let probe = [1u8; 16];
+    assert_eq!(
+        s.encrypt(&Mechanism::AesEcb, a, &probe).unwrap(),
+        hs.encrypt(&Mechanism::AesEcb, b, &probe).unwrap()
+    );
+    // ECB, through the raw list (cryptoki has no such mechanism).
+    let l = raw_list();
+    let mut sd = CK_KEY_DERIVATION_STRING_DATA {
+        pData: data.as_ptr() as *mut u8,
+        ulLen: data.len() as CK_ULONG,
+    };
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_AES_ECB_ENCRYPT_DATA,
+        pParameter: &mut sd as *mut _ as *mut _,
+        ulParameterLen: size_of::<CK_KEY_DERIVATION_STRING_DATA>() as CK_ULONG,
+    };
+    let mut len: CK_ULONG = 16;
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_VALUE_LEN,
+        pValue: &mut len as *mut _ as *mut _,
+        ulValueLen: size_of::<CK_ULONG>() as CK_ULONG,
+    }];
+    let mut out = 0;
+    assert_eq!(
+        unsafe {
+            l.C_DeriveKey.unwrap()(
+                s.handle(),
+                &mut mech,
+                base.handle(),
+                t.as_mut_ptr(),
+                1,
+                &mut out,
+            )
+        },
+        CKR_OK
+    );
+    let want = s.encrypt(&Mechanism::AesEcb, base, &data).unwrap();
+    let derived = unsafe { ObjectHandle::new_from_raw(out) };
+    let via_derived = s.encrypt(&Mechanism::AesEcb, derived, &probe).unwrap();
+    let reference = import(&s, &want[..16], false, vec![]);
+    assert_eq!(
+        via_derived,
+        s.encrypt(&Mechanism::AesEcb, reference, &probe).unwrap()
+    );
+    // CKA_DERIVE false: refused.
+    let plain = generate(&s, false, vec![]);
+    let e = s.derive_key(&cbc, plain, &derived_template).unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+}
+
+/// Point 6: C_DigestKey with a DEK digests its value as SoftHSM2 does.
+#[test]
+fn digest_key_with_a_dek_matches_softhsm() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let (k, hk) = twin_keys(&s, &hs, &random_bytes(32), flags(false, false));
+    let digest = |sess: &Session, key| {
+        sess.digest_init(&Mechanism::Sha256).unwrap();
+        sess.digest_update(b"prefix").unwrap();
+        sess.digest_key(key).unwrap();
+        sess.digest_final().unwrap()
+    };
+    assert_eq!(digest(&s, k), digest(&hs, hk));
+}
+
+/// Point 10: C_CopyObject of a DEK makes a new DEK with the same key and the
+/// attributes the template may change.
+#[test]
+fn copying_a_dek_makes_a_new_dek_with_the_same_key() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![Attribute::Label(b"orig".to_vec())]);
+    let copy = s
+        .copy_object(
+            dek,
+            &[Attribute::Label(b"copy".to_vec()), Attribute::Token(false)],
+        )
+        .unwrap();
+    assert_ne!(copy, dek);
+    let probe = [3u8; 32];
+    assert_eq!(
+        s.encrypt(&Mechanism::AesEcb, copy, &probe).unwrap(),
+        s.encrypt(&Mechanism::AesEcb, dek, &probe).unwrap()
+    );
+    assert_eq!(
+        s.find_objects(&[Attribute::Label(b"copy".to_vec())])
+            .unwrap(),
+        vec![copy]
+    );
+    assert!(!bool_attr(&s, copy, cryptoki::object::AttributeType::Token));
+    // One-way attributes stay one-way, and CKA_COPYABLE false is final.
+    let e = s
+        .copy_object(dek, &[Attribute::Extractable(true)])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::AttributeReadOnly);
+    let fixed = generate(&s, false, vec![Attribute::Copyable(false)]);
+    let e = s.copy_object(fixed, &[]).unwrap_err();
+    assert_eq!(rv(e), RvError::ActionProhibited);
 }

@@ -621,3 +621,33 @@ impl Backend {
         Ok(true)
     }
 }
+
+impl Backend {
+    /// CKA_VALUE of a short-lived, readable key object straight into locked,
+    /// zeroized memory (1 to 1024 bytes; anything else is refused).
+    pub fn secret_value(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+    ) -> Result<crate::secret::SecretBytes> {
+        let mut a = CK_ATTRIBUTE {
+            type_: CKA_VALUE,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        // SAFETY: a length query into `a`, which outlives the call.
+        let rv = unsafe { bcall!(self, C_GetAttributeValue(bs, h, &mut a, 1)) };
+        check("C_GetAttributeValue", rv)?;
+        let n = a.ulValueLen as usize;
+        if !(1..=1024).contains(&n) {
+            return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
+        }
+        let mut out = crate::secret::SecretBytes::new(n);
+        a.pValue = out.as_mut_slice().as_mut_ptr().cast();
+        // SAFETY: `a` points into `out`, `n` writable bytes that outlive the call.
+        let rv = unsafe { bcall!(self, C_GetAttributeValue(bs, h, &mut a, 1)) };
+        check("C_GetAttributeValue", rv)?;
+        out.truncate((a.ulValueLen as usize).min(n));
+        Ok(out)
+    }
+}

@@ -16,6 +16,7 @@ mod cbc;
 mod ctr;
 mod gcm;
 mod gcm_stream;
+pub mod key_wrap;
 mod prepared;
 
 pub use prepared::{

@@ -5,6 +5,7 @@ use cryptoki_sys::*;
 
 use super::args::*;
 use crate::backend::bcall;
+use crate::token::digest_key::digest_key;
 use crate::token::forward::{again_after_reconnect, forward, forward_session};
 use crate::token::object::manage::backend_key;
 use crate::token::session::lookup;
@@ -71,12 +72,10 @@ forward_session! {
 pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
     guard("C_DigestKey", || {
         again_after_reconnect(|| {
-            let (m, s) = lookup(h)?;
-            let bkey = backend_key(&m, &s, key)?;
-            Ok(forward(&m, &s, |bs| {
+            digest_key(h, key, |b, bs, bkey| {
                 // SAFETY: no pointers; a function of the backend's own list.
-                unsafe { bcall!(m.backend, C_DigestKey(bs, bkey)) }
-            }))
+                unsafe { bcall!(b, C_DigestKey(bs, bkey)) }
+            })
         })
     })
 }

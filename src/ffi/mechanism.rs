@@ -6,6 +6,7 @@ use cryptoki_sys::*;
 
 use crate::crypto::Mode;
 use crate::error::{Error, Result};
+use crate::token::wrapping::EncryptData;
 
 /// CK_GCM_PARAMS as some callers lay it out: without `ulIvBits`.
 #[repr(C)]
@@ -98,6 +99,34 @@ pub unsafe fn soft_mode<'a>(m: &'a CK_MECHANISM) -> Result<Mode<'a>> {
                 })
             }
             _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
+        }
+    }
+}
+
+/// The data of the *_ENCRYPT_DATA derivations, borrowed from the caller's
+/// parameters for the call; None for any other mechanism.
+///
+/// # Safety
+/// `m` must be a valid CK_MECHANISM with parameters readable for `'a`.
+pub unsafe fn encrypt_data<'a>(m: &'a CK_MECHANISM) -> Result<Option<EncryptData<'a>>> {
+    // SAFETY: this function's contract, checked sizes (see `param`).
+    unsafe {
+        match m.mechanism {
+            CKM_AES_ECB_ENCRYPT_DATA => {
+                let p: CK_KEY_DERIVATION_STRING_DATA = param(m)?;
+                Ok(Some(EncryptData {
+                    iv: None,
+                    data: param_bytes(p.pData, p.ulLen)?,
+                }))
+            }
+            CKM_AES_CBC_ENCRYPT_DATA => {
+                let p: CK_AES_CBC_ENCRYPT_DATA_PARAMS = param(m)?;
+                Ok(Some(EncryptData {
+                    iv: Some(p.iv),
+                    data: param_bytes(p.pData, p.length)?,
+                }))
+            }
+            _ => Ok(None),
         }
     }
 }

@@ -3,13 +3,15 @@
 use cryptoki_sys::*;
 
 use super::args::*;
+use super::mechanism::encrypt_data;
 use crate::backend::bcall;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::token::forward::{again_after_reconnect, forward_session};
 use crate::token::object::dek::Answer;
 use crate::token::object::find;
 use crate::token::object::manage::{self, AttrStep};
-use crate::token::wrapping::{self, WrapStep};
+use crate::token::wrapping::{self, Wrapped};
 
 #[no_mangle]
 pub unsafe extern "C" fn C_CreateObject(
@@ -267,13 +269,14 @@ pub unsafe extern "C" fn C_WrapKey(
             if pul.is_null() {
                 return Err(bad());
             }
-            match wrapping::wrap_key(h, m.kind(), m.has_params(), wrapping, key)? {
-                WrapStep::Done(data) => write_bytes(&data, p_out, pul),
-                WrapStep::Forward(w, k) => forward_session(h, |b, bs| {
-                    // SAFETY: the caller's mechanism and buffers, passed on
-                    // unchanged to a function of the backend's own list.
-                    bcall!(b, C_WrapKey(bs, p_m, w, k, p_out, pul))
-                }),
+            let call = |b: &Backend, bs, w, k| {
+                // SAFETY: the caller's mechanism and buffers, passed on
+                // unchanged to a function of the backend's own list.
+                bcall!(b, C_WrapKey(bs, p_m, w, k, p_out, pul))
+            };
+            match wrapping::wrap_key(h, &m, wrapping, key, call)? {
+                Wrapped::Done(data) => write_bytes(&data, p_out, pul),
+                Wrapped::Forwarded(rv) => Ok(rv),
             }
         })
     })
@@ -302,7 +305,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
             let t = template(p_t, n)?;
             ok(put(
                 ph,
-                wrapping::unwrap_key(h, &m, m.has_params(), unwrapping, wrapped, &t)?,
+                wrapping::unwrap_key(h, &m, unwrapping, wrapped, &t)?,
             ))
         })
     })
@@ -328,7 +331,8 @@ pub unsafe extern "C" fn C_DeriveKey(
                 return Err(Error::Rv(CKR_MECHANISM_INVALID));
             }
             let t = template(p_t, n)?;
-            ok(put(ph, wrapping::derive_key(h, &m, base, &t)?))
+            let ed = encrypt_data(m.raw())?;
+            ok(put(ph, wrapping::derive_key(h, &m, ed, base, &t)?))
         })
     })
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crypt;
+pub mod digest_key;
 pub mod forward;
 pub mod general;
 pub mod kek_guard;

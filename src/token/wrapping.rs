@@ -1,21 +1,29 @@
-//! Key wrap, unwrap and derive. A DEK is wrapped or unwrapped with a backend
-//! AES key (the KEK included) using AES key wrap on the HSM; everything else
-//! is forwarded with handles translated.
+//! Key wrap, unwrap and derive. A DEK is a full AES key here: it wraps and
+//! unwraps with AES key wrap and derives with *_ENCRYPT_DATA in software,
+//! is wrapped by backend keys (the KEK with AES key wrap only), and for any
+//! other mechanism is made real on the HSM for the one call (`on_hsm`).
+//! Calls on backend keys alone are forwarded with handles translated.
+
+use std::sync::RwLockReadGuard;
 
 use cryptoki_sys::*;
 
-use crate::backend::Mechanism;
+use crate::backend::{AttrIn, Backend, Mechanism};
+use crate::crypto::key_wrap::{self, KeyWrap};
+use crate::crypto::{CryptoError, Direction, Mode};
 use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
 use crate::token::forward::forward;
 use crate::token::kek_guard::{
-    derive_mechanism_has_handles, is_dek_slot, is_kek, is_key_wrap, kek_only_key_wraps,
-    refuse_kek_label,
+    derive_mechanism_has_handles, is_dek_slot, is_kek, kek_only_key_wraps, refuse_kek_label,
 };
 use crate::token::module::Module;
 use crate::token::object::dek;
 use crate::token::object::manage::{adopt, backend_key, backend_template, resolve, Target};
+use crate::token::object::on_hsm::materialize;
 use crate::token::object::policy::{self, Origin};
-use crate::token::object::template::{as_bool, find_in, Template};
+use crate::token::object::table::{Dek, DekState};
+use crate::token::object::template::{as_bool, as_ulong, find_in, Template};
 use crate::token::session::calls::lookup;
 use crate::token::session::table::Session;
 use crate::vendor::CKA_HSME_ON_BACKEND;
@@ -49,49 +57,177 @@ fn is_trusted(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
     forward(m, s, |bs| m.backend.attribute_bool(bs, bh, CKA_TRUSTED)).unwrap_or(false)
 }
 
-/// What C_WrapKey must do.
-pub enum WrapStep {
+/// What C_WrapKey did.
+pub enum Wrapped {
+    /// Wrapped here: the bytes for the caller.
     Done(Vec<u8>),
-    /// Forward with these backend handles (wrapping key, key).
-    Forward(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE),
+    /// Forwarded to the backend; its answer.
+    Forwarded(CK_RV),
 }
 
+/// The software key wrap for `mech`, when it takes no parameters.
+fn software_key_wrap(mech: &Mechanism<'_>) -> Option<KeyWrap> {
+    match (mech.kind(), mech.has_params()) {
+        (CKM_AES_KEY_WRAP, false) => Some(KeyWrap::Kw),
+        (CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP, false) => Some(KeyWrap::Kwp),
+        _ => None,
+    }
+}
+
+/// A DEK's state, if it may serve as a key for `usage` with `mech`.
+fn dek_for<'a>(
+    m: &Module,
+    s: &Session,
+    d: &'a Dek,
+    usage: CK_ATTRIBUTE_TYPE,
+    mech: CK_MECHANISM_TYPE,
+) -> Result<RwLockReadGuard<'a, DekState>> {
+    let st = dek::visible(m, s, d)?;
+    if !st.attrs.flag(usage) {
+        return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    }
+    if !st.attrs.mechanism_allowed(mech) {
+        return Err(Error::Rv(CKR_MECHANISM_INVALID));
+    }
+    Ok(st)
+}
+
+/// A DEK's state, if it may leave the module wrapped by `wrapping`.
+fn wrappable<'a>(
+    m: &Module,
+    s: &Session,
+    d: &'a Dek,
+    wrapping_trusted: bool,
+) -> Result<RwLockReadGuard<'a, DekState>> {
+    let st = dek::visible(m, s, d)?;
+    if !st.attrs.flag(CKA_EXTRACTABLE) {
+        return Err(Error::Rv(CKR_KEY_UNEXTRACTABLE));
+    }
+    if st.attrs.flag(CKA_WRAP_WITH_TRUSTED) && !wrapping_trusted {
+        return Err(Error::Rv(CKR_KEY_NOT_WRAPPABLE));
+    }
+    Ok(st)
+}
+
+/// C_WrapKey. A DEK wraps or is wrapped with AES key wrap in software (or,
+/// by a backend key, on the HSM); any other mechanism runs on the HSM, with
+/// DEKs made real there for the one call (see `on_hsm`). `call` forwards
+/// the caller's own mechanism and buffers with the backend handles to use.
 pub fn wrap_key(
     h: CK_SESSION_HANDLE,
-    mech: CK_MECHANISM_TYPE,
-    has_params: bool,
+    mech: &Mechanism<'_>,
     wrapping: CK_OBJECT_HANDLE,
     key: CK_OBJECT_HANDLE,
-) -> Result<WrapStep> {
+    mut call: impl FnMut(&Backend, CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) -> CK_RV,
+) -> Result<Wrapped> {
     let (m, s) = lookup(h)?;
     let wrapping =
         resolve(&m, &s, wrapping).map_err(|_| Error::Rv(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
     let key = resolve(&m, &s, key).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+    let kind = mech.kind();
+    let mut forward_with =
+        |w, k| Wrapped::Forwarded(forward(&m, &s, |bs| call(&m.backend, bs, w, k)));
     match (wrapping, key) {
         (Target::Backend(w), Target::Backend(k)) => {
-            kek_only_key_wraps(&m, &s, w, mech)?;
-            Ok(WrapStep::Forward(w, k))
+            kek_only_key_wraps(&m, &s, w, kind)?;
+            Ok(forward_with(w, k))
         }
         (Target::Backend(w), Target::Dek(d)) => {
-            let st = dek::visible(&m, &s, &d)?;
-            if !st.attrs.flag(CKA_EXTRACTABLE) {
-                return Err(Error::Rv(CKR_KEY_UNEXTRACTABLE));
+            kek_only_key_wraps(&m, &s, w, kind)?;
+            let st = wrappable(&m, &s, &d, is_trusted(&m, &s, w))?;
+            if software_key_wrap(mech).is_some() {
+                // AES key wrap by a backend key: on the HSM, from a short-lived copy.
+                let bmech = backend_kw_mech(&m, &s, kind)?;
+                let env = m.envelope_for(d.slot)?;
+                let value = env.value(d.key_ref(&st))?;
+                drop(st);
+                return Ok(Wrapped::Done(env.keywrap(w, bmech, value.value())?));
             }
-            if st.attrs.flag(CKA_WRAP_WITH_TRUSTED) && !is_trusted(&m, &s, w) {
-                return Err(Error::Rv(CKR_KEY_NOT_WRAPPABLE));
-            }
-            if has_params {
-                return Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID));
-            }
-            let bmech = backend_kw_mech(&m, &s, mech)?;
-            let env = m.envelope_for(d.slot)?;
-            let value = env.value(d.key_ref(&st))?;
+            let copy = materialize(&m, &s, &d, &st)?;
             drop(st);
-            Ok(WrapStep::Done(env.keywrap(w, bmech, value.value())?))
+            Ok(forward_with(w, copy.handle()))
         }
-        // DEKs do not wrap in software (yet).
-        (Target::Dek(..), _) => Err(Error::Rv(CKR_MECHANISM_INVALID)),
+        (Target::Dek(wd), key) => {
+            let wst = dek_for(&m, &s, &wd, CKA_WRAP, kind)?;
+            let trusted = wst.attrs.flag(CKA_TRUSTED);
+            match (software_key_wrap(mech), key) {
+                (Some(kw), Target::Dek(kd)) => {
+                    let kst = wrappable(&m, &s, &kd, trusted)?;
+                    let env = m.envelope_for(wd.slot)?;
+                    let wrapping = env.value(wd.key_ref(&wst))?;
+                    let value = env.value(kd.key_ref(&kst))?;
+                    let out = key_wrap::wrap(wrapping.value(), kw, value.value())
+                        .map_err(|_| Error::Rv(CKR_KEY_SIZE_RANGE))?;
+                    Ok(Wrapped::Done(out))
+                }
+                (_, Target::Dek(kd)) => {
+                    let kst = wrappable(&m, &s, &kd, trusted)?;
+                    let wcopy = materialize(&m, &s, &wd, &wst)?;
+                    let kcopy = materialize(&m, &s, &kd, &kst)?;
+                    Ok(forward_with(wcopy.handle(), kcopy.handle()))
+                }
+                (_, Target::Backend(k)) => {
+                    let wcopy = materialize(&m, &s, &wd, &wst)?;
+                    Ok(forward_with(wcopy.handle(), k))
+                }
+            }
+        }
     }
+}
+
+/// The HSM unwraps (or derives) into a short-lived readable object, whose
+/// value becomes a DEK: for mechanisms the software engines do not run.
+fn dek_from_hsm(
+    m: &Module,
+    s: &Session,
+    t: &Template,
+    origin: Origin,
+    make: impl Fn(CK_SESSION_HANDLE, &[AttrIn<'_>]) -> Result<CK_OBJECT_HANDLE>,
+) -> Result<CK_OBJECT_HANDLE> {
+    let class = CKO_SECRET_KEY.to_ne_bytes();
+    let key_type = CKK_AES.to_ne_bytes();
+    let (no, yes) = ([CK_FALSE], [CK_TRUE]);
+    let len = find_in(t, CKA_VALUE_LEN).map(<[u8]>::to_vec);
+    let mut temp = vec![
+        AttrIn {
+            ty: CKA_CLASS,
+            value: &class,
+        },
+        AttrIn {
+            ty: CKA_KEY_TYPE,
+            value: &key_type,
+        },
+        AttrIn {
+            ty: CKA_TOKEN,
+            value: &no,
+        },
+        AttrIn {
+            ty: CKA_SENSITIVE,
+            value: &no,
+        },
+        AttrIn {
+            ty: CKA_EXTRACTABLE,
+            value: &yes,
+        },
+    ];
+    if let Some(len) = &len {
+        temp.push(AttrIn {
+            ty: CKA_VALUE_LEN,
+            value: len,
+        });
+    }
+    let env = m.envelope_for(s.slot)?;
+    let value = {
+        let _gate = env.temp_gate.hold();
+        let made = forward(m, s, |bs| make(bs, &temp))?;
+        let value = forward(m, s, |bs| m.backend.secret_value(bs, made));
+        let _ = forward(m, s, |bs| m.backend.destroy_object(bs, made));
+        value?
+    };
+    if !policy::is_valid_aes_len(value.len()) {
+        return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
+    }
+    dek::create(m, s, t, origin, Some(value))
 }
 
 /// C_UnwrapKey. With the KEK, the result is always a DEK whose value cannot
@@ -101,20 +237,60 @@ pub fn wrap_key(
 pub fn unwrap_key(
     h: CK_SESSION_HANDLE,
     mech: &Mechanism<'_>,
-    has_params: bool,
     unwrapping: CK_OBJECT_HANDLE,
     wrapped: &[u8],
     t: &Template,
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
+    let kind = mech.kind();
+    let to_dek = is_dek_slot(&m, &s) && policy::wants_dek(t, false)?;
+    if !to_dek {
+        refuse_kek_label(&m, &s, t)?;
+    }
     let uw = match resolve(&m, &s, unwrapping)
         .map_err(|_| Error::Rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?
     {
         Target::Backend(b) => b,
-        Target::Dek(..) => return Err(Error::Rv(CKR_MECHANISM_INVALID)),
+        Target::Dek(d) => {
+            let st = dek_for(&m, &s, &d, CKA_UNWRAP, kind)?;
+            return match (software_key_wrap(mech), to_dek) {
+                (Some(kw), true) => {
+                    let env = m.envelope_for(d.slot)?;
+                    let uwv = env.value(d.key_ref(&st))?;
+                    drop(st);
+                    let value =
+                        key_wrap::unwrap(uwv.value(), kw, wrapped).map_err(|e| match e {
+                            CryptoError::DataLen => Error::Rv(CKR_WRAPPED_KEY_LEN_RANGE),
+                            _ => Error::Rv(CKR_WRAPPED_KEY_INVALID),
+                        })?;
+                    if !policy::is_valid_aes_len(value.len()) {
+                        return Err(Error::Rv(CKR_WRAPPED_KEY_INVALID));
+                    }
+                    dek::create(&m, &s, t, Origin::Unwrapped, Some(value))
+                }
+                (_, true) => {
+                    let copy = materialize(&m, &s, &d, &st)?;
+                    drop(st);
+                    dek_from_hsm(&m, &s, t, Origin::Unwrapped, |bs, temp| {
+                        m.backend
+                            .unwrap_key(bs, mech, copy.handle(), wrapped, temp)
+                            .map_err(unwrap_error)
+                    })
+                }
+                (_, false) => {
+                    let copy = materialize(&m, &s, &d, &st)?;
+                    drop(st);
+                    let raw = backend_template(t);
+                    let made = forward(&m, &s, |bs| {
+                        m.backend.unwrap_key(bs, mech, copy.handle(), wrapped, &raw)
+                    })
+                    .map_err(unwrap_error);
+                    adopt(&m, &s, made)
+                }
+            };
+        }
     };
-    kek_only_key_wraps(&m, &s, uw, mech.kind())?;
-    let to_dek = is_key_wrap(mech.kind()) && is_dek_slot(&m, &s) && policy::wants_dek(t, false)?;
+    kek_only_key_wraps(&m, &s, uw, kind)?;
     if is_kek(&m, &s, uw) {
         let flag = |ty| find_in(t, ty).map(as_bool).transpose();
         // Readable afterwards (not sensitive, extractable): refused.
@@ -124,7 +300,6 @@ pub fn unwrap_key(
         }
     }
     if !to_dek {
-        refuse_kek_label(&m, &s, t)?;
         let raw = backend_template(t);
         let made = forward(&m, &s, |bs| {
             m.backend.unwrap_key(bs, mech, uw, wrapped, &raw)
@@ -132,10 +307,15 @@ pub fn unwrap_key(
         .map_err(unwrap_error);
         return adopt(&m, &s, made);
     }
-    if has_params {
-        return Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID));
+    if software_key_wrap(mech).is_none() {
+        // RSA-OAEP and the like: the HSM unwraps, the value becomes a DEK.
+        return dek_from_hsm(&m, &s, t, Origin::Unwrapped, |bs, temp| {
+            m.backend
+                .unwrap_key(bs, mech, uw, wrapped, temp)
+                .map_err(unwrap_error)
+        });
     }
-    let bmech = backend_kw_mech(&m, &s, mech.kind())?;
+    let bmech = backend_kw_mech(&m, &s, kind)?;
     let env = m.envelope_for(s.slot)?;
     let value = env.keyunwrap(uw, bmech, wrapped).map_err(unwrap_error)?;
     if !policy::is_valid_aes_len(value.len()) {
@@ -144,26 +324,99 @@ pub fn unwrap_key(
     dek::create(&m, &s, t, Origin::Unwrapped, Some(value))
 }
 
-/// C_DeriveKey, forwarded. `out` is false for mechanisms that return their
+/// Data for the *_ENCRYPT_DATA derivations, parsed by ffi from the caller's
+/// parameters: the derived value is that data encrypted with the base key.
+pub struct EncryptData<'a> {
+    /// CBC's IV; None for ECB.
+    pub iv: Option<[u8; 16]>,
+    pub data: &'a [u8],
+}
+
+/// C_DeriveKey. From a DEK: AES-ECB/CBC_ENCRYPT_DATA in software into a new
+/// DEK, anything else on the HSM from a short-lived copy of the DEK; from a
+/// backend key, forwarded. `out` is false for mechanisms that return their
 /// keys in their parameters (refused: see `guard`).
 pub fn derive_key(
     h: CK_SESSION_HANDLE,
     mech: &Mechanism<'_>,
+    encrypt_data: Option<EncryptData<'_>>,
     base: CK_OBJECT_HANDLE,
     t: &Template,
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
-    if derive_mechanism_has_handles(mech.kind()) {
+    let kind = mech.kind();
+    if derive_mechanism_has_handles(kind) {
         return Err(Error::Rv(CKR_MECHANISM_INVALID));
     }
+    let to_dek = is_dek_slot(&m, &s) && policy::wants_dek(t, true)?;
+    if !to_dek {
+        refuse_kek_label(&m, &s, t)?;
+        if find_in(t, CKA_HSME_ON_BACKEND).is_some_and(|v| v != [CK_TRUE]) {
+            return Err(Error::Rv(CKR_ATTRIBUTE_TYPE_INVALID));
+        }
+    }
+    let target = resolve(&m, &s, base).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+    if let Target::Dek(d) = &target {
+        let st = dek_for(&m, &s, d, CKA_DERIVE, kind)?;
+        return match (encrypt_data, to_dek) {
+            (Some(ed), true) => {
+                let env = m.envelope_for(d.slot)?;
+                let key = env.value(d.key_ref(&st))?;
+                drop(st);
+                let value = derive_by_encryption(key.value(), &ed, t)?;
+                dek::create(&m, &s, t, Origin::Derived, Some(value))
+            }
+            (_, true) => {
+                let copy = materialize(&m, &s, d, &st)?;
+                drop(st);
+                dek_from_hsm(&m, &s, t, Origin::Derived, |bs, temp| {
+                    m.backend.derive_key(bs, mech, copy.handle(), temp)
+                })
+            }
+            (_, false) => {
+                let copy = materialize(&m, &s, d, &st)?;
+                drop(st);
+                let raw = backend_template(t);
+                let made = forward(&m, &s, |bs| {
+                    m.backend.derive_key(bs, mech, copy.handle(), &raw)
+                });
+                adopt(&m, &s, made)
+            }
+        };
+    }
     let b = backend_key(&m, &s, base)?;
-    refuse_kek_label(&m, &s, t)?;
-    if find_in(t, CKA_HSME_ON_BACKEND).is_some() {
-        return Err(Error::Rv(CKR_ATTRIBUTE_TYPE_INVALID));
+    if to_dek {
+        return dek_from_hsm(&m, &s, t, Origin::Derived, |bs, temp| {
+            m.backend.derive_key(bs, mech, b, temp)
+        });
     }
     let raw = backend_template(t);
     let made = forward(&m, &s, |bs| m.backend.derive_key(bs, mech, b, &raw));
     adopt(&m, &s, made)
+}
+
+/// The value of a key derived by encrypting `ed.data` (whole blocks) with
+/// `base`: CKA_VALUE_LEN bytes of it if the template says, else all of it.
+fn derive_by_encryption(base: &[u8], ed: &EncryptData<'_>, t: &Template) -> Result<SecretBytes> {
+    if ed.data.is_empty() || !ed.data.len().is_multiple_of(16) {
+        return Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID));
+    }
+    let mode = match ed.iv {
+        Some(iv) => Mode::Cbc { iv },
+        None => Mode::Ecb,
+    };
+    let mut out = SecretBytes::new(ed.data.len());
+    let mut op = crate::crypto::new_op(base, &mode, Direction::Encrypt)?;
+    let n = op.oneshot(ed.data, out.as_mut_slice())?;
+    let want = match find_in(t, CKA_VALUE_LEN) {
+        Some(v) => as_ulong(v)? as usize,
+        None => n,
+    };
+    if want > n || !policy::is_valid_aes_len(want) {
+        return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
+    }
+    out.truncate(want);
+    Ok(out)
 }
 
 /// The specific code for a wrapped key the HSM could not unwrap: SoftHSM2,

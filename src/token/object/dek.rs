@@ -100,6 +100,21 @@ pub fn create(
     }
     attrs.set_ulong(CKA_VALUE_LEN, value.len() as CK_ULONG);
     attrs.set(CKA_CHECK_VALUE, check_value(value.as_slice()));
+    let origin = format!("{origin:?}").to_lowercase();
+    persist(m, s, attrs, value, &origin)
+}
+
+/// A DEK with final attributes `attrs` and `value`: sealed under the KEK on
+/// the HSM, stored if it is a token DEK, cached, logged, given a handle.
+fn persist(
+    m: &Module,
+    s: &Session,
+    mut attrs: crate::envelope::attrs::Attrs,
+    value: SecretBytes,
+    origin: &str,
+) -> Result<CK_OBJECT_HANDLE> {
+    let env = m.envelope_for(s.slot)?;
+    let token = attrs.flag(CKA_TOKEN);
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
     attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
@@ -142,7 +157,7 @@ pub fn create(
     );
     let h = m.objects.intern_dek(Arc::new(dek));
     crate::log_info!(
-        "DEK created: id={} origin={origin:?} token={token} kek_version={kek_version}",
+        "DEK created: id={} origin={origin} token={token} kek_version={kek_version}",
         hex(&id)
     );
     Ok(h)
@@ -204,4 +219,45 @@ pub fn attribute(m: &Module, d: &Dek, st: &DekState, ty: CK_ATTRIBUTE_TYPE) -> A
         Some(v) => Answer::Value(Zeroizing::new(v.to_vec())),
         None => Answer::Invalid,
     }
+}
+
+/// C_CopyObject of a DEK: a new DEK (new id, new record) with the same
+/// value and the attributes the template may change: any C_SetAttributeValue
+/// may, plus CKA_TOKEN and CKA_PRIVATE, and CKA_MODIFIABLE only to false.
+pub fn copy(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<CK_OBJECT_HANDLE> {
+    refuse_kek_label(m, s, t)?;
+    let st = visible(m, s, d)?;
+    if !st.attrs.flag(CKA_COPYABLE) {
+        return Err(Error::Rv(CKR_ACTION_PROHIBITED));
+    }
+    let (own, settable): (Template, Template) = t
+        .iter()
+        .map(|a| crate::token::object::template::TemplateAttr {
+            ty: a.ty,
+            value: a.value.clone(),
+        })
+        .partition(|a| matches!(a.ty, CKA_TOKEN | CKA_PRIVATE | CKA_MODIFIABLE));
+    let mut attrs = if settable.is_empty() {
+        st.attrs.clone()
+    } else {
+        policy::apply_set(&st.attrs, &settable)?
+    };
+    for a in &own {
+        let v = crate::token::object::template::as_bool(&a.value)?;
+        if a.ty == CKA_MODIFIABLE && v && !st.attrs.flag(CKA_MODIFIABLE) {
+            return Err(Error::Rv(CKR_ATTRIBUTE_READ_ONLY));
+        }
+        attrs.set_bool(a.ty, v);
+    }
+    if attrs.flag(CKA_TOKEN) && !s.is_rw() {
+        return Err(Error::Rv(CKR_SESSION_READ_ONLY));
+    }
+    if !m.is_user(s.slot) {
+        return Err(Error::Rv(CKR_USER_NOT_LOGGED_IN));
+    }
+    let env = m.envelope_for(d.slot)?;
+    let key = env.value(d.key_ref(&st))?;
+    let value = SecretBytes::from_slice(key.value());
+    drop(st);
+    persist(m, s, attrs, value, "copied")
 }

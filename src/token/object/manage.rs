@@ -138,8 +138,7 @@ pub fn copy_object(
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
     match resolve(&m, &s, oh)? {
-        // Copying a DEK would need its own record and policy; not offered yet.
-        Target::Dek(..) => Err(Error::Rv(CKR_FUNCTION_NOT_SUPPORTED)),
+        Target::Dek(d) => dek::copy(&m, &s, &d, t),
         Target::Backend(bh) => {
             refuse_kek(&m, &s, bh)?;
             refuse_kek_label(&m, &s, t)?;

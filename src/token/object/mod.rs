@@ -5,6 +5,7 @@
 pub mod dek;
 pub mod find;
 pub mod manage;
+pub mod on_hsm;
 pub mod policy;
 pub mod rebind;
 pub mod table;

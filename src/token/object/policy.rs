@@ -15,6 +15,7 @@ pub enum Origin {
     Generated,
     Imported,
     Unwrapped,
+    Derived,
 }
 
 /// Boolean attributes a template may set, with their defaults.
