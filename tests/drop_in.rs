@@ -654,3 +654,75 @@ fn copying_a_dek_makes_a_new_dek_with_the_same_key() {
     let e = s.copy_object(fixed, &[]).unwrap_err();
     assert_eq!(rv(e), RvError::ActionProhibited);
 }
+
+/// Point 2: AES-CMAC on a DEK signs and verifies, single- and multi-part,
+/// with SoftHSM2's MACs.
+#[test]
+fn cmac_with_a_dek_matches_softhsm() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let hsm = init_pkcs11(&softhsm_module_path());
+    let hs = user_session_raw(&hsm);
+    let sv = vec![Attribute::Sign(true), Attribute::Verify(true)];
+    for len in [16usize, 24, 32] {
+        let (k, hk) = twin_keys(&s, &hs, &random_bytes(len), sv.clone());
+        for size in [0usize, 1, 16, 17, 100] {
+            let data = random_bytes(size);
+            let mac = s.sign(&Mechanism::AesCMac, k, &data).unwrap();
+            assert_eq!(
+                mac,
+                hs.sign(&Mechanism::AesCMac, hk, &data).unwrap(),
+                "{len} {size}"
+            );
+            s.verify(&Mechanism::AesCMac, k, &data, &mac).unwrap();
+            s.sign_init(&Mechanism::AesCMac, k).unwrap();
+            for piece in data.chunks(7) {
+                s.sign_update(piece).unwrap();
+            }
+            assert_eq!(s.sign_final().unwrap(), mac, "multi-part");
+            let mut bad = mac.clone();
+            bad[0] ^= 1;
+            let e = s.verify(&Mechanism::AesCMac, k, &data, &bad).unwrap_err();
+            assert_eq!(rv(e), RvError::SignatureInvalid);
+            let e = s
+                .verify(&Mechanism::AesCMac, k, &data, &mac[..15])
+                .unwrap_err();
+            assert_eq!(rv(e), RvError::SignatureLenRange);
+        }
+    }
+    // CKM_AES_CMAC_GENERAL: the first 8 bytes, through the raw list.
+    let (k, _) = twin_keys(&s, &hs, &random_bytes(32), sv);
+    let full = s.sign(&Mechanism::AesCMac, k, b"msg").unwrap();
+    let l = raw_list();
+    let mut n: CK_ULONG = 8;
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_AES_CMAC_GENERAL,
+        pParameter: &mut n as *mut _ as *mut _,
+        ulParameterLen: size_of::<CK_ULONG>() as CK_ULONG,
+    };
+    let mut out = [0u8; 16];
+    let mut out_len: CK_ULONG = 16;
+    let mut msg = *b"msg";
+    unsafe {
+        assert_eq!(
+            l.C_SignInit.unwrap()(s.handle(), &mut mech, k.handle()),
+            CKR_OK
+        );
+        assert_eq!(
+            l.C_Sign.unwrap()(
+                s.handle(),
+                msg.as_mut_ptr(),
+                3,
+                out.as_mut_ptr(),
+                &mut out_len
+            ),
+            CKR_OK
+        );
+    }
+    assert_eq!(out[..out_len as usize], full[..8]);
+    // A DEK without CKA_SIGN does not sign.
+    let plain = generate(&s, false, vec![]);
+    let e = s.sign(&Mechanism::AesCMac, plain, b"x").unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+}

@@ -13,12 +13,14 @@
 mod awslc;
 mod block;
 mod cbc;
+mod cmac_mac;
 mod ctr;
 mod gcm;
 mod gcm_stream;
 pub mod key_wrap;
 mod prepared;
 
+pub use cmac_mac::CmacOp;
 pub use prepared::{
     new_prepared_op, PreparedKey, PreparedOp, SessionHold, SessionKey, SpareBuffer,
 };

@@ -1,5 +1,6 @@
 //! Shims forwarded to the backend unchanged but for the session and key
-//! handles: digests, signatures, verification.
+//! handles: digests, sign-recover, verify-recover (signing and verifying,
+//! which run CMAC on DEKs here, are in `mac`).
 
 use cryptoki_sys::*;
 
@@ -47,8 +48,6 @@ macro_rules! forward_key_init {
 }
 
 forward_key_init! {
-    C_SignInit;
-    C_VerifyInit;
     C_SignRecoverInit;
     C_VerifyRecoverInit;
 }
@@ -58,13 +57,7 @@ forward_session! {
     C_Digest(p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
     C_DigestUpdate(p_in: *mut CK_BYTE, n: CK_ULONG);
     C_DigestFinal(p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
-    C_Sign(p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
-    C_SignUpdate(p_in: *mut CK_BYTE, n: CK_ULONG);
-    C_SignFinal(p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
     C_SignRecover(p_in: *mut CK_BYTE, n: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
-    C_Verify(p_in: *mut CK_BYTE, n: CK_ULONG, p_sig: *mut CK_BYTE, sig_len: CK_ULONG);
-    C_VerifyUpdate(p_in: *mut CK_BYTE, n: CK_ULONG);
-    C_VerifyFinal(p_sig: *mut CK_BYTE, sig_len: CK_ULONG);
     C_VerifyRecover(p_sig: *mut CK_BYTE, sig_len: CK_ULONG, p_out: *mut CK_BYTE, pul: *mut CK_ULONG);
 }
 

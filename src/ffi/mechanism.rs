@@ -131,6 +131,26 @@ pub unsafe fn encrypt_data<'a>(m: &'a CK_MECHANISM) -> Result<Option<EncryptData
     }
 }
 
+/// The MAC length of a CMAC mechanism (CKM_AES_CMAC: 16; CKM_AES_CMAC_GENERAL:
+/// its parameter, 1 to 16), or None for any other mechanism.
+///
+/// # Safety
+/// `m` must be a valid CK_MECHANISM with readable parameters.
+pub unsafe fn mac_len(m: &CK_MECHANISM) -> Option<Result<usize>> {
+    match m.mechanism {
+        CKM_AES_CMAC if m.pParameter.is_null() && m.ulParameterLen == 0 => Some(Ok(16)),
+        CKM_AES_CMAC => Some(Err(param_invalid())),
+        CKM_AES_CMAC_GENERAL => Some(
+            // SAFETY: this function's contract; `param` checks the size.
+            unsafe { param::<CK_MAC_GENERAL_PARAMS>(m) }.and_then(|n| match n {
+                1..=16 => Ok(n as usize),
+                _ => Err(param_invalid()),
+            }),
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod digest_key;
 pub mod forward;
 pub mod general;
 pub mod kek_guard;
+pub mod mac;
 pub mod module;
 pub mod object;
 pub mod session;

@@ -15,6 +15,7 @@ use crate::token::session::table::Op;
 pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
     let (m, s) = lookup(h)?;
     let mut backend_ops = Vec::new();
+    let mut flags_done: CK_FLAGS = 0;
     {
         let mut ops = s.ops()?;
         for (flag, dir, op) in [
@@ -32,6 +33,13 @@ pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
         if flags & CKF_FIND_OBJECTS != 0 {
             ops.find = None;
         }
+        // A software MAC ends here; none means a backend one may be active.
+        if flags & CKF_SIGN != 0 && ops.sign.take().is_some() {
+            flags_done |= CKF_SIGN;
+        }
+        if flags & CKF_VERIFY != 0 && ops.verify.take().is_some() {
+            flags_done |= CKF_VERIFY;
+        }
     }
     // Forwarded without our bookkeeping: ended on the backend if active.
     for (flag, op) in [
@@ -41,7 +49,7 @@ pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
         (CKF_SIGN_RECOVER, Operation::SignRecover),
         (CKF_VERIFY_RECOVER, Operation::VerifyRecover),
     ] {
-        if flags & flag != 0 {
+        if flags & flag != 0 && flags_done & flag == 0 {
             backend_ops.push(op);
         }
     }

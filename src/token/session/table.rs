@@ -27,6 +27,13 @@ impl Op {
     }
 }
 
+/// A software MAC operation (AES-CMAC on a DEK).
+pub struct MacOp {
+    pub op: crate::crypto::CmacOp,
+    /// Whether an update came: then only the final call may end it.
+    pub multi_part: bool,
+}
+
 pub struct Find {
     pub handles: Vec<CK_OBJECT_HANDLE>,
     pub pos: usize,
@@ -36,6 +43,10 @@ pub struct Ops {
     pub encrypt: Op,
     pub decrypt: Op,
     pub find: Option<Find>,
+    /// Software sign and verify operations; None when the session's
+    /// operation (if any) is the backend's.
+    pub sign: Option<MacOp>,
+    pub verify: Option<MacOp>,
     /// The DEK this session last encrypted with, and the one it last
     /// decrypted with (see `remembered`).
     pub last_encrypt_key: Option<RememberedKey>,
@@ -53,6 +64,8 @@ impl Ops {
             encrypt: Op::Idle,
             decrypt: Op::Idle,
             find: None,
+            sign: None,
+            verify: None,
             last_encrypt_key: None,
             last_decrypt_key: None,
             spare: None,
@@ -64,6 +77,14 @@ impl Ops {
         match dir {
             Direction::Encrypt => 0,
             Direction::Decrypt => 1,
+        }
+    }
+
+    /// The software MAC operation slot of one direction.
+    pub fn mac(&mut self, dir: crate::token::mac::MacDir) -> &mut Option<MacOp> {
+        match dir {
+            crate::token::mac::MacDir::Sign => &mut self.sign,
+            crate::token::mac::MacDir::Verify => &mut self.verify,
         }
     }
 
@@ -105,6 +126,8 @@ impl Ops {
         self.last_encrypt_key = None;
         self.last_decrypt_key = None;
         self.spare = None;
+        self.sign = None;
+        self.verify = None;
     }
 
     /// The operation slot and the remembered key of one direction.
