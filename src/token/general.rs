@@ -9,12 +9,24 @@ use crate::token::module;
 pub const MANUFACTURER: &str = "hsm-envelope";
 pub const LIBRARY_DESCRIPTION: &str = "hsm-envelope KEK/DEK module";
 
-/// Mechanisms run in software on DEKs, with (flags, min, max key bytes).
+/// Mechanisms run in software on DEKs, with their flags (AES keys of 16 to
+/// 32 bytes). The DEK slot lists them with the backend's own, whose other
+/// mechanisms run on backend keys and, for single calls (wrap, unwrap,
+/// derive, digest-key), on DEKs made real on the HSM for the call.
 pub const SOFT_MECHANISMS: &[(CK_MECHANISM_TYPE, CK_FLAGS)] = &[
     (CKM_AES_KEY_GEN, CKF_GENERATE),
     (CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_AES_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_AES_CTR, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_ECB, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CBC, CKF_ENCRYPT | CKF_DECRYPT),
+    (CKM_AES_CMAC, CKF_SIGN | CKF_VERIFY),
+    (CKM_AES_CMAC_GENERAL, CKF_SIGN | CKF_VERIFY),
+    (CKM_AES_KEY_WRAP, CKF_WRAP | CKF_UNWRAP),
+    (CKM_AES_KEY_WRAP_PAD, CKF_WRAP | CKF_UNWRAP),
+    (CKM_AES_KEY_WRAP_KWP, CKF_WRAP | CKF_UNWRAP),
+    (CKM_AES_ECB_ENCRYPT_DATA, CKF_DERIVE),
+    (CKM_AES_CBC_ENCRYPT_DATA, CKF_DERIVE),
 ];
 
 /// Copy `s` into a blank-padded PKCS#11 text field.
