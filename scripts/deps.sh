@@ -4,7 +4,10 @@
 # Checks for what hsm-envelope needs on a Debian machine and, when run as
 # root with apt-get available, installs what is missing:
 #   Debian packages: softhsm2 (softhsm2-util, libsofthsm2.so), opensc
-#   (pkcs11-tool), gcc, pkg-config, python3, sqlite3, openssl
+#   (pkcs11-tool), gcc, pkg-config, python3, sqlite3, openssl, postgresql
+#   (initdb and pg_ctl in /usr/lib/postgresql/<version>/bin: the tests start
+#   throwaway clusters of their own, tests/common/pg.rs; the package's own
+#   cluster is not used)
 #   Rust: cargo with rustfmt and clippy, cargo-nextest
 # `apt-get update` runs only if a package must be installed. cargo-nextest is
 # installed with `cargo install cargo-nextest --locked` only if missing.
@@ -37,6 +40,15 @@ softhsm_module_found() {
     "$BASH" "$script_dir/softhsm2-path.sh" >/dev/null 2>&1
 }
 
+# The PostgreSQL server binaries the tests run (not on PATH in Debian).
+postgres_server_found() {
+    local bin
+    for bin in /usr/lib/postgresql/*/bin; do
+        [[ -x $bin/initdb && -x $bin/pg_ctl ]] && return 0
+    done
+    return 1
+}
+
 # Prints the Debian packages that are missing, one per line.
 missing_packages() {
     if ! command -v softhsm2-util >/dev/null 2>&1 || ! softhsm_module_found; then
@@ -48,6 +60,9 @@ missing_packages() {
     command -v python3 >/dev/null 2>&1 || echo python3
     command -v sqlite3 >/dev/null 2>&1 || echo sqlite3
     command -v openssl >/dev/null 2>&1 || echo openssl
+    if ! $demo_only && ! postgres_server_found; then
+        echo postgresql
+    fi
 }
 
 # --- Debian packages ---------------------------------------------------------------
@@ -111,4 +126,4 @@ if ! $demo_only; then
 fi
 $rust_ok || exit 1
 
-say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl, $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"
+say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($demo_only || printf ', postgresql'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"

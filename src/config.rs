@@ -59,7 +59,11 @@ pub struct Config {
     /// Label of the AES-256 KEK on that token.
     pub kek_label: String,
     /// SQLite file holding wrapped DEK records (created on first use).
+    /// Unused when `store_url` is set.
     pub store_path: PathBuf,
+    /// PostgreSQL database holding them instead (a connection string,
+    /// `postgresql://user@host:port/db`); shared by many hosts.
+    pub store_url: Option<crate::store::postgresql::Url>,
     /// Optional log file (appended to). Without it, warnings go to stderr.
     pub log_file: Option<PathBuf>,
     /// One of error, warn, info, debug.
@@ -110,6 +114,7 @@ impl Default for Config {
             token_label: "hsm-envelope".into(),
             kek_label: "kek".into(),
             store_path: data.join("hsm-envelope").join("deks.sqlite"),
+            store_url: None,
             log_file: None,
             log_level: "info".into(),
             rotate_after_days: None,
@@ -130,6 +135,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where the store is: `store_url` if set, else `store_path`.
+    pub fn store_location(&self) -> crate::store::Location {
+        crate::store::Location::from_config(&self.store_path, self.store_url.as_ref())
+    }
+
     /// Load from `HSM_ENVELOPE_CONF`, or the defaults when it is unset.
     pub fn from_env() -> Result<Config> {
         match std::env::var_os(CONF_ENV) {
@@ -168,6 +178,11 @@ impl Config {
         }
         if self.store_path.as_os_str().is_empty() {
             return bad("store_path", "a file path");
+        }
+        if let Some(url) = &self.store_url {
+            if let Err(why) = url.check() {
+                return Err(Error::Config(format!("key `store_url`: {why}")));
+            }
         }
         if self.rotate_after_days == Some(0) {
             return bad(
@@ -246,6 +261,29 @@ mod tests {
             assert!(e.contains(bad.split(' ').next().unwrap_or("")), "{e}");
         }
         assert_eq!(Config::from_toml("").unwrap().retention_days, 90);
+    }
+
+    #[test]
+    fn store_url_selects_postgresql_and_is_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.store_location().engine_name(), "sqlite");
+        let c = Config::from_toml("store_url = \"postgresql://app:pw@%2Frun%2Fpostgresql/deks\"\n")
+            .unwrap();
+        let location = c.store_location();
+        assert_eq!(location.engine_name(), "postgresql");
+        assert_eq!(
+            location.to_string(),
+            "postgresql://app@/run/postgresql:5432/deks"
+        );
+        assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
+        for bad in [
+            "store_url = \"postgresql://app@host\"",
+            "store_url = \"sqlite:///x\"",
+            "store_url = 5",
+        ] {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("store_url"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -18,12 +18,12 @@ pub fn apply_purge_protection(store: &Store, wanted: Option<bool>) -> Result<()>
     match (wanted, store.purge_protection()?) {
         (Some(true), false) => {
             store.enable_purge_protection()?;
-            crate::log_info!("purge protection switched on for {}", store.path().display());
+            crate::log_info!("purge protection switched on for {}", store.location());
             Ok(())
         }
         (Some(false), true) => Err(Error::Config(format!(
             "key `purge_protection`: the store {} has purge protection on, and it cannot be turned off; remove the key or set it to true",
-            store.path().display()
+            store.location()
         ))),
         _ => Ok(()),
     }

@@ -123,7 +123,7 @@ impl Envelope {
     pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
         let mut guard = unpoisoned(self.store.lock());
         if guard.is_none() {
-            let store = Store::open(&self.settings.store_path)?;
+            let store = Store::open_at(&self.settings.store)?;
             super::deletion::apply_purge_protection(&store, self.settings.purge_protection)?;
             *guard = Some(store);
         }

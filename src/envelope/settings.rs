@@ -1,14 +1,14 @@
 //! What the envelope needs from the configuration.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::store::Location;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub kek_label: String,
-    pub store_path: PathBuf,
+    pub store: Location,
     /// How long a process trusts its view of the primary KEK version.
     pub refresh: Duration,
     /// Rotate when the primary version is older than this.
@@ -31,7 +31,7 @@ impl From<&Config> for Settings {
     fn from(c: &Config) -> Settings {
         Settings {
             kek_label: c.kek_label.clone(),
-            store_path: c.store_path.clone(),
+            store: c.store_location(),
             refresh: std::time::Duration::from_secs(c.refresh_secs),
             rotate_after: c
                 .rotate_after_days

@@ -1,51 +1,43 @@
-//! Wrapped-DEK persistence on embedded SQLite.
+//! Wrapped-DEK persistence: one small interface ([`StoreEngine`]) shaped by
+//! what the module asks of its store, and two engines behind it.
 //!
-//! One SQLite file holds every token DEK as a wrapped record (see
-//! `envelope::record`), its serialized attributes and bookkeeping. The file
-//! is shared safely by several processes on one host:
+//! - [`sqlite`]: an embedded SQLite file (`store_path`), the default. No
+//!   server; shared by the processes of one host.
+//! - [`postgresql`]: a PostgreSQL database (`store_url`), shared by the
+//!   processes of many hosts.
 //!
-//! - WAL journal: readers never block the writer and vice versa, which
-//!   matters when a database and the admin tool use the store at once.
-//! - `busy_timeout` ([`BUSY_TIMEOUT`]): a writer that finds the file locked
-//!   waits instead of failing with `SQLITE_BUSY`.
-//! - Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, which
-//!   takes the write lock up front. (A deferred transaction that reads and
-//!   then writes can fail with `SQLITE_BUSY` *without* waiting, because its
-//!   read snapshot may be stale.)
-//! - `synchronous=FULL`: see [`Store::open`].
-//! - `secure_delete=ON`: deleted and overwritten rows are zeroed on disk,
-//!   so a purged or re-wrapped record does not linger in free space.
+//! The module holds a [`Store`], a handle over one engine chosen by
+//! [`Location`] when it is opened; call sites use the engine's methods
+//! through it (`store.get(id)`) and never know which engine answers. Both
+//! engines run the same test suite (`tests.rs`), so they agree on every
+//! behaviour the rest of the module relies on: generation checks,
+//! soft-deletion, purge protection, KEK version rows, leases and re-wrap
+//! batches.
 //!
-//! The schema version lives in `PRAGMA user_version` ([`SCHEMA_VERSION`]).
+//! Each engine owns its schema and migrates it forward on open, one
+//! versioned path per engine; a store written by a newer build is refused
+//! with [`StoreError::Schema`].
 //!
-//! Nothing here logs row contents.
+//! Nothing here logs row contents, and a PostgreSQL password never appears
+//! in a message ([`Location`] shows URLs without it).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod deletion;
 pub mod kek;
+pub mod postgresql;
+pub mod sqlite;
 
-pub use deletion::DeletedRow;
+pub use admin::DekListing;
+pub use deletion::{DeletedRow, PurgeRefusal};
 pub use kek::{KekState, KekVersionRow};
 
-use std::fs::OpenOptions;
-use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fmt;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::clock::unix_secs as now_secs;
-
-use rusqlite::{
-    ffi, params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
-};
 use thiserror::Error;
-
-/// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
-/// How long a connection waits for another process's write lock.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DekRow {
@@ -65,23 +57,33 @@ pub struct DekRow {
     pub created: i64,
     /// Unix seconds.
     pub updated: i64,
-    /// Bumped by every [`Store::update`]; for change detection and
+    /// Bumped by every [`StoreEngine::update`]; for change detection and
     /// optimistic concurrency.
     pub generation: i64,
 }
 
+/// One record update of a re-wrap batch: id, the generation it was read
+/// at, the new record and the KEK version it is now under.
+pub type RecordUpdate = ([u8; 16], i64, Vec<u8>, u32);
+
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("cannot open DEK store {path}: {source}")]
+    #[error("cannot open DEK store {location}: {source}")]
     Open {
-        path: PathBuf,
-        source: rusqlite::Error,
+        /// Where the store is ([`Location`]'s text: never a password).
+        location: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("DEK store: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("DEK store {path} has schema version {found}, this build supports {supported}")]
+    #[error("DEK store (PostgreSQL): {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// A stored value this build cannot read (a wrong length or range).
+    #[error("DEK store: {0}")]
+    Data(String),
+    #[error("DEK store {location} has schema version {found}, this build supports {supported}")]
     Schema {
-        path: PathBuf,
+        location: String,
         found: i64,
         supported: i64,
     },
@@ -91,341 +93,51 @@ pub enum StoreError {
     NotFound,
 }
 
-/// A connection to the DEK store.
+/// What the module asks of its store. Every method is one atomic step: a
+/// method that reads and then writes does both in one transaction, so
+/// several processes (and, on PostgreSQL, several hosts) may call them at
+/// once. Times are the caller's clock (Unix seconds), never the server's,
+/// so that every engine and the tests agree on them.
 ///
-/// `Send` but not `Sync`: share it behind a `Mutex`, or open one per thread
-/// (several `Store`s on one file, in one or many processes, are fine).
-///
-/// Do not carry a `Store` across `fork()`: SQLite connections must not be
-/// used in a child process. A child must open its own `Store`, and should
-/// `std::mem::forget` (not drop) any it inherited, so that closing it does
-/// not disturb the parent's locks or WAL.
-pub struct Store {
-    conn: Connection,
-    path: PathBuf,
-}
+/// Rows soft-deleted by [`StoreEngine::soft_delete`] are not *live*: `get`,
+/// `list`, `list_ids_generations` and the admin listing skip them, but they
+/// are still records (they count in `count_under` and `record_counts`, and
+/// their KEK version must be kept) until [`StoreEngine::purge`].
+pub trait StoreEngine: Send {
+    /// The engine's name as `status` shows it: `sqlite` or `postgresql`.
+    fn engine_name(&self) -> &'static str;
 
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY NOT NULL,
-    value BLOB
-);
-CREATE TABLE IF NOT EXISTS dek (
-    id          BLOB PRIMARY KEY NOT NULL CHECK (typeof(id) = 'blob' AND length(id) = 16),
-    label       BLOB,
-    ckaid       BLOB,
-    attrs       BLOB NOT NULL,
-    record      BLOB NOT NULL,
-    kek_label   TEXT NOT NULL,
-    kek_version INTEGER NOT NULL,
-    created     INTEGER NOT NULL,
-    updated     INTEGER NOT NULL,
-    last_used   INTEGER,
-    generation  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dek_kek ON dek (kek_label, kek_version);
-";
-
-/// Version 2: KEK versions and leases (issue 3).
-const SCHEMA_V2: &str = "
-CREATE TABLE IF NOT EXISTS kek_version (
-    kek_label     TEXT NOT NULL,
-    version       INTEGER NOT NULL CHECK (version >= 1),
-    kind          TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('primary', 'decrypt-only', 'destroyed')),
-    created       INTEGER NOT NULL,
-    primary_since INTEGER,
-    retired       INTEGER,
-    PRIMARY KEY (kek_label, version)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_primary ON kek_version (kek_label) WHERE state = 'primary';
-CREATE TABLE IF NOT EXISTS lease (
-    name    TEXT PRIMARY KEY NOT NULL,
-    holder  TEXT NOT NULL,
-    expires INTEGER NOT NULL
-);
-";
-
-/// Version 3: recoverable deletion (issue 5). A deleted row keeps its
-/// record until it is purged.
-const SCHEMA_V3: &str = "
-ALTER TABLE dek ADD COLUMN deleted_at INTEGER;
-ALTER TABLE dek ADD COLUMN purge_after INTEGER;
-CREATE INDEX IF NOT EXISTS dek_deleted ON dek (deleted_at);
-";
-
-pub(crate) const ROW_COLUMNS: &str =
-    "id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, generation";
-
-/// One INSERT of a DEK row on `conn` (a connection or a transaction).
-pub(crate) fn insert_row(conn: &Connection, row: &DekRow) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO dek (id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, last_used, generation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
-    )?;
-    match stmt.execute(params![
-        row.id,
-        row.label,
-        row.ckaid,
-        row.attrs,
-        row.record,
-        row.kek_label,
-        row.kek_version,
-        row.created,
-        row.updated,
-        row.generation
-    ]) {
-        Ok(_) => Ok(()),
-        Err(e) if is_pk_violation(&e) => Err(StoreError::Duplicate),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub(crate) fn row_to_dek(r: &Row<'_>) -> rusqlite::Result<DekRow> {
-    Ok(DekRow {
-        id: r.get(0)?,
-        label: r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
-        ckaid: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
-        attrs: r.get(3)?,
-        record: r.get(4)?,
-        kek_label: r.get(5)?,
-        kek_version: r.get(6)?,
-        created: r.get(7)?,
-        updated: r.get(8)?,
-        generation: r.get(9)?,
-    })
-}
-
-pub(crate) fn is_pk_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_extended_error_code(),
-        Some(ffi::SQLITE_CONSTRAINT_PRIMARYKEY) | Some(ffi::SQLITE_CONSTRAINT_UNIQUE)
-    )
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ffi::ErrorCode::DatabaseBusy) | Some(ffi::ErrorCode::DatabaseLocked)
-    )
-}
-
-/// An `Open` error carrying our own explanation (missing directory, ...).
-fn open_error(path: &Path, msg: String) -> StoreError {
-    StoreError::Open {
-        path: path.to_path_buf(),
-        source: rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CANTOPEN), Some(msg)),
-    }
-}
-
-impl Store {
-    /// Opens the store at `path`, creating the file and schema on first use.
-    ///
-    /// The parent directory must exist (we do not guess where an operator
-    /// wants key material); if it does not, the error names it. A new file
-    /// is created with mode 0600; SQLite gives the `-wal`/`-shm` files the
-    /// same mode. To share the store between users, pre-create the file with
-    /// the desired owner and mode.
-    ///
-    /// `synchronous=FULL` rather than NORMAL: with WAL, NORMAL never
-    /// corrupts the file but may lose the last commits on power failure. A
-    /// lost commit here is a lost DEK whose data the application has
-    /// already encrypted, i.e. data loss; the extra fsync per commit is
-    /// cheap next to an HSM round trip.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if !parent.is_dir() {
-            return Err(open_error(
-                path,
-                format!(
-                    "directory {} does not exist or is not a directory",
-                    parent.display()
-                ),
-            ));
-        }
-        // Pre-create so the mode is 0600 regardless of umask defaults.
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(open_error(path, format!("cannot create file: {e}"))),
-        }
-
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        // No SQLITE_OPEN_URI: a configured path is a path, never a URI.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // The bundled SQLite is built with SQLITE_USE_URI=1, so a relative
-        // path such as `file:x?mode=ro` would be read as a URI whatever the
-        // flags; anchoring relative paths at `./` keeps them plain paths.
-        let sqlite_path = if path.is_relative() {
-            Path::new(".").join(path)
-        } else {
-            path.to_path_buf()
-        };
-        let conn = Connection::open_with_flags(&sqlite_path, flags).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        Self::configure(&conn).map_err(open_err)?;
-        let store = Store {
-            conn,
-            path: path.to_path_buf(),
-        };
-        store.init_schema()?;
-        Ok(store)
-    }
-
-    fn configure(conn: &Connection) -> rusqlite::Result<()> {
-        // Per-connection settings (not stored in the file).
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        // A store file is data, not code: ignore any SQL functions/views a
-        // tampered file might try to make us run.
-        conn.pragma_update(None, "trusted_schema", "OFF")?;
-        // WAL is persistent in the file; only switch when needed. The switch
-        // wants an exclusive lock and SQLite does not run the busy handler
-        // for it in every case (seen when several processes open a new file
-        // at once), so retry SQLITE_BUSY here ourselves, for up to
-        // BUSY_TIMEOUT.
-        let deadline = Instant::now() + BUSY_TIMEOUT;
-        loop {
-            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
-            if mode.eq_ignore_ascii_case("wal") {
-                break;
-            }
-            // If WAL is refused (e.g. a filesystem without shared memory),
-            // SQLite keeps a rollback journal, which is still correct for
-            // several processes, only less concurrent; so carry on.
-            match conn
-                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
-            {
-                Ok(_) => break,
-                Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn init_schema(&self) -> Result<(), StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: self.path.clone(),
-            source,
-        };
-        let read_version =
-            |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
-        // Fast path without the write lock: an existing store.
-        let v = read_version(&self.conn).map_err(open_err)?;
-        if v != SCHEMA_VERSION {
-            self.check_newer(v)?;
-            // Several processes may create the schema at once: take the write
-            // lock, then look again.
-            let tx = self.immediate().map_err(open_err)?;
-            let v = read_version(&tx).map_err(open_err)?;
-            if v < SCHEMA_VERSION {
-                if v == 0 {
-                    tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
-                    tx.execute(
-                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?1)",
-                        params![now_secs()],
-                    )
-                    .map_err(open_err)?;
-                }
-                // Each step runs once, gated by the version, which moves in
-                // the same transaction.
-                if v < 2 {
-                    tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
-                }
-                if v < 3 {
-                    tx.execute_batch(SCHEMA_V3).map_err(open_err)?;
-                }
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(open_err)?;
-            } else {
-                self.check_newer(v)?;
-            }
-            tx.commit().map_err(open_err)?;
-        }
-        Ok(())
-    }
-
-    /// Versions other than 0 (new file) and ours are refused; a future
-    /// version means a newer build migrated the file.
-    fn check_newer(&self, found: i64) -> Result<(), StoreError> {
-        if (0..=SCHEMA_VERSION).contains(&found) {
-            return Ok(());
-        }
-        Err(StoreError::Schema {
-            path: self.path.clone(),
-            found,
-            supported: SCHEMA_VERSION,
-        })
-    }
-
-    pub(crate) fn immediate(&self) -> rusqlite::Result<Transaction<'_>> {
-        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
-    }
-
-    /// The file this store was opened on.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+    // --- DEK rows -------------------------------------------------------
 
     /// Inserts a new row as given (the caller sets `created`, `updated` and
     /// the initial `generation`). `Duplicate` if the id exists.
-    pub fn insert(&self, row: &DekRow) -> Result<(), StoreError> {
-        insert_row(&self.conn, row)
-    }
+    fn insert(&self, row: &DekRow) -> Result<(), StoreError>;
+
+    /// Inserts several new rows in one transaction (all or none), as
+    /// [`StoreEngine::insert`] does one. `Duplicate` if any id exists.
+    fn insert_many(&self, rows: &[DekRow]) -> Result<(), StoreError>;
 
     /// A live (not deleted) row.
-    pub fn get(&self, id: &[u8; 16]) -> Result<Option<DekRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM dek WHERE id = ?1 AND deleted_at IS NULL"
-        ))?;
-        Ok(stmt.query_row(params![id], row_to_dek).optional()?)
-    }
+    fn get(&self, id: &[u8; 16]) -> Result<Option<DekRow>, StoreError>;
 
-    /// All live (not deleted) rows, ordered by `created`, then `id`.
-    pub fn list(&self) -> Result<Vec<DekRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM dek WHERE deleted_at IS NULL ORDER BY created, id"
-        ))?;
-        let rows = stmt.query_map([], row_to_dek)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-    }
+    /// All live rows, ordered by `created`, then `id`.
+    fn list(&self) -> Result<Vec<DekRow>, StoreError>;
 
-    /// `(id, generation)` of every row, ordered by id: a cheap scan that
-    /// tells another process's inserts, updates and deletes apart from "no
-    /// change" without reading records.
-    pub fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, generation FROM dek WHERE deleted_at IS NULL ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-    }
+    /// `(id, generation)` of every live row, ordered by id: a cheap scan
+    /// that tells another process's inserts, updates and deletes apart from
+    /// "no change" without reading records.
+    fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError>;
 
     /// Atomically replaces label, CKA_ID, attrs, record and KEK reference of
-    /// an existing row, sets `updated` to now and bumps `generation`.
+    /// an existing row (live or deleted), sets `updated` to now and bumps
+    /// `generation`.
     ///
     /// `NotFound` if the row is absent. If `expect_generation` is `Some` and
     /// differs from the stored generation, nothing is written and the result
     /// is `Ok(false)` (optimistic concurrency: someone else changed the row
     /// first; re-read and retry). `Ok(true)` when written.
     #[allow(clippy::too_many_arguments)]
-    pub fn update(
+    fn update(
         &self,
         id: &[u8; 16],
         label: &[u8],
@@ -435,76 +147,201 @@ impl Store {
         kek_label: &str,
         kek_version: u32,
         expect_generation: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let tx = self.immediate()?;
-        let current: Option<i64> = tx
-            .prepare_cached("SELECT generation FROM dek WHERE id = ?1")?
-            .query_row(params![id], |r| r.get(0))
-            .optional()?;
-        let Some(current) = current else {
-            return Err(StoreError::NotFound);
-        };
-        if expect_generation.is_some_and(|g| g != current) {
-            return Ok(false);
-        }
-        tx.prepare_cached(
-            "UPDATE dek SET label = ?2, ckaid = ?3, attrs = ?4, record = ?5, kek_label = ?6,
-                            kek_version = ?7, updated = ?8, generation = ?9
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            id,
-            label,
-            ckaid,
-            attrs,
-            record,
-            kek_label,
-            kek_version,
-            now_secs(),
-            current.wrapping_add(1)
-        ])?;
-        tx.commit()?;
-        Ok(true)
-    }
+    ) -> Result<bool, StoreError>;
 
-    /// Deletes a row for good (soft deletion is the caller's business, in
-    /// `attrs`). `Ok(false)` if it did not exist. With `secure_delete` the
-    /// bytes are zeroed in the database file; old copies can remain in the
-    /// WAL until [`Store::checkpoint`].
-    pub fn delete(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached("DELETE FROM dek WHERE id = ?1")?
-            .execute(params![id])?;
-        Ok(n > 0)
-    }
+    /// Deletes a row for good, live or not. `Ok(false)` if it did not exist.
+    fn delete(&self, id: &[u8; 16]) -> Result<bool, StoreError>;
 
     /// Records a use. Never moves `last_used` backwards (processes' clocks
     /// and call order may disagree), and does not bump `generation` (a use is
     /// not a change other processes need to reload for). Each call is a
     /// durable write, so callers should rate-limit it. `NotFound` if absent.
-    pub fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE dek SET last_used = MAX(COALESCE(last_used, ?2), ?2) WHERE id = ?1",
-            )?
-            .execute(params![id, when])?;
-        if n == 0 {
-            return Err(StoreError::NotFound);
+    fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError>;
+
+    // --- Recoverable deletion (see `deletion`) ---------------------------
+
+    /// Marks a live row deleted, purgeable from `purge_after` on. `Ok(false)`
+    /// if there is no such live row.
+    fn soft_delete(&self, id: &[u8; 16], purge_after: i64) -> Result<bool, StoreError>;
+
+    /// Brings a deleted row back, attributes and record unchanged.
+    fn recover(&self, id: &[u8; 16]) -> Result<bool, StoreError>;
+
+    /// The deleted rows, ordered by `deleted_at`, then `id`.
+    fn list_deleted(&self) -> Result<Vec<DeletedRow>, StoreError>;
+
+    /// Removes a deleted row for good, if its retention has passed at `now`
+    /// or purge protection is off; each engine makes the record as
+    /// unrecoverable as it can (SQLite: overwritten in the file and the WAL).
+    fn purge(&self, id: &[u8; 16], now: i64) -> Result<Result<(), PurgeRefusal>, StoreError>;
+
+    /// Whether purge protection is on for this store.
+    fn purge_protection(&self) -> Result<bool, StoreError>;
+
+    /// Switches purge protection on, for good.
+    fn enable_purge_protection(&self) -> Result<(), StoreError>;
+
+    // --- KEK versions and leases (see `kek`) ----------------------------
+
+    /// Every version of the KEK `label`, oldest first.
+    fn kek_versions(&self, label: &str) -> Result<Vec<KekVersionRow>, StoreError>;
+
+    /// The primary version of `label`, if any.
+    fn primary_kek(&self, label: &str) -> Result<Option<KekVersionRow>, StoreError>;
+
+    /// Records a new version. With `make_primary`, it becomes the primary
+    /// and the old primary turns decrypt-only, in one transaction.
+    /// `Duplicate` if the version exists.
+    fn add_kek_version(
+        &self,
+        label: &str,
+        version: u32,
+        kind: &str,
+        make_primary: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Makes an existing, not destroyed version the primary (`NotFound`
+    /// otherwise).
+    fn set_primary_kek(&self, label: &str, version: u32) -> Result<(), StoreError>;
+
+    /// Marks a version destroyed (`NotFound` if there is no such version).
+    fn mark_kek_destroyed(&self, label: &str, version: u32) -> Result<(), StoreError>;
+
+    /// How many records (soft-deleted ones included) are wrapped under this
+    /// version.
+    fn count_under(&self, label: &str, version: u32) -> Result<u64, StoreError>;
+
+    /// How many records of `label` are not under `version`.
+    fn count_not_under(&self, label: &str, version: u32) -> Result<u64, StoreError>;
+
+    /// Up to `limit` rows of `label` not under `version`, after position
+    /// `after` (0 to start), in position order, each with its position: the
+    /// batches of a resumable re-wrap. A position is the engine's own
+    /// (SQLite: the rowid; PostgreSQL: an insertion sequence) and only
+    /// grows.
+    fn rows_not_under(
+        &self,
+        label: &str,
+        version: u32,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, DekRow)>, StoreError>;
+
+    /// Replaces the records of several rows of KEK `label` in one
+    /// transaction; each only if its generation is still the one read (else
+    /// someone changed it meanwhile) and if the version it now names is
+    /// still the primary one (else a rotation happened meanwhile, and the
+    /// version may be on its way to being destroyed). Returns how many were
+    /// written.
+    fn replace_records(&self, label: &str, updates: &[RecordUpdate]) -> Result<usize, StoreError>;
+
+    /// Takes the lease `name` for `ttl_secs`, if it is free or expired (or
+    /// already ours). Returns whether we hold it.
+    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError>;
+
+    /// Gives the lease back, if `holder` holds it.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    // --- Listings for the admin tool (see `admin`) ----------------------
+
+    /// Every live DEK for a listing, ordered by `created`, then `id`
+    /// (no records, no attributes).
+    fn list_for_admin(&self) -> Result<Vec<DekListing>, StoreError>;
+
+    /// How many records each (KEK label, KEK version) holds, soft-deleted
+    /// ones included, ordered by label and version.
+    fn record_counts(&self) -> Result<Vec<(String, u32, u64)>, StoreError>;
+
+    /// How many rows are soft-deleted (still recoverable, still records).
+    fn deleted_count(&self) -> Result<u64, StoreError>;
+}
+
+/// Where the store is: a SQLite file or a PostgreSQL database.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(postgresql::Url),
+}
+
+impl Location {
+    /// The configured store: `store_url` when set (a PostgreSQL connection
+    /// string), else the SQLite file `store_path`.
+    pub fn from_config(store_path: &Path, store_url: Option<&postgresql::Url>) -> Location {
+        match store_url {
+            Some(url) => Location::Postgres(url.clone()),
+            None => Location::Sqlite(store_path.to_path_buf()),
         }
-        Ok(())
     }
 
-    /// Copies the WAL into the database and truncates it to zero bytes, so
-    /// deleted or re-wrapped records no longer exist in any old WAL frame
-    /// (call after a purge). Returns `false` if other connections' readers
-    /// kept it from completing; try again later.
-    pub fn checkpoint(&self) -> Result<bool, StoreError> {
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        Ok(busy == 0)
+    /// `sqlite` or `postgresql`.
+    pub fn engine_name(&self) -> &'static str {
+        match self {
+            Location::Sqlite(_) => sqlite::ENGINE,
+            Location::Postgres(_) => postgresql::ENGINE,
+        }
+    }
+}
+
+/// The file path, or the URL without its password.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({self})", self.engine_name())
+    }
+}
+
+/// An open store: a handle over the engine that [`Location`] chose. Its
+/// methods are [`StoreEngine`]'s (through `Deref`).
+///
+/// `Send` but not `Sync`: share it behind a `Mutex`, or open one per thread
+/// (several `Store`s on one store, in one or many processes, are fine).
+///
+/// Do not carry a `Store` across `fork()`: neither a SQLite connection nor a
+/// PostgreSQL session may be used by two processes. A child must open its
+/// own `Store`, and should `std::mem::forget` (not drop) any it inherited,
+/// so that closing it does not disturb the parent's locks, WAL or session.
+pub struct Store {
+    engine: Box<dyn StoreEngine>,
+    location: Location,
+}
+
+impl Store {
+    /// Opens the SQLite store at `path` (see [`sqlite::SqliteStore::open`]).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_at(&Location::Sqlite(path.to_path_buf()))
+    }
+
+    /// Opens the store at `location` with its engine, creating or migrating
+    /// the schema on first use.
+    pub fn open_at(location: &Location) -> Result<Store, StoreError> {
+        let engine: Box<dyn StoreEngine> = match location {
+            Location::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path)?),
+            Location::Postgres(url) => Box::new(postgresql::PostgresStore::open(url)?),
+        };
+        Ok(Store {
+            engine,
+            location: location.clone(),
+        })
+    }
+
+    /// Where this store is (its `Display` never shows a password).
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+}
+
+impl Deref for Store {
+    type Target = dyn StoreEngine;
+    fn deref(&self) -> &Self::Target {
+        self.engine.as_ref()
     }
 }
 

@@ -1,5 +1,86 @@
+//! The store suite: every test here runs on each engine, through the
+//! [`StoreEngine`] interface only (`sqlite::…` and `postgresql::…` in the
+//! test names). An engine's own tests (SQLite's pragmas and file modes,
+//! PostgreSQL's URLs) are beside it.
+//!
+//! PostgreSQL tests start a throwaway cluster with the shared helper
+//! `tests/common/pg.rs` (one per test process; each test gets a new
+//! database in it).
+
 use super::*;
 use std::sync::{Arc, Barrier};
+
+#[path = "../../tests/common/pg.rs"]
+mod pg;
+
+/// A fresh, empty store on one engine, kept alive (its directory or
+/// cluster) by `_keep` for as long as the test holds it.
+struct Fresh {
+    location: Location,
+    _keep: Box<dyn std::any::Any>,
+}
+
+impl Fresh {
+    fn open(&self) -> Store {
+        Store::open_at(&self.location).unwrap()
+    }
+}
+
+fn sqlite() -> Fresh {
+    let dir = tempfile::tempdir().unwrap();
+    Fresh {
+        location: Location::Sqlite(dir.path().join("deks.sqlite")),
+        _keep: Box::new(dir),
+    }
+}
+
+fn postgresql() -> Fresh {
+    let cluster = pg::PgCluster::shared();
+    let url = crate::store::postgresql::Url::parse(&cluster.create_database()).unwrap();
+    Fresh {
+        location: Location::Postgres(url),
+        _keep: Box::new(cluster),
+    }
+}
+
+/// `mod ENGINE { #[test] fn NAME() { NAME(&ENGINE()) } ... }` for every
+/// test of the suite.
+macro_rules! on_engine {
+    ($engine:ident: $($name:ident),* $(,)?) => {
+        mod $engine {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&super::$engine());
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        on_engine!(sqlite: $($name),*);
+        on_engine!(postgresql: $($name),*);
+    };
+}
+
+suite!(
+    crud,
+    engine_is_named,
+    duplicate,
+    update_generation_and_optimistic_check,
+    two_stores_see_each_other,
+    concurrent_writers_and_schema_creation,
+    many_openers_of_a_new_store,
+    replace_records_only_under_the_primary,
+    bulk_insert_listing_and_counts,
+    delete_recover_purge,
+    without_protection_purge_needs_no_wait,
+    versions_and_primary,
+    leases_exclude_others_until_they_expire,
+    lease_holders_on_two_sessions,
+);
 
 fn row(n: u8) -> DekRow {
     let mut id = [0u8; 16];
@@ -19,14 +100,17 @@ fn row(n: u8) -> DekRow {
     }
 }
 
-fn db(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("deks.sqlite")
+fn last_used(s: &Store, id: &[u8; 16]) -> Option<i64> {
+    s.list_for_admin()
+        .unwrap()
+        .into_iter()
+        .find(|l| &l.id == id)
+        .unwrap_or_else(|| panic!("no live row {id:?}"))
+        .last_used
 }
 
-#[test]
-fn crud() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&db(&dir)).unwrap();
+fn crud(f: &Fresh) {
+    let s = f.open();
     assert!(s.list().unwrap().is_empty());
 
     // Inserted out of order; list() is ordered by created, then id.
@@ -52,15 +136,6 @@ fn crud() {
     assert_eq!(s.list().unwrap().len(), 3);
 
     // touch_last_used: stored, monotonic, not a generation bump.
-    let last_used = |s: &Store, id: &[u8; 16]| -> Option<i64> {
-        s.conn
-            .query_row(
-                "SELECT last_used FROM dek WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
     assert_eq!(last_used(&s, &row(1).id), None);
     s.touch_last_used(&row(1).id, 500).unwrap();
     s.touch_last_used(&row(1).id, 400).unwrap();
@@ -72,87 +147,38 @@ fn crud() {
         s.touch_last_used(&row(2).id, 1),
         Err(StoreError::NotFound)
     ));
+
+    // The largest KEK version and extreme times round-trip.
+    let mut big = row(5);
+    big.kek_version = u32::MAX;
+    big.created = i64::MIN;
+    big.updated = i64::MAX;
+    s.insert(&big).unwrap();
+    assert_eq!(s.get(&big.id).unwrap(), Some(big));
 }
 
-#[test]
-fn schema_and_pragmas() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db(&dir);
-    let s = Store::open(&path).unwrap();
-    let q = |p: &str| -> String {
-        s.conn
-            .query_row(&format!("PRAGMA {p}"), [], |r| {
-                r.get::<_, rusqlite::types::Value>(0)
-            })
-            .map(|v| format!("{v:?}"))
-            .unwrap()
-    };
-    assert_eq!(q("user_version"), format!("Integer({SCHEMA_VERSION})"));
-    assert_eq!(q("journal_mode"), "Text(\"wal\")");
-    assert_eq!(q("secure_delete"), "Integer(1)");
-    assert_eq!(q("synchronous"), "Integer(2)"); // FULL
-    assert_eq!(q("busy_timeout"), "Integer(10000)");
-    let idx: i64 = s
-        .conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'dek_kek'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(idx, 1);
+fn engine_is_named(f: &Fresh) {
+    let s = f.open();
+    assert_eq!(s.engine_name(), f.location.engine_name());
+    assert_eq!(s.location(), &f.location);
+    // Reopening a current store is fine.
     drop(s);
-
-    // New file is owner-only.
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-
-    // Reopen is fine; a future schema version is refused with a clear error.
-    Store::open(&path).unwrap();
-    {
-        let c = Connection::open(&path).unwrap();
-        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-    }
-    match Store::open(&path) {
-        Err(
-            e @ StoreError::Schema {
-                found, supported, ..
-            },
-        ) if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION => {
-            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
-        }
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("opened a future schema"),
-    }
+    f.open();
 }
 
-#[test]
-fn not_a_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db(&dir);
-    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-    let e = Store::open(&path).err().unwrap();
-    assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
-    assert!(e.to_string().contains("deks.sqlite"), "{e}");
-}
-
-#[test]
-fn duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&db(&dir)).unwrap();
+fn duplicate(f: &Fresh) {
+    let s = f.open();
     s.insert(&row(1)).unwrap();
     let mut again = row(1);
     again.record = vec![0xEE; 10];
     assert!(matches!(s.insert(&again), Err(StoreError::Duplicate)));
     assert_eq!(s.get(&row(1).id).unwrap(), Some(row(1)));
+    // The session is still usable after the refused insert.
+    s.insert(&row(2)).unwrap();
 }
 
-#[test]
-fn update_generation_and_optimistic_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&db(&dir)).unwrap();
+fn update_generation_and_optimistic_check(f: &Fresh) {
+    let s = f.open();
     let r = row(1);
     s.insert(&r).unwrap();
 
@@ -198,11 +224,9 @@ fn update_generation_and_optimistic_check() {
     ));
 }
 
-#[test]
-fn two_stores_see_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Store::open(&db(&dir)).unwrap();
-    let b = Store::open(&db(&dir)).unwrap();
+fn two_stores_see_each_other(f: &Fresh) {
+    let a = f.open();
+    let b = f.open();
     a.insert(&row(1)).unwrap();
     assert_eq!(b.get(&row(1).id).unwrap(), Some(row(1)));
     b.update(&row(1).id, b"l", b"c", b"a", b"r", "kek-main", 2, Some(0))
@@ -220,19 +244,18 @@ fn two_stores_see_each_other() {
     ));
 }
 
-#[test]
-fn concurrent_writers_no_busy() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = Arc::new(db(&dir));
-    // Both threads also race to create the file and schema.
+/// Two writers on their own sessions, which also race to create the store
+/// and its schema: no error, no lost update.
+fn concurrent_writers_and_schema_creation(f: &Fresh) {
+    let location = Arc::new(f.location.clone());
     let barrier = Arc::new(Barrier::new(2));
     let handles: Vec<_> = (0..2u8)
         .map(|t| {
-            let path = Arc::clone(&path);
+            let location = Arc::clone(&location);
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || -> Result<(), StoreError> {
                 barrier.wait();
-                let s = Store::open(&path)?;
+                let s = Store::open_at(&location)?;
                 for i in 0..200u16 {
                     let mut r = row(0);
                     r.id[0] = t;
@@ -250,108 +273,33 @@ fn concurrent_writers_no_busy() {
     for h in handles {
         h.join().unwrap().unwrap();
     }
-    let s = Store::open(&path).unwrap();
+    let s = f.open();
     let all = s.list_ids_generations().unwrap();
     assert_eq!(all.len(), 400);
     assert_eq!(all.iter().filter(|(_, g)| *g == 1).count(), 40);
 }
 
-fn file_contains(path: &Path, needle: &[u8]) -> bool {
-    match std::fs::read(path) {
-        Ok(data) => data.windows(needle.len()).any(|w| w == needle),
-        Err(e) if e.kind() == ErrorKind::NotFound => false,
-        Err(e) => panic!("read {}: {e}", path.display()),
-    }
-}
-
-#[test]
-fn secure_delete_leaves_no_trace() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db(&dir);
-    let wal = dir.path().join("deks.sqlite-wal");
-    let marker: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5C).collect();
-    let marker2: Vec<u8> = marker.iter().map(|b| b ^ 0xFF).collect();
-    let s = Store::open(&path).unwrap();
-    // The deleted row sits between live rows, so its cell is not simply
-    // reused by the next write.
-    for n in 0..10 {
-        s.insert(&row(n)).unwrap();
-    }
-    let mut r = row(100);
-    r.record = marker.clone();
-    s.insert(&r).unwrap();
-    for n in 10..20 {
-        s.insert(&row(n)).unwrap();
-    }
-    let mut r2 = row(101);
-    r2.record = marker2.clone();
-    s.insert(&r2).unwrap();
-    // Make sure both are in the main file, not only the WAL.
-    assert!(s.checkpoint().unwrap());
-    assert!(file_contains(&path, &marker));
-    assert!(file_contains(&path, &marker2));
-
-    assert!(s.delete(&r.id).unwrap());
-    assert!(s.checkpoint().unwrap());
-    for f in [&path, &wal] {
-        assert!(
-            !file_contains(f, &marker),
-            "deleted record found in {}",
-            f.display()
-        );
-    }
-    // An update must not leave the old record behind either (re-wrap).
-    assert!(s
-        .update(&r2.id, b"", b"", b"a", &[0u8; 64], "kek-main", 2, None)
-        .unwrap());
-    assert!(s.checkpoint().unwrap());
-    for f in [&path, &wal] {
-        assert!(
-            !file_contains(f, &marker2),
-            "replaced record found in {}",
-            f.display()
-        );
-    }
-    assert_eq!(s.list().unwrap().len(), 21);
-}
-
-#[test]
-fn missing_directory_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("no-such-dir").join("deks.sqlite");
-    let e = Store::open(&path).err().unwrap();
-    let msg = e.to_string();
-    assert!(matches!(e, StoreError::Open { .. }));
-    assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(
-        msg.contains("no-such-dir") && msg.contains("does not exist"),
-        "{msg}"
-    );
-    assert!(!dir.path().join("no-such-dir").exists());
-}
-
-#[test]
-fn store_is_send() {
-    fn assert_send<T: Send>() {}
-    assert_send::<Store>();
-    assert_send::<StoreError>();
-}
-
-#[test]
-fn many_openers_of_a_new_file() {
-    // Schema creation and the WAL switch race when several connections
-    // open a fresh file at once; none may fail.
-    for _ in 0..10 {
-        let dir = tempfile::tempdir().unwrap();
-        let path = Arc::new(db(&dir));
+/// Schema creation races when several sessions open a new store at once;
+/// none may fail. Ten new stores, eight sessions each.
+fn many_openers_of_a_new_store(f: &Fresh) {
+    let mut fresh = Vec::new();
+    for round in 0..10 {
+        // The first round uses the store given; the others new ones of the
+        // same engine.
+        let next = match (round, &f.location) {
+            (0, _) => None,
+            (_, Location::Sqlite(_)) => Some(sqlite()),
+            (_, Location::Postgres(_)) => Some(postgresql()),
+        };
+        let location = Arc::new(next.as_ref().map_or(&f.location, |n| &n.location).clone());
         let barrier = Arc::new(Barrier::new(8));
         let handles: Vec<_> = (0..8u8)
             .map(|t| {
-                let path = Arc::clone(&path);
+                let location = Arc::clone(&location);
                 let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || -> Result<(), StoreError> {
                     barrier.wait();
-                    let s = Store::open(&path)?;
+                    let s = Store::open_at(&location)?;
                     s.insert(&row(t))
                 })
             })
@@ -359,16 +307,15 @@ fn many_openers_of_a_new_file() {
         for h in handles {
             h.join().unwrap().unwrap();
         }
-        assert_eq!(Store::open(&path).unwrap().list().unwrap().len(), 8);
+        assert_eq!(Store::open_at(&location).unwrap().list().unwrap().len(), 8);
+        fresh.extend(next);
     }
 }
 
 /// Re-wrapped records are written only under the current primary version,
-/// each only if unchanged, and a batch walks the table in rowid order.
-#[test]
-fn replace_records_only_under_the_primary() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&db(&dir)).unwrap();
+/// each only if unchanged, and a batch walks the rows in position order.
+fn replace_records_only_under_the_primary(f: &Fresh) {
+    let s = f.open();
     s.add_kek_version("kek-main", 1, "aes256", true).unwrap();
     for n in 1..=4 {
         s.insert(&row(n)).unwrap();
@@ -376,18 +323,216 @@ fn replace_records_only_under_the_primary() {
     s.add_kek_version("kek-main", 2, "aes256", true).unwrap();
     let batch = s.rows_not_under("kek-main", 2, 0, 3).unwrap();
     assert_eq!(batch.len(), 3);
-    assert!(batch.windows(2).all(|w| w[0].0 < w[1].0), "rowid order");
+    assert!(batch.windows(2).all(|w| w[0].0 < w[1].0), "position order");
     let after = batch[2].0;
     assert_eq!(s.rows_not_under("kek-main", 2, after, 3).unwrap().len(), 1);
+    assert!(s.rows_not_under("other", 2, 0, 3).unwrap().is_empty());
 
     let update = |r: &DekRow, v: u32| (r.id, r.generation, vec![0xEE; 70], v);
     let (a, b) = (&batch[0].1, &batch[1].1);
     // Under v2, the primary: written; a stale generation: skipped.
     assert_eq!(s.replace_records("kek-main", &[update(a, 2)]).unwrap(), 1);
     assert_eq!(s.replace_records("kek-main", &[update(a, 2)]).unwrap(), 0);
+    assert_eq!(s.count_not_under("kek-main", 2).unwrap(), 3);
+    assert_eq!(s.count_under("kek-main", 2).unwrap(), 1);
     // A rotation to v3 happened meanwhile: nothing goes under v2 any more.
     s.add_kek_version("kek-main", 3, "aes256", true).unwrap();
     assert_eq!(s.replace_records("kek-main", &[update(b, 2)]).unwrap(), 0);
     assert_eq!(s.get(&b.id).unwrap().unwrap().kek_version, 1);
     assert_eq!(s.replace_records("kek-main", &[update(b, 3)]).unwrap(), 1);
+    let got = s.get(&b.id).unwrap().unwrap();
+    assert_eq!((got.kek_version, got.generation), (3, 1));
+    assert_eq!(got.record, vec![0xEE; 70]);
+}
+
+fn admin_row(id: u8, version: u32) -> DekRow {
+    DekRow {
+        id: [id; 16],
+        label: b"l".to_vec(),
+        ckaid: vec![id],
+        attrs: vec![1],
+        record: vec![2],
+        kek_label: "kek".into(),
+        kek_version: version,
+        created: i64::from(id),
+        updated: i64::from(id),
+        generation: 0,
+    }
+}
+
+fn bulk_insert_listing_and_counts(f: &Fresh) {
+    let s = f.open();
+    s.insert_many(&[admin_row(1, 1), admin_row(2, 1), admin_row(3, 2)])
+        .unwrap();
+    assert!(matches!(
+        s.insert_many(&[admin_row(4, 1), admin_row(1, 1)]),
+        Err(StoreError::Duplicate)
+    ));
+    assert!(s.get(&[4; 16]).unwrap().is_none(), "all or none");
+    s.touch_last_used(&[2; 16], 1234).unwrap();
+    let l = s.list_for_admin().unwrap();
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[0].ckaid, vec![1]);
+    assert_eq!(l[1].last_used, Some(1234));
+    assert_eq!(l[2].last_used, None);
+    assert_eq!(s.deleted_count().unwrap(), 0);
+    // A soft-deleted row is not listed, but is still a record.
+    assert!(s.soft_delete(&[3; 16], 99).unwrap());
+    assert_eq!(s.list_for_admin().unwrap().len(), 2);
+    assert_eq!(s.deleted_count().unwrap(), 1);
+    assert_eq!(
+        s.record_counts().unwrap(),
+        vec![("kek".to_string(), 1, 2), ("kek".to_string(), 2, 1)]
+    );
+}
+
+fn deleted_row(id: u8) -> DekRow {
+    DekRow {
+        id: [id; 16],
+        label: b"l".to_vec(),
+        ckaid: vec![],
+        attrs: vec![1],
+        record: vec![2; 40],
+        kek_label: "kek".into(),
+        kek_version: 1,
+        created: 1,
+        updated: 1,
+        generation: 0,
+    }
+}
+
+fn delete_recover_purge(f: &Fresh) {
+    let s = f.open();
+    s.insert(&deleted_row(1)).unwrap();
+    assert!(s.soft_delete(&[1; 16], 1000).unwrap());
+    assert!(!s.soft_delete(&[1; 16], 1000).unwrap(), "already deleted");
+    assert!(
+        s.get(&[1; 16]).unwrap().is_none(),
+        "deleted rows are not live"
+    );
+    assert!(s.list_ids_generations().unwrap().is_empty());
+    assert_eq!(
+        s.count_under("kek", 1).unwrap(),
+        1,
+        "a deleted row still needs its KEK"
+    );
+    assert_eq!(s.list_deleted().unwrap()[0].purge_after, 1000);
+    assert!(s.recover(&[1; 16]).unwrap());
+    assert!(!s.recover(&[1; 16]).unwrap(), "not deleted any more");
+    let back = s.get(&[1; 16]).unwrap().unwrap();
+    assert_eq!((back.record, back.generation), (vec![2; 40], 2));
+    assert_eq!(
+        s.purge(&[1; 16], 5000).unwrap(),
+        Err(PurgeRefusal::NotDeleted)
+    );
+    s.soft_delete(&[1; 16], 1000).unwrap();
+    s.enable_purge_protection().unwrap();
+    assert!(s.purge_protection().unwrap());
+    assert_eq!(
+        s.purge(&[1; 16], 999).unwrap(),
+        Err(PurgeRefusal::Retained { purge_after: 1000 })
+    );
+    assert_eq!(s.purge(&[1; 16], 1000).unwrap(), Ok(()));
+    assert!(s.list_deleted().unwrap().is_empty());
+    assert_eq!(s.count_under("kek", 1).unwrap(), 0);
+    // Purge protection is in the store: another session sees it.
+    assert!(f.open().purge_protection().unwrap());
+}
+
+fn without_protection_purge_needs_no_wait(f: &Fresh) {
+    let s = f.open();
+    s.insert(&deleted_row(2)).unwrap();
+    s.soft_delete(&[2; 16], i64::MAX).unwrap();
+    assert!(!s.purge_protection().unwrap());
+    assert_eq!(s.purge(&[2; 16], 0).unwrap(), Ok(()));
+    assert_eq!(s.purge(&[2; 16], 0).unwrap(), Err(PurgeRefusal::NotDeleted));
+}
+
+fn versions_and_primary(f: &Fresh) {
+    let s = f.open();
+    assert!(s.primary_kek("kek").unwrap().is_none());
+    s.add_kek_version("kek", 1, "aes256", true).unwrap();
+    s.add_kek_version("kek", 2, "rsa3072", true).unwrap();
+    let v = s.kek_versions("kek").unwrap();
+    assert_eq!(
+        v.iter().map(|r| r.state).collect::<Vec<_>>(),
+        [KekState::DecryptOnly, KekState::Primary]
+    );
+    assert_eq!(v[1].kind, "rsa3072");
+    assert!(v[0].retired.is_some() && v[1].retired.is_none());
+    assert!(v[1].primary_since.is_some());
+    assert!(matches!(
+        s.add_kek_version("kek", 2, "aes256", false),
+        Err(StoreError::Duplicate)
+    ));
+    // The refused version changed nothing.
+    assert_eq!(s.primary_kek("kek").unwrap().unwrap().version, 2);
+    s.add_kek_version("kek", 3, "aes256", false).unwrap();
+    assert_eq!(s.primary_kek("kek").unwrap().unwrap().version, 2);
+    s.set_primary_kek("kek", 1).unwrap();
+    assert_eq!(s.primary_kek("kek").unwrap().unwrap().version, 1);
+    s.set_primary_kek("kek", 1).unwrap();
+    s.mark_kek_destroyed("kek", 2).unwrap();
+    assert_eq!(s.kek_versions("kek").unwrap()[1].state, KekState::Destroyed);
+    assert!(matches!(
+        s.set_primary_kek("kek", 2),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.set_primary_kek("kek", 9),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.mark_kek_destroyed("kek", 9),
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.primary_kek("other").unwrap().is_none());
+}
+
+fn leases_exclude_others_until_they_expire(f: &Fresh) {
+    let s = f.open();
+    assert!(s.take_lease("rotate", "a", 60).unwrap());
+    assert!(!s.take_lease("rotate", "b", 60).unwrap());
+    assert!(
+        s.take_lease("rotate", "a", 60).unwrap(),
+        "re-entrant for its holder"
+    );
+    s.release_lease("rotate", "b").unwrap();
+    assert!(
+        !s.take_lease("rotate", "b", 60).unwrap(),
+        "only its holder releases a lease"
+    );
+    s.release_lease("rotate", "a").unwrap();
+    assert!(s.take_lease("rotate", "b", -1).unwrap());
+    assert!(
+        s.take_lease("rotate", "a", 60).unwrap(),
+        "an expired lease is free"
+    );
+}
+
+/// Holders on their own sessions (two processes, two hosts) race for one
+/// lease: exactly one wins each round.
+fn lease_holders_on_two_sessions(f: &Fresh) {
+    let location = Arc::new(f.location.clone());
+    f.open();
+    for round in 0..20 {
+        let name = format!("lease-{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let winners: usize = ["a", "b"]
+            .into_iter()
+            .map(|holder| {
+                let (location, barrier, name) =
+                    (Arc::clone(&location), Arc::clone(&barrier), name.clone());
+                std::thread::spawn(move || {
+                    let s = Store::open_at(&location).unwrap();
+                    barrier.wait();
+                    s.take_lease(&name, holder, 60).unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum();
+        assert_eq!(winners, 1, "round {round}");
+    }
 }

@@ -1,0 +1,927 @@
+//! The PostgreSQL engine: one database shared by the processes of many
+//! hosts, selected with `store_url` (the `postgres` crate's synchronous
+//! client; a connection string in URL form, `postgresql://user@host:port/db`
+//! or `postgresql://user@%2Frun%2Fpostgresql/db` for a unix socket, or in
+//! `host=… user=… dbname=…` form).
+//!
+//! The same rows as the SQLite engine, in the same shape, and the same
+//! guarantees:
+//!
+//! - Every read-modify-write is one transaction (`READ COMMITTED`) that
+//!   locks what it reads (`FOR UPDATE`), so a concurrent writer waits for
+//!   it and then sees its result; generation checks are re-evaluated on the
+//!   locked row.
+//! - Changes to KEK versions take an advisory transaction lock, and a
+//!   re-wrap batch its shared form, so a rotation and a batch never
+//!   interleave (SQLite gets the same from `BEGIN IMMEDIATE`).
+//! - The schema version is in `meta` (`schema_version`); the migration runs
+//!   under an advisory lock, so several processes may open a new database at
+//!   once. A database written by a newer build is refused.
+//! - A dropped connection (a restarted server) is replaced on the next call;
+//!   the call that met the broken connection fails with the store error.
+//!
+//! Unlike SQLite, PostgreSQL does not overwrite a purged row's bytes: the
+//! old tuple stays in the table's pages until `VACUUM` reuses them, and in
+//! the server's WAL and backups. Records are wrapped under the KEK, so
+//! such copies are useless without the HSM.
+//!
+//! Not yet: TLS (`sslmode=require` is refused; the connection is plain, so
+//! use a unix socket or a network you trust), reading `~/.pgpass` or `PG*`
+//! variables (the `postgres` crate does neither).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ::postgres::config::{Host, SslMode};
+use ::postgres::error::SqlState;
+use ::postgres::{Client, Config, NoTls, Row, Statement};
+use serde::Deserialize;
+
+use super::{
+    DekListing, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
+    StoreEngine, StoreError,
+};
+use crate::clock::unix_secs as now_secs;
+use crate::runtime::lock::unpoisoned;
+
+/// The engine's name.
+pub const ENGINE: &str = "postgresql";
+
+/// Schema version written to `meta` under `schema_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection attempt waits when the URL does not say
+/// (`connect_timeout`): a server that does not answer must not hang
+/// `C_Initialize` or the first call for long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Advisory lock keys: ours are (`LOCK_CLASS`, n), unlikely to meet an
+/// application's own advisory locks in a shared database.
+const LOCK_CLASS: i32 = 0x4853_4d45; // "HSME"
+const LOCK_SCHEMA: i32 = 1;
+const LOCK_KEK: i32 = 2;
+
+/// Version 1: everything the SQLite engine's version 3 has. Positions for
+/// re-wrap batches are an identity column (`pos`) where SQLite has rowids.
+const SCHEMA_V1: &str = "
+CREATE TABLE dek (
+    id          bytea PRIMARY KEY CHECK (length(id) = 16),
+    label       bytea,
+    ckaid       bytea,
+    attrs       bytea NOT NULL,
+    record      bytea NOT NULL,
+    kek_label   text NOT NULL,
+    kek_version bigint NOT NULL CHECK (kek_version >= 0),
+    created     bigint NOT NULL,
+    updated     bigint NOT NULL,
+    last_used   bigint,
+    generation  bigint NOT NULL,
+    deleted_at  bigint,
+    purge_after bigint,
+    pos         bigint GENERATED ALWAYS AS IDENTITY UNIQUE
+);
+CREATE INDEX dek_kek ON dek (kek_label, kek_version);
+CREATE INDEX dek_deleted ON dek (deleted_at);
+CREATE TABLE kek_version (
+    kek_label     text NOT NULL,
+    version       bigint NOT NULL CHECK (version >= 1),
+    kind          text NOT NULL,
+    state         text NOT NULL CHECK (state IN ('primary', 'decrypt-only', 'destroyed')),
+    created       bigint NOT NULL,
+    primary_since bigint,
+    retired       bigint,
+    PRIMARY KEY (kek_label, version)
+);
+CREATE UNIQUE INDEX one_primary ON kek_version (kek_label) WHERE state = 'primary';
+CREATE TABLE lease (
+    name    text PRIMARY KEY,
+    holder  text NOT NULL,
+    expires bigint NOT NULL
+);
+";
+
+/// The migration steps, in order: step `i` takes version `i` to `i + 1`.
+/// A later version appends a step; a step never changes once released.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint)";
+const PROTECTION_KEY: &str = "purge_protection";
+
+macro_rules! row_columns {
+    () => {
+        "id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, generation"
+    };
+}
+macro_rules! version_columns {
+    () => {
+        "kek_label, version, kind, state, created, primary_since, retired"
+    };
+}
+
+const INSERT: &str = "INSERT INTO dek (id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, last_used, generation)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)";
+const GET: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE id = $1 AND deleted_at IS NULL"
+);
+const LIST: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE deleted_at IS NULL ORDER BY created, id"
+);
+const LIST_IDS: &str = "SELECT id, generation FROM dek WHERE deleted_at IS NULL ORDER BY id";
+const GENERATION_FOR_UPDATE: &str = "SELECT generation FROM dek WHERE id = $1 FOR UPDATE";
+const UPDATE: &str =
+    "UPDATE dek SET label = $2, ckaid = $3, attrs = $4, record = $5, kek_label = $6,
+                        kek_version = $7, updated = $8, generation = $9
+     WHERE id = $1";
+const DELETE: &str = "DELETE FROM dek WHERE id = $1";
+const TOUCH: &str =
+    "UPDATE dek SET last_used = GREATEST(COALESCE(last_used, $2), $2) WHERE id = $1";
+const SOFT_DELETE: &str =
+    "UPDATE dek SET deleted_at = $2, purge_after = $3, updated = $2, generation = generation + 1
+     WHERE id = $1 AND deleted_at IS NULL";
+const RECOVER: &str = "UPDATE dek SET deleted_at = NULL, purge_after = NULL, updated = $2, generation = generation + 1
+     WHERE id = $1 AND deleted_at IS NOT NULL";
+const LIST_DELETED: &str = "SELECT id, label, kek_version, deleted_at, purge_after FROM dek
+     WHERE deleted_at IS NOT NULL ORDER BY deleted_at, id";
+const PURGE_AFTER_FOR_UPDATE: &str =
+    "SELECT purge_after FROM dek WHERE id = $1 AND deleted_at IS NOT NULL FOR UPDATE";
+const PROTECTION_FOR_SHARE: &str = "SELECT value FROM meta WHERE key = $1 FOR SHARE";
+const PROTECTION: &str = "SELECT value FROM meta WHERE key = $1";
+const ENABLE_PROTECTION: &str = "INSERT INTO meta (key, value) VALUES ($1, 1)
+     ON CONFLICT (key) DO UPDATE SET value = 1";
+const KEK_VERSIONS: &str = concat!(
+    "SELECT ",
+    version_columns!(),
+    " FROM kek_version WHERE kek_label = $1 ORDER BY version"
+);
+const PRIMARY_KEK: &str = concat!(
+    "SELECT ",
+    version_columns!(),
+    " FROM kek_version WHERE kek_label = $1 AND state = 'primary'"
+);
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+const LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1, $2)";
+const RETIRE_PRIMARY: &str = "UPDATE kek_version SET state = 'decrypt-only', retired = $2
+     WHERE kek_label = $1 AND state = 'primary'";
+const INSERT_VERSION: &str =
+    "INSERT INTO kek_version (kek_label, version, kind, state, created, primary_since, retired)
+     VALUES ($1, $2, $3, $4, $5, $6, NULL)";
+const VERSION_STATE: &str = "SELECT state FROM kek_version WHERE kek_label = $1 AND version = $2";
+const MAKE_PRIMARY: &str =
+    "UPDATE kek_version SET state = 'primary', primary_since = $3, retired = NULL
+     WHERE kek_label = $1 AND version = $2";
+const MARK_DESTROYED: &str =
+    "UPDATE kek_version SET state = 'destroyed', retired = coalesce(retired, $3)
+     WHERE kek_label = $1 AND version = $2";
+const COUNT_UNDER: &str = "SELECT count(*) FROM dek WHERE kek_label = $1 AND kek_version = $2";
+const COUNT_NOT_UNDER: &str = "SELECT count(*) FROM dek WHERE kek_label = $1 AND kek_version <> $2";
+const ROWS_NOT_UNDER: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    ", pos FROM dek WHERE kek_label = $1 AND kek_version <> $2 AND pos > $3 ORDER BY pos LIMIT $4"
+);
+const PRIMARY_VERSION: &str =
+    "SELECT version FROM kek_version WHERE kek_label = $1 AND state = 'primary'";
+const REPLACE_RECORD: &str =
+    "UPDATE dek SET record = $3, kek_version = $4, updated = $5, generation = generation + 1
+     WHERE id = $1 AND generation = $2";
+const TAKE_LEASE: &str = "INSERT INTO lease (name, holder, expires) VALUES ($1, $2, $3)
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+     WHERE lease.holder = excluded.holder OR lease.expires <= $4";
+const RELEASE_LEASE: &str = "DELETE FROM lease WHERE name = $1 AND holder = $2";
+const LIST_FOR_ADMIN: &str =
+    "SELECT id, label, ckaid, kek_label, kek_version, created, updated, last_used
+     FROM dek WHERE deleted_at IS NULL ORDER BY created, id";
+const RECORD_COUNTS: &str = "SELECT kek_label, kek_version, count(*) FROM dek
+     GROUP BY kek_label, kek_version ORDER BY kek_label, kek_version";
+const DELETED_COUNT: &str = "SELECT count(*) FROM dek WHERE deleted_at IS NOT NULL";
+
+/// A PostgreSQL connection string, as configured (`store_url`). Its
+/// `Display` and `Debug` never show the password: they rebuild a URL from
+/// the user, hosts, ports and database name.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Url(String);
+
+impl Url {
+    /// Checks that `text` is a connection string this engine can use.
+    /// The error says what is wrong, without repeating the string.
+    pub fn parse(text: &str) -> Result<Url, String> {
+        let url = Url(text.to_string());
+        url.check()?;
+        Ok(url)
+    }
+
+    /// Whether this is a connection string this engine can use (see
+    /// [`Url::parse`]).
+    pub fn check(&self) -> Result<(), String> {
+        self.config().map(|_| ())
+    }
+
+    /// The `postgres` crate's configuration, with our defaults.
+    fn config(&self) -> Result<Config, String> {
+        let mut c: Config = self
+            .0
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+        if c.get_hosts().is_empty() {
+            return Err("no host: name one (postgresql://user@host:port/db, \
+                        postgresql://user@%2Frun%2Fpostgresql/db for a unix socket, \
+                        or host=...)"
+                .into());
+        }
+        if c.get_dbname().is_none() {
+            return Err("no database name (postgresql://user@host/DATABASE, or dbname=...)".into());
+        }
+        if matches!(c.get_ssl_mode(), SslMode::Require) {
+            return Err(
+                "sslmode=require: this build has no TLS for the store yet; use a unix \
+                 socket or a network you trust (without sslmode, or sslmode=disable)"
+                    .into(),
+            );
+        }
+        if c.get_connect_timeout().is_none() {
+            c.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if c.get_application_name().is_none() {
+            c.application_name("hsm-envelope");
+        }
+        Ok(c)
+    }
+}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(c) = self.0.parse::<Config>() else {
+            return f.write_str("postgresql://(a store_url that does not parse)");
+        };
+        f.write_str("postgresql://")?;
+        if let Some(user) = c.get_user() {
+            write!(f, "{user}@")?;
+        }
+        let ports = c.get_ports();
+        for (i, host) in c.get_hosts().iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match host {
+                Host::Tcp(h) => f.write_str(h)?,
+                Host::Unix(p) => write!(f, "{}", p.display())?,
+            }
+            // One port for all hosts, or one per host.
+            let port = ports.get(i).or(if ports.len() == 1 {
+                ports.first()
+            } else {
+                None
+            });
+            if let Some(port) = port {
+                write!(f, ":{port}")?;
+            }
+        }
+        write!(f, "/{}", c.get_dbname().unwrap_or(""))
+    }
+}
+
+impl fmt::Debug for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Url({self})")
+    }
+}
+
+/// One session and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn connect(config: &Config) -> Result<Conn, ::postgres::Error> {
+        Ok(Conn {
+            client: config.connect(NoTls)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// `sql` prepared on this session, once.
+    fn prepare(&mut self, sql: &'static str) -> Result<Statement, ::postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// A session with a PostgreSQL store (see `Store` for sharing and fork).
+pub struct PostgresStore {
+    config: Config,
+    url: Url,
+    /// None after a failed reconnect; the next call tries again.
+    conn: Mutex<Option<Conn>>,
+}
+
+fn is_unique_violation(e: &::postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn id16(v: Vec<u8>) -> Result<[u8; 16], StoreError> {
+    <[u8; 16]>::try_from(v.as_slice())
+        .map_err(|_| StoreError::Data(format!("a DEK id of {} bytes, not 16", v.len())))
+}
+
+fn version_of(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Data(format!("KEK version {v} out of range")))
+}
+
+fn count_of(r: &Row, i: usize) -> Result<u64, StoreError> {
+    Ok(r.try_get::<_, i64>(i)?.max(0) as u64)
+}
+
+fn dek_from(r: &Row) -> Result<DekRow, StoreError> {
+    Ok(DekRow {
+        id: id16(r.try_get(0)?)?,
+        label: r.try_get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+        ckaid: r.try_get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+        attrs: r.try_get(3)?,
+        record: r.try_get(4)?,
+        kek_label: r.try_get(5)?,
+        kek_version: version_of(r.try_get(6)?)?,
+        created: r.try_get(7)?,
+        updated: r.try_get(8)?,
+        generation: r.try_get(9)?,
+    })
+}
+
+fn version_from(r: &Row) -> Result<KekVersionRow, StoreError> {
+    let state: String = r.try_get(3)?;
+    Ok(KekVersionRow {
+        kek_label: r.try_get(0)?,
+        version: version_of(r.try_get(1)?)?,
+        kind: r.try_get(2)?,
+        state: KekState::parse(&state)
+            .ok_or_else(|| StoreError::Data(format!("unknown KEK state {state:?}")))?,
+        created: r.try_get(4)?,
+        primary_since: r.try_get(5)?,
+        retired: r.try_get(6)?,
+    })
+}
+
+impl PostgresStore {
+    /// Connects to the database `url` names and creates or migrates the
+    /// schema. The database must exist and the user must be allowed to
+    /// create tables in it (on first use) and to read and write them.
+    pub fn open(url: &Url) -> Result<PostgresStore, StoreError> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            location: url.to_string(),
+            source,
+        };
+        let config = url.config().map_err(|m| open_error(m.into()))?;
+        let conn = Conn::connect(&config).map_err(|e| open_error(Box::new(e)))?;
+        let store = PostgresStore {
+            config,
+            url: url.clone(),
+            conn: Mutex::new(Some(conn)),
+        };
+        store.migrate().map_err(|e| match e {
+            e @ StoreError::Schema { .. } => e,
+            other => open_error(Box::new(other)),
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `f` on the session, connecting again first if the last one was
+    /// closed (a restarted server, a dropped network).
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut guard = unpoisoned(self.conn.lock());
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = None;
+            *guard = Some(Conn::connect(&self.config)?);
+            crate::log_info!("reconnected to the DEK store {}", self.url);
+        }
+        match guard.as_mut() {
+            Some(c) => f(c),
+            None => Err(StoreError::Data("no session".into())),
+        }
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            // Fast path without the lock: an existing, current database.
+            // (On a new one, `meta` does not exist yet and this fails.)
+            if let Ok(Some(r)) = c
+                .client
+                .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+            {
+                if r.try_get::<_, Option<i64>>(0)? == Some(SCHEMA_VERSION) {
+                    return Ok(());
+                }
+            }
+            let mut tx = c.client.transaction()?;
+            tx.execute(LOCK, &[&LOCK_CLASS, &LOCK_SCHEMA])?;
+            tx.batch_execute(CREATE_META)?;
+            let found = tx
+                .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
+                .map(|r| r.try_get::<_, Option<i64>>(0))
+                .transpose()?
+                .flatten()
+                .unwrap_or(0);
+            if !(0..=SCHEMA_VERSION).contains(&found) {
+                return Err(StoreError::Schema {
+                    location: self.url.to_string(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            // Each step runs once, gated by the version, which moves in the
+            // same transaction (DDL is transactional in PostgreSQL).
+            for step in MIGRATIONS.iter().skip(found as usize) {
+                tx.batch_execute(step)?;
+            }
+            if found == 0 {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('created', $1) ON CONFLICT DO NOTHING",
+                    &[&now_secs()],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&SCHEMA_VERSION],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ::postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.with(|c| {
+            let st = c.prepare(sql)?;
+            Ok(c.client.query(&st, params)?)
+        })
+    }
+
+    fn execute(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ::postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let st = c.prepare(sql)?;
+            Ok(c.client.execute(&st, params)?)
+        })
+    }
+
+    fn count(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ::postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        match self.query(sql, params)?.first() {
+            Some(r) => count_of(r, 0),
+            None => Ok(0),
+        }
+    }
+}
+
+/// `row` as the parameters of [`INSERT`], run on `client` (a session or a
+/// transaction).
+fn insert_row(
+    client: &mut impl ::postgres::GenericClient,
+    st: &Statement,
+    row: &DekRow,
+) -> Result<(), StoreError> {
+    let version = i64::from(row.kek_version);
+    match client.execute(
+        st,
+        &[
+            &&row.id[..],
+            &row.label,
+            &row.ckaid,
+            &row.attrs,
+            &row.record,
+            &row.kek_label,
+            &version,
+            &row.created,
+            &row.updated,
+            &row.generation,
+        ],
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl StoreEngine for PostgresStore {
+    fn engine_name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn insert(&self, row: &DekRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            let st = c.prepare(INSERT)?;
+            insert_row(&mut c.client, &st, row)
+        })
+    }
+
+    fn insert_many(&self, rows: &[DekRow]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let st = c.prepare(INSERT)?;
+            let mut tx = c.client.transaction()?;
+            for row in rows {
+                insert_row(&mut tx, &st, row)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: &[u8; 16]) -> Result<Option<DekRow>, StoreError> {
+        self.query(GET, &[&&id[..]])?
+            .first()
+            .map(dek_from)
+            .transpose()
+    }
+
+    fn list(&self) -> Result<Vec<DekRow>, StoreError> {
+        self.query(LIST, &[])?.iter().map(dek_from).collect()
+    }
+
+    fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {
+        self.query(LIST_IDS, &[])?
+            .iter()
+            .map(|r| Ok((id16(r.try_get(0)?)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    fn update(
+        &self,
+        id: &[u8; 16],
+        label: &[u8],
+        ckaid: &[u8],
+        attrs: &[u8],
+        record: &[u8],
+        kek_label: &str,
+        kek_version: u32,
+        expect_generation: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let select = c.prepare(GENERATION_FOR_UPDATE)?;
+            let update = c.prepare(UPDATE)?;
+            let mut tx = c.client.transaction()?;
+            let Some(row) = tx.query_opt(&select, &[&&id[..]])? else {
+                return Err(StoreError::NotFound);
+            };
+            let current: i64 = row.try_get(0)?;
+            if expect_generation.is_some_and(|g| g != current) {
+                return Ok(false);
+            }
+            tx.execute(
+                &update,
+                &[
+                    &&id[..],
+                    &label,
+                    &ckaid,
+                    &attrs,
+                    &record,
+                    &kek_label,
+                    &i64::from(kek_version),
+                    &now_secs(),
+                    &current.wrapping_add(1),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn delete(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(self.execute(DELETE, &[&&id[..]])? > 0)
+    }
+
+    fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError> {
+        if self.execute(TOUCH, &[&&id[..], &when])? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    fn soft_delete(&self, id: &[u8; 16], purge_after: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(SOFT_DELETE, &[&&id[..], &now_secs(), &purge_after])? > 0)
+    }
+
+    fn recover(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(self.execute(RECOVER, &[&&id[..], &now_secs()])? > 0)
+    }
+
+    fn list_deleted(&self) -> Result<Vec<DeletedRow>, StoreError> {
+        self.query(LIST_DELETED, &[])?
+            .iter()
+            .map(|r| {
+                Ok(DeletedRow {
+                    id: id16(r.try_get(0)?)?,
+                    label: r.try_get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    kek_version: version_of(r.try_get(2)?)?,
+                    deleted_at: r.try_get(3)?,
+                    purge_after: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    fn purge(&self, id: &[u8; 16], now: i64) -> Result<Result<(), PurgeRefusal>, StoreError> {
+        self.with(|c| {
+            let select = c.prepare(PURGE_AFTER_FOR_UPDATE)?;
+            let protection = c.prepare(PROTECTION_FOR_SHARE)?;
+            let delete = c.prepare(DELETE)?;
+            let mut tx = c.client.transaction()?;
+            let purge_after: Option<i64> = match tx.query_opt(&select, &[&&id[..]])? {
+                Some(r) => r.try_get(0)?,
+                None => None,
+            };
+            let Some(purge_after) = purge_after else {
+                return Ok(Err(PurgeRefusal::NotDeleted));
+            };
+            // FOR SHARE: protection switched on meanwhile waits for this
+            // purge, or this purge sees it.
+            let protected = match tx.query_opt(&protection, &[&PROTECTION_KEY])? {
+                Some(r) => r.try_get::<_, Option<i64>>(0)?.is_some_and(|v| v != 0),
+                None => false,
+            };
+            if protected && now < purge_after {
+                return Ok(Err(PurgeRefusal::Retained { purge_after }));
+            }
+            tx.execute(&delete, &[&&id[..]])?;
+            tx.commit()?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn purge_protection(&self) -> Result<bool, StoreError> {
+        Ok(match self.query(PROTECTION, &[&PROTECTION_KEY])?.first() {
+            Some(r) => r.try_get::<_, Option<i64>>(0)?.is_some_and(|v| v != 0),
+            None => false,
+        })
+    }
+
+    fn enable_purge_protection(&self) -> Result<(), StoreError> {
+        self.execute(ENABLE_PROTECTION, &[&PROTECTION_KEY])?;
+        Ok(())
+    }
+
+    fn kek_versions(&self, label: &str) -> Result<Vec<KekVersionRow>, StoreError> {
+        self.query(KEK_VERSIONS, &[&label])?
+            .iter()
+            .map(version_from)
+            .collect()
+    }
+
+    fn primary_kek(&self, label: &str) -> Result<Option<KekVersionRow>, StoreError> {
+        self.query(PRIMARY_KEK, &[&label])?
+            .first()
+            .map(version_from)
+            .transpose()
+    }
+
+    fn add_kek_version(
+        &self,
+        label: &str,
+        version: u32,
+        kind: &str,
+        make_primary: bool,
+    ) -> Result<(), StoreError> {
+        let now = now_secs();
+        self.with(|c| {
+            let lock = c.prepare(LOCK)?;
+            let retire = c.prepare(RETIRE_PRIMARY)?;
+            let insert = c.prepare(INSERT_VERSION)?;
+            let mut tx = c.client.transaction()?;
+            tx.execute(&lock, &[&LOCK_CLASS, &LOCK_KEK])?;
+            if make_primary {
+                tx.execute(&retire, &[&label, &now])?;
+            }
+            let state = if make_primary {
+                KekState::Primary
+            } else {
+                KekState::DecryptOnly
+            };
+            let primary_since = make_primary.then_some(now);
+            match tx.execute(
+                &insert,
+                &[
+                    &label,
+                    &i64::from(version),
+                    &kind,
+                    &state.as_str(),
+                    &now,
+                    &primary_since,
+                ],
+            ) {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::Duplicate),
+                r => r?,
+            };
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn set_primary_kek(&self, label: &str, version: u32) -> Result<(), StoreError> {
+        let now = now_secs();
+        self.with(|c| {
+            let lock = c.prepare(LOCK)?;
+            let state = c.prepare(VERSION_STATE)?;
+            let retire = c.prepare(RETIRE_PRIMARY)?;
+            let make = c.prepare(MAKE_PRIMARY)?;
+            let version = i64::from(version);
+            let mut tx = c.client.transaction()?;
+            tx.execute(&lock, &[&LOCK_CLASS, &LOCK_KEK])?;
+            let current: Option<String> = match tx.query_opt(&state, &[&label, &version])? {
+                Some(r) => Some(r.try_get(0)?),
+                None => None,
+            };
+            match current.as_deref() {
+                None | Some("destroyed") => return Err(StoreError::NotFound),
+                Some("primary") => return Ok(()),
+                _ => {}
+            }
+            tx.execute(&retire, &[&label, &now])?;
+            tx.execute(&make, &[&label, &version, &now])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn mark_kek_destroyed(&self, label: &str, version: u32) -> Result<(), StoreError> {
+        let n = self.execute(MARK_DESTROYED, &[&label, &i64::from(version), &now_secs()])?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    fn count_under(&self, label: &str, version: u32) -> Result<u64, StoreError> {
+        self.count(COUNT_UNDER, &[&label, &i64::from(version)])
+    }
+
+    fn count_not_under(&self, label: &str, version: u32) -> Result<u64, StoreError> {
+        self.count(COUNT_NOT_UNDER, &[&label, &i64::from(version)])
+    }
+
+    fn rows_not_under(
+        &self,
+        label: &str,
+        version: u32,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, DekRow)>, StoreError> {
+        self.query(
+            ROWS_NOT_UNDER,
+            &[&label, &i64::from(version), &after, &i64::from(limit)],
+        )?
+        .iter()
+        .map(|r| Ok((r.try_get(10)?, dek_from(r)?)))
+        .collect()
+    }
+
+    fn replace_records(&self, label: &str, updates: &[RecordUpdate]) -> Result<usize, StoreError> {
+        let now = now_secs();
+        self.with(|c| {
+            let lock = c.prepare(LOCK_SHARED)?;
+            let primary = c.prepare(PRIMARY_VERSION)?;
+            let replace = c.prepare(REPLACE_RECORD)?;
+            let mut tx = c.client.transaction()?;
+            // Shared: batches run side by side; a rotation waits for them.
+            tx.execute(&lock, &[&LOCK_CLASS, &LOCK_KEK])?;
+            let primary: Option<i64> = match tx.query_opt(&primary, &[&label])? {
+                Some(r) => Some(r.try_get(0)?),
+                None => None,
+            };
+            let mut written = 0;
+            for (id, generation, record, version) in updates {
+                let version = i64::from(*version);
+                if primary != Some(version) {
+                    continue;
+                }
+                written += tx.execute(&replace, &[&&id[..], generation, record, &version, &now])?;
+            }
+            tx.commit()?;
+            Ok(written as usize)
+        })
+    }
+
+    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
+        let now = now_secs();
+        let expires = now.saturating_add(ttl_secs);
+        // One statement: inserted, or taken over (ours already, or
+        // expired), or left alone (someone else's, still running).
+        Ok(self.execute(TAKE_LEASE, &[&name, &holder, &expires, &now])? > 0)
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.execute(RELEASE_LEASE, &[&name, &holder])?;
+        Ok(())
+    }
+
+    fn list_for_admin(&self) -> Result<Vec<DekListing>, StoreError> {
+        self.query(LIST_FOR_ADMIN, &[])?
+            .iter()
+            .map(|r| {
+                Ok(DekListing {
+                    id: id16(r.try_get(0)?)?,
+                    label: r.try_get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    ckaid: r.try_get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                    kek_label: r.try_get(3)?,
+                    kek_version: version_of(r.try_get(4)?)?,
+                    created: r.try_get(5)?,
+                    updated: r.try_get(6)?,
+                    last_used: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    fn record_counts(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        self.query(RECORD_COUNTS, &[])?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, version_of(r.try_get(1)?)?, count_of(r, 2)?)))
+            .collect()
+    }
+
+    fn deleted_count(&self) -> Result<u64, StoreError> {
+        self.count(DELETED_COUNT, &[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What needs no server; the store suite (`src/store/tests.rs`) runs
+    //! everything else on a real PostgreSQL.
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        for (given, shown) in [
+            (
+                "postgresql://app:s3cret@db.example:5433/deks",
+                "postgresql://app@db.example:5433/deks",
+            ),
+            (
+                "postgresql://app:s3cret@%2Frun%2Fpostgresql/deks",
+                "postgresql://app@/run/postgresql:5432/deks",
+            ),
+            (
+                "host=/tmp/x,db2 port=1,2 user=app password=s3cret dbname=deks",
+                "postgresql://app@/tmp/x:1,db2:2/deks",
+            ),
+        ] {
+            let url = Url::parse(given).unwrap();
+            assert_eq!(url.to_string(), shown);
+            assert!(!format!("{url:?}").contains("s3cret"));
+            let location = super::super::Location::Postgres(url);
+            assert!(!format!("{location} {location:?}").contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_with_the_reason() {
+        for (given, why) in [
+            ("mysql://x@h/db", "not a PostgreSQL connection string"),
+            ("postgresql:///deks", "no host"),
+            ("postgresql://app@host", "no database name"),
+            ("postgresql://app@host/db?sslmode=require", "TLS"),
+            (
+                "postgresql://app:s3cret@host/db?nonsense=1",
+                "not a PostgreSQL connection string",
+            ),
+        ] {
+            let e = Url::parse(given).unwrap_err();
+            assert!(e.contains(why), "{given}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_reached_is_an_open_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::parse(&format!(
+            "postgresql://app:s3cret@{}/deks",
+            dir.path().display().to_string().replace('/', "%2F")
+        ))
+        .unwrap();
+        let e = PostgresStore::open(&url).err().unwrap();
+        assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
+}
