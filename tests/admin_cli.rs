@@ -88,6 +88,7 @@ fn every_command_has_help() {
 fn status_in_text_and_json() {
     let t = TestToken::new();
     let out = ok(&t, &["status"]);
+    let store_line = format!("store            sqlite {}", t.store_path.display());
     for want in [
         "backend module",
         ": ok",
@@ -96,10 +97,13 @@ fn status_in_text_and_json() {
         "KEK 'kek'        primary v1",
         "records          0 (0 soft-deleted, still recoverable)",
         "pending re-wrap  0",
+        store_line.as_str(),
     ] {
         assert!(out.contains(want), "{want:?} missing:\n{out}");
     }
     let doc = ok_json(&t, &["status"]);
+    assert_eq!(doc["store_engine"], "sqlite");
+    assert_eq!(doc["store"], t.store_path.display().to_string());
     assert_eq!(doc["backend_module"]["loaded"], true);
     assert_eq!(doc["token"]["found"], true);
     assert_eq!(doc["token"]["label"], TOKEN_LABEL);

@@ -29,6 +29,13 @@ fn failed_stage(e: &Error) -> usize {
     }
 }
 
+/// The configured store: its engine (`sqlite`, `postgresql`) and where it
+/// is (a path, or a URL without its password).
+struct Store {
+    engine: &'static str,
+    location: String,
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "ok"
@@ -41,7 +48,11 @@ pub fn run(config: Config, pin: &str) -> Result<Report, Failure> {
     let module = config.backend_module.display().to_string();
     let token = config.token_label.clone();
     let kek_label = config.kek_label.clone();
-    let store = config.store_path.display().to_string();
+    let location = config.store_location();
+    let store = Store {
+        engine: location.engine_name(),
+        location: location.to_string(),
+    };
     let admin = match Admin::connect(config, pin) {
         Ok(a) => a,
         Err(e) => {
@@ -57,6 +68,8 @@ pub fn run(config: Config, pin: &str) -> Result<Report, Failure> {
                 "backend_module": {"path": module, "loaded": stage > 0},
                 "token": {"label": token, "found": stage > 1},
                 "login": false,
+                "store": store.location,
+                "store_engine": store.engine,
                 "healthy": false,
             });
             return Err(Failure::new(exit::BACKEND, msg).with_report(Report::new(text, doc)));
@@ -72,18 +85,20 @@ fn details(
     module: &str,
     token: &str,
     kek_label: &str,
-    store: &str,
+    store: &Store,
 ) -> Result<Report, Failure> {
     let env = &admin.env;
     let slot = admin.slot.id();
     let mut text = format!(
-        "backend module   {module}: ok\ntoken            '{token}': ok (backend slot {slot})\nlogin            ok\nstore            {store}\n"
+        "backend module   {module}: ok\ntoken            '{token}': ok (backend slot {slot})\nlogin            ok\nstore            {} {}\n",
+        store.engine, store.location
     );
     let mut doc = json!({
         "backend_module": {"path": module, "loaded": true},
         "token": {"label": token, "found": true, "slot": slot},
         "login": true,
-        "store": store,
+        "store": store.location,
+        "store_engine": store.engine,
         "kek_label": kek_label,
     });
     let facts = env
