@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod p11;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
