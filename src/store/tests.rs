@@ -536,3 +536,23 @@ fn lease_holders_on_two_sessions(f: &Fresh) {
         assert_eq!(winners, 1, "round {round}");
     }
 }
+
+/// PostgreSQL only: a server restarted under an open store. The call that
+/// meets the dropped session fails with a store error; the next one opens a
+/// new session and finds everything as it was.
+#[test]
+fn postgresql_a_restarted_server_is_reconnected() {
+    let f = postgresql();
+    let s = f.open();
+    s.insert(&row(1)).unwrap();
+    let cluster = pg::PgCluster::shared();
+    cluster.stop_server();
+    let e = s.get(&row(1).id).unwrap_err();
+    assert!(matches!(e, StoreError::Postgres(_)), "{e:?}");
+    // While it is down, every call fails (a new session cannot be made).
+    assert!(s.get(&row(1).id).is_err());
+    cluster.start_server();
+    assert_eq!(s.get(&row(1).id).unwrap(), Some(row(1)));
+    s.insert(&row(2)).unwrap();
+    assert_eq!(s.list().unwrap().len(), 2);
+}

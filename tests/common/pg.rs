@@ -228,11 +228,14 @@ impl PgCluster {
         }
     }
 
-    /// `pg_ctl start`: unix socket only, in our directory; no durability.
+    /// `pg_ctl start`: unix socket only, in our directory. No durability
+    /// against a machine crash (`fsync=off`), but a commit is in the WAL
+    /// before it returns (`synchronous_commit` stays on), so a server
+    /// killed by [`PgCluster::stop_server`] loses nothing on restart.
     pub fn start_server(&self) {
         let options = format!(
             "-F -k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off \
-             -c synchronous_commit=off -c max_connections=40 -c shared_buffers=16MB",
+             -c max_connections=40 -c shared_buffers=16MB",
             self.socket_dir().display()
         );
         let data = self.data_dir();
