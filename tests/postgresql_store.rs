@@ -151,7 +151,8 @@ fn a_dek_made_on_one_host_is_found_and_used_on_another() {
 
 /// `hsm-envelope status` names the engine and shows the URL without its
 /// password (text and JSON), on either host's configuration; the records
-/// it counts are the shared ones.
+/// it counts are the shared ones. A rotation on A and a re-wrap run from B
+/// work through the shared store.
 #[test]
 fn status_names_the_postgresql_store() {
     let cluster = PgCluster::shared();
@@ -180,7 +181,18 @@ fn status_names_the_postgresql_store() {
     assert_eq!(doc["records"], 1);
     assert!(!doc.to_string().contains("not-shown"));
 
+    // Rotation (under its lease) on A's configuration, the re-wrap batch
+    // from B's: both through the shared store.
+    ok(&t, &["kek", "rotate"]);
+    assert_eq!(ok_json(&t, &["status"])["pending_rewrap"], 1);
     let conf_b = host_b_config(&t);
+    let o = Command::new(BIN)
+        .args(["--config", conf_b.to_str().unwrap(), "rewrap"])
+        .env("SOFTHSM2_CONF", &t.softhsm_conf)
+        .env("HSM_ENVELOPE_PIN", USER_PIN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
     let o = Command::new(BIN)
         .args(["--config", conf_b.to_str().unwrap(), "status", "--json"])
         .env("SOFTHSM2_CONF", &t.softhsm_conf)
@@ -191,4 +203,6 @@ fn status_names_the_postgresql_store() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["store_engine"], "postgresql");
     assert_eq!(doc["records"], 1, "host B counts host A's record");
+    assert_eq!(doc["primary"], 2);
+    assert_eq!(doc["pending_rewrap"], 0);
 }
