@@ -62,6 +62,34 @@ pub struct DekRow {
     pub generation: i64,
 }
 
+/// An indexed search of live DEK rows: every field given must be equal
+/// (`None`: any value). Both engines answer it from an index (the primary
+/// key for `id`, `dek_label` and `dek_ckaid` otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DekQuery {
+    /// The row id (CKA_UNIQUE_ID is its hex).
+    pub id: Option<[u8; 16]>,
+    /// CKA_LABEL (empty: the rows without one).
+    pub label: Option<Vec<u8>>,
+    /// CKA_ID (empty: the rows without one).
+    pub ckaid: Option<Vec<u8>>,
+}
+
+impl DekQuery {
+    /// Whether it asks for anything (an empty query would be every row:
+    /// use [`StoreEngine::list`] for that).
+    pub fn is_empty(&self) -> bool {
+        self.id.is_none() && self.label.is_none() && self.ckaid.is_none()
+    }
+
+    /// Whether `row` answers it.
+    pub fn matches(&self, row: &DekRow) -> bool {
+        self.id.is_none_or(|id| id == row.id)
+            && self.label.as_ref().is_none_or(|l| *l == row.label)
+            && self.ckaid.as_ref().is_none_or(|c| *c == row.ckaid)
+    }
+}
+
 /// One record update of a re-wrap batch: id, the generation it was read
 /// at, the new record and the KEK version it is now under.
 pub type RecordUpdate = ([u8; 16], i64, Vec<u8>, u32);
@@ -122,6 +150,11 @@ pub trait StoreEngine: Send {
 
     /// All live rows, ordered by `created`, then `id`.
     fn list(&self) -> Result<Vec<DekRow>, StoreError>;
+
+    /// The live rows that answer `query`, ordered by id, from an index: the
+    /// time it takes grows with the rows found, not the rows stored. An
+    /// empty query finds nothing.
+    fn find(&self, query: &DekQuery) -> Result<Vec<DekRow>, StoreError>;
 
     /// `(id, generation)` of every live row, ordered by id: a cheap scan
     /// that tells another process's inserts, updates and deletes apart from

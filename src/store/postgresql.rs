@@ -40,7 +40,7 @@ use ::postgres::{Client, Config, NoTls, Row, Statement};
 use serde::Deserialize;
 
 use super::{
-    DekListing, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
+    DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
     StoreEngine, StoreError,
 };
 use crate::clock::unix_secs as now_secs;
@@ -50,7 +50,7 @@ use crate::runtime::lock::unpoisoned;
 pub const ENGINE: &str = "postgresql";
 
 /// Schema version written to `meta` under `schema_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection attempt waits when the URL does not say
 /// (`connect_timeout`): a server that does not answer must not hang
@@ -83,7 +83,9 @@ CREATE TABLE dek (
     pos         bigint GENERATED ALWAYS AS IDENTITY UNIQUE
 );
 CREATE INDEX dek_kek ON dek (kek_label, kek_version);
-CREATE INDEX dek_deleted ON dek (deleted_at);
+-- Partial: only the deleted rows, so a planner without statistics (fresh
+-- rows, before autovacuum's ANALYZE) never walks it for live ones.
+CREATE INDEX dek_deleted ON dek (deleted_at) WHERE deleted_at IS NOT NULL;
 CREATE TABLE kek_version (
     kek_label     text NOT NULL,
     version       bigint NOT NULL CHECK (version >= 1),
@@ -102,9 +104,15 @@ CREATE TABLE lease (
 );
 ";
 
+/// Version 2: indexes for `find` by CKA_LABEL and CKA_ID.
+const SCHEMA_V2: &str = "
+CREATE INDEX dek_label ON dek (label);
+CREATE INDEX dek_ckaid ON dek (ckaid);
+";
+
 /// The migration steps, in order: step `i` takes version `i` to `i + 1`.
 /// A later version appends a step; a step never changes once released.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint)";
 const PROTECTION_KEY: &str = "purge_protection";
@@ -131,6 +139,26 @@ const LIST: &str = concat!(
     "SELECT ",
     row_columns!(),
     " FROM dek WHERE deleted_at IS NULL ORDER BY created, id"
+);
+const FIND_BY_ID: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE id = $1 AND deleted_at IS NULL"
+);
+const FIND_BY_LABEL: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE label = $1 AND deleted_at IS NULL ORDER BY id"
+);
+const FIND_BY_CKAID: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE ckaid = $1 AND deleted_at IS NULL ORDER BY id"
+);
+const FIND_BY_LABEL_CKAID: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE label = $1 AND ckaid = $2 AND deleted_at IS NULL ORDER BY id"
 );
 const LIST_IDS: &str = "SELECT id, generation FROM dek WHERE deleted_at IS NULL ORDER BY id";
 const GENERATION_FOR_UPDATE: &str = "SELECT generation FROM dek WHERE id = $1 FOR UPDATE";
@@ -557,6 +585,19 @@ impl StoreEngine for PostgresStore {
         self.query(LIST, &[])?.iter().map(dek_from).collect()
     }
 
+    fn find(&self, query: &DekQuery) -> Result<Vec<DekRow>, StoreError> {
+        // As on SQLite: by the primary key alone, else by one index.
+        let rows = match (&query.id, &query.label, &query.ckaid) {
+            (Some(id), _, _) => self.query(FIND_BY_ID, &[&&id[..]])?,
+            (None, Some(l), Some(c)) => self.query(FIND_BY_LABEL_CKAID, &[l, c])?,
+            (None, Some(l), None) => self.query(FIND_BY_LABEL, &[l])?,
+            (None, None, Some(c)) => self.query(FIND_BY_CKAID, &[c])?,
+            (None, None, None) => return Ok(Vec::new()),
+        };
+        let rows = rows.iter().map(dek_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(rows.into_iter().filter(|r| query.matches(r)).collect())
+    }
+
     fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {
         self.query(LIST_IDS, &[])?
             .iter()
@@ -863,10 +904,13 @@ impl StoreEngine for PostgresStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! What needs no server; the store suite (`src/store/tests.rs`) runs
     //! everything else on a real PostgreSQL.
     use super::*;
+
+    /// The first schema, for the suite's migration test.
+    pub(crate) const SCHEMA_V1_FOR_TESTS: &str = SCHEMA_V1;
 
     #[test]
     fn urls_are_shown_without_their_password() {

@@ -80,6 +80,7 @@ suite!(
     versions_and_primary,
     leases_exclude_others_until_they_expire,
     lease_holders_on_two_sessions,
+    find_by_label_ckaid_and_id,
 );
 
 fn row(n: u8) -> DekRow {
@@ -155,6 +156,68 @@ fn crud(f: &Fresh) {
     big.updated = i64::MAX;
     s.insert(&big).unwrap();
     assert_eq!(s.get(&big.id).unwrap(), Some(big));
+}
+
+fn find_by_label_ckaid_and_id(f: &Fresh) {
+    let s = f.open();
+    let labelled = |n: u8, label: &[u8], ckaid: &[u8]| {
+        let mut r = row(n);
+        r.label = label.to_vec();
+        r.ckaid = ckaid.to_vec();
+        r
+    };
+    let rows = [
+        labelled(1, b"a", b"x"),
+        labelled(2, b"a", b"y"),
+        labelled(3, b"b", b"x"),
+        labelled(4, b"", b""),
+        labelled(5, b"a", b"x"),
+    ];
+    for r in &rows {
+        s.insert(r).unwrap();
+    }
+    // A deleted row is not found.
+    assert!(s.soft_delete(&rows[4].id, 1).unwrap());
+    let q = |id: Option<[u8; 16]>, label: Option<&[u8]>, ckaid: Option<&[u8]>| {
+        let query = DekQuery {
+            id,
+            label: label.map(<[u8]>::to_vec),
+            ckaid: ckaid.map(<[u8]>::to_vec),
+        };
+        s.find(&query)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id[0])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(None, Some(b"a"), None), [1, 2]);
+    assert_eq!(q(None, None, Some(b"x")), [1, 3]);
+    assert_eq!(q(None, Some(b"a"), Some(b"x")), [1]);
+    assert_eq!(q(None, Some(b"c"), None), [0u8; 0]);
+    assert_eq!(q(None, Some(b""), None), [4], "no label is the empty label");
+    assert_eq!(q(None, None, Some(b"")), [4]);
+    assert_eq!(q(Some(rows[2].id), None, None), [3]);
+    assert_eq!(q(Some(rows[2].id), Some(b"b"), Some(b"x")), [3]);
+    assert_eq!(q(Some(rows[2].id), Some(b"a"), None), [0u8; 0]);
+    assert_eq!(q(Some(rows[4].id), None, None), [0u8; 0], "deleted");
+    assert_eq!(
+        q(None, None, None),
+        [0u8; 0],
+        "an empty query finds nothing"
+    );
+    // Whole rows come back, and follow updates.
+    assert_eq!(
+        s.find(&DekQuery {
+            ckaid: Some(b"y".to_vec()),
+            ..Default::default()
+        })
+        .unwrap(),
+        vec![rows[1].clone()]
+    );
+    s.update(&rows[1].id, b"b", b"y", b"a", b"r", "kek-main", 1, None)
+        .unwrap();
+    assert_eq!(q(None, Some(b"a"), None), [1]);
+    assert_eq!(q(None, Some(b"b"), None), [2, 3]);
 }
 
 fn engine_is_named(f: &Fresh) {
@@ -555,4 +618,101 @@ fn postgresql_a_restarted_server_is_reconnected() {
     assert_eq!(s.get(&row(1).id).unwrap(), Some(row(1)));
     s.insert(&row(2)).unwrap();
     assert_eq!(s.list().unwrap().len(), 2);
+}
+
+/// PostgreSQL only: a version 1 database (as the first release of this
+/// engine made it) migrates to the current version, and a database from a
+/// newer build is refused, naming both versions and never the password.
+#[test]
+fn postgresql_the_schema_migrates_forward_and_refuses_the_future() {
+    let cluster = pg::PgCluster::shared();
+    let url = cluster.create_database();
+    {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        c.batch_execute("CREATE TABLE meta (key text PRIMARY KEY, value bigint)")
+            .unwrap();
+        c.batch_execute(super::postgresql::tests::SCHEMA_V1_FOR_TESTS)
+            .unwrap();
+        c.batch_execute("INSERT INTO meta VALUES ('schema_version', 1)")
+            .unwrap();
+    }
+    let location = Location::Postgres(crate::store::postgresql::Url::parse(&url).unwrap());
+    let s = Store::open_at(&location).unwrap();
+    s.insert(&row(1)).unwrap();
+    let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let indexes: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN ('dek_label', 'dek_ckaid')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(indexes, 2);
+    let version: i64 = c
+        .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, crate::store::postgresql::SCHEMA_VERSION);
+
+    c.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'schema_version'",
+        &[],
+    )
+    .unwrap();
+    match Store::open_at(&location) {
+        Err(
+            e @ StoreError::Schema {
+                found, supported, ..
+            },
+        ) => {
+            assert_eq!((found, supported), (version + 1, version));
+            assert!(e.to_string().contains(&location.to_string()), "{e}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a future schema"),
+    }
+}
+
+/// PostgreSQL only: a search by label or CKA_ID walks its index even right
+/// after a bulk insert, before autovacuum has gathered statistics (the
+/// index on deleted rows must not look attractive for live ones).
+#[test]
+fn postgresql_find_walks_the_label_and_ckaid_indexes() {
+    let cluster = pg::PgCluster::shared();
+    let url = cluster.create_database();
+    let s = Store::open_at(&Location::Postgres(
+        crate::store::postgresql::Url::parse(&url).unwrap(),
+    ))
+    .unwrap();
+    let rows: Vec<DekRow> = (0..5000u32)
+        .map(|i| {
+            let mut r = row(0);
+            r.id[..4].copy_from_slice(&i.to_be_bytes());
+            r.label = format!("dek-{i}").into_bytes();
+            r.ckaid = i.to_be_bytes().to_vec();
+            r
+        })
+        .collect();
+    s.insert_many(&rows).unwrap();
+    let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    for (column, index) in [("label", "dek_label"), ("ckaid", "dek_ckaid")] {
+        let plan: Vec<String> = c
+            .query(
+                &format!(
+                    "EXPLAIN SELECT id FROM dek WHERE {column} = '\\x00'::bytea \
+                     AND deleted_at IS NULL ORDER BY id"
+                ),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{plan}");
+        assert!(
+            !plan.contains("dek_deleted") && !plan.contains("Seq Scan"),
+            "{plan}"
+        );
+    }
 }

@@ -33,7 +33,7 @@ use rusqlite::{
 };
 
 use super::{
-    DekListing, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
+    DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
     StoreEngine, StoreError,
 };
 
@@ -41,7 +41,7 @@ use super::{
 pub const ENGINE: &str = "sqlite";
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// How long a connection waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -98,6 +98,12 @@ const SCHEMA_V3: &str = "
 ALTER TABLE dek ADD COLUMN deleted_at INTEGER;
 ALTER TABLE dek ADD COLUMN purge_after INTEGER;
 CREATE INDEX IF NOT EXISTS dek_deleted ON dek (deleted_at);
+";
+
+/// Version 4: indexes for `find` by CKA_LABEL and CKA_ID (issue 14).
+const SCHEMA_V4: &str = "
+CREATE INDEX IF NOT EXISTS dek_label ON dek (label);
+CREATE INDEX IF NOT EXISTS dek_ckaid ON dek (ckaid);
 ";
 
 pub(crate) const ROW_COLUMNS: &str =
@@ -302,6 +308,9 @@ impl SqliteStore {
                 if v < 3 {
                     tx.execute_batch(SCHEMA_V3).map_err(open_err)?;
                 }
+                if v < 4 {
+                    tx.execute_batch(SCHEMA_V4).map_err(open_err)?;
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(open_err)?;
             } else {
@@ -391,6 +400,25 @@ impl StoreEngine for SqliteStore {
         ))?;
         let rows = stmt.query_map([], row_to_dek)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn find(&self, query: &DekQuery) -> Result<Vec<DekRow>, StoreError> {
+        // The id is the primary key: by it alone, the rest checked here.
+        // Otherwise one index (label, or CKA_ID) and the other column.
+        let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) =
+            match (&query.id, &query.label, &query.ckaid) {
+                (Some(id), _, _) => ("id = ?1", vec![id]),
+                (None, Some(l), Some(c)) => ("label = ?1 AND ckaid = ?2", vec![l, c]),
+                (None, Some(l), None) => ("label = ?1", vec![l]),
+                (None, None, Some(c)) => ("ckaid = ?1", vec![c]),
+                (None, None, None) => return Ok(Vec::new()),
+            };
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM dek WHERE {sql} AND deleted_at IS NULL ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params.as_slice(), row_to_dek)?;
+        let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows.into_iter().filter(|r| query.matches(r)).collect())
     }
 
     fn list_ids_generations(&self) -> Result<Vec<([u8; 16], i64)>, StoreError> {

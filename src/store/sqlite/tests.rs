@@ -199,3 +199,62 @@ fn the_store_handle_opens_sqlite_by_path() {
     assert_eq!(s.location().to_string(), path.display().to_string());
     assert!(path.is_file());
 }
+
+#[test]
+fn find_is_answered_by_an_index() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&d.path().join("deks.sqlite")).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut stmt = s
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("; ")
+    };
+    for (sql, index) in [
+        ("label = X'61'", "dek_label"),
+        ("ckaid = X'61'", "dek_ckaid"),
+        // The primary key of a table with rowids is an automatic index.
+        (
+            "id = X'00000000000000000000000000000000'",
+            "sqlite_autoindex_dek_1",
+        ),
+    ] {
+        let p = plan(&format!(
+            "SELECT {ROW_COLUMNS} FROM dek WHERE {sql} AND deleted_at IS NULL ORDER BY id"
+        ));
+        assert!(
+            p.contains(index) || p.contains("sqlite_autoindex_dek_1"),
+            "{sql}: {p}"
+        );
+        assert!(!p.contains("SCAN dek"), "{sql}: {p}");
+    }
+}
+
+#[test]
+fn a_version_three_store_gains_the_find_indexes() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("v3.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.execute_batch(SCHEMA_V2).unwrap();
+        c.execute_batch(SCHEMA_V3).unwrap();
+        c.pragma_update(None, "user_version", 3).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let n: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('dek_label', 'dek_ckaid')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+}

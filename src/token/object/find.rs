@@ -20,7 +20,7 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
     }
     let mut handles = Vec::new();
     if is_dek_slot(&m, &s) {
-        crate::token::store_sync::sync_token_deks(&m)?;
+        crate::token::store_sync::sync_for_search(&m, t)?;
         let user = m.is_user(s.slot);
         for (oh, d) in m.objects.deks() {
             let st = d.state.read();
