@@ -434,6 +434,37 @@ fn a_dek_wraps_and_unwraps_like_softhsm() {
             .unwrap_err();
         assert_eq!(rv(e), RvError::WrappedKeyInvalid);
     }
+    // The default IV as the mechanism's parameter (SunPKCS11 sends it) is
+    // the same wrap.
+    let l = raw_list();
+    let mut iv = [0xA6u8; 8];
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_AES_KEY_WRAP,
+        pParameter: iv.as_mut_ptr() as *mut _,
+        ulParameterLen: 8,
+    };
+    let mut out = [0u8; 64];
+    let mut n: CK_ULONG = 64;
+    let r = unsafe {
+        l.C_WrapKey.unwrap()(
+            s.handle(),
+            &mut mech,
+            w.handle(),
+            k.handle(),
+            out.as_mut_ptr(),
+            &mut n,
+        )
+    };
+    assert_eq!(r, CKR_OK);
+    assert_eq!(
+        out[..n as usize],
+        s.wrap_key(&Mechanism::AesKeyWrap, w, k).unwrap()[..]
+    );
+    // A mechanism only the HSM runs needs two copies on it in one call (and
+    // used to deadlock): it returns whatever the HSM answers.
+    let r = s.wrap_key(&Mechanism::AesCbcPad([0; 16]), w, k);
+    let h = hs.wrap_key(&Mechanism::AesCbcPad([0; 16]), hw, hk);
+    assert_eq!(r.map_err(rv), h.map_err(rv), "as SoftHSM2 answers");
     // A DEK without CKA_WRAP does not wrap.
     let e = s.wrap_key(&Mechanism::AesKeyWrap, k, w).unwrap_err();
     assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);

@@ -62,6 +62,21 @@ impl<'a> Mechanism<'a> {
         !self.raw.pParameter.is_null() && self.raw.ulParameterLen > 0
     }
 
+    /// The parameter bytes (empty for none).
+    pub fn params(&self) -> &'a [u8] {
+        if !self.has_params() {
+            return &[];
+        }
+        // SAFETY: `from_caller`'s contract: `ulParameterLen` readable bytes
+        // at `pParameter` for 'a (`plain` has none).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.raw.pParameter as *const u8,
+                self.raw.ulParameterLen as usize,
+            )
+        }
+    }
+
     /// The C structure, for parsing its parameters (reading them is unsafe).
     pub fn raw(&self) -> &CK_MECHANISM {
         &self.raw

@@ -464,13 +464,39 @@ fn read_value(
 /// Serialises the short-lived key copies made on the backend for key wrap
 /// with searches through the module: while a search collects backend
 /// objects, no such copy exists, so none is ever handed to a caller.
+///
+/// Re-entrant within a thread: a call that makes two copies (a DEK wrapping
+/// a DEK on the HSM) holds it once.
 #[derive(Default)]
 pub struct TempGate(std::sync::RwLock<()>);
 
+thread_local! {
+    /// How many holds this thread has open (see `TempGate::hold`).
+    static HOLDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// An open hold of the gate; the outermost one has the lock.
+pub struct TempHold<'a>(#[allow(dead_code)] Option<std::sync::RwLockWriteGuard<'a, ()>>);
+
+impl Drop for TempHold<'_> {
+    fn drop(&mut self) {
+        HOLDS.with(|h| h.set(h.get().saturating_sub(1)));
+    }
+}
+
 impl TempGate {
     /// Held while a temporary object exists.
-    pub fn hold(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
-        self.0.write().ok()
+    pub fn hold(&self) -> TempHold<'_> {
+        let depth = HOLDS.with(|h| {
+            let d = h.get();
+            h.set(d + 1);
+            d
+        });
+        TempHold(if depth == 0 {
+            Some(crate::runtime::lock::unpoisoned(self.0.write()))
+        } else {
+            None
+        })
     }
     /// Held while a search runs.
     pub fn search(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {

@@ -65,11 +65,16 @@ pub enum Wrapped {
     Forwarded(CK_RV),
 }
 
-/// The software key wrap for `mech`, when it takes no parameters.
+/// The software key wrap for `mech`: without a parameter, or with the
+/// standard's default IV as its parameter (which is what SunPKCS11 sends).
 fn software_key_wrap(mech: &Mechanism<'_>) -> Option<KeyWrap> {
-    match (mech.kind(), mech.has_params()) {
-        (CKM_AES_KEY_WRAP, false) => Some(KeyWrap::Kw),
-        (CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP, false) => Some(KeyWrap::Kwp),
+    const KW_IV: [u8; 8] = [0xA6; 8];
+    const KWP_IV: [u8; 4] = [0xA6, 0x59, 0x59, 0xA6];
+    match (mech.kind(), mech.params()) {
+        (CKM_AES_KEY_WRAP, []) => Some(KeyWrap::Kw),
+        (CKM_AES_KEY_WRAP, p) if p == KW_IV => Some(KeyWrap::Kw),
+        (CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP, []) => Some(KeyWrap::Kwp),
+        (CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP, p) if p == KWP_IV => Some(KeyWrap::Kwp),
         _ => None,
     }
 }

@@ -6,8 +6,6 @@
 //! call is forwarded; the object is destroyed when this guard drops. No
 //! search through the module sees it meanwhile (`TempGate`).
 
-use std::sync::RwLockWriteGuard;
-
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
@@ -33,7 +31,7 @@ pub struct OnHsm<'a> {
     m: &'a Module,
     s: &'a Session,
     handle: CK_OBJECT_HANDLE,
-    _gate: Option<RwLockWriteGuard<'a, ()>>,
+    _gate: crate::backend::kek::TempHold<'a>,
 }
 
 impl OnHsm<'_> {
