@@ -757,3 +757,23 @@ fn cmac_with_a_dek_matches_softhsm() {
     let e = s.sign(&Mechanism::AesCMac, plain, b"x").unwrap_err();
     assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
 }
+
+/// PyKCS11's multi-part AEAD test: the tag arrives in its own update, and
+/// nothing is released before the final call verifies it.
+#[test]
+fn multi_part_gcm_decryption_takes_the_tag_in_a_later_update() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let k = generate(&s, false, vec![]);
+    let mut iv = random_bytes(12);
+    let mech = Mechanism::AesGcm(GcmParams::new(&mut iv, b"plaintext aad", 128.into()).unwrap());
+    let data = random_bytes(16);
+    s.encrypt_init(&mech, k).unwrap();
+    let ct = s.encrypt_update(&data).unwrap();
+    let tag = s.encrypt_final().unwrap();
+    s.decrypt_init(&mech, k).unwrap();
+    assert!(s.decrypt_update(&ct).unwrap().is_empty());
+    assert!(s.decrypt_update(&tag).unwrap().is_empty());
+    assert_eq!(s.decrypt_final().unwrap(), data);
+}

@@ -221,7 +221,12 @@ fn step_on<'a>(
         Out::Query => {
             return Ok(Step::Done(match part {
                 Part::Single => cipher.oneshot_len(input.len()),
-                Part::Update => cipher.update_len(input.len()),
+                // At least the input's length, as SoftHSM2 answers: an
+                // update that holds data back (GCM and CBC-PAD decryption)
+                // would otherwise answer 0, and a client (PyKCS11) that
+                // then passes an empty buffer passes NULL, a second query,
+                // and its data is never fed.
+                Part::Update => cipher.update_len(input.len()).max(input.len()),
                 Part::Final => cipher.finish_len(),
             }))
         }
