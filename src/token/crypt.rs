@@ -228,7 +228,7 @@ fn step_on<'a>(
                 // and its data is never fed.
                 Part::Update => cipher.update_len(input.len()).max(input.len()),
                 Part::Final => cipher.finish_len(),
-            }))
+            }));
         }
         Out::Buf(buf) => match part {
             Part::Single => cipher.oneshot(&input, buf),

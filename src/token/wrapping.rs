@@ -417,7 +417,12 @@ fn derive_by_encryption(base: &[u8], ed: &EncryptData<'_>, t: &Template) -> Resu
         Some(v) => as_ulong(v)? as usize,
         None => n,
     };
-    if want > n || !policy::is_valid_aes_len(want) {
+    // Data too short for the key asked for is a parameter the mechanism
+    // cannot use (python-pkcs11's suite expects this code, as SoftHSM2 gives).
+    if want > n {
+        return Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID));
+    }
+    if !policy::is_valid_aes_len(want) {
         return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
     }
     out.truncate(want);

@@ -29,10 +29,13 @@ const BOOL_DEFAULTS: &[(CK_ATTRIBUTE_TYPE, bool)] = &[
     (CKA_EXTRACTABLE, false),
     (CKA_ENCRYPT, true),
     (CKA_DECRYPT, true),
-    (CKA_WRAP, false),
-    (CKA_UNWRAP, false),
-    (CKA_SIGN, false),
-    (CKA_VERIFY, false),
+    // SoftHSM2's defaults (clients written against it rely on them): a DEK
+    // may wrap and MAC unless the template says otherwise. Key material
+    // stays protected by the sensitive/extractable defaults above.
+    (CKA_WRAP, true),
+    (CKA_UNWRAP, true),
+    (CKA_SIGN, true),
+    (CKA_VERIFY, true),
     (CKA_DERIVE, false),
     (CKA_WRAP_WITH_TRUSTED, false),
     (CKA_TRUSTED, false),
