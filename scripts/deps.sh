@@ -63,6 +63,12 @@ missing_packages() {
     if ! $demo_only && ! postgres_server_found; then
         echo postgresql
     fi
+    # The interop step: g++ builds PyKCS11's extension, javac the SunPKCS11
+    # test program.
+    if ! $demo_only; then
+        command -v g++ >/dev/null 2>&1 || echo g++
+        command -v javac >/dev/null 2>&1 || echo default-jdk-headless
+    fi
 }
 
 # --- Debian packages ---------------------------------------------------------------

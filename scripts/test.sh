@@ -7,7 +7,9 @@
 #   4. cargo test --doc          doc tests
 #   5. cargo nextest run         the portable build (no aws-lc-rs): unit
 #      --no-default-features     tests and tests/envelope_core.rs
-#   6. cargo nextest run         unit and integration tests, one process per
+#   6. scripts/interop.sh        python-pkcs11, PyKCS11 and SunPKCS11 against
+#                                the module and SoftHSM2 direct
+#   7. cargo nextest run         unit and integration tests, one process per
 #                                test: each test loads the PKCS#11 module (a
 #                                process-global singleton) with its own token
 #
@@ -47,6 +49,11 @@ step doctest cargo test --doc
 # The portable build (pure-Rust aes-gcm, no aws-lc-rs): unit tests and the
 # module's behaviour tests. The full suite below runs on the default build.
 step portable cargo nextest run --no-default-features --no-fail-fast --lib --test envelope_core
+
+# Third-party suites (python-pkcs11, PyKCS11 from PyPI; SunPKCS11 with every
+# JDK on the machine) against the module and SoftHSM2 direct: every test
+# that passes on SoftHSM2 must pass on the module (scripts/interop.sh).
+step interop bash scripts/interop.sh
 
 step nextest cargo nextest run --no-fail-fast
 

@@ -314,11 +314,26 @@ pub fn unwrap_key(
     }
     if software_key_wrap(mech).is_none() {
         // RSA-OAEP and the like: the HSM unwraps, the value becomes a DEK.
-        return dek_from_hsm(&m, &s, t, Origin::Unwrapped, |bs, temp| {
+        let made = dek_from_hsm(&m, &s, t, Origin::Unwrapped, |bs, temp| {
             m.backend
                 .unwrap_key(bs, mech, uw, wrapped, temp)
                 .map_err(unwrap_error)
         });
+        return match made {
+            // The unwrapping key's CKA_UNWRAP_TEMPLATE keeps what it
+            // unwraps on the HSM (not extractable, say): so does the module,
+            // as a backend key.
+            Err(e) if e.rv() == CKR_TEMPLATE_INCONSISTENT => {
+                refuse_kek_label(&m, &s, t)?;
+                let raw = backend_template(t);
+                let made = forward(&m, &s, |bs| {
+                    m.backend.unwrap_key(bs, mech, uw, wrapped, &raw)
+                })
+                .map_err(unwrap_error);
+                adopt(&m, &s, made)
+            }
+            other => other,
+        };
     }
     let bmech = backend_kw_mech(&m, &s, kind)?;
     let env = m.envelope_for(s.slot)?;
