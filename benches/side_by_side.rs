@@ -444,6 +444,15 @@ fn run() -> Res<bool> {
             args.quick,
             &mut extras,
         )?);
+        progress("a DEK made real on the HSM");
+        sections_text.push(sections::on_hsm(
+            ours,
+            slot,
+            softhsm,
+            sh_slot,
+            args.quick,
+            &mut extras,
+        )?);
         progress("token key generation section");
         sections_text.push(sections::keygen(
             ours,

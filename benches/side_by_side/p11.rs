@@ -317,6 +317,24 @@ impl Module {
         Ok(h)
     }
 
+    /// C_DigestInit(SHA-256) + C_DigestKey(key) + C_DigestFinal: one call
+    /// that needs the key on the HSM (a DEK is made real there for it).
+    pub fn digest_key(&self, s: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<(), CallError> {
+        let mut m = CK_MECHANISM {
+            mechanism: CKM_SHA256,
+            pParameter: null_mut(),
+            ulParameterLen: 0,
+        };
+        ck("C_DigestInit", p11!(self, C_DigestInit(s, &mut m)))?;
+        ck("C_DigestKey", p11!(self, C_DigestKey(s, key)))?;
+        let mut out = [0u8; 32];
+        let mut n = out.len() as CK_ULONG;
+        ck(
+            "C_DigestFinal",
+            p11!(self, C_DigestFinal(s, out.as_mut_ptr(), &mut n)),
+        )
+    }
+
     /// C_FindObjectsInit(template) + C_FindObjects(up to `batch` at a time,
     /// until none are left) + C_FindObjectsFinal. `label` None is the empty
     /// template, which matches every object.

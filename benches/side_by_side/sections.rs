@@ -391,3 +391,59 @@ pub fn find(
     }
     Ok(s)
 }
+
+/// The cost of making a DEK real on the HSM for one call (the path of every
+/// mechanism the software does not run): C_DigestKey of a DEK through the
+/// module (a short-lived copy created on the HSM, digested, destroyed)
+/// against C_DigestKey of an AES key on SoftHSM2 directly.
+pub fn on_hsm(
+    ours: &Module,
+    slot: CK_SLOT_ID,
+    softhsm: &Module,
+    sh_slot: CK_SLOT_ID,
+    quick: bool,
+    extras: &mut Vec<Extra>,
+) -> Res<String> {
+    let dur = Duration::from_secs_f64(if quick { 0.25 } else { 1.5 });
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "A DEK made real on the HSM for one call (C_DigestInit + C_DigestKey + C_DigestFinal, SHA-256), ~{:.2} s each:",
+        dur.as_secs_f64()
+    );
+    let mut rates = Vec::new();
+    for (m, sl, what) in [
+        (
+            ours,
+            slot,
+            "ours: DEK (copy made on the HSM, digested, destroyed)",
+        ),
+        (softhsm, sh_slot, "SoftHSM2 direct: AES key"),
+    ] {
+        let sess = m.open_session(sl)?;
+        let key = m
+            .import_aes(sess.h, "bench-digest-key", &[7u8; 32])
+            .map_err(|e| e.describe(m.name))?;
+        let (n, total, med) = rate(dur, 1_000_000, |_| {
+            m.digest_key(sess.h, key).map_err(|e| e.describe(m.name))
+        })?;
+        let per_s = n as f64 / total;
+        rates.push(per_s);
+        let _ = writeln!(
+            s,
+            "  {what:<64} {per_s:>9.0} calls/s   median {:>12}   ({n} calls)",
+            us(med)
+        );
+        extras.push(Extra {
+            section: "on_hsm",
+            metric: format!("{}_digest_key_per_s", m.name),
+            value: per_s,
+            unit: "1/s",
+            note: format!("{n} calls; median {:.1} us", med * 1e6),
+        });
+    }
+    if let [a, b] = rates[..] {
+        let _ = writeln!(s, "  ratio ours/SoftHSM2: {:.2}", a / b);
+    }
+    Ok(s)
+}
