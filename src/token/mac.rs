@@ -67,23 +67,39 @@ pub fn init(
     Ok(None)
 }
 
+/// Where a sign or verify call goes after the multi-part rules.
+enum Next<'a> {
+    /// Nothing more to do here (forward it, or an update was fed).
+    Done(MacStep),
+    /// The last call of a software operation: its MAC is due.
+    Last(&'a mut MacOp),
+}
+
+fn next<'a>(slot: &'a mut Option<MacOp>, part: Part, data: &[u8]) -> Result<Next<'a>> {
+    let Some(mac) = slot.as_mut() else {
+        return Ok(Next::Done(MacStep::Forward));
+    };
+    match part {
+        // A one-shot call cannot finish what an update began.
+        Part::Single if mac.multi_part => Err(Error::Rv(CKR_OPERATION_ACTIVE)),
+        Part::Update => {
+            mac.op.update(data);
+            mac.multi_part = true;
+            Ok(Next::Done(MacStep::Done(0)))
+        }
+        _ => Ok(Next::Last(mac)),
+    }
+}
+
 /// C_Sign / C_SignUpdate / C_SignFinal.
 pub fn sign(h: CK_SESSION_HANDLE, part: Part, data: &[u8], out: Out<'_>) -> Result<MacStep> {
     let (_, s) = lookup(h)?;
     let mut ops = s.ops()?;
     let slot = ops.mac(MacDir::Sign);
-    let Some(mac) = slot.as_mut() else {
-        return Ok(MacStep::Forward);
+    let mac = match next(slot, part, data)? {
+        Next::Done(step) => return Ok(step),
+        Next::Last(mac) => mac,
     };
-    match part {
-        Part::Single if mac.multi_part => return Err(Error::Rv(CKR_OPERATION_ACTIVE)),
-        Part::Update => {
-            mac.op.update(data);
-            mac.multi_part = true;
-            return Ok(MacStep::Done(0));
-        }
-        _ => {}
-    }
     let n = mac.op.mac_len();
     let buf = match out {
         Out::Query => return Ok(MacStep::Done(n)),
@@ -106,18 +122,10 @@ pub fn verify(h: CK_SESSION_HANDLE, part: Part, data: &[u8], sig: &[u8]) -> Resu
     let (_, s) = lookup(h)?;
     let mut ops = s.ops()?;
     let slot = ops.mac(MacDir::Verify);
-    let Some(mac) = slot.as_mut() else {
-        return Ok(MacStep::Forward);
+    let mac = match next(slot, part, data)? {
+        Next::Done(step) => return Ok(step),
+        Next::Last(mac) => mac,
     };
-    match part {
-        Part::Single if mac.multi_part => return Err(Error::Rv(CKR_OPERATION_ACTIVE)),
-        Part::Update => {
-            mac.op.update(data);
-            mac.multi_part = true;
-            return Ok(MacStep::Done(0));
-        }
-        _ => {}
-    }
     mac.op.update(data);
     let (len_ok, valid) = (sig.len() == mac.op.mac_len(), mac.op.verify(sig));
     *slot = None;

@@ -20,7 +20,7 @@ use crate::token::kek_guard::{
 use crate::token::module::Module;
 use crate::token::object::dek;
 use crate::token::object::manage::{adopt, backend_key, backend_template, resolve, Target};
-use crate::token::object::on_hsm::materialize;
+use crate::token::object::on_hsm::{materialize, session_aes_key, NO, YES};
 use crate::token::object::policy::{self, Origin};
 use crate::token::object::table::{Dek, DekState};
 use crate::token::object::template::{as_bool, as_ulong, find_in, Template};
@@ -189,32 +189,19 @@ fn dek_from_hsm(
     origin: Origin,
     make: impl Fn(CK_SESSION_HANDLE, &[AttrIn<'_>]) -> Result<CK_OBJECT_HANDLE>,
 ) -> Result<CK_OBJECT_HANDLE> {
-    let class = CKO_SECRET_KEY.to_ne_bytes();
-    let key_type = CKK_AES.to_ne_bytes();
-    let (no, yes) = ([CK_FALSE], [CK_TRUE]);
     let len = find_in(t, CKA_VALUE_LEN).map(<[u8]>::to_vec);
-    let mut temp = vec![
-        AttrIn {
-            ty: CKA_CLASS,
-            value: &class,
-        },
-        AttrIn {
-            ty: CKA_KEY_TYPE,
-            value: &key_type,
-        },
-        AttrIn {
-            ty: CKA_TOKEN,
-            value: &no,
-        },
+    // Readable for the moment it lives: its value becomes the DEK's.
+    let mut temp = session_aes_key();
+    temp.extend([
         AttrIn {
             ty: CKA_SENSITIVE,
-            value: &no,
+            value: &NO,
         },
         AttrIn {
             ty: CKA_EXTRACTABLE,
-            value: &yes,
+            value: &YES,
         },
-    ];
+    ]);
     if let Some(len) = &len {
         temp.push(AttrIn {
             ty: CKA_VALUE_LEN,

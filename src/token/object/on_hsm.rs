@@ -50,6 +50,30 @@ impl Drop for OnHsm<'_> {
     }
 }
 
+const SECRET_KEY: [u8; size_of::<CK_ULONG>()] = CKO_SECRET_KEY.to_ne_bytes();
+const AES: [u8; size_of::<CK_ULONG>()] = CKK_AES.to_ne_bytes();
+pub const NO: [u8; 1] = [CK_FALSE];
+pub const YES: [u8; 1] = [CK_TRUE];
+
+/// The start of every template for a short-lived AES key on the HSM: a
+/// secret AES session object.
+pub fn session_aes_key() -> Vec<AttrIn<'static>> {
+    vec![
+        AttrIn {
+            ty: CKA_CLASS,
+            value: &SECRET_KEY,
+        },
+        AttrIn {
+            ty: CKA_KEY_TYPE,
+            value: &AES,
+        },
+        AttrIn {
+            ty: CKA_TOKEN,
+            value: &NO,
+        },
+    ]
+}
+
 /// Make `d` (in state `st`) a session object on the HSM, for one call on
 /// session `s`.
 pub fn materialize<'a>(m: &'a Module, s: &'a Session, d: &Dek, st: &DekState) -> Result<OnHsm<'a>> {
@@ -57,28 +81,14 @@ pub fn materialize<'a>(m: &'a Module, s: &'a Session, d: &Dek, st: &DekState) ->
     let key = env.value(d.key_ref(st))?;
     let flag = |ty| [u8::from(st.attrs.flag(ty))];
     let flags: Vec<(CK_ATTRIBUTE_TYPE, [u8; 1])> = USAGE.iter().map(|&ty| (ty, flag(ty))).collect();
-    let class = CKO_SECRET_KEY.to_ne_bytes();
-    let key_type = CKK_AES.to_ne_bytes();
     let value = Zeroizing::new(key.value().to_vec());
-    let (no, yes) = ([CK_FALSE], [CK_TRUE]);
     let extractable = flag(CKA_EXTRACTABLE);
     let sensitive = flag(CKA_SENSITIVE);
-    let mut t = vec![
-        AttrIn {
-            ty: CKA_CLASS,
-            value: &class,
-        },
-        AttrIn {
-            ty: CKA_KEY_TYPE,
-            value: &key_type,
-        },
-        AttrIn {
-            ty: CKA_TOKEN,
-            value: &no,
-        },
+    let mut t = session_aes_key();
+    t.extend([
         AttrIn {
             ty: CKA_PRIVATE,
-            value: &yes,
+            value: &YES,
         },
         AttrIn {
             ty: CKA_SENSITIVE,
@@ -92,7 +102,7 @@ pub fn materialize<'a>(m: &'a Module, s: &'a Session, d: &Dek, st: &DekState) ->
             ty: CKA_VALUE,
             value: &value,
         },
-    ];
+    ]);
     t.extend(flags.iter().map(|(ty, v)| AttrIn { ty: *ty, value: v }));
     let gate = env.temp_gate.hold();
     let handle = forward(m, s, |bs| m.backend.create_object(bs, &t)).map_err(|e| match e.rv() {
