@@ -1745,3 +1745,26 @@ fn fork_child(m: &Module, slot: CK_SLOT_ID, parent_session: CK_SESSION_HANDLE) -
     }
     0
 }
+
+/// OpenSC's pkcs11-spy writes its own function list into the interface
+/// C_GetInterface returns; that memory must be writable, not crash the host.
+#[test]
+fn a_caller_may_write_into_the_interface_it_gets() {
+    let m = Module::load();
+    let get = m.get_interface();
+    let mut iface: *mut CK_INTERFACE = null_mut();
+    assert_eq!(
+        unsafe { get(null_mut(), null_mut(), &mut iface, 0) },
+        CKR_OK
+    );
+    let ours = unsafe { (*iface).pFunctionList };
+    static OTHER: u8 = 0;
+    unsafe { (*iface).pFunctionList = &OTHER as *const u8 as *mut _ };
+    let mut again: *mut CK_INTERFACE = null_mut();
+    assert_eq!(
+        unsafe { get(null_mut(), null_mut(), &mut again, 0) },
+        CKR_OK
+    );
+    assert_eq!(again, iface, "one copy, as a C module's static array");
+    unsafe { (*iface).pFunctionList = ours };
+}

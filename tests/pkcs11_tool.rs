@@ -1042,3 +1042,35 @@ fn read_object_reveals_only_extractable_non_sensitive_deks() {
         "{listing}"
     );
 }
+
+/// OpenSC's pkcs11-spy in front of the module (it writes its own function
+/// list into the interface C_GetInterface returns; a read-only interface
+/// crashed it).
+#[test]
+fn pkcs11_spy_in_front_of_the_module_works() {
+    let token = TestToken::new();
+    let spy = [
+        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+        "/usr/lib/pkcs11/pkcs11-spy.so",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .expect("pkcs11-spy.so (Debian package opensc) not found");
+    let log = token.path().join("spy.log");
+    let out = run_tool_with(
+        &spy,
+        &["--list-slots"],
+        &[("PKCS11SPY", &module_path()), ("PKCS11SPY_OUTPUT", &log)],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        slot_field(&stdout, "token label"),
+        [TOKEN_LABEL],
+        "{stdout}"
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("C_GetSlotList"));
+}

@@ -196,7 +196,8 @@ static FUNCTIONS_3_0: CK_FUNCTION_LIST_3_0 = CK_FUNCTION_LIST_3_0 {
     C_MessageVerifyFinal: Some(C_MessageVerifyFinal),
 };
 
-/// CK_INTERFACE holds raw pointers to immutable statics.
+/// CK_INTERFACE holds raw pointers to immutable statics; this array is the
+/// template of the copy callers get (see `interfaces`).
 struct Interfaces([CK_INTERFACE; 2]);
 // SAFETY: the pointers refer to immutable statics and are never written.
 unsafe impl Sync for Interfaces {}
@@ -215,6 +216,23 @@ static INTERFACES: Interfaces = Interfaces([
         flags: 0,
     },
 ]);
+
+/// The interfaces handed to callers, in writable memory: some callers write
+/// into what C_GetInterface returns (OpenSC's pkcs11-spy puts its own
+/// function list there), as C modules with a plain static array allow. A
+/// read-only static made them crash the host. One copy per process, made on
+/// first use and never freed.
+fn interfaces() -> *mut CK_INTERFACE {
+    struct Shared(*mut CK_INTERFACE);
+    // SAFETY: the copy is only ever read and written through raw pointers,
+    // as C callers do with a module's interfaces.
+    unsafe impl Send for Shared {}
+    // SAFETY: as above.
+    unsafe impl Sync for Shared {}
+    static COPY: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| Shared(Box::leak(Box::new(INTERFACES.0)).as_mut_ptr()))
+        .0
+}
 
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
@@ -236,7 +254,9 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     args::guard("C_GetInterfaceList", || unsafe {
-        args::write_list(&INTERFACES.0, p_list, pul)
+        // A snapshot of the (writable) interfaces, as they are now.
+        let now = [interfaces().read(), interfaces().add(1).read()];
+        args::write_list(&now, p_list, pul)
     })
 }
 
@@ -258,7 +278,9 @@ pub unsafe extern "C" fn C_GetInterface(
         if !name.is_null() && std::ffi::CStr::from_ptr(name as *const _).to_bytes() != b"PKCS 11" {
             return Ok(CKR_ARGUMENTS_BAD);
         }
-        let found = INTERFACES.0.iter().find(|i| {
+        // Chosen by our own list's version at each position: a caller
+        // may have put its own function list into the copy.
+        let found = INTERFACES.0.iter().position(|i| {
             // SAFETY: pFunctionList points at a CK_VERSION-led static list.
             let v = *(i.pFunctionList as *const CK_VERSION);
             let version_ok = version
@@ -267,8 +289,8 @@ pub unsafe extern "C" fn C_GetInterface(
             version_ok && (i.flags & flags) == flags
         });
         match found {
-            Some(i) => {
-                *pp = i as *const _ as *mut _;
+            Some(n) => {
+                *pp = interfaces().add(n);
                 Ok(CKR_OK)
             }
             None => Ok(CKR_ARGUMENTS_BAD),
