@@ -1,6 +1,12 @@
 //! The module's configuration: a TOML file named by `HSM_ENVELOPE_CONF`
 //! (PKCS#11 modules cannot take arguments). Every key has a default that
 //! works with a local SoftHSM2 token made by `softhsm-config/new-token.sh`.
+//!
+//! A mistake in the file is one line in plain words naming the key and its
+//! line (see `schema`); the file is checked against the list of keys before
+//! serde reads it.
+
+pub mod schema;
 
 use std::path::{Path, PathBuf};
 
@@ -160,16 +166,35 @@ impl Config {
         })
     }
 
+    /// Parse and check a configuration. A mistake is one line naming the
+    /// key and its line, in plain words (see `schema`).
     pub fn from_toml(text: &str) -> Result<Config> {
-        // toml's message names the key, the line and what was expected.
-        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        cfg.validate()?;
+        if let Some(msg) = schema::check(text) {
+            return Err(Error::Config(msg));
+        }
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            // Not expected after the check; still one line.
+            let at = e
+                .span()
+                .map(|s| format!("line {}: ", schema::position(text, s.start).0))
+                .unwrap_or_default();
+            Error::Config(format!(
+                "{at}{}",
+                e.message().lines().next().unwrap_or("cannot be read")
+            ))
+        })?;
+        cfg.validate().map_err(|(key, what)| {
+            let at = schema::line_of(text, key)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            Error::Config(format!("key `{key}`{at}: {what}"))
+        })?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<()> {
-        let bad =
-            |key: &str, want: &str| Err(Error::Config(format!("key `{key}`: expected {want}")));
+    /// The key and what it should be, for the first bad value.
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        let bad = |key: &'static str, want: &str| Err((key, format!("expected {want}")));
         if self.kek_label.is_empty() {
             return bad("kek_label", "a non-empty label");
         }
@@ -181,7 +206,7 @@ impl Config {
         }
         if let Some(url) = &self.store_url {
             if let Err(why) = url.check() {
-                return Err(Error::Config(format!("key `store_url`: {why}")));
+                return Err(("store_url", why));
             }
         }
         if self.rotate_after_days == Some(0) {
@@ -202,13 +227,16 @@ impl Config {
         if self.cache_hard_ttl_secs != 0 && self.cache_hard_ttl_secs < self.cache_soft_ttl_secs {
             return bad("cache_hard_ttl_secs", "0, or at least cache_soft_ttl_secs");
         }
-        if self.audit_checkpoint_lines == 0
-            || self.audit_checkpoint_secs == 0
-            || self.audit_use_interval_secs == 0
-        {
+        if self.audit_checkpoint_lines == 0 {
+            return bad("audit_checkpoint_lines", "a number of lines of at least 1");
+        }
+        if self.audit_checkpoint_secs == 0 {
+            return bad("audit_checkpoint_secs", "a number of seconds of at least 1");
+        }
+        if self.audit_use_interval_secs == 0 {
             return bad(
-                "audit_checkpoint_lines / audit_checkpoint_secs / audit_use_interval_secs",
-                "values of at least 1",
+                "audit_use_interval_secs",
+                "a number of seconds of at least 1",
             );
         }
         if self.min_decrypt_version == Some(0) {
@@ -284,6 +312,47 @@ mod tests {
             let e = Config::from_toml(bad).unwrap_err().to_string();
             assert!(e.contains("store_url"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn range_errors_name_the_key_and_its_line() {
+        let e = Config::from_toml("kek_label = \"k\"\nretention_days = 6\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "configuration: key `retention_days` (line 2): expected a number of days from 7 to 90"
+        );
+        let e = Config::from_toml("audit_checkpoint_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `audit_checkpoint_secs` (line 1)"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_and_the_struct_agree() {
+        use schema::Kind;
+        for (key, kind) in schema::KEYS {
+            let value = match kind {
+                Kind::Text | Kind::Path => "\"x\"".to_string(),
+                Kind::Whole { .. } => "1".to_string(),
+                Kind::Bool => "true".to_string(),
+                Kind::OneOf(v) => format!("\"{}\"", v[0]),
+            };
+            let text = format!("{key} = {value}\n");
+            assert_eq!(schema::check(&text), None, "{text}");
+            if let Err(e) = toml::from_str::<Config>(&text) {
+                panic!("{key} = {value}: {e}");
+            }
+        }
+        assert_eq!(
+            schema::KEYS.len(),
+            schema::KEYS
+                .iter()
+                .map(|(k, _)| k)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
     }
 
     #[test]
