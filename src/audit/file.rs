@@ -46,14 +46,16 @@ pub(crate) struct LogFile {
     pid: u32,
     dev_ino: (u64, u64),
     head: Option<Head>,
+    /// Mode of the file when it is created here.
+    mode: u32,
 }
 
-fn open_file(path: &Path) -> io::Result<(File, (u64, u64))> {
+fn open_file(path: &Path, mode: u32) -> io::Result<(File, (u64, u64))> {
     let file = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
-        .mode(0o640)
+        .mode(mode)
         .open(path)?;
     let m = file.metadata()?;
     if !m.is_file() {
@@ -63,14 +65,16 @@ fn open_file(path: &Path) -> io::Result<(File, (u64, u64))> {
 }
 
 impl LogFile {
-    pub(crate) fn open(path: &Path) -> io::Result<LogFile> {
-        let (file, dev_ino) = open_file(path)?;
+    /// Opens (creating with `mode`) the log at `path`.
+    pub(crate) fn open(path: &Path, mode: u32) -> io::Result<LogFile> {
+        let (file, dev_ino) = open_file(path, mode)?;
         Ok(LogFile {
             path: path.to_path_buf(),
             file,
             pid: std::process::id(),
             dev_ino,
             head: None,
+            mode,
         })
     }
 
@@ -84,7 +88,7 @@ impl LogFile {
             Err(e) => return Err(e),
         };
         if pid != self.pid || moved {
-            let (file, dev_ino) = open_file(&self.path)?;
+            let (file, dev_ino) = open_file(&self.path, self.mode)?;
             self.file = file;
             self.dev_ino = dev_ino;
             self.pid = pid;
@@ -260,7 +264,7 @@ mod tests {
     fn head_is_cached_until_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        let mut log = LogFile::open(&p).unwrap();
+        let mut log = LogFile::open(&p, 0o600).unwrap();
         let h = log.lock().unwrap().head();
         assert_eq!((h.len, h.seq, h.hash), (0, 0, ZERO_HASH));
         {

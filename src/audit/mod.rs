@@ -258,7 +258,7 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Opens (creating, mode 0640) the log at `path`. `checkpoint_every`:
+    /// Opens (creating, mode 0600) the log at `path`. `checkpoint_every`:
     /// a checkpoint after this many lines or this much time; `use_interval`:
     /// how long DEK uses are counted before they are written. Without a
     /// signer no checkpoints are written (every line is then "unauthenticated
@@ -270,7 +270,26 @@ impl Audit {
         use_interval: Duration,
         signer: Option<Box<dyn CheckpointSigner>>,
     ) -> Result<Audit> {
-        let log = file::LogFile::open(path).map_err(|e| {
+        Audit::open_with_mode(
+            path,
+            crate::logging::DEFAULT_FILE_MODE,
+            ctx,
+            checkpoint_every,
+            use_interval,
+            signer,
+        )
+    }
+
+    /// [`Audit::open`], creating the file with `mode` (`audit_log_mode`).
+    pub fn open_with_mode(
+        path: &Path,
+        mode: u32,
+        ctx: Context,
+        checkpoint_every: (u32, Duration),
+        use_interval: Duration,
+        signer: Option<Box<dyn CheckpointSigner>>,
+    ) -> Result<Audit> {
+        let log = file::LogFile::open(path, mode).map_err(|e| {
             Error::Config(format!(
                 "key `audit_log`: cannot open {}: {e}",
                 path.display()
@@ -304,8 +323,9 @@ impl Audit {
         let Some(path) = &cfg.audit_log else {
             return Ok(None);
         };
-        Audit::open(
+        Audit::open_with_mode(
             path,
+            cfg.audit_log_mode,
             Context {
                 token: cfg.token_label.clone(),
             },

@@ -535,3 +535,32 @@ fn open_fails_cleanly_on_a_bad_path() {
         "{e}"
     );
 }
+
+/// The audit log is created 0600 unless `audit_log_mode` says otherwise; an
+/// existing file keeps its mode.
+#[test]
+fn a_new_audit_log_is_created_owner_only_unless_configured() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let p = dir.path().join("default.log");
+    let a = open(&p, 10, None);
+    a.record(Entry::new(Op::Login, CKR_OK));
+    assert_eq!(mode(&p), 0o600);
+    let q = dir.path().join("group.log");
+    let cfg = crate::config::Config::from_toml(&format!(
+        "audit_log = \"{}\"\naudit_log_mode = \"0640\"\n",
+        q.display()
+    ))
+    .unwrap();
+    let b = Audit::from_config(&cfg, None).unwrap().unwrap();
+    b.record(Entry::new(Op::Login, CKR_OK));
+    // umask may take bits away, never add them.
+    assert_eq!(mode(&q) & !0o640, 0, "{:o}", mode(&q));
+    assert_eq!(mode(&q) & 0o600, 0o600);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(a);
+    let a = open(&p, 10, None);
+    a.record(Entry::new(Op::Logout, CKR_OK));
+    assert_eq!(mode(&p), 0o644);
+}

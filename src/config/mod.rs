@@ -10,7 +10,7 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 
@@ -72,6 +72,9 @@ pub struct Config {
     pub store_url: Option<crate::store::postgresql::Url>,
     /// Optional log file (appended to). Without it, warnings go to stderr.
     pub log_file: Option<PathBuf>,
+    /// Mode of the log file when this module creates it.
+    #[serde(deserialize_with = "file_mode")]
+    pub log_file_mode: u32,
     /// One of error, warn, info, debug.
     pub log_level: String,
     /// Rotate the KEK when its primary version is this many days old (the
@@ -99,6 +102,9 @@ pub struct Config {
     pub cache_hard_ttl_secs: u64,
     /// Tamper-evident audit log (JSON lines, appended). None: no audit log.
     pub audit_log: Option<PathBuf>,
+    /// Mode of the audit log when this module creates it.
+    #[serde(deserialize_with = "file_mode")]
+    pub audit_log_mode: u32,
     /// A checkpoint authenticated on the HSM every this many lines...
     pub audit_checkpoint_lines: u32,
     /// ...or after this many seconds, whichever comes first.
@@ -107,6 +113,13 @@ pub struct Config {
     pub audit_hmac_label: String,
     /// DEK use is logged as counts per DEK per this many seconds.
     pub audit_use_interval_secs: u64,
+}
+
+/// A file mode written in octal as a string ("0600").
+fn file_mode<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    schema::parse_mode(&s)
+        .ok_or_else(|| serde::de::Error::custom("expected a file mode in octal, such as \"0600\""))
 }
 
 impl Default for Config {
@@ -122,6 +135,7 @@ impl Default for Config {
             store_path: data.join("hsm-envelope").join("deks.sqlite"),
             store_url: None,
             log_file: None,
+            log_file_mode: crate::logging::DEFAULT_FILE_MODE,
             log_level: "info".into(),
             rotate_after_days: None,
             refresh_secs: 60,
@@ -132,6 +146,7 @@ impl Default for Config {
             cache_soft_ttl_secs: 60,
             cache_hard_ttl_secs: 3600,
             audit_log: None,
+            audit_log_mode: crate::logging::DEFAULT_FILE_MODE,
             audit_checkpoint_lines: 100,
             audit_checkpoint_secs: 300,
             audit_hmac_label: "audit-hmac".into(),
@@ -330,6 +345,20 @@ mod tests {
     }
 
     #[test]
+    fn file_modes_default_to_owner_only_and_parse_as_octal() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.log_file_mode, c.audit_log_mode), (0o600, 0o600));
+        let c = Config::from_toml("log_file_mode = \"0640\"\naudit_log_mode = \"600\"\n").unwrap();
+        assert_eq!((c.log_file_mode, c.audit_log_mode), (0o640, 0o600));
+        let e = Config::from_toml("log_file_mode = \"0800\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `log_file_mode` (line 1)"), "{e}");
+    }
+
+    /// Every key the schema knows is a field of `Config` (deny_unknown_fields
+    /// would refuse it otherwise), with a value of the kind the schema says.
+    #[test]
     fn the_schema_and_the_struct_agree() {
         use schema::Kind;
         for (key, kind) in schema::KEYS {
@@ -338,6 +367,7 @@ mod tests {
                 Kind::Whole { .. } => "1".to_string(),
                 Kind::Bool => "true".to_string(),
                 Kind::OneOf(v) => format!("\"{}\"", v[0]),
+                Kind::Mode => "\"0600\"".to_string(),
             };
             let text = format!("{key} = {value}\n");
             assert_eq!(schema::check(&text), None, "{text}");

@@ -20,6 +20,8 @@ pub enum Kind {
     Bool,
     /// One of these strings.
     OneOf(&'static [&'static str]),
+    /// A Unix file mode in octal, as a string ("0600").
+    Mode,
 }
 
 const U32: Kind = Kind::Whole {
@@ -35,6 +37,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("store_path", Kind::Path),
     ("store_url", Kind::Text),
     ("log_file", Kind::Path),
+    ("log_file_mode", Kind::Mode),
     (
         "log_level",
         Kind::OneOf(&["error", "warn", "info", "debug"]),
@@ -48,6 +51,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("cache_soft_ttl_secs", U64),
     ("cache_hard_ttl_secs", U64),
     ("audit_log", Kind::Path),
+    ("audit_log_mode", Kind::Mode),
     ("audit_checkpoint_lines", U32),
     ("audit_checkpoint_secs", U64),
     ("audit_hmac_label", Kind::Text),
@@ -143,7 +147,20 @@ fn mismatch(kind: Kind, v: &DeValue<'_>) -> Option<String> {
                 _ => not(&format!("one of {list}")),
             }
         }
+        Kind::Mode => match v.as_str() {
+            Some(s) if parse_mode(s).is_some() => None,
+            _ => not("a file mode in octal, in double quotes, such as \"0600\" or \"0640\""),
+        },
     }
+}
+
+/// A file mode written in octal ("0600", "640"): permission bits only.
+pub fn parse_mode(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 4 || !s.chars().all(|c| ('0'..='7').contains(&c)) {
+        return None;
+    }
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777)
 }
 
 /// The value as the user wrote it, in words.
@@ -252,6 +269,10 @@ mod tests {
             err("log_level = \"loud\""),
             "key `log_level` (line 1): expected one of \"error\", \"warn\", \"info\", \"debug\", not the string \"loud\""
         );
+        assert_eq!(
+            err("log_file_mode = 600"),
+            "key `log_file_mode` (line 1): expected a file mode in octal, in double quotes, such as \"0600\" or \"0640\", not the number 600"
+        );
         for e in [
             err("refresh_secs = \"30\""),
             err("kek_lable = 1"),
@@ -290,9 +311,14 @@ mod tests {
     fn good_values_pass() {
         assert_eq!(check(""), None);
         assert_eq!(
-            check("refresh_secs = 30\nlog_level = \"warn\"\nlazy_rewrap = false\nretention_days = 1_0\n"),
+            check("refresh_secs = 30\nlog_file_mode = \"0640\"\nlog_level = \"warn\"\nlazy_rewrap = false\nretention_days = 1_0\n"),
             None
         );
+        assert_eq!(parse_mode("0600"), Some(0o600));
+        assert_eq!(parse_mode("640"), Some(0o640));
+        for bad in ["", "0800", "07777", "rw-------", "-600"] {
+            assert_eq!(parse_mode(bad), None, "{bad:?}");
+        }
         assert_eq!(
             line_of("a = 1\n\nkek_label = \"x\"\n", "kek_label"),
             Some(3)

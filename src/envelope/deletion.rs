@@ -37,7 +37,11 @@ impl Envelope {
         let done = self.with_store(|st| Ok(st.soft_delete(id, purge_after)?))?;
         self.cache.remove(id);
         if done {
-            crate::log_info!("DEK {} deleted; recoverable until {purge_after}", hex(id));
+            crate::log_info!(
+                "DEK {} deleted; recoverable until {}",
+                hex(id),
+                crate::clock::rfc3339(purge_after)
+            );
             self.log(
                 Entry::new(Op::DekDestroy, CKR_OK)
                     .key(id, &[])
@@ -72,8 +76,9 @@ impl Envelope {
                 Err(Error::Admin(format!("no deleted DEK {}", hex(id))))
             }
             Err(PurgeRefusal::Retained { purge_after }) => Err(Error::Admin(format!(
-                "purge protection is on: DEK {} may be purged from {purge_after} (unix time) on",
-                hex(id)
+                "purge protection is on: DEK {} may be purged from {} on",
+                hex(id),
+                crate::clock::rfc3339(purge_after)
             ))),
         }
     }

@@ -82,13 +82,18 @@ pub fn initialize() -> Result<()> {
     crate::logging::configure(
         config.log_file.as_deref(),
         crate::logging::Level::parse(&config.log_level).unwrap_or(crate::logging::Level::Info),
+        config.log_file_mode,
     );
     let m = Module::start(config).inspect_err(|e| crate::log_error!("C_Initialize failed: {e}"))?;
-    crate::log_info!(
-        "initialised: {} slot(s), DEK slot {:?}",
-        m.slots.len(),
-        m.dek_slot
-    );
+    match m.dek_slot {
+        Some(i) => crate::log_info!(
+            "initialised: {} slot(s); DEKs on slot {i} (token '{}', KEK '{}')",
+            m.slots.len(),
+            m.config.token_label,
+            m.config.kek_label
+        ),
+        None => crate::log_info!("initialised: {} slot(s); no DEK slot", m.slots.len()),
+    }
     CURRENT.publish(&life, m);
     Ok(())
 }

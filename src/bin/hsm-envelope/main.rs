@@ -96,6 +96,7 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         config.log_file.as_deref(),
         hsm_envelope::logging::Level::parse(&config.log_level)
             .unwrap_or(hsm_envelope::logging::Level::Info),
+        config.log_file_mode,
     );
     // Refusals that need no HSM come before the PIN.
     let blob = match &cli.command {

@@ -100,8 +100,13 @@ pub fn create(
     }
     attrs.set_ulong(CKA_VALUE_LEN, value.len() as CK_ULONG);
     attrs.set(CKA_CHECK_VALUE, check_value(value.as_slice()));
-    let origin = format!("{origin:?}").to_lowercase();
-    persist(m, s, attrs, value, &origin)
+    let origin = match origin {
+        Origin::Generated => "generated",
+        Origin::Imported => "imported",
+        Origin::Unwrapped => "unwrapped",
+        Origin::Derived => "derived",
+    };
+    persist(m, s, attrs, value, origin)
 }
 
 /// A DEK with final attributes `attrs` and `value`: sealed under the KEK on

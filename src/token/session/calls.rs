@@ -150,7 +150,16 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Re
             }),
         );
     }
-    crate::log_info!("login on slot {} as user type {user}", s.slot);
+    let who = match user {
+        CKU_SO => "the Security Officer",
+        CKU_USER => "the user",
+        _ => "context-specific",
+    };
+    crate::log_info!(
+        "login on slot {} as {who}: {}",
+        s.slot,
+        crate::rv_name::rv_name(rv)
+    );
     result
 }
 
