@@ -64,6 +64,10 @@ pub struct Config {
     pub token_label: String,
     /// Label of the AES-256 KEK on that token.
     pub kek_label: String,
+    /// The module makes no DEKs and passes every call through to the
+    /// backend. Without it, a `token_label` that matches no token makes
+    /// C_Initialize fail.
+    pub passthrough_only: bool,
     /// SQLite file holding wrapped DEK records (created on first use).
     /// Unused when `store_url` is set.
     pub store_path: PathBuf,
@@ -113,6 +117,10 @@ pub struct Config {
     pub audit_hmac_label: String,
     /// DEK use is logged as counts per DEK per this many seconds.
     pub audit_use_interval_secs: u64,
+    /// The file this configuration was read from (None: the defaults), for
+    /// messages that tell the user what to change where.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// A file mode written in octal as a string ("0600").
@@ -132,6 +140,7 @@ impl Default for Config {
             backend_module: PathBuf::from(SOFTHSM2_CANDIDATES[0]),
             token_label: "hsm-envelope".into(),
             kek_label: "kek".into(),
+            passthrough_only: false,
             store_path: data.join("hsm-envelope").join("deks.sqlite"),
             store_url: None,
             log_file: None,
@@ -151,6 +160,7 @@ impl Default for Config {
             audit_checkpoint_secs: 300,
             audit_hmac_label: "audit-hmac".into(),
             audit_use_interval_secs: 60,
+            source: None,
         }
     }
 }
@@ -175,10 +185,12 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        Config::from_toml(&text).map_err(|e| match e {
+        let mut cfg = Config::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,
-        })
+        })?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parse and check a configuration. A mistake is one line naming the
@@ -205,6 +217,15 @@ impl Config {
             Error::Config(format!("key `{key}`{at}: {what}"))
         })?;
         Ok(cfg)
+    }
+
+    /// Where to change a setting, for messages: "in FILE", or "in a
+    /// configuration file named by HSM_ENVELOPE_CONF" for the defaults.
+    pub fn where_to_set(&self) -> String {
+        match &self.source {
+            Some(p) => format!("in {}", p.display()),
+            None => format!("in a configuration file named by {CONF_ENV}"),
+        }
     }
 
     /// The key and what it should be, for the first bad value.
@@ -383,6 +404,28 @@ mod tests {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len()
         );
+    }
+
+    #[test]
+    fn passthrough_only_defaults_to_false() {
+        assert!(!Config::from_toml("").unwrap().passthrough_only);
+        assert!(
+            Config::from_toml("passthrough_only = true")
+                .unwrap()
+                .passthrough_only
+        );
+    }
+
+    #[test]
+    fn where_to_set_names_the_file() {
+        assert!(Config::default().where_to_set().contains(CONF_ENV));
+        let dir = std::env::temp_dir().join(format!("hsme-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "kek_label = \"k\"\n").unwrap();
+        let c = Config::from_file(&f).unwrap();
+        assert_eq!(c.where_to_set(), format!("in {}", f.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

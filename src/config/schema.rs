@@ -34,6 +34,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("backend_module", Kind::Path),
     ("token_label", Kind::Text),
     ("kek_label", Kind::Text),
+    ("passthrough_only", Kind::Bool),
     ("store_path", Kind::Path),
     ("store_url", Kind::Text),
     ("log_file", Kind::Path),
@@ -311,7 +312,7 @@ mod tests {
     fn good_values_pass() {
         assert_eq!(check(""), None);
         assert_eq!(
-            check("refresh_secs = 30\nlog_file_mode = \"0640\"\nlog_level = \"warn\"\nlazy_rewrap = false\nretention_days = 1_0\n"),
+            check("refresh_secs = 30\nlog_file_mode = \"0640\"\nlog_level = \"warn\"\npassthrough_only = false\nretention_days = 1_0\n"),
             None
         );
         assert_eq!(parse_mode("0600"), Some(0o600));

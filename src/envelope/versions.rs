@@ -84,6 +84,20 @@ impl Envelope {
             .ok_or(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
     }
 
+    /// Whether the configured KEK is there at all: versions of its label
+    /// recorded in the store, or else (nothing recorded yet) version 1 on
+    /// the HSM. The KEK is private: call it logged in as the user.
+    pub fn kek_present(&self) -> Result<bool> {
+        let label = self.settings.kek_label.clone();
+        if !self
+            .with_store(|st| Ok(st.kek_versions(&label)?))?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+        self.with_session(|s| kek::exists(s, &label, 1))
+    }
+
     /// Every version, oldest first, with how many records each holds.
     pub fn versions(&self) -> Result<Vec<(KekVersionRow, u64)>> {
         self.primary()?;

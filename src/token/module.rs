@@ -75,16 +75,29 @@ pub fn initialize() -> Result<()> {
     if CURRENT.is_live(&life) {
         return Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
     }
-    let config = Config::from_env().inspect_err(|e| {
-        // There is no log file yet: the host's stderr is the only place.
-        eprintln!("hsm-envelope: C_Initialize failed: {e}");
-    })?;
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            // There is no log file yet: the host's stderr is the only place.
+            let f = InitFailure::new(e, "correct it in that file".into());
+            eprintln!("hsm-envelope: {}", f.line());
+            return Err(Error::Rv(f.rv()));
+        }
+    };
     crate::logging::configure(
         config.log_file.as_deref(),
         crate::logging::Level::parse(&config.log_level).unwrap_or(crate::logging::Level::Info),
         config.log_file_mode,
     );
-    let m = Module::start(config).inspect_err(|e| crate::log_error!("C_Initialize failed: {e}"))?;
+    let m = match Module::start(config) {
+        Ok(m) => m,
+        Err(f) => {
+            // On stderr whatever the log settings, and in the log file. The
+            // shim logs a bare Rv at debug level only: one line, not two.
+            crate::logging::error_to_user(format_args!("{}", f.line()));
+            return Err(Error::Rv(f.rv()));
+        }
+    };
     match m.dek_slot {
         Some(i) => crate::log_info!(
             "initialised: {} slot(s); DEKs on slot {i} (token '{}', KEK '{}')",
@@ -92,10 +105,49 @@ pub fn initialize() -> Result<()> {
             m.config.token_label,
             m.config.kek_label
         ),
-        None => crate::log_info!("initialised: {} slot(s); no DEK slot", m.slots.len()),
+        None => crate::log_info!(
+            "initialised: {} slot(s); pass-through only (passthrough_only = true): no DEKs",
+            m.slots.len()
+        ),
     }
     CURRENT.publish(&life, m);
     Ok(())
+}
+
+/// Why C_Initialize failed, as the one line the user sees: the cause (file,
+/// key, path), what to do, and the code returned.
+struct InitFailure {
+    cause: String,
+    todo: String,
+    rv: CK_RV,
+}
+
+impl InitFailure {
+    fn new(error: Error, todo: String) -> Self {
+        InitFailure {
+            cause: error.to_string(),
+            todo,
+            rv: error.rv(),
+        }
+    }
+
+    /// A cause this module found, returned as `rv`.
+    fn found(cause: String, todo: String, rv: CK_RV) -> Self {
+        InitFailure { cause, todo, rv }
+    }
+
+    fn rv(&self) -> CK_RV {
+        self.rv
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "C_Initialize failed: {}; {} ({})",
+            self.cause,
+            self.todo,
+            crate::rv_name::rv_name(self.rv)
+        )
+    }
 }
 
 /// Tear down, after every call in progress has finished with the module.
@@ -118,27 +170,77 @@ pub fn finalize() -> Result<()> {
 }
 
 impl Module {
-    fn start(config: Config) -> Result<Module> {
-        let backend = Arc::new(Backend::load(&config.backend_module)?);
+    fn start(config: Config) -> std::result::Result<Module, InitFailure> {
+        let at = config.where_to_set();
+        let backend = Backend::load(&config.backend_module).map_err(|e| {
+            let todo = match &e {
+                Error::Backend { .. } => format!(
+                    "check the HSM's own configuration (SoftHSM2: the file SOFTHSM2_CONF names), \
+                     or set backend_module {at}"
+                ),
+                _ => format!("set backend_module {at} to the HSM's PKCS#11 module"),
+            };
+            InitFailure::new(e, todo)
+        })?;
+        let backend = Arc::new(backend);
+        match Module::start_on(config, backend.clone()) {
+            Ok(m) => Ok(m),
+            Err(f) => {
+                // Leave the backend as we found it.
+                if let Ok(b) = Arc::try_unwrap(backend) {
+                    b.finalize();
+                }
+                Err(f)
+            }
+        }
+    }
+
+    fn start_on(config: Config, backend: Arc<Backend>) -> std::result::Result<Module, InitFailure> {
+        let at = config.where_to_set();
+        let backend_failed = |e: Error| {
+            InitFailure::new(
+                e,
+                format!("check that the HSM is reachable, or set backend_module {at}"),
+            )
+        };
         let mut slots = Vec::new();
+        let mut labels = Vec::new();
         let mut dek_slot = None;
-        for id in backend.token_slots()? {
-            let info = backend.token_info(id)?;
-            if label_of(&info.label) == config.token_label && dek_slot.is_none() {
+        for id in backend.token_slots().map_err(backend_failed)? {
+            let info = backend.token_info(id).map_err(backend_failed)?;
+            let label = label_of(&info.label);
+            if label == config.token_label && dek_slot.is_none() {
                 dek_slot = Some(slots.len());
             }
+            labels.push(format!("'{label}'"));
             slots.push(SlotEntry { backend_id: id });
         }
-        if dek_slot.is_none() {
-            crate::log_warn!(
-                "no backend token labelled '{}': DEKs are unavailable, other calls pass through",
-                config.token_label
-            );
+        if config.passthrough_only {
+            dek_slot = None;
+        } else if dek_slot.is_none() {
+            // Fail closed: without the KEK's token, a key an application
+            // asks for would be a plain backend key, not a DEK.
+            let have = if labels.is_empty() {
+                "the backend has no initialised token".to_string()
+            } else {
+                format!("the backend's tokens: {}", labels.join(", "))
+            };
+            return Err(InitFailure::found(
+                format!(
+                    "no backend token labelled '{}' ({have})",
+                    config.token_label
+                ),
+                format!(
+                    "set token_label {at} to the token that holds the KEK, \
+                     or passthrough_only = true to use the module without DEKs"
+                ),
+                crate::vendor::CKR_HSME_KEK_UNAVAILABLE,
+            ));
         }
         let envelope = match dek_slot.and_then(|i| slots.get(i)) {
             Some(s) => {
-                let slot =
-                    Slot::try_from(s.backend_id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+                let slot = Slot::try_from(s.backend_id)
+                    .map_err(|_| backend_failed(Error::Rv(CKR_GENERAL_ERROR)))?;
                 Some(Envelope::new(
                     crate::envelope::service::Settings::from(&config),
                     slot,
@@ -147,11 +249,60 @@ impl Module {
             }
             None => None,
         };
-        // A purge-protection setting the store refuses is a configuration
-        // error, reported now rather than at the first DEK.
         if let Some(env) = &envelope {
-            env.with_store(|_| Ok(()))?;
-            env.open_audit(&config)?;
+            // The store opens now, so that a bad path or a purge-protection
+            // setting the store refuses is reported here, not at the first DEK.
+            // (`record_counts` lists the KEK labels the store's records are under.)
+            let (ours, theirs) = env
+                .with_store(|st| {
+                    Ok((
+                        st.kek_versions(&config.kek_label)?.len(),
+                        st.record_counts()?,
+                    ))
+                })
+                .map_err(|e| {
+                    let todo = match (&e, &config.store_url) {
+                        (Error::Config(_), _) => format!("correct the configuration {at}"),
+                        (_, Some(_)) => format!(
+                            "check that the PostgreSQL server is up and the database exists, \
+                             or correct store_url {at}"
+                        ),
+                        (_, None) => format!(
+                            "create the directory, or set store_path {at} to a file in a writable directory"
+                        ),
+                    };
+                    InitFailure::new(e, todo)
+                })?;
+            // The KEK is private on the HSM: without a login only the store
+            // can tell a mistyped kek_label (C_Login checks the HSM itself).
+            let mut others: Vec<String> = theirs
+                .into_iter()
+                .map(|(label, _, _)| label)
+                .filter(|l| *l != config.kek_label)
+                .collect();
+            others.dedup();
+            if ours == 0 && !others.is_empty() {
+                return Err(InitFailure::found(
+                    format!(
+                        "the store {} holds DEKs under KEK {} but no versions of '{}'",
+                        config.store_location(),
+                        others
+                            .iter()
+                            .map(|l| format!("'{l}'"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        config.kek_label
+                    ),
+                    format!("set kek_label {at} to the KEK's label"),
+                    crate::vendor::CKR_HSME_KEK_UNAVAILABLE,
+                ));
+            }
+            env.open_audit(&config).map_err(|e| {
+                InitFailure::new(
+                    e,
+                    format!("create its directory, or set audit_log {at} to a writable file"),
+                )
+            })?;
         }
         let n_slots = slots.len();
         Ok(Module {

@@ -122,6 +122,16 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Re
     // The PIN goes straight from the caller's buffer to the backend.
     let result = forward(&m, &s, |bs| m.backend.login(bs, user, pin));
     let rv = rv_of(&result);
+    let who = match user {
+        CKU_SO => "the Security Officer",
+        CKU_USER => "the user",
+        _ => "context-specific",
+    };
+    crate::log_info!(
+        "login on slot {} as {who}: {}",
+        s.slot,
+        crate::rv_name::rv_name(rv)
+    );
     // Already logged in (the host may drive the backend itself): the token
     // is logged in all the same, so record it, and still report the code.
     if rv != CKR_USER_ALREADY_LOGGED_IN {
@@ -130,6 +140,16 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Re
                 func: "C_Login",
                 rv: e.rv(),
             });
+        }
+    }
+    if rv == CKR_OK && user == CKU_USER {
+        if let Ok(env) = m.envelope_for(s.slot) {
+            // Fail closed: the KEK is private, so only now can the module
+            // see that the configured one is not on the token.
+            if let Err(e) = kek_is_there(&m, env) {
+                let _ = forward(&m, &s, |bs| m.backend.logout(bs));
+                return Err(e);
+            }
         }
     }
     if user != CKU_CONTEXT_SPECIFIC {
@@ -150,17 +170,34 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Re
             }),
         );
     }
-    let who = match user {
-        CKU_SO => "the Security Officer",
-        CKU_USER => "the user",
-        _ => "context-specific",
-    };
-    crate::log_info!(
-        "login on slot {} as {who}: {}",
-        s.slot,
-        crate::rv_name::rv_name(rv)
-    );
     result
+}
+
+/// After the user's login on the DEK slot: the configured KEK must be on
+/// the token (or recorded in the store). If it is not, the configuration
+/// names the wrong KEK, and the user is told on stderr and in the log.
+fn kek_is_there(m: &Module, env: &crate::envelope::Envelope) -> Result<()> {
+    match env.kek_present() {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            crate::logging::error_to_user(format_args!(
+                "C_Login: no KEK labelled '{}' on token '{}' (and none recorded in the store {}); \
+                 set kek_label {} to the KEK's label, or make one with `hsm-envelope kek create` ({})",
+                m.config.kek_label,
+                m.config.token_label,
+                m.config.store_location(),
+                m.config.where_to_set(),
+                crate::rv_name::rv_name(crate::vendor::CKR_HSME_KEK_UNAVAILABLE)
+            ));
+            Err(Error::Rv(crate::vendor::CKR_HSME_KEK_UNAVAILABLE))
+        }
+        // The HSM or the store failed: that call's own error, as it would
+        // have been at the first DEK.
+        Err(e) => {
+            crate::log_warn!("C_Login: cannot check for the KEK: {e}");
+            Ok(())
+        }
+    }
 }
 
 pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
