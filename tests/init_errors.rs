@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use common::p11::*;
 use common::*;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::Attribute;
+use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use hsm_envelope::vendor::CKR_HSME_KEK_UNAVAILABLE;
@@ -314,4 +314,169 @@ fn a_kek_label_the_token_does_not_hold_fails_c_login() {
     p.finalize().unwrap();
     let o = tool(&t.conf, &["--login", "--pin", USER_PIN, "-O"]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A second token on the backend: the module shows it as a slot of its own,
+/// which holds no KEK.
+fn second_token() {
+    let o = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "other",
+            "--pin",
+            USER_PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .output()
+        .expect("softhsm2-util");
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn other_slot(p: &cryptoki::context::Pkcs11) -> cryptoki::slot::Slot {
+    p.get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| p.get_token_info(*s).unwrap().label() == "other")
+        .expect("the token 'other'")
+}
+
+#[test]
+fn an_aes_key_on_a_slot_without_the_kek_needs_cka_hsme_on_backend() {
+    let t = TestToken::new();
+    second_token();
+    let p = ours();
+    let other = other_slot(&p);
+    let s = user_session(&p, other);
+    let template = |extra: Vec<Attribute>| {
+        let mut v = vec![Attribute::ValueLen(32.into())];
+        v.extend(extra);
+        aes_template(false, v)
+    };
+    // Asked for like a DEK: refused, not quietly made on the backend.
+    let e = s
+        .generate_key(&Mechanism::AesKeyGen, &template(vec![]))
+        .unwrap_err();
+    assert_eq!(
+        rv(e),
+        cryptoki::error::RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE)
+    );
+    let e = s
+        .create_object(&aes_template(false, vec![Attribute::Value(vec![7; 32])]))
+        .unwrap_err();
+    assert_eq!(
+        rv(e),
+        cryptoki::error::RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE)
+    );
+    assert!(
+        log_text(&t).contains(&format!("C_GenerateKey on slot {} refused", other.id())),
+        "{}",
+        log_text(&t)
+    );
+    // Asked for as a backend key: made on the backend.
+    let on_backend = Attribute::VendorDefined((
+        cryptoki::object::AttributeType::VendorDefined(hsm_envelope::vendor::CKA_HSME_ON_BACKEND),
+        vec![1],
+    ));
+    let k = s
+        .generate_key(&Mechanism::AesKeyGen, &template(vec![on_backend.clone()]))
+        .expect("a backend key, as asked");
+    assert!(!bool_attr(&s, k, cryptoki::object::AttributeType::Token));
+    s.create_object(&aes_template(
+        false,
+        vec![Attribute::Value(vec![7; 32]), on_backend.clone()],
+    ))
+    .expect("an imported backend key, as asked");
+    // Unwrapped by a backend key with AES key wrap: the same rule.
+    let wk = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &template(vec![
+                on_backend.clone(),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+            ]),
+        )
+        .unwrap();
+    let inner = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &template(vec![on_backend.clone(), Attribute::Extractable(true)]),
+        )
+        .unwrap();
+    let blob = s.wrap_key(&Mechanism::AesKeyWrapPad, wk, inner).unwrap();
+    let e = s
+        .unwrap_key(
+            &Mechanism::AesKeyWrapPad,
+            wk,
+            &blob,
+            &aes_template(false, vec![]),
+        )
+        .unwrap_err();
+    assert_eq!(
+        rv(e),
+        cryptoki::error::RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE)
+    );
+    s.unwrap_key(
+        &Mechanism::AesKeyWrapPad,
+        wk,
+        &blob,
+        &aes_template(false, vec![on_backend.clone()]),
+    )
+    .expect("unwrapped into a backend key, as asked");
+    // Derived from a backend key: the same rule.
+    let base = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &template(vec![on_backend.clone(), Attribute::Derive(true)]),
+        )
+        .unwrap();
+    let derive = |extra: Vec<Attribute>| {
+        s.derive_key(
+            &Mechanism::AesCbcEncryptData(cryptoki::mechanism::ekdf::AesCbcDeriveParams::new(
+                [0u8; 16], &[5u8; 32],
+            )),
+            base,
+            &template(extra),
+        )
+    };
+    let e = derive(vec![]).unwrap_err();
+    assert_eq!(
+        rv(e),
+        cryptoki::error::RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE)
+    );
+    derive(vec![on_backend.clone()]).expect("derived into a backend key, as asked");
+    // Other objects pass through as before.
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(false),
+        Attribute::Value(b"x".to_vec()),
+    ])
+    .expect("a data object");
+}
+
+#[test]
+fn passthrough_only_makes_aes_keys_on_every_slot_as_asked() {
+    let t = TestToken::new();
+    second_token();
+    std::fs::write(
+        &t.conf,
+        format!("{}passthrough_only = true\n", t.config_text()),
+    )
+    .unwrap();
+    let p = ours();
+    let s = user_session(&p, other_slot(&p));
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &aes_template(false, vec![Attribute::ValueLen(32.into())]),
+    )
+    .expect("passed through");
+    let s = user_session(&p, token_slot(&p));
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &aes_template(false, vec![Attribute::ValueLen(32.into())]),
+    )
+    .expect("passed through on the KEK's token too");
 }

@@ -20,6 +20,34 @@ pub fn is_dek_slot(m: &Module, s: &Session) -> bool {
     m.dek_slot == Some(s.slot)
 }
 
+/// Whether a key the application asks for becomes a DEK on this slot.
+/// `wants_dek` says whether the template asks for one (an AES secret key
+/// without `CKA_HSME_ON_BACKEND`). On the DEK slot that is the answer; on a
+/// slot without the KEK such a key is refused, since made on the backend it
+/// would pass for a DEK and be none (fail closed): the application must ask
+/// for a backend key with `CKA_HSME_ON_BACKEND`. A module configured with
+/// `passthrough_only` makes no DEKs and passes every key through.
+pub fn dek_here(
+    m: &Module,
+    s: &Session,
+    call: &str,
+    wants_dek: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    if m.config.passthrough_only {
+        return Ok(false);
+    }
+    let wants = wants_dek()?;
+    if wants && !is_dek_slot(m, s) {
+        crate::log_warn!(
+            "{call} on slot {} refused: the token there holds no KEK, so the AES key would not \
+             be a DEK; set CKA_HSME_ON_BACKEND true in the template to make a plain backend key",
+            s.slot
+        );
+        return Err(Error::Rv(crate::vendor::CKR_HSME_KEK_UNAVAILABLE));
+    }
+    Ok(wants)
+}
+
 /// Labels reserved for the module's own keys on the backend token: the KEK
 /// and the audit log's HMAC key (whose MACs would otherwise be forgeable by
 /// any application using the module).

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 use crate::token::forward::forward;
 use crate::token::kek_guard::{
-    derive_mechanism_has_handles, is_dek_slot, is_kek, kek_only_key_wraps, refuse_kek_label,
+    dek_here, derive_mechanism_has_handles, is_kek, kek_only_key_wraps, refuse_kek_label,
 };
 use crate::token::module::Module;
 use crate::token::object::dek;
@@ -235,7 +235,7 @@ pub fn unwrap_key(
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
     let kind = mech.kind();
-    let to_dek = is_dek_slot(&m, &s) && policy::wants_dek(t, false)?;
+    let to_dek = dek_here(&m, &s, "C_UnwrapKey", || policy::wants_dek(t, false))?;
     if !to_dek {
         refuse_kek_label(&m, &s, t)?;
     }
@@ -355,7 +355,7 @@ pub fn derive_key(
     if derive_mechanism_has_handles(kind) {
         return Err(Error::Rv(CKR_MECHANISM_INVALID));
     }
-    let to_dek = is_dek_slot(&m, &s) && policy::wants_dek(t, true)?;
+    let to_dek = dek_here(&m, &s, "C_DeriveKey", || policy::wants_dek(t, true))?;
     if !to_dek {
         refuse_kek_label(&m, &s, t)?;
         if find_in(t, CKA_HSME_ON_BACKEND).is_some_and(|v| v != [CK_TRUE]) {

@@ -10,7 +10,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
 use crate::token::forward::forward;
-use crate::token::kek_guard::{is_dek_slot, is_kek, refuse_kek, refuse_kek_label};
+use crate::token::kek_guard::{dek_here, is_kek, refuse_kek, refuse_kek_label};
 use crate::token::module::Module;
 use crate::token::object::dek::{self, Answer};
 use crate::token::object::policy::{self, Origin};
@@ -92,7 +92,7 @@ pub fn backend_key(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<CK_OB
 
 pub fn create_object(h: CK_SESSION_HANDLE, t: &Template) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
-    if is_dek_slot(&m, &s) && policy::wants_dek(t, false)? {
+    if dek_here(&m, &s, "C_CreateObject", || policy::wants_dek(t, false))? {
         return dek::create(&m, &s, t, Origin::Imported, None);
     }
     refuse_kek_label(&m, &s, t)?;
@@ -107,7 +107,9 @@ pub fn generate_key(
     t: &Template,
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
-    if mech.kind() == CKM_AES_KEY_GEN && is_dek_slot(&m, &s) && policy::wants_dek(t, true)? {
+    if mech.kind() == CKM_AES_KEY_GEN
+        && dek_here(&m, &s, "C_GenerateKey", || policy::wants_dek(t, true))?
+    {
         return dek::create(&m, &s, t, Origin::Generated, None);
     }
     refuse_kek_label(&m, &s, t)?;
