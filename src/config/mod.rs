@@ -55,6 +55,32 @@ pub fn find_softhsm2() -> Result<PathBuf> {
         })
 }
 
+/// Which DEKs the module lets applications make (`key_export`): a policy
+/// the security team sets in the configuration, which no template can
+/// override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyExport {
+    /// Any DEK the PKCS#11 attribute rules allow (the default).
+    Any,
+    /// Only sensitive DEKs: a value may leave the module wrapped, never in
+    /// clear.
+    Wrapped,
+    /// Only sensitive, non-extractable DEKs: a value never leaves the module.
+    None,
+}
+
+impl KeyExport {
+    /// The value as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyExport::Any => "any",
+            KeyExport::Wrapped => "wrapped",
+            KeyExport::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -68,6 +94,8 @@ pub struct Config {
     /// backend. Without it, a `token_label` that matches no token makes
     /// C_Initialize fail.
     pub passthrough_only: bool,
+    /// Which DEKs may be made (see [`KeyExport`]).
+    pub key_export: KeyExport,
     /// SQLite file holding wrapped DEK records (created on first use).
     /// Unused when `store_url` is set.
     pub store_path: PathBuf,
@@ -141,6 +169,7 @@ impl Default for Config {
             token_label: "hsm-envelope".into(),
             kek_label: "kek".into(),
             passthrough_only: false,
+            key_export: KeyExport::Any,
             store_path: data.join("hsm-envelope").join("deks.sqlite"),
             store_url: None,
             log_file: None,
@@ -414,6 +443,24 @@ mod tests {
                 .unwrap()
                 .passthrough_only
         );
+    }
+
+    #[test]
+    fn key_export_defaults_to_any_and_takes_three_values() {
+        assert_eq!(Config::from_toml("").unwrap().key_export, KeyExport::Any);
+        for (v, want) in [
+            ("any", KeyExport::Any),
+            ("wrapped", KeyExport::Wrapped),
+            ("none", KeyExport::None),
+        ] {
+            let c = Config::from_toml(&format!("key_export = \"{v}\"")).unwrap();
+            assert_eq!(c.key_export, want);
+            assert_eq!(want.name(), v);
+        }
+        let e = Config::from_toml("key_export = \"None\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `key_export` (line 1)"), "{e}");
     }
 
     #[test]

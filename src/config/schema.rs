@@ -35,6 +35,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("token_label", Kind::Text),
     ("kek_label", Kind::Text),
     ("passthrough_only", Kind::Bool),
+    ("key_export", Kind::OneOf(&["any", "wrapped", "none"])),
     ("store_path", Kind::Path),
     ("store_url", Kind::Text),
     ("log_file", Kind::Path),
@@ -265,6 +266,10 @@ mod tests {
         assert_eq!(
             err("store_path = [\"a\"]"),
             "key `store_path` (line 1): expected a file path in double quotes, not a list"
+        );
+        assert_eq!(
+            err("key_export = \"some\""),
+            "key `key_export` (line 1): expected one of \"any\", \"wrapped\", \"none\", not the string \"some\""
         );
         assert_eq!(
             err("log_level = \"loud\""),

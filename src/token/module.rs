@@ -100,10 +100,11 @@ pub fn initialize() -> Result<()> {
     };
     match m.dek_slot {
         Some(i) => crate::log_info!(
-            "initialised: {} slot(s); DEKs on slot {i} (token '{}', KEK '{}')",
+            "initialised: {} slot(s); DEKs on slot {i} (token '{}', KEK '{}', key_export = \"{}\")",
             m.slots.len(),
             m.config.token_label,
-            m.config.kek_label
+            m.config.kek_label,
+            m.config.key_export.name()
         ),
         None => crate::log_info!(
             "initialised: {} slot(s); pass-through only (passthrough_only = true): no DEKs",

@@ -65,6 +65,13 @@ pub fn create(
     // No DEK may pass for the KEK (or the audit key) in a search by label.
     refuse_kek_label(m, s, template)?;
     let (mut attrs, tvalue) = policy::new_dek(template, origin)?;
+    let (origin_name, call) = match origin {
+        Origin::Generated => ("generated", "C_GenerateKey"),
+        Origin::Imported => ("imported", "C_CreateObject"),
+        Origin::Unwrapped => ("unwrapped", "C_UnwrapKey"),
+        Origin::Derived => ("derived", "C_DeriveKey"),
+    };
+    policy::check_export(&attrs, m.config.key_export, call)?;
     let token = attrs.flag(CKA_TOKEN);
     if token && !s.is_rw() {
         return Err(Error::Rv(CKR_SESSION_READ_ONLY));
@@ -100,13 +107,7 @@ pub fn create(
     }
     attrs.set_ulong(CKA_VALUE_LEN, value.len() as CK_ULONG);
     attrs.set(CKA_CHECK_VALUE, check_value(value.as_slice()));
-    let origin = match origin {
-        Origin::Generated => "generated",
-        Origin::Imported => "imported",
-        Origin::Unwrapped => "unwrapped",
-        Origin::Derived => "derived",
-    };
-    persist(m, s, attrs, value, origin)
+    persist(m, s, attrs, value, origin_name)
 }
 
 /// A DEK with final attributes `attrs` and `value`: sealed under the KEK on
@@ -254,6 +255,7 @@ pub fn copy(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<CK_OBJECT_
         }
         attrs.set_bool(a.ty, v);
     }
+    policy::check_export(&attrs, m.config.key_export, "C_CopyObject")?;
     if attrs.flag(CKA_TOKEN) && !s.is_rw() {
         return Err(Error::Rv(CKR_SESSION_READ_ONLY));
     }

@@ -251,6 +251,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
         return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
     }
     let new = policy::apply_set(&w.attrs, t)?;
+    policy::check_export(&new, m.config.key_export, "C_SetAttributeValue")?;
     let env = m.envelope_for(d.slot)?;
     // Bound attributes changed: the record must be sealed again.
     let resealed = if new.bound_encoding() != w.attrs.bound_encoding() {

@@ -5,6 +5,7 @@
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
+use crate::config::KeyExport;
 use crate::error::{Error, Result};
 use crate::token::object::template::{as_bool, as_ulong, Attrs, Template};
 use crate::vendor::{CKA_HSME_KEK_VERSION, CKA_HSME_ON_BACKEND};
@@ -186,6 +187,31 @@ pub fn new_dek(template: &Template, origin: Origin) -> Result<(Attrs, Option<Zer
     Ok((attrs, value))
 }
 
+/// The configuration's `key_export` policy, on the attributes a DEK is made
+/// with or changed to by `call`: `wrapped` refuses a DEK that is not
+/// sensitive (its value could be read in clear), `none` also an extractable
+/// one. `CKR_TEMPLATE_INCONSISTENT`, as PKCS#11 (4.1.1) says for "a template
+/// with an attribute that violates some token specific requirement": each
+/// value is valid in Cryptoki, this token does not accept it.
+pub fn check_export(attrs: &Attrs, policy: KeyExport, call: &str) -> Result<()> {
+    let refused = match policy {
+        KeyExport::Any => None,
+        _ if !attrs.flag(CKA_SENSITIVE) => Some("CKA_SENSITIVE false"),
+        KeyExport::None if attrs.flag(CKA_EXTRACTABLE) => Some("CKA_EXTRACTABLE true"),
+        _ => None,
+    };
+    match refused {
+        Some(what) => {
+            crate::log_warn!(
+                "{call}: refused a DEK with {what}: the configuration says key_export = \"{}\"",
+                policy.name()
+            );
+            Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Apply a C_SetAttributeValue template to a copy of `attrs`. Every entry is
 /// checked before anything changes, so a refused template changes nothing.
 pub fn apply_set(attrs: &Attrs, template: &Template) -> Result<Attrs> {
@@ -315,6 +341,46 @@ mod tests {
             .rv(),
             CKR_ATTRIBUTE_VALUE_INVALID
         );
+    }
+
+    #[test]
+    fn key_export_refuses_readable_then_extractable_deks() {
+        let dek = |sensitive: u8, extractable: u8| {
+            new_dek(
+                &t(&[
+                    (CKA_VALUE_LEN, ulong_bytes(32)),
+                    (CKA_SENSITIVE, vec![sensitive]),
+                    (CKA_EXTRACTABLE, vec![extractable]),
+                ]),
+                Origin::Generated,
+            )
+            .unwrap()
+            .0
+        };
+        let rv = |a: &Attrs, p| check_export(a, p, "C_GenerateKey").map_err(|e| e.rv());
+        let inconsistent = Err(CKR_TEMPLATE_INCONSISTENT);
+        for (s, x, any, wrapped, none) in [
+            (1, 0, Ok(()), Ok(()), Ok(())),
+            (1, 1, Ok(()), Ok(()), inconsistent),
+            (0, 0, Ok(()), inconsistent, inconsistent),
+            (0, 1, Ok(()), inconsistent, inconsistent),
+        ] {
+            let a = dek(s, x);
+            assert_eq!(rv(&a, KeyExport::Any), any, "sensitive {s} extractable {x}");
+            assert_eq!(
+                rv(&a, KeyExport::Wrapped),
+                wrapped,
+                "sensitive {s} extractable {x}"
+            );
+            assert_eq!(
+                rv(&a, KeyExport::None),
+                none,
+                "sensitive {s} extractable {x}"
+            );
+        }
+        // The defaults (sensitive, not extractable) pass every policy.
+        let (a, _) = new_dek(&t(&[(CKA_VALUE_LEN, ulong_bytes(16))]), Origin::Generated).unwrap();
+        assert_eq!(rv(&a, KeyExport::None), Ok(()));
     }
 
     #[test]
