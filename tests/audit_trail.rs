@@ -126,3 +126,79 @@ fn the_module_and_the_tool_leave_a_verifiable_trail() {
     let report: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(report["first_bad"]["line"], 2, "{report}");
 }
+
+/// The application's last session closes before C_Finalize (pkcs11-tool
+/// does this): the login ends there, so the checkpoint over the process's
+/// lines is signed then, while the HMAC key can still be used, and nothing
+/// is left unauthenticated or warned about.
+#[test]
+fn the_final_checkpoint_is_signed_when_the_last_session_closes_first() {
+    let t = TestToken::new();
+    let log = t.path().join("audit-close.jsonl");
+    std::fs::write(
+        &t.conf,
+        format!("{}audit_log = \"{}\"\n", t.config_text(), log.display()),
+    )
+    .unwrap();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    drop(s); // the last session: the application is logged out
+    p.finalize().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("audit lines")).unwrap();
+    assert_eq!(last["op"], "checkpoint", "{text}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&tool(&t, &["--json", "audit", "verify"]).stdout).unwrap();
+    assert_eq!(doc["unauthenticated_tail"], 0, "{doc:#}");
+    let module_log = std::fs::read_to_string(t.log_file()).unwrap();
+    assert!(
+        !module_log.contains("cannot sign a checkpoint"),
+        "{module_log}"
+    );
+}
+
+/// C_Logout: everything before it is signed before the backend logs out;
+/// only the logout line itself follows the last checkpoint, and C_Finalize,
+/// with nobody logged in, does not try (and fail) to sign.
+#[test]
+fn c_logout_signs_before_the_login_ends() {
+    let t = TestToken::new();
+    let log = t.path().join("audit-logout.jsonl");
+    std::fs::write(
+        &t.conf,
+        format!("{}audit_log = \"{}\"\n", t.config_text(), log.display()),
+    )
+    .unwrap();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").unwrap();
+    s.logout().unwrap();
+    drop(s);
+    p.finalize().unwrap();
+
+    let ops: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["op"].to_string())
+        .collect();
+    let n = ops.len();
+    assert!(n >= 2, "{ops:?}");
+    assert_eq!(
+        (ops[n - 2].as_str(), ops[n - 1].as_str()),
+        ("\"checkpoint\"", "\"logout\""),
+        "{ops:?}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&tool(&t, &["--json", "audit", "verify"]).stdout).unwrap();
+    assert_eq!(doc["unauthenticated_tail"], 1, "{doc:#}");
+    let module_log = std::fs::read_to_string(t.log_file()).unwrap();
+    assert!(
+        !module_log.contains("cannot sign a checkpoint"),
+        "{module_log}"
+    );
+}

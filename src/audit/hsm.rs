@@ -110,11 +110,11 @@ pub fn find_key(session: &Session, label: &str) -> Result<ObjectHandle> {
     match found.as_slice() {
         [one] => Ok(*one),
         [] => Err(Error::Admin(format!(
-            "audit HMAC key {label:?} (generic secret, CKA_SIGN) not found on the token \
+            "audit HMAC key '{label}' (generic secret, CKA_SIGN) not found on the token \
              (is the session logged in? softhsm-config/new-token.sh creates it)"
         ))),
         many => Err(Error::Admin(format!(
-            "{} generic-secret keys are labelled {label:?}: expected exactly one",
+            "{} generic-secret keys are labelled '{label}': expected exactly one",
             many.len()
         ))),
     }

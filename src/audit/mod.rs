@@ -229,7 +229,7 @@ pub struct Stats {
 enum Checkpoint {
     IfDue,
     Force,
-    /// From Drop: the backend must not be called.
+    /// No backend call (from Drop, or nobody logged in to sign).
     Never,
 }
 
@@ -391,6 +391,17 @@ impl Audit {
         self.check_fork();
         let used = self.uses.take(now_unix());
         self.append(&use_bodies(&used), Checkpoint::Force);
+    }
+
+    /// Writes the pending use counts without a checkpoint: at C_Finalize
+    /// when nobody is logged in to sign one. The lines since the last
+    /// checkpoint stay chain-protected only (`verify` counts them).
+    pub fn flush_unsigned(&self) {
+        self.check_fork();
+        let used = self.uses.take(now_unix());
+        if !used.1.is_empty() {
+            self.append(&use_bodies(&used), Checkpoint::Never);
+        }
     }
 
     /// After fork() the counters hold the parent's uses: drop them.

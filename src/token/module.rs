@@ -328,7 +328,13 @@ impl Module {
         }
         if let Some(env) = &self.envelope {
             if let Some(a) = env.audit() {
-                a.flush();
+                match self.dek_slot {
+                    Some(slot) if self.is_user(slot) => a.flush(),
+                    // Nobody logged in: the HMAC key is out of sight, and
+                    // what follows the last checkpoint stays the
+                    // unauthenticated tail `audit verify` reports.
+                    _ => a.flush_unsigned(),
+                }
             }
             env.close();
         }
@@ -380,6 +386,19 @@ impl Module {
         }
     }
 
+    /// Write the audit log's pending use counts and a checkpoint over it,
+    /// signed on the HSM, while the user is still logged in to `slot` (the
+    /// HMAC key is private): called before the login ends, by C_Logout or
+    /// by the close of the application's last session.
+    pub fn sign_audit_checkpoint(&self, slot: usize) {
+        if self.dek_slot != Some(slot) || !self.is_user(slot) {
+            return;
+        }
+        if let Some(a) = self.envelope.as_ref().and_then(|e| e.audit()) {
+            a.flush();
+        }
+    }
+
     /// The envelope service, for a session on the DEK slot.
     pub fn envelope_for(&self, slot: usize) -> Result<&Envelope> {
         match (&self.envelope, self.dek_slot) {
@@ -393,6 +412,12 @@ impl Module {
     /// says: private session objects are destroyed, handles to private
     /// objects become invalid for good, and no key stays in use.
     pub fn logged_out(&self, slot: usize, via: Option<CK_SESSION_HANDLE>) {
+        if via.is_none() {
+            // The last session closed: the pooled sessions still hold the
+            // login, so the audit log's checkpoint can be signed now, and
+            // not after (see `sign_audit_checkpoint`).
+            self.sign_audit_checkpoint(slot);
+        }
         if let Some(l) = self.login.get(slot) {
             l.store(0, Ordering::Release);
         }

@@ -202,6 +202,9 @@ fn kek_is_there(m: &Module, env: &crate::envelope::Envelope) -> Result<()> {
 
 pub fn logout(h: CK_SESSION_HANDLE) -> Result<()> {
     let (m, s) = lookup(h)?;
+    // Signed while the HMAC key can still be seen; the logout line itself
+    // follows the checkpoint.
+    m.sign_audit_checkpoint(s.slot);
     // Logged out before the HSM hears of it: a DEK call racing this one
     // then fails as not logged in, not with whatever the HSM says mid-way.
     m.mark_logged_out(s.slot);
