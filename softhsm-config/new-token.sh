@@ -12,11 +12,17 @@
 # CKA_ID 02, token, private, sensitive, never extractable, sign/verify (it
 # authenticates the audit log's checkpoints with CKM_SHA256_HMAC).
 #
-# stdout is exactly two lines, so that
+# The configuration names the store DIR/deks.sqlite, the log file
+# DIR/hsm-envelope.log and the audit log DIR/audit.log.
+#
+# On success stdout is exactly two lines, so that
 #     eval "$(softhsm-config/new-token.sh DIR)"
 # prepares a shell:
 #     export SOFTHSM2_CONF=DIR/softhsm2.conf
 #     export HSM_ENVELOPE_CONF=DIR/hsm-envelope.toml
+# On failure (exit status 1, or 2 for a usage error) stdout is one line that
+# makes that eval fail too, visibly, and exports nothing:
+#     echo 'new-token.sh failed (exit 1): ...' >&2; false
 # Everything else goes to stderr. DIR may be relative or absolute and is
 # created if missing; it must not already hold a token.
 #
@@ -27,6 +33,17 @@
 set -euo pipefail
 
 prog=new-token.sh
+# stdout is what `eval "$(new-token.sh DIR)"` runs: on failure, make that
+# fail as well (a plain `false`: an `exit` would close the user's shell).
+on_exit() {
+    local rc=$?
+    if ((rc != 0)); then
+        printf "echo '%s failed (exit %d): see its messages above; nothing was exported' >&2; false\n" \
+            "$prog" "$rc"
+    fi
+    return "$rc"
+}
+trap on_exit EXIT
 die() {
     printf '%s: error: %s\n' "$prog" "$*" >&2
     exit 1
@@ -226,6 +243,7 @@ toml_str() { # TOML basic string
     printf 'store_path = %s\n' "$(toml_str "$dir/deks.sqlite")"
     printf 'log_file = %s\n' "$(toml_str "$dir/hsm-envelope.log")"
     printf 'log_level = "info"\n'
+    printf 'audit_log = %s\n' "$(toml_str "$dir/audit.log")"
 } >"$conf"
 
 note "token ready in $dir (user PIN and SO PIN as given by PIN/SO_PIN, default 1234/5678)"

@@ -909,7 +909,7 @@ fn write_audit_log(path: &Path, tail: usize) -> Vec<String> {
 #[test]
 fn audit_verify_accepts_an_intact_log_and_names_an_edited_line() {
     let t = TestToken::new();
-    let path = t.path().join("audit.log");
+    let path = t.path().join("written.log");
     let lines = write_audit_log(&path, 0);
     let n = lines.len() as u64;
     assert!(n >= 13, "{lines:#?}");
@@ -927,9 +927,11 @@ fn audit_verify_accepts_an_intact_log_and_names_an_edited_line() {
     assert_eq!(doc["first_bad"], Value::Null);
 
     // The default path comes from the configuration's `audit_log`.
-    let mut text = t.config_text();
-    text.push_str(&format!("audit_log = {:?}\n", log));
-    let with_log = write_config(&t, "with-log.toml", &text);
+    let with_log = write_config(
+        &t,
+        "with-log.toml",
+        &t.config_with("audit_log", &format!("{log:?}")),
+    );
     let o = with_config(&t, &with_log, &["audit", "verify"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(stdout(&o).contains(log), "{}", show(&o));
@@ -959,7 +961,7 @@ fn audit_verify_accepts_an_intact_log_and_names_an_edited_line() {
 #[test]
 fn audit_verify_warns_about_the_unauthenticated_tail_and_needs_a_log_and_the_key() {
     let t = TestToken::new();
-    let path = t.path().join("audit.log");
+    let path = t.path().join("written.log");
     let lines = write_audit_log(&path, 2);
     let n = lines.len() as u64;
     let log = path.to_str().unwrap();
@@ -976,8 +978,17 @@ fn audit_verify_warns_about_the_unauthenticated_tail_and_needs_a_log_and_the_key
     let doc = ok_json(&t, &["audit", "verify", "--log", log]);
     assert_eq!(doc["unauthenticated_tail"], 2, "{doc:#}");
 
-    // No --log and no `audit_log`: exit 2, before the PIN.
+    // No --log and no `audit_log` (new-token.sh writes one: taken out
+    // here): exit 2, before the PIN.
+    let no_audit: String = t
+        .config_text()
+        .lines()
+        .filter(|l| !l.starts_with("audit_log ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let no_audit = write_config(&t, "no-audit.toml", &no_audit);
     let mut c = cli_cmd(&t, &["audit", "verify"]);
+    c.env("HSM_ENVELOPE_CONF", &no_audit);
     c.env_remove("HSM_ENVELOPE_PIN");
     let o = run(c);
     assert_eq!(code(&o), 2, "{}", show(&o));
@@ -1035,7 +1046,7 @@ fn kek_create_and_rotate_make_the_audit_hmac_key_if_missing() {
     assert_eq!(find(&hs).len(), 1);
 
     // The new key authenticates checkpoints that `audit verify` accepts.
-    let path = t.path().join("audit.log");
+    let path = t.path().join("written.log");
     write_audit_log(&path, 0);
     ok(&t, &["audit", "verify", "--log", path.to_str().unwrap()]);
 

@@ -25,13 +25,9 @@ fn tool(t: &TestToken, args: &[&str]) -> std::process::Output {
 #[test]
 fn the_module_and_the_tool_leave_a_verifiable_trail() {
     let t = TestToken::new();
-    let log = t.path().join("audit.jsonl");
-    let mut conf = t.config_text();
-    conf.push_str(&format!(
-        "audit_log = \"{}\"\naudit_checkpoint_lines = 4\n",
-        log.display()
-    ));
-    std::fs::write(&t.conf, conf).unwrap();
+    // new-token.sh names DIR/audit.log.
+    let log = t.audit_log();
+    t.set_config("audit_checkpoint_lines", "4");
 
     let p = ours();
     let s = user_session(&p, token_slot(&p));
@@ -134,12 +130,7 @@ fn the_module_and_the_tool_leave_a_verifiable_trail() {
 #[test]
 fn the_final_checkpoint_is_signed_when_the_last_session_closes_first() {
     let t = TestToken::new();
-    let log = t.path().join("audit-close.jsonl");
-    std::fs::write(
-        &t.conf,
-        format!("{}audit_log = \"{}\"\n", t.config_text(), log.display()),
-    )
-    .unwrap();
+    let log = t.audit_log();
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![]);
@@ -167,12 +158,7 @@ fn the_final_checkpoint_is_signed_when_the_last_session_closes_first() {
 #[test]
 fn c_logout_signs_before_the_login_ends() {
     let t = TestToken::new();
-    let log = t.path().join("audit-logout.jsonl");
-    std::fs::write(
-        &t.conf,
-        format!("{}audit_log = \"{}\"\n", t.config_text(), log.display()),
-    )
-    .unwrap();
+    let log = t.audit_log();
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![]);

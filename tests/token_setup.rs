@@ -260,8 +260,9 @@ fn written_config_has_expected_keys_and_absolute_paths() {
     expect("store_path", dir.join("deks.sqlite").to_str().unwrap());
     expect("log_file", dir.join("hsm-envelope.log").to_str().unwrap());
     expect("log_level", "info");
-    assert_eq!(map.len(), 6, "unexpected keys: {map:?}");
-    for k in ["backend_module", "store_path", "log_file"] {
+    expect("audit_log", dir.join("audit.log").to_str().unwrap());
+    assert_eq!(map.len(), 7, "unexpected keys: {map:?}");
+    for k in ["backend_module", "store_path", "log_file", "audit_log"] {
         assert!(Path::new(&map[k]).is_absolute(), "{k} is not absolute");
     }
     assert_eq!(token.store_path, dir.join("deks.sqlite"));
@@ -386,6 +387,70 @@ fn relative_dir_is_made_absolute() {
     );
 }
 
+/// On failure stdout exports nothing, and `eval "$(new-token.sh DIR)"`
+/// fails too, with a message on stderr.
+fn assert_eval_fails(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("export ")),
+        "export lines on failure: {stdout}"
+    );
+    let code = out.status.code().expect("new-token.sh was killed");
+    assert_eq!(
+        stdout,
+        format!(
+            "echo 'new-token.sh failed (exit {code}): see its messages above; nothing was exported' >&2; false\n"
+        )
+    );
+    let ev = Command::new("bash")
+        .args(["-c", "eval \"$1\" && echo EVAL-OK", "bash"])
+        .arg(stdout.as_ref())
+        .output()
+        .unwrap();
+    assert!(!ev.status.success(), "eval succeeded");
+    assert!(!String::from_utf8_lossy(&ev.stdout).contains("EVAL-OK"));
+    assert!(
+        String::from_utf8_lossy(&ev.stderr).contains("new-token.sh failed"),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+}
+
+#[test]
+fn eval_of_a_failed_run_fails_in_the_users_shell() {
+    let token = TestToken::new();
+    // As the README has it, on a DIR that already holds a token.
+    let o = Command::new("bash")
+        .args([
+            "-c",
+            "eval \"$(bash \"$1\" \"$2\")\"; echo \"eval status $?\"; echo \"HSM_ENVELOPE_CONF=${HSM_ENVELOPE_CONF:-unset}\"",
+            "bash",
+        ])
+        .arg(new_token_script())
+        .arg(token.dir.path())
+        .env_remove("HSM_ENVELOPE_CONF")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("eval status 1"), "{stdout}");
+    assert!(stdout.contains("HSM_ENVELOPE_CONF=unset"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("already holds a token") && stderr.contains("new-token.sh failed (exit 1)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_error_also_fails_the_eval() {
+    let out = Command::new("bash")
+        .arg(new_token_script())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eval_fails(&out);
+}
+
 #[test]
 fn second_run_on_same_dir_fails() {
     let token = TestToken::new();
@@ -395,7 +460,7 @@ fn second_run_on_same_dir_fails() {
         !out.status.success(),
         "second run on the same DIR succeeded"
     );
-    assert!(out.stdout.is_empty(), "no export lines on failure");
+    assert_eval_fails(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already holds a token"), "stderr: {stderr}");
     // The existing token is left alone.
@@ -412,7 +477,7 @@ fn missing_softhsm_module_is_a_clear_error() {
         &[("SOFTHSM2_MODULE", "/nonexistent/libsofthsm2.so")],
     );
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty());
+    assert_eval_fails(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("SOFTHSM2_MODULE=/nonexistent/libsofthsm2.so"),
@@ -459,7 +524,7 @@ fn missing_tools_are_a_clear_error() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty());
+    assert_eval_fails(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("softhsm2-util not found"),

@@ -152,6 +152,29 @@ impl TestToken {
     pub fn config_text(&self) -> String {
         std::fs::read_to_string(&self.conf).expect("read hsm-envelope.toml")
     }
+
+    /// The configuration with `key = value` (`value` as TOML) in place of
+    /// the line new-token.sh wrote for `key`, or added at the end.
+    pub fn config_with(&self, key: &str, value: &str) -> String {
+        let mut out: String = self
+            .config_text()
+            .lines()
+            .filter(|l| l.split_once('=').is_none_or(|(k, _)| k.trim() != key))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push_str(&format!("{key} = {value}\n"));
+        out
+    }
+
+    /// Writes [`TestToken::config_with`] to `HSM_ENVELOPE_CONF`.
+    pub fn set_config(&self, key: &str, value: &str) {
+        std::fs::write(&self.conf, self.config_with(key, value)).expect("write hsm-envelope.toml");
+    }
+
+    /// `DIR/audit.log`, the audit log named in the configuration.
+    pub fn audit_log(&self) -> PathBuf {
+        self.path().join("audit.log")
+    }
 }
 
 /// The repository root (where Cargo.toml and softhsm-config/ are).
