@@ -89,12 +89,16 @@ fn status_in_text_and_json() {
     let t = TestToken::new();
     let out = ok(&t, &["status"]);
     let store_line = format!("store            sqlite {}", t.store_path.display());
+    // The slot as the module numbers it, not SoftHSM2's (2081323628, say).
+    assert!(out.contains("'hsm-envelope': ok (slot 0)\n"), "{out}");
+    assert!(!out.contains("backend slot"), "{out}");
     for want in [
         "backend module",
         ": ok",
         "'hsm-envelope': ok",
         "login            ok",
         "KEK 'kek'        primary v1",
+        "  v1       aes256",
         "records          0 (0 soft-deleted, still recoverable)",
         "pending re-wrap  0",
         store_line.as_str(),
@@ -105,6 +109,8 @@ fn status_in_text_and_json() {
     assert_eq!(doc["store_engine"], "sqlite");
     assert_eq!(doc["store"], t.store_path.display().to_string());
     assert_eq!(doc["backend_module"]["loaded"], true);
+    assert_eq!(doc["token"]["slot"], 0);
+    assert!(doc["token"]["backend_slot"].as_u64().is_some(), "{doc:#}");
     assert_eq!(doc["token"]["found"], true);
     assert_eq!(doc["token"]["label"], TOKEN_LABEL);
     assert_eq!(doc["login"], true);
@@ -137,7 +143,11 @@ fn kek_list_in_text_and_json() {
     let t = TestToken::new();
     let out = ok(&t, &["kek", "list"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "KEK 'kek':", "{out}");
+    // The slot as the module (pkcs11-tool, applications) numbers it.
+    assert_eq!(
+        lines[0], "KEK 'kek' on token 'hsm-envelope' (slot 0):",
+        "{out}"
+    );
     for h in [
         "VERSION",
         "KIND",
@@ -149,12 +159,15 @@ fn kek_list_in_text_and_json() {
         assert!(lines[1].contains(h), "{h} missing: {out}");
     }
     let row: Vec<&str> = lines[2].split_whitespace().collect();
-    assert_eq!(row[..3], ["1", "aes256", "primary"], "{out}");
+    // Versions are named as in `status` and every other message: v1.
+    assert_eq!(row[..3], ["v1", "aes256", "primary"], "{out}");
     assert_eq!(row.last(), Some(&"0"), "{out}");
     assert!(row[3].ends_with('Z') && row[4].ends_with('Z'), "{out}");
 
     let doc = ok_json(&t, &["kek", "list"]);
     assert_eq!(doc["kek_label"], "kek");
+    assert_eq!(doc["token"], TOKEN_LABEL);
+    assert_eq!(doc["slot"], 0);
     assert_eq!(doc["primary"], 1);
     let v = &doc["versions"][0];
     assert_eq!(v["version"], 1);
@@ -1111,4 +1124,47 @@ fn dek_list_shows_last_use() {
             >= doc["deks"][0]["created"].as_i64().unwrap(),
         "{doc:#}"
     );
+}
+
+/// With a second token on the backend, `status` and `kek list` name the
+/// slot the module shows for the KEK's token, whichever it is.
+#[test]
+fn status_and_kek_list_show_the_modules_slot_id() {
+    let t = TestToken::new();
+    let o = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "other",
+            "--pin",
+            USER_PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let module_slot = {
+        let p = ours();
+        let id = token_slot(&p).id();
+        p.finalize().unwrap();
+        id
+    };
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(doc["token"]["slot"], module_slot, "{doc:#}");
+    assert_ne!(doc["token"]["backend_slot"], module_slot, "{doc:#}");
+    let out = ok(&t, &["status"]);
+    assert!(
+        out.contains(&format!("'hsm-envelope': ok (slot {module_slot})")),
+        "{out}"
+    );
+    let out = ok(&t, &["kek", "list"]);
+    assert!(
+        out.starts_with(&format!(
+            "KEK 'kek' on token 'hsm-envelope' (slot {module_slot}):\n"
+        )),
+        "{out}"
+    );
+    assert_eq!(ok_json(&t, &["kek", "list"])["slot"], module_slot);
 }

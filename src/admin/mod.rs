@@ -21,7 +21,12 @@ pub struct Admin {
     pub config: Config,
     backend: Arc<Backend>,
     pub env: Envelope,
+    /// The token's slot on the backend.
     pub slot: Slot,
+    /// The same slot as the module numbers it (its slot ids are indexes
+    /// into the backend's initialised tokens, in the backend's order):
+    /// what pkcs11-tool and applications see.
+    pub module_slot: usize,
 }
 
 impl Admin {
@@ -29,13 +34,14 @@ impl Admin {
     pub fn connect(config: Config, pin: &str) -> Result<Admin> {
         let backend = Arc::new(Backend::load(&config.backend_module)?);
         let mut found = None;
-        for id in backend.token_slots()? {
+        for (index, id) in backend.token_slots()?.into_iter().enumerate() {
             if label_of(&backend.token_info(id)?.label) == config.token_label {
-                found = Some(Slot::try_from(id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?);
+                let slot = Slot::try_from(id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+                found = Some((slot, index));
                 break;
             }
         }
-        let slot = found.ok_or_else(|| {
+        let (slot, module_slot) = found.ok_or_else(|| {
             Error::Admin(format!(
                 "no backend token labelled '{}'",
                 config.token_label
@@ -62,6 +68,7 @@ impl Admin {
             backend,
             env,
             slot,
+            module_slot,
         })
     }
 

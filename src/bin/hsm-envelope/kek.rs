@@ -166,7 +166,7 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
         .iter()
         .map(|(r, n)| {
             vec![
-                r.version.to_string(),
+                format!("v{}", r.version),
                 r.kind.clone(),
                 r.state.as_str().to_string(),
                 time(r.created),
@@ -176,8 +176,10 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
         })
         .collect();
     let text = format!(
-        "KEK '{}':\n{}",
+        "KEK '{}' on token '{}' (slot {}):\n{}",
         env.kek_label(),
+        admin.config.token_label,
+        admin.module_slot,
         table(
             &[
                 "VERSION",
@@ -198,6 +200,8 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
         text,
         json!({
             "kek_label": env.kek_label(),
+            "token": admin.config.token_label,
+            "slot": admin.module_slot,
             "primary": primary,
             "versions": versions.iter().map(|(r, n)| version_json(r, *n)).collect::<Vec<_>>(),
         }),

@@ -88,14 +88,15 @@ fn details(
     store: &Store,
 ) -> Result<Report, Failure> {
     let env = &admin.env;
-    let slot = admin.slot.id();
+    // The slot id applications see through the module, not the backend's.
+    let slot = admin.module_slot;
     let mut text = format!(
-        "backend module   {module}: ok\ntoken            '{token}': ok (backend slot {slot})\nlogin            ok\nstore            {} {}\n",
+        "backend module   {module}: ok\ntoken            '{token}': ok (slot {slot})\nlogin            ok\nstore            {} {}\n",
         store.engine, store.location
     );
     let mut doc = json!({
         "backend_module": {"path": module, "loaded": true},
-        "token": {"label": token, "found": true, "slot": slot},
+        "token": {"label": token, "found": true, "slot": slot, "backend_slot": admin.slot.id()},
         "login": true,
         "store": store.location,
         "store_engine": store.engine,
