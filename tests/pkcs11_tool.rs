@@ -1074,3 +1074,206 @@ fn pkcs11_spy_in_front_of_the_module_works() {
         .unwrap_or_default()
         .contains("C_GetSlotList"));
 }
+
+// --- the README's cheat sheet ---------------------------------------------------
+
+/// The rows (what, command) of the table under "### pkcs11-tool cheat
+/// sheet" in README.md, commands without their backticks.
+fn cheat_sheet() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n### pkcs11-tool cheat sheet\n")
+        .nth(1)
+        .expect("README.md has no '### pkcs11-tool cheat sheet'");
+    let section = section.split("\n#").next().unwrap_or("");
+    let mut rows = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            cells.len(),
+            2,
+            "a cheat-sheet row is | what | command |: {line}"
+        );
+        if cells == ["what", "command"] || cells[1].chars().all(|c| c == '-') {
+            continue;
+        }
+        let cmd = cells[1]
+            .strip_prefix('`')
+            .and_then(|c| c.strip_suffix('`'))
+            .unwrap_or_else(|| panic!("the command is not one `code` span: {line}"));
+        assert!(!cmd.contains('`'), "one command per row: {line}");
+        rows.push((cells[0].to_string(), cmd.to_string()));
+    }
+    rows
+}
+
+/// The two warnings pkcs11-tool prints on these rows, which the README
+/// explains; any other warning means the README is out of date.
+const EXPLAINED_WARNINGS: &[&str] = &[
+    "warning: PKCS11 function C_GetAttributeValue(VALUE) failed: rv = CKR_ATTRIBUTE_SENSITIVE (0x11)",
+    "warning: PKCS11 function C_GetAttributeValue(ALWAYS_AUTHENTICATE) failed: rv = CKR_ATTRIBUTE_TYPE_INVALID (0x12)",
+];
+
+/// Runs every row of the README's cheat sheet, as written, in order, in an
+/// empty directory with `M` set to the module, on a token whose
+/// configuration has `extra` added; then checks what the rows left.
+fn run_the_cheat_sheet(extra: &str) {
+    let token = TestToken::with_extra_config(extra);
+    let work = token.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let rows = cheat_sheet();
+    assert!(rows.len() >= 12, "{rows:#?}");
+    // Safe to copy: every row that makes a key makes it private and
+    // sensitive.
+    for (what, cmd) in &rows {
+        if ["--keygen", "--write-object", "--unwrap"]
+            .iter()
+            .any(|k| cmd.contains(k))
+        {
+            assert!(
+                cmd.contains(" --private") && cmd.contains(" --sensitive"),
+                "row '{what}' makes a key without --private --sensitive: {cmd}"
+            );
+        }
+    }
+    let mut stdout = String::new();
+    for (what, cmd) in &rows {
+        let out = Command::new("timeout")
+            .args(["--kill-after=10", TIMEOUT_SECS, "bash", "-c", cmd])
+            .current_dir(&work)
+            .env("M", module_path())
+            .output()
+            .expect("cannot run bash");
+        assert!(
+            out.status.success(),
+            "README cheat-sheet row '{what}' failed as written:\n{cmd}\n{}",
+            describe(&out)
+        );
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            assert!(
+                !line.starts_with("warning") || EXPLAINED_WARNINGS.contains(&line),
+                "row '{what}': a warning the README does not explain: {line}"
+            );
+        }
+        stdout.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    // No row showed a key's value.
+    assert!(
+        !stdout.lines().any(|l| l.trim_start().starts_with("VALUE:")),
+        "a key value was printed:\n{stdout}"
+    );
+    // What the rows did: decrypt gave back the data, the wrap made an
+    // RFC 5649 blob of a 32-byte key, and the unwrapped key is DEK 11's.
+    assert_eq!(read_file(&work.join("back")), read_file(&work.join("in")));
+    assert_eq!(read_file(&work.join("wrapped.bin")).len(), 40);
+    let (listing, _) = list_secret_keys();
+    assert!(
+        secret_keys_with_id(&listing, DEK_ID).is_empty(),
+        "{listing}"
+    );
+    for id in ["11", "12", "13"] {
+        let k = one_secret_key(&listing, id);
+        assert!(k.has_flag("Access", "sensitive"), "{id}: {listing}");
+    }
+    assert!(one_secret_key(&listing, "11").has_flag("Access", "extractable"));
+    for id in ["12", "13"] {
+        assert!(!one_secret_key(&listing, id).has_flag("Access", "extractable"));
+    }
+    let plain = work.join("in");
+    cbc_pad("--encrypt", "11", &plain, &work.join("by11"));
+    cbc_pad("--encrypt", "13", &plain, &work.join("by13"));
+    assert_eq!(read_file(&work.join("by11")), read_file(&work.join("by13")));
+}
+
+#[test]
+fn the_readme_cheat_sheet_runs_as_written() {
+    run_the_cheat_sheet("");
+}
+
+#[test]
+fn the_readme_cheat_sheet_runs_as_written_under_key_export_wrapped() {
+    run_the_cheat_sheet("key_export = \"wrapped\"\n");
+}
+
+/// Without --sensitive (as the old cheat sheet had it), key_export =
+/// "wrapped" refuses the key, and pkcs11-tool says so.
+#[test]
+fn keygen_without_sensitive_is_refused_under_key_export_wrapped() {
+    let _token = TestToken::with_extra_config("key_export = \"wrapped\"\n");
+    let out = tool_fails(&logged_in(&[
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "readable",
+        "--id",
+        DEK_ID,
+    ]));
+    assert!(out.contains("CKR_TEMPLATE_INCONSISTENT"), "{out}");
+    let (listing, _) = list_secret_keys();
+    assert!(
+        secret_keys_with_id(&listing, DEK_ID).is_empty(),
+        "{listing}"
+    );
+}
+
+/// The README names the AES key wrap mechanisms by their right values:
+/// wherever a value is written right next to a name ("`NAME` (0x...)",
+/// "`0x...` = `NAME`", "0x... (`NAME`"), the name is the right one.
+#[test]
+fn the_readme_names_the_key_wrap_mechanisms_right() {
+    use cryptoki_sys::{CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD};
+    assert_eq!(
+        (CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP_KWP),
+        (0x2109, 0x210A, 0x210B)
+    );
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    // (start, end, value) of each name; the longer names first, so that
+    // CKM_AES_KEY_WRAP does not also count their occurrences.
+    let mut names: Vec<(usize, usize, u64)> = Vec::new();
+    for (name, value) in [
+        ("CKM_AES_KEY_WRAP_PAD", CKM_AES_KEY_WRAP_PAD),
+        ("CKM_AES_KEY_WRAP_KWP", CKM_AES_KEY_WRAP_KWP),
+        ("CKM_AES_KEY_WRAP", CKM_AES_KEY_WRAP),
+    ] {
+        for (i, _) in readme.match_indices(name) {
+            if !names.iter().any(|(j, _, _)| *j == i) {
+                names.push((i, i + name.len(), value));
+            }
+        }
+    }
+    let joins = |gap: &str| gap.len() <= 6 && gap.chars().all(|c| " `()=".contains(c));
+    let lower = readme.to_lowercase();
+    let mut checked = 0;
+    for (i, _) in lower.match_indices("0x210") {
+        let value = match lower[i + 5..].chars().next() {
+            Some('9') => 0x2109,
+            Some('a') => 0x210A,
+            Some('b') => 0x210B,
+            _ => continue,
+        };
+        let end = i + 6;
+        for (start, stop, named) in &names {
+            let adjacent = (*stop <= i && joins(&readme[*stop..i]))
+                || (*start >= end && joins(&readme[end..*start]));
+            if adjacent {
+                assert_eq!(
+                    *named,
+                    value,
+                    "README names {value:#x} as the mechanism {named:#x}: ...{}...",
+                    &readme[(*start).min(i)..(*stop).max(end)]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected the three mechanisms named with their values ({checked})"
+    );
+}
