@@ -4,15 +4,17 @@
 # Checks for what hsm-envelope needs on a Debian machine and, when run as
 # root with apt-get available, installs what is missing:
 #   Debian packages: softhsm2 (softhsm2-util, libsofthsm2.so), opensc
-#   (pkcs11-tool), gcc, pkg-config, python3, sqlite3, openssl, postgresql
-#   (initdb and pg_ctl in /usr/lib/postgresql/<version>/bin: the tests start
-#   throwaway clusters of their own, tests/common/pg.rs; the package's own
-#   cluster is not used)
-#   Rust: cargo with rustfmt and clippy, cargo-nextest
+#   (pkcs11-tool), gcc, pkg-config, python3, sqlite3, openssl; for the
+#   tests also postgresql (initdb and pg_ctl in
+#   /usr/lib/postgresql/<version>/bin: the tests start throwaway clusters of
+#   their own, tests/common/pg.rs; the package's own cluster is not used),
+#   p11-kit and gnutls-bin (p11tool: tests/p11_kit.rs)
+#   Rust: cargo with rustfmt and clippy, cargo-nextest (cargo itself is not
+#   installed: use rustup)
 # `apt-get update` runs only if a package must be installed. cargo-nextest is
 # installed with `cargo install cargo-nextest --locked` only if missing.
-# With --demo, the test-only tools (rustfmt, clippy, cargo-nextest) are not
-# required.
+# With --demo, the test-only tools (rustfmt, clippy, cargo-nextest, postgresql, p11-kit,
+# gnutls-bin) are not required.
 # Exits non-zero, naming what is missing, if something cannot be fixed.
 set -euo pipefail
 
@@ -60,8 +62,10 @@ missing_packages() {
     command -v python3 >/dev/null 2>&1 || echo python3
     command -v sqlite3 >/dev/null 2>&1 || echo sqlite3
     command -v openssl >/dev/null 2>&1 || echo openssl
-    if ! $demo_only && ! postgres_server_found; then
-        echo postgresql
+    if ! $demo_only; then
+        postgres_server_found || echo postgresql
+        command -v p11-kit >/dev/null 2>&1 || echo p11-kit
+        command -v p11tool >/dev/null 2>&1 || echo gnutls-bin
     fi
     # The interop step: g++ builds PyKCS11's extension, javac the SunPKCS11
     # test program.
@@ -132,4 +136,4 @@ if ! $demo_only; then
 fi
 $rust_ok || exit 1
 
-say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($demo_only || printf ', postgresql'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"
+say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($demo_only || printf ', postgresql, p11-kit, gnutls-bin'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"
