@@ -9,7 +9,8 @@
 #   python-pkcs11  the upstream suite of python-pkcs11 (sdist from PyPI)
 #   pykcs11        the upstream suite of PyKCS11 (sdist from PyPI)
 #   java           tests/java/InteropTest.java through SunPKCS11, once per
-#                  JDK found (java on PATH, $JAVA_HOME, /usr/lib/jvm/*)
+#                  JDK found (java on PATH, $JAVA_HOME, /usr/lib/jvm/*), with
+#                  the README's SunPKCS11 configuration ("Java (SunPKCS11)")
 #
 # Defaults: --suite all --target both. Everything it downloads or builds is
 # cached under target/interop/ (sdists, a venv, the unpacked suites, compiled
@@ -322,6 +323,16 @@ print(f"{v[0]}.{v[1]}")' "$softhsm_lib") || die "cannot read the library version
 }
 
 # --- Java ----------------------------------------------------------------------------
+# The README's SunPKCS11 configuration (the fenced block under "### Java
+# (SunPKCS11)"): InteropTest makes every provider from it, so the example a
+# user copies is the one these checks run.
+readme_sunpkcs11_config() {
+    awk '/^### Java \(SunPKCS11\)/ { sec = 1; next }
+        sec && /^#/ { exit }
+        sec && /^```/ { if (inb) exit; inb = 1; next }
+        inb { print }' "$root/README.md"
+}
+
 run_java() { # run_java JDK_HOME TARGET; suite name java-FEATURE
     local home=$1 t=$2 ver name res classes lib
     ver=$("$home/bin/java" -XshowSettings:properties -version 2>&1 |
@@ -345,7 +356,10 @@ run_java() { # run_java JDK_HOME TARGET; suite name java-FEATURE
     fi
     make_token "$t" 5678
     if [[ $t == softhsm ]]; then lib=$softhsm_lib; else lib=$ours_lib; fi
-    note "$name on $t: $lib ($home)"
+    readme_sunpkcs11_config >"$res/sunpkcs11.cfg"
+    grep -q '^library *=' "$res/sunpkcs11.cfg" ||
+        die "README.md has no SunPKCS11 configuration under '### Java (SunPKCS11)'"
+    note "$name on $t: $lib ($home), configuration from README.md"
     # checks listed for "java" in the skip list, on ours only
     local skips=
     if [[ $t == ours ]]; then
@@ -353,7 +367,8 @@ run_java() { # run_java JDK_HOME TARGET; suite name java-FEATURE
     fi
     local rc=0
     INTEROP_JAVA_SKIPS=$skips timeout --kill-after=10 "$timeout_secs" \
-        "$home/bin/java" -cp "$classes" InteropTest "$lib" 1234 >"$res/output.log" 2>&1 || rc=$?
+        "$home/bin/java" -cp "$classes" InteropTest "$lib" 1234 "$res/sunpkcs11.cfg" \
+        >"$res/output.log" 2>&1 || rc=$?
     # PASS/FAIL/SKIP lines -> results.tsv
     awk '
         /^(PASS|FAIL|SKIP|BYDESIGN) / {

@@ -2,11 +2,15 @@
 //
 // Plain javac, no build tool:
 //     javac -d OUT tests/java/InteropTest.java
-//     java -cp OUT InteropTest LIBRARY PIN
+//     java -cp OUT InteropTest LIBRARY PIN [CONFIG]
 // LIBRARY is the PKCS#11 module (libhsm_envelope.so, or libsofthsm2.so for
-// the baseline); the token is the first slot with a token (slotListIndex 0),
-// logged in with PIN. scripts/interop.sh runs it with every JDK it finds,
-// against the module and against SoftHSM2 directly, on a fresh token each.
+// the baseline), logged in with PIN. CONFIG is a SunPKCS11 configuration
+// file, the README's example ("Java (SunPKCS11)"): every provider is made
+// from its lines, with its `name` made unique and its `library` set to
+// LIBRARY. Without it the configuration is `name`, `library` and
+// `slotListIndex = 0` (the first slot with a token). scripts/interop.sh runs
+// it with every JDK it finds and the README's configuration, against the
+// module and against SoftHSM2 directly, on a fresh token each.
 //
 // Each check prints one line, "PASS name", "FAIL name: why" or
 // "SKIP name: why" ("BYDESIGN name: why" for a check named in
@@ -135,6 +139,8 @@ public final class InteropTest {
     private static String library;
     private static char[] pin;
     private static int providers;
+    /** The configuration's lines other than `name` and `library`. */
+    private static String baseConfig = "slotListIndex = 0\n";
 
     /**
      * A new SunPKCS11 instance on the module, logged in. Every check makes its
@@ -145,7 +151,7 @@ public final class InteropTest {
         String name = "Interop" + (++providers);
         String cfg = "name = " + name + "\n"
                 + "library = " + library + "\n"
-                + "slotListIndex = 0\n"
+                + baseConfig
                 + extra;
         Path f = Files.createTempFile("sunpkcs11-" + name, ".cfg");
         try {
@@ -280,9 +286,19 @@ public final class InteropTest {
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 2) {
-            System.err.println("usage: java -cp OUT InteropTest LIBRARY PIN");
+        if (args.length != 2 && args.length != 3) {
+            System.err.println("usage: java -cp OUT InteropTest LIBRARY PIN [CONFIG]");
             System.exit(2);
+        }
+        if (args.length == 3) {
+            StringBuilder b = new StringBuilder();
+            for (String line : Files.readAllLines(Path.of(args[2]), StandardCharsets.UTF_8)) {
+                String key = line.split("=", 2)[0].trim();
+                if (!key.equals("name") && !key.equals("library")) {
+                    b.append(line).append('\n');
+                }
+            }
+            baseConfig = b.toString();
         }
         // INTEROP_JAVA_SKIPS: lines "name<TAB>reason" (scripts/interop.sh)
         String skips = System.getenv("INTEROP_JAVA_SKIPS");
@@ -294,10 +310,11 @@ public final class InteropTest {
                 }
             }
         }
-        System.out.println("# java " + System.getProperty("java.version") + " ("
-                + System.getProperty("java.vm.vendor") + "), module " + library);
-
         library = args[0];
+        System.out.println("# java " + System.getProperty("java.version") + " ("
+                + System.getProperty("java.vm.vendor") + "), module " + library
+                + (args.length == 3 ? ", configuration " + args[2] : ""));
+
         pin = args[1].toCharArray();
         check("provider-load", () -> {
             plain();
