@@ -8,14 +8,15 @@
 #   tests also postgresql (initdb and pg_ctl in
 #   /usr/lib/postgresql/<version>/bin: the tests start throwaway clusters of
 #   their own, tests/common/pg.rs; the package's own cluster is not used),
-#   p11-kit and gnutls-bin (p11tool: tests/p11_kit.rs) and
-#   default-jdk-headless (java, javac: tests/java_sunpkcs11.rs)
+#   p11-kit and gnutls-bin (p11tool: tests/p11_kit.rs), g++ and
+#   default-jdk-headless (the interop step; java, javac also for
+#   tests/java_sunpkcs11.rs)
 #   Rust: cargo with rustfmt and clippy, cargo-nextest (cargo itself is not
 #   installed: use rustup)
 # `apt-get update` runs only if a package must be installed. cargo-nextest is
 # installed with `cargo install cargo-nextest --locked` only if missing.
 # With --demo, the test-only tools (rustfmt, clippy, cargo-nextest,
-# postgresql, p11-kit, gnutls-bin, a JDK) are not required.
+# postgresql, p11-kit, gnutls-bin, g++, a JDK) are not required.
 # Exits non-zero, naming what is missing, if something cannot be fixed.
 set -euo pipefail
 
@@ -67,15 +68,12 @@ missing_packages() {
         postgres_server_found || echo postgresql
         command -v p11-kit >/dev/null 2>&1 || echo p11-kit
         command -v p11tool >/dev/null 2>&1 || echo gnutls-bin
+        # The interop step: g++ builds PyKCS11's extension, javac the
+        # SunPKCS11 test program (also tests/java_sunpkcs11.rs).
+        command -v g++ >/dev/null 2>&1 || echo g++
         if ! command -v javac >/dev/null 2>&1 && ! compgen -G '/usr/lib/jvm/*/bin/javac' >/dev/null; then
             echo default-jdk-headless
         fi
-    fi
-    # The interop step: g++ builds PyKCS11's extension, javac the SunPKCS11
-    # test program.
-    if ! $demo_only; then
-        command -v g++ >/dev/null 2>&1 || echo g++
-        command -v javac >/dev/null 2>&1 || echo default-jdk-headless
     fi
 }
 
@@ -140,4 +138,4 @@ if ! $demo_only; then
 fi
 $rust_ok || exit 1
 
-say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($demo_only || printf ', postgresql, p11-kit, gnutls-bin, a JDK'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"
+say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($demo_only || printf ', postgresql, p11-kit, gnutls-bin, g++, a JDK'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"
