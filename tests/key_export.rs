@@ -284,3 +284,55 @@ fn wrapped_applies_to_derived_and_copied_deks_too() {
         );
     }
 }
+
+/// An HSM RSA key unwrapping into a DEK (the HSM unwraps, the value becomes
+/// a DEK): a DEK the policy refuses is refused, not made on the backend
+/// instead.
+#[test]
+fn a_refused_rsa_unwrap_makes_no_backend_key_either() {
+    use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+    use cryptoki::mechanism::MechanismType;
+    let _t = TestToken::with_extra_config("key_export = \"wrapped\"\n");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let (public, private) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Encrypt(true),
+            ],
+            &[
+                Attribute::Token(false),
+                Attribute::Decrypt(true),
+                Attribute::Unwrap(true),
+            ],
+        )
+        .unwrap();
+    let oaep = Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+        MechanismType::SHA1,
+        PkcsMgfType::MGF1_SHA1,
+        PkcsOaepSource::empty(),
+    ));
+    let blob = s.encrypt(&oaep, public, &random_bytes(32)).unwrap();
+    let unwrap = |extra: Vec<Attribute>| {
+        let mut extra = extra;
+        extra.push(Attribute::Label(b"from-rsa".to_vec()));
+        s.unwrap_key(&oaep, private, &blob, &aes_template(false, extra))
+            .map_err(rv)
+    };
+    assert_eq!(
+        unwrap(vec![Attribute::Sensitive(false)]).unwrap_err(),
+        INCONSISTENT
+    );
+    assert!(
+        s.find_objects(&[Attribute::Label(b"from-rsa".to_vec())])
+            .unwrap()
+            .is_empty(),
+        "a key was made anyway"
+    );
+    let k = unwrap(vec![]).unwrap();
+    assert!(bool_attr(&s, k, AttributeType::Sensitive));
+}

@@ -309,8 +309,12 @@ pub fn unwrap_key(
         return match made {
             // The unwrapping key's CKA_UNWRAP_TEMPLATE keeps what it
             // unwraps on the HSM (not extractable, say): so does the module,
-            // as a backend key.
-            Err(e) if e.rv() == CKR_TEMPLATE_INCONSISTENT => {
+            // as a backend key. Only the HSM's own refusal: a DEK the module
+            // refuses (key_export, a bad template) is no backend key either.
+            Err(Error::Backend {
+                rv: CKR_TEMPLATE_INCONSISTENT,
+                ..
+            }) => {
                 refuse_kek_label(&m, &s, t)?;
                 let raw = backend_template(t);
                 let made = forward(&m, &s, |bs| {
