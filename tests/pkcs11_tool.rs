@@ -1184,6 +1184,22 @@ fn run_the_cheat_sheet(extra: &str) {
     for id in ["12", "13"] {
         assert!(!one_secret_key(&listing, id).has_flag("Access", "extractable"));
     }
+    // The text under the table: the KEK also wraps with 0x2109 and 0x210b.
+    for mech in ["0x2109", "0x210b"] {
+        let out = work.join(format!("wrapped-{mech}.bin"));
+        tool_ok(&logged_in(&[
+            "--wrap",
+            "-m",
+            mech,
+            "--id",
+            "01",
+            "--application-id",
+            "11",
+            "-o",
+            s(&out),
+        ]));
+        assert_eq!(read_file(&out).len(), 40, "{mech}");
+    }
     let plain = work.join("in");
     cbc_pad("--encrypt", "11", &plain, &work.join("by11"));
     cbc_pad("--encrypt", "13", &plain, &work.join("by13"));
