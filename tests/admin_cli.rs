@@ -1168,3 +1168,37 @@ fn status_and_kek_list_show_the_modules_slot_id() {
     );
     assert_eq!(ok_json(&t, &["kek", "list"])["slot"], module_slot);
 }
+
+/// A key someone put on the HSM under the KEK's label and the next version's
+/// CKA_ID (with a value they know) is not adopted by a rotation: only a key
+/// made on the HSM, never out of it, is.
+#[test]
+fn a_rotation_does_not_adopt_a_key_that_was_imported_under_the_kek_label() {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let t = TestToken::new();
+    ok(&t, &["kek", "list"]);
+    let hsm = common::init_pkcs11(&common::softhsm_module_path());
+    let hs = common::p11::user_session_raw(&hsm);
+    hs.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(common::KEK_LABEL.as_bytes().to_vec()),
+        Attribute::Id(vec![2]),
+        Attribute::Value(vec![0x42; 32]),
+    ])
+    .unwrap();
+    drop(hs);
+    let o = cli(&t, &["kek", "rotate"]);
+    assert_ne!(code(&o), 0, "{}", show(&o));
+    assert!(stderr(&o).contains("refusing to adopt"), "{}", show(&o));
+    let (_, list) = cli_json(&t, &["kek", "list"]);
+    assert_eq!(list["primary"], 1, "{list}");
+}

@@ -460,11 +460,21 @@ fn a_dek_wraps_and_unwraps_like_softhsm() {
         out[..n as usize],
         s.wrap_key(&Mechanism::AesKeyWrap, w, k).unwrap()[..]
     );
-    // A mechanism only the HSM runs needs two copies on it in one call (and
-    // used to deadlock): it returns whatever the HSM answers.
-    let r = s.wrap_key(&Mechanism::AesCbcPad([0; 16]), w, k);
-    let h = hs.wrap_key(&Mechanism::AesCbcPad([0; 16]), hw, hk);
-    assert_eq!(r.map_err(rv), h.map_err(rv), "as SoftHSM2 answers");
+    // A DEK wraps with AES key wrap only: CBC or ECB "wrapping" would make
+    // it an encryption oracle for whoever may wrap with it (SoftHSM2 allows
+    // it; we do not).
+    for mech in [Mechanism::AesCbcPad([0; 16]), Mechanism::AesEcb] {
+        let e = s.wrap_key(&mech, w, k).unwrap_err();
+        assert_eq!(rv(e), RvError::MechanismInvalid, "{mech:?}");
+        let e = s
+            .unwrap_key(&mech, w, &[0u8; 48], &aes_template(false, vec![]))
+            .unwrap_err();
+        assert_eq!(rv(e), RvError::MechanismInvalid, "{mech:?}");
+    }
+    // A DEK wrapping itself (it used to deadlock against a writer).
+    let own = import(&s, &random_bytes(32), false, flags(true, false));
+    let wrapped_self = s.wrap_key(&Mechanism::AesKeyWrap, own, own).unwrap();
+    assert_eq!(wrapped_self.len(), 40);
     // A DEK without CKA_WRAP does not wrap.
     let e = s.wrap_key(&Mechanism::AesKeyWrap, k, w).unwrap_err();
     assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
@@ -752,9 +762,8 @@ fn cmac_with_a_dek_matches_softhsm() {
         );
     }
     assert_eq!(out[..out_len as usize], full[..8]);
-    // A DEK without CKA_SIGN does not sign (SoftHSM2's default, ours too,
-    // is that it does).
-    let plain = generate(&s, false, vec![Attribute::Sign(false)]);
+    // A DEK without CKA_SIGN (the default) does not sign.
+    let plain = generate(&s, false, vec![]);
     let e = s.sign(&Mechanism::AesCMac, plain, b"x").unwrap_err();
     assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
 }
@@ -777,4 +786,90 @@ fn multi_part_gcm_decryption_takes_the_tag_in_a_later_update() {
     assert!(s.decrypt_update(&ct).unwrap().is_empty());
     assert!(s.decrypt_update(&tag).unwrap().is_empty());
     assert_eq!(s.decrypt_final().unwrap(), data);
+}
+
+/// A template that gives one attribute two different values is refused: a
+/// backend applies the last, a check may read the first (a second CKA_LABEL
+/// "kek" once slipped past the KEK guard). Identical repeats are fine.
+#[test]
+fn an_attribute_given_twice_with_different_values_is_refused() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let on_backend = Attribute::VendorDefined((
+        cryptoki::object::AttributeType::VendorDefined(0xC845_0002),
+        vec![1],
+    ));
+    let e = s
+        .create_object(&aes_template(
+            true,
+            vec![
+                on_backend.clone(),
+                Attribute::Value(vec![1; 32]),
+                Attribute::Id(vec![2]),
+                Attribute::Label(b"decoy".to_vec()),
+                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+            ],
+        ))
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::TemplateInconsistent);
+    let dek = generate(
+        &s,
+        false,
+        vec![Attribute::Extractable(true), Attribute::Extractable(true)],
+    );
+    let e = s
+        .update_attributes(
+            dek,
+            &[
+                Attribute::Label(b"x".to_vec()),
+                Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::TemplateInconsistent);
+}
+
+/// JDK 25 resets a Cipher or Signature with C_SessionCancel; a single-part
+/// operation forwarded to SoftHSM2 (RSA) must end too.
+#[test]
+fn session_cancel_ends_single_part_backend_operations() {
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let (public, private) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Encrypt(true),
+            ],
+            &[Attribute::Sign(true)],
+        )
+        .unwrap();
+    let cancel = raw_list_3_0().C_SessionCancel.unwrap();
+    s.sign_init(&Mechanism::RsaPkcs, private).unwrap();
+    assert_eq!(unsafe { cancel(s.handle(), CKF_SIGN) }, CKR_OK);
+    s.sign_init(&Mechanism::RsaPkcs, private)
+        .expect("signing again after the cancel");
+    assert_eq!(unsafe { cancel(s.handle(), CKF_SIGN) }, CKR_OK);
+    assert_eq!(
+        s.sign(&Mechanism::RsaPkcs, private, b"x").unwrap().len(),
+        256
+    );
+    assert_eq!(
+        unsafe { cancel(s.handle(), CKF_ENCRYPT) },
+        CKR_OK,
+        "nothing active"
+    );
+    s.encrypt_init(&Mechanism::RsaPkcs, public).unwrap();
+    assert_eq!(unsafe { cancel(s.handle(), CKF_ENCRYPT) }, CKR_OK);
+    s.encrypt_init(&Mechanism::RsaPkcs, public)
+        .expect("encrypting again after the cancel");
+    assert_eq!(unsafe { cancel(s.handle(), CKF_ENCRYPT) }, CKR_OK);
+    assert_eq!(
+        s.encrypt(&Mechanism::RsaPkcs, public, b"x").unwrap().len(),
+        256
+    );
 }

@@ -562,75 +562,90 @@ pub enum Operation {
 const MAX_CANCEL_OUTPUT: CK_ULONG = 64 << 20;
 
 impl Backend {
-    /// End `op` on `bs` whatever state it is in, for C_SessionCancel on a
-    /// backend that has no C_SessionCancel of its own (a 2.40 module): the
-    /// operation is finished (its output, if any, is wiped and dropped).
-    /// Ok(false) when no such operation was active.
-    pub fn end_operation(&self, bs: CK_SESSION_HANDLE, op: Operation) -> Result<bool> {
-        let mut len: CK_ULONG = 0;
-        let null = std::ptr::null_mut();
-        let mut one = [0u8; 1];
-        // SAFETY: length queries and one-byte inputs; every pointer is to a
-        // local that outlives the call.
-        let rv = unsafe {
+    /// The one-shot call of `op` on 16 zero bytes (a signature of one byte
+    /// for verification), into `out` (NULL for a length query).
+    fn one_shot(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        op: Operation,
+        out: *mut u8,
+        n: &mut CK_ULONG,
+    ) -> CK_RV {
+        let mut data = [0u8; 16];
+        let mut sig = [0u8; 1];
+        let d = data.as_mut_ptr();
+        // SAFETY: `data` and `sig` are locals that outlive the call; `out`
+        // is null or holds `*n` writable bytes (see `end_operation`).
+        unsafe {
             match op {
-                Operation::Encrypt => bcall!(self, C_EncryptFinal(bs, null, &mut len)),
-                Operation::Decrypt => bcall!(self, C_DecryptFinal(bs, null, &mut len)),
-                Operation::Digest => bcall!(self, C_DigestFinal(bs, null, &mut len)),
-                Operation::Sign => bcall!(self, C_SignFinal(bs, null, &mut len)),
-                // These end with their one call, whatever it answers.
-                Operation::Verify => bcall!(self, C_VerifyFinal(bs, one.as_mut_ptr(), 1)),
-                Operation::SignRecover => {
-                    bcall!(self, C_SignRecover(bs, one.as_mut_ptr(), 1, null, &mut len))
-                }
-                Operation::VerifyRecover => {
-                    bcall!(
-                        self,
-                        C_VerifyRecover(bs, one.as_mut_ptr(), 1, null, &mut len)
-                    )
-                }
+                Operation::Encrypt => bcall!(self, C_Encrypt(bs, d, 16, out, n)),
+                Operation::Decrypt => bcall!(self, C_Decrypt(bs, d, 16, out, n)),
+                Operation::Digest => bcall!(self, C_Digest(bs, d, 16, out, n)),
+                Operation::Sign => bcall!(self, C_Sign(bs, d, 16, out, n)),
+                Operation::SignRecover => bcall!(self, C_SignRecover(bs, d, 16, out, n)),
+                Operation::VerifyRecover => bcall!(self, C_VerifyRecover(bs, d, 16, out, n)),
+                Operation::Verify => bcall!(self, C_Verify(bs, d, 16, sig.as_mut_ptr(), 1)),
             }
-        };
-        if rv == CKR_OPERATION_NOT_INITIALIZED {
-            return Ok(false);
         }
-        let needs_output = matches!(
-            op,
-            Operation::Encrypt
-                | Operation::Decrypt
-                | Operation::Digest
-                | Operation::Sign
-                | Operation::SignRecover
-                | Operation::VerifyRecover
-        );
-        if !needs_output || rv != CKR_OK {
-            // Verify ended; a failed length query ended the operation too
-            // (only CKR_BUFFER_TOO_SMALL keeps one, and a query cannot get it).
-            return Ok(true);
+    }
+
+    /// The final call of a multi-part `op` into `out` (NULL: length query).
+    fn final_call(
+        &self,
+        bs: CK_SESSION_HANDLE,
+        op: Operation,
+        out: *mut u8,
+        n: &mut CK_ULONG,
+    ) -> CK_RV {
+        let mut sig = [0u8; 1];
+        // SAFETY: as in `one_shot`.
+        unsafe {
+            match op {
+                Operation::Encrypt => bcall!(self, C_EncryptFinal(bs, out, n)),
+                Operation::Decrypt => bcall!(self, C_DecryptFinal(bs, out, n)),
+                Operation::Digest => bcall!(self, C_DigestFinal(bs, out, n)),
+                Operation::Sign => bcall!(self, C_SignFinal(bs, out, n)),
+                Operation::Verify => bcall!(self, C_VerifyFinal(bs, sig.as_mut_ptr(), 1)),
+                Operation::SignRecover | Operation::VerifyRecover => CKR_OPERATION_NOT_INITIALIZED,
+            }
+        }
+    }
+
+    /// Run `call` (a one-shot or final call) to its end: a length query,
+    /// then the call with a buffer of that length, whose output is wiped.
+    /// Returns the code of the query, and whether the operation ended.
+    fn run_to_end(&self, mut call: impl FnMut(*mut u8, &mut CK_ULONG) -> CK_RV) -> Result<CK_RV> {
+        let mut len: CK_ULONG = 0;
+        let rv = call(std::ptr::null_mut(), &mut len);
+        if rv != CKR_OK {
+            // Any answer but OK to a query ended the operation (or there
+            // was none); verification answers here already.
+            return Ok(rv);
         }
         if len > MAX_CANCEL_OUTPUT {
             return Err(Error::Rv(CKR_OPERATION_CANCEL_FAILED));
         }
         let mut out = zeroize::Zeroizing::new(vec![0u8; len.max(1) as usize]);
         let mut n = len.max(1);
-        let p = out.as_mut_ptr();
-        // SAFETY: `out` holds `n` writable bytes and outlives the call.
-        let rv = unsafe {
-            match op {
-                Operation::Encrypt => bcall!(self, C_EncryptFinal(bs, p, &mut n)),
-                Operation::Decrypt => bcall!(self, C_DecryptFinal(bs, p, &mut n)),
-                Operation::Digest => bcall!(self, C_DigestFinal(bs, p, &mut n)),
-                Operation::Sign => bcall!(self, C_SignFinal(bs, p, &mut n)),
-                Operation::SignRecover => {
-                    bcall!(self, C_SignRecover(bs, one.as_mut_ptr(), 1, p, &mut n))
-                }
-                Operation::VerifyRecover => {
-                    bcall!(self, C_VerifyRecover(bs, one.as_mut_ptr(), 1, p, &mut n))
-                }
-                Operation::Verify => CKR_OK,
-            }
-        };
-        if rv == CKR_BUFFER_TOO_SMALL {
+        if call(out.as_mut_ptr(), &mut n) == CKR_BUFFER_TOO_SMALL {
+            return Err(Error::Rv(CKR_OPERATION_CANCEL_FAILED));
+        }
+        Ok(rv)
+    }
+
+    /// End `op` on `bs` whatever state it is in, for C_SessionCancel on a
+    /// backend that has no C_SessionCancel of its own (a 2.40 module). A
+    /// single-part operation ends with its one-shot call; one that had
+    /// updates answers that call CKR_OPERATION_ACTIVE (or, as SoftHSM2
+    /// does, ends on it) and is finished with its final call. Output is
+    /// wiped and dropped. Ok(false) when no such operation was active.
+    pub fn end_operation(&self, bs: CK_SESSION_HANDLE, op: Operation) -> Result<bool> {
+        let first = self.run_to_end(|out, n| self.one_shot(bs, op, out, n))?;
+        if first != CKR_OPERATION_ACTIVE {
+            return Ok(first != CKR_OPERATION_NOT_INITIALIZED);
+        }
+        let last = self.run_to_end(|out, n| self.final_call(bs, op, out, n))?;
+        if last == CKR_OPERATION_ACTIVE {
             return Err(Error::Rv(CKR_OPERATION_CANCEL_FAILED));
         }
         Ok(true)

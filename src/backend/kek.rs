@@ -567,6 +567,64 @@ pub fn exists(session: &Session, label: &str, version: u32) -> Result<bool> {
     Ok(!found.is_empty())
 }
 
+/// Whether every object of KEK version `version` was made on the HSM and
+/// never left it (CKA_LOCAL; secret and private keys also
+/// CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE): only such leftovers of
+/// a crashed rotation are adopted. A key someone imported under the KEK's
+/// label has a value they know.
+pub fn made_on_hsm(session: &Session, label: &str, version: u32) -> Result<bool> {
+    let template = [
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(version_id(version)),
+    ];
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| Error::from_cryptoki("C_FindObjects", e))?;
+    for h in found {
+        let class = session
+            .get_attributes(h, &[AttributeType::Class, AttributeType::Local])
+            .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
+        let mut local = false;
+        let mut public = false;
+        for a in class {
+            match a {
+                Attribute::Local(l) => local = l,
+                Attribute::Class(c) => public = c == ObjectClass::PUBLIC_KEY,
+                _ => {}
+            }
+        }
+        if !local {
+            return Ok(false);
+        }
+        if public {
+            continue;
+        }
+        let kept = session
+            .get_attributes(
+                h,
+                &[
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::NeverExtractable,
+                ],
+            )
+            .map_err(|e| Error::from_cryptoki("C_GetAttributeValue", e))?;
+        let on = kept
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Attribute::AlwaysSensitive(true) | Attribute::NeverExtractable(true)
+                )
+            })
+            .count();
+        if on != 2 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Whether a KEK version may still be used: CKA_DECRYPT and CKA_UNWRAP both
 /// on. The customer revokes by turning either off, or by deleting the key.
 pub fn enabled(session: &Session, kek: KekKey) -> Result<bool> {

@@ -127,6 +127,13 @@ impl Envelope {
     pub fn create_version(&self, ty: Option<KekType>, make_primary: bool) -> Result<u32> {
         self.add_version(make_primary, Op::KekCreate, |s, label, next| {
             if kek::exists(s, label, next)? {
+                if !kek::made_on_hsm(s, label, next)? {
+                    return Err(Error::Admin(format!(
+                        "KEK '{label}' v{next} is on the HSM but not recorded, and was not \
+                         made there (its value may be known outside it): refusing to adopt \
+                         it; remove it from the HSM, or bring a key of your own with `kek import`"
+                    )));
+                }
                 crate::log_warn!(
                     "KEK '{label}' v{next} is on the HSM but not recorded: adopting it"
                 );

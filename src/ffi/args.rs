@@ -16,9 +16,15 @@ use crate::token::object::template::{Template, TemplateAttr};
 /// Run a shim body: panics stop here, errors become `CK_RV`.
 pub fn guard(name: &str, f: impl FnOnce() -> Result<CK_RV>) -> CK_RV {
     match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(crate::token::forward::CKR_HSME_INTERNAL_RECONNECTED)) => CKR_DEVICE_ERROR,
         Ok(Ok(rv)) => rv,
         Ok(Err(e)) => {
-            let rv = e.rv();
+            let rv = match e.rv() {
+                // Internal; a call that still met a reconnect after its
+                // re-runs reports the device (see `again_after_reconnect`).
+                crate::token::forward::CKR_HSME_INTERNAL_RECONNECTED => CKR_DEVICE_ERROR,
+                rv => rv,
+            };
             match &e {
                 Error::Rv(_) => crate::log_debug!("{name}: {}", rv_name(rv)),
                 // Already printed by C_Initialize, which has no log file yet.
@@ -244,8 +250,20 @@ pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template> 
             if a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > MAX_ATTRIBUTE_VALUE {
                 return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
             }
-            let value = bytes_copy(a.pValue as *const u8, a.ulValueLen)
-                .map_err(|_| Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
+            let value =
+                bytes_copy(a.pValue as *const u8, a.ulValueLen).map_err(|e| match e.rv() {
+                    CKR_HOST_MEMORY => e,
+                    _ => Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID),
+                })?;
+            // One attribute given twice with different values is
+            // ambiguous: a backend would apply the last, our checks would
+            // read the first. Identical repeats are harmless.
+            if out
+                .iter()
+                .any(|o: &TemplateAttr| o.ty == a.type_ && *o.value != *value)
+            {
+                return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT));
+            }
             out.push(TemplateAttr { ty: a.type_, value });
         }
         Ok(out)
@@ -261,13 +279,67 @@ pub unsafe fn mechanism<'a>(p: *const CK_MECHANISM) -> Result<&'a CK_MECHANISM> 
     unsafe { p.as_ref() }.ok_or_else(bad)
 }
 
-/// The caller's mechanism as the backend API takes it, parameters
-/// untouched (see `backend::Mechanism`).
+/// Longest mechanism parameter copied at the boundary (the parameter
+/// structures of PKCS#11 mechanisms are tens of bytes).
+pub const MAX_MECHANISM_PARAM: CK_ULONG = 64 << 10;
+
+/// The caller's mechanism, copied once at the C boundary: its type and its
+/// parameter bytes. Every check and the forwarded call see this copy, so
+/// another thread of the caller cannot change the mechanism between the
+/// KEK guard's decision and the backend's call. (Pointers inside a
+/// parameter structure still point at the caller's memory; no decision
+/// depends on what they point at.)
+pub struct MechanismCopy {
+    raw: CK_MECHANISM,
+    /// Where `raw.pParameter` points; on the heap, so moving the copy keeps
+    /// it valid.
+    _params: Box<[u8]>,
+}
+
+impl MechanismCopy {
+    pub fn raw(&self) -> &CK_MECHANISM {
+        &self.raw
+    }
+
+    /// For the backend's (non-const) pointer argument; backends only read it.
+    pub fn ptr(&self) -> *mut CK_MECHANISM {
+        &self.raw as *const CK_MECHANISM as *mut CK_MECHANISM
+    }
+
+    /// The copy as the backend API takes it.
+    pub fn typed(&self) -> Mechanism<'_> {
+        // SAFETY: the parameters are this copy's own bytes, alive as long
+        // as the borrow.
+        unsafe { Mechanism::from_caller(&self.raw) }
+    }
+}
+
+/// Copy the caller's mechanism (see `MechanismCopy`).
 ///
 /// # Safety
-/// `p` must be null or point to a valid CK_MECHANISM whose parameters stay
-/// valid for `'a` (the length of the call).
-pub unsafe fn caller_mechanism<'a>(p: *const CK_MECHANISM) -> Result<Mechanism<'a>> {
-    // SAFETY: the contract above is `Mechanism::from_caller`'s.
-    unsafe { mechanism(p).map(|m| Mechanism::from_caller(m)) }
+/// `p` must be null or point to a valid CK_MECHANISM whose parameter bytes
+/// are readable.
+pub unsafe fn mechanism_copy(p: *const CK_MECHANISM) -> Result<MechanismCopy> {
+    // SAFETY: this function's contract.
+    let m = unsafe { mechanism(p)? };
+    if m.ulParameterLen > MAX_MECHANISM_PARAM {
+        return Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID));
+    }
+    // SAFETY: as above: `ulParameterLen` readable bytes when non-null.
+    let bytes = unsafe { bytes(m.pParameter as *const u8, m.ulParameterLen) }
+        .map_err(|_| Error::Rv(CKR_MECHANISM_PARAM_INVALID))?;
+    let mut params: Box<[u8]> = bytes.into();
+    let raw = CK_MECHANISM {
+        mechanism: m.mechanism,
+        pParameter: if params.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            params.as_mut_ptr().cast()
+        },
+        ulParameterLen: params.len() as CK_ULONG,
+    };
+    Ok(MechanismCopy {
+        raw,
+        _params: params,
+    })
 }

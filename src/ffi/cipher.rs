@@ -9,7 +9,7 @@ use crate::backend::bcall;
 use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::Result;
 use crate::token::crypt::{self, Input, Out, Part, Step};
-use crate::token::forward::{again_after_reconnect, forward_session};
+use crate::token::forward::{again_after_reconnect, forward_session, forward_session_objects};
 
 /// # Safety
 /// `p_m` must be null or a valid CK_MECHANISM whose parameters stay valid
@@ -21,17 +21,18 @@ unsafe fn init(
     key: CK_OBJECT_HANDLE,
 ) -> Result<CK_RV> {
     // SAFETY: this function's contract.
-    let m = unsafe { mechanism(p_m)? };
-    // SAFETY: as above; the mode borrows the parameters only for this call.
+    let mc = unsafe { mechanism_copy(p_m)? };
+    let m = mc.raw();
+    // SAFETY: the copy's parameters; the mode borrows them for this call.
     let soft = unsafe { soft_mode(m) };
     match crypt::init(h, dir, m.mechanism, soft, key)? {
         Step::ForwardInit(bkey) => {
-            let rv = forward_session(h, |b, bs| match dir {
+            let rv = forward_session_objects(h, |b, bs| match dir {
                 // SAFETY: the caller's mechanism, passed on unchanged to a
                 // function of the backend's own list.
-                Encrypt => unsafe { bcall!(b, C_EncryptInit(bs, p_m, bkey)) },
+                Encrypt => unsafe { bcall!(b, C_EncryptInit(bs, mc.ptr(), bkey)) },
                 // SAFETY: as above.
-                Decrypt => unsafe { bcall!(b, C_DecryptInit(bs, p_m, bkey)) },
+                Decrypt => unsafe { bcall!(b, C_DecryptInit(bs, mc.ptr(), bkey)) },
             })?;
             if rv != CKR_OK {
                 crypt::init_failed(h, dir);

@@ -7,7 +7,7 @@ use cryptoki_sys::*;
 use super::args::*;
 use crate::backend::bcall;
 use crate::token::digest_key::digest_key;
-use crate::token::forward::{again_after_reconnect, forward, forward_session};
+use crate::token::forward::{again_after_reconnect, forward_objects, forward_session};
 use crate::token::object::manage::backend_key;
 use crate::token::session::lookup;
 
@@ -34,13 +34,13 @@ macro_rules! forward_key_init {
         pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
             guard(stringify!($name), || again_after_reconnect(|| {
                 // SAFETY: null is checked; otherwise the caller's mechanism.
-                unsafe { mechanism(p_m)? };
+                let mc = unsafe { mechanism_copy(p_m)? };
                 let (m, s) = lookup(h)?;
                 let bkey = backend_key(&m, &s, key)?;
-                Ok(forward(&m, &s, |bs| {
-                    // SAFETY: the caller's mechanism, passed on unchanged to
-                    // a function of the backend's own list.
-                    unsafe { bcall!(m.backend, $name(bs, p_m, bkey)) }
+                Ok(forward_objects(&m, &s, |bs| {
+                    // SAFETY: the caller's mechanism (copied once), passed on
+                    // to a function of the backend's own list.
+                    unsafe { bcall!(m.backend, $name(bs, mc.ptr(), bkey)) }
                 }))
             }))
         }

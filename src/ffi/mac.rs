@@ -8,7 +8,7 @@ use super::mechanism::mac_len;
 use crate::backend::bcall;
 use crate::error::Result;
 use crate::token::crypt::Part;
-use crate::token::forward::{again_after_reconnect, forward_session};
+use crate::token::forward::{again_after_reconnect, forward_session, forward_session_objects};
 use crate::token::mac::{self, MacDir, MacStep};
 
 /// # Safety
@@ -20,18 +20,19 @@ unsafe fn init(
     key: CK_OBJECT_HANDLE,
 ) -> Result<CK_RV> {
     // SAFETY: this function's contract.
-    let m = unsafe { mechanism(p_m)? };
+    let mc = unsafe { mechanism_copy(p_m)? };
+    let m = mc.raw();
     // SAFETY: as above.
     let len = unsafe { mac_len(m) };
     match mac::init(h, dir, m.mechanism, len, key)? {
         None => Ok(CKR_OK),
-        Some(bkey) => forward_session(h, |b, bs| {
+        Some(bkey) => forward_session_objects(h, |b, bs| {
             // SAFETY: the caller's mechanism, passed on unchanged to a
             // function of the backend's own list.
             unsafe {
                 match dir {
-                    MacDir::Sign => bcall!(b, C_SignInit(bs, p_m, bkey)),
-                    MacDir::Verify => bcall!(b, C_VerifyInit(bs, p_m, bkey)),
+                    MacDir::Sign => bcall!(b, C_SignInit(bs, mc.ptr(), bkey)),
+                    MacDir::Verify => bcall!(b, C_VerifyInit(bs, mc.ptr(), bkey)),
                 }
             }
         }),

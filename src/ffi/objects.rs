@@ -7,7 +7,7 @@ use super::mechanism::encrypt_data;
 use crate::backend::bcall;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::token::forward::{again_after_reconnect, forward_session};
+use crate::token::forward::{again_after_reconnect, forward_session_objects};
 use crate::token::object::dek::Answer;
 use crate::token::object::find;
 use crate::token::object::manage::{self, AttrStep};
@@ -91,7 +91,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
             let attrs = attributes_mut(p_t, n)?;
             let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
             match manage::get_attributes(h, oh, &types)? {
-                AttrStep::Forward(bh) => forward_session(h, |b, bs| {
+                AttrStep::Forward(bh) => forward_session_objects(h, |b, bs| {
                     // SAFETY: the caller's template, passed on unchanged to a
                     // function of the backend's own list.
                     bcall!(b, C_GetAttributeValue(bs, bh, p_t, n))
@@ -218,7 +218,8 @@ pub unsafe extern "C" fn C_GenerateKey(
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     guard("C_GenerateKey", || unsafe {
-        let m = caller_mechanism(p_m)?;
+        let mc = mechanism_copy(p_m)?;
+        let m = mc.typed();
         if ph.is_null() {
             return Err(bad());
         }
@@ -241,7 +242,8 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     guard("C_GenerateKeyPair", || unsafe {
-        let m = caller_mechanism(p_m)?;
+        let mc = mechanism_copy(p_m)?;
+        let m = mc.typed();
         if ph_pub.is_null() || ph_priv.is_null() {
             return Err(bad());
         }
@@ -265,14 +267,15 @@ pub unsafe extern "C" fn C_WrapKey(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            let m = caller_mechanism(p_m)?;
+            let mc = mechanism_copy(p_m)?;
+            let m = mc.typed();
             if pul.is_null() {
                 return Err(bad());
             }
             let call = |b: &Backend, bs, w, k| {
                 // SAFETY: the caller's mechanism and buffers, passed on
                 // unchanged to a function of the backend's own list.
-                bcall!(b, C_WrapKey(bs, p_m, w, k, p_out, pul))
+                bcall!(b, C_WrapKey(bs, mc.ptr(), w, k, p_out, pul))
             };
             match wrapping::wrap_key(h, &m, wrapping, key, call)? {
                 Wrapped::Done(data) => write_bytes(&data, p_out, pul),
@@ -297,7 +300,8 @@ pub unsafe extern "C" fn C_UnwrapKey(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            let m = caller_mechanism(p_m)?;
+            let mc = mechanism_copy(p_m)?;
+            let m = mc.typed();
             if ph.is_null() {
                 return Err(bad());
             }
@@ -324,7 +328,8 @@ pub unsafe extern "C" fn C_DeriveKey(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            let m = caller_mechanism(p_m)?;
+            let mc = mechanism_copy(p_m)?;
+            let m = mc.typed();
             if ph.is_null() {
                 // Mechanisms that return no key handle carry handles in their
                 // parameters, which are not forwarded (see token::guard).

@@ -5,7 +5,7 @@ use cryptoki_sys::*;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::token::forward::forward;
+use crate::token::forward::forward_objects;
 use crate::token::object::dek;
 use crate::token::object::manage::{backend_key, resolve, Target};
 use crate::token::object::on_hsm::materialize;
@@ -22,11 +22,13 @@ pub fn digest_key(
             let st = dek::visible(&m, &s, &d)?;
             let copy = materialize(&m, &s, &d, &st)?;
             drop(st);
-            Ok(forward(&m, &s, |bs| call(&m.backend, bs, copy.handle())))
+            Ok(forward_objects(&m, &s, |bs| {
+                call(&m.backend, bs, copy.handle())
+            }))
         }
         Target::Backend(_) => {
             let b = backend_key(&m, &s, key)?;
-            Ok(forward(&m, &s, |bs| call(&m.backend, bs, b)))
+            Ok(forward_objects(&m, &s, |bs| call(&m.backend, bs, b)))
         }
     }
 }

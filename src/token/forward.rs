@@ -11,21 +11,36 @@ use crate::error::{Error, Result};
 use crate::token::module::Module;
 use crate::token::session::{lookup, Session};
 
+/// Internal, never returned to a caller: a call's backend session was lost
+/// and re-opened before it ran, and it named backend objects whose handles
+/// must be found again; `token::forward::again_after_reconnect` runs the
+/// whole call once more (see `forward_objects`).
+pub const CKR_HSME_INTERNAL_RECONNECTED: CK_RV = CKR_VENDOR_DEFINED | 0x4845_FFFF;
+
 /// What a forwarded call returned, and whether it says the backend no
 /// longer knows the session.
 pub trait Outcome {
     fn session_lost(&self) -> bool;
+    /// The outcome that asks for the whole call to run again (see
+    /// `forward_objects`).
+    fn reconnected() -> Self;
 }
 
 impl Outcome for CK_RV {
     fn session_lost(&self) -> bool {
         matches!(*self, CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED)
     }
+    fn reconnected() -> Self {
+        CKR_HSME_INTERNAL_RECONNECTED
+    }
 }
 
 impl<T> Outcome for Result<T> {
     fn session_lost(&self) -> bool {
         matches!(self, Err(Error::Backend { rv, .. }) if rv.session_lost())
+    }
+    fn reconnected() -> Self {
+        Err(Error::Rv(CKR_HSME_INTERNAL_RECONNECTED))
     }
 }
 
@@ -41,6 +56,27 @@ pub fn forward<T: Outcome>(
     }
     match reopen(m, s) {
         Ok(bh) => call(bh),
+        Err(_) => out,
+    }
+}
+
+/// `forward` for a call that names backend objects by handles looked up
+/// before it: after a reconnect those handles may name other objects (a
+/// restarted HSM renumbers them), so the call is not retried here with
+/// them; it answers `reconnected`, and `again_after_reconnect` runs the
+/// whole call again, its handles found again and its checks (the KEK
+/// guard) run on what they name now.
+pub fn forward_objects<T: Outcome>(
+    m: &Module,
+    s: &Session,
+    mut call: impl FnMut(CK_SESSION_HANDLE) -> T,
+) -> T {
+    let out = call(s.backend());
+    if !out.session_lost() {
+        return out;
+    }
+    match reopen(m, s) {
+        Ok(_) => T::reconnected(),
         Err(_) => out,
     }
 }
@@ -64,6 +100,16 @@ fn reopen(m: &Module, s: &Session) -> Result<CK_SESSION_HANDLE> {
     Ok(bh)
 }
 
+/// `forward_objects` for the ffi pass-through of calls that name backend
+/// objects (the handles `call` is given were looked up before it).
+pub fn forward_session_objects(
+    h: CK_SESSION_HANDLE,
+    mut call: impl FnMut(&Backend, CK_SESSION_HANDLE) -> CK_RV,
+) -> Result<CK_RV> {
+    let (m, s) = lookup(h)?;
+    Ok(forward_objects(&m, &s, |bs| call(&m.backend, bs)))
+}
+
 /// `forward` for the ffi pass-through, which calls the backend's raw
 /// function list with the application's own pointers.
 pub fn forward_session(
@@ -85,27 +131,30 @@ fn stale_handle(rv: CK_RV) -> bool {
     )
 }
 
-/// Run a call that names backend objects by our handles. If it failed for
-/// a stale handle while an HSM reconnect happened (its handles were looked
-/// up before the reconnect was noticed), run it once more: its handles are
-/// then found again (see `object::rebind`) and every check in it, the KEK
-/// guard included, runs again on them.
+/// Run a call that names backend objects by our handles. If a backend
+/// session was lost and re-opened during it (`forward_objects`), or it
+/// failed for a stale handle while one was, run it again (at most twice
+/// more): its handles are then found again (see `object::rebind`) and every
+/// check in it, the KEK guard included, runs again on them.
 pub fn again_after_reconnect(mut body: impl FnMut() -> Result<CK_RV>) -> Result<CK_RV> {
-    let Ok(before) = crate::token::module::get().map(|m| m.objects.reconnects()) else {
-        return body();
+    let reconnects = || {
+        crate::token::module::get()
+            .map(|m| m.objects.reconnects())
+            .ok()
     };
-    let first = body();
-    let stale = match &first {
-        Ok(rv) => stale_handle(*rv),
-        Err(e) => stale_handle(e.rv()),
-    };
-    match crate::token::module::get() {
-        Ok(m) if stale && m.objects.reconnects() != before => {
-            crate::log_info!(
-                "a call met a stale backend handle after a reconnect; trying it again"
-            );
-            body()
+    for _ in 0..3 {
+        let before = reconnects();
+        let out = body();
+        let rv = match &out {
+            Ok(rv) => *rv,
+            Err(e) => e.rv(),
+        };
+        let again = rv == CKR_HSME_INTERNAL_RECONNECTED
+            || (stale_handle(rv) && before.is_some() && reconnects() != before);
+        if !again {
+            return out;
         }
-        _ => first,
+        crate::log_info!("a call met a re-opened backend session; running it again");
     }
+    Err(Error::Rv(CKR_DEVICE_ERROR))
 }

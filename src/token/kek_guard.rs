@@ -11,9 +11,10 @@
 use cryptoki_sys::*;
 
 use crate::error::{Error, Result};
-use crate::token::forward::forward;
+use crate::token::forward::forward_objects;
+use crate::token::forward::CKR_HSME_INTERNAL_RECONNECTED;
 use crate::token::module::Module;
-use crate::token::object::template::{find_in, Template};
+use crate::token::object::template::Template;
 use crate::token::session::table::Session;
 
 pub fn is_dek_slot(m: &Module, s: &Session) -> bool {
@@ -60,23 +61,25 @@ fn protected_labels(m: &Module) -> [&[u8]; 2] {
 
 /// Whether the backend object `bh` is (or passes for) a KEK or the audit
 /// key: a protected key.
-pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
+pub fn is_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<bool> {
     if !is_dek_slot(m, s) {
-        return false;
+        return Ok(false);
     }
     let want = protected_labels(m);
-    match forward(m, s, |bs| m.backend.attribute_bytes(bs, bh, CKA_LABEL)) {
-        Ok(label) => want.contains(&label.as_slice()),
+    match forward_objects(m, s, |bs| m.backend.attribute_bytes(bs, bh, CKA_LABEL)) {
+        Ok(label) => Ok(want.contains(&label.as_slice())),
+        // A reconnect: the whole call runs again, on the object found again.
+        Err(e) if e.rv() == CKR_HSME_INTERNAL_RECONNECTED => Err(e),
         // The call with this handle will fail on its own.
-        Err(e) if matches!(e.rv(), CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID) => false,
+        Err(e) if matches!(e.rv(), CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID) => Ok(false),
         // Unreadable: counts as a KEK (fail closed).
-        Err(_) => true,
+        Err(_) => Ok(true),
     }
 }
 
 /// Copy, change or destroy of a KEK: refused.
 pub fn refuse_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<()> {
-    if is_kek(m, s, bh) {
+    if is_kek(m, s, bh)? {
         crate::log_warn!("refused a change to the KEK through the PKCS#11 API");
         return Err(Error::Rv(CKR_ACTION_PROHIBITED));
     }
@@ -86,7 +89,12 @@ pub fn refuse_kek(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<()> {
 /// A template that would give a backend object the KEK's label: refused, so
 /// no decoy can make the KEK ambiguous or pass for it.
 pub fn refuse_kek_label(m: &Module, s: &Session, t: &Template) -> Result<()> {
-    if is_dek_slot(m, s) && find_in(t, CKA_LABEL).is_some_and(|l| protected_labels(m).contains(&l))
+    // Every CKA_LABEL entry: a backend may apply a template's repeats in
+    // order, so the last one would win.
+    let protected = protected_labels(m);
+    if is_dek_slot(m, s)
+        && t.iter()
+            .any(|a| a.ty == CKA_LABEL && protected.contains(&a.value.as_slice()))
     {
         return Err(Error::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
     }
@@ -108,7 +116,7 @@ pub fn kek_only_key_wraps(
     bh: CK_OBJECT_HANDLE,
     mech: CK_MECHANISM_TYPE,
 ) -> Result<()> {
-    if !is_key_wrap(mech) && is_kek(m, s, bh) {
+    if !is_key_wrap(mech) && is_kek(m, s, bh)? {
         return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
     }
     Ok(())

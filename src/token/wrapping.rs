@@ -4,8 +4,6 @@
 //! other mechanism is made real on the HSM for the one call (`on_hsm`).
 //! Calls on backend keys alone are forwarded with handles translated.
 
-use std::sync::RwLockReadGuard;
-
 use cryptoki_sys::*;
 
 use crate::backend::{AttrIn, Backend, Mechanism};
@@ -13,7 +11,8 @@ use crate::crypto::key_wrap::{self, KeyWrap};
 use crate::crypto::{CryptoError, Direction, Mode};
 use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
-use crate::token::forward::forward;
+use crate::token::forward::CKR_HSME_INTERNAL_RECONNECTED;
+use crate::token::forward::{forward, forward_objects};
 use crate::token::kek_guard::{
     dek_here, derive_mechanism_has_handles, is_kek, kek_only_key_wraps, refuse_kek_label,
 };
@@ -53,8 +52,12 @@ fn backend_kw_mech(m: &Module, s: &Session, mech: CK_MECHANISM_TYPE) -> Result<C
 }
 
 /// Whether the backend key has CKA_TRUSTED set.
-fn is_trusted(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> bool {
-    forward(m, s, |bs| m.backend.attribute_bool(bs, bh, CKA_TRUSTED)).unwrap_or(false)
+fn is_trusted(m: &Module, s: &Session, bh: CK_OBJECT_HANDLE) -> Result<bool> {
+    match forward_objects(m, s, |bs| m.backend.attribute_bool(bs, bh, CKA_TRUSTED)) {
+        Ok(trusted) => Ok(trusted),
+        Err(e) if e.rv() == CKR_HSME_INTERNAL_RECONNECTED => Err(e),
+        Err(_) => Ok(false),
+    }
 }
 
 /// What C_WrapKey did.
@@ -79,15 +82,16 @@ fn software_key_wrap(mech: &Mechanism<'_>) -> Option<KeyWrap> {
     }
 }
 
-/// A DEK's state, if it may serve as a key for `usage` with `mech`.
-fn dek_for<'a>(
+/// A DEK's state (a copy: no lock is held while another DEK's is taken, or
+/// the HSM is called), if it may serve as a key for `usage` with `mech`.
+fn dek_for(
     m: &Module,
     s: &Session,
-    d: &'a Dek,
+    d: &Dek,
     usage: CK_ATTRIBUTE_TYPE,
     mech: CK_MECHANISM_TYPE,
-) -> Result<RwLockReadGuard<'a, DekState>> {
-    let st = dek::visible(m, s, d)?;
+) -> Result<DekState> {
+    let st = dek::visible(m, s, d)?.clone();
     if !st.attrs.flag(usage) {
         return Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
     }
@@ -97,14 +101,10 @@ fn dek_for<'a>(
     Ok(st)
 }
 
-/// A DEK's state, if it may leave the module wrapped by `wrapping`.
-fn wrappable<'a>(
-    m: &Module,
-    s: &Session,
-    d: &'a Dek,
-    wrapping_trusted: bool,
-) -> Result<RwLockReadGuard<'a, DekState>> {
-    let st = dek::visible(m, s, d)?;
+/// A DEK's state (a copy, as in `dek_for`), if it may leave the module
+/// wrapped by `wrapping`.
+fn wrappable(m: &Module, s: &Session, d: &Dek, wrapping_trusted: bool) -> Result<DekState> {
+    let st = dek::visible(m, s, d)?.clone();
     if !st.attrs.flag(CKA_EXTRACTABLE) {
         return Err(Error::Rv(CKR_KEY_UNEXTRACTABLE));
     }
@@ -131,7 +131,7 @@ pub fn wrap_key(
     let key = resolve(&m, &s, key).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     let kind = mech.kind();
     let mut forward_with =
-        |w, k| Wrapped::Forwarded(forward(&m, &s, |bs| call(&m.backend, bs, w, k)));
+        |w, k| Wrapped::Forwarded(forward_objects(&m, &s, |bs| call(&m.backend, bs, w, k)));
     match (wrapping, key) {
         (Target::Backend(w), Target::Backend(k)) => {
             kek_only_key_wraps(&m, &s, w, kind)?;
@@ -139,7 +139,7 @@ pub fn wrap_key(
         }
         (Target::Backend(w), Target::Dek(d)) => {
             kek_only_key_wraps(&m, &s, w, kind)?;
-            let st = wrappable(&m, &s, &d, is_trusted(&m, &s, w))?;
+            let st = wrappable(&m, &s, &d, is_trusted(&m, &s, w)?)?;
             if software_key_wrap(mech).is_some() {
                 // AES key wrap by a backend key: on the HSM, from a short-lived copy.
                 let bmech = backend_kw_mech(&m, &s, kind)?;
@@ -165,16 +165,15 @@ pub fn wrap_key(
                         .map_err(|_| Error::Rv(CKR_KEY_SIZE_RANGE))?;
                     Ok(Wrapped::Done(out))
                 }
-                (_, Target::Dek(kd)) => {
-                    let kst = wrappable(&m, &s, &kd, trusted)?;
-                    let wcopy = materialize(&m, &s, &wd, &wst)?;
-                    let kcopy = materialize(&m, &s, &kd, &kst)?;
-                    Ok(forward_with(wcopy.handle(), kcopy.handle()))
-                }
-                (_, Target::Backend(k)) => {
+                // AES key wrap of a backend key by a DEK: on the HSM, from a
+                // short-lived copy of the DEK.
+                (Some(_), Target::Backend(k)) => {
                     let wcopy = materialize(&m, &s, &wd, &wst)?;
                     Ok(forward_with(wcopy.handle(), k))
                 }
+                // Any other mechanism (CBC, ECB) would make the DEK an
+                // encryption oracle for whoever may wrap with it.
+                (None, _) => Err(Error::Rv(CKR_MECHANISM_INVALID)),
             }
         }
     }
@@ -211,7 +210,7 @@ fn dek_from_hsm(
     let env = m.envelope_for(s.slot)?;
     let value = {
         let _gate = env.temp_gate.hold();
-        let made = forward(m, s, |bs| make(bs, &temp))?;
+        let made = forward_objects(m, s, |bs| make(bs, &temp))?;
         let value = forward(m, s, |bs| m.backend.secret_value(bs, made));
         let _ = forward(m, s, |bs| m.backend.destroy_object(bs, made));
         value?
@@ -260,20 +259,15 @@ pub fn unwrap_key(
                     }
                     dek::create(&m, &s, t, Origin::Unwrapped, Some(value))
                 }
-                (_, true) => {
-                    let copy = materialize(&m, &s, &d, &st)?;
-                    drop(st);
-                    dek_from_hsm(&m, &s, t, Origin::Unwrapped, |bs, temp| {
-                        m.backend
-                            .unwrap_key(bs, mech, copy.handle(), wrapped, temp)
-                            .map_err(unwrap_error)
-                    })
-                }
-                (_, false) => {
+                // Any other mechanism (CBC, ECB) would make the DEK a
+                // decryption oracle for whoever may unwrap with it.
+                (None, _) => Err(Error::Rv(CKR_MECHANISM_INVALID)),
+                // AES key wrap into a backend key: on the HSM, from a copy.
+                (Some(_), false) => {
                     let copy = materialize(&m, &s, &d, &st)?;
                     drop(st);
                     let raw = backend_template(t);
-                    let made = forward(&m, &s, |bs| {
+                    let made = forward_objects(&m, &s, |bs| {
                         m.backend.unwrap_key(bs, mech, copy.handle(), wrapped, &raw)
                     })
                     .map_err(unwrap_error);
@@ -283,7 +277,7 @@ pub fn unwrap_key(
         }
     };
     kek_only_key_wraps(&m, &s, uw, kind)?;
-    if is_kek(&m, &s, uw) {
+    if is_kek(&m, &s, uw)? {
         let flag = |ty| find_in(t, ty).map(as_bool).transpose();
         // Readable afterwards (not sensitive, extractable): refused.
         let readable = flag(CKA_SENSITIVE)? == Some(false) && flag(CKA_EXTRACTABLE)? == Some(true);
@@ -293,7 +287,7 @@ pub fn unwrap_key(
     }
     if !to_dek {
         let raw = backend_template(t);
-        let made = forward(&m, &s, |bs| {
+        let made = forward_objects(&m, &s, |bs| {
             m.backend.unwrap_key(bs, mech, uw, wrapped, &raw)
         })
         .map_err(unwrap_error);
@@ -310,14 +304,15 @@ pub fn unwrap_key(
             // The unwrapping key's CKA_UNWRAP_TEMPLATE keeps what it
             // unwraps on the HSM (not extractable, say): so does the module,
             // as a backend key. Only the HSM's own refusal: a DEK the module
-            // refuses (key_export, a bad template) is no backend key either.
+            // refuses (key_export, a bad template) is no backend key either;
+            // and never with the KEK.
             Err(Error::Backend {
                 rv: CKR_TEMPLATE_INCONSISTENT,
                 ..
-            }) => {
+            }) if !is_kek(&m, &s, uw)? => {
                 refuse_kek_label(&m, &s, t)?;
                 let raw = backend_template(t);
-                let made = forward(&m, &s, |bs| {
+                let made = forward_objects(&m, &s, |bs| {
                     m.backend.unwrap_key(bs, mech, uw, wrapped, &raw)
                 })
                 .map_err(unwrap_error);
@@ -402,7 +397,7 @@ pub fn derive_key(
         });
     }
     let raw = backend_template(t);
-    let made = forward(&m, &s, |bs| m.backend.derive_key(bs, mech, b, &raw));
+    let made = forward_objects(&m, &s, |bs| m.backend.derive_key(bs, mech, b, &raw));
     adopt(&m, &s, made)
 }
 

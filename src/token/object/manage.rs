@@ -9,7 +9,7 @@ use crate::backend::{AttrIn, Mechanism};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
-use crate::token::forward::forward;
+use crate::token::forward::{forward, forward_objects};
 use crate::token::kek_guard::{dek_here, is_kek, refuse_kek, refuse_kek_label};
 use crate::token::module::Module;
 use crate::token::object::dek::{self, Answer};
@@ -84,7 +84,7 @@ pub fn adopt(m: &Module, s: &Session, made: Result<CK_OBJECT_HANDLE>) -> Result<
 /// the KEK none at all (see `guard`).
 pub fn backend_key(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<CK_OBJECT_HANDLE> {
     match resolve(m, s, h).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))? {
-        Target::Backend(b) if is_kek(m, s, b) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
+        Target::Backend(b) if is_kek(m, s, b)? => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
         Target::Backend(b) => Ok(b),
         Target::Dek(..) => Err(Error::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)),
     }
@@ -145,7 +145,7 @@ pub fn copy_object(
             refuse_kek(&m, &s, bh)?;
             refuse_kek_label(&m, &s, t)?;
             let raw = backend_template(t);
-            let made = forward(&m, &s, |bs| m.backend.copy_object(bs, bh, &raw));
+            let made = forward_objects(&m, &s, |bs| m.backend.copy_object(bs, bh, &raw));
             adopt(&m, &s, made)
         }
     }
@@ -180,7 +180,7 @@ pub fn destroy_object(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<()> 
         }
         Target::Backend(bh) => {
             refuse_kek(&m, &s, bh)?;
-            forward(&m, &s, |bs| m.backend.destroy_object(bs, bh))?;
+            forward_objects(&m, &s, |bs| m.backend.destroy_object(bs, bh))?;
             m.objects.remove(oh);
             Ok(())
         }
@@ -194,7 +194,7 @@ pub fn object_size(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE) -> Result<CK_ULON
             let st = dek::visible(&m, &s, &d)?;
             Ok((st.record.len() + st.attrs.encode().len()) as CK_ULONG)
         }
-        Target::Backend(bh) => forward(&m, &s, |bs| m.backend.object_size(bs, bh)),
+        Target::Backend(bh) => forward_objects(&m, &s, |bs| m.backend.object_size(bs, bh)),
     }
 }
 
@@ -233,7 +233,7 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
             refuse_kek(&m, &s, bh)?;
             refuse_kek_label(&m, &s, t)?;
             let raw = backend_template(t);
-            forward(&m, &s, |bs| m.backend.set_attributes(bs, bh, &raw))
+            forward_objects(&m, &s, |bs| m.backend.set_attributes(bs, bh, &raw))
         }
         Target::Dek(d) => set_dek_attributes(&m, &s, &d, t),
     }

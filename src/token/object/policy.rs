@@ -30,13 +30,14 @@ const BOOL_DEFAULTS: &[(CK_ATTRIBUTE_TYPE, bool)] = &[
     (CKA_EXTRACTABLE, false),
     (CKA_ENCRYPT, true),
     (CKA_DECRYPT, true),
-    // SoftHSM2's defaults (clients written against it rely on them): a DEK
-    // may wrap and MAC unless the template says otherwise. Key material
-    // stays protected by the sensitive/extractable defaults above.
+    // As on SoftHSM2 (PyKCS11's suite relies on it), a DEK may wrap and
+    // unwrap unless the template says otherwise; a DEK wraps only with AES
+    // key wrap, so this makes it no encryption or decryption oracle. It
+    // does not sign (CMAC) unless asked.
     (CKA_WRAP, true),
     (CKA_UNWRAP, true),
-    (CKA_SIGN, true),
-    (CKA_VERIFY, true),
+    (CKA_SIGN, false),
+    (CKA_VERIFY, false),
     (CKA_DERIVE, false),
     (CKA_WRAP_WITH_TRUSTED, false),
     (CKA_TRUSTED, false),
