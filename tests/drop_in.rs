@@ -873,3 +873,34 @@ fn session_cancel_ends_single_part_backend_operations() {
         256
     );
 }
+
+/// A key derived from a sensitive (or unextractable) DEK is no less
+/// protected: a derivation that keeps the base's value would read it.
+#[test]
+fn a_derived_dek_is_at_least_as_protected_as_its_base() {
+    use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let base = generate(&s, false, vec![Attribute::Derive(true)]);
+    let data = [9u8; 32];
+    let cbc = Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new([6; 16], &data));
+    for loose in [Attribute::Sensitive(false), Attribute::Extractable(true)] {
+        let e = s
+            .derive_key(
+                &cbc,
+                base,
+                &aes_template(false, vec![Attribute::ValueLen(32.into()), loose.clone()]),
+            )
+            .unwrap_err();
+        assert_eq!(rv(e), RvError::TemplateInconsistent, "{loose:?}");
+    }
+    let derived = s
+        .derive_key(
+            &cbc,
+            base,
+            &aes_template(false, vec![Attribute::ValueLen(32.into())]),
+        )
+        .unwrap();
+    assert_sensitive(&s, derived);
+}

@@ -122,10 +122,10 @@ pub fn kek_only_key_wraps(
     Ok(())
 }
 
-/// Key-derivation mechanisms whose parameters carry object handles (in or
-/// out). Forwarding them untranslated would let a caller name backend
+/// Mechanisms (key derivation and key wrap) whose parameters carry object
+/// handles (in or out). Forwarding them untranslated would let a caller name backend
 /// objects, the KEK included, past our checks; they are refused.
-pub fn derive_mechanism_has_handles(mech: CK_MECHANISM_TYPE) -> bool {
+pub fn mechanism_has_handles(mech: CK_MECHANISM_TYPE) -> bool {
     matches!(
         mech,
         CKM_CONCATENATE_BASE_AND_KEY
@@ -140,6 +140,16 @@ pub fn derive_mechanism_has_handles(mech: CK_MECHANISM_TYPE) -> bool {
             | CKM_SP800_108_COUNTER_KDF
             | CKM_SP800_108_FEEDBACK_KDF
             | CKM_SP800_108_DOUBLE_PIPELINE_KDF
+            | CKM_HKDF_DERIVE
+            | CKM_HKDF_DATA
+            | CKM_IKE_PRF_DERIVE
+            | CKM_IKE1_PRF_DERIVE
+            | CKM_IKE1_EXTENDED_DERIVE
+            | CKM_IKE2_PRF_PLUS_DERIVE
+            | CKM_KIP_DERIVE
+            | CKM_KIP_WRAP
+            | CKM_KIP_MAC
+            | CKM_GOSTR3410_KEY_WRAP
     )
 }
 
@@ -157,7 +167,7 @@ mod tests {
             CKM_TLS12_KEY_AND_MAC_DERIVE,
             CKM_SP800_108_COUNTER_KDF,
         ] {
-            assert!(derive_mechanism_has_handles(m), "{m:#x}");
+            assert!(mechanism_has_handles(m), "{m:#x}");
         }
         for m in [
             CKM_ECDH1_DERIVE,
@@ -165,7 +175,7 @@ mod tests {
             CKM_DH_PKCS_DERIVE,
             CKM_SHA256_KEY_DERIVATION,
         ] {
-            assert!(!derive_mechanism_has_handles(m), "{m:#x}");
+            assert!(!mechanism_has_handles(m), "{m:#x}");
         }
     }
 }

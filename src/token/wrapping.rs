@@ -14,7 +14,7 @@ use crate::secret::SecretBytes;
 use crate::token::forward::CKR_HSME_INTERNAL_RECONNECTED;
 use crate::token::forward::{forward, forward_objects};
 use crate::token::kek_guard::{
-    dek_here, derive_mechanism_has_handles, is_kek, kek_only_key_wraps, refuse_kek_label,
+    dek_here, is_kek, kek_only_key_wraps, mechanism_has_handles, refuse_kek_label,
 };
 use crate::token::module::Module;
 use crate::token::object::dek;
@@ -126,6 +126,9 @@ pub fn wrap_key(
     mut call: impl FnMut(&Backend, CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) -> CK_RV,
 ) -> Result<Wrapped> {
     let (m, s) = lookup(h)?;
+    if mechanism_has_handles(mech.kind()) {
+        return Err(Error::Rv(CKR_MECHANISM_INVALID));
+    }
     let wrapping =
         resolve(&m, &s, wrapping).map_err(|_| Error::Rv(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
     let key = resolve(&m, &s, key).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
@@ -180,14 +183,14 @@ pub fn wrap_key(
 }
 
 /// The HSM unwraps (or derives) into a short-lived readable object, whose
-/// value becomes a DEK: for mechanisms the software engines do not run.
-fn dek_from_hsm(
+/// value is returned to become a DEK (made by the caller once every copy on
+/// the HSM is gone): for mechanisms the software engines do not run.
+fn value_from_hsm(
     m: &Module,
     s: &Session,
     t: &Template,
-    origin: Origin,
     make: impl Fn(CK_SESSION_HANDLE, &[AttrIn<'_>]) -> Result<CK_OBJECT_HANDLE>,
-) -> Result<CK_OBJECT_HANDLE> {
+) -> Result<SecretBytes> {
     let len = find_in(t, CKA_VALUE_LEN).map(<[u8]>::to_vec);
     // Readable for the moment it lives: its value becomes the DEK's.
     let mut temp = session_aes_key();
@@ -218,7 +221,7 @@ fn dek_from_hsm(
     if !policy::is_valid_aes_len(value.len()) {
         return Err(Error::Rv(CKR_KEY_SIZE_RANGE));
     }
-    dek::create(m, s, t, origin, Some(value))
+    Ok(value)
 }
 
 /// C_UnwrapKey. With the KEK, the result is always a DEK whose value cannot
@@ -234,6 +237,9 @@ pub fn unwrap_key(
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
     let kind = mech.kind();
+    if mechanism_has_handles(kind) {
+        return Err(Error::Rv(CKR_MECHANISM_INVALID));
+    }
     let to_dek = dek_here(&m, &s, "C_UnwrapKey", || policy::wants_dek(t, false))?;
     if !to_dek {
         refuse_kek_label(&m, &s, t)?;
@@ -295,7 +301,7 @@ pub fn unwrap_key(
     }
     if software_key_wrap(mech).is_none() {
         // RSA-OAEP and the like: the HSM unwraps, the value becomes a DEK.
-        let made = dek_from_hsm(&m, &s, t, Origin::Unwrapped, |bs, temp| {
+        let made = value_from_hsm(&m, &s, t, |bs, temp| {
             m.backend
                 .unwrap_key(bs, mech, uw, wrapped, temp)
                 .map_err(unwrap_error)
@@ -318,7 +324,8 @@ pub fn unwrap_key(
                 .map_err(unwrap_error);
                 adopt(&m, &s, made)
             }
-            other => other,
+            Ok(value) => dek::create(&m, &s, t, Origin::Unwrapped, Some(value)),
+            Err(e) => Err(e),
         };
     }
     let bmech = backend_kw_mech(&m, &s, kind)?;
@@ -351,7 +358,7 @@ pub fn derive_key(
 ) -> Result<CK_OBJECT_HANDLE> {
     let (m, s) = lookup(h)?;
     let kind = mech.kind();
-    if derive_mechanism_has_handles(kind) {
+    if mechanism_has_handles(kind) {
         return Err(Error::Rv(CKR_MECHANISM_INVALID));
     }
     let to_dek = dek_here(&m, &s, "C_DeriveKey", || policy::wants_dek(t, true))?;
@@ -364,6 +371,13 @@ pub fn derive_key(
     let target = resolve(&m, &s, base).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     if let Target::Dek(d) = &target {
         let st = dek_for(&m, &s, d, CKA_DERIVE, kind)?;
+        if to_dek {
+            no_less_protected(
+                st.attrs.flag(CKA_SENSITIVE),
+                st.attrs.flag(CKA_EXTRACTABLE),
+                t,
+            )?;
+        }
         return match (encrypt_data, to_dek) {
             (Some(ed), true) => {
                 let env = m.envelope_for(d.slot)?;
@@ -373,17 +387,20 @@ pub fn derive_key(
                 dek::create(&m, &s, t, Origin::Derived, Some(value))
             }
             (_, true) => {
-                let copy = materialize(&m, &s, d, &st)?;
-                drop(st);
-                dek_from_hsm(&m, &s, t, Origin::Derived, |bs, temp| {
-                    m.backend.derive_key(bs, mech, copy.handle(), temp)
-                })
+                let value = {
+                    let copy = materialize(&m, &s, d, &st)?;
+                    drop(st);
+                    value_from_hsm(&m, &s, t, |bs, temp| {
+                        m.backend.derive_key(bs, mech, copy.handle(), temp)
+                    })?
+                };
+                dek::create(&m, &s, t, Origin::Derived, Some(value))
             }
             (_, false) => {
                 let copy = materialize(&m, &s, d, &st)?;
                 drop(st);
                 let raw = backend_template(t);
-                let made = forward(&m, &s, |bs| {
+                let made = forward_objects(&m, &s, |bs| {
                     m.backend.derive_key(bs, mech, copy.handle(), &raw)
                 });
                 adopt(&m, &s, made)
@@ -392,13 +409,32 @@ pub fn derive_key(
     }
     let b = backend_key(&m, &s, base)?;
     if to_dek {
-        return dek_from_hsm(&m, &s, t, Origin::Derived, |bs, temp| {
+        // A key derived from a sensitive or unextractable backend key is a
+        // DEK at least as protected.
+        let protect = |ty| forward_objects(&m, &s, |bs| m.backend.attribute_bool(bs, b, ty));
+        no_less_protected(protect(CKA_SENSITIVE)?, protect(CKA_EXTRACTABLE)?, t)?;
+        let value = value_from_hsm(&m, &s, t, |bs, temp| {
             m.backend.derive_key(bs, mech, b, temp)
-        });
+        })?;
+        return dek::create(&m, &s, t, Origin::Derived, Some(value));
     }
     let raw = backend_template(t);
     let made = forward_objects(&m, &s, |bs| m.backend.derive_key(bs, mech, b, &raw));
     adopt(&m, &s, made)
+}
+
+/// A derived DEK is at least as protected as its base key: not readable
+/// (CKA_SENSITIVE false) from a sensitive base, not extractable from an
+/// unextractable one. Otherwise a derivation that keeps the base's value
+/// (XOR or concatenation with data, on HSMs that offer them) would read it.
+fn no_less_protected(base_sensitive: bool, base_extractable: bool, t: &Template) -> Result<()> {
+    let flag = |ty| find_in(t, ty).map(as_bool).transpose();
+    if (base_sensitive && flag(CKA_SENSITIVE)? == Some(false))
+        || (!base_extractable && flag(CKA_EXTRACTABLE)? == Some(true))
+    {
+        return Err(Error::Rv(CKR_TEMPLATE_INCONSISTENT));
+    }
+    Ok(())
 }
 
 /// The value of a key derived by encrypting `ed.data` (whole blocks) with

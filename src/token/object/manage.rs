@@ -33,6 +33,17 @@ pub fn resolve(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<Target> {
             drop(dek::visible(m, s, &d)?);
             Ok(Target::Dek(d))
         }
+        // A session object made through this module died with the backend
+        // session at a reconnect; its number may name another object now.
+        Object::Backend {
+            slot,
+            owner: Some(_),
+            checked,
+            ..
+        } if slot == s.slot && checked != m.objects.reconnects() => {
+            m.objects.remove(h);
+            Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID))
+        }
         Object::Backend {
             slot,
             handle,
@@ -233,7 +244,12 @@ pub fn set_attributes(h: CK_SESSION_HANDLE, oh: CK_OBJECT_HANDLE, t: &Template) 
             refuse_kek(&m, &s, bh)?;
             refuse_kek_label(&m, &s, t)?;
             let raw = backend_template(t);
-            forward_objects(&m, &s, |bs| m.backend.set_attributes(bs, bh, &raw))
+            forward_objects(&m, &s, |bs| m.backend.set_attributes(bs, bh, &raw))?;
+            // Renamed: found again after a reconnect under its new name.
+            if t.iter().any(|a| matches!(a.ty, CKA_LABEL | CKA_ID)) {
+                m.objects.set_identity(oh, rebind::identify(&m, &s, bh));
+            }
+            Ok(())
         }
         Target::Dek(d) => set_dek_attributes(&m, &s, &d, t),
     }

@@ -181,6 +181,14 @@ impl Objects {
         h
     }
 
+    /// What backend object `h` is now (after it was renamed).
+    pub fn set_identity(&self, h: CK_OBJECT_HANDLE, who: Option<Identity>) {
+        let mut m = unpoisoned(self.maps.write());
+        if let Some(Object::Backend { identity, .. }) = m.by_handle.get_mut(&h) {
+            *identity = who.map(Arc::new);
+        }
+    }
+
     /// After a reconnect: our handle `h` now names backend object `bh`
     /// (found again by its identity), checked at reconnect count `checked`.
     pub fn rebind(&self, h: CK_OBJECT_HANDLE, bh: CK_OBJECT_HANDLE, checked: u64) {
