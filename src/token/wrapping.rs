@@ -373,6 +373,7 @@ pub fn derive_key(
         let st = dek_for(&m, &s, d, CKA_DERIVE, kind)?;
         if to_dek {
             no_less_protected(
+                kind,
                 st.attrs.flag(CKA_SENSITIVE),
                 st.attrs.flag(CKA_EXTRACTABLE),
                 t,
@@ -412,7 +413,7 @@ pub fn derive_key(
         // A key derived from a sensitive or unextractable backend key is a
         // DEK at least as protected.
         let protect = |ty| forward_objects(&m, &s, |bs| m.backend.attribute_bool(bs, b, ty));
-        no_less_protected(protect(CKA_SENSITIVE)?, protect(CKA_EXTRACTABLE)?, t)?;
+        no_less_protected(kind, protect(CKA_SENSITIVE)?, protect(CKA_EXTRACTABLE)?, t)?;
         let value = value_from_hsm(&m, &s, t, |bs, temp| {
             m.backend.derive_key(bs, mech, b, temp)
         })?;
@@ -427,7 +428,24 @@ pub fn derive_key(
 /// (CKA_SENSITIVE false) from a sensitive base, not extractable from an
 /// unextractable one. Otherwise a derivation that keeps the base's value
 /// (XOR or concatenation with data, on HSMs that offer them) would read it.
-fn no_less_protected(base_sensitive: bool, base_extractable: bool, t: &Template) -> Result<()> {
+/// Key agreement is exempt: its secret is shared with the other party, and
+/// reading it reveals nothing of the private key.
+fn no_less_protected(
+    mech: CK_MECHANISM_TYPE,
+    base_sensitive: bool,
+    base_extractable: bool,
+    t: &Template,
+) -> Result<()> {
+    if matches!(
+        mech,
+        CKM_DH_PKCS_DERIVE
+            | CKM_ECDH1_DERIVE
+            | CKM_ECDH1_COFACTOR_DERIVE
+            | CKM_X9_42_DH_DERIVE
+            | CKM_ECDH_AES_KEY_WRAP
+    ) {
+        return Ok(());
+    }
     let flag = |ty| find_in(t, ty).map(as_bool).transpose();
     if (base_sensitive && flag(CKA_SENSITIVE)? == Some(false))
         || (!base_extractable && flag(CKA_EXTRACTABLE)? == Some(true))
