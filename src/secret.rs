@@ -42,6 +42,8 @@ pub struct SecretBytes {
     /// Whether `MADV_DONTDUMP` succeeded, so drop knows to undo it before the
     /// allocator reuses the pages.
     dontdump: bool,
+    /// A slot in a shared locked arena (`packed`), instead of pages of its own.
+    slot: Option<slab::Slot>,
 }
 
 // SAFETY: `SecretBytes` uniquely owns its allocation (like `Box<[u8]>`); the
@@ -79,6 +81,7 @@ impl SecretBytes {
                 layout: None,
                 locked: false,
                 dontdump: false,
+                slot: None,
             };
         }
         let page = page_size();
@@ -90,6 +93,7 @@ impl SecretBytes {
                     layout: Some(p.layout),
                     locked: p.locked,
                     dontdump: p.dontdump,
+                    slot: None,
                 };
             }
         }
@@ -116,7 +120,34 @@ impl SecretBytes {
             layout: Some(layout),
             locked,
             dontdump,
+            slot: None,
         }
+    }
+
+    /// A copy of `bytes` for keeping long (a cached key's value): secrets of
+    /// up to 64 bytes share locked arenas of 64 KiB, 1024 to a mapping,
+    /// instead of each taking locked pages of its own, so a process holding
+    /// many keys neither exhausts its memory-lock budget page by page nor
+    /// the kernel's limit on mappings (locking a page splits its mapping).
+    /// Arenas stay locked for the life of the process, so freeing one slot
+    /// never unlocks another's. Longer secrets, or no arena: `from_slice`.
+    pub fn packed(bytes: &[u8]) -> Self {
+        if bytes.is_empty() || bytes.len() > slab::SLOT {
+            return Self::from_slice(bytes);
+        }
+        let Some((ptr, slot, locked)) = slab::take() else {
+            return Self::from_slice(bytes);
+        };
+        let mut s = SecretBytes {
+            ptr,
+            len: bytes.len(),
+            layout: None,
+            locked,
+            dontdump: false,
+            slot: Some(slot),
+        };
+        s.as_mut_slice().copy_from_slice(bytes);
+        s
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -181,6 +212,13 @@ impl SecretBytes {
 
 impl Drop for SecretBytes {
     fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // SAFETY: the slot's SLOT bytes are ours until given back.
+            let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), slab::SLOT) };
+            all.zeroize();
+            slab::give(slot);
+            return;
+        }
         let Some(layout) = self.layout else {
             return;
         };
@@ -236,6 +274,83 @@ fn release(page: Page) {
     }
     // SAFETY: allocated in `SecretBytes::new` with exactly this layout.
     unsafe { alloc::dealloc(page.ptr.as_ptr(), page.layout) };
+}
+
+/// Locked arenas shared by short secrets kept long (see `SecretBytes::packed`).
+mod slab {
+    use std::alloc::{self, Layout};
+    use std::ptr::NonNull;
+    use std::sync::Mutex;
+
+    use crate::runtime::lock::unpoisoned;
+
+    /// Bytes in a slot: an AES key is at most 32.
+    pub(super) const SLOT: usize = 64;
+    /// Bytes in an arena (one mapping, locked once).
+    const ARENA: usize = 64 << 10;
+    const SLOTS: usize = ARENA / SLOT;
+
+    /// Which arena and slot a packed secret occupies.
+    pub(super) struct Slot {
+        arena: usize,
+        index: usize,
+    }
+
+    struct Arena {
+        base: NonNull<u8>,
+        free: Vec<u16>,
+        locked: bool,
+    }
+
+    // SAFETY: an arena is memory this module owns; slots are handed out
+    // under the mutex to one owner each.
+    unsafe impl Send for Arena {}
+
+    static ARENAS: Mutex<Vec<Arena>> = Mutex::new(Vec::new());
+
+    fn new_arena() -> Option<Arena> {
+        let layout = Layout::from_size_align(ARENA, super::page_size()).ok()?;
+        // SAFETY: non-zero size.
+        let base = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })?;
+        // SAFETY: the arena's own range; never freed, so never unlocked.
+        let locked = unsafe { libc::mlock(base.as_ptr().cast(), ARENA) } == 0;
+        // Best effort, as for pages: out of core dumps.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        // SAFETY: as above; the advice does not change the contents.
+        unsafe {
+            libc::madvise(base.as_ptr().cast(), ARENA, libc::MADV_DONTDUMP);
+        }
+        Some(Arena {
+            base,
+            free: (0..SLOTS as u16).rev().collect(),
+            locked,
+        })
+    }
+
+    /// A zeroed slot, its pointer and whether its arena is locked.
+    pub(super) fn take() -> Option<(NonNull<u8>, Slot, bool)> {
+        let mut arenas = unpoisoned(ARENAS.lock());
+        let i = match arenas.iter().position(|a| !a.free.is_empty()) {
+            Some(i) => i,
+            None => {
+                arenas.push(new_arena()?);
+                arenas.len() - 1
+            }
+        };
+        let a = arenas.get_mut(i)?;
+        let index = usize::from(a.free.pop()?);
+        // SAFETY: index < SLOTS, so the slot lies inside the arena.
+        let ptr = unsafe { NonNull::new_unchecked(a.base.as_ptr().add(index * SLOT)) };
+        Some((ptr, Slot { arena: i, index }, a.locked))
+    }
+
+    /// Give a zeroized slot back.
+    pub(super) fn give(slot: Slot) {
+        let mut arenas = unpoisoned(ARENAS.lock());
+        if let (Some(a), Ok(index)) = (arenas.get_mut(slot.arena), u16::try_from(slot.index)) {
+            a.free.push(index);
+        }
+    }
 }
 
 /// A few zeroed, locked one-page buffers per thread. Every unwrap of a DEK
@@ -382,6 +497,34 @@ mod tests {
         assert_eq!(pa % page, 0);
         assert_eq!(pb % page, 0);
         assert_ne!(pa / page, pb / page);
+    }
+
+    #[test]
+    fn packed_secrets_share_arenas_and_are_wiped_for_the_next() {
+        let v: Vec<SecretBytes> = (0..3000u32)
+            .map(|i| SecretBytes::packed(&i.to_le_bytes().repeat(8)))
+            .collect();
+        for (i, s) in v.iter().enumerate() {
+            assert_eq!(s.as_slice(), &(i as u32).to_le_bytes().repeat(8)[..]);
+        }
+        let page = page_size();
+        let pages: std::collections::HashSet<usize> = v
+            .iter()
+            .map(|s| s.as_slice().as_ptr() as usize / page)
+            .collect();
+        assert!(
+            pages.len() * 8 < v.len(),
+            "several to a page: {}",
+            pages.len()
+        );
+        drop(v);
+        let again = SecretBytes::packed(&[1; 16]);
+        // SAFETY: a packed secret of 16 bytes sits at the start of a 64-byte
+        // slot inside a mapped, never-freed arena, so all 64 bytes are
+        // readable while `again` lives.
+        let all = unsafe { std::slice::from_raw_parts(again.as_slice().as_ptr(), 64) };
+        assert_eq!(&all[16..], &[0u8; 48][..], "a slot comes back zeroed");
+        assert_eq!(SecretBytes::packed(&[2; 100]).len(), 100, "longer: pages");
     }
 
     #[test]

@@ -282,3 +282,48 @@ fn backend_handles_found_before_an_hsm_restart_keep_working_and_the_kek_stays_gu
         .unwrap()
         .is_empty());
 }
+
+/// `cache_max_keys` bounds the unwrapped DEKs a process holds: past it the
+/// least recently used go, and one of those needs the HSM again at its next
+/// use (here the HSM is down, so that shows as CKR_HSME_HSM_UNAVAILABLE),
+/// while a session that still holds an evicted key keeps using it.
+#[test]
+fn a_full_key_cache_lets_the_least_recently_used_dek_go() {
+    let t = TestToken::with_extra_config(&format!(
+        "{}cache_max_keys = 4\n",
+        ttl_config(Some(HARD_TTL))
+    ));
+    let flag = through_faulty_backend(&t);
+    let p = ours();
+    // `s` uses the first DEK and keeps holding it; `s1` makes and uses five
+    // more, and the first two fall out of the cache of four.
+    let s = user_session(&p, token_slot(&p));
+    let first = generate(&s, true, vec![]);
+    gcm_encrypt(&s, first, &[1; 12], b"", b"x").unwrap();
+    let s1 = p.open_rw_session(token_slot(&p)).unwrap();
+    let mut deks = vec![first];
+    for _ in 0..5 {
+        let d = generate(&s1, true, vec![]);
+        gcm_encrypt(&s1, d, &[1; 12], b"", b"x").unwrap();
+        deks.push(d);
+    }
+    // The last four were used last; a new session holds none of them.
+    let s2 = p.open_rw_session(token_slot(&p)).unwrap();
+    std::fs::write(&flag, b"down").unwrap();
+    let served: Vec<bool> = deks
+        .iter()
+        .map(|d| match gcm_encrypt(&s2, *d, &[1; 12], b"", b"x") {
+            Ok(_) => true,
+            Err(e) => {
+                assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE));
+                false
+            }
+        })
+        .collect();
+    assert_eq!(served, [false, false, true, true, true, true]);
+    gcm_encrypt(&s, first, &[1; 12], b"", b"x").expect("still held by its session");
+    std::fs::remove_file(&flag).unwrap();
+    for d in &deks {
+        gcm_encrypt(&s2, *d, &[1; 12], b"", b"x").expect("unwrapped again");
+    }
+}

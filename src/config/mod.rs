@@ -81,6 +81,9 @@ impl KeyExport {
     }
 }
 
+/// `cache_max_keys` when the configuration says nothing.
+pub const DEFAULT_CACHE_MAX_KEYS: u64 = 100_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -132,6 +135,9 @@ pub struct Config {
     /// Seconds cached DEKs keep working while the HSM cannot be reached
     /// (0: no grace).
     pub cache_hard_ttl_secs: u64,
+    /// Unwrapped DEKs kept in memory at most (least recently used go first;
+    /// an evicted DEK is unwrapped on the HSM again at its next use).
+    pub cache_max_keys: u64,
     /// Tamper-evident audit log (JSON lines, appended). None: no audit log.
     pub audit_log: Option<PathBuf>,
     /// Mode of the audit log when this module creates it.
@@ -183,6 +189,7 @@ impl Default for Config {
             purge_protection: None,
             cache_soft_ttl_secs: 60,
             cache_hard_ttl_secs: 3600,
+            cache_max_keys: crate::config::DEFAULT_CACHE_MAX_KEYS,
             audit_log: None,
             audit_log_mode: crate::logging::DEFAULT_FILE_MODE,
             audit_checkpoint_lines: 100,
@@ -288,6 +295,9 @@ impl Config {
         }
         if self.cache_soft_ttl_secs == 0 {
             return bad("cache_soft_ttl_secs", "a number of seconds of at least 1");
+        }
+        if self.cache_max_keys == 0 {
+            return bad("cache_max_keys", "a whole number of at least 1");
         }
         if self.cache_hard_ttl_secs != 0 && self.cache_hard_ttl_secs < self.cache_soft_ttl_secs {
             return bad("cache_hard_ttl_secs", "0, or at least cache_soft_ttl_secs");

@@ -52,6 +52,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("purge_protection", Kind::Bool),
     ("cache_soft_ttl_secs", U64),
     ("cache_hard_ttl_secs", U64),
+    ("cache_max_keys", U64),
     ("audit_log", Kind::Path),
     ("audit_log_mode", Kind::Mode),
     ("audit_checkpoint_lines", U32),

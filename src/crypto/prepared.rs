@@ -23,6 +23,9 @@ pub struct PreparedKey {
 
 impl PreparedKey {
     pub fn new(value: SecretBytes) -> Result<Self, CryptoError> {
+        // Kept long: into a shared locked arena (see `SecretBytes::packed`);
+        // the buffer it came in goes back to its pool.
+        let value = SecretBytes::packed(value.as_slice());
         Ok(PreparedKey {
             schedule: Schedule::new(value.as_slice())?,
             #[cfg(feature = "aws-lc")]

@@ -22,24 +22,77 @@ struct Entry {
     key: Arc<PreparedKey>,
     /// The KEK version the value was unwrapped with (revocation is per version).
     kek_version: u32,
+    /// The cache's use counter when this entry was last served or made:
+    /// the least recently used go first when the cache is full.
+    used: AtomicU64,
 }
 
-#[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HandleMap<[u8; 16], Entry>>,
     epoch: AtomicU64,
+    /// Most keys held (`cache_max_keys`); an evicted DEK is unwrapped on the
+    /// HSM again at its next use. Sessions that hold a key keep it.
+    max: usize,
+    /// Counts inserts (and marks uses with it): a clock for recency that
+    /// costs a relaxed store on a hit only when the entry's mark is old.
+    tick: AtomicU64,
     /// Until when (`now_ms`) cached keys may be served without checking
     /// their KEK versions on the HSM again (the soft TTL, or the outage grace).
     valid_until: AtomicU64,
 }
 
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache::with_max(crate::config::DEFAULT_CACHE_MAX_KEYS as usize)
+    }
+}
+
 impl KeyCache {
+    /// A cache holding at most `max` keys (at least one).
+    pub fn with_max(max: usize) -> Self {
+        KeyCache {
+            map: RwLock::new(HandleMap::default()),
+            epoch: AtomicU64::new(0),
+            max: max.max(1),
+            tick: AtomicU64::new(0),
+            valid_until: AtomicU64::new(0),
+        }
+    }
+
     /// The cached key for `id`, if it was unwrapped from `binding`. Hits take
-    /// only a read lock.
+    /// only a read lock (and write the entry's use mark only when it is old).
     pub fn get(&self, id: &[u8; 16], binding: &[u8]) -> Option<Arc<PreparedKey>> {
         let m = self.map.read().ok()?;
         let e = m.get(id)?;
-        (*e.binding == *binding).then(|| e.key.clone())
+        if *e.binding != *binding {
+            return None;
+        }
+        let now = self.tick.load(Ordering::Relaxed);
+        if e.used.load(Ordering::Relaxed) != now {
+            e.used.store(now, Ordering::Relaxed);
+        }
+        Some(e.key.clone())
+    }
+
+    /// Make room for one more: when full, the least recently used sixteenth
+    /// goes (one pass over the cache every `max / 16` inserts).
+    fn make_room(&self, m: &mut HandleMap<[u8; 16], Entry>) {
+        if m.len() < self.max {
+            return;
+        }
+        let mut marks: Vec<u64> = m.values().map(|e| e.used.load(Ordering::Relaxed)).collect();
+        let n = (self.max / 16).max(1).min(marks.len());
+        let (_, cut, _) = marks.select_nth_unstable(n - 1);
+        let cut = *cut;
+        let mut left = n;
+        m.retain(|_, e| {
+            if left > 0 && e.used.load(Ordering::Relaxed) <= cut {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Read before an unwrap; pass to `insert`. Also read before a cache
@@ -101,12 +154,17 @@ impl KeyCache {
         {
             let mut m = unpoisoned(self.map.write());
             if self.epoch.load(Ordering::Acquire) == epoch {
+                if !m.contains_key(&id) {
+                    self.make_room(&mut m);
+                }
+                let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
                 m.insert(
                     id,
                     Entry {
                         binding,
                         key: key.clone(),
                         kek_version,
+                        used: AtomicU64::new(now),
                     },
                 );
             }
@@ -142,6 +200,36 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_cache_lets_the_least_recently_used_go() {
+        let c = KeyCache::with_max(32);
+        let b: Arc<[u8]> = Arc::from(&b"r"[..]);
+        for i in 0..32u8 {
+            c.insert(
+                [i; 16],
+                b.clone(),
+                1,
+                SecretBytes::from_slice(&[i; 16]),
+                c.epoch(),
+            )
+            .unwrap();
+        }
+        // Key 0 is used again: it is recent, 1 and 2 are the oldest.
+        assert!(c.get(&[0; 16], &b).is_some());
+        c.insert(
+            [99; 16],
+            b.clone(),
+            1,
+            SecretBytes::from_slice(&[9; 16]),
+            c.epoch(),
+        )
+        .unwrap();
+        assert_eq!(c.len(), 31, "a sixteenth (2) went, one came");
+        assert!(c.get(&[0; 16], &b).is_some(), "used recently: kept");
+        assert!(c.get(&[1; 16], &b).is_none() && c.get(&[2; 16], &b).is_none());
+        assert!(c.get(&[99; 16], &b).is_some());
+    }
 
     #[test]
     fn binding_and_epoch_rules() {

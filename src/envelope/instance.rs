@@ -58,6 +58,7 @@ impl Envelope {
     }
 
     pub fn new(settings: Settings, slot: Slot, backend: Arc<Backend>) -> Self {
+        let cache_max_keys = settings.cache_max_keys;
         let mut tag = [0u8; 4];
         let _ = getrandom::fill(&mut tag);
         Envelope {
@@ -68,7 +69,7 @@ impl Envelope {
             oaep: AtomicU8::new(0),
             view: RwLock::new(None),
             store: Mutex::new(None),
-            cache: KeyCache::default(),
+            cache: KeyCache::with_max(cache_max_keys),
             temp_gate: kek::TempGate::default(),
             health: super::health::Health::default(),
             audit: std::sync::OnceLock::new(),

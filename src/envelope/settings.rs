@@ -25,6 +25,8 @@ pub struct Settings {
     pub soft_ttl: Duration,
     /// Cached DEKs outlive an unreachable HSM this long (zero: not at all).
     pub hard_ttl: Duration,
+    /// Unwrapped DEKs kept in memory at most.
+    pub cache_max_keys: usize,
 }
 
 impl From<&Config> for Settings {
@@ -42,6 +44,7 @@ impl From<&Config> for Settings {
             purge_protection: c.purge_protection,
             soft_ttl: std::time::Duration::from_secs(c.cache_soft_ttl_secs),
             hard_ttl: std::time::Duration::from_secs(c.cache_hard_ttl_secs),
+            cache_max_keys: usize::try_from(c.cache_max_keys).unwrap_or(usize::MAX),
         }
     }
 }
