@@ -376,7 +376,17 @@ impl Audit {
     /// when the use interval has passed (noticed by a later call) or at
     /// [`Audit::flush`].
     pub fn count_use(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32) {
-        self.uses.add(key_id, label, kek_version);
+        self.count_uses(key_id, label, kek_version, 1);
+    }
+
+    /// Counts `n` uses of a DEK at once (callers that count in their own
+    /// memory first, such as the message functions, hand them over in
+    /// batches); written as [`Audit::count_use`]'s are.
+    pub fn count_uses(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.uses.add(key_id, label, kek_version, n);
         if self.uses.due() {
             self.check_fork();
             let used = self.uses.take(now_unix());

@@ -48,13 +48,13 @@ impl UseCounts {
         }
     }
 
-    /// Counts one use. The label is kept from the first use in the interval.
-    pub(crate) fn add(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32) {
+    /// Counts `n` uses. The label is kept from the first use in the interval.
+    pub(crate) fn add(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32, n: u64) {
         let key = (*key_id, kek_version);
         {
             let map = unpoisoned(self.map.read());
             if let Some(slot) = map.get(&key) {
-                slot.count.fetch_add(1, Ordering::Relaxed);
+                slot.count.fetch_add(n, Ordering::Relaxed);
                 return;
             }
         }
@@ -65,7 +65,7 @@ impl UseCounts {
                 count: AtomicU64::new(0),
             })
             .count
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -131,11 +131,11 @@ mod tests {
     fn counts_aggregate_per_dek_and_version() {
         let u = UseCounts::new(Duration::from_secs(60), 100);
         for _ in 0..1000 {
-            u.add(&[1; 16], b"one", 1);
+            u.add(&[1; 16], b"one", 1, 1);
         }
-        u.add(&[2; 16], b"two", 1);
-        u.add(&[2; 16], b"renamed", 1);
-        u.add(&[2; 16], b"two", 2);
+        u.add(&[2; 16], b"two", 1, 1);
+        u.add(&[2; 16], b"renamed", 1, 1);
+        u.add(&[2; 16], b"two", 2, 1);
         assert!(!u.due());
         let (since, used) = u.take(160);
         assert_eq!(since, 100);
@@ -162,7 +162,7 @@ mod tests {
                 let u = u.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        u.add(&[7; 16], b"x", 1);
+                        u.add(&[7; 16], b"x", 1, 1);
                     }
                 })
             })

@@ -562,6 +562,14 @@ pub enum Operation {
 const MAX_CANCEL_OUTPUT: CK_ULONG = 64 << 20;
 
 impl Backend {
+    /// The backend's own C_SessionCancel (PKCS#11 3.0) with `flags`, for
+    /// message operations forwarded to a 3.0 backend.
+    pub fn session_cancel(&self, bs: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
+        // SAFETY: a function of the backend's own 3.0 list; no pointers.
+        let rv = unsafe { super::bcall3!(self, C_SessionCancel(bs, flags)) };
+        super::check("C_SessionCancel", rv)
+    }
+
     /// The one-shot call of `op` on 16 zero bytes (a signature of one byte
     /// for verification), into `out` (NULL for a length query).
     fn one_shot(

@@ -33,9 +33,24 @@ macro_rules! bcall {
 }
 pub(crate) use bcall;
 
+/// `bcall!` on the backend's PKCS#11 3.0 function list (the message-based
+/// functions); `CKR_FUNCTION_NOT_SUPPORTED` when the backend has none (a
+/// 2.40 module such as SoftHSM2 2.6) or lacks the entry.
+macro_rules! bcall3 {
+    ($backend:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $backend.raw3().and_then(|l| l.$f) {
+            Some(f) => f($($arg),*),
+            None => cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    };
+}
+pub(crate) use bcall3;
+
 pub struct Backend {
     pkcs11: Pkcs11,
     raw: RawList,
+    /// The backend's 3.0 function list, if it offers one (`C_GetInterface`).
+    raw3: Option<RawList3>,
     /// Keeps the library mapped for `raw`; cryptoki holds its own handle too.
     _lib: libloading::Library,
     /// False when the host had already initialised the backend itself: then
@@ -49,6 +64,41 @@ struct RawList(*const CK_FUNCTION_LIST);
 unsafe impl Send for RawList {}
 // SAFETY: as for `Send`: shared reads of an immutable table.
 unsafe impl Sync for RawList {}
+
+/// The backend's 3.0 function list; immutable and owned by the library.
+struct RawList3(*const CK_FUNCTION_LIST_3_0);
+// SAFETY: as for `RawList`.
+unsafe impl Send for RawList3 {}
+// SAFETY: as for `RawList`.
+unsafe impl Sync for RawList3 {}
+
+/// The 3.0 function list of `lib`, if it exports `C_GetInterface` and has
+/// the "PKCS 11" interface in version 3.x.
+///
+/// # Safety
+/// `lib` must be a loaded PKCS#11 module.
+unsafe fn interface_3_0(lib: &libloading::Library) -> Option<RawList3> {
+    type GetInterface = unsafe extern "C" fn(
+        *mut CK_UTF8CHAR,
+        *mut CK_VERSION,
+        *mut *mut CK_INTERFACE,
+        CK_FLAGS,
+    ) -> CK_RV;
+    // SAFETY: C_GetInterface has this signature in every 3.0 module; it
+    // writes one pointer, to an interface the module owns.
+    unsafe {
+        let get: libloading::Symbol<GetInterface> = lib.get(b"C_GetInterface\0").ok()?;
+        let mut version = CK_VERSION { major: 3, minor: 0 };
+        let mut iface: *mut CK_INTERFACE = std::ptr::null_mut();
+        let name = b"PKCS 11\0";
+        let rv = get(name.as_ptr() as *mut _, &mut version, &mut iface, 0);
+        if rv != CKR_OK || iface.is_null() || (*iface).pFunctionList.is_null() {
+            return None;
+        }
+        let list = (*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0;
+        ((*list).version.major == 3).then_some(RawList3(list))
+    }
+}
 
 impl Backend {
     pub fn load(path: &Path) -> Result<Backend> {
@@ -75,6 +125,8 @@ impl Backend {
             }
             RawList(list)
         };
+        // SAFETY: the library just loaded as a PKCS#11 module.
+        let raw3 = unsafe { interface_3_0(&lib) };
         // OS locking: without it SoftHSM2 does no locking at all.
         let we_initialized = match pkcs11
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -86,6 +138,7 @@ impl Backend {
         Ok(Backend {
             pkcs11,
             raw,
+            raw3,
             _lib: lib,
             we_initialized,
         })
@@ -94,6 +147,13 @@ impl Backend {
     pub fn raw(&self) -> &CK_FUNCTION_LIST {
         // SAFETY: non-null (checked in load) and valid while the library is loaded.
         unsafe { &*self.raw.0 }
+    }
+
+    /// The 3.0 function list, if the backend has one.
+    pub fn raw3(&self) -> Option<&CK_FUNCTION_LIST_3_0> {
+        // SAFETY: non-null (checked in `interface_3_0`) and valid while the
+        // library is loaded.
+        self.raw3.as_ref().map(|l| unsafe { &*l.0 })
     }
 
     pub fn pkcs11(&self) -> &Pkcs11 {

@@ -30,6 +30,11 @@ impl GcmKey {
     pub fn usable(&self) -> bool {
         self.0.is_some()
     }
+
+    /// The aws-lc key, when there is one (AES-128 and AES-256).
+    pub fn key(&self) -> Option<&LessSafeKey> {
+        self.0.as_ref()
+    }
 }
 
 pub struct GcmOp {

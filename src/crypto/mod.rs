@@ -16,13 +16,15 @@ mod cbc;
 mod cmac_mac;
 mod ctr;
 mod gcm;
+pub mod gcm_iv;
+pub mod gcm_message;
 mod gcm_stream;
 pub mod key_wrap;
 mod prepared;
 
 pub use cmac_mac::CmacOp;
 pub use prepared::{
-    new_prepared_op, PreparedKey, PreparedOp, SessionHold, SessionKey, SpareBuffer,
+    new_prepared_op, KeyPrint, PreparedKey, PreparedOp, SessionHold, SessionKey, SpareBuffer,
 };
 
 use aes::cipher::{consts::U16, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};

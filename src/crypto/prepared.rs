@@ -19,24 +19,46 @@ pub struct PreparedKey {
     pub(super) schedule: Schedule,
     #[cfg(feature = "aws-lc")]
     pub(super) gcm: awslc::GcmKey,
+    print: KeyPrint,
 }
+
+/// A one-way fingerprint of a key's value: the first 16 bytes of SHA-256
+/// over a domain string and the value. It names key material (two DEKs
+/// holding the same value have the same print) without revealing it, as a
+/// key check value does, and is what GCM invocations are counted by.
+pub type KeyPrint = [u8; 16];
+
+const PRINT_DOMAIN: &[u8] = b"hsm-envelope key print v1\0";
 
 impl PreparedKey {
     pub fn new(value: SecretBytes) -> Result<Self, CryptoError> {
         // Kept long: into a shared locked arena (see `SecretBytes::packed`);
         // the buffer it came in goes back to its pool.
         let value = SecretBytes::packed(value.as_slice());
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(PRINT_DOMAIN)
+            .chain_update(value.as_slice())
+            .finalize();
+        let mut print = [0u8; 16];
+        print.copy_from_slice(&digest[..16]);
         Ok(PreparedKey {
             schedule: Schedule::new(value.as_slice())?,
             #[cfg(feature = "aws-lc")]
             gcm: awslc::GcmKey::new(value.as_slice())?,
             value,
+            print,
         })
     }
 
     /// The key bytes (for wrapping and for CKA_VALUE of extractable keys).
     pub fn value(&self) -> &[u8] {
         self.value.as_slice()
+    }
+
+    /// The key's fingerprint (see [`KeyPrint`]).
+    pub fn print(&self) -> &KeyPrint {
+        &self.print
     }
 }
 

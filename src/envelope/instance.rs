@@ -50,6 +50,8 @@ pub struct Envelope {
     pub(super) audit: std::sync::OnceLock<crate::audit::Audit>,
     /// Who this process is, for leases in the store.
     pub(super) holder: String,
+    /// GCM invocation numbers per key (see `gcm_budget`).
+    pub gcm: super::gcm_budget::GcmBudgets,
 }
 
 impl Envelope {
@@ -74,6 +76,7 @@ impl Envelope {
             health: super::health::Health::default(),
             audit: std::sync::OnceLock::new(),
             holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
+            gcm: super::gcm_budget::GcmBudgets::default(),
         }
     }
 

@@ -134,6 +134,42 @@ pub unsafe fn bytes_mut<'a>(p: *mut u8, len: CK_ULONG) -> Result<&'a mut [u8]> {
     Ok(unsafe { std::slice::from_raw_parts_mut(p, n) })
 }
 
+/// Copy `dst.len()` caller bytes at `p` into `dst` (our memory), so that no
+/// view of the caller's bytes outlives the copy.
+///
+/// # Safety
+/// `p` must point to `dst.len()` readable bytes when non-null.
+pub unsafe fn copy_in(p: *const u8, dst: &mut [u8]) -> Result<()> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    if p.is_null() {
+        return Err(bad());
+    }
+    // SAFETY: non-null, readable for `dst.len()` bytes by this function's
+    // contract; `dst` is ours, so the two cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+    Ok(())
+}
+
+/// Copy `src` (our memory) to the caller's `src.len()` bytes at `p`.
+///
+/// # Safety
+/// `p` must point to `src.len()` writable bytes when non-null, and no
+/// slice of the caller's memory there may be alive.
+pub unsafe fn copy_out(src: &[u8], p: *mut u8) -> Result<()> {
+    if src.is_empty() {
+        return Ok(());
+    }
+    if p.is_null() {
+        return Err(bad());
+    }
+    // SAFETY: non-null, writable for `src.len()` bytes by this function's
+    // contract; `src` is ours, so the two cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+    Ok(())
+}
+
 /// # Safety
 /// `p` must be null or valid for a write of T.
 pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {

@@ -4,8 +4,9 @@
 
 use cryptoki_sys::*;
 
-use crate::crypto::Mode;
+use crate::crypto::{gcm_iv, Mode};
 use crate::error::{Error, Result};
+use crate::token::message::Generator;
 use crate::token::wrapping::EncryptData;
 
 /// CK_GCM_PARAMS as some callers lay it out: without `ulIvBits`.
@@ -101,6 +102,87 @@ pub unsafe fn soft_mode<'a>(m: &'a CK_MECHANISM) -> Result<Mode<'a>> {
             _ => Err(Error::Rv(CKR_MECHANISM_INVALID)),
         }
     }
+}
+
+/// A caller's `CK_GCM_MESSAGE_PARAMS` (the per-message parameters of the
+/// message functions), checked: where its IV and tag are, and what the IV
+/// generator asks for. The bytes are copied by the shim (`ffi::message`).
+#[derive(Clone, Copy)]
+pub struct GcmMessage {
+    pub iv: *mut CK_BYTE,
+    pub iv_len: usize,
+    pub fixed_bits: usize,
+    pub generator: Generator,
+    pub tag: *mut CK_BYTE,
+    pub tag_len: usize,
+}
+
+/// `CK_GCM_MESSAGE_PARAMS` at `(p, len)`, checked for `dir`:
+/// - `CKR_ARGUMENTS_BAD`: no parameter, a length other than the
+///   structure's, a NULL `pIv` or `pTag` (pointers the call must use);
+/// - `CKR_MECHANISM_PARAM_INVALID`: values this mechanism does not take:
+///   an IV of 0 or more than 256 bytes, a tag of other than 32 to 128 bits
+///   in whole bytes and, for encryption, more fixed bits than the IV has,
+///   an unknown generator (`CKG_GENERATE_COUNTER_XOR` included, see the
+///   README), or too few free bits for the generator (32 for a counter, 96
+///   for random).
+///
+/// # Safety
+/// `p` must point to `len` readable bytes when non-null.
+pub unsafe fn gcm_message(
+    p: *const std::ffi::c_void,
+    len: CK_ULONG,
+    dir: crate::crypto::Direction,
+) -> Result<GcmMessage> {
+    if p.is_null() || len as usize != size_of::<CK_GCM_MESSAGE_PARAMS>() {
+        return Err(Error::Rv(CKR_ARGUMENTS_BAD));
+    }
+    // SAFETY: non-null, and of the structure's size by this function's contract.
+    let raw: CK_GCM_MESSAGE_PARAMS = unsafe { std::ptr::read_unaligned(p as *const _) };
+    if raw.pIv.is_null() || raw.pTag.is_null() {
+        return Err(Error::Rv(CKR_ARGUMENTS_BAD));
+    }
+    if raw.ulIvLen == 0 || raw.ulIvLen > MAX_GCM_IV {
+        return Err(param_invalid());
+    }
+    if !(32..=128).contains(&raw.ulTagBits) || !raw.ulTagBits.is_multiple_of(8) {
+        return Err(param_invalid());
+    }
+    let iv_len = raw.ulIvLen as usize;
+    let generator = match raw.ivGenerator {
+        CKG_NO_GENERATE => Generator::Caller,
+        CKG_GENERATE | CKG_GENERATE_COUNTER => Generator::Counter,
+        CKG_GENERATE_RANDOM => Generator::Random,
+        _ if dir == crate::crypto::Direction::Decrypt => Generator::Caller,
+        _ => return Err(param_invalid()),
+    };
+    let fixed_bits = if dir == crate::crypto::Direction::Encrypt {
+        let fixed = usize::try_from(raw.ulIvFixedBits).map_err(|_| param_invalid())?;
+        let free = gcm_iv::free_bits(iv_len, fixed).map_err(|_| param_invalid())?;
+        let least = match generator {
+            Generator::Caller => 0,
+            Generator::Counter => gcm_iv::COUNTER_BITS,
+            Generator::Random => gcm_iv::MIN_RANDOM_BITS,
+        };
+        if free < least {
+            return Err(param_invalid());
+        }
+        fixed
+    } else {
+        0
+    };
+    Ok(GcmMessage {
+        iv: raw.pIv,
+        iv_len,
+        fixed_bits,
+        generator: if dir == crate::crypto::Direction::Encrypt {
+            generator
+        } else {
+            Generator::Caller
+        },
+        tag: raw.pTag,
+        tag_len: (raw.ulTagBits / 8) as usize,
+    })
 }
 
 /// The data of the *_ENCRYPT_DATA derivations, borrowed from the caller's

@@ -32,18 +32,9 @@ unsupported! {
     C_DecryptDigestUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
     C_SignEncryptUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
     C_DecryptVerifyUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
-    // PKCS#11 3.0 additions not offered yet.
+    // PKCS#11 3.0 additions not offered yet (message-based signing and
+    // verifying; the message-based encryption functions are in `message`).
     C_LoginUser(h: CK_SESSION_HANDLE, u: CK_USER_TYPE, p: *mut CK_UTF8CHAR, n: CK_ULONG, user: *mut CK_UTF8CHAR, un: CK_ULONG);
-    C_MessageEncryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    C_EncryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, i: *mut CK_BYTE, il: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
-    C_EncryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
-    C_EncryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, i: *mut CK_BYTE, il: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
-    C_MessageEncryptFinal(h: CK_SESSION_HANDLE);
-    C_MessageDecryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    C_DecryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, i: *mut CK_BYTE, il: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
-    C_DecryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
-    C_DecryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, i: *mut CK_BYTE, il: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
-    C_MessageDecryptFinal(h: CK_SESSION_HANDLE);
     C_MessageSignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
     C_SignMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, i: *mut CK_BYTE, il: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
     C_SignMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);

@@ -124,6 +124,56 @@ fn check_and_fetch<'m>(
     handle: CK_OBJECT_HANDLE,
     soft: Result<Mode<'m>>,
 ) -> Result<(RememberedKey, Mode<'m>)> {
+    let mut parsed = None;
+    let key = fetch_checked(m, s, d, dir, mech, handle, || {
+        soft.map(|mode| parsed = Some(mode))
+    })?;
+    let mode = parsed.ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
+    Ok((key, mode))
+}
+
+/// A DEK or a backend key, for an init naming `handle`.
+pub enum KeyFor {
+    Dek(RememberedKey),
+    /// The backend's handle (the KEK and keys of other slots refused).
+    Backend(CK_OBJECT_HANDLE),
+}
+
+/// The key an init of `handle` in direction `dir` with `mech` uses, after
+/// every check of a full init; `params_ok` reports a bad mechanism
+/// parameter after the key's own checks and before any HSM call (for a
+/// DEK only).
+pub fn key_for(
+    m: &Module,
+    s: &Session,
+    dir: Direction,
+    mech: CK_MECHANISM_TYPE,
+    handle: CK_OBJECT_HANDLE,
+    params_ok: impl FnOnce() -> Result<()>,
+) -> Result<KeyFor> {
+    let obj = m
+        .objects
+        .get(handle)
+        .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+    match obj {
+        Object::Dek(d) => fetch_checked(m, s, d, dir, mech, handle, params_ok).map(KeyFor::Dek),
+        // A backend key gets the caller's mechanism unchanged: not ours to check.
+        Object::Backend { .. } => {
+            crate::token::object::manage::backend_key(m, s, handle).map(KeyFor::Backend)
+        }
+    }
+}
+
+/// `check_and_fetch` with the parameter check as a callback.
+fn fetch_checked(
+    m: &Module,
+    s: &Session,
+    d: Arc<Dek>,
+    dir: Direction,
+    mech: CK_MECHANISM_TYPE,
+    handle: CK_OBJECT_HANDLE,
+    params_ok: impl FnOnce() -> Result<()>,
+) -> Result<RememberedKey> {
     // Checked under the read lock: no copy of the key's state.
     let st = d.state.read();
     // Under the read lock, so it belongs to the state checked below.
@@ -143,7 +193,7 @@ fn check_and_fetch<'m>(
     if !st.attrs.mechanism_allowed(mech) {
         return Err(Error::Rv(CKR_MECHANISM_INVALID));
     }
-    let mode = soft?;
+    params_ok()?;
     let env = m.envelope_for(d.slot)?;
     // Before the lookup: a removal from the cache after this is noticed.
     let epoch = env.cache.epoch();
@@ -159,10 +209,7 @@ fn check_and_fetch<'m>(
         epoch,
         private,
     };
-    Ok((
-        RememberedKey::new(checked, key).with_tag(label, kek_version),
-        mode,
-    ))
+    Ok(RememberedKey::new(checked, key).with_tag(label, kek_version))
 }
 
 /// Which part of an operation a call is.

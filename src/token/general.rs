@@ -15,7 +15,10 @@ pub const LIBRARY_DESCRIPTION: &str = "hsm-envelope KEK/DEK module";
 /// derive, digest-key), on DEKs made real on the HSM for the call.
 pub const SOFT_MECHANISMS: &[(CK_MECHANISM_TYPE, CK_FLAGS)] = &[
     (CKM_AES_KEY_GEN, CKF_GENERATE),
-    (CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT),
+    (
+        CKM_AES_GCM,
+        CKF_ENCRYPT | CKF_DECRYPT | CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE,
+    ),
     (CKM_AES_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_AES_CTR, CKF_ENCRYPT | CKF_DECRYPT),
     (CKM_AES_ECB, CKF_ENCRYPT | CKF_DECRYPT),

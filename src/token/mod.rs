@@ -9,6 +9,7 @@ pub mod forward;
 pub mod general;
 pub mod kek_guard;
 pub mod mac;
+pub mod message;
 pub mod module;
 pub mod object;
 pub mod session;

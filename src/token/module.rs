@@ -423,6 +423,7 @@ impl Module {
         }
         for s in self.sessions.on_slot(slot) {
             if let Ok(mut ops) = s.ops() {
+                crate::token::message::hand_over_uses(self, &s, &mut ops);
                 ops.drop_soft();
             }
         }

@@ -52,6 +52,7 @@ pub fn with_session<R>(
 pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
     let m = module::get()?;
     let _life = unpoisoned(m.session_life.lock());
+    hand_over_uses(&m, h);
     let s = m.sessions.remove(h)?;
     close_one(&m, &s);
     if m.sessions.on_slot(s.slot).is_empty() {
@@ -59,6 +60,16 @@ pub fn close(h: CK_SESSION_HANDLE) -> Result<()> {
         m.logged_out(s.slot, None);
     }
     Ok(())
+}
+
+/// The uses that session `h`'s message operations counted go to the audit
+/// log before the session's close ends them.
+fn hand_over_uses(m: &Module, h: CK_SESSION_HANDLE) {
+    if let Ok(s) = m.sessions.get(h) {
+        if let Ok(mut ops) = s.ops() {
+            crate::token::message::hand_over_uses(m, &s, &mut ops);
+        }
+    }
 }
 
 /// Close one session: its backend session, and the objects that die with
@@ -85,6 +96,7 @@ pub fn close_all(slot: CK_SLOT_ID) -> Result<()> {
     m.slot(slot)?;
     let _life = unpoisoned(m.session_life.lock());
     for s in m.sessions.on_slot(slot as usize) {
+        hand_over_uses(&m, s.handle);
         if m.sessions.remove(s.handle).is_ok() {
             close_one(&m, &s);
         }

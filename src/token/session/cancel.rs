@@ -10,12 +10,13 @@ use crate::crypto::Direction;
 use crate::error::Result;
 use crate::token::forward::forward;
 use crate::token::session::lookup;
-use crate::token::session::table::Op;
+use crate::token::session::table::{MsgOp, Op};
 
 pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
     let (m, s) = lookup(h)?;
     let mut backend_ops = Vec::new();
     let mut flags_done: CK_FLAGS = 0;
+    let mut backend_message_flags: CK_FLAGS = 0;
     {
         let mut ops = s.ops()?;
         for (flag, dir, op) in [
@@ -32,6 +33,21 @@ pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
         }
         if flags & CKF_FIND_OBJECTS != 0 {
             ops.find = None;
+        }
+        // Message operations: ours end here; a backend's (on a 3.0
+        // backend) by its own C_SessionCancel.
+        for (flag, dir) in [
+            (CKF_MESSAGE_ENCRYPT, Direction::Encrypt),
+            (CKF_MESSAGE_DECRYPT, Direction::Decrypt),
+        ] {
+            if flags & flag == 0 {
+                continue;
+            }
+            crate::token::message::hand_over_uses(&m, &s, &mut ops);
+            match std::mem::replace(ops.message(dir), MsgOp::Idle) {
+                MsgOp::Backend => backend_message_flags |= flag,
+                MsgOp::Idle | MsgOp::Soft(_) => {}
+            }
         }
         // A software MAC ends here; none means a backend one may be active.
         if flags & CKF_SIGN != 0 && ops.sign.take().is_some() {
@@ -55,6 +71,11 @@ pub fn cancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
     }
     for op in backend_ops {
         forward(&m, &s, |bs| m.backend.end_operation(bs, op))?;
+    }
+    if backend_message_flags != 0 {
+        forward(&m, &s, |bs| {
+            m.backend.session_cancel(bs, backend_message_flags)
+        })?;
     }
     Ok(())
 }

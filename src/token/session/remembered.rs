@@ -78,6 +78,29 @@ impl RememberedKey {
         self
     }
 
+    /// The DEK, as the object table holds it.
+    pub fn dek(&self) -> &Arc<Dek> {
+        &self.dek
+    }
+
+    /// The handle this key was checked for.
+    pub fn handle(&self) -> CK_OBJECT_HANDLE {
+        self.handle
+    }
+
+    /// The DEK's label and KEK version, as remembered for the audit log.
+    pub fn tag(&self) -> (&[u8], u32) {
+        self.tag
+            .as_ref()
+            .map_or((&[][..], 0), |(l, v)| (l.as_slice(), *v))
+    }
+
+    /// Count `n` uses of the remembered DEK in the audit log at once.
+    pub fn count_uses(&self, audit: &crate::audit::Audit, n: u64) {
+        let (label, version) = self.tag();
+        audit.count_uses(&self.dek.id, label, version, n);
+    }
+
     /// Count one use of the remembered DEK in the audit log.
     pub fn count_use(&self, audit: &crate::audit::Audit) {
         let (label, version) = self

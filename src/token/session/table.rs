@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use cryptoki_sys::*;
 
 use crate::crypto::{Direction, PreparedOp, SpareBuffer};
+use crate::envelope::gcm_budget::Lease;
 use crate::error::{Error, Result};
 use crate::runtime::handle_hash::HandleMap;
 use crate::token::session::remembered::RememberedKey;
@@ -24,6 +25,22 @@ pub enum Op {
 impl Op {
     pub fn is_active(&self) -> bool {
         !matches!(self, Op::Idle)
+    }
+}
+
+/// A message-based operation (PKCS#11 3.0 `C_MessageEncryptInit` and
+/// `C_MessageDecryptInit`).
+pub enum MsgOp {
+    Idle,
+    /// AES-GCM on a DEK (see `token::message`).
+    Soft(Box<crate::token::message::SoftMessages>),
+    /// Forwarded to the backend session.
+    Backend,
+}
+
+impl MsgOp {
+    pub fn is_active(&self) -> bool {
+        !matches!(self, MsgOp::Idle)
     }
 }
 
@@ -56,6 +73,11 @@ pub struct Ops {
     /// Whether the operation of each direction (encrypt, decrypt) had an
     /// update: it can then only be finished, not done in one call.
     multi_part: [bool; 2],
+    /// The message-based operation of each direction (encrypt, decrypt).
+    messages: [MsgOp; 2],
+    /// The session's run of GCM invocation numbers (see
+    /// `envelope::gcm_budget`), for the key it last encrypted with.
+    pub gcm: Option<Lease>,
 }
 
 impl Ops {
@@ -70,6 +92,8 @@ impl Ops {
             last_decrypt_key: None,
             spare: None,
             multi_part: [false; 2],
+            messages: [MsgOp::Idle, MsgOp::Idle],
+            gcm: None,
         }
     }
 
@@ -78,6 +102,17 @@ impl Ops {
             Direction::Encrypt => 0,
             Direction::Decrypt => 1,
         }
+    }
+
+    /// The message-based operation of one direction.
+    pub fn message(&mut self, dir: Direction) -> &mut MsgOp {
+        &mut self.messages[Self::index(dir)]
+    }
+
+    /// The message-based operation of one direction and the session's run
+    /// of GCM invocation numbers.
+    pub fn message_and_gcm(&mut self, dir: Direction) -> (&mut MsgOp, &mut Option<Lease>) {
+        (&mut self.messages[Self::index(dir)], &mut self.gcm)
     }
 
     /// The software MAC operation slot of one direction.
@@ -125,6 +160,12 @@ impl Ops {
         }
         self.last_encrypt_key = None;
         self.last_decrypt_key = None;
+        for m in &mut self.messages {
+            if matches!(m, MsgOp::Soft(_)) {
+                *m = MsgOp::Idle;
+            }
+        }
+        self.gcm = None;
         self.spare = None;
         self.sign = None;
         self.verify = None;
