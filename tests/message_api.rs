@@ -1114,3 +1114,72 @@ fn message_functions_on_a_backend_key_reach_a_3_0_backend_unchanged() {
     assert_eq!(raw.encrypt(Some(&mut prm), b"", pt, &mut ct), (CKR_OK, 20));
     assert_eq!(reference_open(&KEY, &iv, b"", &ct, &tag).unwrap(), pt);
 }
+
+/// `gcm_iv = "module"`: AES-GCM encryption under a DEK with the caller's IV
+/// is refused on both paths (C_EncryptInit with CK_GCM_PARAMS, message
+/// encryption with CKG_NO_GENERATE) with CKR_MECHANISM_PARAM_INVALID and a
+/// log line; module-made IVs work; decryption takes the caller's IV on both
+/// paths; other mechanisms and backend keys are not affected.
+#[test]
+fn gcm_iv_module_refuses_caller_ivs_on_both_paths() {
+    let t = TestToken::with_extra_config("gcm_iv = \"module\"\n");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let key = known_dek(&s, true);
+    let (ct, tag) = reference_seal(&KEY, &[1; 12], b"a", b"legacy");
+
+    let e = gcm_encrypt(&s, key, &[1; 12], b"a", b"legacy").unwrap_err();
+    assert_eq!(rv(e), RvError::MechanismParamInvalid);
+    let joined = [ct.clone(), tag.clone()].concat();
+    assert_eq!(
+        gcm_decrypt(&s, key, &[1; 12], b"a", &joined).unwrap(),
+        b"legacy"
+    );
+    // Twice: the warm path (a remembered key) is held to it too.
+    let e = gcm_encrypt(&s, key, &[1; 12], b"a", b"legacy").unwrap_err();
+    assert_eq!(rv(e), RvError::MechanismParamInvalid);
+    s.encrypt(
+        &Mechanism::AesCbcPad([0; 16]),
+        key,
+        b"other modes are not GCM",
+    )
+    .unwrap();
+
+    let raw = Raw::new(&s);
+    assert_eq!(raw.encrypt_init(key), CKR_OK);
+    let mut iv = [1u8; 12];
+    let mut t16 = [0u8; 16];
+    let mut prm = params(&mut iv, 0, CKG_NO_GENERATE, &mut t16);
+    let mut out = [0u8; 6];
+    assert_eq!(
+        raw.encrypt(Some(&mut prm), b"a", b"legacy", &mut out).0,
+        CKR_MECHANISM_PARAM_INVALID
+    );
+    let pp = &mut prm as *mut _ as *mut c_void;
+    let rv = unsafe { raw.l.C_EncryptMessageBegin.unwrap()(raw.h, pp, PARAMS_LEN, null_mut(), 0) };
+    assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID);
+    let mut prm = params(&mut iv, 32, CKG_GENERATE_COUNTER, &mut t16);
+    assert_eq!(
+        raw.encrypt(Some(&mut prm), b"a", b"legacy", &mut out),
+        (CKR_OK, 6)
+    );
+    assert_eq!(
+        reference_open(&KEY, &iv, b"a", &out, &t16).unwrap(),
+        b"legacy"
+    );
+
+    assert_eq!(raw.decrypt_init(key), CKR_OK);
+    let mut iv = [1u8; 12];
+    let mut t16: [u8; 16] = tag.clone().try_into().unwrap();
+    let mut prm = params(&mut iv, 0, CKG_NO_GENERATE, &mut t16);
+    let mut back = [0u8; 6];
+    assert_eq!(raw.decrypt(&mut prm, b"a", &ct, &mut back), (CKR_OK, 6));
+    assert_eq!(&back, b"legacy");
+
+    let log = std::fs::read_to_string(t.log_file()).unwrap();
+    assert!(
+        log.contains("C_EncryptInit") && log.contains("gcm_iv = \"module\""),
+        "{log}"
+    );
+    assert!(log.contains("C_EncryptMessage"), "{log}");
+}

@@ -151,10 +151,26 @@ pub struct Config {
     pub audit_hmac_label: String,
     /// DEK use is logged as counts per DEK per this many seconds.
     pub audit_use_interval_secs: u64,
+    /// Who chooses the IVs of AES-GCM encryption under DEKs (issue 12).
+    pub gcm_iv: GcmIv,
     /// The file this configuration was read from (None: the defaults), for
     /// messages that tell the user what to change where.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `gcm_iv`: who chooses the IVs of AES-GCM encryption under DEKs.
+/// Decryption always takes the caller's IV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcmIv {
+    /// The application may pass its own IV (C_EncryptInit with
+    /// CK_GCM_PARAMS, C_EncryptMessage with CKG_NO_GENERATE).
+    #[default]
+    Caller,
+    /// Only IVs the module makes (the message functions with an IV
+    /// generator); encryption with a caller's IV is refused.
+    Module,
 }
 
 /// A file mode written in octal as a string ("0600").
@@ -196,6 +212,7 @@ impl Default for Config {
             audit_checkpoint_secs: 300,
             audit_hmac_label: "audit-hmac".into(),
             audit_use_interval_secs: 60,
+            gcm_iv: GcmIv::Caller,
             source: None,
         }
     }
@@ -483,6 +500,17 @@ mod tests {
         let c = Config::from_file(&f).unwrap();
         assert_eq!(c.where_to_set(), format!("in {}", f.display()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gcm_iv_is_caller_or_module() {
+        assert_eq!(Config::from_toml("").unwrap().gcm_iv, GcmIv::Caller);
+        let c = Config::from_toml("gcm_iv = \"module\"\n").unwrap();
+        assert_eq!(c.gcm_iv, GcmIv::Module);
+        let e = Config::from_toml("gcm_iv = \"hsm\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gcm_iv") && e.contains("caller"), "{e}");
     }
 
     #[test]

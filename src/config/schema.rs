@@ -59,6 +59,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("audit_checkpoint_secs", U64),
     ("audit_hmac_label", Kind::Text),
     ("audit_use_interval_secs", U64),
+    ("gcm_iv", Kind::OneOf(&["caller", "module"])),
 ];
 
 /// 1-based line and column of byte `offset` in `text`.

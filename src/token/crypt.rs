@@ -72,6 +72,13 @@ fn init_on(
     if op.is_active() {
         return Err(Error::Rv(CKR_OPERATION_ACTIVE));
     }
+    // `soft` is only ever used on a DEK: the IV policy is the DEKs'.
+    let soft = soft.and_then(|mode| match (dir, mode) {
+        (Direction::Encrypt, Mode::Gcm { .. }) => {
+            crate::token::message::caller_iv_allowed(&m, "C_EncryptInit").map(|()| mode)
+        }
+        _ => Ok(mode),
+    });
     // Warm: the same DEK as last time in this direction, nothing changed.
     if let Some(r) = last.as_ref() {
         if let Some(k) = r.reuse(key, mech, &m) {

@@ -20,6 +20,7 @@
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
+use crate::config::GcmIv;
 use crate::crypto::gcm_message::{self, Data};
 use crate::crypto::{gcm_iv, new_prepared_op, CipherOp, CryptoError, Direction, Mode, PreparedOp};
 use crate::envelope::gcm_budget::Lease;
@@ -135,6 +136,21 @@ struct Part {
 
 fn invalid() -> Error {
     Error::Rv(CKR_MECHANISM_PARAM_INVALID)
+}
+
+/// The IV policy (`gcm_iv`): with "module", AES-GCM encryption under a DEK
+/// with an IV the caller chose is refused, with CKR_MECHANISM_PARAM_INVALID
+/// (the mechanism is offered; this parameter, the caller's IV, is not) and
+/// a log line naming the setting. `call` names the function for the log.
+pub fn caller_iv_allowed(m: &Module, call: &str) -> Result<()> {
+    if m.config.gcm_iv == GcmIv::Module {
+        crate::log_warn!(
+            "{call}: AES-GCM encryption with the caller's IV refused on a DEK: gcm_iv = \"module\" \
+             (use C_EncryptMessage with an IV generator, CKG_GENERATE_COUNTER or CKG_GENERATE_RANDOM)"
+        );
+        return Err(invalid());
+    }
+    Ok(())
 }
 
 /// The init's parameter: none, or a `CK_GCM_MESSAGE_PARAMS` (whose values
@@ -326,6 +342,9 @@ impl SoftMessages {
         p: &mut MsgParams<'_>,
         gcm: &mut Option<Lease>,
     ) -> Result<bool> {
+        if p.generator == Generator::Caller {
+            caller_iv_allowed(m, "C_EncryptMessage(Begin)")?;
+        }
         let print = self.key.key().print();
         let n = match gcm.as_mut().filter(|l| l.budget().print() == print) {
             Some(l) => match l.take_local() {
