@@ -476,19 +476,32 @@ pub unsafe extern "C" fn C_GetInterface(
 ) -> CK_RV {
     static LIST3: OnceLock<CK_FUNCTION_LIST_3_0> = OnceLock::new();
     static IFACE: OnceLock<Interface> = OnceLock::new();
-    if std::env::var_os("FAULTY_BACKEND_V3").is_none() {
-        return CKR_FUNCTION_NOT_SUPPORTED;
-    }
+    static IFACE_240: OnceLock<Interface> = OnceLock::new();
     if pp.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    if !version.is_null() && (*version).major != 3 {
         return CKR_ARGUMENTS_BAD;
     }
     let mut l240: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
     let rv = C_GetFunctionList(&mut l240);
     if rv != CKR_OK {
         return rv;
+    }
+    if std::env::var_os("FAULTY_BACKEND_V3").is_none() {
+        // A 2.40 module as far as anyone asking can tell.
+        if !version.is_null() && (*version).major != 2 {
+            return CKR_ARGUMENTS_BAD;
+        }
+        let iface = IFACE_240.get_or_init(|| {
+            Interface(CK_INTERFACE {
+                pInterfaceName: c"PKCS 11".as_ptr() as *mut _,
+                pFunctionList: l240 as *mut _,
+                flags: 0,
+            })
+        });
+        *pp = &iface.0 as *const _ as *mut _;
+        return CKR_OK;
+    }
+    if !version.is_null() && (*version).major != 3 {
+        return CKR_ARGUMENTS_BAD;
     }
     let l = &*l240;
     let list = LIST3.get_or_init(|| {

@@ -66,6 +66,15 @@
  */
 #define CKR_HSME_HSM_UNAVAILABLE (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x05UL)
 
+/*
+ * The key's AES-GCM invocation limit (gcm_invocation_limit in the
+ * configuration) is reached: no further GCM encryption under this key
+ * material, through any function; decryption still works. Rotate to a new
+ * DEK.
+ * Value 0xC8450006UL.
+ */
+#define CKR_HSME_INVOCATION_LIMIT (HSME_VENDOR_DEFINED | HSME_VENDOR_PREFIX | 0x06UL)
+
 /* ---- Attribute types (CK_ATTRIBUTE_TYPE) ------------------------------ */
 
 /*

@@ -123,6 +123,7 @@ pub fn rv_name(rv: CK_RV) -> Cow<'static, str> {
         CKR_HSME_STORE_ERROR,
         CKR_HSME_KEK_REVOKED,
         CKR_HSME_HSM_UNAVAILABLE,
+        CKR_HSME_INVOCATION_LIMIT,
     );
     if let Some((_, name)) = TABLE.iter().find(|(c, _)| *c == rv) {
         return Cow::Borrowed(name);

@@ -20,6 +20,11 @@ pub const CKR_HSME_KEK_REVOKED: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x04;
 /// The HSM cannot be reached (device error, token gone, sessions lost) and
 /// the DEK is not cached, or its grace period (cache_hard_ttl_secs) is over.
 pub const CKR_HSME_HSM_UNAVAILABLE: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x05;
+/// The key's AES-GCM invocation limit (gcm_invocation_limit in the
+/// configuration) is reached: no further GCM encryption under this key
+/// material, through any function; decryption still works. Rotate to a new
+/// DEK.
+pub const CKR_HSME_INVOCATION_LIMIT: CK_RV = CKR_VENDOR_DEFINED | BASE | 0x06;
 
 /// CK_ULONG, read-only: the KEK version a token DEK is wrapped under.
 pub const CKA_HSME_KEK_VERSION: CK_ATTRIBUTE_TYPE = CKA_VENDOR_DEFINED | BASE | 0x01;

@@ -113,6 +113,15 @@ fn write_sample(path: &Path, p: &Pkcs11) -> Vec<Vec<u8>> {
     a.record(Entry::new(Op::OutageEnd, CKR_OK));
     a.record(Entry::new(Op::KekDestroyVersion, CKR_OK).kek_version(1));
     a.record(Entry::new(Op::DekPurge, CKR_OK).key(&id, b"payroll"));
+    a.record(
+        Entry::new(
+            Op::GcmLimit,
+            hsm_envelope::vendor::CKR_HSME_INVOCATION_LIMIT,
+        )
+        .key(&id, b"payroll")
+        .kek_version(2)
+        .count(1000),
+    );
     for _ in 0..3 {
         a.count_use(&id, b"payroll", 2);
     }

@@ -115,6 +115,10 @@ fn header_constants_equal_vendor_rs() {
         ("CKR_HSME_STORE_ERROR", vendor::CKR_HSME_STORE_ERROR),
         ("CKR_HSME_KEK_REVOKED", vendor::CKR_HSME_KEK_REVOKED),
         ("CKR_HSME_HSM_UNAVAILABLE", vendor::CKR_HSME_HSM_UNAVAILABLE),
+        (
+            "CKR_HSME_INVOCATION_LIMIT",
+            vendor::CKR_HSME_INVOCATION_LIMIT,
+        ),
         ("CKA_HSME_KEK_VERSION", vendor::CKA_HSME_KEK_VERSION),
         ("CKA_HSME_ON_BACKEND", vendor::CKA_HSME_ON_BACKEND),
     ]
@@ -123,7 +127,7 @@ fn header_constants_equal_vendor_rs() {
     .collect();
     assert_eq!(printed, expected);
     // The documented composition, spelled out once more.
-    for ((name, v), low) in expected.iter().zip([1, 2, 3, 4, 5, 1, 2]) {
+    for ((name, v), low) in expected.iter().zip([1, 2, 3, 4, 5, 6, 1, 2]) {
         assert_eq!(*v, 0x8000_0000 | 0x4845_0000 | low, "{name}");
     }
 }
@@ -134,7 +138,7 @@ fn header_covers_every_vendor_constant_with_its_comment() {
         std::fs::read_to_string(repo_root().join("include/hsm_envelope.h")).expect("read header");
     let header = normalise(&header_text);
     let docs = vendor_rs_docs();
-    assert_eq!(docs.len(), 7, "src/vendor.rs constants: {docs:?}");
+    assert_eq!(docs.len(), 8, "src/vendor.rs constants: {docs:?}");
     for (name, doc) in docs {
         assert!(
             header_text.contains(&format!("#define {name} ")),

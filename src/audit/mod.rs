@@ -116,10 +116,14 @@ pub enum Op {
     OutageEnd,
     /// Uses of one DEK in one interval (`count`); written by the counters.
     DekUse,
+    /// A key material reached its AES-GCM invocation limit (`count`: the
+    /// limit); further encryptions under it are refused. Written once per
+    /// key by each process that meets it.
+    GcmLimit,
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::KekCreate,
         Op::KekRotate,
         Op::KekImport,
@@ -136,6 +140,7 @@ impl Op {
         Op::OutageStart,
         Op::OutageEnd,
         Op::DekUse,
+        Op::GcmLimit,
     ];
 
     /// The `op` written on the line.
@@ -157,6 +162,7 @@ impl Op {
             Op::OutageStart => "outage_start",
             Op::OutageEnd => "outage_end",
             Op::DekUse => "dek_use",
+            Op::GcmLimit => "gcm_limit",
         }
     }
 

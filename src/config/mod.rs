@@ -153,11 +153,22 @@ pub struct Config {
     pub audit_use_interval_secs: u64,
     /// Who chooses the IVs of AES-GCM encryption under DEKs (issue 12).
     pub gcm_iv: GcmIv,
+    /// AES-GCM encryptions allowed under one key material (1000 to 2^32):
+    /// further ones are refused with CKR_HSME_INVOCATION_LIMIT.
+    pub gcm_invocation_limit: u64,
+    /// Most GCM invocations a process reserves in the store at once (1 to
+    /// 2^24; blocks start small and double up to this). A process that
+    /// dies loses at most the rest of its block.
+    pub gcm_invocation_block: u64,
     /// The file this configuration was read from (None: the defaults), for
     /// messages that tell the user what to change where.
     #[serde(skip)]
     pub source: Option<PathBuf>,
 }
+
+/// NIST SP 800-38D's limit for random 96-bit IVs, and the largest
+/// `gcm_invocation_limit` (a module IV's counter field is 32 bits).
+pub const GCM_INVOCATION_LIMIT_MAX: u64 = 1 << 32;
 
 /// `gcm_iv`: who chooses the IVs of AES-GCM encryption under DEKs.
 /// Decryption always takes the caller's IV.
@@ -213,6 +224,8 @@ impl Default for Config {
             audit_hmac_label: "audit-hmac".into(),
             audit_use_interval_secs: 60,
             gcm_iv: GcmIv::Caller,
+            gcm_invocation_limit: GCM_INVOCATION_LIMIT_MAX,
+            gcm_invocation_block: 1 << 16,
             source: None,
         }
     }
@@ -333,6 +346,15 @@ impl Config {
         }
         if self.min_decrypt_version == Some(0) {
             return bad("min_decrypt_version", "a KEK version of at least 1");
+        }
+        if !(1000..=GCM_INVOCATION_LIMIT_MAX).contains(&self.gcm_invocation_limit) {
+            return bad(
+                "gcm_invocation_limit",
+                "a number of encryptions from 1000 to 4294967296 (2^32)",
+            );
+        }
+        if !(1..=1 << 24).contains(&self.gcm_invocation_block) {
+            return bad("gcm_invocation_block", "a number from 1 to 16777216 (2^24)");
         }
         if crate::logging::Level::parse(&self.log_level).is_none() {
             return bad(
@@ -511,6 +533,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("gcm_iv") && e.contains("caller"), "{e}");
+    }
+
+    #[test]
+    fn gcm_invocation_limit_and_block_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            (c.gcm_invocation_limit, c.gcm_invocation_block),
+            (1 << 32, 1 << 16)
+        );
+        let c =
+            Config::from_toml("gcm_invocation_limit = 1000\ngcm_invocation_block = 1\n").unwrap();
+        assert_eq!((c.gcm_invocation_limit, c.gcm_invocation_block), (1000, 1));
+        for bad in [
+            "gcm_invocation_limit = 999",
+            "gcm_invocation_limit = 4294967297",
+            "gcm_invocation_block = 0",
+            "gcm_invocation_block = 16777217",
+            "gcm_invocation_limit = -1",
+        ] {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(bad.split(' ').next().unwrap_or("")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("audit_hmac_label", Kind::Text),
     ("audit_use_interval_secs", U64),
     ("gcm_iv", Kind::OneOf(&["caller", "module"])),
+    ("gcm_invocation_limit", U64),
+    ("gcm_invocation_block", U64),
 ];
 
 /// 1-based line and column of byte `offset` in `text`.

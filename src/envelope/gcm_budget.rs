@@ -1,49 +1,74 @@
-//! GCM invocations. Every AES-GCM encryption under a DEK takes one
-//! *invocation number* of its key material (the key's print, see
-//! `crypto::KeyPrint`): two DEKs holding the same value (a copy, a
-//! re-import) share one sequence of numbers.
+//! GCM invocations (issue 12). Every AES-GCM encryption under a DEK, by any
+//! function, takes one *invocation number* of its key material (the key's
+//! print, `crypto::KeyPrint`: two DEKs holding the same value, a copy or a
+//! re-import, share one sequence). At `gcm_invocation_limit` numbers the
+//! key is spent: further encryptions are refused with
+//! `CKR_HSME_INVOCATION_LIMIT`, once logged to the audit log by each
+//! process that meets it. Decryption takes no number.
 //!
 //! Numbers are handed out in three tiers, so that an encryption costs a
-//! plain increment:
+//! plain increment and the store sees one transaction per block:
 //!
-//! - a [`Lease`] (one per session and direction, or per message
-//!   operation) holds a small run of numbers and is used under the
-//!   session's own lock;
-//! - the process's [`KeyBudget`] for the key hands out those runs from its
-//!   block, under its mutex;
-//! - the block comes from the key's budget for this process.
+//! 1. the **store** (`StoreEngine::reserve_gcm`) grants each process
+//!    *blocks* of a token DEK's numbers, one transaction each, never past
+//!    the limit: the count holds across processes and hosts that share the
+//!    store. Blocks start at 64 numbers and double up to
+//!    `gcm_invocation_block`, so a short-lived process wastes little; a
+//!    process that dies loses at most the rest of its block, and one that
+//!    finalises gives the rest back when nobody reserved after it.
+//!    Session DEKs (which die with their session) are counted in the
+//!    process only: 0..limit, no store.
+//! 2. the process's [`KeyBudget`] hands out *runs* of its block to
+//!    sessions, under its mutex;
+//! 3. each session holds a [`Lease`] on one run, under its own lock, so a
+//!    number is a compare and an increment. A lease that ends (the session
+//!    moves to another key, closes, logs out) gives the rest of its run
+//!    back if it was the last run handed out.
 //!
-//! The numbers feed the counter IVs the module makes
-//! (`crypto::gcm_iv::counter`): with the per-process random prefix of the
-//! key's budget, they make the IV.
+//! The numbers are also the counter field of the IVs the module makes
+//! (`crypto::gcm_iv::counter`), after a random prefix drawn once per key
+//! and process: for a token DEK on a shared store, no two encryptions
+//! anywhere share a number, so no two counter IVs repeat whatever the
+//! prefixes; the prefix keeps IVs apart where numbers could meet (session
+//! DEKs in two processes, stores that are not shared).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cryptoki_sys::*;
-
+use super::Envelope;
+use crate::audit::{Entry, Op};
 use crate::crypto::KeyPrint;
 use crate::error::{Error, Result};
+use crate::hex::encode as hex;
 use crate::runtime::lock::unpoisoned;
+use crate::vendor::CKR_HSME_INVOCATION_LIMIT;
 
-/// Invocation numbers are 32 bits (the counter field of a module IV).
-pub const NUMBERS: u64 = 1 << 32;
-
-/// Numbers a lease takes from its key's budget at a time.
-const RUN: u64 = 256;
+/// The first block a process reserves for a key; later ones double.
+const FIRST_BLOCK: u64 = 64;
+/// The longest run a lease takes at once.
+const MAX_RUN: u64 = 256;
 
 /// One key's numbers in this process.
 pub struct KeyBudget {
     print: KeyPrint,
     /// Random, drawn once per key and process: the prefix of counter IVs.
     prefix: u128,
+    /// Counted in the store (a token DEK's key material), or only here.
+    stored: bool,
     block: Mutex<Block>,
+    /// Token DEKs whose store row is known to name this key (`gcm_print`,
+    /// for listings): each is marked once per process.
+    marked: Mutex<Vec<[u8; 16]>>,
 }
 
 /// The numbers this process may still hand out: `next..end`.
 struct Block {
     next: u64,
     end: u64,
+    /// How many the next reservation asks for.
+    size: u64,
+    /// The limit was met: nothing more will come.
+    spent: bool,
 }
 
 impl KeyBudget {
@@ -53,9 +78,12 @@ impl KeyBudget {
 }
 
 /// A run of invocation numbers, held by one session (under its lock), so
-/// taking one is a plain increment.
+/// taking one is a compare and an increment.
 pub struct Lease {
     budget: Arc<KeyBudget>,
+    /// The DEK it last served (another DEK with the same key takes the
+    /// slow path once, to be marked in the store).
+    dek: [u8; 16],
     next: u64,
     end: u64,
 }
@@ -81,81 +109,16 @@ impl Lease {
     pub fn budget(&self) -> &Arc<KeyBudget> {
         &self.budget
     }
-}
 
-/// Every key's budget in this process, by print.
-#[derive(Default)]
-pub struct GcmBudgets {
-    keys: Mutex<HashMap<KeyPrint, Arc<KeyBudget>>>,
-}
-
-impl GcmBudgets {
-    /// An empty lease on `print`'s budget (made on first use).
-    fn lease(&self, print: &KeyPrint) -> Lease {
-        let mut keys = unpoisoned(self.keys.lock());
-        let budget = keys
-            .entry(*print)
-            .or_insert_with(|| {
-                let mut prefix = [0u8; 16];
-                // A failed draw leaves zeros: uniqueness of counter IVs does
-                // not rest on the prefix (see `take`).
-                if crate::crypto::gcm_iv::random_bytes(&mut prefix).is_err() {
-                    crate::log_warn!("no random prefix for counter IVs; using zeros");
-                }
-                Arc::new(KeyBudget {
-                    print: *print,
-                    prefix: u128::from_be_bytes(prefix),
-                    block: Mutex::new(Block {
-                        next: 0,
-                        end: NUMBERS,
-                    }),
-                })
-            })
-            .clone();
-        Lease {
-            budget,
-            next: 0,
-            end: 0,
-        }
-    }
-
-    /// The next invocation number of the key `print`, from the session's
-    /// lease in `slot` (made, or replaced when it is another key's).
-    pub fn take(&self, slot: &mut Option<Lease>, print: &KeyPrint) -> Result<u32> {
-        match slot {
-            Some(l) if l.budget.print == *print => {
-                if let Some(n) = l.take_local() {
-                    return Ok(n);
-                }
-                self.refill(l)
-            }
-            _ => {
-                // The old lease (if any) gives its unused numbers back.
-                let l = slot.insert(self.lease(print));
-                self.refill(l)
-            }
-        }
-    }
-
-    /// A new run for `lease` from its key's budget, and its first number.
-    fn refill(&self, lease: &mut Lease) -> Result<u32> {
-        let mut block = unpoisoned(lease.budget.block.lock());
-        if block.next >= block.end {
-            crate::log_warn!("GCM invocation numbers of a key are used up in this process");
-            return Err(Error::Rv(CKR_DATA_LEN_RANGE));
-        }
-        let run = RUN.min(block.end - block.next);
-        lease.next = block.next;
-        lease.end = block.next + run;
-        block.next += run;
-        drop(block);
-        lease.take_local().ok_or(Error::Rv(CKR_GENERAL_ERROR))
+    /// Whether this lease serves the DEK `id` with key `print` as it is.
+    #[inline]
+    pub fn serves(&self, print: &KeyPrint, id: &[u8; 16]) -> bool {
+        self.budget.print == *print && self.dek == *id
     }
 }
 
-/// A lease ends (its session moved to another key, closed, logged out):
-/// if its run is the last one its budget handed out, the numbers it did
-/// not use go back, so that short-lived operations waste nothing.
+/// A lease ends: if its run is the last one its budget handed out, the
+/// numbers it did not use go back, so that short operations waste nothing.
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.next >= self.end {
@@ -168,44 +131,267 @@ impl Drop for Lease {
     }
 }
 
+/// The DEK that asks for a number: for the store's listing (a token DEK's
+/// id) and the audit line when the limit is met.
+#[derive(Clone, Copy)]
+pub struct Asker<'a> {
+    pub id: &'a [u8; 16],
+    /// A token DEK (counted in the store), or a session DEK.
+    pub token: bool,
+    pub label: &'a [u8],
+    pub kek_version: u32,
+}
+
+/// Every key's budget in this process, by print, and the configured limit.
+pub struct GcmBudgets {
+    keys: Mutex<HashMap<KeyPrint, Arc<KeyBudget>>>,
+    limit: u64,
+    max_block: u64,
+    run: u64,
+}
+
+impl GcmBudgets {
+    /// `limit` numbers per key; blocks of up to `max_block`.
+    pub fn new(limit: u64, max_block: u64) -> GcmBudgets {
+        let max_block = max_block.max(1);
+        GcmBudgets {
+            keys: Mutex::new(HashMap::new()),
+            limit,
+            max_block,
+            run: (max_block / 4).clamp(1, MAX_RUN),
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// An empty lease on `print`'s budget (made on first use; a token DEK
+    /// finding a budget kept only here replaces it with a stored one).
+    fn lease(&self, print: &KeyPrint, token: bool, dek: &[u8; 16]) -> Lease {
+        let mut keys = unpoisoned(self.keys.lock());
+        let budget = match keys.get(print) {
+            Some(b) if b.stored || !token => b.clone(),
+            _ => {
+                let mut prefix = [0u8; 16];
+                // Counter IVs' uniqueness rests on the numbers; the prefix
+                // only keeps apart what the numbers cannot (see above).
+                if crate::crypto::gcm_iv::random_bytes(&mut prefix).is_err() {
+                    crate::log_warn!("no random prefix for counter IVs; using zeros");
+                }
+                let b = Arc::new(KeyBudget {
+                    print: *print,
+                    prefix: u128::from_be_bytes(prefix),
+                    stored: token,
+                    block: Mutex::new(Block {
+                        next: 0,
+                        end: if token { 0 } else { self.limit },
+                        size: FIRST_BLOCK.min(self.max_block),
+                        spent: false,
+                    }),
+                    marked: Mutex::new(Vec::new()),
+                });
+                keys.insert(*print, b.clone());
+                b
+            }
+        };
+        Lease {
+            budget,
+            dek: *dek,
+            next: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Envelope {
+    /// The next GCM invocation number of the key `print` for `who`, from
+    /// the session's lease in `slot` (made, or replaced when it is another
+    /// key's). `CKR_HSME_INVOCATION_LIMIT` once the key is spent.
+    pub fn gcm_invocation(
+        &self,
+        slot: &mut Option<Lease>,
+        print: &KeyPrint,
+        who: &Asker<'_>,
+    ) -> Result<u32> {
+        let lease = match slot {
+            Some(l) if l.budget.print == *print && (l.budget.stored || !who.token) => l,
+            // The old lease (if any) gives its unused numbers back.
+            _ => slot.insert(self.gcm.lease(print, who.token, who.id)),
+        };
+        lease.dek = *who.id;
+        let n = match lease.take_local() {
+            Some(n) => Ok(n),
+            None => self.gcm_refill(lease, who),
+        };
+        // After the refill, whose reservation marks the asker itself.
+        self.gcm_mark(&lease.budget, who);
+        n
+    }
+
+    /// Record on `who`'s store row that it holds this budget's key, once
+    /// per DEK and process (its first reservation does it too). Only for
+    /// listings: a failure is not the encryption's.
+    fn gcm_mark(&self, budget: &KeyBudget, who: &Asker<'_>) {
+        if !budget.stored || !who.token {
+            return;
+        }
+        let mut marked = unpoisoned(budget.marked.lock());
+        if marked.contains(who.id) {
+            return;
+        }
+        let now = crate::clock::unix_secs();
+        let limit = self.gcm.limit;
+        match self
+            .with_store(|st| Ok(st.reserve_gcm(&budget.print, Some(who.id), 0, limit, now)?))
+        {
+            Ok(_) => marked.push(*who.id),
+            Err(e) => crate::log_debug!("GCM count not recorded on DEK {}: {e}", hex(who.id)),
+        }
+    }
+
+    /// A new run for `lease` from its key's budget (reserving a block in
+    /// the store first if the budget is empty), and its first number.
+    fn gcm_refill(&self, lease: &mut Lease, who: &Asker<'_>) -> Result<u32> {
+        let budget = lease.budget.clone();
+        let mut block = unpoisoned(budget.block.lock());
+        if block.next >= block.end {
+            if !block.spent && budget.stored {
+                let asked = block.size;
+                let limit = self.gcm.limit;
+                let token_id = who.token.then_some(who.id);
+                let now = crate::clock::unix_secs();
+                let r = self.with_store(|st| {
+                    Ok(st.reserve_gcm(&budget.print, token_id, asked, limit, now)?)
+                })?;
+                block.next = r.start;
+                block.end = r.start.saturating_add(r.granted);
+                block.size = asked.saturating_mul(2).min(self.gcm.max_block);
+                if let Some(id) = token_id {
+                    let mut marked = unpoisoned(budget.marked.lock());
+                    if !marked.contains(id) {
+                        marked.push(*id);
+                    }
+                }
+            }
+            if block.next >= block.end {
+                let first = !block.spent;
+                block.spent = true;
+                drop(block);
+                if first {
+                    self.gcm_spent(&budget, who);
+                }
+                return Err(Error::Rv(CKR_HSME_INVOCATION_LIMIT));
+            }
+        }
+        let run = self.gcm.run.min(block.end - block.next);
+        lease.next = block.next;
+        lease.end = block.next + run;
+        block.next += run;
+        drop(block);
+        lease
+            .take_local()
+            .ok_or(Error::Rv(CKR_HSME_INVOCATION_LIMIT))
+    }
+
+    /// The key met its limit: say so, once per process.
+    fn gcm_spent(&self, budget: &KeyBudget, who: &Asker<'_>) {
+        crate::log_warn!(
+            "DEK {}: its AES-GCM invocation limit ({}) is reached{}; further encryptions under its key are refused (CKR_HSME_INVOCATION_LIMIT)",
+            hex(who.id),
+            self.gcm.limit,
+            if budget.stored { "" } else { " in this process" }
+        );
+        self.log(
+            Entry::new(Op::GcmLimit, CKR_HSME_INVOCATION_LIMIT)
+                .key(who.id, who.label)
+                .kek_version(who.kek_version)
+                .count(self.gcm.limit)
+                .detail("AES-GCM invocation limit reached"),
+        );
+    }
+
+    /// At C_Finalize: give the unused end of each stored block back to the
+    /// store, where nobody reserved after it. Failures cost only numbers.
+    pub(super) fn gcm_give_back(&self) {
+        let budgets: Vec<Arc<KeyBudget>> = unpoisoned(self.gcm.keys.lock())
+            .values()
+            .filter(|b| b.stored)
+            .cloned()
+            .collect();
+        let now = crate::clock::unix_secs();
+        for b in budgets {
+            let mut block = unpoisoned(b.block.lock());
+            if block.next >= block.end {
+                continue;
+            }
+            let (from, to) = (block.next, block.end);
+            match self.with_store(|st| Ok(st.return_gcm(&b.print, from, to, now)?)) {
+                Ok(true) => block.end = block.next,
+                Ok(false) => {}
+                Err(e) => crate::log_debug!("GCM numbers not given back: {e}"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn local(budgets: &GcmBudgets, slot: &mut Option<Lease>, print: &KeyPrint) -> Option<u32> {
+        if let Some(n) = slot.as_mut().and_then(|l| l.take_local()) {
+            return Some(n);
+        }
+        // Session-DEK budgets need no store: refill by hand as the
+        // envelope does.
+        let l = slot.insert(budgets.lease(print, false, &[0; 16]));
+        let mut block = unpoisoned(l.budget.block.lock());
+        let run = budgets.run.min(block.end.saturating_sub(block.next));
+        l.next = block.next;
+        l.end = block.next + run;
+        block.next += run;
+        drop(block);
+        l.take_local()
+    }
+
     #[test]
     fn leases_on_one_key_never_share_a_number() {
-        let budgets = GcmBudgets::default();
+        let budgets = GcmBudgets::new(1 << 32, 1 << 16);
         let (mut a, mut b) = (None, None);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
-            assert!(seen.insert(budgets.take(&mut a, &[1; 16]).unwrap()));
-            assert!(seen.insert(budgets.take(&mut b, &[1; 16]).unwrap()));
+            assert!(seen.insert(local(&budgets, &mut a, &[1; 16]).unwrap()));
+            assert!(seen.insert(local(&budgets, &mut b, &[1; 16]).unwrap()));
         }
         let prefix = |l: &Option<Lease>| l.as_ref().map(|l| l.prefix());
         assert_eq!(prefix(&a), prefix(&b));
         let mut other = None;
-        budgets.take(&mut other, &[2; 16]).unwrap();
+        local(&budgets, &mut other, &[2; 16]).unwrap();
         assert_ne!(prefix(&a), prefix(&other));
     }
 
     #[test]
     fn the_last_lease_gives_its_unused_numbers_back() {
-        let budgets = GcmBudgets::default();
+        let budgets = GcmBudgets::new(1 << 32, 1 << 16);
+        let run = budgets.run as u32;
         let mut a = None;
-        assert_eq!(budgets.take(&mut a, &[1; 16]).unwrap(), 0);
+        assert_eq!(local(&budgets, &mut a, &[1; 16]), Some(0));
         drop(a);
         let mut b = None;
-        assert_eq!(budgets.take(&mut b, &[1; 16]).unwrap(), 1, "reused");
+        assert_eq!(local(&budgets, &mut b, &[1; 16]), Some(1), "reused");
         let mut c = None;
-        assert_eq!(budgets.take(&mut c, &[1; 16]).unwrap(), 1 + RUN as u32);
+        assert_eq!(local(&budgets, &mut c, &[1; 16]), Some(1 + run));
         // b's run is not the last one handed out: its numbers stay spent.
         drop(b);
         let mut d = None;
-        assert_eq!(budgets.take(&mut d, &[1; 16]).unwrap(), 1 + 2 * RUN as u32);
-        // A session moving to another key gives its run back.
-        drop(d);
-        assert_eq!(budgets.take(&mut c, &[2; 16]).unwrap(), 0);
-        let mut e = None;
-        assert_eq!(budgets.take(&mut e, &[1; 16]).unwrap(), 2 + 2 * RUN as u32);
+        assert_eq!(local(&budgets, &mut d, &[1; 16]), Some(1 + 2 * run));
+    }
+
+    #[test]
+    fn runs_are_a_quarter_block_up_to_256() {
+        assert_eq!(GcmBudgets::new(1000, 50).run, 12);
+        assert_eq!(GcmBudgets::new(1000, 1).run, 1);
+        assert_eq!(GcmBudgets::new(1 << 32, 1 << 16).run, 256);
     }
 }

@@ -63,6 +63,7 @@ impl Envelope {
         let cache_max_keys = settings.cache_max_keys;
         let mut tag = [0u8; 4];
         let _ = getrandom::fill(&mut tag);
+        let gcm = super::gcm_budget::GcmBudgets::new(settings.gcm_limit, settings.gcm_block);
         Envelope {
             backend,
             settings,
@@ -76,7 +77,7 @@ impl Envelope {
             health: super::health::Health::default(),
             audit: std::sync::OnceLock::new(),
             holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
-            gcm: super::gcm_budget::GcmBudgets::default(),
+            gcm,
         }
     }
 
@@ -184,6 +185,7 @@ impl Envelope {
     }
 
     pub fn close(&self) {
+        self.gcm_give_back();
         self.pool.close_all();
         self.cache.clear();
     }

@@ -27,6 +27,10 @@ pub struct Settings {
     pub hard_ttl: Duration,
     /// Unwrapped DEKs kept in memory at most.
     pub cache_max_keys: usize,
+    /// AES-GCM encryptions allowed per key material (see `gcm_budget`).
+    pub gcm_limit: u64,
+    /// Most GCM invocations a process reserves in the store at once.
+    pub gcm_block: u64,
 }
 
 impl From<&Config> for Settings {
@@ -45,6 +49,8 @@ impl From<&Config> for Settings {
             soft_ttl: std::time::Duration::from_secs(c.cache_soft_ttl_secs),
             hard_ttl: std::time::Duration::from_secs(c.cache_hard_ttl_secs),
             cache_max_keys: usize::try_from(c.cache_max_keys).unwrap_or(usize::MAX),
+            gcm_limit: c.gcm_invocation_limit,
+            gcm_block: c.gcm_invocation_block,
         }
     }
 }

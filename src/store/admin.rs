@@ -19,4 +19,9 @@ pub struct DekListing {
     pub updated: i64,
     /// Unix seconds; None if no use was ever recorded.
     pub last_used: Option<i64>,
+    /// GCM invocations reserved for the DEK's key material (see `gcm`);
+    /// None if none ever were (its rows are written as blocks are reserved,
+    /// so this runs ahead of the encryptions done by at most a block per
+    /// process).
+    pub gcm_invocations: Option<u64>,
 }

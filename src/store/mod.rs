@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod deletion;
+pub mod gcm;
 pub mod kek;
 pub mod postgresql;
 pub mod sqlite;
@@ -274,6 +275,33 @@ pub trait StoreEngine: Send {
 
     /// Gives the lease back, if `holder` holds it.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    // --- GCM invocations (see `gcm`) -------------------------------------
+
+    /// Reserves up to `n` GCM invocation numbers of the key material
+    /// `print`, never past `limit`, in one transaction (its row made on
+    /// first use): the numbers granted follow every number reserved before,
+    /// by any process. Also records `print` on the DEK row `dek`, if there
+    /// is one, for listings. `granted` 0: the limit is reached.
+    fn reserve_gcm(
+        &self,
+        print: &gcm::Print,
+        dek: Option<&[u8; 16]>,
+        n: u64,
+        limit: u64,
+        now: i64,
+    ) -> Result<gcm::Reservation, StoreError>;
+
+    /// Gives back `from..to`, the unused end of a reservation, if nothing
+    /// was reserved after it (the count is still `to`): the count goes back
+    /// to `from`. Returns whether it did.
+    fn return_gcm(
+        &self,
+        print: &gcm::Print,
+        from: u64,
+        to: u64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 
     // --- Listings for the admin tool (see `admin`) ----------------------
 

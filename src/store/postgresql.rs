@@ -40,8 +40,8 @@ use ::postgres::{Client, Config, NoTls, Row, Statement};
 use serde::Deserialize;
 
 use super::{
-    DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
-    StoreEngine, StoreError,
+    gcm, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
+    RecordUpdate, StoreEngine, StoreError,
 };
 use crate::clock::unix_secs as now_secs;
 use crate::runtime::lock::unpoisoned;
@@ -50,7 +50,7 @@ use crate::runtime::lock::unpoisoned;
 pub const ENGINE: &str = "postgresql";
 
 /// Schema version written to `meta` under `schema_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection attempt waits when the URL does not say
 /// (`connect_timeout`): a server that does not answer must not hang
@@ -110,9 +110,19 @@ CREATE INDEX dek_label ON dek (label);
 CREATE INDEX dek_ckaid ON dek (ckaid);
 ";
 
+/// Version 3: GCM invocation counts per key material (issue 12).
+const SCHEMA_V3: &str = "
+CREATE TABLE gcm_usage (
+    print    bytea PRIMARY KEY CHECK (length(print) = 16),
+    reserved bigint NOT NULL CHECK (reserved >= 0),
+    updated  bigint NOT NULL
+);
+ALTER TABLE dek ADD COLUMN gcm_print bytea;
+";
+
 /// The migration steps, in order: step `i` takes version `i` to `i + 1`.
 /// A later version appends a step; a step never changes once released.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint)";
 const PROTECTION_KEY: &str = "purge_protection";
@@ -223,8 +233,18 @@ const TAKE_LEASE: &str = "INSERT INTO lease (name, holder, expires) VALUES ($1, 
      WHERE lease.holder = excluded.holder OR lease.expires <= $4";
 const RELEASE_LEASE: &str = "DELETE FROM lease WHERE name = $1 AND holder = $2";
 const LIST_FOR_ADMIN: &str =
-    "SELECT id, label, ckaid, kek_label, kek_version, created, updated, last_used
-     FROM dek WHERE deleted_at IS NULL ORDER BY created, id";
+    "SELECT d.id, d.label, d.ckaid, d.kek_label, d.kek_version, d.created, d.updated,
+            d.last_used, u.reserved
+     FROM dek d LEFT JOIN gcm_usage u ON u.print = d.gcm_print
+     WHERE d.deleted_at IS NULL ORDER BY d.created, d.id";
+const GCM_NEW: &str = "INSERT INTO gcm_usage (print, reserved, updated) VALUES ($1, 0, $2)
+     ON CONFLICT (print) DO NOTHING";
+const GCM_FOR_UPDATE: &str = "SELECT reserved FROM gcm_usage WHERE print = $1 FOR UPDATE";
+const GCM_SET: &str = "UPDATE gcm_usage SET reserved = $2, updated = $3 WHERE print = $1";
+const GCM_MARK_DEK: &str =
+    "UPDATE dek SET gcm_print = $2 WHERE id = $1 AND gcm_print IS DISTINCT FROM $2";
+const GCM_RETURN: &str =
+    "UPDATE gcm_usage SET reserved = $2, updated = $4 WHERE print = $1 AND reserved = $3";
 const RECORD_COUNTS: &str = "SELECT kek_label, kek_version, count(*) FROM dek
      GROUP BY kek_label, kek_version ORDER BY kek_label, kek_version";
 const DELETED_COUNT: &str = "SELECT count(*) FROM dek WHERE deleted_at IS NOT NULL";
@@ -886,9 +906,56 @@ impl StoreEngine for PostgresStore {
                     created: r.try_get(5)?,
                     updated: r.try_get(6)?,
                     last_used: r.try_get(7)?,
+                    gcm_invocations: r
+                        .try_get::<_, Option<i64>>(8)?
+                        .map(gcm::from_sql)
+                        .transpose()?,
                 })
             })
             .collect()
+    }
+
+    fn reserve_gcm(
+        &self,
+        print: &gcm::Print,
+        dek: Option<&[u8; 16]>,
+        n: u64,
+        limit: u64,
+        now: i64,
+    ) -> Result<gcm::Reservation, StoreError> {
+        self.with(|c| {
+            let new = c.prepare(GCM_NEW)?;
+            let lock = c.prepare(GCM_FOR_UPDATE)?;
+            let set = c.prepare(GCM_SET)?;
+            let mark = c.prepare(GCM_MARK_DEK)?;
+            let mut tx = c.client.transaction()?;
+            tx.execute(&new, &[&&print[..], &now])?;
+            // The row is locked: another reservation of this key waits for
+            // this transaction and then sees its count.
+            let reserved = match tx.query_opt(&lock, &[&&print[..]])? {
+                Some(r) => gcm::from_sql(r.try_get(0)?)?,
+                None => return Err(StoreError::NotFound),
+            };
+            let grant = gcm::Reservation::grant(reserved, n, limit);
+            let total = gcm::to_sql(grant.start + grant.granted)?;
+            tx.execute(&set, &[&&print[..], &total, &now])?;
+            if let Some(id) = dek {
+                tx.execute(&mark, &[&&id[..], &&print[..]])?;
+            }
+            tx.commit()?;
+            Ok(grant)
+        })
+    }
+
+    fn return_gcm(
+        &self,
+        print: &gcm::Print,
+        from: u64,
+        to: u64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (from, to) = (gcm::to_sql(from)?, gcm::to_sql(to)?);
+        Ok(self.execute(GCM_RETURN, &[&&print[..], &from, &to, &now])? > 0)
     }
 
     fn record_counts(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {

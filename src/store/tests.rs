@@ -81,6 +81,8 @@ suite!(
     leases_exclude_others_until_they_expire,
     lease_holders_on_two_sessions,
     find_by_label_ckaid_and_id,
+    gcm_reservations_stop_at_the_limit_and_never_overlap,
+    gcm_counts_are_listed_and_the_last_block_given_back,
 );
 
 fn row(n: u8) -> DekRow {
@@ -598,6 +600,117 @@ fn lease_holders_on_two_sessions(f: &Fresh) {
             .sum();
         assert_eq!(winners, 1, "round {round}");
     }
+}
+
+/// Four sessions reserve GCM invocation blocks of one key at once: the
+/// blocks never overlap, cover 0..limit exactly, and stop at the limit;
+/// another key has its own count.
+fn gcm_reservations_stop_at_the_limit_and_never_overlap(f: &Fresh) {
+    const LIMIT: u64 = 1000;
+    let print = [7u8; 16];
+    let location = Arc::new(f.location.clone());
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let location = Arc::clone(&location);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || -> Result<Vec<(u64, u64)>, StoreError> {
+                let s = Store::open_at(&location)?;
+                barrier.wait();
+                let mut got = Vec::new();
+                loop {
+                    let r = s.reserve_gcm(&print, None, 7 + t * 10, LIMIT, 1)?;
+                    if r.granted == 0 {
+                        return Ok(got);
+                    }
+                    got.push((r.start, r.granted));
+                }
+            })
+        })
+        .collect();
+    let mut blocks: Vec<(u64, u64)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap().unwrap())
+        .collect();
+    blocks.sort();
+    let mut next = 0;
+    for (start, n) in &blocks {
+        assert_eq!(*start, next, "{blocks:?}");
+        next += n;
+    }
+    assert_eq!(next, LIMIT);
+    let s = f.open();
+    let r = s.reserve_gcm(&print, None, 5, LIMIT, 2).unwrap();
+    assert_eq!(
+        r,
+        gcm::Reservation {
+            start: LIMIT,
+            granted: 0
+        }
+    );
+    // A higher limit (another process's configuration) grants more.
+    let r = s.reserve_gcm(&print, None, 5, LIMIT + 3, 2).unwrap();
+    assert_eq!(
+        r,
+        gcm::Reservation {
+            start: LIMIT,
+            granted: 3
+        }
+    );
+    let r = s.reserve_gcm(&[8; 16], None, 5, LIMIT, 2).unwrap();
+    assert_eq!(
+        r,
+        gcm::Reservation {
+            start: 0,
+            granted: 5
+        }
+    );
+}
+
+/// A DEK that reserved shows its key's count in the listing (a copy of
+/// the same key material, too, once it reserved); the unused end of the
+/// last block can be given back, an earlier one cannot.
+fn gcm_counts_are_listed_and_the_last_block_given_back(f: &Fresh) {
+    let s = f.open();
+    s.insert(&row(1)).unwrap();
+    s.insert(&row(2)).unwrap();
+    let count = |s: &Store, n: u8| {
+        s.list_for_admin()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.id == row(n).id)
+            .unwrap()
+            .gcm_invocations
+    };
+    assert_eq!(count(&s, 1), None);
+    let print = [3u8; 16];
+    let a = s
+        .reserve_gcm(&print, Some(&row(1).id), 100, 1 << 32, 5)
+        .unwrap();
+    assert_eq!(
+        a,
+        gcm::Reservation {
+            start: 0,
+            granted: 100
+        }
+    );
+    assert_eq!((count(&s, 1), count(&s, 2)), (Some(100), None));
+    let b = s
+        .reserve_gcm(&print, Some(&row(2).id), 50, 1 << 32, 6)
+        .unwrap();
+    assert_eq!(b.start, 100);
+    assert_eq!((count(&s, 1), count(&s, 2)), (Some(150), Some(150)));
+    // a's block is not the last one: it stays reserved.
+    assert!(!s.return_gcm(&print, 40, 100, 7).unwrap());
+    assert!(s.return_gcm(&print, 120, 150, 7).unwrap());
+    assert_eq!(count(&s, 1), Some(120));
+    assert_eq!(
+        s.reserve_gcm(&print, None, 10, 1 << 32, 8).unwrap().start,
+        120
+    );
+    // A soft-deleted DEK is not listed; its count stays with the key.
+    assert!(s.soft_delete(&row(2).id, 0).unwrap());
+    assert_eq!(count(&s, 1), Some(130));
 }
 
 /// PostgreSQL only: a server restarted under an open store. The call that

@@ -68,7 +68,7 @@ fn init_on(
     key: CK_OBJECT_HANDLE,
 ) -> Result<Step> {
     let mut ops = s.ops()?;
-    let (op, last) = ops.direction(dir);
+    let (op, last, gcm) = ops.direction_and_gcm(dir);
     if op.is_active() {
         return Err(Error::Rv(CKR_OPERATION_ACTIVE));
     }
@@ -84,6 +84,7 @@ fn init_on(
         if let Some(k) = r.reuse(key, mech, &m) {
             let mode = soft?;
             let new_op = crypto::new_prepared_op(k, &mode, dir)?;
+            count_gcm(&m, s, dir, &mode, r, gcm)?;
             count_use(&m, s, r);
             ops.start(dir, new_op);
             return Ok(Step::Done(0));
@@ -99,6 +100,9 @@ fn init_on(
         Object::Dek(d) => {
             let (remembered, mode) = check_and_fetch(&m, s, d, dir, mech, key, soft)?;
             let new_op = crypto::new_prepared_op(remembered.key(), &mode, dir);
+            if new_op.is_ok() {
+                count_gcm(&m, s, dir, &mode, &remembered, gcm)?;
+            }
             count_use(&m, s, &remembered);
             *last = Some(remembered);
             ops.start(dir, new_op?);
@@ -111,6 +115,23 @@ fn init_on(
             Ok(Step::ForwardInit(bkey))
         }
     }
+}
+
+/// An AES-GCM encryption takes one invocation number of its key (the
+/// caller's IV is used; the number only counts it): refused with
+/// `CKR_HSME_INVOCATION_LIMIT` once the key is spent.
+fn count_gcm(
+    m: &Module,
+    s: &Session,
+    dir: Direction,
+    mode: &Mode<'_>,
+    key: &RememberedKey,
+    gcm: &mut Option<crate::envelope::gcm_budget::Lease>,
+) -> Result<()> {
+    if dir == Direction::Encrypt && matches!(mode, Mode::Gcm { .. }) {
+        crate::token::message::take_invocation(m, s, key, gcm)?;
+    }
+    Ok(())
 }
 
 /// A DEK use, counted (not logged per call) when there is an audit log.

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use crate::config::GcmIv;
 use crate::crypto::gcm_message::{self, Data};
 use crate::crypto::{gcm_iv, new_prepared_op, CipherOp, CryptoError, Direction, Mode, PreparedOp};
-use crate::envelope::gcm_budget::Lease;
+use crate::envelope::gcm_budget::{Asker, Lease};
 use crate::error::{Error, Result};
 use crate::token::crypt::{key_for, Input, KeyFor, Step};
 use crate::token::module::Module;
@@ -345,14 +345,7 @@ impl SoftMessages {
         if p.generator == Generator::Caller {
             caller_iv_allowed(m, "C_EncryptMessage(Begin)")?;
         }
-        let print = self.key.key().print();
-        let n = match gcm.as_mut().filter(|l| l.budget().print() == print) {
-            Some(l) => match l.take_local() {
-                Some(n) => n,
-                None => m.envelope_for(s.slot)?.gcm.take(gcm, print)?,
-            },
-            None => m.envelope_for(s.slot)?.gcm.take(gcm, print)?,
-        };
+        let n = take_invocation(m, s, &self.key, gcm)?;
         let prefix = gcm.as_ref().map_or(0, |l| l.prefix());
         let made = match p.generator {
             Generator::Caller => return Ok(false),
@@ -493,6 +486,32 @@ impl SoftMessages {
             tag_made: last && dir == Direction::Encrypt,
         })
     }
+}
+
+/// One GCM invocation number of `key`'s key material, from the session's
+/// run `gcm` (a compare and an increment, but for every run's first).
+/// `CKR_HSME_INVOCATION_LIMIT` once the key is spent.
+pub fn take_invocation(
+    m: &Module,
+    s: &Session,
+    key: &RememberedKey,
+    gcm: &mut Option<Lease>,
+) -> Result<u32> {
+    let print = key.key().print();
+    let dek = key.dek();
+    if let Some(l) = gcm.as_mut().filter(|l| l.serves(print, &dek.id)) {
+        if let Some(n) = l.take_local() {
+            return Ok(n);
+        }
+    }
+    let (label, kek_version) = key.tag();
+    let who = Asker {
+        id: &dek.id,
+        token: dek.is_token(),
+        label,
+        kek_version,
+    };
+    m.envelope_for(s.slot)?.gcm_invocation(gcm, print, &who)
 }
 
 /// One Next call on a multi-part message.

@@ -164,12 +164,28 @@ pub enum KekCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum DekCommand {
-    /// List token DEKs: label, id, CKA_ID, KEK version, created, last used
+    /// List token DEKs: label, id, CKA_ID, KEK version, created, last used,
+    /// AES-GCM invocations
     ///
     /// Soft-deleted DEKs are not listed; their records still count for their
-    /// KEK version (`kek list`, `status`).
+    /// KEK version (`kek list`, `status`). GCM USES is how many AES-GCM
+    /// encryptions processes have reserved for the DEK's key material, of
+    /// `gcm_invocation_limit` (reservations run ahead of the encryptions by
+    /// at most `gcm_invocation_block` per process); at the limit, further
+    /// encryptions are refused (CKR_HSME_INVOCATION_LIMIT).
     #[command(after_help = EXIT_CODES)]
-    List,
+    List {
+        /// Only the DEKs whose key has used PERCENT of its GCM invocation
+        /// limit or more [default PERCENT: 90]
+        #[arg(
+            long,
+            value_name = "PERCENT",
+            num_args = 0..=1,
+            default_missing_value = "90",
+            value_parser = clap::value_parser!(u8).range(0..=100)
+        )]
+        near_limit: Option<u8>,
+    },
     /// List soft-deleted DEKs: when they were deleted, from when they may be
     /// purged, and whether they may be purged now
     ///

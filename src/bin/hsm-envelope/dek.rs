@@ -10,8 +10,26 @@ use hsm_envelope::store::DeletedRow;
 use crate::exit;
 use crate::output::{hex, label, now_secs, opt_time, table, time, Failure, Report};
 
-pub fn list(admin: &Admin) -> Result<Report, Failure> {
-    let deks = admin.env.with_store(|st| Ok(st.list_for_admin()?))?;
+/// How much of `limit` `used` is, in percent.
+fn percent(used: u64, limit: u64) -> f64 {
+    if limit == 0 {
+        return 100.0;
+    }
+    used as f64 * 100.0 / limit as f64
+}
+
+pub fn list(admin: &Admin, near_limit: Option<u8>) -> Result<Report, Failure> {
+    let limit = admin.config.gcm_invocation_limit;
+    let all = admin.env.with_store(|st| Ok(st.list_for_admin()?))?;
+    let deks: Vec<_> = all
+        .into_iter()
+        .filter(|d| match near_limit {
+            None => true,
+            Some(p) => d
+                .gcm_invocations
+                .is_some_and(|n| percent(n, limit) >= f64::from(p)),
+        })
+        .collect();
     let rows: Vec<Vec<String>> = deks
         .iter()
         .map(|d| {
@@ -26,16 +44,34 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
                 format!("{} v{}", d.kek_label, d.kek_version),
                 time(d.created),
                 opt_time(d.last_used),
+                match d.gcm_invocations {
+                    Some(n) => format!("{n} ({:.1}%)", percent(n, limit)),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
-    let text = if deks.is_empty() {
-        "no token DEKs\n".to_string()
-    } else {
-        table(
-            &["LABEL", "ID", "CKA_ID", "KEK", "CREATED", "LAST USED"],
-            &rows,
-        )
+    let text = match (deks.is_empty(), near_limit) {
+        (true, None) => "no token DEKs\n".to_string(),
+        (true, Some(p)) => {
+            format!("no token DEK has used {p}% or more of its GCM invocation limit ({limit})\n")
+        }
+        (false, _) => {
+            let mut t = table(
+                &[
+                    "LABEL",
+                    "ID",
+                    "CKA_ID",
+                    "KEK",
+                    "CREATED",
+                    "LAST USED",
+                    "GCM USES",
+                ],
+                &rows,
+            );
+            t.push_str(&format!("GCM invocation limit: {limit} per key\n"));
+            t
+        }
     };
     let doc = json!({
         "deks": deks.iter().map(|d| json!({
@@ -47,8 +83,12 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
             "created": d.created,
             "updated": d.updated,
             "last_used": d.last_used,
+            "gcm_invocations": d.gcm_invocations,
+            "gcm_used_percent": d.gcm_invocations.map(|n| percent(n, limit)),
         })).collect::<Vec<_>>(),
         "count": deks.len(),
+        "gcm_invocation_limit": limit,
+        "near_limit_percent": near_limit,
     });
     Ok(Report::new(text, doc))
 }

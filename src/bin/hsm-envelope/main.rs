@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         },
         Command::Rewrap(args) => rewrap::run(&admin, args),
         Command::Dek { command } => match command {
-            DekCommand::List => dek::list(&admin),
+            DekCommand::List { near_limit } => dek::list(&admin, *near_limit),
             DekCommand::Deleted => dek::deleted(&admin),
             DekCommand::Recover { id } => dek::recover(&admin, id),
             DekCommand::Purge { id } => dek::purge(&admin, id),

@@ -33,15 +33,15 @@ use rusqlite::{
 };
 
 use super::{
-    DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal, RecordUpdate,
-    StoreEngine, StoreError,
+    gcm, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
+    RecordUpdate, StoreEngine, StoreError,
 };
 
 /// The engine's name.
 pub const ENGINE: &str = "sqlite";
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// How long a connection waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -104,6 +104,16 @@ CREATE INDEX IF NOT EXISTS dek_deleted ON dek (deleted_at);
 const SCHEMA_V4: &str = "
 CREATE INDEX IF NOT EXISTS dek_label ON dek (label);
 CREATE INDEX IF NOT EXISTS dek_ckaid ON dek (ckaid);
+";
+
+/// Version 5: GCM invocation counts per key material (issue 12).
+const SCHEMA_V5: &str = "
+CREATE TABLE IF NOT EXISTS gcm_usage (
+    print    BLOB PRIMARY KEY NOT NULL CHECK (typeof(print) = 'blob' AND length(print) = 16),
+    reserved INTEGER NOT NULL CHECK (reserved >= 0),
+    updated  INTEGER NOT NULL
+);
+ALTER TABLE dek ADD COLUMN gcm_print BLOB;
 ";
 
 pub(crate) const ROW_COLUMNS: &str =
@@ -311,6 +321,9 @@ impl SqliteStore {
                 if v < 4 {
                     tx.execute_batch(SCHEMA_V4).map_err(open_err)?;
                 }
+                if v < 5 {
+                    tx.execute_batch(SCHEMA_V5).map_err(open_err)?;
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(open_err)?;
             } else {
@@ -494,22 +507,80 @@ impl StoreEngine for SqliteStore {
     }
     fn list_for_admin(&self) -> Result<Vec<DekListing>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, label, ckaid, kek_label, kek_version, created, updated, last_used
-             FROM dek WHERE deleted_at IS NULL ORDER BY created, id",
+            "SELECT d.id, d.label, d.ckaid, d.kek_label, d.kek_version, d.created, d.updated,
+                    d.last_used, u.reserved
+             FROM dek d LEFT JOIN gcm_usage u ON u.print = d.gcm_print
+             WHERE d.deleted_at IS NULL ORDER BY d.created, d.id",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(DekListing {
-                id: r.get(0)?,
-                label: r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
-                ckaid: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
-                kek_label: r.get(3)?,
-                kek_version: r.get(4)?,
-                created: r.get(5)?,
-                updated: r.get(6)?,
-                last_used: r.get(7)?,
-            })
+            Ok((
+                DekListing {
+                    id: r.get(0)?,
+                    label: r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    ckaid: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                    kek_label: r.get(3)?,
+                    kek_version: r.get(4)?,
+                    created: r.get(5)?,
+                    updated: r.get(6)?,
+                    last_used: r.get(7)?,
+                    gcm_invocations: None,
+                },
+                r.get::<_, Option<i64>>(8)?,
+            ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        rows.map(|r| {
+            let (mut listing, reserved) = r?;
+            listing.gcm_invocations = reserved.map(gcm::from_sql).transpose()?;
+            Ok(listing)
+        })
+        .collect()
+    }
+
+    fn reserve_gcm(
+        &self,
+        print: &gcm::Print,
+        dek: Option<&[u8; 16]>,
+        n: u64,
+        limit: u64,
+        now: i64,
+    ) -> Result<gcm::Reservation, StoreError> {
+        let tx = self.immediate()?;
+        let reserved: Option<i64> = tx
+            .prepare_cached("SELECT reserved FROM gcm_usage WHERE print = ?1")?
+            .query_row(params![print], |r| r.get(0))
+            .optional()?;
+        let reserved = reserved.map(gcm::from_sql).transpose()?.unwrap_or(0);
+        let grant = gcm::Reservation::grant(reserved, n, limit);
+        let total = gcm::to_sql(grant.start + grant.granted)?;
+        tx.prepare_cached(
+            "INSERT INTO gcm_usage (print, reserved, updated) VALUES (?1, ?2, ?3)
+             ON CONFLICT (print) DO UPDATE SET reserved = excluded.reserved, updated = excluded.updated",
+        )?
+        .execute(params![print, total, now])?;
+        if let Some(id) = dek {
+            tx.prepare_cached(
+                "UPDATE dek SET gcm_print = ?2 WHERE id = ?1 AND gcm_print IS NOT ?2",
+            )?
+            .execute(params![id, print])?;
+        }
+        tx.commit()?;
+        Ok(grant)
+    }
+
+    fn return_gcm(
+        &self,
+        print: &gcm::Print,
+        from: u64,
+        to: u64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE gcm_usage SET reserved = ?2, updated = ?4 WHERE print = ?1 AND reserved = ?3",
+            )?
+            .execute(params![print, gcm::to_sql(from)?, gcm::to_sql(to)?, now])?;
+        Ok(n > 0)
     }
 
     fn record_counts(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {

@@ -171,6 +171,18 @@ impl Ops {
         self.verify = None;
     }
 
+    /// The operation slot, the remembered key of one direction and the
+    /// session's run of GCM invocation numbers.
+    pub fn direction_and_gcm(
+        &mut self,
+        dir: Direction,
+    ) -> (&mut Op, &mut Option<RememberedKey>, &mut Option<Lease>) {
+        match dir {
+            Direction::Encrypt => (&mut self.encrypt, &mut self.last_encrypt_key, &mut self.gcm),
+            Direction::Decrypt => (&mut self.decrypt, &mut self.last_decrypt_key, &mut self.gcm),
+        }
+    }
+
     /// The operation slot and the remembered key of one direction.
     pub fn direction(&mut self, dir: Direction) -> (&mut Op, &mut Option<RememberedKey>) {
         match dir {
