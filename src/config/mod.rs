@@ -225,7 +225,7 @@ impl Default for Config {
             audit_use_interval_secs: 60,
             gcm_iv: GcmIv::Caller,
             gcm_invocation_limit: GCM_INVOCATION_LIMIT_MAX,
-            gcm_invocation_block: 1 << 16,
+            gcm_invocation_block: 1 << 20,
             source: None,
         }
     }
@@ -540,7 +540,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(
             (c.gcm_invocation_limit, c.gcm_invocation_block),
-            (1 << 32, 1 << 16)
+            (1 << 32, 1 << 20)
         );
         let c =
             Config::from_toml("gcm_invocation_limit = 1000\ngcm_invocation_block = 1\n").unwrap();

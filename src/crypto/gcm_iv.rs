@@ -74,11 +74,22 @@ pub fn counter(
     if free < COUNTER_BITS {
         return Err(CryptoError::Param);
     }
-    clear_from(iv, fixed_bits);
     let split = iv.len() - COUNTER_BITS / 8;
     let (head, tail) = iv.split_at_mut(split);
     tail.copy_from_slice(&count.to_be_bytes());
-    put_low_bits(head, prefix, prefix_bits(free));
+    let bits = prefix_bits(free);
+    if fixed_bits.is_multiple_of(8) {
+        // Whole bytes (the usual case): zeros, then the prefix's low bytes.
+        let (between, low) = head
+            .get_mut(fixed_bits / 8..)
+            .ok_or(CryptoError::Param)?
+            .split_at_mut(free / 8 - COUNTER_BITS / 8 - bits / 8);
+        between.fill(0);
+        low.copy_from_slice(&prefix.to_be_bytes()[16 - bits / 8..]);
+        return Ok(());
+    }
+    clear_from(head, fixed_bits);
+    put_low_bits(head, prefix, bits);
     Ok(())
 }
 
