@@ -62,7 +62,10 @@
 //! both raw libraries byte for byte. A failed check prints the reason, shows
 //! that cell as n/a, and makes the exit status 1.
 //!
-//! The sections after the table: DEK first use (cold: one HSM unwrap, after
+//! The sections after the table: the PKCS#11 3.0 message API (issue 12:
+//! 64-byte `C_EncryptMessage` with module-made IVs against the raw seal, our
+//! and SoftHSM2's `C_EncryptInit` + `C_Encrypt`, and the cost of counting GCM
+//! invocations; `side_by_side/message.rs`); DEK first use (cold: one HSM unwrap, after
 //! `C_Finalize` + `C_Initialize` so the DEK cache is empty) vs warm; a
 //! network-HSM scenario *computed* (not measured) from those numbers; token
 //! key generation rate (ours and SoftHSM2); `C_FindObjects` over 10 000 DEKs
@@ -86,6 +89,8 @@
 
 #[path = "side_by_side/measure.rs"]
 mod measure;
+#[path = "side_by_side/message.rs"]
+mod message;
 #[path = "side_by_side/p11.rs"]
 mod p11;
 #[path = "side_by_side/raw.rs"]
@@ -433,6 +438,20 @@ fn run() -> Res<bool> {
     report::write_table_csv(&args.csv, &rows)?;
 
     if args.sections {
+        progress("message API section");
+        let st = message::Setup {
+            ours,
+            slot,
+            softhsm,
+            sh_slot,
+            sh_key,
+            raw: &raws[0].1,
+            timing: args.timing,
+            rounds: args.rounds,
+            threads: args.threads,
+            quick: args.quick,
+        };
+        sections_text.push(message::section(&st, &mut extras)?);
         progress("C_FindObjects section");
         sections_text.push(sections::find(
             ours,

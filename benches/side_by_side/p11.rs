@@ -65,6 +65,9 @@ pub struct Module {
     /// Label used in messages and the table ("ours", "SoftHSM").
     pub name: &'static str,
     list: *const CK_FUNCTION_LIST,
+    /// The PKCS#11 3.0 function list, if the module has one (the message
+    /// functions: `message.rs`).
+    list3: *const CK_FUNCTION_LIST_3_0,
     _lib: libloading::Library,
 }
 
@@ -103,9 +106,31 @@ impl Module {
                 rv_name(rv)
             ));
         }
+        type GetInterface = unsafe extern "C" fn(
+            *mut CK_UTF8CHAR,
+            *mut CK_VERSION,
+            *mut *mut CK_INTERFACE,
+            CK_FLAGS,
+        ) -> CK_RV;
+        // SAFETY: C_GetInterface has this signature in every 3.0 module; it
+        // writes one pointer, to an interface the module owns.
+        let list3 = unsafe {
+            let mut v = CK_VERSION { major: 3, minor: 0 };
+            let mut iface: *mut CK_INTERFACE = null_mut();
+            match lib.get::<GetInterface>(b"C_GetInterface\0") {
+                Ok(get)
+                    if get(c"PKCS 11".as_ptr() as *mut _, &mut v, &mut iface, 0) == CKR_OK
+                        && !iface.is_null() =>
+                {
+                    (*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0
+                }
+                _ => std::ptr::null(),
+            }
+        };
         let m = Module {
             name,
             list,
+            list3,
             _lib: lib,
         };
         let l = m.list();
@@ -141,6 +166,12 @@ impl Module {
         // SAFETY: non-null (checked in load), valid while the library is loaded,
         // and the library is never unloaded (the Module is leaked).
         unsafe { &*self.list }
+    }
+
+    /// The 3.0 function list, if the module has one.
+    pub fn list3(&self) -> Option<&CK_FUNCTION_LIST_3_0> {
+        // SAFETY: as `list`, when non-null.
+        unsafe { self.list3.as_ref() }
     }
 
     fn err(&self, e: CallError) -> String {
