@@ -157,6 +157,36 @@ impl Raw {
         (rv, n)
     }
 
+    /// C_EncryptMessage (or C_DecryptMessage) with one buffer for input and
+    /// output, declared `declared` bytes long for the output.
+    fn in_place(
+        &self,
+        dir: Direction,
+        p: &mut CK_GCM_MESSAGE_PARAMS,
+        buf: &mut [u8],
+        declared: CK_ULONG,
+    ) -> (CK_RV, CK_ULONG) {
+        let f = match dir {
+            Direction::Encrypt => self.l.C_EncryptMessage.unwrap(),
+            Direction::Decrypt => self.l.C_DecryptMessage.unwrap(),
+        };
+        let mut n = declared;
+        let rv = unsafe {
+            f(
+                self.h,
+                p as *mut _ as *mut c_void,
+                PARAMS_LEN,
+                null_mut(),
+                0,
+                buf.as_mut_ptr(),
+                buf.len() as CK_ULONG,
+                buf.as_mut_ptr(),
+                &mut n,
+            )
+        };
+        (rv, n)
+    }
+
     fn encrypt_final(&self) -> CK_RV {
         unsafe { self.l.C_MessageEncryptFinal.unwrap()(self.h) }
     }
@@ -164,6 +194,12 @@ impl Raw {
     fn decrypt_final(&self) -> CK_RV {
         unsafe { self.l.C_MessageDecryptFinal.unwrap()(self.h) }
     }
+}
+
+/// Which message function `Raw::in_place` calls.
+enum Direction {
+    Encrypt,
+    Decrypt,
 }
 
 /// Every generator makes an IV that RustCrypto's AES-GCM accepts with the
@@ -824,54 +860,15 @@ fn in_place_buffers_work() {
     let mut iv = [0u8; 12];
     let mut tag = [0u8; 16];
     let mut p = params(&mut iv, 0, CKG_GENERATE_COUNTER, &mut tag);
-    let mut n = buf.len() as CK_ULONG;
-    let rv = unsafe {
-        l.C_EncryptMessage.unwrap()(
-            raw.h,
-            &mut p as *mut _ as *mut c_void,
-            PARAMS_LEN,
-            null_mut(),
-            0,
-            buf.as_mut_ptr(),
-            100,
-            buf.as_mut_ptr(),
-            &mut n,
-        )
-    };
-    assert_eq!((rv, n), (CKR_OK, 100));
+    let done = raw.in_place(Direction::Encrypt, &mut p, &mut buf, 100);
+    assert_eq!(done, (CKR_OK, 100));
     assert_eq!(reference_open(&KEY, &iv, b"", &buf, &tag).unwrap(), pt);
     // A buffer declared too short for the message, in place.
-    let mut short: CK_ULONG = 99;
-    let rv = unsafe {
-        l.C_EncryptMessage.unwrap()(
-            raw.h,
-            &mut p as *mut _ as *mut c_void,
-            PARAMS_LEN,
-            null_mut(),
-            0,
-            buf.as_mut_ptr(),
-            100,
-            buf.as_mut_ptr(),
-            &mut short,
-        )
-    };
-    assert_eq!((rv, short), (CKR_BUFFER_TOO_SMALL, 100));
+    let done = raw.in_place(Direction::Encrypt, &mut p, &mut buf, 99);
+    assert_eq!(done, (CKR_BUFFER_TOO_SMALL, 100));
     let mut p = params(&mut iv, 0, CKG_NO_GENERATE, &mut tag);
-    let mut n = buf.len() as CK_ULONG;
-    let rv = unsafe {
-        l.C_DecryptMessage.unwrap()(
-            raw.h,
-            &mut p as *mut _ as *mut c_void,
-            PARAMS_LEN,
-            null_mut(),
-            0,
-            buf.as_mut_ptr(),
-            100,
-            buf.as_mut_ptr(),
-            &mut n,
-        )
-    };
-    assert_eq!((rv, n), (CKR_OK, 100));
+    let done = raw.in_place(Direction::Decrypt, &mut p, &mut buf, 100);
+    assert_eq!(done, (CKR_OK, 100));
     assert_eq!(buf, pt);
     // A part in place.
     let mut iv = [0u8; 12];
