@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod changes;
 pub mod deletion;
 pub mod gcm;
 pub mod kek;
@@ -31,6 +32,7 @@ pub mod postgresql;
 pub mod sqlite;
 
 pub use admin::DekListing;
+pub use changes::Changes;
 pub use deletion::{DeletedRow, PurgeRefusal};
 pub use kek::{KekState, KekVersionRow};
 
@@ -315,6 +317,33 @@ pub trait StoreEngine: Send {
 
     /// How many rows are soft-deleted (still recoverable, still records).
     fn deleted_count(&self) -> Result<u64, StoreError>;
+
+    /// Up to `limit` live rows with ids after `after` (from the first when
+    /// `None`), ordered by id: a search that names no indexed attribute
+    /// walks the store a page at a time instead of holding every row.
+    fn list_page(&self, after: Option<&[u8; 16]>, limit: u32) -> Result<Vec<DekRow>, StoreError>;
+
+    // --- The change feed (see `changes`) ---------------------------------
+
+    /// The position of the last change committed (0 before any).
+    fn change_position(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` changes after position `after`, or a gap when the feed
+    /// does not reach back that far or is behind `after`.
+    fn changes_since(&self, after: i64, limit: u32) -> Result<Changes, StoreError>;
+
+    /// Forgets the changes up to position `through` (a reader still behind
+    /// it is told [`Changes::Gap`]).
+    fn prune_changes(&self, through: i64) -> Result<(), StoreError>;
+
+    /// Calls `wake` soon after any process commits a change, from a thread
+    /// of its own with its own connection, until the listener is dropped:
+    /// PostgreSQL's `LISTEN`/`NOTIFY`. `None` for an engine without such a
+    /// thing (SQLite: readers ask every so often).
+    fn listen(&self, wake: Box<dyn Fn() + Send>) -> Option<changes::Listener> {
+        let _ = wake;
+        None
+    }
 }
 
 /// Where the store is: a SQLite file or a PostgreSQL database.

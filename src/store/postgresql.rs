@@ -31,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,8 +40,9 @@ use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row, Statement};
 use serde::Deserialize;
 
+use super::changes::Listener;
 use super::{
-    gcm, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
+    gcm, Changes, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
     RecordUpdate, StoreEngine, StoreError,
 };
 use crate::clock::unix_secs as now_secs;
@@ -50,7 +52,7 @@ use crate::runtime::lock::unpoisoned;
 pub const ENGINE: &str = "postgresql";
 
 /// Schema version written to `meta` under `schema_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a connection attempt waits when the URL does not say
 /// (`connect_timeout`): a server that does not answer must not hang
@@ -62,6 +64,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCK_CLASS: i32 = 0x4853_4d45; // "HSME"
 const LOCK_SCHEMA: i32 = 1;
 const LOCK_KEK: i32 = 2;
+/// Taken (exclusively) by every transaction that changes DEK rows, after
+/// `LOCK_KEK` when both are taken: change positions are then handed out in
+/// commit order (see `store::changes`).
+const LOCK_CHANGES: i32 = 3;
+
+/// The channel change notifications go to.
+const CHANNEL: &str = "hsme_dek_change";
+/// How often the listener looks at its stop flag while nothing arrives.
+const LISTEN_TICK: Duration = Duration::from_millis(100);
+/// How long the listener waits before connecting again after a failure.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Version 1: everything the SQLite engine's version 3 has. Positions for
 /// re-wrap batches are an identity column (`pos`) where SQLite has rowids.
@@ -120,9 +133,36 @@ CREATE TABLE gcm_usage (
 ALTER TABLE dek ADD COLUMN gcm_print bytea;
 ";
 
+/// Version 4: the change feed (issue 14; see `store::changes`), written by
+/// a trigger so every write path does; uses and GCM prints are not
+/// changes. Each change also notifies `hsme_dek_change` at commit
+/// (identical notifications of one transaction are folded into one).
+const SCHEMA_V4: &str = "
+CREATE SEQUENCE dek_change_seq;
+CREATE TABLE dek_change (
+    seq bigint PRIMARY KEY,
+    id  bytea NOT NULL
+);
+CREATE FUNCTION hsme_dek_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO dek_change (seq, id) VALUES (nextval('dek_change_seq'), OLD.id);
+    ELSE
+        INSERT INTO dek_change (seq, id) VALUES (nextval('dek_change_seq'), NEW.id);
+    END IF;
+    PERFORM pg_notify('hsme_dek_change', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER dek_change
+AFTER INSERT OR DELETE
+   OR UPDATE OF label, ckaid, attrs, record, kek_label, kek_version, generation, deleted_at
+ON dek FOR EACH ROW EXECUTE FUNCTION hsme_dek_change();
+";
+
 /// The migration steps, in order: step `i` takes version `i` to `i + 1`.
 /// A later version appends a step; a step never changes once released.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint)";
 const PROTECTION_KEY: &str = "purge_protection";
@@ -248,6 +288,19 @@ const GCM_RETURN: &str =
 const RECORD_COUNTS: &str = "SELECT kek_label, kek_version, count(*) FROM dek
      GROUP BY kek_label, kek_version ORDER BY kek_label, kek_version";
 const DELETED_COUNT: &str = "SELECT count(*) FROM dek WHERE deleted_at IS NOT NULL";
+const LIST_PAGE: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM dek WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2"
+);
+const PRUNED_KEY: &str = "changes_pruned_through";
+const CHANGES_PRUNED: &str = "SELECT coalesce((SELECT value FROM meta WHERE key = $1), 0)";
+const CHANGE_POSITION: &str = "SELECT greatest(coalesce((SELECT max(seq) FROM dek_change), 0),
+                             coalesce((SELECT value FROM meta WHERE key = $1), 0))";
+const CHANGES_SINCE: &str = "SELECT seq, id FROM dek_change WHERE seq > $1 ORDER BY seq LIMIT $2";
+const PRUNE_CHANGES: &str = "DELETE FROM dek_change WHERE seq <= $1";
+const SET_PRUNED: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
+     ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value, excluded.value)";
 
 /// A PostgreSQL connection string, as configured (`store_url`). Its
 /// `Display` and `Debug` never show the password: they rebuild a URL from
@@ -529,6 +582,21 @@ impl PostgresStore {
         })
     }
 
+    /// [`PostgresStore::execute`] in a transaction that changes DEK rows.
+    fn execute_changing(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ::postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let st = c.prepare(sql)?;
+            let mut tx = changing(c)?;
+            let n = tx.execute(&st, params)?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     fn count(
         &self,
         sql: &'static str,
@@ -539,6 +607,15 @@ impl PostgresStore {
             None => Ok(0),
         }
     }
+}
+
+/// A transaction that changes DEK rows: `LOCK_CHANGES` taken first, so
+/// the change positions its trigger hands out follow commit order.
+fn changing(c: &mut Conn) -> Result<::postgres::Transaction<'_>, StoreError> {
+    let lock = c.prepare(LOCK)?;
+    let mut tx = c.client.transaction()?;
+    tx.execute(&lock, &[&LOCK_CLASS, &LOCK_CHANGES])?;
+    Ok(tx)
 }
 
 /// `row` as the parameters of [`INSERT`], run on `client` (a session or a
@@ -578,14 +655,17 @@ impl StoreEngine for PostgresStore {
     fn insert(&self, row: &DekRow) -> Result<(), StoreError> {
         self.with(|c| {
             let st = c.prepare(INSERT)?;
-            insert_row(&mut c.client, &st, row)
+            let mut tx = changing(c)?;
+            insert_row(&mut tx, &st, row)?;
+            tx.commit()?;
+            Ok(())
         })
     }
 
     fn insert_many(&self, rows: &[DekRow]) -> Result<(), StoreError> {
         self.with(|c| {
             let st = c.prepare(INSERT)?;
-            let mut tx = c.client.transaction()?;
+            let mut tx = changing(c)?;
             for row in rows {
                 insert_row(&mut tx, &st, row)?;
             }
@@ -639,7 +719,7 @@ impl StoreEngine for PostgresStore {
         self.with(|c| {
             let select = c.prepare(GENERATION_FOR_UPDATE)?;
             let update = c.prepare(UPDATE)?;
-            let mut tx = c.client.transaction()?;
+            let mut tx = changing(c)?;
             let Some(row) = tx.query_opt(&select, &[&&id[..]])? else {
                 return Err(StoreError::NotFound);
             };
@@ -667,7 +747,7 @@ impl StoreEngine for PostgresStore {
     }
 
     fn delete(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
-        Ok(self.execute(DELETE, &[&&id[..]])? > 0)
+        Ok(self.execute_changing(DELETE, &[&&id[..]])? > 0)
     }
 
     fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError> {
@@ -678,11 +758,11 @@ impl StoreEngine for PostgresStore {
     }
 
     fn soft_delete(&self, id: &[u8; 16], purge_after: i64) -> Result<bool, StoreError> {
-        Ok(self.execute(SOFT_DELETE, &[&&id[..], &now_secs(), &purge_after])? > 0)
+        Ok(self.execute_changing(SOFT_DELETE, &[&&id[..], &now_secs(), &purge_after])? > 0)
     }
 
     fn recover(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
-        Ok(self.execute(RECOVER, &[&&id[..], &now_secs()])? > 0)
+        Ok(self.execute_changing(RECOVER, &[&&id[..], &now_secs()])? > 0)
     }
 
     fn list_deleted(&self) -> Result<Vec<DeletedRow>, StoreError> {
@@ -705,7 +785,7 @@ impl StoreEngine for PostgresStore {
             let select = c.prepare(PURGE_AFTER_FOR_UPDATE)?;
             let protection = c.prepare(PROTECTION_FOR_SHARE)?;
             let delete = c.prepare(DELETE)?;
-            let mut tx = c.client.transaction()?;
+            let mut tx = changing(c)?;
             let purge_after: Option<i64> = match tx.query_opt(&select, &[&&id[..]])? {
                 Some(r) => r.try_get(0)?,
                 None => None,
@@ -858,11 +938,13 @@ impl StoreEngine for PostgresStore {
         let now = now_secs();
         self.with(|c| {
             let lock = c.prepare(LOCK_SHARED)?;
+            let lock_changes = c.prepare(LOCK)?;
             let primary = c.prepare(PRIMARY_VERSION)?;
             let replace = c.prepare(REPLACE_RECORD)?;
             let mut tx = c.client.transaction()?;
             // Shared: batches run side by side; a rotation waits for them.
             tx.execute(&lock, &[&LOCK_CLASS, &LOCK_KEK])?;
+            tx.execute(&lock_changes, &[&LOCK_CLASS, &LOCK_CHANGES])?;
             let primary: Option<i64> = match tx.query_opt(&primary, &[&label])? {
                 Some(r) => Some(r.try_get(0)?),
                 None => None,
@@ -967,6 +1049,115 @@ impl StoreEngine for PostgresStore {
 
     fn deleted_count(&self) -> Result<u64, StoreError> {
         self.count(DELETED_COUNT, &[])
+    }
+
+    fn list_page(&self, after: Option<&[u8; 16]>, limit: u32) -> Result<Vec<DekRow>, StoreError> {
+        // '' sorts before every 16-byte id.
+        let after: &[u8] = after.map_or(&[], |a| &a[..]);
+        self.query(LIST_PAGE, &[&after, &i64::from(limit)])?
+            .iter()
+            .map(dek_from)
+            .collect()
+    }
+
+    fn change_position(&self) -> Result<i64, StoreError> {
+        match self.query(CHANGE_POSITION, &[&PRUNED_KEY])?.first() {
+            Some(r) => Ok(r.try_get(0)?),
+            None => Ok(0),
+        }
+    }
+
+    fn changes_since(&self, after: i64, limit: u32) -> Result<Changes, StoreError> {
+        let pruned: i64 = match self.query(CHANGES_PRUNED, &[&PRUNED_KEY])?.first() {
+            Some(r) => r.try_get(0)?,
+            None => 0,
+        };
+        // Positions only grow, so one read after another is enough.
+        let position = self.change_position()?;
+        if after < pruned || after > position {
+            return Ok(Changes::Gap { upto: position });
+        }
+        let mut ids = Vec::new();
+        let mut upto = after;
+        for r in self.query(CHANGES_SINCE, &[&after, &i64::from(limit)])? {
+            upto = r.try_get(0)?;
+            // A malformed id names no row we could hold.
+            if let Ok(id) = id16(r.try_get(1)?) {
+                ids.push(id);
+            }
+        }
+        Ok(Changes::Since { ids, upto })
+    }
+
+    fn prune_changes(&self, through: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            let prune = c.prepare(PRUNE_CHANGES)?;
+            let set = c.prepare(SET_PRUNED)?;
+            let mut tx = c.client.transaction()?;
+            tx.execute(&prune, &[&through])?;
+            tx.execute(&set, &[&PRUNED_KEY, &through])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn listen(&self, wake: Box<dyn Fn() + Send>) -> Option<Listener> {
+        let mut config = self.config.clone();
+        // A server that does not answer must not hold up the listener's
+        // stop (at C_Finalize) for long.
+        config.connect_timeout(LISTEN_TICK * 10);
+        let url = self.url.clone();
+        Listener::spawn("hsme-listen", move |stop| {
+            listen_loop(&config, &url, &stop, &*wake)
+        })
+    }
+}
+
+/// Until `stop`: listens on [`CHANNEL`] and calls `wake` for each batch of
+/// notifications, and once after every (re)connect, since changes made
+/// while not listening were not announced.
+fn listen_loop(config: &Config, url: &Url, stop: &AtomicBool, wake: &dyn Fn()) {
+    use ::postgres::fallible_iterator::FallibleIterator;
+    let stopped = || stop.load(Ordering::Acquire);
+    let mut announced_failure = false;
+    while !stopped() {
+        let client = config
+            .connect(NoTls)
+            .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|_| c));
+        let mut client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                if !announced_failure {
+                    crate::log_warn!("change notifications from {url} paused: {e}");
+                    announced_failure = true;
+                }
+                // Look at the stop flag while waiting to try again.
+                let mut waited = Duration::ZERO;
+                while waited < LISTEN_RETRY && !stopped() {
+                    std::thread::sleep(LISTEN_TICK);
+                    waited += LISTEN_TICK;
+                }
+                continue;
+            }
+        };
+        if announced_failure {
+            crate::log_info!("change notifications from {url} resumed");
+            announced_failure = false;
+        }
+        wake();
+        while !stopped() {
+            let mut n = client.notifications();
+            let got = n.timeout_iter(LISTEN_TICK).next();
+            match got {
+                Ok(Some(_)) => {
+                    // Fold whatever else has arrived into one wake.
+                    while let Ok(Some(_)) = n.iter().next() {}
+                    wake();
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
     }
 }
 

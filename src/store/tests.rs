@@ -83,6 +83,10 @@ suite!(
     find_by_label_ckaid_and_id,
     gcm_reservations_stop_at_the_limit_and_never_overlap,
     gcm_counts_are_listed_and_the_last_block_given_back,
+    every_change_to_a_row_is_in_the_feed_and_uses_are_not,
+    the_feed_is_read_in_pages_and_tells_a_reader_it_fell_behind,
+    the_feed_follows_commit_order_with_concurrent_writers,
+    pages_walk_every_live_row_in_id_order,
 );
 
 fn row(n: u8) -> DekRow {
@@ -711,6 +715,153 @@ fn gcm_counts_are_listed_and_the_last_block_given_back(f: &Fresh) {
     // A soft-deleted DEK is not listed; its count stays with the key.
     assert!(s.soft_delete(&row(2).id, 0).unwrap());
     assert_eq!(count(&s, 1), Some(130));
+}
+
+/// The ids the feed names after `after`, and the position reached.
+fn changed(s: &Store, after: i64) -> (Vec<[u8; 16]>, i64) {
+    match s.changes_since(after, 1000).unwrap() {
+        Changes::Since { ids, upto } => (ids, upto),
+        gap => panic!("a gap after {after}: {gap:?}"),
+    }
+}
+
+/// Made, changed, soft-deleted, recovered, re-wrapped, purged and deleted:
+/// each is one change of its row, in order, seen from another session.
+/// Uses (`last_used`) and GCM reservations are not changes.
+fn every_change_to_a_row_is_in_the_feed_and_uses_are_not(f: &Fresh) {
+    let s = f.open();
+    let other = f.open();
+    assert_eq!(s.change_position().unwrap(), 0);
+    assert_eq!(changed(&other, 0), (vec![], 0));
+    s.add_kek_version("kek-main", 1, "aes256", true).unwrap();
+    s.insert_many(&[row(1), row(2)]).unwrap();
+    s.insert(&row(3)).unwrap();
+    let (ids, p) = changed(&other, 0);
+    assert_eq!(ids, vec![row(1).id, row(2).id, row(3).id]);
+    assert_eq!(p, s.change_position().unwrap());
+
+    s.touch_last_used(&row(1).id, 5).unwrap();
+    s.reserve_gcm(&[7; 16], Some(&row(1).id), 10, 1 << 32, 5)
+        .unwrap();
+    assert_eq!(changed(&other, p), (vec![], p), "uses are not changes");
+
+    s.update(&row(1).id, b"l", b"c", b"a", b"r", "kek-main", 1, None)
+        .unwrap();
+    s.soft_delete(&row(2).id, 0).unwrap();
+    s.recover(&row(2).id).unwrap();
+    s.add_kek_version("kek-main", 2, "aes256", true).unwrap();
+    s.replace_records("kek-main", &[(row(3).id, 0, vec![1; 70], 2)])
+        .unwrap();
+    s.soft_delete(&row(3).id, 0).unwrap();
+    assert_eq!(s.purge(&row(3).id, 1).unwrap(), Ok(()));
+    s.delete(&row(1).id).unwrap();
+    let (ids, q) = changed(&other, p);
+    let (r1, r2, r3) = (row(1).id, row(2).id, row(3).id);
+    assert_eq!(ids, vec![r1, r2, r2, r3, r3, r3, r1]);
+    assert_eq!(q, other.change_position().unwrap());
+    assert!(q > p);
+}
+
+/// A reader takes the feed a page at a time; once the changes it has not
+/// read are pruned (or the store is not the one its position came from),
+/// it is told it fell behind, with the position to carry on from.
+fn the_feed_is_read_in_pages_and_tells_a_reader_it_fell_behind(f: &Fresh) {
+    let s = f.open();
+    for n in 1..=5 {
+        s.insert(&row(n)).unwrap();
+    }
+    let end = s.change_position().unwrap();
+    let Changes::Since { ids, upto } = s.changes_since(0, 2).unwrap() else {
+        panic!("gap");
+    };
+    assert_eq!(ids, vec![row(1).id, row(2).id]);
+    let (rest, last) = changed(&s, upto);
+    assert_eq!(rest, vec![row(3).id, row(4).id, row(5).id]);
+    assert_eq!(last, end);
+
+    s.prune_changes(upto).unwrap();
+    assert_eq!(
+        changed(&s, upto).0.len(),
+        3,
+        "the reader at the prune point"
+    );
+    assert_eq!(
+        s.changes_since(upto - 1, 10).unwrap(),
+        Changes::Gap { upto: end },
+        "a reader behind the prune point"
+    );
+    assert_eq!(
+        s.changes_since(end + 10, 10).unwrap(),
+        Changes::Gap { upto: end },
+        "a position this store never reached"
+    );
+    // Everything pruned: the position stays where it was, and grows on.
+    s.prune_changes(end).unwrap();
+    assert_eq!(s.change_position().unwrap(), end);
+    assert_eq!(changed(&s, end), (vec![], end));
+    s.prune_changes(1).unwrap();
+    assert_eq!(s.change_position().unwrap(), end, "a prune never goes back");
+    s.insert(&row(6)).unwrap();
+    assert_eq!(changed(&s, end).0, vec![row(6).id]);
+}
+
+/// Writers on several sessions at once, and a reader taking the feed as it
+/// grows: the reader sees every change exactly once (a position it has
+/// read past is never filled in later).
+fn the_feed_follows_commit_order_with_concurrent_writers(f: &Fresh) {
+    let location = Arc::new(f.location.clone());
+    f.open();
+    let writers: Vec<_> = (0..3u8)
+        .map(|t| {
+            let location = Arc::clone(&location);
+            std::thread::spawn(move || {
+                let s = Store::open_at(&location).unwrap();
+                for i in 0..150u16 {
+                    let mut r = row(0);
+                    r.id[0] = t;
+                    r.id[1..3].copy_from_slice(&i.to_be_bytes());
+                    s.insert(&r).unwrap();
+                    if i % 3 == 0 {
+                        s.update(&r.id, b"u", b"", b"a", b"r", "kek-main", 1, None)
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let reader = f.open();
+    let mut seen = Vec::new();
+    let mut at = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let (ids, upto) = changed(&reader, at);
+        seen.extend(ids);
+        at = upto;
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    seen.extend(changed(&reader, at).0);
+    assert_eq!(seen.len(), 3 * (150 + 50));
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 3 * 150);
+}
+
+/// `list_page` walks the live rows in id order, a page at a time.
+fn pages_walk_every_live_row_in_id_order(f: &Fresh) {
+    let s = f.open();
+    let rows: Vec<DekRow> = (1..=7).rev().map(row).collect();
+    s.insert_many(&rows).unwrap();
+    s.soft_delete(&row(4).id, 0).unwrap();
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list_page(after.as_ref(), 3).unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        walked.extend(page.into_iter().map(|r| r.id[0]));
+    }
+    assert_eq!(walked, vec![1, 2, 3, 5, 6, 7]);
 }
 
 /// PostgreSQL only: a server restarted under an open store. The call that

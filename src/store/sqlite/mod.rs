@@ -33,7 +33,7 @@ use rusqlite::{
 };
 
 use super::{
-    gcm, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
+    gcm, Changes, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
     RecordUpdate, StoreEngine, StoreError,
 };
 
@@ -41,7 +41,7 @@ use super::{
 pub const ENGINE: &str = "sqlite";
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// How long a connection waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,6 +115,32 @@ CREATE TABLE IF NOT EXISTS gcm_usage (
 );
 ALTER TABLE dek ADD COLUMN gcm_print BLOB;
 ";
+
+/// Version 6: the change feed (issue 14; see `store::changes`). Triggers
+/// write it, so every write path does; uses and GCM prints are not changes.
+/// AUTOINCREMENT: a position is never handed out twice, even after a prune.
+const SCHEMA_V6: &str = "
+CREATE TABLE IF NOT EXISTS dek_change (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id  BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS dek_made AFTER INSERT ON dek
+BEGIN
+    INSERT INTO dek_change (id) VALUES (NEW.id);
+END;
+CREATE TRIGGER IF NOT EXISTS dek_changed
+AFTER UPDATE OF label, ckaid, attrs, record, kek_label, kek_version, generation, deleted_at ON dek
+BEGIN
+    INSERT INTO dek_change (id) VALUES (NEW.id);
+END;
+CREATE TRIGGER IF NOT EXISTS dek_gone AFTER DELETE ON dek
+BEGIN
+    INSERT INTO dek_change (id) VALUES (OLD.id);
+END;
+";
+
+/// Where the change feed was pruned through (`meta`).
+const PRUNED_KEY: &str = "changes_pruned_through";
 
 pub(crate) const ROW_COLUMNS: &str =
     "id, label, ckaid, attrs, record, kek_label, kek_version, created, updated, generation";
@@ -323,6 +349,9 @@ impl SqliteStore {
                 }
                 if v < 5 {
                     tx.execute_batch(SCHEMA_V5).map_err(open_err)?;
+                }
+                if v < 6 {
+                    tx.execute_batch(SCHEMA_V6).map_err(open_err)?;
                 }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(open_err)?;
@@ -601,6 +630,68 @@ impl StoreEngine for SqliteStore {
             |r| r.get(0),
         )?;
         Ok(n.max(0) as u64)
+    }
+
+    fn list_page(&self, after: Option<&[u8; 16]>, limit: u32) -> Result<Vec<DekRow>, StoreError> {
+        // X'' sorts before every 16-byte id.
+        let after: &[u8] = after.map_or(&[], |a| &a[..]);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM dek WHERE id > ?1 AND deleted_at IS NULL ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![after, limit], row_to_dek)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn change_position(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT max(coalesce((SELECT max(seq) FROM dek_change), 0),
+                        coalesce((SELECT value FROM meta WHERE key = ?1), 0))",
+            params![PRUNED_KEY],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn changes_since(&self, after: i64, limit: u32) -> Result<Changes, StoreError> {
+        // One read transaction: the prune point, the position and the rows
+        // from one snapshot.
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Deferred)?;
+        let pruned: i64 = tx
+            .prepare_cached("SELECT coalesce((SELECT value FROM meta WHERE key = ?1), 0)")?
+            .query_row(params![PRUNED_KEY], |r| r.get(0))?;
+        let position = self.change_position()?;
+        if after < pruned || after > position {
+            return Ok(Changes::Gap { upto: position });
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, id FROM dek_change WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut ids = Vec::new();
+        let mut upto = after;
+        for row in rows {
+            let (seq, id) = row?;
+            upto = seq;
+            // A malformed id names no row we could hold.
+            if let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) {
+                ids.push(id);
+            }
+        }
+        Ok(Changes::Since { ids, upto })
+    }
+
+    fn prune_changes(&self, through: i64) -> Result<(), StoreError> {
+        let tx = self.immediate()?;
+        tx.prepare_cached("DELETE FROM dek_change WHERE seq <= ?1")?
+            .execute(params![through])?;
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        )?
+        .execute(params![PRUNED_KEY, through])?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn insert_many(&self, rows: &[DekRow]) -> Result<(), StoreError> {
