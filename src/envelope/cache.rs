@@ -37,8 +37,38 @@ pub struct KeyCache {
     /// costs a relaxed store on a hit only when the entry's mark is old.
     tick: AtomicU64,
     /// Until when (`now_ms`) cached keys may be served without checking
-    /// their KEK versions on the HSM again (the soft TTL, or the outage grace).
-    valid_until: AtomicU64,
+    /// their KEK versions on the HSM again (the soft TTL, or the outage
+    /// grace), and without reading the store's change feed again.
+    until: Arc<Freshness>,
+}
+
+/// Two deadlines and the earlier of them, shared with the thread that
+/// hears the store's change notifications (`wake_feed`).
+#[derive(Default)]
+struct Freshness {
+    /// Until when the KEK versions' last check holds (`health`).
+    health: AtomicU64,
+    /// Until when the last read of the change feed holds.
+    feed: AtomicU64,
+    /// The earlier of the two: the one load of the warm path.
+    serve: AtomicU64,
+}
+
+impl Freshness {
+    /// `serve` made the earlier of the two again. A wake (`feed` to 0, then
+    /// `serve` to 0) racing with this is never lost: `feed` is read again
+    /// after the store, so a wake seen late still lowers `serve`.
+    fn publish(&self) {
+        let target = self
+            .health
+            .load(Ordering::SeqCst)
+            .min(self.feed.load(Ordering::SeqCst));
+        self.serve.store(target, Ordering::SeqCst);
+        let feed = self.feed.load(Ordering::SeqCst);
+        if feed < target {
+            self.serve.fetch_min(feed, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Default for KeyCache {
@@ -55,7 +85,7 @@ impl KeyCache {
             epoch: AtomicU64::new(0),
             max: max.max(1),
             tick: AtomicU64::new(0),
-            valid_until: AtomicU64::new(0),
+            until: Arc::default(),
         }
     }
 
@@ -111,13 +141,50 @@ impl KeyCache {
         self.epoch.load(Ordering::Acquire) == epoch && self.fresh()
     }
 
-    /// Whether the KEK versions were checked recently enough (soft TTL).
+    /// Whether cached keys may be served as they are: the KEK versions
+    /// were checked recently enough (soft TTL) and the change feed read.
     pub fn fresh(&self) -> bool {
-        crate::clock::mono_ms() < self.valid_until.load(Ordering::Acquire)
+        crate::clock::mono_ms() < self.until.serve.load(Ordering::Acquire)
     }
 
+    /// Whether the KEK versions were checked recently enough (soft TTL).
+    pub fn health_fresh(&self) -> bool {
+        crate::clock::mono_ms() < self.until.health.load(Ordering::Acquire)
+    }
+
+    /// The KEK versions' check holds until `ms`.
     pub fn valid_until(&self, ms: u64) {
-        self.valid_until.store(ms, Ordering::Release);
+        self.until.health.store(ms, Ordering::SeqCst);
+        self.until.publish();
+    }
+
+    /// Whether the change feed was read recently enough.
+    pub fn feed_fresh(&self) -> bool {
+        crate::clock::mono_ms() < self.until.feed.load(Ordering::Acquire)
+    }
+
+    /// The change feed's last read holds until `ms`.
+    pub fn feed_until(&self, ms: u64) {
+        self.until.feed.store(ms, Ordering::SeqCst);
+        self.until.publish();
+    }
+
+    /// Both deadlines held, but the earlier one was published low by a
+    /// race between them: publish it again (cheap; on the full path only).
+    pub fn settle(&self) {
+        if !self.fresh() && self.health_fresh() && self.feed_fresh() {
+            self.until.publish();
+        }
+    }
+
+    /// Something changed in the store: the feed is read before any cached
+    /// key is served again. For the change listener's thread.
+    pub fn feed_waker(&self) -> impl Fn() + Send + 'static {
+        let until = Arc::clone(&self.until);
+        move || {
+            until.feed.store(0, Ordering::SeqCst);
+            until.serve.store(0, Ordering::SeqCst);
+        }
     }
 
     /// The KEK versions cached values were unwrapped with.

@@ -55,8 +55,12 @@ impl Envelope {
         if self.cache.fresh() {
             return Ok(());
         }
+        if self.cache.health_fresh() {
+            self.cache.settle();
+            return Ok(());
+        }
         let _one = unpoisoned(self.health.checking.lock());
-        if self.cache.fresh() {
+        if self.cache.health_fresh() {
             return Ok(());
         }
         let now = now_ms();

@@ -52,6 +52,8 @@ pub struct Envelope {
     pub(super) holder: String,
     /// GCM invocation numbers per key (see `gcm_budget`).
     pub gcm: super::gcm_budget::GcmBudgets,
+    /// Where this process has read the store's change feed (see `feed`).
+    pub(super) feed: super::feed::Feed,
 }
 
 impl Envelope {
@@ -78,6 +80,7 @@ impl Envelope {
             audit: std::sync::OnceLock::new(),
             holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
             gcm,
+            feed: super::feed::Feed::default(),
         }
     }
 

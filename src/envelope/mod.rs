@@ -9,6 +9,7 @@ pub mod attrs;
 pub mod byok;
 pub mod cache;
 pub mod deletion;
+pub mod feed;
 pub mod gcm_budget;
 pub mod health;
 pub mod instance;

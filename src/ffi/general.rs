@@ -10,6 +10,7 @@ pub unsafe extern "C" fn C_Initialize(p_init_args: *mut std::ffi::c_void) -> CK_
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     guard("C_Initialize", || unsafe {
+        let mut threads = true;
         if let Some(args) = (p_init_args as *const CK_C_INITIALIZE_ARGS).as_ref() {
             if !args.pReserved.is_null() {
                 return Err(bad());
@@ -28,7 +29,9 @@ pub unsafe extern "C" fn C_Initialize(p_init_args: *mut std::ffi::c_void) -> CK_
             if all && args.flags & CKF_OS_LOCKING_OK == 0 {
                 return Ok(CKR_CANT_LOCK);
             }
+            threads = args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
         }
+        crate::runtime::threads::set_allowed(threads);
         ok(module::initialize())
     })
 }

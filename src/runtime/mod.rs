@@ -2,7 +2,8 @@
 //! one published instance that calls count themselves into (`lifecycle`,
 //! `inflight`), fork detection (`fork`), a lock whose stamp tells readers
 //! when their copy is stale (`stamped`) and a cheap hasher for handle tables
-//! (`handle_hash`).
+//! (`handle_hash`), and whether the application lets the module start
+//! threads (`threads`).
 
 pub mod fork;
 pub mod handle_hash;
@@ -11,3 +12,4 @@ pub mod lifecycle;
 pub mod lock;
 pub mod process;
 pub mod stamped;
+pub mod threads;

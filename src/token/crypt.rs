@@ -92,10 +92,10 @@ fn init_on(
     }
     // Stale or another key: let go of it now (it may be a destroyed key's).
     *last = None;
-    let obj = m
-        .objects
-        .get(key)
-        .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+    let obj = match crate::token::store_sync::object(&m, key) {
+        Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)) => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
+        r => r,
+    }?;
     match obj {
         Object::Dek(d) => {
             let (remembered, mode) = check_and_fetch(&m, s, d, dir, mech, key, soft)?;
@@ -179,10 +179,10 @@ pub fn key_for(
     handle: CK_OBJECT_HANDLE,
     params_ok: impl FnOnce() -> Result<()>,
 ) -> Result<KeyFor> {
-    let obj = m
-        .objects
-        .get(handle)
-        .map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
+    let obj = match crate::token::store_sync::object(m, handle) {
+        Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)) => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
+        r => r,
+    }?;
     match obj {
         Object::Dek(d) => fetch_checked(m, s, d, dir, mech, handle, params_ok).map(KeyFor::Dek),
         // A backend key gets the caller's mechanism unchanged: not ours to check.

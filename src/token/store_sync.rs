@@ -1,21 +1,25 @@
-//! Keeps this process's view of token DEKs in step with the shared store, so
-//! a DEK made by another process is found here, and one it destroyed is gone.
+//! Token DEKs live in the shared store; this process holds the ones it has
+//! found or made, and keeps them in step with the store.
 //!
-//! A search whose template names an indexed attribute (CKA_LABEL, CKA_ID,
-//! CKA_UNIQUE_ID) asks the store for those rows only
-//! ([`sync_for_search`]); one that no stored DEK can match (another class or
-//! key type, CKA_TOKEN false) asks nothing; only the others list every row.
+//! - A search asks the store ([`search`]): a template naming an indexed
+//!   attribute (CKA_LABEL, CKA_ID, CKA_UNIQUE_ID) is one indexed query; one
+//!   that no stored DEK can match (another class or key type, CKA_TOKEN
+//!   false) asks nothing; the others walk the store a page at a time. So a
+//!   DEK made by another process is found here, and nothing is mirrored.
+//! - The change feed ([`catch_up`]) tells which held DEKs another process
+//!   destroyed or changed, at each search and before a held DEK is used
+//!   once the feed is due.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cryptoki_sys::*;
 
+use crate::envelope::feed::News;
 use crate::error::Result;
 use crate::runtime::stamped::Stamped;
 use crate::store::{DekQuery, DekRow};
 use crate::token::module::Module;
-use crate::token::object::table::{Dek, DekState};
+use crate::token::object::table::{Dek, DekState, Object};
 use crate::token::object::template::{find_in, matches, Attrs, Template};
 
 pub fn dek_from_row(slot: usize, row: &DekRow) -> Result<Arc<Dek>> {
@@ -78,51 +82,141 @@ pub fn stored_match(t: &Template) -> StoredMatch {
     }
 }
 
-/// Brings what a search with template `t` can find up to date: the rows one
-/// indexed query returns, and the DEKs held here that match `t` (each
-/// looked up by id if the query did not return it: destroyed or changed
-/// elsewhere). Falls back to [`sync_token_deks`] when `t` names no indexed
-/// attribute.
-pub fn sync_for_search(m: &Module, t: &Template) -> Result<()> {
+/// Rows per page when a search walks every stored DEK.
+const PAGE: u32 = 1000;
+
+/// The token DEKs a search with template `t` finds for a session of `slot`
+/// (`user`: the normal user is logged in), as handles: from the store,
+/// never from what this process happens to hold. Rows named by an indexed
+/// attribute are one indexed query; a template naming none walks the store
+/// a page at a time. A row already held at the same generation keeps its
+/// object; a new or changed one is held from now on (with a handle that
+/// stays stable and is never reused).
+pub fn search(m: &Module, slot: usize, t: &Template, user: bool) -> Result<Vec<CK_OBJECT_HANDLE>> {
+    let (Some(dek_slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    if dek_slot != slot {
+        return Ok(Vec::new());
+    }
     let query = match stored_match(t) {
-        StoredMatch::Nothing => return Ok(()),
-        StoredMatch::All => return sync_token_deks(m),
-        StoredMatch::Query(q) => q,
+        StoredMatch::Nothing => return Ok(Vec::new()),
+        StoredMatch::Query(q) => Some(q),
+        StoredMatch::All => None,
     };
-    let (Some(slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
-        return Ok(());
+    // Destroyed or changed elsewhere: gone or changed here first.
+    catch_up(m, true)?;
+    let mut found = Vec::new();
+    let mut take = |rows: Vec<DekRow>| {
+        for row in &rows {
+            if let Some(h) = hold(m, slot, row, t, user) {
+                found.push(h);
+            }
+        }
     };
-    let rows = env.with_store(|s| Ok(s.find(&query)?))?;
-    let mut held: HashMap<[u8; 16], (CK_OBJECT_HANDLE, i64, bool)> = HashMap::new();
-    for (h, d) in m.objects.deks() {
-        if d.is_token() {
-            let st = d.state.read();
-            held.insert(d.id, (h, st.generation, matches(&st.attrs, t)));
-        }
-    }
-    let found: HashSet<[u8; 16]> = rows.iter().map(|r| r.id).collect();
-    for row in &rows {
-        // New here, or changed since this process read it.
-        if held
-            .get(&row.id)
-            .is_none_or(|(_, g, _)| *g != row.generation)
-        {
-            intern_row(m, slot, row);
-        }
-    }
-    for (id, (h, _, matched)) in held {
-        if !matched || found.contains(&id) {
-            continue;
-        }
-        match env.with_store(|s| Ok(s.get(&id)?))? {
-            Some(row) => intern_row(m, slot, &row),
-            None => {
-                m.objects.remove(h);
-                env.cache.remove(&id);
+    match query {
+        Some(q) => take(env.with_store(|s| Ok(s.find(&q)?))?),
+        None => {
+            let mut after = None;
+            loop {
+                let page = env.with_store(|s| Ok(s.list_page(after.as_ref(), PAGE)?))?;
+                let last = page.len() < PAGE as usize;
+                after = page.last().map(|r| r.id);
+                take(page);
+                if last {
+                    break;
+                }
             }
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// Our handle for `row` if it matches `t` and the session may see it,
+/// holding it (or its newer state) from now on.
+fn hold(
+    m: &Module,
+    slot: usize,
+    row: &DekRow,
+    t: &Template,
+    user: bool,
+) -> Option<CK_OBJECT_HANDLE> {
+    if let Some((h, d)) = m.objects.token_dek(&row.id) {
+        let st = d.state.read();
+        if st.generation == row.generation {
+            return (visible(&st.attrs, user) && matches(&st.attrs, t)).then_some(h);
+        }
+    }
+    let dek = match dek_from_row(slot, row) {
+        Ok(d) => d,
+        Err(_) => {
+            crate::log_warn!(
+                "DEK {} has unreadable attributes; skipped",
+                crate::hex::encode(&row.id)
+            );
+            return None;
+        }
+    };
+    let shown = {
+        let st = dek.state.read();
+        visible(&st.attrs, user) && matches(&st.attrs, t)
+    };
+    // A held DEK takes its newer state whether or not this search shows it.
+    if shown || m.objects.token_dek(&row.id).is_some() {
+        let h = m.objects.intern_dek(dek);
+        return shown.then_some(h);
+    }
+    None
+}
+
+fn visible(attrs: &Attrs, user: bool) -> bool {
+    user || !attrs.flag(CKA_PRIVATE)
+}
+
+/// Brings the token DEKs held here up to date with the store's change feed
+/// when it is due (see `envelope::feed`): one destroyed elsewhere loses its
+/// handle (`CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID` from then
+/// on), one changed elsewhere takes its new attributes and record. With
+/// `must`, read it whether due or not (a search).
+pub fn catch_up(m: &Module, must: bool) -> Result<()> {
+    let (Some(slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
+        return Ok(());
+    };
+    if !must && !env.feed_due() {
+        return Ok(());
+    }
+    if !must && !m.objects.holds_token_deks() {
+        env.feed_idle();
+        return Ok(());
+    }
+    env.read_feed(must, |news| {
+        let ids = match news {
+            News::Rows(ids) => ids,
+            News::Everything => m.objects.token_dek_ids(),
+        };
+        for id in ids {
+            let Some((h, d)) = m.objects.token_dek(&id) else {
+                continue;
+            };
+            match env.with_store(|s| Ok(s.get(&id)?))? {
+                None => {
+                    m.objects.remove(h);
+                    env.cache.remove(&id);
+                }
+                Some(row) if row.generation != d.state.read().generation => {
+                    intern_row(m, slot, &row)
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Object `h`, after the DEKs held were brought up to date (when due).
+pub fn object(m: &Module, h: CK_OBJECT_HANDLE) -> Result<Object> {
+    catch_up(m, false)?;
+    m.objects.get(h)
 }
 
 /// Holds `row` as a DEK here (a new handle, or the held one's new state).
@@ -136,35 +230,6 @@ fn intern_row(m: &Module, slot: usize, row: &DekRow) {
             crate::hex::encode(&row.id)
         ),
     }
-}
-
-pub fn sync_token_deks(m: &Module) -> Result<()> {
-    let (Some(slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
-        return Ok(());
-    };
-    let rows = env.with_store(|s| Ok(s.list_ids_generations()?))?;
-    let mut known: HashMap<[u8; 16], (cryptoki_sys::CK_OBJECT_HANDLE, i64)> = HashMap::new();
-    for (h, d) in m.objects.deks() {
-        if d.is_token() {
-            let gen = d.state.read().generation;
-            known.insert(d.id, (h, gen));
-        }
-    }
-    for (id, gen) in &rows {
-        if known.remove(id).is_some_and(|(_, g)| g == *gen) {
-            continue;
-        }
-        let Some(row) = env.with_store(|s| Ok(s.get(id)?))? else {
-            continue;
-        };
-        intern_row(m, slot, &row);
-    }
-    // What is left was destroyed elsewhere.
-    for (id, (h, _)) in known {
-        m.objects.remove(h);
-        env.cache.remove(&id);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

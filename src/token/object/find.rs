@@ -20,9 +20,9 @@ pub fn init(h: CK_SESSION_HANDLE, t: &Template) -> Result<()> {
     }
     let mut handles = Vec::new();
     if is_dek_slot(&m, &s) {
-        crate::token::store_sync::sync_for_search(&m, t)?;
         let user = m.is_user(s.slot);
-        for (oh, d) in m.objects.deks() {
+        handles = crate::token::store_sync::search(&m, s.slot, t, user)?;
+        for (oh, d) in m.objects.session_deks() {
             let st = d.state.read();
             if d.slot == s.slot
                 && (user || !st.attrs.flag(CKA_PRIVATE))

@@ -28,7 +28,7 @@ pub enum Target {
 }
 
 pub fn resolve(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<Target> {
-    match m.objects.get(h)? {
+    match crate::token::store_sync::object(m, h)? {
         Object::Dek(d) => {
             drop(dek::visible(m, s, &d)?);
             Ok(Target::Dek(d))

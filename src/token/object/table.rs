@@ -103,6 +103,9 @@ struct Maps {
     by_handle: HandleMap<CK_OBJECT_HANDLE, Object>,
     backend: HandleMap<(usize, CK_OBJECT_HANDLE), CK_OBJECT_HANDLE>,
     deks: HandleMap<[u8; 16], CK_OBJECT_HANDLE>,
+    /// The handles of session DEKs (a search walks these; token DEKs are
+    /// searched in the store).
+    session_deks: HandleMap<CK_OBJECT_HANDLE, ()>,
 }
 
 pub struct Objects {
@@ -222,6 +225,9 @@ impl Objects {
             None => {
                 let h = self.fresh();
                 m.deks.insert(dek.id, h);
+                if !dek.is_token() {
+                    m.session_deks.insert(h, ());
+                }
                 h
             }
         };
@@ -256,6 +262,7 @@ impl Objects {
                 match &o {
                     Object::Dek(d) => {
                         m.deks.remove(&d.id);
+                        m.session_deks.remove(&h);
                         d.state.invalidate();
                     }
                     Object::Backend { slot, handle, .. } => {
@@ -268,20 +275,52 @@ impl Objects {
         out
     }
 
-    pub fn deks(&self) -> Vec<(CK_OBJECT_HANDLE, Arc<Dek>)> {
-        let Ok(m) = self.maps.read() else {
-            return Vec::new();
-        };
+    /// The session DEKs, by handle.
+    pub fn session_deks(&self) -> Vec<(CK_OBJECT_HANDLE, Arc<Dek>)> {
+        let m = unpoisoned(self.maps.read());
         let mut v: Vec<_> = m
-            .by_handle
-            .iter()
-            .filter_map(|(h, o)| match o {
-                Object::Dek(d) => Some((*h, d.clone())),
+            .session_deks
+            .keys()
+            .filter_map(|h| match m.by_handle.get(h) {
+                Some(Object::Dek(d)) => Some((*h, d.clone())),
                 _ => None,
             })
             .collect();
         v.sort_by_key(|(h, _)| *h);
         v
+    }
+
+    /// The token DEK with row id `id`, if one is held, and its handle.
+    pub fn token_dek(&self, id: &[u8; 16]) -> Option<(CK_OBJECT_HANDLE, Arc<Dek>)> {
+        let m = unpoisoned(self.maps.read());
+        let h = *m.deks.get(id)?;
+        match m.by_handle.get(&h) {
+            Some(Object::Dek(d)) if d.is_token() => Some((h, d.clone())),
+            _ => None,
+        }
+    }
+
+    /// The ids of the token DEKs held.
+    pub fn token_dek_ids(&self) -> Vec<[u8; 16]> {
+        let m = unpoisoned(self.maps.read());
+        m.deks
+            .keys()
+            .filter(|id| self.is_token_in(&m, id))
+            .copied()
+            .collect()
+    }
+
+    /// Whether any token DEK is held.
+    pub fn holds_token_deks(&self) -> bool {
+        let m = unpoisoned(self.maps.read());
+        m.deks.len() > m.session_deks.len()
+    }
+
+    fn is_token_in(&self, m: &Maps, id: &[u8; 16]) -> bool {
+        m.deks
+            .get(id)
+            .and_then(|h| m.by_handle.get(h))
+            .is_some_and(|o| matches!(o, Object::Dek(d) if d.is_token()))
     }
 
     /// Backend objects of `slot` with our handles.

@@ -163,8 +163,10 @@ mod tests {
     }
 
     fn remember(d: &Arc<Dek>, cache: &KeyCache, private: bool) -> RememberedKey {
-        // As after a check of the KEK versions on the HSM.
+        // As after a check of the KEK versions on the HSM and a read of
+        // the store's change feed.
         cache.valid_until(u64::MAX);
+        cache.feed_until(u64::MAX);
         let stamp = d.state.stamp();
         let epoch = cache.epoch();
         let key = PreparedKey::new(SecretBytes::from_slice(&[9; 32])).unwrap();
@@ -209,6 +211,22 @@ mod tests {
             !r.still_holds(H, MECH, || true, &cache),
             "the KEK must be checked again"
         );
+    }
+
+    #[test]
+    fn a_change_announced_by_the_store_ends_it_until_the_feed_is_read() {
+        let cache = KeyCache::default();
+        let d = dek();
+        let r = remember(&d, &cache, false);
+        let wake = cache.feed_waker();
+        wake();
+        assert!(
+            !r.still_holds(H, MECH, || true, &cache),
+            "the feed must be read first"
+        );
+        assert!(cache.health_fresh(), "the KEK check still holds");
+        cache.feed_until(u64::MAX);
+        assert!(r.still_holds(H, MECH, || true, &cache));
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! Reading the store's change feed (see `store::changes`): where this
+//! process has read up to, when to read again, and what to do when the
+//! store cannot be read. What the token layer holds is brought up to date
+//! by the token layer (`token::store_sync`), with what this hands it.
+//!
+//! When: at each search, whenever a held DEK is used after
+//! `cache_soft_ttl_secs` since the last read, and on PostgreSQL at once
+//! after another process commits a change (`LISTEN`, on a thread of its
+//! own): the thread only marks the feed due, and the next call that uses a
+//! held DEK reads it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::service::Envelope;
+use crate::error::{Error, Result};
+use crate::runtime::lock::unpoisoned;
+use crate::store::changes::Listener;
+use crate::store::Changes;
+use crate::vendor::CKR_HSME_STORE_ERROR;
+
+/// Changes read per store query.
+const PAGE: u32 = 1000;
+/// How soon a failed read is tried again while held DEKs are served.
+const RETRY_MS: u64 = 1_000;
+
+/// What the token layer must look at again.
+pub enum News {
+    /// These rows changed (each once, in the order first named).
+    Rows(Vec<[u8; 16]>),
+    /// Every DEK held: this is the first read, or the feed no longer
+    /// reaches back to where this process had read.
+    Everything,
+}
+
+#[derive(Default)]
+pub struct Feed {
+    /// The position read up to; `None` before the first read.
+    cursor: Mutex<Option<i64>>,
+    /// When (`clock::mono_ms`) the feed was last read.
+    last_ok: AtomicU64,
+    /// A read failed and was reported; reported again once it works.
+    failing: AtomicBool,
+    /// The PostgreSQL listener, made at the first read.
+    listener: Mutex<Option<Listener>>,
+    listen_tried: AtomicBool,
+}
+
+impl Envelope {
+    /// Whether the feed should be read before a held DEK is used.
+    pub fn feed_due(&self) -> bool {
+        !self.cache.feed_fresh()
+    }
+
+    /// Nothing is held that the feed could change: the next read starts
+    /// afresh (`News::Everything`), and none is due until the soft TTL.
+    pub fn feed_idle(&self) {
+        *unpoisoned(self.feed.cursor.lock()) = None;
+        self.feed_read_at(crate::clock::mono_ms());
+    }
+
+    /// Reads what changed since the last read and hands it to `apply`
+    /// (which brings what is held up to date, reading rows from the store
+    /// as it needs); the position moves on only when `apply` succeeds.
+    /// One read at a time: another caller waits for it, then finds the
+    /// feed read.
+    ///
+    /// When the store cannot be read, held DEKs go on being served for
+    /// `cache_hard_ttl_secs` after the last good read, as in an HSM
+    /// outage; after that, and for a search (`must`), the error is
+    /// `CKR_HSME_STORE_ERROR`.
+    pub fn read_feed(&self, must: bool, apply: impl FnOnce(News) -> Result<()>) -> Result<()> {
+        let mut cursor = unpoisoned(self.feed.cursor.lock());
+        if !must && !self.feed_due() {
+            return Ok(());
+        }
+        self.listen_once();
+        let now = crate::clock::mono_ms();
+        match self.read_changes(*cursor).and_then(|(news, upto)| {
+            apply(news)?;
+            Ok(upto)
+        }) {
+            Ok(upto) => {
+                let prune = cursor.and_then(|from| crate::store::changes::prune_point(from, upto));
+                if let Some(through) = prune {
+                    if let Err(e) = self.with_store(|s| Ok(s.prune_changes(through)?)) {
+                        crate::log_debug!("change feed not pruned: {e}");
+                    }
+                }
+                *cursor = Some(upto);
+                if self.feed.failing.swap(false, Ordering::AcqRel) {
+                    crate::log_info!("DEK store readable again: changes are followed");
+                }
+                self.feed.last_ok.store(now, Ordering::Release);
+                self.feed_read_at(now);
+                Ok(())
+            }
+            Err(e) => {
+                if !self.feed.failing.swap(true, Ordering::AcqRel) {
+                    crate::log_warn!(
+                        "cannot read the DEK store's changes ({e}): held DEKs are served \
+                         for at most cache_hard_ttl_secs"
+                    );
+                }
+                let hard = self.settings.hard_ttl.as_millis() as u64;
+                let last_ok = self.feed.last_ok.load(Ordering::Acquire);
+                if !must && hard > 0 && last_ok > 0 && now < last_ok.saturating_add(hard) {
+                    self.cache
+                        .feed_until((now + RETRY_MS).min(last_ok.saturating_add(hard)));
+                    Ok(())
+                } else {
+                    Err(Error::Rv(CKR_HSME_STORE_ERROR))
+                }
+            }
+        }
+    }
+
+    /// The feed holds for the soft TTL from `now`.
+    fn feed_read_at(&self, now: u64) {
+        let soft = self.settings.soft_ttl.as_millis() as u64;
+        self.cache.feed_until(now.saturating_add(soft));
+    }
+
+    /// Everything after `cursor`, page by page, and where it ends.
+    fn read_changes(&self, cursor: Option<i64>) -> Result<(News, i64)> {
+        let Some(mut at) = cursor else {
+            let upto = self.with_store(|s| Ok(s.change_position()?))?;
+            return Ok((News::Everything, upto));
+        };
+        let mut rows = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            match self.with_store(|s| Ok(s.changes_since(at, PAGE)?))? {
+                Changes::Gap { upto } => return Ok((News::Everything, upto)),
+                Changes::Since { ids, upto } => {
+                    let last_page = ids.len() < PAGE as usize;
+                    rows.extend(ids.into_iter().filter(|id| seen.insert(*id)));
+                    at = upto;
+                    if last_page {
+                        return Ok((News::Rows(rows), at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// On PostgreSQL, a thread that marks the feed due as soon as another
+    /// process commits a change (tried once per process).
+    fn listen_once(&self) {
+        if self.feed.listen_tried.swap(true, Ordering::AcqRel)
+            || !crate::runtime::threads::allowed()
+        {
+            return;
+        }
+        let waker = self.cache.feed_waker();
+        if let Ok(Some(l)) = self.with_store(|s| Ok(s.listen(Box::new(waker)))) {
+            *unpoisoned(self.feed.listener.lock()) = Some(l);
+        }
+    }
+}
