@@ -20,6 +20,15 @@
 #   bash scripts/bench.sh rewrap --keep                  keep the token directory
 #   bash scripts/bench.sh rewrap --threads 2             two worker threads
 #
+# Scale (issue 14, benches/scale.rs): a fresh token, 1 000 000 DEKs sealed on
+# the HSM into SQLite and a throwaway PostgreSQL, then fresh processes load the
+# module and time a first search, searches by label and CKA_ID, first use of
+# DEKs and memory; change propagation between processes on PostgreSQL.
+#
+#   bash scripts/bench.sh scale                          both engines, 1 000 000 DEKs
+#   bash scripts/bench.sh scale --deks 100000 --engine sqlite
+#   bash scripts/bench.sh scale --make 1000000           also: one process makes and uses N
+#
 # Needs SoftHSM2 and pkcs11-tool (Debian packages softhsm2 and opensc; see
 # scripts/deps.sh), and cargo.
 set -euo pipefail
@@ -38,6 +47,11 @@ if [[ ${1:-} == rewrap ]]; then
     bench=rewrap
     # The bench links the library (rlib); it does not load the module.
     build=(--bench rewrap)
+elif [[ ${1:-} == scale ]]; then
+    shift
+    bench=scale
+    # Fills the store with the library (rlib), measures through the module.
+    build=(--lib --bench scale)
 else
     bench=side_by_side
     # One cargo invocation, one profile (release): the module and the bench

@@ -158,3 +158,58 @@ fn a_dek_made_elsewhere_is_found_by_its_unique_id() {
     )
     .is_empty());
 }
+
+/// More DEKs held than `cache_max_keys` (16 here): the least recently used
+/// keep only their handles and are read from the store again at their next
+/// use, so every handle keeps working, round after round, and one whose row
+/// is gone from the store stops (`CKR_KEY_HANDLE_INVALID`), as a search
+/// that walks them all still finds each once.
+#[test]
+fn handles_of_deks_past_the_memory_bound_keep_working() {
+    let t = TestToken::with_extra_config("cache_max_keys = 16\n");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let iv = [5u8; 12];
+    let deks: Vec<(ObjectHandle, Vec<u8>)> = (0..40)
+        .map(|i| {
+            let h = generate(&s, true, vec![label(&format!("bound-{i}"))]);
+            let ct = gcm_encrypt(&s, h, &iv, b"", format!("m{i}").as_bytes()).unwrap();
+            (h, ct)
+        })
+        .collect();
+    for _round in 0..3 {
+        for (i, (h, ct)) in deks.iter().enumerate() {
+            assert_eq!(
+                gcm_decrypt(&s, *h, &iv, b"", ct).unwrap(),
+                format!("m{i}").into_bytes()
+            );
+        }
+    }
+    let all = find(&s, vec![Attribute::Class(ObjectClass::SECRET_KEY)]);
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|h| h.handle());
+    sorted.dedup();
+    assert_eq!(sorted.len(), all.len(), "each once");
+    for (h, _) in &deks {
+        assert!(all.contains(h), "the same handles");
+    }
+    // The first DEK's row goes from the store behind the module's back.
+    let first = s
+        .get_attributes(deks[0].0, &[AttributeType::UniqueId])
+        .unwrap();
+    let Some(Attribute::UniqueId(uid)) = first.first() else {
+        panic!("{first:?}")
+    };
+    let id: [u8; 16] = hsm_envelope::hex::decode(std::str::from_utf8(uid).unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    // Use the others so that the first one is let go again.
+    for (h, ct) in &deks[1..] {
+        gcm_decrypt(&s, *h, &iv, b"", ct).unwrap();
+    }
+    let store = hsm_envelope::store::Store::open(&t.store_path).unwrap();
+    assert!(store.delete(&id).unwrap());
+    let e = gcm_decrypt(&s, deks[0].0, &iv, b"", &deks[0].1).unwrap_err();
+    assert_eq!(rv(e), cryptoki::error::RvError::KeyHandleInvalid);
+}

@@ -354,7 +354,7 @@ pub fn section(st: &Setup<'_>, extras: &mut Vec<Extra>) -> Res<String> {
 
     // Counting: the in-memory hot path, and one store reservation.
     let block = hsm_envelope::config::Config::default().gcm_invocation_block;
-    let budgets = GcmBudgets::new(1 << 32, block);
+    let budgets = GcmBudgets::new(1 << 32, block, usize::MAX);
     let mut lease = None;
     let print = [0x42u8; 16];
     let calls = if st.quick { 2_000_000 } else { 20_000_000 };

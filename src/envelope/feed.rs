@@ -33,17 +33,35 @@ pub enum News {
     Everything,
 }
 
-#[derive(Default)]
 pub struct Feed {
     /// The position read up to; `None` before the first read.
     cursor: Mutex<Option<i64>>,
-    /// When (`clock::mono_ms`) the feed was last read.
+    /// When (`clock::mono_ms`) the feed was last read (at first: when the
+    /// module started, having opened the store).
     last_ok: AtomicU64,
     /// A read failed and was reported; reported again once it works.
     failing: AtomicBool,
     /// The PostgreSQL listener, made at the first read.
     listener: Mutex<Option<Listener>>,
     listen_tried: AtomicBool,
+}
+
+impl Feed {
+    pub fn new() -> Self {
+        Feed {
+            cursor: Mutex::new(None),
+            last_ok: AtomicU64::new(crate::clock::mono_ms()),
+            failing: AtomicBool::new(false),
+            listener: Mutex::new(None),
+            listen_tried: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed::new()
+    }
 }
 
 impl Envelope {
@@ -104,7 +122,7 @@ impl Envelope {
                 }
                 let hard = self.settings.hard_ttl.as_millis() as u64;
                 let last_ok = self.feed.last_ok.load(Ordering::Acquire);
-                if !must && hard > 0 && last_ok > 0 && now < last_ok.saturating_add(hard) {
+                if !must && hard > 0 && now < last_ok.saturating_add(hard) {
                     self.cache
                         .feed_until((now + RETRY_MS).min(last_ok.saturating_add(hard)));
                     Ok(())

@@ -148,18 +148,60 @@ pub struct GcmBudgets {
     limit: u64,
     max_block: u64,
     run: u64,
+    /// Most budgets kept (`cache_max_keys`): past it, stored budgets no
+    /// session leases are let go, those with the fewest numbers left
+    /// first. A budget let go loses the rest of its block, as a process
+    /// that dies does (the numbers never come back, so none repeats).
+    /// Session DEKs' budgets are never let go: their numbers live only
+    /// here.
+    max_keys: usize,
 }
 
 impl GcmBudgets {
-    /// `limit` numbers per key; blocks of up to `max_block`.
-    pub fn new(limit: u64, max_block: u64) -> GcmBudgets {
+    /// `limit` numbers per key; blocks of up to `max_block`; budgets of
+    /// about `max_keys` keys kept.
+    pub fn new(limit: u64, max_block: u64, max_keys: usize) -> GcmBudgets {
         let max_block = max_block.max(1);
         GcmBudgets {
             keys: Mutex::new(HashMap::new()),
             limit,
             max_block,
             run: (max_block / 4).clamp(1, MAX_RUN),
+            max_keys: max_keys.max(16),
         }
+    }
+
+    /// Past `max_keys`: lets go of a sixteenth of them, the idle stored
+    /// budgets with the fewest numbers left.
+    fn let_go(&self, keys: &mut HashMap<KeyPrint, Arc<KeyBudget>>) {
+        if keys.len() < self.max_keys {
+            return;
+        }
+        let mut idle: Vec<(u64, KeyPrint)> = keys
+            .values()
+            .filter(|b| b.stored && Arc::strong_count(b) == 1)
+            .map(|b| {
+                let block = unpoisoned(b.block.lock());
+                (block.end.saturating_sub(block.next), b.print)
+            })
+            .collect();
+        let n = (self.max_keys / 16).max(1).min(idle.len());
+        if n == 0 {
+            return;
+        }
+        idle.select_nth_unstable(n - 1);
+        for (_, print) in idle.into_iter().take(n) {
+            keys.remove(&print);
+        }
+    }
+
+    /// How many keys have a budget here (for tests).
+    pub fn len(&self) -> usize {
+        unpoisoned(self.keys.lock()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn limit(&self) -> u64 {
@@ -226,6 +268,7 @@ impl GcmBudgets {
                     }),
                     marked: Mutex::new(Vec::new()),
                 });
+                self.let_go(&mut keys);
                 keys.insert(*print, b.clone());
                 b
             }
@@ -374,8 +417,26 @@ mod tests {
     }
 
     #[test]
+    fn past_the_bound_idle_stored_budgets_are_let_go() {
+        let budgets = GcmBudgets::new(1 << 32, 1 << 16, 16);
+        // A session DEK's budget, and a token DEK's a session leases.
+        let mut session = Some(budgets.lease(&[200; 16], false, &[0; 16]));
+        let leased = budgets.lease(&[201; 16], true, &[1; 16]);
+        drop(session.take());
+        for n in 0..100u8 {
+            drop(budgets.lease(&[n; 16], true, &[n; 16]));
+        }
+        assert!(budgets.len() <= 17, "{} kept", budgets.len());
+        let keys = unpoisoned(budgets.keys.lock());
+        assert!(keys.contains_key(&[200; 16]), "session DEKs' stay");
+        assert!(keys.contains_key(&[201; 16]), "a leased one stays");
+        drop(keys);
+        drop(leased);
+    }
+
+    #[test]
     fn leases_on_one_key_never_share_a_number() {
-        let budgets = GcmBudgets::new(1 << 32, 1 << 16);
+        let budgets = GcmBudgets::new(1 << 32, 1 << 16, usize::MAX);
         let (mut a, mut b) = (None, None);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
@@ -391,7 +452,7 @@ mod tests {
 
     #[test]
     fn the_last_lease_gives_its_unused_numbers_back() {
-        let budgets = GcmBudgets::new(1 << 32, 1 << 16);
+        let budgets = GcmBudgets::new(1 << 32, 1 << 16, usize::MAX);
         let run = budgets.run as u32;
         let mut a = None;
         assert_eq!(local(&budgets, &mut a, &[1; 16]), Some(0));
@@ -408,8 +469,8 @@ mod tests {
 
     #[test]
     fn runs_are_a_quarter_block_up_to_256() {
-        assert_eq!(GcmBudgets::new(1000, 50).run, 12);
-        assert_eq!(GcmBudgets::new(1000, 1).run, 1);
-        assert_eq!(GcmBudgets::new(1 << 32, 1 << 16).run, 256);
+        assert_eq!(GcmBudgets::new(1000, 50, usize::MAX).run, 12);
+        assert_eq!(GcmBudgets::new(1000, 1, usize::MAX).run, 1);
+        assert_eq!(GcmBudgets::new(1 << 32, 1 << 16, usize::MAX).run, 256);
     }
 }

@@ -54,6 +54,8 @@ pub struct Envelope {
     pub gcm: super::gcm_budget::GcmBudgets,
     /// Where this process has read the store's change feed (see `feed`).
     pub(super) feed: super::feed::Feed,
+    /// Last uses not yet written to the store (see `last_used`).
+    pub(super) last_used: super::last_used::LastUsed,
 }
 
 impl Envelope {
@@ -65,7 +67,11 @@ impl Envelope {
         let cache_max_keys = settings.cache_max_keys;
         let mut tag = [0u8; 4];
         let _ = getrandom::fill(&mut tag);
-        let gcm = super::gcm_budget::GcmBudgets::new(settings.gcm_limit, settings.gcm_block);
+        let gcm = super::gcm_budget::GcmBudgets::new(
+            settings.gcm_limit,
+            settings.gcm_block,
+            settings.cache_max_keys,
+        );
         Envelope {
             backend,
             settings,
@@ -81,6 +87,7 @@ impl Envelope {
             holder: format!("pid {} ({})", std::process::id(), hex(&tag)),
             gcm,
             feed: super::feed::Feed::default(),
+            last_used: super::last_used::LastUsed::default(),
         }
     }
 

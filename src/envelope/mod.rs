@@ -14,6 +14,7 @@ pub mod gcm_budget;
 pub mod health;
 pub mod instance;
 pub mod kek_handles;
+pub mod last_used;
 pub mod record;
 pub mod rewrap;
 pub mod service;

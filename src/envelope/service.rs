@@ -259,14 +259,12 @@ impl Envelope {
             Err(e) => return Err(e),
         };
         self.service_ok(crate::clock::mono_ms());
-        // Last use, as `dek list` shows it: written when a token DEK is
+        // Last use, as `dek list` shows it: noted when a token DEK is
         // unwrapped (its first use in a process, or after its cache entry
-        // went), so a busy DEK costs no store write per call.
+        // went) and written in batches (`last_used`), so neither a busy DEK
+        // nor a first use costs a store write of its own.
         if row_generation.is_some() {
-            let now = crate::clock::unix_secs();
-            if let Err(e) = self.with_store(|st| Ok(st.touch_last_used(id, now)?)) {
-                crate::log_debug!("last_used of DEK {} not written: {e}", hex(id));
-            }
+            self.note_use(id, crate::clock::unix_secs());
         }
         Ok(self.cache.insert(*id, binding.clone(), version, v, epoch)?)
     }

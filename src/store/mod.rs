@@ -194,6 +194,10 @@ pub trait StoreEngine: Send {
     /// durable write, so callers should rate-limit it. `NotFound` if absent.
     fn touch_last_used(&self, id: &[u8; 16], when: i64) -> Result<(), StoreError>;
 
+    /// [`StoreEngine::touch_last_used`] for several rows in one transaction
+    /// (one durable write); rows that no longer exist are skipped.
+    fn touch_many(&self, uses: &[([u8; 16], i64)]) -> Result<(), StoreError>;
+
     // --- Recoverable deletion (see `deletion`) ---------------------------
 
     /// Marks a live row deleted, purgeable from `purge_after` on. `Ok(false)`

@@ -757,6 +757,18 @@ impl StoreEngine for PostgresStore {
         Ok(())
     }
 
+    fn touch_many(&self, uses: &[([u8; 16], i64)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let st = c.prepare(TOUCH)?;
+            let mut tx = c.client.transaction()?;
+            for (id, when) in uses {
+                tx.execute(&st, &[&&id[..], when])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn soft_delete(&self, id: &[u8; 16], purge_after: i64) -> Result<bool, StoreError> {
         Ok(self.execute_changing(SOFT_DELETE, &[&&id[..], &now_secs(), &purge_after])? > 0)
     }

@@ -154,6 +154,13 @@ fn crud(f: &Fresh) {
         s.touch_last_used(&row(2).id, 1),
         Err(StoreError::NotFound)
     ));
+    // Several in one transaction; a row that is gone is skipped.
+    s.touch_many(&[(row(1).id, 700), (row(2).id, 1), (row(3).id, 650)])
+        .unwrap();
+    assert_eq!(last_used(&s, &row(1).id), Some(700));
+    assert_eq!(last_used(&s, &row(3).id), Some(650));
+    s.touch_many(&[(row(1).id, 10)]).unwrap();
+    assert_eq!(last_used(&s, &row(1).id), Some(700), "never backwards");
 
     // The largest KEK version and extreme times round-trip.
     let mut big = row(5);

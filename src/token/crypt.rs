@@ -114,6 +114,8 @@ fn init_on(
             *op = Op::Backend;
             Ok(Step::ForwardInit(bkey))
         }
+        // `store_sync::object` loads these.
+        Object::Stored { .. } => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
     }
 }
 
@@ -189,6 +191,8 @@ pub fn key_for(
         Object::Backend { .. } => {
             crate::token::object::manage::backend_key(m, s, handle).map(KeyFor::Backend)
         }
+        // `store_sync::object` loads these.
+        Object::Stored { .. } => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
     }
 }
 

@@ -253,13 +253,17 @@ impl Module {
         if let Some(env) = &envelope {
             // The store opens now, so that a bad path or a purge-protection
             // setting the store refuses is reported here, not at the first DEK.
-            // (`record_counts` lists the KEK labels the store's records are under.)
+            // (`record_counts` lists the KEK labels the store's records are
+            // under; it reads every row, so only when ours has no versions.)
             let (ours, theirs) = env
                 .with_store(|st| {
-                    Ok((
-                        st.kek_versions(&config.kek_label)?.len(),
-                        st.record_counts()?,
-                    ))
+                    let ours = st.kek_versions(&config.kek_label)?.len();
+                    let theirs = if ours == 0 {
+                        st.record_counts()?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((ours, theirs))
                 })
                 .map_err(|e| {
                     let todo = match (&e, &config.store_url) {
@@ -305,6 +309,8 @@ impl Module {
                 )
             })?;
         }
+        let objects = Objects::default();
+        objects.set_max_loaded(config.cache_max_keys as usize);
         let n_slots = slots.len();
         Ok(Module {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1,
@@ -314,7 +320,7 @@ impl Module {
             dek_slot,
             envelope,
             sessions: Sessions::default(),
-            objects: Objects::default(),
+            objects,
             login: (0..n_slots).map(|_| AtomicU64::new(0)).collect(),
             session_life: Mutex::new(()),
         })
@@ -327,6 +333,7 @@ impl Module {
             let _ = self.backend.close_session(s.backend());
         }
         if let Some(env) = &self.envelope {
+            env.flush_uses();
             if let Some(a) = env.audit() {
                 match self.dek_slot {
                     Some(slot) if self.is_user(slot) => a.flush(),
@@ -449,6 +456,9 @@ impl Module {
             Object::Backend {
                 slot: s, handle, ..
             } => *s == slot && backend_gone.contains(handle),
+            Object::Stored {
+                slot: s, private, ..
+            } => *s == slot && *private,
         });
         if self.dek_slot == Some(slot) {
             if let Some(e) = &self.envelope {

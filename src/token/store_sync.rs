@@ -15,24 +15,23 @@ use std::sync::Arc;
 use cryptoki_sys::*;
 
 use crate::envelope::feed::News;
-use crate::error::Result;
-use crate::runtime::stamped::Stamped;
+use crate::error::{Error, Result};
 use crate::store::{DekQuery, DekRow};
 use crate::token::module::Module;
 use crate::token::object::table::{Dek, DekState, Object};
 use crate::token::object::template::{find_in, matches, Attrs, Template};
 
 pub fn dek_from_row(slot: usize, row: &DekRow) -> Result<Arc<Dek>> {
-    Ok(Arc::new(Dek {
-        id: row.id,
+    Ok(Arc::new(Dek::new(
+        row.id,
         slot,
-        owner: None,
-        state: Stamped::new(DekState::new(
+        None,
+        DekState::new(
             Attrs::decode(&row.attrs)?,
             row.record.clone(),
             row.generation,
-        )),
-    }))
+        ),
+    )))
 }
 
 /// Which stored token DEKs a search template can match.
@@ -213,10 +212,31 @@ pub fn catch_up(m: &Module, must: bool) -> Result<()> {
     })
 }
 
-/// Object `h`, after the DEKs held were brought up to date (when due).
+/// Object `h`, after the DEKs held were brought up to date (when due); a
+/// token DEK whose state was let go is read from the store again (gone
+/// from there: its handle goes, `CKR_OBJECT_HANDLE_INVALID`).
 pub fn object(m: &Module, h: CK_OBJECT_HANDLE) -> Result<Object> {
     catch_up(m, false)?;
-    m.objects.get(h)
+    match m.objects.get(h)? {
+        Object::Dek(d) => {
+            m.objects.touch(&d);
+            Ok(Object::Dek(d))
+        }
+        Object::Stored { id, slot, .. } => {
+            let env = m
+                .envelope
+                .as_ref()
+                .ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))?;
+            let Some(row) = env.with_store(|s| Ok(s.get(&id)?))? else {
+                m.objects.remove(h);
+                return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
+            };
+            let dek = dek_from_row(slot, &row)?;
+            m.objects.intern_dek(dek.clone());
+            Ok(Object::Dek(dek))
+        }
+        backend => Ok(backend),
+    }
 }
 
 /// Holds `row` as a DEK here (a new handle, or the held one's new state).

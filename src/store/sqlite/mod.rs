@@ -534,6 +534,21 @@ impl StoreEngine for SqliteStore {
         }
         Ok(())
     }
+
+    fn touch_many(&self, uses: &[([u8; 16], i64)]) -> Result<(), StoreError> {
+        let tx = self.immediate()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE dek SET last_used = MAX(COALESCE(last_used, ?2), ?2) WHERE id = ?1",
+            )?;
+            for (id, when) in uses {
+                stmt.execute(params![id, when])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn list_for_admin(&self) -> Result<Vec<DekListing>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.id, d.label, d.ckaid, d.kek_label, d.kek_version, d.created, d.updated,

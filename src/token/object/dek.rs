@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
-use crate::runtime::stamped::Stamped;
 use crate::secret::SecretBytes;
 use crate::store::DekRow;
 use crate::token::kek_guard::refuse_kek_label;
@@ -147,12 +146,7 @@ fn persist(
     let label = attrs.label().to_vec();
     let state = DekState::new(attrs, record, 0);
     let binding = state.binding.clone();
-    let dek = Dek {
-        id,
-        slot: s.slot,
-        owner: if token { None } else { Some(s.handle) },
-        state: Stamped::new(state),
-    };
+    let dek = Dek::new(id, s.slot, if token { None } else { Some(s.handle) }, state);
     env.cache
         .insert(id, binding, kek_version, value, env.cache.epoch())?;
     env.log(

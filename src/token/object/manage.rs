@@ -58,7 +58,8 @@ pub fn resolve(m: &Module, s: &Session, h: CK_OBJECT_HANDLE) -> Result<Target> {
             identity.as_deref(),
             checked,
         ))),
-        Object::Backend { .. } => Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)),
+        // Another slot's; `store_sync::object` loads `Stored` ones.
+        Object::Backend { .. } | Object::Stored { .. } => Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)),
     }
 }
 

@@ -2,7 +2,7 @@
 //! in a process: DEKs and backend objects share one counter.
 
 use crate::runtime::lock::unpoisoned;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cryptoki_sys::*;
@@ -23,6 +23,9 @@ pub struct Dek {
     /// handle (see `Objects::forget`, `intern_dek`): sessions that remember
     /// this DEK (see `remembered`) check it.
     pub state: Stamped<DekState>,
+    /// When it was last looked up (`Objects`' tick): the least recently
+    /// used token DEKs let go of their state first.
+    used: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -51,6 +54,21 @@ impl DekState {
 }
 
 impl Dek {
+    pub fn new(
+        id: [u8; 16],
+        slot: usize,
+        owner: Option<CK_SESSION_HANDLE>,
+        state: DekState,
+    ) -> Self {
+        Dek {
+            id,
+            slot,
+            owner,
+            state: Stamped::new(state),
+            used: AtomicU64::new(0),
+        }
+    }
+
     pub fn snapshot(&self) -> Result<DekState> {
         Ok(self.state.read().clone())
     }
@@ -96,6 +114,15 @@ pub enum Object {
         checked: u64,
     },
     Dek(Arc<Dek>),
+    /// A token DEK whose state (attributes, record) was let go to bound
+    /// memory: read from the store again at its next use
+    /// (`store_sync::object`), under the same handle.
+    Stored {
+        id: [u8; 16],
+        slot: usize,
+        /// CKA_PRIVATE, so that a logout forgets it as it would the DEK.
+        private: bool,
+    },
 }
 
 #[derive(Default)]
@@ -106,6 +133,8 @@ struct Maps {
     /// The handles of session DEKs (a search walks these; token DEKs are
     /// searched in the store).
     session_deks: HandleMap<CK_OBJECT_HANDLE, ()>,
+    /// How many token DEKs are held with their state (`Object::Dek`).
+    loaded_tokens: usize,
 }
 
 pub struct Objects {
@@ -114,6 +143,12 @@ pub struct Objects {
     /// How many times a backend session was found lost and re-opened (an
     /// HSM reconnect): backend handles checked before then may be stale.
     reconnects: AtomicU64,
+    /// Most token DEKs held with their state (`cache_max_keys`); past it
+    /// the least recently used that no session holds keep only their
+    /// handle (`Object::Stored`).
+    max_loaded: AtomicUsize,
+    /// Counts DEKs interned: the clock of `Dek::used`.
+    tick: AtomicU64,
 }
 
 impl Default for Objects {
@@ -122,11 +157,62 @@ impl Default for Objects {
             maps: RwLock::new(Maps::default()),
             next: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
+            max_loaded: AtomicUsize::new(usize::MAX),
+            tick: AtomicU64::new(0),
         }
     }
 }
 
 impl Objects {
+    /// At most `n` (at least 16) token DEKs are held with their state.
+    pub fn set_max_loaded(&self, n: usize) {
+        self.max_loaded.store(n.max(16), Ordering::Relaxed);
+    }
+
+    /// Marks `d` used now (for choosing which states to let go).
+    pub fn touch(&self, d: &Dek) {
+        let now = self.tick.load(Ordering::Relaxed);
+        if d.used.load(Ordering::Relaxed) != now {
+            d.used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Past `max_loaded`: the least recently used sixteenth of the token
+    /// DEKs that nothing but the table holds become `Object::Stored`.
+    fn let_go(&self, m: &mut Maps) {
+        let max = self.max_loaded.load(Ordering::Relaxed);
+        if m.loaded_tokens <= max {
+            return;
+        }
+        let mut idle: Vec<(u64, CK_OBJECT_HANDLE)> = m
+            .by_handle
+            .iter()
+            .filter_map(|(h, o)| match o {
+                Object::Dek(d) if d.is_token() && Arc::strong_count(d) == 1 => {
+                    Some((d.used.load(Ordering::Relaxed), *h))
+                }
+                _ => None,
+            })
+            .collect();
+        let n = (max / 16).max(1).min(idle.len());
+        if n == 0 {
+            return;
+        }
+        idle.select_nth_unstable(n - 1);
+        for (_, h) in idle.into_iter().take(n) {
+            let Some(Object::Dek(d)) = m.by_handle.get(&h) else {
+                continue;
+            };
+            let stored = Object::Stored {
+                id: d.id,
+                slot: d.slot,
+                private: d.state.read().attrs.flag(CKA_PRIVATE),
+            };
+            m.by_handle.insert(h, stored);
+            m.loaded_tokens -= 1;
+        }
+    }
+
     fn fresh(&self) -> CK_OBJECT_HANDLE {
         self.next.fetch_add(1, Ordering::Relaxed) as CK_OBJECT_HANDLE
     }
@@ -231,9 +317,19 @@ impl Objects {
                 h
             }
         };
-        if let Some(Object::Dek(old)) = m.by_handle.insert(h, Object::Dek(dek)) {
+        let token = dek.is_token();
+        dek.used.store(
+            self.tick.fetch_add(1, Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        match m.by_handle.insert(h, Object::Dek(dek)) {
             // The handle now names a newer state: the old one is stale.
-            old.state.invalidate();
+            Some(Object::Dek(old)) => old.state.invalidate(),
+            _ if token => m.loaded_tokens += 1,
+            _ => {}
+        }
+        if token {
+            self.let_go(&mut m);
         }
         h
     }
@@ -263,7 +359,13 @@ impl Objects {
                     Object::Dek(d) => {
                         m.deks.remove(&d.id);
                         m.session_deks.remove(&h);
+                        if d.is_token() {
+                            m.loaded_tokens -= 1;
+                        }
                         d.state.invalidate();
+                    }
+                    Object::Stored { id, .. } => {
+                        m.deks.remove(id);
                     }
                     Object::Backend { slot, handle, .. } => {
                         m.backend.remove(&(*slot, *handle));
@@ -310,10 +412,16 @@ impl Objects {
             .collect()
     }
 
-    /// Whether any token DEK is held.
+    /// Whether any token DEK is held with its state.
     pub fn holds_token_deks(&self) -> bool {
+        unpoisoned(self.maps.read()).loaded_tokens > 0
+    }
+
+    /// How many token DEKs are held with their state, and how many handles
+    /// name DEKs in all (for tests and the benchmark).
+    pub fn dek_counts(&self) -> (usize, usize) {
         let m = unpoisoned(self.maps.read());
-        m.deks.len() > m.session_deks.len()
+        (m.loaded_tokens, m.deks.len())
     }
 
     fn is_token_in(&self, m: &Maps, id: &[u8; 16]) -> bool {
@@ -333,5 +441,61 @@ impl Objects {
             .filter(|((s, _), _)| *s == slot)
             .map(|((_, bh), h)| (*h, *bh))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_dek(n: u8, private: bool) -> Arc<Dek> {
+        let mut attrs = Attrs::default();
+        attrs.set_bool(CKA_PRIVATE, private);
+        Arc::new(Dek::new([n; 16], 0, None, DekState::new(attrs, vec![n], 0)))
+    }
+
+    #[test]
+    fn past_the_bound_idle_token_deks_keep_only_their_handles() {
+        let o = Objects::default();
+        o.set_max_loaded(16);
+        // One a session holds (its Arc), and one used again and again.
+        let busy = token_dek(0, false);
+        let busy_h = o.intern_dek(busy.clone());
+        let hot = token_dek(1, false);
+        let hot_h = o.intern_dek(hot.clone());
+        drop(hot);
+        let handles: Vec<_> = (2..=40)
+            .map(|n| {
+                if let Ok(Object::Dek(d)) = o.get(hot_h) {
+                    o.touch(&d);
+                }
+                o.intern_dek(token_dek(n, n % 2 == 0))
+            })
+            .collect();
+        let (loaded, all) = o.dek_counts();
+        assert!(loaded <= 16, "{loaded} held with their state");
+        assert_eq!(all, 41, "every handle is kept");
+        assert!(
+            matches!(o.get(busy_h), Ok(Object::Dek(_))),
+            "held by a session"
+        );
+        assert!(matches!(o.get(hot_h), Ok(Object::Dek(_))), "recently used");
+        let stored: Vec<_> = handles
+            .iter()
+            .filter(|h| matches!(o.get(**h), Ok(Object::Stored { .. })))
+            .collect();
+        assert!(stored.len() >= 20, "{} let go", stored.len());
+        // A let-go DEK comes back under its handle, with its state.
+        let h = *stored[0];
+        let Ok(Object::Stored { id, private, .. }) = o.get(h) else {
+            unreachable!()
+        };
+        assert_eq!(private, id[0] % 2 == 0);
+        assert_eq!(o.intern_dek(token_dek(id[0], private)), h);
+        assert!(matches!(o.get(h), Ok(Object::Dek(_))));
+        // Forgetting removes both kinds, and the counts follow.
+        o.forget(|_, _| true);
+        assert_eq!(o.dek_counts(), (0, 0));
+        drop(busy);
     }
 }

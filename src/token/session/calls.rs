@@ -81,6 +81,7 @@ fn close_one(m: &Module, s: &Session) {
     let gone = m.objects.forget(|_, o| match o {
         Object::Dek(d) => d.owner == Some(s.handle),
         Object::Backend { owner, .. } => *owner == Some(s.handle),
+        Object::Stored { .. } => false,
     });
     if let Some(env) = &m.envelope {
         for o in gone {

@@ -145,7 +145,6 @@ impl RememberedKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::stamped::Stamped;
     use crate::secret::SecretBytes;
     use crate::token::object::table::DekState;
     use crate::token::object::template::Attrs;
@@ -154,12 +153,12 @@ mod tests {
     const MECH: CK_MECHANISM_TYPE = cryptoki_sys::CKM_AES_GCM;
 
     fn dek() -> Arc<Dek> {
-        Arc::new(Dek {
-            id: [1; 16],
-            slot: 0,
-            owner: None,
-            state: Stamped::new(DekState::new(Attrs::default(), vec![1, 2, 3], 0)),
-        })
+        Arc::new(Dek::new(
+            [1; 16],
+            0,
+            None,
+            DekState::new(Attrs::default(), vec![1, 2, 3], 0),
+        ))
     }
 
     fn remember(d: &Arc<Dek>, cache: &KeyCache, private: bool) -> RememberedKey {
