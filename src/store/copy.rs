@@ -131,8 +131,10 @@ impl Tally {
 pub struct Verified {
     pub source: Tally,
     pub target: Tally,
-    /// Row pairs compared (present on both sides).
+    /// Row pairs compared (present on both sides), and how many of them
+    /// are equal in every column.
     pub rows_compared: u64,
+    pub rows_equal: u64,
     /// Rows missing, extra or different in the target.
     pub row_differences: u64,
     /// GCM counts in the source, and how many of them the target holds
@@ -161,10 +163,13 @@ impl Verified {
 /// How many differences [`Verified::examples`] names.
 const EXAMPLES: usize = 5;
 
+/// Reads up to `n` rows after a key (None: from the first).
+type Fetch<'a, T> = Box<dyn FnMut(Option<&[u8; 16]>, u32) -> Result<Vec<T>, StoreError> + 'a>;
+
 /// Rows of a store in key order (DEK ids, or GCM prints: 16 bytes
 /// either way), read a batch at a time.
 struct Cursor<'a, T> {
-    fetch: Box<dyn FnMut(Option<&[u8; 16]>, u32) -> Result<Vec<T>, StoreError> + 'a>,
+    fetch: Fetch<'a, T>,
     key: fn(&T) -> [u8; 16],
     batch: u32,
     buf: VecDeque<T>,
@@ -238,6 +243,7 @@ fn first_difference(a: &FullRow, b: &FullRow) -> &'static str {
 #[derive(Default)]
 struct Walk {
     compared: u64,
+    equal: u64,
     differences: u64,
     examples: Vec<String>,
     /// The last target row seen.
@@ -359,6 +365,7 @@ impl Copier<'_> {
             source: Tally::of(self.from)?,
             target: Tally::of(self.to)?,
             rows_compared: walk.compared,
+            rows_equal: walk.equal,
             row_differences: walk.differences,
             examples: walk.examples,
             kek_versions_equal: versions(self.from)? == versions(self.to)?,
@@ -398,7 +405,9 @@ impl Copier<'_> {
                     if let (Some(a), Some(b)) = (source.next()?, target.next()?) {
                         w.compared += 1;
                         w.last_target = Some(b.row.id);
-                        if a != b {
+                        if a == b {
+                            w.equal += 1;
+                        } else {
                             let field = first_difference(&a, &b);
                             w.differs(format!("{} differs ({field})", hex(&a.row.id)));
                         }
