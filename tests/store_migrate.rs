@@ -150,7 +150,7 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_the_module_needs() {
     assert_eq!(code(&o), 0, "{}", show(&o));
     let text = stdout(&o);
     for expected in [
-        "7 DEK row(s) (7 in all, 2 soft-deleted), 2 KEK version(s)",
+        "7 DEK row(s) (2 soft-deleted), 2 KEK version(s)",
         "purge protection on",
         "7 of 7 row(s) equal",
         "7/7 record(s) opened from the target",
@@ -361,6 +361,31 @@ fn bad_targets_are_refused_with_a_reason() {
         (Some(0), Some(true))
     );
     assert_eq!(again["check"]["ok"], true);
+
+    // A SQLite file as the target works the same way.
+    let file = t.path().join("copy.sqlite");
+    let doc = ok_json(
+        &t,
+        &[
+            "store",
+            "migrate",
+            "--to",
+            &format!("sqlite://{}", file.display()),
+        ],
+    );
+    assert_eq!(doc["target"]["engine"], "sqlite");
+    assert_eq!(
+        (doc["rows_copied"].as_u64(), doc["check"]["ok"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(doc["sample"]["matched"], 1);
+    assert!(
+        doc["next_step"]
+            .as_str()
+            .unwrap()
+            .starts_with("store_path = "),
+        "{doc:#}"
+    );
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct Plan {
     given: String,
     /// Where a resumed copy carries on (after this id), if it is one.
     resume: Option<Option<[u8; 16]>>,
+    /// How long checking the target's rows for `--resume` took.
+    resume_secs: f64,
 }
 
 fn store_failure(which: &str, e: StoreError) -> Failure {
@@ -77,6 +79,7 @@ pub fn prepare(config: &Config, args: &MigrateArgs) -> Result<Plan, Failure> {
     let target = Store::open_at(&to).map_err(|e| store_failure("the target", e))?;
     let held = Tally::of(&*target).map_err(|e| store_failure("the target", e))?;
     let empty = held.rows() == 0 && held.kek_versions == 0;
+    let checking = Instant::now();
     let resume = if empty {
         args.resume.then_some(None)
     } else if args.resume {
@@ -102,6 +105,7 @@ pub fn prepare(config: &Config, args: &MigrateArgs) -> Result<Plan, Failure> {
         batch: args.batch,
         given: args.to.clone(),
         resume,
+        resume_secs: checking.elapsed().as_secs_f64(),
     })
 }
 
@@ -146,9 +150,23 @@ pub fn run(admin: &Admin, plan: Plan) -> Result<Report, Failure> {
         last: started,
         total: before.rows(),
     };
+    let mut so_far = 0;
     let copied = copier
-        .rows(after, &mut |n| progress.update(n))
-        .map_err(|e| store_failure("store migrate", e))?;
+        .rows(after, &mut |n| {
+            so_far = n;
+            progress.update(n)
+        })
+        .map_err(|e| {
+            let f = store_failure("store migrate", e);
+            // Every batch copied is committed: the rest can follow.
+            Failure::new(
+                f.code,
+                format!(
+                    "{}; stopped after {so_far} row(s): run it again with --resume to carry on",
+                    f.message
+                ),
+            )
+        })?;
     copier
         .gcm_usage()
         .map_err(|e| store_failure("store migrate", e))?;
@@ -183,6 +201,7 @@ pub fn run(admin: &Admin, plan: Plan) -> Result<Report, Failure> {
         sample_size: picked.len() as u64,
         sampled: &sampled,
         copy_secs,
+        resume_secs: plan.resume_secs,
         elapsed,
     };
     let report = facts.report();
@@ -218,6 +237,7 @@ struct Facts<'a> {
     sample_size: u64,
     sampled: &'a sample::Outcome,
     copy_secs: f64,
+    resume_secs: f64,
     elapsed: f64,
 }
 
@@ -275,10 +295,14 @@ impl Facts<'_> {
                 self.after.map_or("the start".into(), |id| hex(&id))
             ));
         }
+        let in_all = if self.resumed {
+            format!("{} in all, ", v.source.rows())
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "copied           {} DEK row(s) ({} in all, {} soft-deleted), {} KEK version(s), GCM counts of {} key(s) ({} invocations), purge protection {}\n",
+            "copied           {} DEK row(s) ({in_all}{} soft-deleted), {} KEK version(s), GCM counts of {} key(s) ({} invocations), purge protection {}\n",
             self.copied,
-            v.source.rows(),
             v.source.deleted,
             v.source.kek_versions,
             v.gcm_keys,
@@ -310,9 +334,14 @@ impl Facts<'_> {
                 String::new()
             }
         ));
+        let resume_check = if self.resumed {
+            format!("resume check {:.2} s, ", self.resume_secs)
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "time             {:.2} s (copy {:.2} s, check {:.2} s)\n",
-            self.elapsed,
+            "time             {:.2} s ({resume_check}copy {:.2} s, check {:.2} s)\n",
+            self.resume_secs + self.elapsed,
             self.copy_secs,
             self.elapsed - self.copy_secs
         ));
@@ -367,8 +396,9 @@ impl Facts<'_> {
                 "not_openable_from_source": s.unopenable,
                 "failed": s.failed,
             },
+            "resume_check_secs": self.resume_secs,
             "copy_secs": self.copy_secs,
-            "elapsed_secs": self.elapsed,
+            "elapsed_secs": self.resume_secs + self.elapsed,
             "next_step": next,
         });
         Report::new(text, doc)
