@@ -95,7 +95,7 @@ pub enum StoreCommand {
     /// Copies, row for row and still wrapped: every token DEK (soft-deleted
     /// ones too, with their purge dates), every KEK version with its state,
     /// the GCM invocation counts and purge protection. Leases are not
-    /// copied. The configured store is only read. The target must hold no
+    /// copied. The configured store's rows are only read. The target must hold no
     /// DEK and no KEK version (exit 1 otherwise), unless --resume.
     ///
     /// Stop every process that uses the store first: rows written during
@@ -115,7 +115,7 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "URL")]
     pub to: String,
     /// Rows per batch (each batch is one transaction in the target)
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
     /// Carry on a copy that stopped: allowed only if the target holds
     /// exactly the source's KEK versions and its first rows (checked row by
