@@ -45,6 +45,8 @@ fn every_command_has_help() {
         &["dek"],
         &["dek", "list"],
         &["status"],
+        &["store"],
+        &["store", "migrate"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();
@@ -64,7 +66,9 @@ fn every_command_has_help() {
     }
     let o = Command::new(BIN).arg("--help").output().unwrap();
     let out = stdout(&o);
-    for c in ["kek", "rewrap", "dek", "status", "--config", "--json"] {
+    for c in [
+        "kek", "rewrap", "dek", "status", "store", "--config", "--json",
+    ] {
         assert!(out.contains(c), "{c} missing from --help: {out}");
     }
     // Usage errors exit 2, before any PIN or token.

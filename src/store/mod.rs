@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod changes;
+pub mod copy;
 pub mod deletion;
 pub mod gcm;
 pub mod kek;
@@ -134,7 +135,10 @@ pub enum StoreError {
 /// `list`, `list_ids_generations` and the admin listing skip them, but they
 /// are still records (they count in `count_under` and `record_counts`, and
 /// their KEK version must be kept) until [`StoreEngine::purge`].
-pub trait StoreEngine: Send {
+///
+/// Whole-row export and import, for copying a store into another, are in
+/// the supertrait [`copy::StoreCopy`].
+pub trait StoreEngine: Send + copy::StoreCopy {
     /// The engine's name as `status` shows it: `sqlite` or `postgresql`.
     fn engine_name(&self) -> &'static str;
 

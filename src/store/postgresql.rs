@@ -48,6 +48,8 @@ use super::{
 use crate::clock::unix_secs as now_secs;
 use crate::runtime::lock::unpoisoned;
 
+mod copy;
+
 /// The engine's name.
 pub const ENGINE: &str = "postgresql";
 

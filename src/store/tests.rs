@@ -987,3 +987,5 @@ fn postgresql_find_walks_the_label_and_ckaid_indexes() {
         );
     }
 }
+
+mod copy;

@@ -24,7 +24,7 @@ With --json, stdout holds exactly one JSON document, also on failure
 #[command(
     name = "hsm-envelope",
     version,
-    about = "Operator tool for hsm-envelope: KEK versions, rotation, re-wrap, DEKs (list, recover, purge), audit log, health",
+    about = "Operator tool for hsm-envelope: KEK versions, rotation, re-wrap, DEKs (list, recover, purge), audit log, health, store migration",
     long_about = "Operator tool for hsm-envelope, the PKCS#11 module that keeps KEKs on the \
 backend HSM and stores DEKs wrapped by them. It reads the module's TOML configuration \
 (--config, else HSM_ENVELOPE_CONF, else the defaults) and logs in to the backend token \
@@ -79,6 +79,49 @@ pub enum Command {
     /// deleted DEKs and purge protection
     #[command(after_help = EXIT_CODES)]
     Status,
+    /// The store itself: copy it into another (SQLite into PostgreSQL)
+    #[command(after_help = EXIT_CODES)]
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy the configured store into another one, e.g. a PostgreSQL
+    /// database, and check the copy
+    ///
+    /// Copies, row for row and still wrapped: every token DEK (soft-deleted
+    /// ones too, with their purge dates), every KEK version with its state,
+    /// the GCM invocation counts and purge protection. Leases are not
+    /// copied. The configured store's rows are only read. The target must hold no
+    /// DEK and no KEK version (exit 1 otherwise), unless --resume.
+    ///
+    /// Stop every process that uses the store first: rows written during
+    /// the copy are not copied, and the check at the end then fails. The
+    /// check compares every row, the counts per KEK version, the deleted
+    /// count and the GCM counts, and opens a sample of records from the
+    /// target through the HSM. Then set `store_url` (or `store_path`) in
+    /// the configuration to the target.
+    #[command(after_help = EXIT_CODES)]
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The target store: postgresql://user@host:port/db (or a `host=...
+    /// dbname=...` string), or a SQLite file: sqlite:///path or a path
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Rows per batch (each batch is one transaction in the target)
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
+    /// Carry on a copy that stopped: allowed only if the target holds
+    /// exactly the source's KEK versions and its first rows (checked row by
+    /// row before anything is written)
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,7 +1,7 @@
 //! `hsm-envelope`: the operator's tool. It reads the module's TOML
 //! configuration, logs in to the backend token with the user PIN, and manages
 //! KEK versions, re-wraps DEK records, lists, recovers and purges DEKs,
-//! verifies the audit log and reports health.
+//! verifies the audit log, reports health and copies the store into another.
 //!
 //! One file per command group under `src/bin/hsm-envelope/`; this file holds
 //! the command line, the PIN, the exit codes and the output plumbing.
@@ -14,6 +14,9 @@ mod audit;
 mod cli;
 mod dek;
 mod kek;
+mod migrate;
+mod migrate_sample;
+mod migrate_target;
 mod output;
 mod rewrap;
 mod status;
@@ -29,7 +32,7 @@ use hsm_envelope::config::Config;
 use hsm_envelope::error::Error;
 use hsm_envelope::store::StoreError;
 
-use cli::{AuditCommand, Cli, Command, DekCommand, KekCommand};
+use cli::{AuditCommand, Cli, Command, DekCommand, KekCommand, StoreCommand};
 use output::{Failure, Report};
 
 /// The environment variable holding the user PIN (never a command-line
@@ -111,6 +114,12 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         } => Some(audit::log_path(log.as_deref(), &config)?),
         _ => None,
     };
+    let migration = match &cli.command {
+        Command::Store {
+            command: StoreCommand::Migrate(args),
+        } => Some(migrate::prepare(&config, args)?),
+        _ => None,
+    };
     let pin = read_pin()?;
     if matches!(cli.command, Command::Status) {
         return status::run(config, &pin);
@@ -148,6 +157,12 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         } => match &audit_log {
             Some(path) => audit::verify(&admin, path),
             None => unreachable!("resolved before the PIN"),
+        },
+        Command::Store {
+            command: StoreCommand::Migrate(_),
+        } => match migration {
+            Some(plan) => migrate::run(&admin, plan),
+            None => unreachable!("prepared before the PIN"),
         },
         Command::Status => unreachable!("handled above"),
     };

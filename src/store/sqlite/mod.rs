@@ -37,6 +37,8 @@ use super::{
     RecordUpdate, StoreEngine, StoreError,
 };
 
+mod copy;
+
 /// The engine's name.
 pub const ENGINE: &str = "sqlite";
 
