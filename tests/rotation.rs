@@ -436,9 +436,27 @@ fn rewrap_killed_at_random_points_then_finished_keeps_every_dek() {
     if std::env::var(ROLE).as_deref() == Ok("verify-all") {
         return verify_all_child();
     }
+    rewrap_killed_at_random_points(TestToken::new(), REWRAP_TEST);
+}
+
+/// The same on a PostgreSQL store: every batch a transaction there too.
+#[test]
+fn rewrap_killed_at_random_points_on_postgresql_keeps_every_dek() {
+    if std::env::var(ROLE).as_deref() == Ok("verify-all") {
+        return verify_all_child();
+    }
+    let cluster = common::pg::PgCluster::shared();
+    let url = cluster.create_database();
+    let t = TestToken::with_extra_config(&format!("store_url = \"{url}\"\n"));
+    rewrap_killed_at_random_points(
+        t,
+        "rewrap_killed_at_random_points_on_postgresql_keeps_every_dek",
+    );
+}
+
+fn rewrap_killed_at_random_points(t: TestToken, test: &str) {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
     let n = record_count();
-    let t = TestToken::new();
     let started = Instant::now();
     let ct_file = t.path().join("ciphertexts.hex");
     {
@@ -563,7 +581,7 @@ fn rewrap_killed_at_random_points_then_finished_keeps_every_dek() {
     assert_eq!(list["versions"][1]["records"], n as u64);
 
     // Every DEK decrypts its old ciphertext, in a fresh process.
-    let o = child(REWRAP_TEST, "verify-all", &t.conf, &t)
+    let o = child(test, "verify-all", &t.conf, &t)
         .env("HSME_CIPHERTEXTS", &ct_file)
         .output()
         .unwrap();
