@@ -1,0 +1,67 @@
+//! The `store_tls_*` keys: files for TLS to a PostgreSQL `store_url`,
+//! read and checked when the configuration is loaded, so that a missing or
+//! wrong file is named with its key there, not at the first connection.
+
+use crate::store::postgresql::tls::{self, TlsFiles};
+
+use super::Config;
+
+impl Config {
+    /// The files the `store_tls_*` keys name.
+    pub fn store_tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.store_tls_ca.clone(),
+            cert: self.store_tls_cert.clone(),
+            key: self.store_tls_key.clone(),
+        }
+    }
+
+    /// A key of these set for a store they would not apply to, a file
+    /// that cannot be read or holds the wrong thing, a certificate without
+    /// its key: the key and why.
+    pub(super) fn validate_store_tls(&self) -> Result<(), (&'static str, String)> {
+        let set = [
+            ("store_tls_ca", &self.store_tls_ca),
+            ("store_tls_cert", &self.store_tls_cert),
+            ("store_tls_key", &self.store_tls_key),
+        ];
+        let Some((first, _)) = set.iter().find(|(_, v)| v.is_some()) else {
+            return Ok(());
+        };
+        match &self.store_url {
+            None => {
+                return Err((
+                    *first,
+                    "only used with a PostgreSQL store_url, and none is set".into(),
+                ))
+            }
+            Some(url) if !url.uses_tls() => {
+                return Err((
+                    *first,
+                    "store_url does not use TLS (a unix socket, or sslmode=disable), so \
+                     nothing would read this file"
+                        .into(),
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(ca) = &self.store_tls_ca {
+            tls::check_ca(ca).map_err(|why| ("store_tls_ca", why))?;
+        }
+        match (&self.store_tls_cert, &self.store_tls_key) {
+            (Some(cert), Some(key)) => {
+                tls::check_cert(cert).map_err(|why| ("store_tls_cert", why))?;
+                tls::check_client_pair(cert, key).map_err(|why| ("store_tls_key", why))
+            }
+            (Some(_), None) => Err((
+                "store_tls_cert",
+                "needs store_tls_key too (the certificate's private key)".into(),
+            )),
+            (None, Some(_)) => Err((
+                "store_tls_key",
+                "needs store_tls_cert too (the certificate it belongs to)".into(),
+            )),
+            (None, None) => Ok(()),
+        }
+    }
+}
