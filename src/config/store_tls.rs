@@ -65,3 +65,85 @@ impl Config {
         }
     }
 }
+
+#[cfg(all(test, feature = "aws-lc"))]
+#[path = "../../tests/common/certs.rs"]
+mod test_certs;
+
+#[cfg(all(test, feature = "aws-lc"))]
+mod tests {
+    use super::*;
+
+    use super::test_certs as certs;
+
+    const TCP: &str = "store_url = \"postgresql://app@db.example/deks\"\n";
+
+    fn error(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_files_are_read_at_load_and_a_mistake_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::TestCa::new(dir.path(), "ca");
+        let client = ca.client("client", "app");
+        let other = ca.client("other", "app");
+        let path = |p: &std::path::Path| p.display().to_string();
+        let good = format!(
+            "{TCP}store_tls_ca = \"{}\"\nstore_tls_cert = \"{}\"\nstore_tls_key = \"{}\"\n",
+            path(&ca.cert()),
+            path(&client.cert),
+            path(&client.key)
+        );
+        let c = Config::from_toml(&good).unwrap();
+        assert_eq!(c.store_tls_files().ca, Some(ca.cert()));
+        assert_eq!(c.store_tls_files().key, Some(client.key.clone()));
+
+        let missing = dir.path().join("missing.pem");
+        for (text, key, why) in [
+            (
+                format!("{TCP}store_tls_ca = \"{}\"\n", path(&missing)),
+                "store_tls_ca` (line 2)",
+                "cannot read",
+            ),
+            (
+                format!("{TCP}store_tls_ca = \"{}\"\n", path(&client.key)),
+                "store_tls_ca",
+                "no certificate in it",
+            ),
+            (
+                format!("store_tls_ca = \"{}\"\n", path(&ca.cert())),
+                "store_tls_ca",
+                "only used with a PostgreSQL store_url",
+            ),
+            (
+                format!(
+                    "store_url = \"postgresql://app@%2Frun/deks\"\nstore_tls_ca = \"{}\"\n",
+                    path(&ca.cert())
+                ),
+                "store_tls_ca",
+                "does not use TLS",
+            ),
+            (
+                format!("{TCP}store_tls_cert = \"{}\"\n", path(&client.cert)),
+                "store_tls_cert",
+                "needs store_tls_key",
+            ),
+            (
+                format!(
+                    "{TCP}store_tls_cert = \"{}\"\nstore_tls_key = \"{}\"\n",
+                    path(&client.cert),
+                    path(&other.key)
+                ),
+                "store_tls_key",
+                "does not go with the certificate",
+            ),
+        ] {
+            let e = error(&text);
+            assert!(e.contains(key) && e.contains(why), "{text}: {e}");
+        }
+    }
+}

@@ -980,3 +980,7 @@ fn postgresql_find_walks_the_label_and_ckaid_indexes() {
         );
     }
 }
+
+/// The PostgreSQL engine over TLS (a build with TLS only).
+#[cfg(feature = "aws-lc")]
+mod tls;
