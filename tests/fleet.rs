@@ -207,6 +207,7 @@ fn on_postgresql(cluster: &PgCluster) -> (TestToken, PathBuf) {
 
 /// As [`on_postgresql`], the store reached over TCP with TLS (the test
 /// CA in `store_tls_ca`, which B's configuration copies).
+#[cfg(feature = "aws-lc")] // TLS
 fn on_postgresql_tls(cluster: &PgCluster) -> (TestToken, PathBuf) {
     on_postgresql_at(&format!(
         "store_url = \"{}\"\nstore_tls_ca = \"{}\"\n",
@@ -283,6 +284,7 @@ fn postgresql_a_dek_destroyed_on_one_host_stops_on_another_that_holds_it() {
 /// The same over TLS: B's change listener connects over TLS too (the
 /// server refuses plain TCP), or B would not see the destroy in time.
 #[test]
+#[cfg(feature = "aws-lc")] // TLS
 fn postgresql_tls_a_dek_destroyed_on_one_host_stops_on_another_that_holds_it() {
     if std::env::var(ROLE).is_ok() {
         return host_b();

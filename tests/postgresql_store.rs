@@ -212,6 +212,7 @@ fn status_names_the_postgresql_store() {
 /// DEK made through cryptoki is stored there, found again by label and
 /// used; `status` reads the same store through the admin tool.
 #[test]
+#[cfg(feature = "aws-lc")] // TLS
 fn the_module_works_on_a_store_reached_over_tls() {
     let cluster = PgCluster::shared_tls();
     let db = cluster.new_database();
@@ -253,6 +254,7 @@ fn the_module_works_on_a_store_reached_over_tls() {
 /// the admin tool (which opens the store as C_Initialize does) stops, its
 /// message saying why and naming the host.
 #[test]
+#[cfg(feature = "aws-lc")] // TLS
 fn a_store_whose_certificate_is_not_trusted_is_refused_saying_why() {
     let cluster = PgCluster::shared_tls();
     let dir = tempfile::tempdir().unwrap();

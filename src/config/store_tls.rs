@@ -66,7 +66,10 @@ impl Config {
     }
 }
 
+// The store's tests include it too (through pg.rs); each copy is only a
+// few functions.
 #[cfg(all(test, feature = "aws-lc"))]
+#[allow(clippy::duplicate_mod)]
 #[path = "../../tests/common/certs.rs"]
 mod test_certs;
 
