@@ -549,11 +549,12 @@ impl PostgresStore {
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
             let conn = Conn::connect(&self.config, &self.connector).inspect_err(|e| {
-                crate::log_warn!(
-                    "cannot reconnect to the DEK store {}: {}",
-                    self.url,
-                    ConnectFailed::new(e)
-                );
+                // A refused handshake (say, a server certificate renewed
+                // by a CA not trusted here) is no outage that passes: say
+                // why, which the error returned does not.
+                if let Some(why) = tls::explain(e) {
+                    crate::log_warn!("cannot reconnect to the DEK store {}: {why}", self.url);
+                }
             })?;
             *guard = Some(conn);
             crate::log_info!("reconnected to the DEK store {}", self.url);

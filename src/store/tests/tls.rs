@@ -188,3 +188,18 @@ fn the_change_listener_connects_over_tls() {
     rx.recv_timeout(Duration::from_secs(20))
         .expect("woken by the insert");
 }
+
+/// A restarted server: the next session is made over TLS again (the
+/// server would refuse any other).
+#[test]
+fn a_restarted_server_is_reconnected_over_tls() {
+    let f = postgresql_tls();
+    let s = f.open();
+    s.insert(&row(1)).unwrap();
+    let cluster = pg::PgCluster::shared_tls();
+    cluster.stop_server();
+    assert!(s.get(&row(1).id).is_err());
+    cluster.start_server();
+    assert_eq!(s.get(&row(1).id).unwrap(), Some(row(1)));
+    s.insert(&row(2)).unwrap();
+}
