@@ -202,8 +202,22 @@ fn on_sqlite() -> (TestToken, PathBuf) {
 /// Host A on a fresh PostgreSQL database; B has the same `store_url`, a
 /// `store_path` it cannot open and a soft TTL of an hour.
 fn on_postgresql(cluster: &PgCluster) -> (TestToken, PathBuf) {
-    let url = cluster.create_database();
-    let t = TestToken::with_extra_config(&format!("store_url = \"{url}\"\n"));
+    on_postgresql_at(&format!("store_url = \"{}\"\n", cluster.create_database()))
+}
+
+/// As [`on_postgresql`], the store reached over TCP with TLS (the test
+/// CA in `store_tls_ca`, which B's configuration copies).
+#[cfg(feature = "aws-lc")] // TLS
+fn on_postgresql_tls(cluster: &PgCluster) -> (TestToken, PathBuf) {
+    on_postgresql_at(&format!(
+        "store_url = \"{}\"\nstore_tls_ca = \"{}\"\n",
+        cluster.create_tls_database(),
+        cluster.ca_file().display()
+    ))
+}
+
+fn on_postgresql_at(store: &str) -> (TestToken, PathBuf) {
+    let t = TestToken::with_extra_config(store);
     let conf_b = host_b_config(
         &t,
         &[
@@ -263,6 +277,24 @@ fn postgresql_a_dek_destroyed_on_one_host_stops_on_another_that_holds_it() {
         &t,
         &conf_b,
         "postgresql_a_dek_destroyed_on_one_host_stops_on_another_that_holds_it",
+        false,
+    );
+}
+
+/// The same over TLS: B's change listener connects over TLS too (the
+/// server refuses plain TCP), or B would not see the destroy in time.
+#[test]
+#[cfg(feature = "aws-lc")] // TLS
+fn postgresql_tls_a_dek_destroyed_on_one_host_stops_on_another_that_holds_it() {
+    if std::env::var(ROLE).is_ok() {
+        return host_b();
+    }
+    let cluster = PgCluster::shared_tls();
+    let (t, conf_b) = on_postgresql_tls(&cluster);
+    destroyed_on_a_stops_on_b(
+        &t,
+        &conf_b,
+        "postgresql_tls_a_dek_destroyed_on_one_host_stops_on_another_that_holds_it",
         false,
     );
 }

@@ -206,3 +206,73 @@ fn status_names_the_postgresql_store() {
     assert_eq!(doc["primary"], 2);
     assert_eq!(doc["pending_rewrap"], 0);
 }
+
+/// The module on a store reached over TCP with TLS (`sslmode=verify-full`,
+/// the test CA in `store_tls_ca`), on a server that refuses plain TCP: a
+/// DEK made through cryptoki is stored there, found again by label and
+/// used; `status` reads the same store through the admin tool.
+#[test]
+#[cfg(feature = "aws-lc")] // TLS
+fn the_module_works_on_a_store_reached_over_tls() {
+    let cluster = PgCluster::shared_tls();
+    let db = cluster.new_database();
+    let url = format!(
+        "{}?sslmode=verify-full",
+        cluster.tcp_url(common::pg::USER, &db)
+    );
+    let t = TestToken::with_extra_config(&format!(
+        "store_url = \"{url}\"\nstore_tls_ca = \"{}\"\n",
+        cluster.ca_file().display()
+    ));
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![Attribute::Label(LABEL.to_vec())]);
+    let ct = gcm_encrypt(&s, dek, &IV, AAD, b"over TLS").unwrap();
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(LABEL.to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        gcm_decrypt(&s, found[0], &IV, AAD, &ct).unwrap(),
+        b"over TLS"
+    );
+    assert!(!t.store_path.exists(), "a SQLite store was made");
+
+    // The row is in the database (looked at over the unix socket).
+    let mut c = ::postgres::Client::connect(&cluster.url(&db), ::postgres::NoTls).unwrap();
+    let rows: i64 = c.query_one("SELECT count(*) FROM dek", &[]).unwrap().get(0);
+    assert_eq!(rows, 1);
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(doc["store_engine"], "postgresql");
+    assert_eq!(doc["records"], 1);
+}
+
+/// A TLS store whose certificate the configured CA did not sign:
+/// the admin tool (which opens the store as C_Initialize does) stops, its
+/// message saying why and naming the host.
+#[test]
+#[cfg(feature = "aws-lc")] // TLS
+fn a_store_whose_certificate_is_not_trusted_is_refused_saying_why() {
+    let cluster = PgCluster::shared_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let other = common::pg::certs::TestCa::new(dir.path(), "other-ca");
+    let url = cluster.create_tls_database();
+    let t = TestToken::with_extra_config(&format!(
+        "store_url = \"{url}\"\nstore_tls_ca = \"{}\"\n",
+        other.cert().display()
+    ));
+    let o = Command::new(BIN)
+        .args(["status"])
+        .env("SOFTHSM2_CONF", &t.softhsm_conf)
+        .env("HSM_ENVELOPE_CONF", &t.conf)
+        .env("HSM_ENVELOPE_PIN", USER_PIN)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not signed by a trusted CA"), "{err}");
+    assert!(err.contains("localhost"), "{err}");
+}

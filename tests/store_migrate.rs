@@ -315,7 +315,11 @@ fn bad_targets_are_refused_with_a_reason() {
     for (to, exit, why) in [
         ("postgresql://app:s3cret@host", 2, "no database name"),
         ("mysql://app:s3cret@host/db", 2, "mysql:// is not a store"),
-        ("postgresql://app:s3cret@host/db?sslmode=require", 2, "TLS"),
+        (
+            "postgresql://app:s3cret@host/db?sslmode=prefer",
+            2,
+            "sslmode=prefer",
+        ),
         (
             &format!("postgresql://postgres:s3cret@{nowhere}/db"),
             2,

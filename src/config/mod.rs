@@ -7,6 +7,7 @@
 //! serde reads it.
 
 pub mod schema;
+mod store_tls;
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +106,13 @@ pub struct Config {
     /// PostgreSQL database holding them instead (a connection string,
     /// `postgresql://user@host:port/db`); shared by many hosts.
     pub store_url: Option<crate::store::postgresql::Url>,
+    /// PEM file of the CA certificates that TLS to `store_url` trusts
+    /// (None: the system's).
+    pub store_tls_ca: Option<PathBuf>,
+    /// PEM files of a client certificate chain and its private key, for a
+    /// server that asks for one.
+    pub store_tls_cert: Option<PathBuf>,
+    pub store_tls_key: Option<PathBuf>,
     /// Optional log file (appended to). Without it, warnings go to stderr.
     pub log_file: Option<PathBuf>,
     /// Mode of the log file when this module creates it.
@@ -205,6 +213,9 @@ impl Default for Config {
             key_export: KeyExport::Any,
             store_path: data.join("hsm-envelope").join("deks.sqlite"),
             store_url: None,
+            store_tls_ca: None,
+            store_tls_cert: None,
+            store_tls_key: None,
             log_file: None,
             log_file_mode: crate::logging::DEFAULT_FILE_MODE,
             log_level: "info".into(),
@@ -232,9 +243,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Where the store is: `store_url` if set, else `store_path`.
+    /// Where the store is: `store_url` (with the `store_tls_*` files) if
+    /// set, else `store_path`.
     pub fn store_location(&self) -> crate::store::Location {
-        crate::store::Location::from_config(&self.store_path, self.store_url.as_ref())
+        let url = self
+            .store_url
+            .as_ref()
+            .map(|u| u.clone().with_tls_files(self.store_tls_files()));
+        crate::store::Location::from_config(&self.store_path, url.as_ref())
     }
 
     /// Load from `HSM_ENVELOPE_CONF`, or the defaults when it is unset.
@@ -311,6 +327,7 @@ impl Config {
                 return Err(("store_url", why));
             }
         }
+        self.validate_store_tls()?;
         if self.rotate_after_days == Some(0) {
             return bad(
                 "rotate_after_days",

@@ -38,6 +38,9 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("key_export", Kind::OneOf(&["any", "wrapped", "none"])),
     ("store_path", Kind::Path),
     ("store_url", Kind::Text),
+    ("store_tls_ca", Kind::Path),
+    ("store_tls_cert", Kind::Path),
+    ("store_tls_key", Kind::Path),
     ("log_file", Kind::Path),
     ("log_file_mode", Kind::Mode),
     (

@@ -25,9 +25,12 @@
 //! the server's WAL and backups. Records are wrapped under the KEK, so
 //! such copies are useless without the HSM.
 //!
-//! Not yet: TLS (`sslmode=require` is refused; the connection is plain, so
-//! use a unix socket or a network you trust), reading `~/.pgpass` or `PG*`
-//! variables (the `postgres` crate does neither).
+//! TLS (see `sslmode` and `tls`): to a TCP host, connections use TLS and
+//! verify the server's certificate and name unless `sslmode=disable` says
+//! otherwise; over a unix socket, none. `prefer` is refused.
+//!
+//! Not yet: reading `~/.pgpass` or `PG*` variables (the `postgres` crate
+//! does neither).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,9 +40,12 @@ use std::time::Duration;
 
 use ::postgres::config::{Host, SslMode};
 use ::postgres::error::SqlState;
-use ::postgres::{Client, Config, NoTls, Row, Statement};
+use ::postgres::{Client, Config, Row, Statement};
 use serde::Deserialize;
 
+use self::connect::{ConnectFailed, Connector};
+use self::sslmode::Tls;
+use self::tls::TlsFiles;
 use super::changes::Listener;
 use super::{
     gcm, Changes, DekListing, DekQuery, DekRow, DeletedRow, KekState, KekVersionRow, PurgeRefusal,
@@ -48,7 +54,10 @@ use super::{
 use crate::clock::unix_secs as now_secs;
 use crate::runtime::lock::unpoisoned;
 
+mod connect;
 mod copy;
+mod sslmode;
+pub mod tls;
 
 /// The engine's name.
 pub const ENGINE: &str = "postgresql";
@@ -304,18 +313,31 @@ const PRUNE_CHANGES: &str = "DELETE FROM dek_change WHERE seq <= $1";
 const SET_PRUNED: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
      ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value, excluded.value)";
 
-/// A PostgreSQL connection string, as configured (`store_url`). Its
-/// `Display` and `Debug` never show the password: they rebuild a URL from
-/// the user, hosts, ports and database name.
+/// A PostgreSQL connection string, as configured (`store_url`), and the
+/// files TLS to it uses (`store_tls_*`). Its `Display` and `Debug` never
+/// show the password: they rebuild a URL from the user, hosts, ports and
+/// database name.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Url(String);
+#[serde(from = "String")]
+pub struct Url {
+    text: String,
+    tls_files: TlsFiles,
+}
+
+impl From<String> for Url {
+    fn from(text: String) -> Url {
+        Url {
+            text,
+            tls_files: TlsFiles::default(),
+        }
+    }
+}
 
 impl Url {
     /// Checks that `text` is a connection string this engine can use.
     /// The error says what is wrong, without repeating the string.
     pub fn parse(text: &str) -> Result<Url, String> {
-        let url = Url(text.to_string());
+        let url = Url::from(text.to_string());
         url.check()?;
         Ok(url)
     }
@@ -323,13 +345,26 @@ impl Url {
     /// Whether this is a connection string this engine can use (see
     /// [`Url::parse`]).
     pub fn check(&self) -> Result<(), String> {
-        self.config().map(|_| ())
+        self.target().map(|_| ())
     }
 
-    /// The `postgres` crate's configuration, with our defaults.
-    fn config(&self) -> Result<Config, String> {
-        let mut c: Config = self
-            .0
+    /// The same store, reached with these TLS files (the configuration's
+    /// `store_tls_ca`, `store_tls_cert`, `store_tls_key`).
+    pub fn with_tls_files(mut self, files: TlsFiles) -> Url {
+        self.tls_files = files;
+        self
+    }
+
+    /// Whether sessions with this store use TLS (see `sslmode`).
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.target(), Ok((_, Tls::Verified)))
+    }
+
+    /// The `postgres` crate's configuration, with our defaults, and
+    /// whether to use TLS.
+    fn target(&self) -> Result<(Config, Tls), String> {
+        let (text, sslmode) = sslmode::take_sslmode(&self.text);
+        let mut c: Config = text
             .parse()
             .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
         if c.get_hosts().is_empty() {
@@ -341,26 +376,28 @@ impl Url {
         if c.get_dbname().is_none() {
             return Err("no database name (postgresql://user@host/DATABASE, or dbname=...)".into());
         }
-        if matches!(c.get_ssl_mode(), SslMode::Require) {
-            return Err(
-                "sslmode=require: this build has no TLS for the store yet; use a unix \
-                 socket or a network you trust (without sslmode, or sslmode=disable)"
-                    .into(),
-            );
+        let tls = sslmode::decide(sslmode.as_deref(), c.get_hosts())?;
+        #[cfg(not(feature = "aws-lc"))]
+        if tls == Tls::Verified {
+            return Err(tls::UNAVAILABLE.into());
         }
+        c.ssl_mode(match tls {
+            Tls::Off => SslMode::Disable,
+            Tls::Verified => SslMode::Require,
+        });
         if c.get_connect_timeout().is_none() {
             c.connect_timeout(CONNECT_TIMEOUT);
         }
         if c.get_application_name().is_none() {
             c.application_name("hsm-envelope");
         }
-        Ok(c)
+        Ok((c, tls))
     }
 }
 
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Ok(c) = self.0.parse::<Config>() else {
+        let Ok(c) = sslmode::take_sslmode(&self.text).0.parse::<Config>() else {
             return f.write_str("postgresql://(a store_url that does not parse)");
         };
         f.write_str("postgresql://")?;
@@ -403,9 +440,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn connect(config: &Config) -> Result<Conn, ::postgres::Error> {
+    fn connect(config: &Config, connector: &Connector) -> Result<Conn, ::postgres::Error> {
         Ok(Conn {
-            client: config.connect(NoTls)?,
+            client: connector.connect(config)?,
             statements: HashMap::new(),
         })
     }
@@ -425,6 +462,8 @@ impl Conn {
 pub struct PostgresStore {
     config: Config,
     url: Url,
+    /// Plain or TLS; shared with the listener.
+    connector: Connector,
     /// None after a failed reconnect; the next call tries again.
     conn: Mutex<Option<Conn>>,
 }
@@ -484,11 +523,17 @@ impl PostgresStore {
             location: url.to_string(),
             source,
         };
-        let config = url.config().map_err(|m| open_error(m.into()))?;
-        let conn = Conn::connect(&config).map_err(|e| open_error(Box::new(e)))?;
+        let (config, tls) = url.target().map_err(|m| open_error(m.into()))?;
+        let connector = Connector::new(tls, &url.tls_files).map_err(|m| open_error(m.into()))?;
+        if tls == Tls::Off && config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_))) {
+            crate::log_warn!("the DEK store {url} is reached without TLS (sslmode=disable)");
+        }
+        let conn = Conn::connect(&config, &connector)
+            .map_err(|e| open_error(Box::new(ConnectFailed::new(&e))))?;
         let store = PostgresStore {
             config,
             url: url.clone(),
+            connector,
             conn: Mutex::new(Some(conn)),
         };
         store.migrate().map_err(|e| match e {
@@ -504,7 +549,15 @@ impl PostgresStore {
         let mut guard = unpoisoned(self.conn.lock());
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
-            *guard = Some(Conn::connect(&self.config)?);
+            let conn = Conn::connect(&self.config, &self.connector).inspect_err(|e| {
+                // A refused handshake (say, a server certificate renewed
+                // by a CA not trusted here) is no outage that passes: say
+                // why, which the error returned does not.
+                if let Some(why) = tls::explain(e) {
+                    crate::log_warn!("cannot reconnect to the DEK store {}: {why}", self.url);
+                }
+            })?;
+            *guard = Some(conn);
             crate::log_info!("reconnected to the DEK store {}", self.url);
         }
         match guard.as_mut() {
@@ -1121,8 +1174,9 @@ impl StoreEngine for PostgresStore {
         // stop (at C_Finalize) for long.
         config.connect_timeout(LISTEN_TICK * 10);
         let url = self.url.clone();
+        let connector = self.connector.clone();
         Listener::spawn("hsme-listen", move |stop| {
-            listen_loop(&config, &url, &stop, &*wake)
+            listen_loop(&config, &connector, &url, &stop, &*wake)
         })
     }
 }
@@ -1130,19 +1184,26 @@ impl StoreEngine for PostgresStore {
 /// Until `stop`: listens on [`CHANNEL`] and calls `wake` for each batch of
 /// notifications, and once after every (re)connect, since changes made
 /// while not listening were not announced.
-fn listen_loop(config: &Config, url: &Url, stop: &AtomicBool, wake: &dyn Fn()) {
+fn listen_loop(
+    config: &Config,
+    connector: &Connector,
+    url: &Url,
+    stop: &AtomicBool,
+    wake: &dyn Fn(),
+) {
     use ::postgres::fallible_iterator::FallibleIterator;
     let stopped = || stop.load(Ordering::Acquire);
     let mut announced_failure = false;
     while !stopped() {
-        let client = config
-            .connect(NoTls)
+        let client = connector
+            .connect(config)
             .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|_| c));
         let mut client = match client {
             Ok(c) => c,
             Err(e) => {
                 if !announced_failure {
-                    crate::log_warn!("change notifications from {url} paused: {e}");
+                    let why = ConnectFailed::new(&e);
+                    crate::log_warn!("change notifications from {url} paused: {why}");
                     announced_failure = true;
                 }
                 // Look at the stop flag while waiting to try again.
@@ -1199,8 +1260,13 @@ pub(crate) mod tests {
                 "host=/tmp/x,db2 port=1,2 user=app password=s3cret dbname=deks",
                 "postgresql://app@/tmp/x:1,db2:2/deks",
             ),
+            (
+                "postgresql://app:s3cret@db.example/deks?sslmode=verify-full",
+                "postgresql://app@db.example:5432/deks",
+            ),
         ] {
-            let url = Url::parse(given).unwrap();
+            // Shown whether or not this build could connect to it.
+            let url = Url::from(given.to_string());
             assert_eq!(url.to_string(), shown);
             assert!(!format!("{url:?}").contains("s3cret"));
             let location = super::super::Location::Postgres(url);
@@ -1214,7 +1280,15 @@ pub(crate) mod tests {
             ("mysql://x@h/db", "not a PostgreSQL connection string"),
             ("postgresql:///deks", "no host"),
             ("postgresql://app@host", "no database name"),
-            ("postgresql://app@host/db?sslmode=require", "TLS"),
+            (
+                "postgresql://app@host/db?sslmode=prefer",
+                "without encryption",
+            ),
+            (
+                "postgresql://app@host/db?sslmode=allow",
+                "without encryption",
+            ),
+            ("postgresql://app@%2Frun/db?sslmode=require", "unix socket"),
             (
                 "postgresql://app:s3cret@host/db?nonsense=1",
                 "not a PostgreSQL connection string",
@@ -1224,6 +1298,42 @@ pub(crate) mod tests {
             assert!(e.contains(why), "{given}: {e}");
             assert!(!e.contains("s3cret"), "{e}");
         }
+    }
+
+    /// TLS to TCP hosts unless `sslmode=disable`; none on unix sockets.
+    #[test]
+    #[cfg(feature = "aws-lc")]
+    fn tcp_hosts_are_reached_over_tls_unless_it_is_disabled() {
+        for (given, tls) in [
+            ("postgresql://app@db.example/deks", true),
+            ("postgresql://app@db.example/deks?sslmode=require", true),
+            ("postgresql://app@db.example/deks?sslmode=verify-ca", true),
+            ("postgresql://app@127.0.0.1/deks?sslmode=verify-full", true),
+            ("host=db.example dbname=deks sslmode=verify-full", true),
+            ("postgresql://app@db.example/deks?sslmode=disable", false),
+            ("postgresql://app@%2Frun%2Fpostgresql/deks", false),
+            ("host=/run/postgresql dbname=deks sslmode=disable", false),
+        ] {
+            let url = Url::parse(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(url.uses_tls(), tls, "{given}");
+            let (config, _) = url.target().unwrap();
+            let want = if tls {
+                SslMode::Require
+            } else {
+                SslMode::Disable
+            };
+            assert_eq!(config.get_ssl_mode(), want, "{given}");
+        }
+    }
+
+    /// A build without TLS refuses a store that needs it, saying why.
+    #[test]
+    #[cfg(not(feature = "aws-lc"))]
+    fn a_build_without_tls_refuses_a_tcp_host_unless_tls_is_disabled() {
+        let e = Url::parse("postgresql://app@db.example/deks").unwrap_err();
+        assert!(e.contains("no TLS"), "{e}");
+        let url = Url::parse("postgresql://app@db.example/deks?sslmode=disable").unwrap();
+        assert!(!url.uses_tls());
     }
 
     #[test]

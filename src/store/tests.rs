@@ -989,3 +989,6 @@ fn postgresql_find_walks_the_label_and_ckaid_indexes() {
 }
 
 mod copy;
+/// The PostgreSQL engine over TLS (a build with TLS only).
+#[cfg(feature = "aws-lc")]
+mod tls;

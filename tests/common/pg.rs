@@ -15,10 +15,20 @@
 //! as anyone else they run as that user. The server trusts local
 //! connections: connect as user `postgres`.
 //!
+//! [`PgCluster::shared_tls`] also listens on 127.0.0.1 (a free port) with
+//! `ssl = on`: a server certificate for `localhost` and `127.0.0.1` signed
+//! by a CA made for the cluster (`certs.rs`), and a `pg_hba.conf` that
+//! takes TCP connections over TLS only (`hostssl`; user `cert_user` by
+//! client certificate, `scram_user` by password, everyone else trusted),
+//! unix socket connections as before.
+//!
 //! The binaries are found in `$HSME_PG_BIN` if set, else in the newest
 //! `/usr/lib/postgresql/<version>/bin`. If they are missing the helper
 //! panics with a message naming the package (`scripts/deps.sh` installs it).
 #![allow(dead_code)]
+
+#[path = "certs.rs"]
+pub mod certs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,6 +42,26 @@ pub const PACKAGE: &str = "postgresql";
 pub const PG_BIN_ENV: &str = "HSME_PG_BIN";
 /// The superuser made by `initdb -U`; local connections are trusted.
 pub const USER: &str = "postgres";
+/// On a TLS cluster, the user that logs in with a client certificate...
+pub const CERT_USER: &str = "cert_user";
+/// ...and the one that logs in with a password (SCRAM).
+pub const SCRAM_USER: &str = "scram_user";
+
+/// The TCP side of a TLS cluster.
+pub struct Tls {
+    /// The port on 127.0.0.1 (the unix socket uses it too).
+    pub port: u16,
+    /// The CA that signed the server's certificate.
+    pub ca: certs::TestCa,
+}
+
+/// `pg_hba.conf` of a TLS cluster: TCP over TLS only.
+const TLS_HBA: &str = "\
+local   all  all                     trust
+hostssl all  cert_user  127.0.0.1/32 cert
+hostssl all  scram_user 127.0.0.1/32 scram-sha-256
+hostssl all  all        127.0.0.1/32 trust
+";
 
 /// A running cluster. Stopped (`pg_ctl stop -m immediate`) and its
 /// directory removed on drop.
@@ -43,6 +73,8 @@ pub struct PgCluster {
     next_db: AtomicU32,
     /// How long `start` took.
     pub startup: std::time::Duration,
+    /// Set for a cluster that also takes TLS on TCP.
+    pub tls: Option<Tls>,
 }
 
 /// The directory with `initdb` and `pg_ctl`, or a panic naming the package.
@@ -135,8 +167,26 @@ impl PgCluster {
         c
     }
 
+    /// As [`PgCluster::shared`], for the TLS cluster of this process.
+    pub fn shared_tls() -> Arc<PgCluster> {
+        static CURRENT: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
+        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = current.upgrade() {
+            return c;
+        }
+        let c = Arc::new(PgCluster::start_with(true));
+        *current = Arc::downgrade(&c);
+        c
+    }
+
     /// A new cluster of its own.
     pub fn start() -> PgCluster {
+        PgCluster::start_with(false)
+    }
+
+    /// A new cluster; with `tls`, listening on TCP too (see the file's
+    /// introduction).
+    pub fn start_with(tls: bool) -> PgCluster {
         let t0 = Instant::now();
         let bin = bin_dir();
         let as_postgres = running_as_root();
@@ -156,6 +206,7 @@ impl PgCluster {
             as_postgres,
             next_db: AtomicU32::new(0),
             startup: std::time::Duration::ZERO,
+            tls: None,
         };
         let data = c.data_dir();
         let out = c.run(
@@ -172,9 +223,38 @@ impl PgCluster {
             ],
         );
         c.check("initdb", &out);
+        if tls {
+            c.tls = Some(c.make_tls(owner));
+        }
         c.start_server();
         c.startup = t0.elapsed();
         c
+    }
+
+    /// The CA, the server's certificate (owned by the server's user: it
+    /// refuses a key others can read), `pg_hba.conf`, a free port.
+    fn make_tls(&self, owner: Option<(u32, u32)>) -> Tls {
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let ca = certs::TestCa::new(&dir, "test-ca");
+        let server = ca.server("server", &["DNS:localhost", "IP:127.0.0.1"]);
+        for f in [&server.cert, &server.key] {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", f.display()));
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&server.key, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", server.key.display()));
+        std::fs::write(self.data_dir().join("pg_hba.conf"), TLS_HBA)
+            .unwrap_or_else(|e| panic!("write pg_hba.conf: {e}"));
+        // Free now; taken again by the server a moment later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("PgCluster: no free port on 127.0.0.1: {e}"));
+        Tls { port, ca }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -233,11 +313,25 @@ impl PgCluster {
     /// before it returns (`synchronous_commit` stays on), so a server
     /// killed by [`PgCluster::stop_server`] loses nothing on restart.
     pub fn start_server(&self) {
-        let options = format!(
-            "-F -k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off \
+        let mut options = format!(
+            "-F -k {} -c fsync=off -c full_page_writes=off \
              -c max_connections=40 -c shared_buffers=16MB",
             self.socket_dir().display()
         );
+        match &self.tls {
+            None => options.push_str(" -c listen_addresses=''"),
+            Some(tls) => {
+                let dir = self.dir.path().join("tls");
+                options.push_str(&format!(
+                    " -p {} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={} \
+                     -c ssl_key_file={} -c ssl_ca_file={}",
+                    tls.port,
+                    dir.join("server.pem").display(),
+                    dir.join("server.key").display(),
+                    tls.ca.cert().display()
+                ));
+            }
+        }
         let data = self.data_dir();
         let log = self.log_path();
         let out = self.run(
@@ -294,7 +388,30 @@ impl PgCluster {
                 }
             })
             .collect();
-        format!("postgresql://{USER}@{host}/{db}")
+        match &self.tls {
+            None => format!("postgresql://{USER}@{host}/{db}"),
+            Some(tls) => format!("postgresql://{USER}@{host}:{}/{db}", tls.port),
+        }
+    }
+
+    /// On a TLS cluster, a URL for database `db` as `user` over TCP to
+    /// `localhost` (the caller adds parameters, or a password).
+    pub fn tcp_url(&self, user: &str, db: &str) -> String {
+        let tls = self
+            .tls
+            .as_ref()
+            .expect("PgCluster::tcp_url: not a TLS cluster");
+        format!("postgresql://{user}@localhost:{}/{db}", tls.port)
+    }
+
+    /// On a TLS cluster, the file of the CA that signed the server's
+    /// certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.tls
+            .as_ref()
+            .expect("PgCluster::ca_file: not a TLS cluster")
+            .ca
+            .cert()
     }
 
     /// A superuser session on database `postgres`.
@@ -307,15 +424,26 @@ impl PgCluster {
     /// (empty) `postgres` database: `CREATE DATABASE` takes a third of a
     /// second.
     pub fn create_database(&self) -> String {
+        self.url(&self.new_database())
+    }
+
+    /// On a TLS cluster, a new, empty database; its URL over TCP (TLS
+    /// verified with the trusted roots: add the CA with `store_tls_ca`).
+    pub fn create_tls_database(&self) -> String {
+        self.tcp_url(USER, &self.new_database())
+    }
+
+    /// A new, empty database; its name.
+    pub fn new_database(&self) -> String {
         let n = self.next_db.fetch_add(1, Ordering::SeqCst);
         if n == 0 {
-            return self.url("postgres");
+            return "postgres".into();
         }
         let name = format!("t{n}");
         self.admin()
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("PgCluster: CREATE DATABASE {name}: {e}"));
-        self.url(&name)
+        name
     }
 }
 

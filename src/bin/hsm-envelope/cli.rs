@@ -122,6 +122,11 @@ pub struct MigrateArgs {
     /// row before anything is written)
     #[arg(long)]
     pub resume: bool,
+    /// PEM file of the CA certificates that signed the target server's
+    /// certificate (as `store_tls_ca` will say once it is the store;
+    /// default: the configuration's store_tls_ca, else the system's roots)
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -56,6 +56,18 @@ fn copy_failure(e: CopyError) -> Failure {
 pub fn prepare(config: &Config, args: &MigrateArgs) -> Result<Plan, Failure> {
     let to =
         target::parse(&args.to).map_err(|m| Failure::new(exit::USAGE, format!("--to: {m}")))?;
+    // A PostgreSQL target is reached with the configuration's TLS files
+    // (store_tls_ca, client certificate), as it will be once it is the store.
+    let to = match to {
+        Location::Postgres(url) => {
+            let mut files = config.store_tls_files();
+            if let Some(ca) = &args.tls_ca {
+                files.ca = Some(ca.clone());
+            }
+            Location::Postgres(url.with_tls_files(files))
+        }
+        sqlite => sqlite,
+    };
     let from = config.store_location();
     if target::same(&from, &to) {
         return Err(Failure::new(
