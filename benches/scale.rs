@@ -28,9 +28,10 @@
 //!    module with `cryptoki` and measure: load + `C_Initialize` + login +
 //!    first search by label (target ≤ 20 ms); searches by label and by
 //!    CKA_ID of random DEKs (targets ≤ 1 ms on SQLite, ≤ 2 ms on
-//!    PostgreSQL); first use of `--use` random DEKs (a search, then
-//!    `C_EncryptInit` + `C_Encrypt` of 64 bytes: one store read and one HSM
-//!    unwrap) against a second use; and the process's resident memory
+//!    PostgreSQL); first use of `--use` random DEKs (a search, the indexed
+//!    read, then `C_EncryptInit` + `C_Encrypt` of 64 bytes, timed: one HSM
+//!    unwrap, and the store transaction that reserves the key's first GCM
+//!    block) against a second use; and the process's resident memory
 //!    before loading the module and after (target ≤ 64 MiB more).
 //! 4. On PostgreSQL, change propagation: a process holding 20 DEK handles
 //!    encrypts with one until it fails, after the bench destroys that DEK
@@ -413,7 +414,7 @@ fn report(engine: &str, o: &Opts, conf: &Path, find_target_ms: f64) {
         verdict(by_id <= find_target_ms)
     );
     println!(
-        "  first use of a DEK (C_EncryptInit + C_Encrypt, median)       {:7.3} ms   (one store read + one HSM unwrap; second use {:.4} ms)",
+        "  first use of a DEK (C_EncryptInit + C_Encrypt, median)       {:7.3} ms   (one HSM unwrap + the key's first GCM block reserved in the store; second use {:.4} ms)",
         get(&r, "first_use_ms"),
         get(&r, "second_use_ms"),
     );
