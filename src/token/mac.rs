@@ -111,8 +111,9 @@ pub fn sign(h: CK_SESSION_HANDLE, part: Part, data: &[u8], out: Out<'_>) -> Resu
         }));
     };
     mac.op.update(data);
-    dst.copy_from_slice(&mac.op.mac());
+    let made = mac.op.mac();
     *slot = None;
+    dst.copy_from_slice(&made?);
     Ok(MacStep::Done(n))
 }
 
