@@ -31,8 +31,7 @@ pub use prepared::{
     new_prepared_op, KeyPrint, PreparedKey, PreparedOp, SessionHold, SessionKey, SpareBuffer,
 };
 
-#[cfg(feature = "aws-lc")]
-pub use awslc::module::{state as module_state, ModuleState};
+pub use provider::{module_state, ModuleState, FIPS_BUILD};
 
 use std::sync::Arc;
 

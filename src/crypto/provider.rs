@@ -69,3 +69,30 @@ pub fn names() -> String {
         .collect::<Vec<_>>()
         .join(", then ")
 }
+
+/// What the build's AES module says of itself (`C_Initialize`'s FIPS
+/// check, `hsm-envelope status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleState {
+    /// The library and its version ("AWS-LC FIPS 4.2.0"; "RustCrypto" in
+    /// the portable build).
+    pub version: String,
+    /// FIPS mode with its self-tests passed, or why not.
+    pub fips: Result<(), String>,
+}
+
+/// Asks the module now (in the FIPS build this runs AWS-LC's self-tests
+/// again: see `awslc::module::state`).
+pub fn module_state() -> ModuleState {
+    #[cfg(feature = "aws-lc")]
+    {
+        super::awslc::module::state()
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        ModuleState {
+            version: "RustCrypto".to_string(),
+            fips: Err("not the FIPS build of AWS-LC".to_string()),
+        }
+    }
+}

@@ -58,6 +58,7 @@ pub fn init(
     let env = m.envelope_for(d.slot)?;
     let key = env.value(d.key_ref(&st))?;
     drop(st);
+    crate::token::approved::cmac(&m, key.value().len(), mac_len)?;
     let op =
         CmacOp::new(key.value(), mac_len).map_err(|_| Error::Rv(CKR_MECHANISM_PARAM_INVALID))?;
     *s.ops()?.mac(dir) = Some(MacOp {

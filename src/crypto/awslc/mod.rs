@@ -19,6 +19,8 @@ mod ctr;
 pub mod gcm;
 pub mod key_wrap;
 pub mod module;
+#[cfg(all(test, feature = "fips"))]
+mod service_indicator;
 
 use aws_lc_rs::cipher::{
     EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_192, AES_256,

@@ -2,14 +2,7 @@
 //! it is the FIPS module in FIPS mode, with its self-tests passed, and its
 //! version (`C_Initialize`'s check and `hsm-envelope status`).
 
-/// The AWS-LC module's state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModuleState {
-    /// The library's version, as AWS-LC names it ("AWS-LC FIPS 4.2.0").
-    pub version: String,
-    /// FIPS mode with self-tests passed, or why not.
-    pub fips: Result<(), String>,
-}
+use crate::crypto::provider::ModuleState;
 
 /// Asks the library now. In the FIPS build this runs AWS-LC's self-tests
 /// again (every known-answer test; a failure there aborts the process, as
