@@ -52,8 +52,9 @@ pub fn soft_mechanisms(
         .collect()
 }
 
-/// Mechanisms no FIPS 140-3 module may offer as approved (SP 800-131A):
-/// hidden from the HSM's list in approved-only mode.
+/// Mechanisms no FIPS 140-3 module may offer as approved (SP 800-131A,
+/// and derivation by encryption): hidden from the HSM's list in
+/// approved-only mode.
 pub fn never_approved(mech: CK_MECHANISM_TYPE) -> bool {
     matches!(
         mech,
@@ -103,6 +104,9 @@ pub fn never_approved(mech: CK_MECHANISM_TYPE) -> bool {
             | CKM_IDEA_CBC_PAD
             | CKM_IDEA_MAC
             | CKM_IDEA_MAC_GENERAL
+            // Derivation by encryption: not an approved KDF.
+            | CKM_AES_ECB_ENCRYPT_DATA
+            | CKM_AES_CBC_ENCRYPT_DATA
     )
 }
 
