@@ -83,7 +83,7 @@ mod fips_build {
         Some(buf)
     }
 
-    /// C_MessageEncryptInit, then C_EncryptMessage with a generator.
+    /// C_MessageEncryptInit, then C_EncryptMessage of "hello" with a generator.
     fn encrypt_message(
         s: &Session,
         key: ObjectHandle,
@@ -91,9 +91,9 @@ mod fips_build {
         iv: &mut [u8],
         fixed_bits: CK_ULONG,
         tag: &mut [u8],
-        pt: &[u8],
         out: &mut [u8],
     ) -> CK_RV {
+        let pt = b"hello";
         let l = raw_list_3_0();
         let mut m = CK_MECHANISM {
             mechanism: CKM_AES_GCM,
@@ -278,16 +278,7 @@ mod fips_build {
         assert_eq!(rv(e), RvError::MechanismParamInvalid);
         let (mut tag, mut out) = ([0u8; 16], [0u8; 5]);
         let mut iv = [0u8; 12];
-        let rv_caller = encrypt_message(
-            &s,
-            key,
-            CKG_NO_GENERATE,
-            &mut iv,
-            0,
-            &mut tag,
-            b"hello",
-            &mut out,
-        );
+        let rv_caller = encrypt_message(&s, key, CKG_NO_GENERATE, &mut iv, 0, &mut tag, &mut out);
         assert_eq!(rv_caller, CKR_MECHANISM_PARAM_INVALID);
         // This module's counter IVs and fixed fields: not drawn by the FIPS module.
         let rv_counter = encrypt_message(
@@ -297,7 +288,6 @@ mod fips_build {
             &mut iv,
             0,
             &mut tag,
-            b"hello",
             &mut out,
         );
         assert_eq!(rv_counter, CKR_MECHANISM_PARAM_INVALID);
@@ -308,7 +298,6 @@ mod fips_build {
             &mut [0; 16],
             32,
             &mut tag,
-            b"hello",
             &mut out,
         );
         assert_eq!(rv_fixed, CKR_MECHANISM_PARAM_INVALID);
@@ -319,7 +308,6 @@ mod fips_build {
             &mut iv,
             0,
             &mut [0; 12],
-            b"hello",
             &mut out,
         );
         assert_eq!(rv_short_tag, CKR_MECHANISM_PARAM_INVALID);
@@ -327,16 +315,8 @@ mod fips_build {
         let mut seen = Vec::new();
         for _ in 0..3 {
             let mut iv = [0u8; 12];
-            let rv_ok = encrypt_message(
-                &s,
-                key,
-                CKG_GENERATE_RANDOM,
-                &mut iv,
-                0,
-                &mut tag,
-                b"hello",
-                &mut out,
-            );
+            let rv_ok =
+                encrypt_message(&s, key, CKG_GENERATE_RANDOM, &mut iv, 0, &mut tag, &mut out);
             assert_eq!(rv_ok, CKR_OK);
             assert_ne!(iv, [0; 12]);
             assert!(!seen.contains(&iv), "an IV came twice");
@@ -468,5 +448,83 @@ mod fips_build {
         assert_eq!(doc["fips"], false, "{doc:#}");
         assert_eq!(doc["fips_build"], true);
         assert_eq!(doc["aes_module_fips_mode"], true);
+    }
+
+    /// The FIPS module's API has no streaming GCM: multi-part encryption
+    /// holds the message and releases ciphertext and tag at the final call,
+    /// the same bytes as one call and as RustCrypto's reference, through
+    /// C_EncryptUpdate/Final and C_EncryptMessageBegin/Next alike.
+    #[test]
+    fn the_fips_build_holds_multi_part_gcm_encryption_to_the_final_call() {
+        let (_t, _p, s) = approved_session("");
+        let key = import(&s, &KEY, true, vec![]);
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let mut iv = [7u8; 12];
+        let mech = Mechanism::AesGcm(GcmParams::new(&mut iv, b"ad", 128.into()).unwrap());
+        let whole = s.encrypt(&mech, key, &data).unwrap();
+        s.encrypt_init(&mech, key).unwrap();
+        for piece in data.chunks(333) {
+            assert!(s.encrypt_update(piece).unwrap().is_empty(), "held");
+        }
+        assert_eq!(s.encrypt_final().unwrap(), whole);
+        let (ct, tag) = whole.split_at(data.len());
+        assert_eq!(reference_open(&[7; 12], b"ad", ct, tag).unwrap(), data);
+
+        let l = raw_list_3_0();
+        let mut m = CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: null_mut(),
+            ulParameterLen: 0,
+        };
+        let (mut iv, mut tag) = ([7u8; 12], [0u8; 16]);
+        let mut p = CK_GCM_MESSAGE_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: 12,
+            ulIvFixedBits: 0,
+            ivGenerator: CKG_NO_GENERATE,
+            pTag: tag.as_mut_ptr(),
+            ulTagBits: 128,
+        };
+        let pp = &mut p as *mut _ as *mut c_void;
+        let plen = size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG;
+        let mut out = Vec::new();
+        // SAFETY: every pointer is to a live buffer of the length passed.
+        unsafe {
+            assert_eq!(
+                l.C_MessageEncryptInit.unwrap()(s.handle(), &mut m, key.handle()),
+                CKR_OK
+            );
+            let begin = l.C_EncryptMessageBegin.unwrap();
+            assert_eq!(
+                begin(s.handle(), pp, plen, b"ad".as_ptr() as *mut u8, 2),
+                CKR_OK
+            );
+            let pieces: Vec<&[u8]> = data.chunks(333).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let last = i + 1 == pieces.len();
+                let mut buf = vec![0u8; data.len()];
+                let mut n = buf.len() as CK_ULONG;
+                let flags = if last { CKF_END_OF_MESSAGE } else { 0 };
+                let rv = l.C_EncryptMessageNext.unwrap()(
+                    s.handle(),
+                    pp,
+                    plen,
+                    piece.as_ptr() as *mut u8,
+                    piece.len() as CK_ULONG,
+                    buf.as_mut_ptr(),
+                    &mut n,
+                    flags,
+                );
+                let want = if last { data.len() } else { 0 };
+                assert_eq!((rv, n as usize), (CKR_OK, want), "part {i}");
+                out.extend_from_slice(&buf[..n as usize]);
+            }
+            assert_eq!(l.C_MessageEncryptFinal.unwrap()(s.handle()), CKR_OK);
+        }
+        assert_eq!((&out[..], &tag[..]), (ct, tag_of(&whole)));
+    }
+
+    fn tag_of(sealed: &[u8]) -> &[u8] {
+        &sealed[sealed.len() - 16..]
     }
 }

@@ -10,8 +10,9 @@ use super::{ct_eq, CryptoError};
 enum Engine {
     #[cfg(feature = "aws-lc")]
     AwsLc(awslc::cmac::Cmac),
+    /// Boxed: RustCrypto's state is several times aws-lc's handle.
     #[cfg(not(feature = "fips"))]
-    RustCrypto(super::rustcrypto::cmac::Cmac),
+    RustCrypto(Box<super::rustcrypto::cmac::Cmac>),
 }
 
 /// One MAC computation; `mac_len` bytes of the 16-byte CMAC are the MAC.
@@ -36,7 +37,9 @@ impl CmacOp {
             #[cfg(feature = "aws-lc")]
             Provider::AwsLc => Engine::AwsLc(awslc::cmac::Cmac::new(key)?),
             #[cfg(not(feature = "fips"))]
-            Provider::RustCrypto => Engine::RustCrypto(super::rustcrypto::cmac::Cmac::new(key)?),
+            Provider::RustCrypto => {
+                Engine::RustCrypto(Box::new(super::rustcrypto::cmac::Cmac::new(key)?))
+            }
         };
         Ok(CmacOp {
             engine,

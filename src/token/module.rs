@@ -509,7 +509,9 @@ mod tests {
             version: "AWS-LC FIPS 4.2.0".into(),
             fips: Err("FIPS mode not enabled!".into()),
         };
-        let f = fips_check(&bad).err().expect("refused");
+        let Err(f) = fips_check(&bad) else {
+            panic!("not refused")
+        };
         assert_eq!(f.rv(), CKR_GENERAL_ERROR);
         assert_eq!(
             f.line(),
