@@ -611,10 +611,12 @@ fn seal(
     aad: &[u8],
     data: Data<'_>,
 ) -> std::result::Result<(), CryptoError> {
+    // fips_mode exists only in the FIPS build, which has aws-lc.
     #[cfg(feature = "aws-lc")]
     if approved::on(m) {
         return gcm_message::seal_module_iv(key, p.iv, aad, data, p.tag);
     }
+    #[cfg(not(feature = "aws-lc"))]
     let _ = m;
     gcm_message::seal(key, p.iv, aad, data, p.tag)
 }
