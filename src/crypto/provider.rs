@@ -82,11 +82,11 @@ pub struct ModuleState {
 }
 
 /// Asks the module now (in the FIPS build this runs AWS-LC's self-tests
-/// again: see `awslc::module::state`).
+/// again: see `awslc::module_state::state`).
 pub fn module_state() -> ModuleState {
     #[cfg(feature = "aws-lc")]
     {
-        super::awslc::module::state()
+        super::awslc::module_state::state()
     }
     #[cfg(not(feature = "aws-lc"))]
     {

@@ -18,7 +18,7 @@ pub mod cmac;
 mod ctr;
 pub mod gcm;
 pub mod key_wrap;
-pub mod module;
+pub mod module_state;
 #[cfg(all(test, feature = "fips"))]
 mod service_indicator;
 
