@@ -33,16 +33,17 @@ fi
 bash scripts/deps.sh --fips
 
 failed=()
-# step NAME COMMAND...: runs COMMAND, records NAME if it fails.
+# step NAME COMMAND...: runs COMMAND, records NAME if it fails; says how
+# long it took (the CI run has 90 minutes in all).
 step() {
-    local name=$1 rc=0
+    local name=$1 rc=0 started=$SECONDS
     shift
     printf '\n==> [%s] %s\n' "$name" "$*"
     "$@" || rc=$?
     if ((rc == 0)); then
-        printf '<== [%s] ok\n' "$name"
+        printf '<== [%s] ok (%d s)\n' "$name" $((SECONDS - started))
     else
-        printf '<== [%s] FAILED (exit %d)\n' "$name" "$rc"
+        printf '<== [%s] FAILED (exit %d, %d s)\n' "$name" "$rc" $((SECONDS - started))
         failed+=("$name")
     fi
 }
