@@ -434,6 +434,7 @@ mod fips_build {
             true,
             vec![
                 Attribute::Wrap(true),
+                Attribute::Unwrap(true),
                 Attribute::Sensitive(false),
                 Attribute::Extractable(true),
             ],
@@ -444,6 +445,15 @@ mod fips_build {
         assert_eq!(rv(e), RvError::WrappingKeySizeRange);
         let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, key, k192).unwrap();
         assert_eq!(wrapped.len(), 32);
+        let e = s
+            .unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                k192,
+                &wrapped,
+                &aes_template(false, vec![]),
+            )
+            .unwrap_err();
+        assert_eq!(rv(e), RvError::UnwrappingKeySizeRange);
         let doc = ok_json(&t, &["status"]);
         assert_eq!(doc["fips"], false, "{doc:#}");
         assert_eq!(doc["fips_build"], true);
