@@ -9,6 +9,9 @@
 #   bash scripts/bench.sh              full run (~2 min; run it on an idle machine)
 #   bash scripts/bench.sh --quick      short cells, for development
 #   bash scripts/bench.sh --help       all flags (--csv PATH, --threads N, --sizes ...)
+#   bash scripts/bench.sh --fips ...   the same on the FIPS build (cargo --features
+#                                      fips: the module and the bench's raw
+#                                      aws-lc-rs both on AWS-LC's FIPS module)
 #
 # Re-wrap (issue 3, benches/rewrap.rs): makes a fresh SoftHSM2 token in a
 # temporary directory, 100 000 DEK records sealed under KEK v1, rotates to v2
@@ -42,6 +45,12 @@ die() {
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$repo_root"
 
+features=()
+if [[ ${1:-} == --fips ]]; then
+    shift
+    features=(--features fips)
+fi
+
 if [[ ${1:-} == rewrap ]]; then
     shift
     bench=rewrap
@@ -70,8 +79,8 @@ for tool in softhsm2-util pkcs11-tool; do
         die "$tool not found (install the Debian packages softhsm2 and opensc, e.g. bash scripts/deps.sh)"
 done
 
-echo "$prog: cargo build --release ${build[*]}" >&2
-exe=$(cargo build --release "${build[@]}" --message-format=json-render-diagnostics |
+echo "$prog: cargo build --release ${build[*]} ${features[*]}" >&2
+exe=$(cargo build --release "${build[@]}" "${features[@]}" --message-format=json-render-diagnostics |
     sed -n 's/.*"executable":"\([^"]*\/'"$bench"'-[^"]*\)".*/\1/p' | tail -n 1)
 [[ -n $exe && -x $exe ]] || die "could not find the built benchmark executable"
 echo "$prog: $exe --bench $*" >&2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/deps.sh [--demo]
+# scripts/deps.sh [--demo] [--fips]
 #
 # Checks for what hsm-envelope needs on a Debian machine and, when run as
 # root with apt-get available, installs what is missing:
@@ -17,6 +17,9 @@
 # installed with `cargo install cargo-nextest --locked` only if missing.
 # With --demo, the test-only tools (rustfmt, clippy, cargo-nextest,
 # postgresql, p11-kit, gnutls-bin, g++, a JDK) are not required.
+# With --fips (or HSM_ENVELOPE_FIPS=1), also what the FIPS build
+# (`cargo build --features fips`: AWS-LC's FIPS module, built from source by
+# aws-lc-fips-sys) needs: golang-go and cmake (README, FIPS mode).
 # Exits non-zero, naming what is missing, if something cannot be fixed.
 set -euo pipefail
 
@@ -25,14 +28,18 @@ say() { printf '%s: %s\n' "$prog" "$*"; }
 err() { printf '%s: error: %s\n' "$prog" "$*" >&2; }
 
 demo_only=false
-case "${1:-}" in
-"") ;;
---demo) demo_only=true ;;
-*)
-    printf 'usage: %s [--demo]\n' "$0" >&2
-    exit 2
-    ;;
-esac
+fips=false
+[[ ${HSM_ENVELOPE_FIPS:-} == 1 ]] && fips=true
+for arg in "$@"; do
+    case "$arg" in
+    --demo) demo_only=true ;;
+    --fips) fips=true ;;
+    *)
+        printf 'usage: %s [--demo] [--fips]\n' "$0" >&2
+        exit 2
+        ;;
+    esac
+done
 
 # rustup installs cargo here; CI shells do not always have it on PATH.
 if [[ -d ${CARGO_HOME:-$HOME/.cargo}/bin ]]; then
@@ -64,6 +71,11 @@ missing_packages() {
     command -v python3 >/dev/null 2>&1 || echo python3
     command -v sqlite3 >/dev/null 2>&1 || echo sqlite3
     command -v openssl >/dev/null 2>&1 || echo openssl
+    if $fips; then
+        # aws-lc-fips-sys builds AWS-LC's FIPS module with CMake and Go.
+        command -v go >/dev/null 2>&1 || echo golang-go
+        command -v cmake >/dev/null 2>&1 || echo cmake
+    fi
     if ! $demo_only; then
         postgres_server_found || echo postgresql
         command -v p11-kit >/dev/null 2>&1 || echo p11-kit
@@ -138,4 +150,4 @@ if ! $demo_only; then
 fi
 $rust_ok || exit 1
 
-say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($demo_only || printf ', postgresql, p11-kit, gnutls-bin, g++, a JDK'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"
+say "ok: softhsm2, opensc, gcc, pkg-config, python3, sqlite3, openssl$($fips && printf ', go, cmake (FIPS build)')$($demo_only || printf ', postgresql, p11-kit, gnutls-bin, g++, a JDK'), $(cargo --version)$($demo_only || printf ', %s' "$(cargo nextest --version 2>/dev/null | head -n1)")"

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # scripts/test.sh — the project's test command (also what .ci/run runs).
 #
-#   1. scripts/deps.sh           tools and packages (installs what is missing)
+#   1. scripts/deps.sh --fips    tools and packages (installs what is missing;
+#                                --fips: Go and CMake for the FIPS build)
 #   2. cargo fmt --check         formatting
-#   3. cargo clippy -D warnings  lints, all targets
+#   3. cargo clippy -D warnings  lints, all targets, default and FIPS builds
 #   4. cargo test --doc          doc tests
 #   5. cargo nextest run         the portable build (no aws-lc-rs): unit
 #      --no-default-features     tests and tests/envelope_core.rs
-#   6. scripts/interop.sh        python-pkcs11, PyKCS11 and SunPKCS11 against
+#   6. cargo nextest run         the FIPS build (AWS-LC's FIPS module, issue
+#      --features fips           15): every unit and integration test, the
+#                                known-answer tests on the FIPS module and
+#                                tests/fips_mode.rs among them
+#   7. scripts/interop.sh        python-pkcs11, PyKCS11 and SunPKCS11 against
 #                                the module and SoftHSM2 direct
-#   7. cargo nextest run         unit and integration tests, one process per
+#   8. cargo nextest run         unit and integration tests, one process per
 #                                test: each test loads the PKCS#11 module (a
 #                                process-global singleton) with its own token
 #
@@ -25,30 +30,38 @@ if [[ -d ${CARGO_HOME:-$HOME/.cargo}/bin ]]; then
     PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
 fi
 
-bash scripts/deps.sh
+bash scripts/deps.sh --fips
 
 failed=()
-# step NAME COMMAND...: runs COMMAND, records NAME if it fails.
+# step NAME COMMAND...: runs COMMAND, records NAME if it fails; says how
+# long it took (the CI run has 90 minutes in all).
 step() {
-    local name=$1 rc=0
+    local name=$1 rc=0 started=$SECONDS
     shift
     printf '\n==> [%s] %s\n' "$name" "$*"
     "$@" || rc=$?
     if ((rc == 0)); then
-        printf '<== [%s] ok\n' "$name"
+        printf '<== [%s] ok (%d s)\n' "$name" $((SECONDS - started))
     else
-        printf '<== [%s] FAILED (exit %d)\n' "$name" "$rc"
+        printf '<== [%s] FAILED (exit %d, %d s)\n' "$name" "$rc" $((SECONDS - started))
         failed+=("$name")
     fi
 }
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --all-targets -- -D warnings
+step clippy-fips cargo clippy --all-targets --features fips -- -D warnings
 step doctest cargo test --doc
 
 # The portable build (pure-Rust aes-gcm, no aws-lc-rs): unit tests and the
 # module's behaviour tests. The full suite below runs on the default build.
 step portable cargo nextest run --no-default-features --no-fail-fast --lib --test envelope_core
+
+# The FIPS build (every software AES operation on AWS-LC's FIPS module,
+# fips_mode available): the whole suite, which also builds the examples
+# (the fault-injecting backend). It rebuilds the module in target/debug, as
+# the portable step does; the steps below build the default one again.
+step fips cargo nextest run --features fips --no-fail-fast
 
 # Third-party suites (python-pkcs11, PyKCS11 from PyPI; SunPKCS11 with every
 # JDK on the machine) against the module and SoftHSM2 direct: every test

@@ -51,6 +51,7 @@ impl Error {
                 CryptoError::Param => CKR_MECHANISM_PARAM_INVALID,
                 CryptoError::DataLen => CKR_DATA_LEN_RANGE,
                 CryptoError::Invalid => CKR_ENCRYPTED_DATA_INVALID,
+                CryptoError::Unsupported => CKR_MECHANISM_PARAM_INVALID,
             },
         }
     }

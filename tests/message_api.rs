@@ -290,7 +290,17 @@ fn caller_ivs_give_the_references_ciphertext_and_many_messages_share_one_init() 
         let pt = vec![i; usize::from(i) * 3];
         let aad = vec![i ^ 0x5a; usize::from(i % 7)];
         let mut iv = [i; 12];
-        let tag_len = 16 - usize::from(i % 5);
+        let mut tag_len = 16 - usize::from(i % 5);
+        if cfg!(feature = "fips") && tag_len < 16 {
+            // The FIPS build refuses short tags (the FIPS module's API
+            // takes 128-bit tags only), then goes on with a full one.
+            let mut tag = vec![0u8; tag_len];
+            let mut p = params(&mut iv, 0, CKG_NO_GENERATE, &mut tag);
+            let mut ct = vec![0u8; pt.len()];
+            let (rv, _) = raw.encrypt(Some(&mut p), &aad, &pt, &mut ct);
+            assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID);
+            tag_len = 16;
+        }
         let mut tag = vec![0u8; tag_len];
         let mut p = params(&mut iv, 0, CKG_NO_GENERATE, &mut tag);
         let mut ct = vec![0u8; pt.len()];
@@ -680,6 +690,9 @@ fn a_length_query_or_a_short_buffer_makes_no_iv() {
 /// Begin/Next give the same ciphertext and tag as one call; a message
 /// decrypted in parts is released only at its last part, after the tag
 /// check; a message's parts may be of any size, empty ones included.
+/// (The FIPS build holds encryption to the last part and takes full tags
+/// only: `fips_mode::the_fips_build_holds_multi_part_gcm_encryption...`.)
+#[cfg(not(feature = "fips"))]
 #[test]
 fn multi_part_messages_match_single_part_ones() {
     let _t = TestToken::new();

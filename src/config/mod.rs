@@ -168,6 +168,10 @@ pub struct Config {
     /// 2^24; blocks start small and double up to this). A process that
     /// dies loses at most the rest of its block.
     pub gcm_invocation_block: u64,
+    /// Approved-only (issue 15): only FIPS-approved mechanisms, key sizes
+    /// and parameters, AES-GCM encryption under IVs AWS-LC's FIPS module
+    /// draws itself. Only the FIPS build (`--features fips`) takes it.
+    pub fips_mode: bool,
     /// The file this configuration was read from (None: the defaults), for
     /// messages that tell the user what to change where.
     #[serde(skip)]
@@ -237,6 +241,7 @@ impl Default for Config {
             gcm_iv: GcmIv::Caller,
             gcm_invocation_limit: GCM_INVOCATION_LIMIT_MAX,
             gcm_invocation_block: 1 << 20,
+            fips_mode: false,
             source: None,
         }
     }
@@ -379,13 +384,47 @@ impl Config {
                 "one of \"error\", \"warn\", \"info\", \"debug\"",
             );
         }
+        if self.fips_mode && !crate::crypto::FIPS_BUILD {
+            return Err((
+                "fips_mode",
+                "fips_mode = true needs the FIPS build of the module (cargo build --release \
+                 --features fips; see README, FIPS mode); this build is not it"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// AES-GCM encryption only under IVs the module makes: `gcm_iv =
+    /// "module"`, which `fips_mode` implies.
+    pub fn module_ivs_only(&self) -> bool {
+        self.gcm_iv == GcmIv::Module || self.fips_mode
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fips_mode_is_refused_outside_the_fips_build() {
+        assert!(!Config::from_toml("").unwrap().fips_mode);
+        let r = Config::from_toml("fips_mode = true\n");
+        if crate::crypto::FIPS_BUILD {
+            let c = r.unwrap();
+            assert!(c.fips_mode && c.module_ivs_only());
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains("key `fips_mode` (line 1): fips_mode = true needs the FIPS build"),
+                "{e}"
+            );
+        }
+        let e = Config::from_toml("fips_mode = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("true or false"), "{e}");
+    }
 
     #[test]
     fn defaults_and_full_file() {

@@ -65,6 +65,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("gcm_iv", Kind::OneOf(&["caller", "module"])),
     ("gcm_invocation_limit", U64),
     ("gcm_invocation_block", U64),
+    ("fips_mode", Kind::Bool),
 ];
 
 /// 1-based line and column of byte `offset` in `text`.

@@ -2,16 +2,21 @@
 //! PKCS#11 3.0 message functions carry them (`C_EncryptMessage` writes the
 //! tag to the caller's `pTag`, `C_DecryptMessage` reads it from there).
 //!
-//! 96-bit IVs on a 128- or 256-bit key run on aws-lc-rs straight between
-//! the caller's buffers, with no allocation: any tag length on encryption
-//! (a shorter tag is the full tag's leading bytes, SP 800-38D 5.2.1.2),
-//! full tags on decryption. Everything else (other IV lengths, AES-192,
-//! truncated tags on decryption, builds without aws-lc) runs on the
-//! portable engine through a zeroized scratch copy.
+//! 96-bit IVs with full tags run on aws-lc-rs straight between the
+//! caller's buffers, with no allocation. In the default build everything
+//! else (other IV lengths, truncated tags; the portable build: all) runs on
+//! the RustCrypto engine through a zeroized scratch copy; the FIPS build
+//! refuses it (`CryptoError::Unsupported`).
 
+#[cfg(not(feature = "fips"))]
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{CryptoError, Direction, Mode, PreparedKey};
+#[cfg(feature = "aws-lc")]
+use super::awslc;
+use super::provider::{self, Provider};
+use super::{CryptoError, PreparedKey};
+#[cfg(not(feature = "fips"))]
+use super::{Direction, Mode};
 
 /// The message's data: input and output apart, or one buffer transformed in
 /// place (the same pointer for both, which PKCS#11 allows).
@@ -24,6 +29,17 @@ pub enum Data<'a> {
 }
 
 impl Data<'_> {
+    /// The same buffers, for one more try (a provider that declined).
+    fn reborrow(&mut self) -> Data<'_> {
+        match self {
+            Data::Apart { input, output } => Data::Apart {
+                input,
+                output: &mut output[..],
+            },
+            Data::InPlace(b) => Data::InPlace(&mut b[..]),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Data::Apart { input, .. } => input.len(),
@@ -64,30 +80,31 @@ pub fn seal(
     key: &PreparedKey,
     iv: &[u8],
     aad: &[u8],
+    mut data: Data<'_>,
+    tag: &mut [u8],
+) -> Result<(), CryptoError> {
+    check(iv, &data, tag.len())?;
+    provider::first(|p| match p {
+        #[cfg(feature = "aws-lc")]
+        Provider::AwsLc => awslc::gcm::seal(key, iv, aad, data.reborrow(), tag),
+        #[cfg(not(feature = "fips"))]
+        Provider::RustCrypto => portable(key, iv, aad, data.reborrow(), tag, Direction::Encrypt),
+    })
+}
+
+/// Encrypt one message under a 96-bit IV that AWS-LC's module draws from
+/// its own generator and writes to `iv`: the FIPS module's approved AES-GCM
+/// encryption (`fips_mode`). 128-bit tags, AES-128 and AES-256 only.
+#[cfg(feature = "aws-lc")]
+pub fn seal_module_iv(
+    key: &PreparedKey,
+    iv: &mut [u8],
+    aad: &[u8],
     data: Data<'_>,
     tag: &mut [u8],
 ) -> Result<(), CryptoError> {
     check(iv, &data, tag.len())?;
-    #[cfg(feature = "aws-lc")]
-    if let (Some(k), Ok(nonce)) = (key.gcm.key(), <[u8; 12]>::try_from(iv)) {
-        use aws_lc_rs::aead::{Aad, Nonce};
-        let nonce = Nonce::assume_unique_for_key(nonce);
-        let mut full = [0u8; FULL_TAG];
-        let r = match data {
-            Data::Apart { input, output } => {
-                let out = output.get_mut(..input.len()).ok_or(CryptoError::DataLen)?;
-                k.seal_out_of_place_scatter(nonce, Aad::from(aad), input, out, &[], &mut full)
-            }
-            Data::InPlace(buf) => {
-                k.seal_in_place_scatter(nonce, Aad::from(aad), buf, &[], &mut full)
-            }
-        };
-        r.map_err(|_| CryptoError::DataLen)?;
-        let n = tag.len();
-        tag.copy_from_slice(full.get(..n).ok_or(CryptoError::Param)?);
-        return Ok(());
-    }
-    portable(key, iv, aad, data, tag, Direction::Encrypt)
+    awslc::gcm::seal_random(key, iv, aad, data, tag)
 }
 
 /// Decrypt and authenticate one message whose tag is `tag` (4 to 16
@@ -97,44 +114,25 @@ pub fn open(
     key: &PreparedKey,
     iv: &[u8],
     aad: &[u8],
-    data: Data<'_>,
+    mut data: Data<'_>,
     tag: &[u8],
 ) -> Result<(), CryptoError> {
     check(iv, &data, tag.len())?;
-    #[cfg(feature = "aws-lc")]
-    if let (Some(k), Ok(nonce), true) = (
-        key.gcm.key(),
-        <[u8; 12]>::try_from(iv),
-        tag.len() == FULL_TAG,
-    ) {
-        use aws_lc_rs::aead::{Aad, Nonce};
-        let nonce = Nonce::assume_unique_for_key(nonce);
-        return match data {
-            Data::Apart { input, output } => {
-                let out = output.get_mut(..input.len()).ok_or(CryptoError::DataLen)?;
-                k.open_separate_gather(nonce, Aad::from(aad), input, tag, out)
-                    .map_err(|_| {
-                        out.zeroize();
-                        CryptoError::Invalid
-                    })
-            }
-            Data::InPlace(buf) => k
-                .open_in_place_separate_tag(nonce, Aad::from(aad), tag, buf)
-                .map(|_| ())
-                .map_err(|_| {
-                    // The buffer may hold unverified plaintext now.
-                    buf.zeroize();
-                    CryptoError::Invalid
-                }),
-        };
-    }
-    let mut tag_copy = [0u8; FULL_TAG];
-    let t = tag_copy.get_mut(..tag.len()).ok_or(CryptoError::Param)?;
-    t.copy_from_slice(tag);
-    portable(key, iv, aad, data, t, Direction::Decrypt)
+    provider::first(|p| match p {
+        #[cfg(feature = "aws-lc")]
+        Provider::AwsLc => awslc::gcm::open(key, iv, aad, data.reborrow(), tag),
+        #[cfg(not(feature = "fips"))]
+        Provider::RustCrypto => {
+            let mut tag_copy = [0u8; FULL_TAG];
+            let t = tag_copy.get_mut(..tag.len()).ok_or(CryptoError::Param)?;
+            t.copy_from_slice(tag);
+            portable(key, iv, aad, data.reborrow(), t, Direction::Decrypt)
+        }
+    })
 }
 
-/// The portable engine, through a zeroized scratch buffer: its one-shot
+#[cfg(not(feature = "fips"))]
+/// The RustCrypto engine, through a zeroized scratch buffer: its one-shot
 /// call takes and gives ciphertext || tag.
 fn portable(
     key: &PreparedKey,
@@ -247,6 +245,8 @@ mod tests {
 
     /// Other IV lengths and truncated tags take the portable engine; both
     /// engines agree, and a truncated tag is the full tag's leading bytes.
+    /// (The FIPS build refuses them: `kat::fips_build_refuses_...`.)
+    #[cfg(not(feature = "fips"))]
     #[test]
     fn long_ivs_and_short_tags_round_trip() {
         let mut rng = Rng(0x1234);

@@ -1,5 +1,7 @@
-//! Software AES engines (GCM, ECB, CBC, CBC-PAD, CTR) behind a small object-safe interface,
-//! so that another backend (e.g. aws-lc-rs) can be dropped in behind `new_op` later.
+//! Software AES (GCM, ECB, CBC, CBC-PAD, CTR, CMAC, key wrap) behind one
+//! small interface, with the providers behind it chosen at build time
+//! (`provider`): aws-lc-rs (AWS-LC's FIPS module in the FIPS build) and
+//! RustCrypto.
 //!
 //! Every operation follows PKCS#11 call rules: `BufferTooSmall` never changes state
 //! (the caller retries), any other error or a successful `oneshot`/`finish` ends the
@@ -11,25 +13,31 @@
 
 #[cfg(feature = "aws-lc")]
 mod awslc;
-mod block;
-mod cbc;
+mod check_value;
 mod cmac_mac;
-mod ctr;
-mod gcm;
 pub mod gcm_iv;
 pub mod gcm_message;
-mod gcm_stream;
+#[cfg(test)]
+mod kat;
 pub mod key_wrap;
 mod prepared;
+pub mod provider;
+#[cfg(not(feature = "fips"))]
+mod rustcrypto;
 
+pub use check_value::check_value;
 pub use cmac_mac::CmacOp;
 pub use prepared::{
     new_prepared_op, KeyPrint, PreparedKey, PreparedOp, SessionHold, SessionKey, SpareBuffer,
 };
 
-use aes::cipher::{consts::U16, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
+pub use provider::{module_state, ModuleState, FIPS_BUILD};
+
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
+
+use crate::secret::SecretBytes;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
@@ -49,6 +57,12 @@ pub enum CryptoError {
     /// GCM tag mismatch or bad CBC padding.
     #[error("encrypted data invalid")]
     Invalid,
+    /// Valid for the mechanism, but beyond what the provider's API offers
+    /// (aws-lc-rs: a GCM IV other than 96 bits, a tag other than 128 bits,
+    /// AES-192 key wrap). The default build passes it to the next provider;
+    /// the FIPS build refuses it (see `provider`).
+    #[error("not offered by the FIPS module's API")]
+    Unsupported,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,98 +109,28 @@ pub trait CipherOp: Send {
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError>;
 }
 
-/// key: 16, 24 or 32 bytes. The op keeps its own (zeroize-on-drop) key schedule.
+/// An operation on a raw key (16, 24 or 32 bytes), from the first
+/// provider that can do it (key derivation by encryption, tests).
 pub fn new_op(key: &[u8], mode: &Mode, dir: Direction) -> Result<Box<dyn CipherOp>, CryptoError> {
-    Schedule::new(key)?.op(mode, dir)
+    let key = prepare(key)?;
+    new_prepared_op(&key, mode, dir).map(|op| Box::new(op) as Box<dyn CipherOp>)
 }
 
-/// An expanded AES key schedule for the portable engines (zeroized on drop
-/// through the `aes` crate's `zeroize` feature).
-#[derive(Clone)]
-enum Schedule {
-    A128(aes::Aes128),
-    A192(aes::Aes192),
-    A256(aes::Aes256),
-}
-
-impl Schedule {
-    fn new(key: &[u8]) -> Result<Self, CryptoError> {
-        // new_from_slice borrows the key; no extra unzeroized copy is made.
-        Ok(match key.len() {
-            16 => {
-                Schedule::A128(aes::Aes128::new_from_slice(key).map_err(|_| CryptoError::KeySize)?)
-            }
-            24 => {
-                Schedule::A192(aes::Aes192::new_from_slice(key).map_err(|_| CryptoError::KeySize)?)
-            }
-            32 => {
-                Schedule::A256(aes::Aes256::new_from_slice(key).map_err(|_| CryptoError::KeySize)?)
-            }
-            _ => return Err(CryptoError::KeySize),
-        })
-    }
-
-    /// A streaming GCM encryptor for pre-counter block `j0`.
-    #[cfg_attr(not(feature = "aws-lc"), allow(dead_code))]
-    fn gcm_stream(
-        &self,
-        j0: &[u8; 16],
-        aad: &[u8],
-        tag_len: usize,
-    ) -> Result<Box<dyn CipherOp>, CryptoError> {
-        Ok(match self {
-            Schedule::A128(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
-            Schedule::A192(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
-            Schedule::A256(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
-        })
-    }
-
-    fn op(&self, mode: &Mode, dir: Direction) -> Result<Box<dyn CipherOp>, CryptoError> {
-        match self {
-            Schedule::A128(c) => build(c.clone(), mode, dir),
-            Schedule::A192(c) => build(c.clone(), mode, dir),
-            Schedule::A256(c) => build(c.clone(), mode, dir),
-        }
-    }
-}
-
-fn build<A: AesCipher>(
-    cipher: A,
+/// An operation on a raw key by provider `p` (the known-answer tests).
+#[cfg(test)]
+pub fn new_op_with(
+    p: provider::Provider,
+    key: &[u8],
     mode: &Mode,
     dir: Direction,
 ) -> Result<Box<dyn CipherOp>, CryptoError> {
-    Ok(match mode {
-        Mode::Gcm { iv, aad, tag_len } => {
-            Box::new(gcm::GcmOp::new(cipher, iv, aad, *tag_len, dir)?)
-        }
-        Mode::Ecb => Box::new(block::ecb(cipher, dir)),
-        Mode::Cbc { iv } => Box::new(block::cbc(cipher, iv, dir)),
-        Mode::CbcPad { iv } => cbc::new_op(cipher, iv, dir),
-        Mode::Ctr { iv, counter_bits } => Box::new(ctr::CtrOp::new(cipher, iv, *counter_bits)?),
-    })
+    let key = prepare(key)?;
+    prepared::op_with(p, &key, mode, dir).map(|op| Box::new(op) as Box<dyn CipherOp>)
 }
 
-/// The block cipher the engines are generic over (Aes128/192/256).
-trait AesCipher:
-    BlockCipherEncrypt
-    + BlockCipherDecrypt
-    + BlockSizeUser<BlockSize = U16>
-    + KeyInit
-    + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<T> AesCipher for T where
-    T: BlockCipherEncrypt
-        + BlockCipherDecrypt
-        + BlockSizeUser<BlockSize = U16>
-        + KeyInit
-        + Clone
-        + Send
-        + 'static
-{
+fn prepare(key: &[u8]) -> Result<SessionKey, CryptoError> {
+    let prepared = PreparedKey::new(SecretBytes::from_slice(key))?;
+    Ok(SessionHold::new(Arc::new(prepared)))
 }
 
 /// Where an operation is in its PKCS#11 life cycle.
@@ -352,17 +296,6 @@ mod tests {
             expect.extend_from_slice(&chunk);
         }
         assert_eq!(*b, expect);
-    }
-
-    /// Key schedules are wiped on drop only with aes-gcm's `zeroize` feature (which turns
-    /// on aes's and ghash's); this stops the build if that feature is ever dropped.
-    #[test]
-    fn key_schedules_zeroize_on_drop() {
-        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
-        wiped::<aes::Aes128>();
-        wiped::<aes::Aes192>();
-        wiped::<aes::Aes256>();
-        wiped::<aes_gcm::AesGcm<aes::Aes256, aes::cipher::consts::U12>>();
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the hot path works with: a DEK's key prepared once (value and key
 //! schedules), a session's hold on it, the operation built on it (inline,
 //! not boxed, for AES-GCM on aws-lc), and the multi-part buffer that ended
-//! operations hand on to the next.
+//! operations hand on to the next. Which provider makes an operation is
+//! `provider::first`'s choice.
 
 use std::sync::Arc;
 
@@ -9,16 +10,20 @@ use zeroize::Zeroizing;
 
 #[cfg(feature = "aws-lc")]
 use super::awslc;
-use super::{CipherOp, CryptoError, Direction, Mode, Schedule};
+use super::provider::{self, Provider};
+#[cfg(not(feature = "fips"))]
+use super::rustcrypto::Schedule;
+use super::{CipherOp, CryptoError, Direction, Mode};
 use crate::secret::SecretBytes;
 
 /// A DEK's value with its key schedules, built once when the DEK enters the
 /// key cache so that no operation re-expands the key.
 pub struct PreparedKey {
     value: SecretBytes,
+    #[cfg(not(feature = "fips"))]
     pub(super) schedule: Schedule,
     #[cfg(feature = "aws-lc")]
-    pub(super) gcm: awslc::GcmKey,
+    pub(super) aws: awslc::Keys,
     print: KeyPrint,
 }
 
@@ -43,9 +48,10 @@ impl PreparedKey {
         let mut print = [0u8; 16];
         print.copy_from_slice(&digest[..16]);
         Ok(PreparedKey {
+            #[cfg(not(feature = "fips"))]
             schedule: Schedule::new(value.as_slice())?,
             #[cfg(feature = "aws-lc")]
-            gcm: awslc::GcmKey::new(value.as_slice())?,
+            aws: awslc::Keys::new(value.as_slice())?,
             value,
             print,
         })
@@ -103,12 +109,11 @@ impl SpareBuffer {
 }
 
 /// An operation on a cached key. The aws-lc AES-GCM operation is held
-/// inline, so the common case allocates nothing; the portable engines'
-/// operations are boxed.
+/// inline, so the common case allocates nothing; the others are boxed.
 pub enum PreparedOp {
     #[cfg(feature = "aws-lc")]
-    AwsGcm(awslc::GcmOp),
-    Portable(Box<dyn CipherOp>),
+    AwsGcm(awslc::gcm::GcmOp),
+    Boxed(Box<dyn CipherOp>),
 }
 
 /// Calls the operation inside with static dispatch for the inline case.
@@ -117,7 +122,7 @@ macro_rules! each {
         match $self {
             #[cfg(feature = "aws-lc")]
             PreparedOp::AwsGcm($op) => $call,
-            PreparedOp::Portable($op) => $call,
+            PreparedOp::Boxed($op) => $call,
         }
     };
 }
@@ -129,7 +134,7 @@ impl PreparedOp {
         match self {
             #[cfg(feature = "aws-lc")]
             PreparedOp::AwsGcm(op) => op.lend_buffer(spare),
-            PreparedOp::Portable(_) => Some(spare),
+            PreparedOp::Boxed(_) => Some(spare),
         }
     }
 
@@ -139,7 +144,7 @@ impl PreparedOp {
         match self {
             #[cfg(feature = "aws-lc")]
             PreparedOp::AwsGcm(op) => op.reclaim_buffer(),
-            PreparedOp::Portable(_) => None,
+            PreparedOp::Boxed(_) => None,
         }
     }
 }
@@ -165,31 +170,26 @@ impl CipherOp for PreparedOp {
     }
 }
 
-/// An operation on a cached key. AES-GCM with a 96-bit IV and a full tag
-/// runs on aws-lc-rs where built in; everything else on the portable engines.
+/// An operation on a cached key, from the first provider that can do it.
 pub fn new_prepared_op(
     key: &SessionKey,
     mode: &Mode,
     dir: Direction,
 ) -> Result<PreparedOp, CryptoError> {
-    #[cfg(feature = "aws-lc")]
-    if let (
-        Mode::Gcm {
-            iv,
-            aad,
-            tag_len: 16,
-        },
-        true,
-    ) = (mode, key.gcm.usable())
-    {
-        if let Ok(nonce) = <[u8; 12]>::try_from(*iv) {
-            return Ok(PreparedOp::AwsGcm(awslc::GcmOp::new(
-                key.clone(),
-                nonce,
-                aad,
-                dir,
-            )));
-        }
+    provider::first(|p| op_with(p, key, mode, dir))
+}
+
+/// An operation on a cached key by provider `p`.
+pub(super) fn op_with(
+    p: Provider,
+    key: &SessionKey,
+    mode: &Mode,
+    dir: Direction,
+) -> Result<PreparedOp, CryptoError> {
+    match p {
+        #[cfg(feature = "aws-lc")]
+        Provider::AwsLc => awslc::op(key, mode, dir),
+        #[cfg(not(feature = "fips"))]
+        Provider::RustCrypto => key.schedule.op(mode, dir).map(PreparedOp::Boxed),
     }
-    key.schedule.op(mode, dir).map(PreparedOp::Portable)
 }

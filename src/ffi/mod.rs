@@ -236,8 +236,20 @@ fn interfaces() -> *mut CK_INTERFACE {
         .0
 }
 
+/// The FIPS build keeps itself mapped from the first entry point a host
+/// calls, not from C_Initialize as the others do: AWS-LC's FIPS module runs
+/// its power-on self-tests as the library loads, which leaves thread-exit
+/// destructors on the loading thread, so a dlclose() before C_Initialize
+/// would let that thread jump into unmapped code when it exits.
+fn pin_if_fips() {
+    if cfg!(feature = "fips") && !crate::runtime::fork::pin_library_in_memory() {
+        crate::log_warn!("could not pin the module in memory; do not dlclose it");
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    pin_if_fips();
     // SAFETY: this function's own contract (its `# Safety` section).
     unsafe {
         if pp.is_null() {
@@ -253,6 +265,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     p_list: *mut CK_INTERFACE,
     pul: *mut CK_ULONG,
 ) -> CK_RV {
+    pin_if_fips();
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     args::guard("C_GetInterfaceList", || unsafe {
@@ -271,6 +284,7 @@ pub unsafe extern "C" fn C_GetInterface(
     pp: *mut *mut CK_INTERFACE,
     flags: CK_FLAGS,
 ) -> CK_RV {
+    pin_if_fips();
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     args::guard("C_GetInterface", || unsafe {

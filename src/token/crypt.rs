@@ -83,6 +83,7 @@ fn init_on(
     if let Some(r) = last.as_ref() {
         if let Some(k) = r.reuse(key, mech, &m) {
             let mode = soft?;
+            crate::token::approved::cipher(&m, &mode, k.value().len())?;
             let new_op = crypto::new_prepared_op(k, &mode, dir)?;
             count_gcm(&m, s, dir, &mode, r, gcm)?;
             count_use(&m, s, r);
@@ -99,6 +100,7 @@ fn init_on(
     match obj {
         Object::Dek(d) => {
             let (remembered, mode) = check_and_fetch(&m, s, d, dir, mech, key, soft)?;
+            crate::token::approved::cipher(&m, &mode, remembered.key().value().len())?;
             let new_op = crypto::new_prepared_op(remembered.key(), &mode, dir);
             if new_op.is_ok() {
                 count_gcm(&m, s, dir, &mode, &remembered, gcm)?;

@@ -4,10 +4,12 @@ use cryptoki_sys::*;
 
 use crate::backend::label_of;
 use crate::error::{Error, Result};
-use crate::token::module;
+use crate::token::{approved, module};
 
 pub const MANUFACTURER: &str = "hsm-envelope";
 pub const LIBRARY_DESCRIPTION: &str = "hsm-envelope KEK/DEK module";
+/// C_GetInfo's description with `fips_mode = true` (32 bytes, the field's size).
+pub const LIBRARY_DESCRIPTION_FIPS: &str = "hsm-envelope KEK/DEK module FIPS";
 
 /// Mechanisms run in software on DEKs, with their flags (AES keys of 16 to
 /// 32 bytes). The DEK slot lists them with the backend's own, whose other
@@ -42,7 +44,12 @@ pub fn pad<const N: usize>(s: &str) -> [u8; N] {
 }
 
 pub fn info() -> Result<CK_INFO> {
-    module::get()?;
+    let m = module::get()?;
+    let description = if approved::on(&m) {
+        LIBRARY_DESCRIPTION_FIPS
+    } else {
+        LIBRARY_DESCRIPTION
+    };
     Ok(CK_INFO {
         cryptokiVersion: CK_VERSION {
             major: 2,
@@ -50,7 +57,7 @@ pub fn info() -> Result<CK_INFO> {
         },
         manufacturerID: pad(MANUFACTURER),
         flags: 0,
-        libraryDescription: pad(LIBRARY_DESCRIPTION),
+        libraryDescription: pad(description),
         libraryVersion: CK_VERSION { major: 0, minor: 1 },
     })
 }
@@ -77,10 +84,11 @@ pub fn slot_info(slot: CK_SLOT_ID) -> Result<CK_SLOT_INFO> {
 pub fn token_info(slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
     let m = module::get()?;
     let mut t = m.backend.token_info(m.slot(slot)?.backend_id)?;
-    let model = if m.dek_slot == Some(slot as usize) {
-        "envelope"
-    } else {
-        "passthrough"
+    let model = match (m.dek_slot == Some(slot as usize), approved::on(&m)) {
+        (true, false) => "envelope",
+        (true, true) => "envelope FIPS",
+        (false, false) => "passthrough",
+        (false, true) => "passthru FIPS",
     };
     t.manufacturerID = pad(MANUFACTURER);
     t.model = pad(model);
@@ -90,10 +98,13 @@ pub fn token_info(slot: CK_SLOT_ID) -> Result<CK_TOKEN_INFO> {
 pub fn mechanism_list(slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>> {
     let m = module::get()?;
     let mut list = m.backend.mechanisms(m.slot(slot)?.backend_id)?;
+    if approved::on(&m) {
+        list.retain(|mech| !approved::never_approved(*mech));
+    }
     if m.dek_slot == Some(slot as usize) {
-        for (mech, _) in SOFT_MECHANISMS {
-            if !list.contains(mech) {
-                list.push(*mech);
+        for (mech, _) in approved::soft_mechanisms(&m, SOFT_MECHANISMS) {
+            if !list.contains(&mech) {
+                list.push(mech);
             }
         }
     }
@@ -102,15 +113,18 @@ pub fn mechanism_list(slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>> {
 
 pub fn mechanism_info(slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
     let m = module::get()?;
+    if approved::on(&m) && approved::never_approved(mech) {
+        return Err(Error::Rv(CKR_MECHANISM_INVALID));
+    }
     let backend = m.backend.mechanism_info(m.slot(slot)?.backend_id, mech);
-    let soft = SOFT_MECHANISMS
-        .iter()
+    let soft = approved::soft_mechanisms(&m, SOFT_MECHANISMS)
+        .into_iter()
         .find(|(t, _)| *t == mech)
         .filter(|_| m.dek_slot == Some(slot as usize))
         .map(|(_, flags)| CK_MECHANISM_INFO {
             ulMinKeySize: 16,
             ulMaxKeySize: 32,
-            flags: *flags,
+            flags,
         });
     match (backend, soft) {
         (Ok(b), Some(s)) => Ok(CK_MECHANISM_INFO {

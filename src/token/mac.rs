@@ -58,6 +58,7 @@ pub fn init(
     let env = m.envelope_for(d.slot)?;
     let key = env.value(d.key_ref(&st))?;
     drop(st);
+    crate::token::approved::cmac(&m, key.value().len(), mac_len)?;
     let op =
         CmacOp::new(key.value(), mac_len).map_err(|_| Error::Rv(CKR_MECHANISM_PARAM_INVALID))?;
     *s.ops()?.mac(dir) = Some(MacOp {
@@ -111,8 +112,9 @@ pub fn sign(h: CK_SESSION_HANDLE, part: Part, data: &[u8], out: Out<'_>) -> Resu
         }));
     };
     mac.op.update(data);
-    dst.copy_from_slice(&mac.op.mac());
+    let made = mac.op.mac();
     *slot = None;
+    dst.copy_from_slice(&made?);
     Ok(MacStep::Done(n))
 }
 

@@ -25,6 +25,7 @@ use crate::crypto::gcm_message::{self, Data};
 use crate::crypto::{gcm_iv, new_prepared_op, CipherOp, CryptoError, Direction, Mode, PreparedOp};
 use crate::envelope::gcm_budget::{Asker, Lease};
 use crate::error::{Error, Result};
+use crate::token::approved;
 use crate::token::crypt::{key_for, Input, KeyFor, Step};
 use crate::token::module::Module;
 use crate::token::session::calls::{lookup, with_session};
@@ -132,6 +133,9 @@ struct Part {
     tag_len: usize,
     /// Bytes fed so far (decryption holds them until the last part).
     fed: usize,
+    /// Bytes of output returned so far: all that was fed when encryption
+    /// streams, none when it holds the message (the FIPS build).
+    returned: usize,
 }
 
 fn invalid() -> Error {
@@ -143,9 +147,14 @@ fn invalid() -> Error {
 /// (the mechanism is offered; this parameter, the caller's IV, is not) and
 /// a log line naming the setting. `call` names the function for the log.
 pub fn caller_iv_allowed(m: &Module, call: &str) -> Result<()> {
-    if m.config.gcm_iv == GcmIv::Module {
+    if m.config.module_ivs_only() {
+        let why = if m.config.gcm_iv == GcmIv::Module {
+            "gcm_iv = \"module\""
+        } else {
+            "fips_mode = true"
+        };
         crate::log_warn!(
-            "{call}: AES-GCM encryption with the caller's IV refused on a DEK: gcm_iv = \"module\" \
+            "{call}: AES-GCM encryption with the caller's IV refused on a DEK: {why} \
              (use C_EncryptMessage with an IV generator, CKG_GENERATE_COUNTER or CKG_GENERATE_RANDOM)"
         );
         return Err(invalid());
@@ -342,6 +351,24 @@ impl SoftMessages {
         p: &mut MsgParams<'_>,
         gcm: &mut Option<Lease>,
     ) -> Result<bool> {
+        if approved::on(m) {
+            // The FIPS module draws the IV as it seals (`seal`); the
+            // invocation is counted all the same.
+            let key_len = self.key.key().value().len();
+            let random = p.generator == Generator::Random;
+            let (iv_len, tag_len) = (p.iv.len(), p.tag.len());
+            approved::gcm_encrypt(
+                m,
+                "C_EncryptMessage",
+                key_len,
+                random,
+                iv_len,
+                p.fixed_bits,
+                tag_len,
+            )?;
+            take_invocation(m, s, &self.key, gcm)?;
+            return Ok(true);
+        }
         if p.generator == Generator::Caller {
             caller_iv_allowed(m, "C_EncryptMessage(Begin)")?;
         }
@@ -380,13 +407,18 @@ impl SoftMessages {
         self.check_key(m, s, dir)?;
         let iv_made = match dir {
             Direction::Encrypt => self.make_iv(m, s, &mut a.params, gcm)?,
-            Direction::Decrypt => false,
+            Direction::Decrypt => {
+                let p = &a.params;
+                let key_len = self.key.key().value().len();
+                approved::gcm_decrypt(m, "C_DecryptMessage", key_len, p.iv.len(), p.tag.len())?;
+                false
+            }
         };
         let key = self.key.key();
         let data = a.data.crypto()?;
         let p = &mut a.params;
         match dir {
-            Direction::Encrypt => gcm_message::seal(key, p.iv, a.aad, data, p.tag),
+            Direction::Encrypt => seal(m, key, p, a.aad, data),
             Direction::Decrypt => gcm_message::open(key, p.iv, a.aad, data, p.tag),
         }
         .map_err(message_error)?;
@@ -410,9 +442,18 @@ impl SoftMessages {
             return Err(Error::Rv(CKR_OPERATION_ACTIVE));
         }
         self.check_key(m, s, dir)?;
+        let key_len = self.key.key().value().len();
         let iv_made = match dir {
-            Direction::Encrypt => self.make_iv(m, s, &mut a.params, gcm)?,
-            Direction::Decrypt => false,
+            Direction::Encrypt => {
+                approved::gcm_encrypt_in_parts(m)?;
+                self.make_iv(m, s, &mut a.params, gcm)?
+            }
+            Direction::Decrypt => {
+                let p = &a.params;
+                let call = "C_DecryptMessageBegin";
+                approved::gcm_decrypt(m, call, key_len, p.iv.len(), p.tag.len())?;
+                false
+            }
         };
         let tag_len = a.params.tag.len();
         let mode = Mode::Gcm {
@@ -425,6 +466,7 @@ impl SoftMessages {
             op,
             tag_len,
             fed: 0,
+            returned: 0,
         });
         Ok(MsgDone {
             len: 0,
@@ -449,12 +491,14 @@ impl SoftMessages {
             return Err(invalid());
         }
         let input_len = a.data.input_len();
-        // What this call writes: encryption streams; decryption releases
-        // everything at the last part.
-        let out_len = match (dir, last) {
-            (Direction::Encrypt, _) => input_len,
-            (Direction::Decrypt, false) => 0,
-            (Direction::Decrypt, true) => part.fed.saturating_add(input_len),
+        // What this call writes: what the operation releases now (streamed
+        // ciphertext, or nothing); at the last part, all the rest.
+        let out_len = if last {
+            part.fed
+                .saturating_add(input_len)
+                .saturating_sub(part.returned)
+        } else {
+            part.op.update_len(input_len)
         };
         let (input, output): (&[u8], &mut [u8]) = match &mut a.data {
             MsgData::Query(_) => {
@@ -526,16 +570,25 @@ fn part_step(
     match dir {
         Direction::Encrypt => {
             let n = part.op.update(input, output).map_err(message_error)?;
-            if last {
-                let mut full = Zeroizing::new([0u8; 16]);
-                let t = part.op.finish(&mut full[..]).map_err(message_error)?;
-                let made = full.get(..t).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
-                if made.len() != tag.len() {
-                    return Err(Error::Rv(CKR_GENERAL_ERROR));
-                }
-                tag.copy_from_slice(made);
+            part.fed = part.fed.saturating_add(input.len());
+            part.returned = part.returned.saturating_add(n);
+            if !last {
+                return Ok(n);
             }
-            Ok(n)
+            // The final call releases what was held back, then the tag.
+            let mut rest = Zeroizing::new(vec![0u8; part.op.finish_len()]);
+            let t = part.op.finish(&mut rest[..]).map_err(message_error)?;
+            let made = rest.get(..t).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
+            let ct_len = t
+                .checked_sub(tag.len())
+                .ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
+            let (ct, made_tag) = made.split_at(ct_len);
+            output
+                .get_mut(n..n + ct_len)
+                .ok_or(Error::Rv(CKR_GENERAL_ERROR))?
+                .copy_from_slice(ct);
+            tag.copy_from_slice(made_tag);
+            Ok(n + ct_len)
         }
         Direction::Decrypt => {
             part.op.update(input, &mut []).map_err(message_error)?;
@@ -547,6 +600,25 @@ fn part_step(
             part.op.finish(output).map_err(message_error)
         }
     }
+}
+
+/// Encrypt one message: under the IV the FIPS module draws (`fips_mode`,
+/// written to `p.iv`), else under `p.iv`.
+fn seal(
+    m: &Module,
+    key: &crate::crypto::PreparedKey,
+    p: &mut MsgParams<'_>,
+    aad: &[u8],
+    data: Data<'_>,
+) -> std::result::Result<(), CryptoError> {
+    // fips_mode exists only in the FIPS build, which has aws-lc.
+    #[cfg(feature = "aws-lc")]
+    if approved::on(m) {
+        return gcm_message::seal_module_iv(key, p.iv, aad, data, p.tag);
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    let _ = m;
+    gcm_message::seal(key, p.iv, aad, data, p.tag)
 }
 
 /// A cipher error as a message call reports it: a failed tag check is

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approved;
 pub mod crypt;
 pub mod digest_key;
 pub mod forward;

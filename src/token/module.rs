@@ -89,6 +89,14 @@ pub fn initialize() -> Result<()> {
         crate::logging::Level::parse(&config.log_level).unwrap_or(crate::logging::Level::Info),
         config.log_file_mode,
     );
+    // The FIPS build runs on AWS-LC's FIPS module in FIPS mode, or not at all.
+    let aes = crate::crypto::module_state();
+    if crate::crypto::FIPS_BUILD {
+        if let Err(f) = fips_check(&aes) {
+            crate::logging::error_to_user(format_args!("{}", f.line()));
+            return Err(Error::Rv(f.rv()));
+        }
+    }
     let m = match Module::start(config) {
         Ok(m) => m,
         Err(f) => {
@@ -98,6 +106,16 @@ pub fn initialize() -> Result<()> {
             return Err(Error::Rv(f.rv()));
         }
     };
+    crate::log_info!(
+        "software AES on {}: {}{}",
+        crate::crypto::provider::names(),
+        aes.version,
+        match (&aes.fips, m.config.fips_mode) {
+            (Ok(()), true) => ", FIPS mode, self-tests passed; fips_mode = true (approved-only)",
+            (Ok(()), false) => ", FIPS mode, self-tests passed; fips_mode = false",
+            (Err(_), _) => "",
+        }
+    );
     match m.dek_slot {
         Some(i) => crate::log_info!(
             "initialised: {} slot(s); DEKs on slot {i} (token '{}', KEK '{}', key_export = \"{}\")",
@@ -113,6 +131,25 @@ pub fn initialize() -> Result<()> {
     }
     CURRENT.publish(&life, m);
     Ok(())
+}
+
+/// The FIPS build's check at start: AWS-LC's FIPS module in FIPS mode, its
+/// self-tests passed (they ran at load, and again just now); else the
+/// module fails closed.
+fn fips_check(aes: &crate::crypto::ModuleState) -> std::result::Result<(), InitFailure> {
+    match &aes.fips {
+        Ok(()) => Ok(()),
+        Err(why) => Err(InitFailure::found(
+            format!(
+                "the FIPS build's AES module ({}) is not in FIPS mode: {why}",
+                aes.version
+            ),
+            "build the module with --features fips on a platform AWS-LC's FIPS module supports \
+             (README, FIPS mode)"
+                .into(),
+            CKR_GENERAL_ERROR,
+        )),
+    }
 }
 
 /// Why C_Initialize failed, as the one line the user sees: the cause (file,
@@ -468,5 +505,41 @@ impl Module {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ModuleState;
+
+    #[test]
+    fn a_fips_module_not_in_fips_mode_fails_closed_with_one_line() {
+        let bad = ModuleState {
+            version: "AWS-LC FIPS 4.2.0".into(),
+            fips: Err("FIPS mode not enabled!".into()),
+        };
+        let Err(f) = fips_check(&bad) else {
+            panic!("not refused")
+        };
+        assert_eq!(f.rv(), CKR_GENERAL_ERROR);
+        assert_eq!(
+            f.line(),
+            "C_Initialize failed: the FIPS build's AES module (AWS-LC FIPS 4.2.0) is not in FIPS \
+             mode: FIPS mode not enabled!; build the module with --features fips on a platform \
+             AWS-LC's FIPS module supports (README, FIPS mode) (CKR_GENERAL_ERROR)"
+        );
+        let good = ModuleState {
+            fips: Ok(()),
+            ..bad
+        };
+        assert!(fips_check(&good).is_ok());
+    }
+
+    /// The FIPS build's own module passes the check it makes at start.
+    #[cfg(feature = "fips")]
+    #[test]
+    fn the_fips_build_passes_its_check() {
+        assert!(fips_check(&crate::crypto::module_state()).is_ok());
     }
 }

@@ -164,8 +164,14 @@ pub fn wrap_key(
                     let env = m.envelope_for(wd.slot)?;
                     let wrapping = env.value(wd.key_ref(&wst))?;
                     let value = env.value(kd.key_ref(&kst))?;
-                    let out = key_wrap::wrap(wrapping.value(), kw, value.value())
-                        .map_err(|_| Error::Rv(CKR_KEY_SIZE_RANGE))?;
+                    let out =
+                        key_wrap::wrap(wrapping.value(), kw, value.value()).map_err(
+                            |e| match e {
+                                // The FIPS build: no AES-192 key wrap in the module's API.
+                                CryptoError::Unsupported => Error::Rv(CKR_WRAPPING_KEY_SIZE_RANGE),
+                                _ => Error::Rv(CKR_KEY_SIZE_RANGE),
+                            },
+                        )?;
                     Ok(Wrapped::Done(out))
                 }
                 // AES key wrap of a backend key by a DEK: on the HSM, from a
@@ -258,6 +264,7 @@ pub fn unwrap_key(
                     let value =
                         key_wrap::unwrap(uwv.value(), kw, wrapped).map_err(|e| match e {
                             CryptoError::DataLen => Error::Rv(CKR_WRAPPED_KEY_LEN_RANGE),
+                            CryptoError::Unsupported => Error::Rv(CKR_UNWRAPPING_KEY_SIZE_RANGE),
                             _ => Error::Rv(CKR_WRAPPED_KEY_INVALID),
                         })?;
                     if !policy::is_valid_aes_len(value.len()) {
@@ -370,6 +377,7 @@ pub fn derive_key(
     }
     let target = resolve(&m, &s, base).map_err(|_| Error::Rv(CKR_KEY_HANDLE_INVALID))?;
     if let Target::Dek(d) = &target {
+        crate::token::approved::derive(&m, kind)?;
         let st = dek_for(&m, &s, d, CKA_DERIVE, kind)?;
         if to_dek {
             no_less_protected(

@@ -44,7 +44,44 @@ fn mark(ok: bool) -> &'static str {
     }
 }
 
+/// The software AES module and the FIPS state: one text line and the
+/// JSON fields. `"fips": true` means approved-only: the FIPS build, its
+/// AWS-LC FIPS module in FIPS mode with self-tests passed, `fips_mode = true`.
+fn fips(fips_mode: bool) -> (String, Value) {
+    let aes = hsm_envelope::crypto::module_state();
+    let providers = hsm_envelope::crypto::provider::names();
+    let in_fips_mode = aes.fips.is_ok();
+    let text = match (&aes.fips, fips_mode) {
+        (Ok(()), true) => format!(
+            "fips             on: {}, FIPS mode, self-tests passed; fips_mode = true (approved-only)\n",
+            aes.version
+        ),
+        (Ok(()), false) => format!(
+            "fips             off: fips_mode = false ({} in FIPS mode, self-tests passed)\n",
+            aes.version
+        ),
+        (Err(why), _) => format!("fips             off: {why} (AES on {providers}: {})\n", aes.version),
+    };
+    let doc = json!({
+        "fips": in_fips_mode && fips_mode,
+        "fips_build": hsm_envelope::crypto::FIPS_BUILD,
+        "fips_mode": fips_mode,
+        "aes_module": aes.version,
+        "aes_module_fips_mode": in_fips_mode,
+        "aes_providers": providers,
+    });
+    (text, doc)
+}
+
+/// Adds `extra`'s fields to `doc`.
+fn merge(doc: &mut Value, extra: Value) {
+    if let (Value::Object(d), Value::Object(e)) = (doc, extra) {
+        d.extend(e);
+    }
+}
+
 pub fn run(config: Config, pin: &str) -> Result<Report, Failure> {
+    let (fips_text, fips_doc) = fips(config.fips_mode);
     let module = config.backend_module.display().to_string();
     let token = config.token_label.clone();
     let kek_label = config.kek_label.clone();
@@ -59,12 +96,12 @@ pub fn run(config: Config, pin: &str) -> Result<Report, Failure> {
             let stage = failed_stage(&e);
             let msg = crate::connect_message(&e);
             let text = format!(
-                "backend module   {module}: {}\ntoken            '{token}': {}\nlogin            {}\n",
+                "backend module   {module}: {}\ntoken            '{token}': {}\nlogin            {}\n{fips_text}",
                 mark(stage > 0),
                 if stage > 0 { mark(stage > 1) } else { "-" },
                 if stage > 1 { mark(false) } else { "-" },
             );
-            let doc = json!({
+            let mut doc = json!({
                 "backend_module": {"path": module, "loaded": stage > 0},
                 "token": {"label": token, "found": stage > 1},
                 "login": false,
@@ -72,12 +109,28 @@ pub fn run(config: Config, pin: &str) -> Result<Report, Failure> {
                 "store_engine": store.engine,
                 "healthy": false,
             });
+            merge(&mut doc, fips_doc);
             return Err(Failure::new(exit::BACKEND, msg).with_report(Report::new(text, doc)));
         }
     };
     let result = details(&admin, &module, &token, &kek_label, &store);
     admin.close();
-    result
+    let with_fips = |r: &mut Report| {
+        r.text.push_str(&fips_text);
+        merge(&mut r.json, fips_doc.clone());
+    };
+    match result {
+        Ok(mut r) => {
+            with_fips(&mut r);
+            Ok(r)
+        }
+        Err(mut f) => {
+            if let Some(r) = f.report.as_mut() {
+                with_fips(r);
+            }
+            Err(f)
+        }
+    }
 }
 
 fn details(

@@ -136,7 +136,12 @@ mod imp {
         })
     }
 
+    /// aws-lc-rs; in the FIPS build, its FIPS module with only the
+    /// approved cipher suites and key exchanges.
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        #[cfg(feature = "fips")]
+        return Arc::new(rustls::crypto::default_fips_provider());
+        #[cfg(not(feature = "fips"))]
         Arc::new(rustls::crypto::aws_lc_rs::default_provider())
     }
 

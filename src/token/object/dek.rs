@@ -28,29 +28,6 @@ pub fn visible<'a>(m: &Module, s: &Session, d: &'a Dek) -> Result<RwLockReadGuar
     Ok(st)
 }
 
-/// Key check value: the first 3 bytes of AES-ECB(key, 0^128).
-fn check_value(value: &[u8]) -> Vec<u8> {
-    use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
-    let mut block = Array::default();
-    let ok = match value.len() {
-        16 => aes::Aes128::new_from_slice(value)
-            .map(|c| c.encrypt_block(&mut block))
-            .is_ok(),
-        24 => aes::Aes192::new_from_slice(value)
-            .map(|c| c.encrypt_block(&mut block))
-            .is_ok(),
-        32 => aes::Aes256::new_from_slice(value)
-            .map(|c| c.encrypt_block(&mut block))
-            .is_ok(),
-        _ => false,
-    };
-    if ok {
-        block[..3].to_vec()
-    } else {
-        Vec::new()
-    }
-}
-
 /// Make a DEK: seal its value under the KEK on the HSM, persist token DEKs,
 /// cache the value, hand out a handle.
 pub fn create(
@@ -105,7 +82,10 @@ pub fn create(
         }
     }
     attrs.set_ulong(CKA_VALUE_LEN, value.len() as CK_ULONG);
-    attrs.set(CKA_CHECK_VALUE, check_value(value.as_slice()));
+    attrs.set(
+        CKA_CHECK_VALUE,
+        crate::crypto::check_value(value.as_slice()),
+    );
     persist(m, s, attrs, value, origin_name)
 }
 

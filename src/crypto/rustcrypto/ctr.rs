@@ -8,7 +8,8 @@
 //! Since the counter never overflows its field, a plain 128-bit increment of the whole
 //! block (what `Ctr128BE` does) is the same as incrementing the counter field.
 
-use super::{AesCipher, CipherOp, CryptoError, Stage};
+use super::AesCipher;
+use crate::crypto::{CipherOp, CryptoError, Stage};
 use ::ctr::{flavors::Ctr128BE, CtrCore};
 use aes::cipher::{array::Array, consts::U16, InOutBuf, InnerIvInit, StreamCipherCore};
 use zeroize::Zeroizing;
@@ -139,8 +140,9 @@ impl<A: AesCipher> CipherOp for CtrOp<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{hex, multipart, oneshot, random_chunks, Rng};
-    use super::super::{new_op, CipherOp, CryptoError, Direction, Mode};
+    use super::super::new_op;
+    use crate::crypto::test_util::{hex, multipart, oneshot, random_chunks, Rng};
+    use crate::crypto::{CipherOp, CryptoError, Direction, Mode};
 
     fn op(key: &[u8], iv: [u8; 16], counter_bits: usize, dir: Direction) -> Box<dyn CipherOp> {
         new_op(key, &Mode::Ctr { iv, counter_bits }, dir).unwrap()

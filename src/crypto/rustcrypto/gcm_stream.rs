@@ -12,7 +12,8 @@ use ghash::universal_hash::UniversalHash;
 use ghash::GHash;
 use zeroize::Zeroizing;
 
-use super::{AesCipher, CipherOp, CryptoError, Stage};
+use super::AesCipher;
+use crate::crypto::{CipherOp, CryptoError, Stage};
 
 type Ctr32<A> = ctr::Ctr32BE<A>;
 type Ctr32Core<A> = ctr::CtrCore<A, ctr::flavors::Ctr32BE>;

@@ -4,7 +4,8 @@
 //! decryption keeps back the final block whenever the input so far is block-aligned,
 //! because that block may carry the padding (the same rule as OpenSSL's EVP_DecryptUpdate).
 
-use super::{AesCipher, CipherOp, CryptoError, Direction, Stage};
+use super::AesCipher;
+use crate::crypto::{CipherOp, CryptoError, Direction, Stage};
 use ::cbc::{Decryptor, Encryptor};
 use aes::cipher::{
     array::Array, consts::U16, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, IvState, SetIvState,
@@ -297,8 +298,9 @@ impl<A: AesCipher> CipherOp for CbcDecrypt<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{hex, multipart, oneshot, random_chunks, Rng};
-    use super::super::{new_op, CipherOp, CryptoError, Direction, Mode};
+    use super::super::new_op;
+    use crate::crypto::test_util::{hex, multipart, oneshot, random_chunks, Rng};
+    use crate::crypto::{CipherOp, CryptoError, Direction, Mode};
 
     fn op(key: &[u8], iv: &[u8], dir: Direction) -> Box<dyn CipherOp> {
         let iv: [u8; 16] = iv.try_into().unwrap();

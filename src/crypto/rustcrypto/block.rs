@@ -6,7 +6,8 @@
 use aes::cipher::{array::Array, consts::U16};
 use zeroize::Zeroizing;
 
-use super::{AesCipher, CipherOp, CryptoError, Direction, Stage};
+use super::AesCipher;
+use crate::crypto::{CipherOp, CryptoError, Direction, Stage};
 
 const BS: usize = 16;
 type Block = Array<u8, U16>;
@@ -161,8 +162,9 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{hex, multipart, oneshot, random_chunks, Rng};
-    use super::super::{new_op, CryptoError, Direction, Mode};
+    use super::super::new_op;
+    use crate::crypto::test_util::{hex, multipart, oneshot, random_chunks, Rng};
+    use crate::crypto::{CryptoError, Direction, Mode};
 
     /// NIST SP 800-38A F.1.5 (ECB-AES256) and F.2.5 (CBC-AES256).
     const KEY: &str = "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4";

@@ -18,7 +18,8 @@
 //! so no plaintext leaves before the tag checks.
 
 use super::gcm_stream::GcmStream;
-use super::{append_secret, ct_eq, AesCipher, CipherOp, CryptoError, Direction, Stage};
+use super::AesCipher;
+use crate::crypto::{append_secret, ct_eq, CipherOp, CryptoError, Direction, Stage};
 use aes::cipher::{array::Array, consts::U12, InnerIvInit, StreamCipherCore};
 use aes_gcm::aead::{inout::InOutBuf, AeadInOut};
 use aes_gcm::AesGcm;
@@ -356,8 +357,9 @@ impl<A: AesCipher> CipherOp for GcmOp<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{hex, multipart, oneshot, random_chunks, Rng};
-    use super::super::{new_op, CryptoError, Direction, Mode};
+    use super::super::new_op;
+    use crate::crypto::test_util::{hex, multipart, oneshot, random_chunks, Rng};
+    use crate::crypto::{CryptoError, Direction, Mode};
     use aes_gcm::aead::{Aead, KeyInit, Payload};
 
     fn op(

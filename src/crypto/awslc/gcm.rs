@@ -1,58 +1,86 @@
 //! AES-GCM on aws-lc-rs, whose assembly (AES-NI, VAES, AVX-512 on capable
-//! CPUs) runs near the processor's limit. Used for 96-bit IVs and full 16-byte
-//! tags with AES-128 and AES-256 (aws-lc-rs has no AES-192-GCM); other cases
-//! go to the portable engines in `gcm.rs`.
+//! CPUs) runs near the processor's limit: 96-bit IVs and full 128-bit tags
+//! only (aws-lc-rs takes no other), with AES-128, -192 and -256 keys.
+//!
+//! Multi-part decryption holds the message until the final call (no
+//! plaintext leaves before the tag checks). Multi-part encryption streams
+//! on the RustCrypto engine in the default build (`gcm_stream`); the FIPS
+//! build has no streaming GCM in the module's API, so it holds the message
+//! too and seals it at the final call.
+//!
+//! `seal_random` is the FIPS module's approved GCM encryption (SP 800-38D
+//! 8.2.2, IG C.H): the module draws the 96-bit IV from its own DRBG. An IV
+//! chosen outside the module, even by this one, is not approved.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use std::sync::OnceLock;
+
+use aws_lc_rs::aead::{
+    Aad, LessSafeKey, Nonce, RandomizedNonceKey, UnboundKey, AES_128_GCM, AES_192_GCM, AES_256_GCM,
+};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{append_secret, CipherOp, CryptoError, Direction, SessionKey, SpareBuffer, Stage};
+use crate::crypto::gcm_message::Data;
+use crate::crypto::{
+    append_secret, CipherOp, CryptoError, Direction, PreparedKey, SessionKey, SpareBuffer, Stage,
+};
 
 const TAG: usize = 16;
+const IV: usize = 12;
 /// SP 800-38D's per-message plaintext limit (2^39 - 256 bits).
 const P_MAX: u64 = (1 << 36) - 32;
 
-/// The expanded aws-lc key (AWS-LC cleanses it when freed).
-pub struct GcmKey(Option<LessSafeKey>);
+/// The expanded aws-lc keys (AWS-LC cleanses them when freed).
+pub struct GcmKey {
+    key: LessSafeKey,
+    /// The module's own-IV key, made on first use (`seal_random`);
+    /// None for AES-192, which it does not take.
+    random: OnceLock<Option<RandomizedNonceKey>>,
+}
 
 impl GcmKey {
     pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
         let alg = match key.len() {
             16 => &AES_128_GCM,
+            24 => &AES_192_GCM,
             32 => &AES_256_GCM,
-            24 => return Ok(GcmKey(None)),
             _ => return Err(CryptoError::KeySize),
         };
         let k = UnboundKey::new(alg, key).map_err(|_| CryptoError::KeySize)?;
-        Ok(GcmKey(Some(LessSafeKey::new(k))))
+        Ok(GcmKey {
+            key: LessSafeKey::new(k),
+            random: OnceLock::new(),
+        })
     }
+}
 
-    pub fn usable(&self) -> bool {
-        self.0.is_some()
+/// `Param` for values no GCM takes, `Unsupported` for those only aws-lc-rs
+/// does not (IVs other than 96 bits, tags other than 128 bits).
+pub fn check_params(iv: &[u8], tag_len: usize) -> Result<(), CryptoError> {
+    if iv.is_empty() || iv.len() > 256 || !(4..=TAG).contains(&tag_len) {
+        return Err(CryptoError::Param);
     }
-
-    /// The aws-lc key, when there is one (AES-128 and AES-256).
-    pub fn key(&self) -> Option<&LessSafeKey> {
-        self.0.as_ref()
+    if iv.len() != IV || tag_len != TAG {
+        return Err(CryptoError::Unsupported);
     }
+    Ok(())
 }
 
 pub struct GcmOp {
     key: SessionKey,
-    nonce: [u8; 12],
+    nonce: [u8; IV],
     aad: Vec<u8>,
     dir: Direction,
     stage: Stage,
-    /// Multi-part input, held until the final call (decryption must verify
-    /// the tag before releasing anything).
+    /// Multi-part input, held until the final call.
     buf: Zeroizing<Vec<u8>>,
-    /// Multi-part encryption streams (see `gcm_stream`); made by the first
-    /// update, on the portable AES schedule (AES-NI where the CPU has it).
+    /// Multi-part encryption streams in the default build (see the module's
+    /// text); made by the first update.
+    #[cfg(not(feature = "fips"))]
     stream: Option<Box<dyn CipherOp>>,
 }
 
 impl GcmOp {
-    pub fn new(key: SessionKey, nonce: [u8; 12], aad: &[u8], dir: Direction) -> Self {
+    pub fn new(key: SessionKey, nonce: [u8; IV], aad: &[u8], dir: Direction) -> Self {
         GcmOp {
             key,
             nonce,
@@ -60,18 +88,35 @@ impl GcmOp {
             dir,
             stage: Stage::Fresh,
             buf: Zeroizing::new(Vec::new()),
+            #[cfg(not(feature = "fips"))]
             stream: None,
         }
     }
 
+    /// Whether multi-part encryption streams (else: held to the final call).
+    fn streams(&self) -> bool {
+        cfg!(not(feature = "fips")) && self.dir == Direction::Encrypt
+    }
+
+    #[cfg(not(feature = "fips"))]
     fn stream_mut(&mut self) -> Result<&mut Box<dyn CipherOp>, CryptoError> {
         if self.stream.is_none() {
             let mut j0 = [0u8; 16];
-            j0[..12].copy_from_slice(&self.nonce);
+            j0[..IV].copy_from_slice(&self.nonce);
             j0[15] = 1;
             self.stream = Some(self.key.schedule.gcm_stream(&j0, &self.aad, TAG)?);
         }
         self.stream.as_mut().ok_or(CryptoError::Param)
+    }
+
+    #[cfg(not(feature = "fips"))]
+    fn stream_ref(&self) -> Option<&dyn CipherOp> {
+        self.stream.as_deref()
+    }
+
+    #[cfg(feature = "fips")]
+    fn stream_ref(&self) -> Option<&dyn CipherOp> {
+        None
     }
 
     /// Use `spare` for multi-part input, unless input was already buffered.
@@ -109,7 +154,7 @@ impl GcmOp {
 /// One whole message, straight between the caller's buffers.
 fn process(
     key: &LessSafeKey,
-    nonce: [u8; 12],
+    nonce: [u8; IV],
     aad: &[u8],
     dir: Direction,
     input: &[u8],
@@ -159,30 +204,49 @@ impl CipherOp for GcmOp {
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(true)?;
-        let key = self.key.gcm.0.as_ref().ok_or(CryptoError::KeySize)?;
-        let r = process(key, self.nonce, &self.aad, self.dir, input, output);
+        let r = process(
+            &self.key.aws.gcm.key,
+            self.nonce,
+            &self.aad,
+            self.dir,
+            input,
+            output,
+        );
         self.stage.end(r, true)
     }
 
     fn update_len(&self, input_len: usize) -> usize {
-        match self.dir {
-            Direction::Encrypt => input_len,
-            Direction::Decrypt => 0,
+        if self.streams() {
+            input_len
+        } else {
+            0
         }
     }
 
+    #[cfg_attr(feature = "fips", allow(unused_variables))]
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(false)?;
-        if self.dir == Direction::Encrypt {
+        #[cfg(not(feature = "fips"))]
+        if self.streams() {
             let r = self.stream_mut().and_then(|st| st.update(input, output));
             return self.stage.end(r, false);
         }
-        let r = append_secret(&mut self.buf, input).map(|_| 0);
+        // Held to the final call: nothing is written now.
+        let limit = match self.dir {
+            Direction::Encrypt => P_MAX,
+            Direction::Decrypt => P_MAX + TAG as u64,
+        };
+        let total = (self.buf.len() as u64).saturating_add(input.len() as u64);
+        let r = if total > limit {
+            Err(CryptoError::DataLen)
+        } else {
+            append_secret(&mut self.buf, input).map(|_| 0)
+        };
         self.stage.end(r, false)
     }
 
     fn finish_len(&self) -> usize {
-        match &self.stream {
+        match self.stream_ref() {
             Some(st) => st.finish_len(),
             None => self.len_for(self.buf.len()),
         }
@@ -190,21 +254,129 @@ impl CipherOp for GcmOp {
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
         self.stage.begin(false)?;
+        #[cfg(not(feature = "fips"))]
         if let Some(st) = self.stream.as_mut() {
             let r = st.finish(output);
             return self.stage.end(r, true);
         }
-        let key = self.key.gcm.0.as_ref().ok_or(CryptoError::KeySize)?;
-        let r = process(key, self.nonce, &self.aad, self.dir, &self.buf, output);
+        let r = process(
+            &self.key.aws.gcm.key,
+            self.nonce,
+            &self.aad,
+            self.dir,
+            &self.buf,
+            output,
+        );
         self.stage.end(r, true)
+    }
+}
+
+/// Encrypt one message with the caller's IV (PKCS#11 3.0 message
+/// functions: the tag apart from the ciphertext), straight between the
+/// caller's buffers. The caller has checked the lengths (`gcm_message`).
+pub fn seal(
+    key: &PreparedKey,
+    iv: &[u8],
+    aad: &[u8],
+    data: Data<'_>,
+    tag: &mut [u8],
+) -> Result<(), CryptoError> {
+    check_params(iv, tag.len())?;
+    let nonce = Nonce::try_assume_unique_for_key(iv).map_err(|_| CryptoError::Unsupported)?;
+    let full: &mut [u8; TAG] = tag.try_into().map_err(|_| CryptoError::Unsupported)?;
+    let k = &key.aws.gcm.key;
+    match data {
+        Data::Apart { input, output } => {
+            let out = output.get_mut(..input.len()).ok_or(CryptoError::DataLen)?;
+            k.seal_out_of_place_scatter(nonce, Aad::from(aad), input, out, &[], full)
+        }
+        Data::InPlace(buf) => k.seal_in_place_scatter(nonce, Aad::from(aad), buf, &[], full),
+    }
+    .map_err(|_| CryptoError::DataLen)
+}
+
+/// Encrypt one message under an IV the module draws itself (the FIPS
+/// module's approved GCM encryption), written to `iv` (12 bytes).
+pub fn seal_random(
+    key: &PreparedKey,
+    iv: &mut [u8],
+    aad: &[u8],
+    data: Data<'_>,
+    tag: &mut [u8],
+) -> Result<(), CryptoError> {
+    if iv.len() != IV || tag.len() != TAG {
+        return Err(CryptoError::Unsupported);
+    }
+    let alg = match key.value().len() {
+        16 => &AES_128_GCM,
+        32 => &AES_256_GCM,
+        _ => return Err(CryptoError::Unsupported),
+    };
+    let k = key
+        .aws
+        .gcm
+        .random
+        .get_or_init(|| RandomizedNonceKey::new(alg, key.value()).ok())
+        .as_ref()
+        .ok_or(CryptoError::KeySize)?;
+    let buf: &mut [u8] = match data {
+        Data::Apart { input, output } => {
+            let out = output.get_mut(..input.len()).ok_or(CryptoError::DataLen)?;
+            out.copy_from_slice(input);
+            out
+        }
+        Data::InPlace(buf) => buf,
+    };
+    match k.seal_in_place_separate_tag(Aad::from(aad), buf) {
+        Ok((nonce, made)) => {
+            iv.copy_from_slice(nonce.as_ref());
+            tag.copy_from_slice(made.as_ref());
+            Ok(())
+        }
+        Err(_) => {
+            buf.zeroize();
+            Err(CryptoError::DataLen)
+        }
+    }
+}
+
+/// Decrypt and authenticate one message (tag apart). On a tag mismatch
+/// nothing the module computed is left in the output: it is zeroized.
+pub fn open(
+    key: &PreparedKey,
+    iv: &[u8],
+    aad: &[u8],
+    data: Data<'_>,
+    tag: &[u8],
+) -> Result<(), CryptoError> {
+    check_params(iv, tag.len())?;
+    let nonce = Nonce::try_assume_unique_for_key(iv).map_err(|_| CryptoError::Unsupported)?;
+    let k = &key.aws.gcm.key;
+    match data {
+        Data::Apart { input, output } => {
+            let out = output.get_mut(..input.len()).ok_or(CryptoError::DataLen)?;
+            k.open_separate_gather(nonce, Aad::from(aad), input, tag, out)
+                .map_err(|_| {
+                    out.zeroize();
+                    CryptoError::Invalid
+                })
+        }
+        Data::InPlace(buf) => k
+            .open_in_place_separate_tag(nonce, Aad::from(aad), tag, buf)
+            .map(|_| ())
+            .map_err(|_| {
+                // The buffer may hold unverified plaintext now.
+                buf.zeroize();
+                CryptoError::Invalid
+            }),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{multipart, oneshot, random_chunks, Rng};
-    use super::super::{new_op, new_prepared_op, Mode, PreparedKey, PreparedOp, SessionHold};
     use super::*;
+    use crate::crypto::test_util::{multipart, oneshot, Rng};
+    use crate::crypto::{Mode, PreparedKey, PreparedOp, SessionHold};
     use crate::secret::SecretBytes;
     use std::sync::Arc;
 
@@ -216,19 +388,21 @@ mod tests {
 
     /// An aws-lc operation (not a portable one) for `mode`.
     fn aws_op(key: &SessionKey, mode: &Mode, dir: Direction) -> PreparedOp {
-        let op = new_prepared_op(key, mode, dir).unwrap();
+        let op = super::super::op(key, mode, dir).unwrap();
         assert!(matches!(op, PreparedOp::AwsGcm(_)));
         op
     }
 
     /// aws-lc and the portable engine agree, both ways, for every size.
+    #[cfg(not(feature = "fips"))]
     #[test]
     fn agrees_with_the_portable_engine() {
+        use crate::crypto::rustcrypto::new_op;
+        use crate::crypto::test_util::random_chunks;
         let mut rng = Rng(0x5eed);
-        for key_len in [16usize, 32] {
+        for key_len in [16usize, 24, 32] {
             let raw = rng.bytes(key_len);
             let key = session_key(&raw);
-            assert!(key.gcm.usable());
             for size in [0usize, 1, 15, 16, 17, 255, 4096, 65_537] {
                 let (iv, aad) = (rng.bytes(12), rng.bytes(size % 37));
                 let mode = Mode::Gcm {
