@@ -161,6 +161,62 @@ impl Stage {
     }
 }
 
+/// An operation with the PKCS#11 call rules (`Stage`) around it: `S` does
+/// the mode's work, each provider's the same way, and these rules are
+/// written once: no work after the end, no `oneshot` after `update`, and
+/// any outcome but `BufferTooSmall` of a last step ends the operation.
+pub struct Staged<S> {
+    steps: S,
+    stage: Stage,
+}
+
+impl<S> Staged<S> {
+    pub(crate) fn new(steps: S) -> Self {
+        Staged {
+            steps,
+            stage: Stage::Fresh,
+        }
+    }
+
+    /// The operation inside (for what is not a step: buffers).
+    #[cfg(feature = "aws-lc")]
+    pub(crate) fn steps_mut(&mut self) -> &mut S {
+        &mut self.steps
+    }
+}
+
+impl<S: CipherOp> CipherOp for Staged<S> {
+    fn oneshot_len(&self, input_len: usize) -> usize {
+        self.steps.oneshot_len(input_len)
+    }
+
+    fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
+        self.stage.begin(true)?;
+        let r = self.steps.oneshot(input, output);
+        self.stage.end(r, true)
+    }
+
+    fn update_len(&self, input_len: usize) -> usize {
+        self.steps.update_len(input_len)
+    }
+
+    fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
+        self.stage.begin(false)?;
+        let r = self.steps.update(input, output);
+        self.stage.end(r, false)
+    }
+
+    fn finish_len(&self) -> usize {
+        self.steps.finish_len()
+    }
+
+    fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
+        self.stage.begin(false)?;
+        let r = self.steps.finish(output);
+        self.stage.end(r, true)
+    }
+}
+
 /// Appends to a secret buffer without leaving stale copies behind: `Vec` growth would free
 /// the old allocation unwiped, so we grow into a fresh buffer and let the old one zeroize.
 /// Allocation failure is reported (DataLen) instead of aborting, with `buf` unchanged.
@@ -318,6 +374,59 @@ mod tests {
         assert_eq!(op.oneshot(b"abcd", &mut out), Err(CryptoError::Param));
         assert_eq!(op.update(b"abcd", &mut out), Err(CryptoError::Param));
         assert_eq!(op.finish(&mut out), Err(CryptoError::Param));
+    }
+
+    /// The call rules hold for every mode of every provider of the build
+    /// (`Staged` wraps each operation they hand out).
+    #[test]
+    fn every_providers_modes_keep_the_call_rules() {
+        let modes = [
+            Mode::Gcm {
+                iv: &[1; 12],
+                aad: b"",
+                tag_len: 16,
+            },
+            Mode::Ecb,
+            Mode::Cbc { iv: [2; 16] },
+            Mode::CbcPad { iv: [3; 16] },
+            Mode::Ctr {
+                iv: [4; 16],
+                counter_bits: 32,
+            },
+        ];
+        for p in provider::Provider::ALL {
+            for mode in &modes {
+                let what = format!("{} {mode:?}", p.name());
+                let new = || new_op_with(*p, &[7; 32], mode, Direction::Encrypt).unwrap();
+                let mut out = [0u8; 64];
+                let mut op = new();
+                assert!(op.oneshot(&[5; 16], &mut out).is_ok(), "{what}");
+                assert_eq!(
+                    op.oneshot(&[5; 16], &mut out),
+                    Err(CryptoError::Param),
+                    "{what}"
+                );
+                assert_eq!(
+                    op.update(&[5; 16], &mut out),
+                    Err(CryptoError::Param),
+                    "{what}"
+                );
+                assert_eq!(op.finish(&mut out), Err(CryptoError::Param), "{what}");
+                let mut op = new();
+                assert!(op.update(&[5; 16], &mut out).is_ok(), "{what}");
+                assert_eq!(
+                    op.oneshot(&[5; 16], &mut out),
+                    Err(CryptoError::Param),
+                    "{what}"
+                );
+                assert!(op.finish(&mut out).is_ok(), "{what}");
+                assert_eq!(
+                    op.update(&[5; 16], &mut out),
+                    Err(CryptoError::Param),
+                    "{what}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl SpareBuffer {
 /// inline, so the common case allocates nothing; the others are boxed.
 pub enum PreparedOp {
     #[cfg(feature = "aws-lc")]
-    AwsGcm(awslc::gcm::GcmOp),
+    AwsGcm(super::Staged<awslc::gcm::GcmOp>),
     Boxed(Box<dyn CipherOp>),
 }
 
@@ -133,7 +133,7 @@ impl PreparedOp {
     pub fn lend_buffer(&mut self, spare: SpareBuffer) -> Option<SpareBuffer> {
         match self {
             #[cfg(feature = "aws-lc")]
-            PreparedOp::AwsGcm(op) => op.lend_buffer(spare),
+            PreparedOp::AwsGcm(op) => op.steps_mut().lend_buffer(spare),
             PreparedOp::Boxed(_) => Some(spare),
         }
     }
@@ -143,7 +143,7 @@ impl PreparedOp {
     pub fn reclaim_buffer(&mut self) -> Option<SpareBuffer> {
         match self {
             #[cfg(feature = "aws-lc")]
-            PreparedOp::AwsGcm(op) => op.reclaim_buffer(),
+            PreparedOp::AwsGcm(op) => op.steps_mut().reclaim_buffer(),
             PreparedOp::Boxed(_) => None,
         }
     }

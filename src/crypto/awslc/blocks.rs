@@ -9,7 +9,7 @@ use aws_lc_rs::cipher::{DecryptingKey, DecryptionContext, EncryptingKey, Encrypt
 use zeroize::{Zeroize, Zeroizing};
 
 use super::cipher_key;
-use crate::crypto::{CipherOp, CryptoError, Direction, SessionKey, Stage};
+use crate::crypto::{CipherOp, CryptoError, Direction, SessionKey};
 
 const BS: usize = 16;
 
@@ -25,7 +25,6 @@ pub struct BlockOp {
     /// Input carried to the next call (less than one block).
     pending: Zeroizing<[u8; BS]>,
     pending_len: usize,
-    stage: Stage,
 }
 
 impl BlockOp {
@@ -47,7 +46,6 @@ impl BlockOp {
             chain: iv,
             pending: Zeroizing::new([0; BS]),
             pending_len: 0,
-            stage: Stage::Fresh,
         })
     }
 
@@ -123,8 +121,7 @@ impl CipherOp for BlockOp {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
-        let r = if !input.len().is_multiple_of(BS) {
+        if !input.len().is_multiple_of(BS) {
             Err(CryptoError::DataLen)
         } else if output.len() < input.len() {
             Err(CryptoError::BufferTooSmall {
@@ -132,8 +129,7 @@ impl CipherOp for BlockOp {
             })
         } else {
             self.feed(input, output)
-        };
-        self.stage.end(r, true)
+        }
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -141,9 +137,7 @@ impl CipherOp for BlockOp {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.feed(input, output);
-        self.stage.end(r, false)
+        self.feed(input, output)
     }
 
     fn finish_len(&self) -> usize {
@@ -151,12 +145,10 @@ impl CipherOp for BlockOp {
     }
 
     fn finish(&mut self, _output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = if self.pending_len == 0 {
+        if self.pending_len == 0 {
             Ok(0)
         } else {
             Err(CryptoError::DataLen)
-        };
-        self.stage.end(r, true)
+        }
     }
 }

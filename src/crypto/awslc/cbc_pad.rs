@@ -14,7 +14,7 @@ use aws_lc_rs::cipher::{
 use zeroize::{Zeroize, Zeroizing};
 
 use super::cipher_key;
-use crate::crypto::{CipherOp, CryptoError, Direction, SessionKey, Stage};
+use crate::crypto::{CipherOp, CryptoError, Direction, SessionKey, Staged};
 
 const BS: usize = 16;
 
@@ -28,11 +28,10 @@ pub fn new_op(
         chain: iv,
         pending: Zeroizing::new([0; BS]),
         pending_len: 0,
-        stage: Stage::Fresh,
     };
     Ok(match dir {
-        Direction::Encrypt => Box::new(CbcPadEncrypt(state)),
-        Direction::Decrypt => Box::new(CbcPadDecrypt(state)),
+        Direction::Encrypt => Box::new(Staged::new(CbcPadEncrypt(state))),
+        Direction::Decrypt => Box::new(Staged::new(CbcPadDecrypt(state))),
     })
 }
 
@@ -43,7 +42,6 @@ struct State {
     /// Bytes carried between calls: a partial block, or (decrypt) a held-back block.
     pending: Zeroizing<[u8; BS]>,
     pending_len: usize,
-    stage: Stage,
 }
 
 impl State {
@@ -141,17 +139,15 @@ impl CipherOp for CbcPadEncrypt {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.0.stage.begin(true)?;
         let needed = self.oneshot_len(input.len());
-        let r = if output.len() < needed {
+        if output.len() < needed {
             Err(CryptoError::BufferTooSmall { needed })
         } else {
             self.update_inner(input, output).and_then(|n| {
                 let tail = output.get_mut(n..).ok_or(CryptoError::DataLen)?;
                 Ok(n + self.finish_inner(tail)?)
             })
-        };
-        self.0.stage.end(r, true)
+        }
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -159,9 +155,7 @@ impl CipherOp for CbcPadEncrypt {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.0.stage.begin(false)?;
-        let r = self.update_inner(input, output);
-        self.0.stage.end(r, false)
+        self.update_inner(input, output)
     }
 
     fn finish_len(&self) -> usize {
@@ -169,9 +163,7 @@ impl CipherOp for CbcPadEncrypt {
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.0.stage.begin(false)?;
-        let r = self.finish_inner(output);
-        self.0.stage.end(r, true)
+        self.finish_inner(output)
     }
 }
 
@@ -250,9 +242,7 @@ impl CipherOp for CbcPadDecrypt {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.0.stage.begin(true)?;
-        let r = self.oneshot_inner(input, output);
-        self.0.stage.end(r, true)
+        self.oneshot_inner(input, output)
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -260,10 +250,8 @@ impl CipherOp for CbcPadDecrypt {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.0.stage.begin(false)?;
         let emit = self.emit_blocks(input.len());
-        let r = self.0.feed(input, output, emit, Direction::Decrypt);
-        self.0.stage.end(r, false)
+        self.0.feed(input, output, emit, Direction::Decrypt)
     }
 
     fn finish_len(&self) -> usize {
@@ -271,8 +259,6 @@ impl CipherOp for CbcPadDecrypt {
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.0.stage.begin(false)?;
-        let r = self.finish_inner(output);
-        self.0.stage.end(r, true)
+        self.finish_inner(output)
     }
 }

@@ -21,7 +21,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::gcm_message::Data;
 use crate::crypto::{
-    append_secret, CipherOp, CryptoError, Direction, PreparedKey, SessionKey, SpareBuffer, Stage,
+    append_secret, CipherOp, CryptoError, Direction, PreparedKey, SessionKey, SpareBuffer,
 };
 
 const TAG: usize = 16;
@@ -70,7 +70,6 @@ pub struct GcmOp {
     nonce: [u8; IV],
     aad: Vec<u8>,
     dir: Direction,
-    stage: Stage,
     /// Multi-part input, held until the final call.
     buf: Zeroizing<Vec<u8>>,
     /// Multi-part encryption streams in the default build (see the module's
@@ -86,7 +85,6 @@ impl GcmOp {
             nonce,
             aad: aad.to_vec(),
             dir,
-            stage: Stage::Fresh,
             buf: Zeroizing::new(Vec::new()),
             #[cfg(not(feature = "fips"))]
             stream: None,
@@ -203,16 +201,14 @@ impl CipherOp for GcmOp {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
-        let r = process(
+        process(
             &self.key.aws.gcm.key,
             self.nonce,
             &self.aad,
             self.dir,
             input,
             output,
-        );
-        self.stage.end(r, true)
+        )
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -225,11 +221,10 @@ impl CipherOp for GcmOp {
 
     #[cfg_attr(feature = "fips", allow(unused_variables))]
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
         #[cfg(not(feature = "fips"))]
         if self.streams() {
             let r = self.stream_mut().and_then(|st| st.update(input, output));
-            return self.stage.end(r, false);
+            return r;
         }
         // Held to the final call: nothing is written now.
         let limit = match self.dir {
@@ -237,12 +232,11 @@ impl CipherOp for GcmOp {
             Direction::Decrypt => P_MAX + TAG as u64,
         };
         let total = (self.buf.len() as u64).saturating_add(input.len() as u64);
-        let r = if total > limit {
+        if total > limit {
             Err(CryptoError::DataLen)
         } else {
             append_secret(&mut self.buf, input).map(|_| 0)
-        };
-        self.stage.end(r, false)
+        }
     }
 
     fn finish_len(&self) -> usize {
@@ -253,21 +247,19 @@ impl CipherOp for GcmOp {
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
         #[cfg(not(feature = "fips"))]
         if let Some(st) = self.stream.as_mut() {
             let r = st.finish(output);
-            return self.stage.end(r, true);
+            return r;
         }
-        let r = process(
+        process(
             &self.key.aws.gcm.key,
             self.nonce,
             &self.aad,
             self.dir,
             &self.buf,
             output,
-        );
-        self.stage.end(r, true)
+        )
     }
 }
 

@@ -26,7 +26,7 @@ use aws_lc_rs::cipher::{
     EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_192, AES_256,
 };
 
-use super::{CryptoError, Direction, Mode, PreparedOp, SessionKey};
+use super::{CryptoError, Direction, Mode, PreparedOp, SessionKey, Staged};
 
 /// A DEK's aws-lc state, built once when the DEK enters the cache.
 pub struct Keys {
@@ -47,14 +47,20 @@ pub fn op(key: &SessionKey, mode: &Mode, dir: Direction) -> Result<PreparedOp, C
         Mode::Gcm { iv, aad, tag_len } => {
             gcm::check_params(iv, *tag_len)?;
             let nonce = <[u8; 12]>::try_from(*iv).map_err(|_| CryptoError::Unsupported)?;
-            PreparedOp::AwsGcm(gcm::GcmOp::new(key.clone(), nonce, aad, dir))
+            PreparedOp::AwsGcm(Staged::new(gcm::GcmOp::new(key.clone(), nonce, aad, dir)))
         }
-        Mode::Ecb => PreparedOp::Boxed(Box::new(blocks::BlockOp::new(key, None, dir)?)),
-        Mode::Cbc { iv } => PreparedOp::Boxed(Box::new(blocks::BlockOp::new(key, Some(*iv), dir)?)),
+        Mode::Ecb => {
+            PreparedOp::Boxed(Box::new(Staged::new(blocks::BlockOp::new(key, None, dir)?)))
+        }
+        Mode::Cbc { iv } => PreparedOp::Boxed(Box::new(Staged::new(blocks::BlockOp::new(
+            key,
+            Some(*iv),
+            dir,
+        )?))),
         Mode::CbcPad { iv } => PreparedOp::Boxed(cbc_pad::new_op(key, *iv, dir)?),
-        Mode::Ctr { iv, counter_bits } => {
-            PreparedOp::Boxed(Box::new(ctr::CtrOp::new(key, *iv, *counter_bits)?))
-        }
+        Mode::Ctr { iv, counter_bits } => PreparedOp::Boxed(Box::new(Staged::new(
+            ctr::CtrOp::new(key, *iv, *counter_bits)?,
+        ))),
     })
 }
 

@@ -7,7 +7,7 @@ use aes::cipher::{array::Array, consts::U16};
 use zeroize::Zeroizing;
 
 use super::AesCipher;
-use crate::crypto::{CipherOp, CryptoError, Direction, Stage};
+use crate::crypto::{CipherOp, CryptoError, Direction};
 
 const BS: usize = 16;
 type Block = Array<u8, U16>;
@@ -25,7 +25,6 @@ pub(super) struct BlockOp<A: AesCipher> {
     /// Input carried to the next call (less than one block).
     pending: Zeroizing<[u8; BS]>,
     pending_len: usize,
-    stage: Stage,
 }
 
 pub(super) fn ecb<A: AesCipher>(cipher: A, dir: Direction) -> BlockOp<A> {
@@ -44,7 +43,6 @@ impl<A: AesCipher> BlockOp<A> {
             chain,
             pending: Zeroizing::new([0; BS]),
             pending_len: 0,
-            stage: Stage::Fresh,
         }
     }
 
@@ -122,8 +120,7 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
-        let r = if !input.len().is_multiple_of(BS) {
+        if !input.len().is_multiple_of(BS) {
             Err(CryptoError::DataLen)
         } else if output.len() < input.len() {
             Err(CryptoError::BufferTooSmall {
@@ -131,8 +128,7 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
             })
         } else {
             self.feed(input, output)
-        };
-        self.stage.end(r, true)
+        }
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -140,9 +136,7 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.feed(input, output);
-        self.stage.end(r, false)
+        self.feed(input, output)
     }
 
     fn finish_len(&self) -> usize {
@@ -150,13 +144,11 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
     }
 
     fn finish(&mut self, _output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = if self.pending_len == 0 {
+        if self.pending_len == 0 {
             Ok(0)
         } else {
             Err(CryptoError::DataLen)
-        };
-        self.stage.end(r, true)
+        }
     }
 }
 

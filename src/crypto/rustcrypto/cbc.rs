@@ -5,7 +5,7 @@
 //! because that block may carry the padding (the same rule as OpenSSL's EVP_DecryptUpdate).
 
 use super::AesCipher;
-use crate::crypto::{CipherOp, CryptoError, Direction, Stage};
+use crate::crypto::{CipherOp, CryptoError, Direction, Staged};
 use ::cbc::{Decryptor, Encryptor};
 use aes::cipher::{
     array::Array, consts::U16, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, IvState, SetIvState,
@@ -18,16 +18,14 @@ const BS: usize = 16;
 pub(super) fn new_op<A: AesCipher>(cipher: A, iv: &[u8; 16], dir: Direction) -> Box<dyn CipherOp> {
     let iv = Array::from(*iv);
     match dir {
-        Direction::Encrypt => Box::new(CbcEncrypt {
+        Direction::Encrypt => Box::new(Staged::new(CbcEncrypt {
             mode: Encryptor::inner_iv_init(cipher, &iv),
             pending: Pending::default(),
-            stage: Stage::Fresh,
-        }),
-        Direction::Decrypt => Box::new(CbcDecrypt {
+        })),
+        Direction::Decrypt => Box::new(Staged::new(CbcDecrypt {
             mode: Decryptor::inner_iv_init(cipher, &iv),
             pending: Pending::default(),
-            stage: Stage::Fresh,
-        }),
+        })),
     }
 }
 
@@ -94,7 +92,6 @@ impl Pending {
 struct CbcEncrypt<A: AesCipher> {
     mode: Encryptor<A>,
     pending: Pending,
-    stage: Stage,
 }
 
 impl<A: AesCipher> CbcEncrypt<A> {
@@ -129,17 +126,15 @@ impl<A: AesCipher> CipherOp for CbcEncrypt<A> {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
         let needed = self.oneshot_len(input.len());
-        let r = if output.len() < needed {
+        if output.len() < needed {
             Err(CryptoError::BufferTooSmall { needed })
         } else {
             self.update_inner(input, output).and_then(|n| {
                 let tail = output.get_mut(n..).ok_or(CryptoError::DataLen)?;
                 Ok(n + self.finish_inner(tail)?)
             })
-        };
-        self.stage.end(r, true)
+        }
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -147,9 +142,7 @@ impl<A: AesCipher> CipherOp for CbcEncrypt<A> {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.update_inner(input, output);
-        self.stage.end(r, false)
+        self.update_inner(input, output)
     }
 
     fn finish_len(&self) -> usize {
@@ -157,16 +150,13 @@ impl<A: AesCipher> CipherOp for CbcEncrypt<A> {
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.finish_inner(output);
-        self.stage.end(r, true)
+        self.finish_inner(output)
     }
 }
 
 struct CbcDecrypt<A: AesCipher> {
     mode: Decryptor<A>,
     pending: Pending,
-    stage: Stage,
 }
 
 impl<A: AesCipher> CbcDecrypt<A> {
@@ -270,9 +260,7 @@ impl<A: AesCipher> CipherOp for CbcDecrypt<A> {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
-        let r = self.oneshot_inner(input, output);
-        self.stage.end(r, true)
+        self.oneshot_inner(input, output)
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -280,9 +268,7 @@ impl<A: AesCipher> CipherOp for CbcDecrypt<A> {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.update_inner(input, output);
-        self.stage.end(r, false)
+        self.update_inner(input, output)
     }
 
     fn finish_len(&self) -> usize {
@@ -290,9 +276,7 @@ impl<A: AesCipher> CipherOp for CbcDecrypt<A> {
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.finish_inner(output);
-        self.stage.end(r, true)
+        self.finish_inner(output)
     }
 }
 

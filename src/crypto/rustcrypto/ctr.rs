@@ -9,7 +9,7 @@
 //! block (what `Ctr128BE` does) is the same as incrementing the counter field.
 
 use super::AesCipher;
-use crate::crypto::{CipherOp, CryptoError, Stage};
+use crate::crypto::{CipherOp, CryptoError};
 use ::ctr::{flavors::Ctr128BE, CtrCore};
 use aes::cipher::{array::Array, consts::U16, InOutBuf, InnerIvInit, StreamCipherCore};
 use zeroize::Zeroizing;
@@ -26,7 +26,6 @@ pub(super) struct CtrOp<A: AesCipher> {
     /// Keystream block in use and how much of it is consumed (BS = none left).
     ks: Zeroizing<[u8; BS]>,
     ks_used: usize,
-    stage: Stage,
 }
 
 impl<A: AesCipher> CtrOp<A> {
@@ -42,7 +41,6 @@ impl<A: AesCipher> CtrOp<A> {
             left_minus_one: Some(mask - (counter & mask)),
             ks: Zeroizing::new([0; BS]),
             ks_used: BS,
-            stage: Stage::Fresh,
         })
     }
 
@@ -113,9 +111,7 @@ impl<A: AesCipher> CipherOp for CtrOp<A> {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
-        let r = self.process(input, output);
-        self.stage.end(r, true)
+        self.process(input, output)
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -123,9 +119,7 @@ impl<A: AesCipher> CipherOp for CtrOp<A> {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = self.process(input, output);
-        self.stage.end(r, false)
+        self.process(input, output)
     }
 
     fn finish_len(&self) -> usize {
@@ -133,8 +127,7 @@ impl<A: AesCipher> CipherOp for CtrOp<A> {
     }
 
     fn finish(&mut self, _output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        self.stage.end(Ok(0), true)
+        Ok(0)
     }
 }
 

@@ -19,7 +19,7 @@
 
 use super::gcm_stream::GcmStream;
 use super::AesCipher;
-use crate::crypto::{append_secret, ct_eq, CipherOp, CryptoError, Direction, Stage};
+use crate::crypto::{append_secret, ct_eq, CipherOp, CryptoError, Direction};
 use aes::cipher::{array::Array, consts::U12, InnerIvInit, StreamCipherCore};
 use aes_gcm::aead::{inout::InOutBuf, AeadInOut};
 use aes_gcm::AesGcm;
@@ -73,7 +73,6 @@ pub(super) struct GcmOp<A: AesCipher> {
     stream: Option<GcmStream<A>>,
     /// Multi-part input (plaintext, or ciphertext || tag); wiped on drop.
     buf: Zeroizing<Vec<u8>>,
-    stage: Stage,
 }
 
 impl<A: AesCipher> GcmOp<A> {
@@ -113,7 +112,6 @@ impl<A: AesCipher> GcmOp<A> {
             dir,
             stream: None,
             buf: Zeroizing::new(Vec::new()),
-            stage: Stage::Fresh,
         })
     }
 
@@ -311,9 +309,7 @@ impl<A: AesCipher> CipherOp for GcmOp<A> {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(true)?;
-        let r = self.oneshot_inner(input, output);
-        self.stage.end(r, true)
+        self.oneshot_inner(input, output)
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -324,18 +320,16 @@ impl<A: AesCipher> CipherOp for GcmOp<A> {
     }
 
     fn update(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
         if self.dir == Direction::Encrypt {
             let r = self.stream_mut().and_then(|st| st.update(input, output));
-            return self.stage.end(r, false);
+            return r;
         }
         let total = (self.buf.len() as u64).saturating_add(input.len() as u64);
-        let r = if total > self.max_input() {
+        if total > self.max_input() {
             Err(CryptoError::DataLen)
         } else {
             append_secret(&mut self.buf, input).map(|()| 0)
-        };
-        self.stage.end(r, false)
+        }
     }
 
     fn finish_len(&self) -> usize {
@@ -346,12 +340,10 @@ impl<A: AesCipher> CipherOp for GcmOp<A> {
     }
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, CryptoError> {
-        self.stage.begin(false)?;
-        let r = match self.stream.as_mut() {
+        match self.stream.as_mut() {
             Some(st) => st.finish(output),
             None => self.finish_inner(output),
-        };
-        self.stage.end(r, true)
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub mod key_wrap;
 
 use aes::cipher::{consts::U16, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
 
-use super::{CipherOp, CryptoError, Direction, Mode};
+use super::{CipherOp, CryptoError, Direction, Mode, Staged};
 
 /// An expanded AES key schedule for the portable engines (zeroized on drop
 /// through the `aes` crate's `zeroize` feature).
@@ -53,9 +53,24 @@ impl Schedule {
         tag_len: usize,
     ) -> Result<Box<dyn CipherOp>, CryptoError> {
         Ok(match self {
-            Schedule::A128(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
-            Schedule::A192(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
-            Schedule::A256(c) => Box::new(gcm_stream::GcmStream::new(c.clone(), j0, aad, tag_len)?),
+            Schedule::A128(c) => Box::new(Staged::new(gcm_stream::GcmStream::new(
+                c.clone(),
+                j0,
+                aad,
+                tag_len,
+            )?)),
+            Schedule::A192(c) => Box::new(Staged::new(gcm_stream::GcmStream::new(
+                c.clone(),
+                j0,
+                aad,
+                tag_len,
+            )?)),
+            Schedule::A256(c) => Box::new(Staged::new(gcm_stream::GcmStream::new(
+                c.clone(),
+                j0,
+                aad,
+                tag_len,
+            )?)),
         })
     }
 
@@ -91,13 +106,15 @@ fn build<A: AesCipher>(
     dir: Direction,
 ) -> Result<Box<dyn CipherOp>, CryptoError> {
     Ok(match mode {
-        Mode::Gcm { iv, aad, tag_len } => {
-            Box::new(gcm::GcmOp::new(cipher, iv, aad, *tag_len, dir)?)
-        }
-        Mode::Ecb => Box::new(block::ecb(cipher, dir)),
-        Mode::Cbc { iv } => Box::new(block::cbc(cipher, iv, dir)),
+        Mode::Gcm { iv, aad, tag_len } => Box::new(Staged::new(gcm::GcmOp::new(
+            cipher, iv, aad, *tag_len, dir,
+        )?)),
+        Mode::Ecb => Box::new(Staged::new(block::ecb(cipher, dir))),
+        Mode::Cbc { iv } => Box::new(Staged::new(block::cbc(cipher, iv, dir))),
         Mode::CbcPad { iv } => cbc::new_op(cipher, iv, dir),
-        Mode::Ctr { iv, counter_bits } => Box::new(ctr::CtrOp::new(cipher, iv, *counter_bits)?),
+        Mode::Ctr { iv, counter_bits } => {
+            Box::new(Staged::new(ctr::CtrOp::new(cipher, iv, *counter_bits)?))
+        }
     })
 }
 
