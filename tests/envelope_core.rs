@@ -827,10 +827,13 @@ fn finalize_waits_for_calls_in_progress() {
     let key = generate(&s, false, vec![]);
     let data = random_bytes(64 * 1024);
     let start = std::sync::Barrier::new(3);
+    // How many workers have finished one encryption (C_Finalize comes after
+    // both have, whatever the machine's load: no wall-clock wait).
+    let busy = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..2)
             .map(|_| {
-                let (p, data, start) = (p.clone(), &data, &start);
+                let (p, data, start, busy) = (p.clone(), &data, &start, &busy);
                 scope.spawn(move || {
                     let s = p.open_rw_session(slot).unwrap();
                     start.wait();
@@ -839,6 +842,9 @@ fn finalize_waits_for_calls_in_progress() {
                         match gcm_encrypt(&s, key, &[2; 12], b"", data) {
                             Ok(ct) => {
                                 assert_eq!(ct.len(), data.len() + 16);
+                                if done == 0 {
+                                    busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                }
                                 done += 1;
                             }
                             Err(e) => {
@@ -860,7 +866,9 @@ fn finalize_waits_for_calls_in_progress() {
             })
             .collect();
         start.wait();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        while busy.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            std::thread::yield_now();
+        }
         std::mem::forget(s);
         p.clone().finalize().unwrap();
         for w in workers {

@@ -52,6 +52,9 @@ struct Freshness {
     feed: AtomicU64,
     /// The earlier of the two: the one load of the warm path.
     serve: AtomicU64,
+    /// Counts change announcements (`feed_waker`), so that a read of the
+    /// feed can tell one came while it ran.
+    wakes: AtomicU64,
 }
 
 impl Freshness {
@@ -182,9 +185,15 @@ impl KeyCache {
     pub fn feed_waker(&self) -> impl Fn() + Send + 'static {
         let until = Arc::clone(&self.until);
         move || {
+            until.wakes.fetch_add(1, Ordering::SeqCst);
             until.feed.store(0, Ordering::SeqCst);
             until.serve.store(0, Ordering::SeqCst);
         }
+    }
+
+    /// How many change announcements came so far.
+    pub fn feed_wakes(&self) -> u64 {
+        self.until.wakes.load(Ordering::SeqCst)
     }
 
     /// The KEK versions cached values were unwrapped with.
@@ -237,6 +246,11 @@ impl KeyCache {
             }
         }
         Ok(key)
+    }
+
+    /// Whether a value of DEK `id` is cached.
+    pub fn contains(&self, id: &[u8; 16]) -> bool {
+        self.map.read().map(|m| m.contains_key(id)).unwrap_or(false)
     }
 
     pub fn remove(&self, id: &[u8; 16]) {

@@ -10,7 +10,7 @@
 //! held DEK reads it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::service::Envelope;
 use crate::error::{Error, Result};
@@ -41,9 +41,20 @@ pub struct Feed {
     last_ok: AtomicU64,
     /// A read failed and was reported; reported again once it works.
     failing: AtomicBool,
-    /// The PostgreSQL listener, made at the first read.
+    /// The PostgreSQL listener, made at a read (again after a failed try).
     listener: Mutex<Option<Listener>>,
-    listen_tried: AtomicBool,
+    /// The engine cannot listen (SQLite), or threads are not allowed.
+    no_listener: AtomicBool,
+}
+
+/// Held while what this process holds is brought in step with the store:
+/// a read of the feed, and whatever turns store rows into held DEKs (a
+/// search's rows, a reload of a DEK that was let go, a new DEK), happen
+/// under it one at a time, so that no change the feed names can fall
+/// between a row being read and the DEK being held.
+pub struct FeedLock<'a> {
+    env: &'a Envelope,
+    cursor: MutexGuard<'a, Option<i64>>,
 }
 
 impl Feed {
@@ -53,7 +64,7 @@ impl Feed {
             last_ok: AtomicU64::new(crate::clock::mono_ms()),
             failing: AtomicBool::new(false),
             listener: Mutex::new(None),
-            listen_tried: AtomicBool::new(false),
+            no_listener: AtomicBool::new(false),
         }
     }
 }
@@ -77,53 +88,74 @@ impl Envelope {
         self.feed_read_at(crate::clock::mono_ms());
     }
 
-    /// Reads what changed since the last read and hands it to `apply`
-    /// (which brings what is held up to date, reading rows from the store
-    /// as it needs); the position moves on only when `apply` succeeds.
-    /// One read at a time: another caller waits for it, then finds the
-    /// feed read.
+    /// See [`FeedLock`].
+    pub fn feed_lock(&self) -> FeedLock<'_> {
+        FeedLock {
+            env: self,
+            cursor: unpoisoned(self.feed.cursor.lock()),
+        }
+    }
+
+    /// Stops the change listener (at `C_Finalize`).
+    pub fn stop_listening(&self) {
+        let l = unpoisoned(self.feed.listener.lock()).take();
+        drop(l);
+    }
+}
+
+impl FeedLock<'_> {
+    /// Reads what changed since the last read, when `must` or when due,
+    /// and hands it to `apply` (which brings what is held up to date,
+    /// reading rows from the store as it needs); the position moves on
+    /// only when `apply` succeeds.
     ///
     /// When the store cannot be read, held DEKs go on being served for
     /// `cache_hard_ttl_secs` after the last good read, as in an HSM
     /// outage; after that, and for a search (`must`), the error is
     /// `CKR_HSME_STORE_ERROR`.
-    pub fn read_feed(&self, must: bool, apply: impl FnOnce(News) -> Result<()>) -> Result<()> {
-        let mut cursor = unpoisoned(self.feed.cursor.lock());
-        if !must && !self.feed_due() {
+    pub fn read(&mut self, must: bool, apply: impl FnOnce(News) -> Result<()>) -> Result<()> {
+        let env = self.env;
+        if !must && !env.feed_due() {
             return Ok(());
         }
-        self.listen_once();
+        env.listen_if_needed();
         let now = crate::clock::mono_ms();
-        match self.read_changes(*cursor).and_then(|(news, upto)| {
+        // A change announced while this read runs may be after what it
+        // reads: then the feed stays due.
+        let wakes = env.cache.feed_wakes();
+        let cursor = &mut self.cursor;
+        match env.read_changes(**cursor).and_then(|(news, upto)| {
             apply(news)?;
             Ok(upto)
         }) {
             Ok(upto) => {
                 let prune = cursor.and_then(|from| crate::store::changes::prune_point(from, upto));
                 if let Some(through) = prune {
-                    if let Err(e) = self.with_store(|s| Ok(s.prune_changes(through)?)) {
+                    if let Err(e) = env.with_store(|s| Ok(s.prune_changes(through)?)) {
                         crate::log_debug!("change feed not pruned: {e}");
                     }
                 }
-                *cursor = Some(upto);
-                if self.feed.failing.swap(false, Ordering::AcqRel) {
+                **cursor = Some(upto);
+                if env.feed.failing.swap(false, Ordering::AcqRel) {
                     crate::log_info!("DEK store readable again: changes are followed");
                 }
-                self.feed.last_ok.store(now, Ordering::Release);
-                self.feed_read_at(now);
+                env.feed.last_ok.store(now, Ordering::Release);
+                if env.cache.feed_wakes() == wakes {
+                    env.feed_read_at(now);
+                }
                 Ok(())
             }
             Err(e) => {
-                if !self.feed.failing.swap(true, Ordering::AcqRel) {
+                if !env.feed.failing.swap(true, Ordering::AcqRel) {
                     crate::log_warn!(
                         "cannot read the DEK store's changes ({e}): held DEKs are served \
                          for at most cache_hard_ttl_secs"
                     );
                 }
-                let hard = self.settings.hard_ttl.as_millis() as u64;
-                let last_ok = self.feed.last_ok.load(Ordering::Acquire);
+                let hard = env.settings.hard_ttl.as_millis() as u64;
+                let last_ok = env.feed.last_ok.load(Ordering::Acquire);
                 if !must && hard > 0 && now < last_ok.saturating_add(hard) {
-                    self.cache
+                    env.cache
                         .feed_until((now + RETRY_MS).min(last_ok.saturating_add(hard)));
                     Ok(())
                 } else {
@@ -132,7 +164,9 @@ impl Envelope {
             }
         }
     }
+}
 
+impl Envelope {
     /// The feed holds for the soft TTL from `now`.
     fn feed_read_at(&self, now: u64) {
         let soft = self.settings.soft_ttl.as_millis() as u64;
@@ -163,16 +197,25 @@ impl Envelope {
     }
 
     /// On PostgreSQL, a thread that marks the feed due as soon as another
-    /// process commits a change (tried once per process).
-    fn listen_once(&self) {
-        if self.feed.listen_tried.swap(true, Ordering::AcqRel)
-            || !crate::runtime::threads::allowed()
-        {
+    /// process commits a change: made at a read, tried again at the next
+    /// if the store could not be reached.
+    fn listen_if_needed(&self) {
+        if self.feed.no_listener.load(Ordering::Acquire) {
+            return;
+        }
+        if !crate::runtime::threads::allowed() {
+            self.feed.no_listener.store(true, Ordering::Release);
+            return;
+        }
+        let mut listener = unpoisoned(self.feed.listener.lock());
+        if listener.is_some() {
             return;
         }
         let waker = self.cache.feed_waker();
-        if let Ok(Some(l)) = self.with_store(|s| Ok(s.listen(Box::new(waker)))) {
-            *unpoisoned(self.feed.listener.lock()) = Some(l);
+        match self.with_store(|s| Ok(s.listen(Box::new(waker)))) {
+            Ok(Some(l)) => *listener = Some(l),
+            Ok(None) => self.feed.no_listener.store(true, Ordering::Release),
+            Err(_) => {}
         }
     }
 }

@@ -180,9 +180,10 @@ impl GcmBudgets {
         let mut idle: Vec<(u64, KeyPrint)> = keys
             .values()
             .filter(|b| b.stored && Arc::strong_count(b) == 1)
-            .map(|b| {
+            .filter_map(|b| {
                 let block = unpoisoned(b.block.lock());
-                (block.end.saturating_sub(block.next), b.print)
+                // A spent key keeps its budget: it is met (and reported) once.
+                (!block.spent).then(|| (block.end.saturating_sub(block.next), b.print))
             })
             .collect();
         let n = (self.max_keys / 16).max(1).min(idle.len());

@@ -195,6 +195,7 @@ impl Envelope {
     }
 
     pub fn close(&self) {
+        self.stop_listening();
         self.gcm_give_back();
         self.pool.close_all();
         self.cache.clear();

@@ -31,8 +31,7 @@ pub unsafe extern "C" fn C_Initialize(p_init_args: *mut std::ffi::c_void) -> CK_
             }
             threads = args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
         }
-        crate::runtime::threads::set_allowed(threads);
-        ok(module::initialize())
+        ok(module::initialize(threads))
     })
 }
 

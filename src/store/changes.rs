@@ -45,8 +45,10 @@ pub fn prune_point(from: i64, to: i64) -> Option<i64> {
 
 /// A thread that wakes its owner when another process commits a change
 /// (see [`super::StoreEngine::listen`]). Dropping it stops the thread and
-/// waits for it (a fraction of a second at most), so that nothing of it is
-/// left running when the module is unloaded.
+/// waits for it, for [`JOIN_WAIT`] at most: a thread stuck connecting to a
+/// server that does not answer is left to end on its own (the module is
+/// pinned in memory, so its code stays mapped; the thread touches nothing
+/// of the module's but what it owns).
 pub struct Listener {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -69,10 +71,20 @@ impl Listener {
     }
 }
 
+/// How long dropping a [`Listener`] waits for its thread.
+pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + JOIN_WAIT;
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if t.is_finished() {
             let _ = t.join();
         }
     }

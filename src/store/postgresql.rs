@@ -63,7 +63,7 @@ pub mod tls;
 pub const ENGINE: &str = "postgresql";
 
 /// Schema version written to `meta` under `schema_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How long a connection attempt waits when the URL does not say
 /// (`connect_timeout`): a server that does not answer must not hang
@@ -171,9 +171,28 @@ AFTER INSERT OR DELETE
 ON dek FOR EACH ROW EXECUTE FUNCTION hsme_dek_change();
 ";
 
+/// Version 5: a new DEK is not announced (a new row cannot change a DEK
+/// any process holds, and searches read the store): only changes,
+/// destroys and purges wake the other processes. Still in the feed.
+const SCHEMA_V5: &str = "
+CREATE OR REPLACE FUNCTION hsme_dek_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO dek_change (seq, id) VALUES (nextval('dek_change_seq'), OLD.id);
+    ELSE
+        INSERT INTO dek_change (seq, id) VALUES (nextval('dek_change_seq'), NEW.id);
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM pg_notify('hsme_dek_change', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+";
+
 /// The migration steps, in order: step `i` takes version `i` to `i + 1`.
 /// A later version appends a step; a step never changes once released.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint)";
 const PROTECTION_KEY: &str = "purge_protection";
@@ -1135,6 +1154,11 @@ impl StoreEngine for PostgresStore {
     }
 
     fn changes_since(&self, after: i64, limit: u32) -> Result<Changes, StoreError> {
+        // Each statement sees its own snapshot: the rows first, then the
+        // prune point. A prune through past `after` that committed before
+        // the rows were read is then seen (a gap); one after it cut nothing
+        // those rows needed.
+        let rows = self.query(CHANGES_SINCE, &[&after, &i64::from(limit)])?;
         let pruned: i64 = match self.query(CHANGES_PRUNED, &[&PRUNED_KEY])?.first() {
             Some(r) => r.try_get(0)?,
             None => 0,
@@ -1146,7 +1170,7 @@ impl StoreEngine for PostgresStore {
         }
         let mut ids = Vec::new();
         let mut upto = after;
-        for r in self.query(CHANGES_SINCE, &[&after, &i64::from(limit)])? {
+        for r in rows {
             upto = r.try_get(0)?;
             // A malformed id names no row we could hold.
             if let Ok(id) = id16(r.try_get(1)?) {
@@ -1171,8 +1195,15 @@ impl StoreEngine for PostgresStore {
     fn listen(&self, wake: Box<dyn Fn() + Send>) -> Option<Listener> {
         let mut config = self.config.clone();
         // A server that does not answer must not hold up the listener's
-        // stop (at C_Finalize) for long.
-        config.connect_timeout(LISTEN_TICK * 10);
+        // stop (at C_Finalize) for long: the connect timeout covers the
+        // TCP connect only, so unacknowledged data (a stalled handshake)
+        // and a silent peer are bounded too; a stuck thread is left to end
+        // on its own (`Listener`'s drop).
+        config
+            .connect_timeout(LISTEN_TICK * 10)
+            .tcp_user_timeout(LISTEN_TICK * 50)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
         let url = self.url.clone();
         let connector = self.connector.clone();
         Listener::spawn("hsme-listen", move |stop| {

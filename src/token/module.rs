@@ -62,7 +62,9 @@ pub fn get() -> Result<ModuleRef> {
     CURRENT.get().ok_or(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))
 }
 
-pub fn initialize() -> Result<()> {
+/// `threads`: whether the application lets the module start threads of
+/// its own (not under `CKF_LIBRARY_CANT_CREATE_OS_THREADS`).
+pub fn initialize(threads: bool) -> Result<()> {
     if !fork::pin_library_in_memory() {
         crate::log_warn!(
             "could not pin the module in memory; do not dlclose it while threads that used it run"
@@ -75,6 +77,7 @@ pub fn initialize() -> Result<()> {
     if CURRENT.is_live(&life) {
         return Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
     }
+    crate::runtime::threads::set_allowed(threads);
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

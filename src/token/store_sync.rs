@@ -88,9 +88,11 @@ const PAGE: u32 = 1000;
 /// (`user`: the normal user is logged in), as handles: from the store,
 /// never from what this process happens to hold. Rows named by an indexed
 /// attribute are one indexed query; a template naming none walks the store
-/// a page at a time. A row already held at the same generation keeps its
-/// object; a new or changed one is held from now on (with a handle that
-/// stays stable and is never reused).
+/// a page at a time. A row already held keeps its object (or gives it its
+/// newer state); a new one is held from now on (with a handle that stays
+/// stable and is never reused). The feed is read first and the rows are
+/// held under the feed lock, so a change made meanwhile elsewhere is not
+/// lost between the read of a row and its holding.
 pub fn search(m: &Module, slot: usize, t: &Template, user: bool) -> Result<Vec<CK_OBJECT_HANDLE>> {
     let (Some(dek_slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
         return Ok(Vec::new());
@@ -103,8 +105,9 @@ pub fn search(m: &Module, slot: usize, t: &Template, user: bool) -> Result<Vec<C
         StoredMatch::Query(q) => Some(q),
         StoredMatch::All => None,
     };
+    let mut lock = env.feed_lock();
     // Destroyed or changed elsewhere: gone or changed here first.
-    catch_up(m, true)?;
+    lock.read(true, |news| apply(m, slot, news))?;
     let mut found = Vec::new();
     let mut take = |rows: Vec<DekRow>| {
         for row in &rows {
@@ -128,11 +131,12 @@ pub fn search(m: &Module, slot: usize, t: &Template, user: bool) -> Result<Vec<C
             }
         }
     }
+    drop(lock);
     Ok(found)
 }
 
 /// Our handle for `row` if it matches `t` and the session may see it,
-/// holding it (or its newer state) from now on.
+/// holding it (or its newer state) from now on. Under the feed lock.
 fn hold(
     m: &Module,
     slot: usize,
@@ -142,7 +146,8 @@ fn hold(
 ) -> Option<CK_OBJECT_HANDLE> {
     if let Some((h, d)) = m.objects.token_dek(&row.id) {
         let st = d.state.read();
-        if st.generation == row.generation {
+        // States only move forward: an older row never replaces a newer one.
+        if st.generation >= row.generation {
             return (visible(&st.attrs, user) && matches(&st.attrs, t)).then_some(h);
         }
     }
@@ -160,7 +165,8 @@ fn hold(
         let st = dek.state.read();
         visible(&st.attrs, user) && matches(&st.attrs, t)
     };
-    // A held DEK takes its newer state whether or not this search shows it.
+    // A held DEK takes its newer state whether or not this search shows
+    // it; one let go (`Stored`) is simply read again at its next use.
     if shown || m.objects.token_dek(&row.id).is_some() {
         let h = m.objects.intern_dek(dek);
         return shown.then_some(h);
@@ -176,7 +182,7 @@ fn visible(attrs: &Attrs, user: bool) -> bool {
 /// when it is due (see `envelope::feed`): one destroyed elsewhere loses its
 /// handle (`CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID` from then
 /// on), one changed elsewhere takes its new attributes and record. With
-/// `must`, read it whether due or not (a search).
+/// `must`, read it whether due or not.
 pub fn catch_up(m: &Module, must: bool) -> Result<()> {
     let (Some(slot), Some(env)) = (m.dek_slot, m.envelope.as_ref()) else {
         return Ok(());
@@ -188,55 +194,85 @@ pub fn catch_up(m: &Module, must: bool) -> Result<()> {
         env.feed_idle();
         return Ok(());
     }
-    env.read_feed(must, |news| {
-        let ids = match news {
-            News::Rows(ids) => ids,
-            News::Everything => m.objects.token_dek_ids(),
-        };
-        for id in ids {
-            let Some((h, d)) = m.objects.token_dek(&id) else {
-                continue;
-            };
-            match env.with_store(|s| Ok(s.get(&id)?))? {
-                None => {
-                    m.objects.remove(h);
-                    env.cache.remove(&id);
-                }
-                Some(row) if row.generation != d.state.read().generation => {
-                    intern_row(m, slot, &row)
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
-    })
+    env.feed_lock().read(must, |news| apply(m, slot, news))
 }
 
-/// Object `h`, after the DEKs held were brought up to date (when due); a
-/// token DEK whose state was let go is read from the store again (gone
-/// from there: its handle goes, `CKR_OBJECT_HANDLE_INVALID`).
+/// What the feed says, applied to what is held (under the feed lock).
+fn apply(m: &Module, slot: usize, news: News) -> Result<()> {
+    let Some(env) = m.envelope.as_ref() else {
+        return Ok(());
+    };
+    let ids = match news {
+        News::Rows(ids) => ids,
+        News::Everything => m.objects.token_dek_ids(),
+    };
+    for id in ids {
+        let held = m.objects.token_dek(&id);
+        // Not held with its state: a let-go handle reads its row again at
+        // its next use; only a cached value may need to go.
+        if held.is_none() && !env.cache.contains(&id) {
+            continue;
+        }
+        match env.with_store(|s| Ok(s.get(&id)?))? {
+            None => {
+                if let Some((h, _)) = held {
+                    m.objects.remove(h);
+                }
+                env.cache.remove(&id);
+            }
+            Some(row) => {
+                if let Some((_, d)) = held {
+                    if row.generation > d.state.read().generation {
+                        intern_row(m, slot, &row)
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Object `h`, after the DEKs held were brought up to date (when due, and
+/// only when `h` is a token DEK: the feed does not gate other objects); a
+/// token DEK whose state was let go is read from the store again under its
+/// handle (gone from there: its handle goes, `CKR_OBJECT_HANDLE_INVALID`).
 pub fn object(m: &Module, h: CK_OBJECT_HANDLE) -> Result<Object> {
+    let token_dek = |o: &Object| match o {
+        Object::Dek(d) => d.is_token(),
+        Object::Stored { .. } => true,
+        Object::Backend { .. } => false,
+    };
+    if !token_dek(&m.objects.get(h)?) {
+        return m.objects.get(h);
+    }
     catch_up(m, false)?;
     match m.objects.get(h)? {
         Object::Dek(d) => {
             m.objects.touch(&d);
             Ok(Object::Dek(d))
         }
-        Object::Stored { id, slot, .. } => {
-            let env = m
-                .envelope
-                .as_ref()
-                .ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))?;
-            let Some(row) = env.with_store(|s| Ok(s.get(&id)?))? else {
-                m.objects.remove(h);
-                return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
-            };
-            let dek = dek_from_row(slot, &row)?;
-            m.objects.intern_dek(dek.clone());
-            Ok(Object::Dek(dek))
-        }
+        Object::Stored { id, slot, .. } => reload(m, h, id, slot),
         backend => Ok(backend),
     }
+}
+
+/// Handle `h`'s DEK, let go before, read from the store again and held
+/// under `h` (if `h` still names it), under the feed lock.
+fn reload(m: &Module, h: CK_OBJECT_HANDLE, id: [u8; 16], slot: usize) -> Result<Object> {
+    let env = m
+        .envelope
+        .as_ref()
+        .ok_or(Error::Rv(CKR_OBJECT_HANDLE_INVALID))?;
+    let _lock = env.feed_lock();
+    let Some(row) = env.with_store(|s| Ok(s.get(&id)?))? else {
+        m.objects.remove(h);
+        env.cache.remove(&id);
+        return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID));
+    };
+    let dek = dek_from_row(slot, &row)?;
+    // Another thread may have reloaded it first, or the handle may have
+    // gone meanwhile (a destroy, a logout).
+    m.objects.load_stored(h, dek)
 }
 
 /// Holds `row` as a DEK here (a new handle, or the held one's new state).

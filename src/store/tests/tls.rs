@@ -184,9 +184,12 @@ fn the_change_listener_connects_over_tls() {
     // Once when it has connected, then once per change.
     rx.recv_timeout(Duration::from_secs(20))
         .expect("the listener connected");
+    // A new row is not announced (it changes nothing anyone holds); a
+    // change is.
     writer.insert(&row(1)).unwrap();
+    writer.soft_delete(&row(1).id, 0).unwrap();
     rx.recv_timeout(Duration::from_secs(20))
-        .expect("woken by the insert");
+        .expect("woken by the change");
 }
 
 /// A restarted server: the next session is made over TLS again (the

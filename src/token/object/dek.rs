@@ -107,6 +107,9 @@ fn persist(
         .seal(&id, &attrs, value.as_slice())
         .map_err(|e| lost_login(m, s, e))?;
     let kek_version = Envelope::record_version(&record).unwrap_or(0);
+    // A token DEK is stored and held under the feed lock, so that a destroy
+    // elsewhere in between is not read past before it is held.
+    let _lock = token.then(|| env.feed_lock());
     if token {
         let now = crate::clock::unix_secs();
         let row = DekRow {

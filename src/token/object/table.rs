@@ -133,8 +133,9 @@ struct Maps {
     /// The handles of session DEKs (a search walks these; token DEKs are
     /// searched in the store).
     session_deks: HandleMap<CK_OBJECT_HANDLE, ()>,
-    /// How many token DEKs are held with their state (`Object::Dek`).
-    loaded_tokens: usize,
+    /// The handles of token DEKs held with their state (`Object::Dek`):
+    /// what `let_go` chooses from, without walking every handle.
+    loaded: HandleMap<CK_OBJECT_HANDLE, ()>,
 }
 
 pub struct Objects {
@@ -181,14 +182,14 @@ impl Objects {
     /// DEKs that nothing but the table holds become `Object::Stored`.
     fn let_go(&self, m: &mut Maps) {
         let max = self.max_loaded.load(Ordering::Relaxed);
-        if m.loaded_tokens <= max {
+        if m.loaded.len() <= max {
             return;
         }
         let mut idle: Vec<(u64, CK_OBJECT_HANDLE)> = m
-            .by_handle
-            .iter()
-            .filter_map(|(h, o)| match o {
-                Object::Dek(d) if d.is_token() && Arc::strong_count(d) == 1 => {
+            .loaded
+            .keys()
+            .filter_map(|h| match m.by_handle.get(h) {
+                Some(Object::Dek(d)) if Arc::strong_count(d) == 1 => {
                     Some((d.used.load(Ordering::Relaxed), *h))
                 }
                 _ => None,
@@ -209,8 +210,28 @@ impl Objects {
                 private: d.state.read().attrs.flag(CKA_PRIVATE),
             };
             m.by_handle.insert(h, stored);
-            m.loaded_tokens -= 1;
+            m.loaded.remove(&h);
         }
+    }
+
+    /// Handle `h`, which named a let-go DEK, holds `dek` (read from the
+    /// store again) from now on; if another thread did so first, its
+    /// object. `CKR_OBJECT_HANDLE_INVALID` if `h` went meanwhile.
+    pub fn load_stored(&self, h: CK_OBJECT_HANDLE, dek: Arc<Dek>) -> Result<Object> {
+        let mut m = unpoisoned(self.maps.write());
+        match m.by_handle.get(&h) {
+            Some(Object::Stored { id, .. }) if *id == dek.id => {}
+            Some(Object::Dek(d)) if d.id == dek.id => return Ok(Object::Dek(d.clone())),
+            _ => return Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)),
+        }
+        dek.used.store(
+            self.tick.fetch_add(1, Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        m.by_handle.insert(h, Object::Dek(dek.clone()));
+        m.loaded.insert(h, ());
+        self.let_go(&mut m);
+        Ok(Object::Dek(dek))
     }
 
     fn fresh(&self) -> CK_OBJECT_HANDLE {
@@ -322,11 +343,12 @@ impl Objects {
             self.tick.fetch_add(1, Ordering::Relaxed) + 1,
             Ordering::Relaxed,
         );
-        match m.by_handle.insert(h, Object::Dek(dek)) {
+        if let Some(Object::Dek(old)) = m.by_handle.insert(h, Object::Dek(dek)) {
             // The handle now names a newer state: the old one is stale.
-            Some(Object::Dek(old)) => old.state.invalidate(),
-            _ if token => m.loaded_tokens += 1,
-            _ => {}
+            old.state.invalidate();
+        }
+        if token {
+            m.loaded.insert(h, ());
         }
         if token {
             self.let_go(&mut m);
@@ -359,9 +381,7 @@ impl Objects {
                     Object::Dek(d) => {
                         m.deks.remove(&d.id);
                         m.session_deks.remove(&h);
-                        if d.is_token() {
-                            m.loaded_tokens -= 1;
-                        }
+                        m.loaded.remove(&h);
                         d.state.invalidate();
                     }
                     Object::Stored { id, .. } => {
@@ -402,33 +422,28 @@ impl Objects {
         }
     }
 
-    /// The ids of the token DEKs held.
+    /// The ids of the token DEKs held with their state.
     pub fn token_dek_ids(&self) -> Vec<[u8; 16]> {
         let m = unpoisoned(self.maps.read());
-        m.deks
+        m.loaded
             .keys()
-            .filter(|id| self.is_token_in(&m, id))
-            .copied()
+            .filter_map(|h| match m.by_handle.get(h) {
+                Some(Object::Dek(d)) => Some(d.id),
+                _ => None,
+            })
             .collect()
     }
 
     /// Whether any token DEK is held with its state.
     pub fn holds_token_deks(&self) -> bool {
-        unpoisoned(self.maps.read()).loaded_tokens > 0
+        !unpoisoned(self.maps.read()).loaded.is_empty()
     }
 
     /// How many token DEKs are held with their state, and how many handles
     /// name DEKs in all (for tests and the benchmark).
     pub fn dek_counts(&self) -> (usize, usize) {
         let m = unpoisoned(self.maps.read());
-        (m.loaded_tokens, m.deks.len())
-    }
-
-    fn is_token_in(&self, m: &Maps, id: &[u8; 16]) -> bool {
-        m.deks
-            .get(id)
-            .and_then(|h| m.by_handle.get(h))
-            .is_some_and(|o| matches!(o, Object::Dek(d) if d.is_token()))
+        (m.loaded.len(), m.deks.len())
     }
 
     /// Backend objects of `slot` with our handles.
@@ -493,6 +508,24 @@ mod tests {
         assert_eq!(private, id[0] % 2 == 0);
         assert_eq!(o.intern_dek(token_dek(id[0], private)), h);
         assert!(matches!(o.get(h), Ok(Object::Dek(_))));
+        // A reload under a handle that went meanwhile is refused; one that
+        // another thread made first is what the second gets.
+        let gone = *stored[1];
+        let Ok(Object::Stored { id: gone_id, .. }) = o.get(gone) else {
+            unreachable!()
+        };
+        o.remove(gone);
+        assert!(o.load_stored(gone, token_dek(gone_id[0], false)).is_err());
+        let twice = *stored[2];
+        let Ok(Object::Stored { id: twice_id, .. }) = o.get(twice) else {
+            unreachable!()
+        };
+        let first = o.load_stored(twice, token_dek(twice_id[0], false)).unwrap();
+        let second = o.load_stored(twice, token_dek(twice_id[0], false)).unwrap();
+        match (first, second) {
+            (Object::Dek(a), Object::Dek(b)) => assert!(Arc::ptr_eq(&a, &b)),
+            _ => panic!("not DEKs"),
+        }
         // Forgetting removes both kinds, and the counts follow.
         o.forget(|_, _| true);
         assert_eq!(o.dek_counts(), (0, 0));
