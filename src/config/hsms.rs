@@ -153,7 +153,10 @@ pub fn validate(
         let module = m.module(main_module);
         for (name, other_module, other_token) in &seen {
             if *name == m.name {
-                return at(format!("the name '{}' is taken; expected a unique name", m.name));
+                return at(format!(
+                    "the name '{}' is taken; expected a unique name",
+                    m.name
+                ));
             }
             if *other_module == module && *other_token == m.token_label {
                 return at(format!(
