@@ -16,6 +16,10 @@
 //! functions on backend keys with their parameters unchanged
 //! (tests/message_api.rs).
 //!
+//! The reconnect closes sessions only on the slots this module opened
+//! sessions on: when two tokens of one SoftHSM2 stand in for two HSMs
+//! (tests/replicas.rs), the one reached directly keeps its sessions.
+//!
 //! Built with `cargo build --example faulty_backend` into
 //! target/<profile>/examples/libfaulty_backend.so (tests/outage.rs builds it).
 
@@ -90,19 +94,40 @@ fn down() -> bool {
     is_down
 }
 
+/// Slots this module has opened sessions on.
+fn our_slots() -> &'static Mutex<Vec<CK_SLOT_ID>> {
+    static S: OnceLock<Mutex<Vec<CK_SLOT_ID>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(Vec::new()))
+}
+
 unsafe fn close_everything(t: &Target) {
-    let (Some(list), Some(close)) = (t.list.C_GetSlotList, t.list.C_CloseAllSessions) else {
+    let Some(close) = t.list.C_CloseAllSessions else {
         return;
     };
-    let mut n: CK_ULONG = 0;
-    if list(CK_TRUE as CK_BBOOL, std::ptr::null_mut(), &mut n) != CKR_OK {
-        return;
+    let slots = our_slots().lock().map(|s| s.clone()).unwrap_or_default();
+    for s in slots {
+        close(s);
     }
-    let mut slots = vec![0; n as usize];
-    if list(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut n) == CKR_OK {
-        for s in slots.iter().take(n as usize) {
-            close(*s);
+}
+
+unsafe extern "C" fn C_OpenSession(
+    a: CK_SLOT_ID,
+    b: CK_FLAGS,
+    c: *mut std::ffi::c_void,
+    d: CK_NOTIFY,
+    e: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    if down() {
+        return CKR_DEVICE_ERROR;
+    }
+    if let Ok(mut slots) = our_slots().lock() {
+        if !slots.contains(&a) {
+            slots.push(a);
         }
+    }
+    match target().and_then(|t| t.list.C_OpenSession) {
+        Some(f) => f(a, b, c, d, e),
+        None => CKR_GENERAL_ERROR,
     }
 }
 
@@ -122,7 +147,6 @@ macro_rules! faulty {
 }
 
 faulty! {
-    C_OpenSession(a: CK_SLOT_ID, b: CK_FLAGS, c: *mut std::ffi::c_void, d: CK_NOTIFY, e: *mut CK_SESSION_HANDLE);
     C_Login(a: CK_SESSION_HANDLE, b: CK_USER_TYPE, c: *mut CK_UTF8CHAR, d: CK_ULONG);
     C_GetSessionInfo(a: CK_SESSION_HANDLE, b: *mut CK_SESSION_INFO);
     C_FindObjectsInit(a: CK_SESSION_HANDLE, b: *mut CK_ATTRIBUTE, c: CK_ULONG);

@@ -62,6 +62,13 @@ impl Admin {
                 Err(e) => Err(Error::from_cryptoki("C_Login", e)),
             },
         )?;
+        // Replica HSMs log in with their own PIN source or this PIN, and
+        // prove they hold the same KEK (`status` shows the outcome).
+        let mut env = env;
+        env.add_replicas(&config)?;
+        if !config.hsm.is_empty() {
+            env.remember_pin(pin.as_bytes());
+        }
         env.open_audit(&config)?;
         Ok(Admin {
             config,
@@ -83,8 +90,14 @@ impl Admin {
         }
         self.env.close();
         let Admin { backend, env, .. } = self;
+        let replicas = env.replica_backends();
         // The envelope holds the only other reference to the backend.
         drop(env);
+        for b in replicas {
+            if let Ok(b) = Arc::try_unwrap(b) {
+                b.finalize();
+            }
+        }
         if let Ok(b) = Arc::try_unwrap(backend) {
             b.finalize();
         }

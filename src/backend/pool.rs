@@ -57,6 +57,11 @@ impl SessionPool {
         self.slot
     }
 
+    /// Whether a PIN is kept (the user is logged in).
+    pub fn has_pin(&self) -> bool {
+        unpoisoned(self.pin.lock()).is_some()
+    }
+
     /// Keep the user PIN for logging in again after a reconnect.
     pub fn remember_pin(&self, pin: &[u8]) {
         {

@@ -6,8 +6,11 @@
 //! line (see `schema`); the file is checked against the list of keys before
 //! serde reads it.
 
+pub mod hsms;
 pub mod schema;
 mod store_tls;
+
+pub use hsms::{HsmMember, KekMode, PinSource, MAIN_MEMBER};
 
 use std::path::{Path, PathBuf};
 
@@ -168,6 +171,11 @@ pub struct Config {
     /// 2^24; blocks start small and double up to this). A process that
     /// dies loses at most the rest of its block.
     pub gcm_invocation_block: u64,
+    /// How the KEK's members relate (issue 13): "single", or "replicas"
+    /// with the `[[hsm]]` tables below.
+    pub kek_mode: KekMode,
+    /// Further HSMs holding the KEK; the top-level keys are the first.
+    pub hsm: Vec<HsmMember>,
     /// Approved-only (issue 15): only FIPS-approved mechanisms, key sizes
     /// and parameters, AES-GCM encryption under IVs AWS-LC's FIPS module
     /// draws itself. Only the FIPS build (`--features fips`) takes it.
@@ -241,6 +249,8 @@ impl Default for Config {
             gcm_iv: GcmIv::Caller,
             gcm_invocation_limit: GCM_INVOCATION_LIMIT_MAX,
             gcm_invocation_block: 1 << 20,
+            kek_mode: KekMode::Single,
+            hsm: Vec::new(),
             fips_mode: false,
             source: None,
         }
@@ -384,6 +394,12 @@ impl Config {
                 "one of \"error\", \"warn\", \"info\", \"debug\"",
             );
         }
+        hsms::validate(
+            self.kek_mode,
+            &self.hsm,
+            &self.backend_module,
+            &self.token_label,
+        )?;
         if self.fips_mode && !crate::crypto::FIPS_BUILD {
             return Err((
                 "fips_mode",
@@ -523,6 +539,8 @@ mod tests {
                 Kind::Bool => "true".to_string(),
                 Kind::OneOf(v) => format!("\"{}\"", v[0]),
                 Kind::Mode => "\"0600\"".to_string(),
+                // Each table needs its required keys: one full table.
+                Kind::Tables(_) => "[{ name = \"x\", token_label = \"x\" }]".to_string(),
             };
             let text = format!("{key} = {value}\n");
             assert_eq!(schema::check(&text), None, "{text}");

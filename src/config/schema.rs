@@ -22,6 +22,8 @@ pub enum Kind {
     OneOf(&'static [&'static str]),
     /// A Unix file mode in octal, as a string ("0600").
     Mode,
+    /// A list of tables (`[[name]]`), each with these keys.
+    Tables(&'static [(&'static str, Kind)]),
 }
 
 const U32: Kind = Kind::Whole {
@@ -66,6 +68,21 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("gcm_invocation_limit", U64),
     ("gcm_invocation_block", U64),
     ("fips_mode", Kind::Bool),
+    (
+        "kek_mode",
+        Kind::OneOf(&["single", "replicas", "any-of", "all-of"]),
+    ),
+    ("hsm", Kind::Tables(HSM_KEYS)),
+];
+
+/// The keys of one `[[hsm]]` table (see `hsms`).
+pub const HSM_KEYS: &[(&str, Kind)] = &[
+    ("name", Kind::Text),
+    ("backend_module", Kind::Path),
+    ("token_label", Kind::Text),
+    ("kek_label", Kind::Text),
+    ("pin_env", Kind::Text),
+    ("pin_file", Kind::Path),
 ];
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -117,8 +134,52 @@ pub fn check(text: &str) -> Option<String> {
             };
             return Some(format!("unknown key `{name}` (line {line}){hint}"));
         };
+        if let Kind::Tables(keys) = kind {
+            if let Some(problem) = check_tables(text, name, keys, value.get_ref()) {
+                return Some(problem);
+            }
+            continue;
+        }
         if let Some(want) = mismatch(*kind, value.get_ref()) {
             return Some(format!("key `{name}` (line {line}): {want}"));
+        }
+    }
+    None
+}
+
+/// Checks each table of the list `[[name]]` against `keys`.
+fn check_tables(
+    text: &str,
+    name: &str,
+    keys: &[(&str, Kind)],
+    value: &DeValue<'_>,
+) -> Option<String> {
+    let Some(items) = value.as_array() else {
+        return Some(format!(
+            "key `{name}`: expected [[{name}]] tables, not {}",
+            describe(value)
+        ));
+    };
+    for item in items.iter() {
+        let Some(table) = item.get_ref().as_table() else {
+            return Some(format!(
+                "key `{name}`: expected [[{name}]] tables, not {}",
+                describe(item.get_ref())
+            ));
+        };
+        for (key, v) in table.iter() {
+            let sub = key.get_ref().as_ref();
+            let line = position(text, key.span().start).0;
+            let Some((_, kind)) = keys.iter().find(|(k, _)| *k == sub) else {
+                let known: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+                return Some(format!(
+                    "unknown key `{sub}` in [[{name}]] (line {line}); its keys are {}",
+                    known.join(", ")
+                ));
+            };
+            if let Some(want) = mismatch(*kind, v.get_ref()) {
+                return Some(format!("key `{name}.{sub}` (line {line}): {want}"));
+            }
         }
     }
     None
@@ -157,6 +218,8 @@ fn mismatch(kind: Kind, v: &DeValue<'_>) -> Option<String> {
                 _ => not(&format!("one of {list}")),
             }
         }
+        // Checked table by table in `check_tables`.
+        Kind::Tables(_) => None,
         Kind::Mode => match v.as_str() {
             Some(s) if parse_mode(s).is_some() => None,
             _ => not("a file mode in octal, in double quotes, such as \"0600\" or \"0640\""),

@@ -9,9 +9,18 @@ use crate::error::Result;
 use crate::secret::SecretBytes;
 
 impl Envelope {
+    /// Random bytes (DEK values) from the first member that answers, in
+    /// locked memory until copied out.
     pub fn random(&self, out: &mut [u8]) -> Result<()> {
-        let backend = self.backend();
-        self.pool.with(backend.pkcs11(), |s| kek::random(s, out))
+        let bytes = self.on_members(|m| {
+            m.pool.with(m.backend.pkcs11(), |s| {
+                let mut buf = SecretBytes::new(out.len());
+                kek::random(s, buf.as_mut_slice())?;
+                Ok(buf)
+            })
+        })?;
+        out.copy_from_slice(bytes.as_slice());
+        Ok(())
     }
 
     /// Wrap `value` with the backend key `wrapping` (any AES key the
@@ -24,9 +33,7 @@ impl Envelope {
     ) -> Result<Vec<u8>> {
         let backend = self.backend();
         let w = kek::object_handle(wrapping);
-        self.pool.with(backend.pkcs11(), |s| {
-            kek::keywrap(backend, &self.temp_gate, s, w, mech, value)
-        })
+        self.with_session(|s| kek::keywrap(backend, &self.temp_gate, s, w, mech, value))
     }
 
     pub fn keyunwrap(
@@ -37,8 +44,6 @@ impl Envelope {
     ) -> Result<SecretBytes> {
         let backend = self.backend();
         let w = kek::object_handle(unwrapping);
-        self.pool.with(backend.pkcs11(), |s| {
-            kek::keyunwrap(backend, &self.temp_gate, s, w, mech, wrapped)
-        })
+        self.with_session(|s| kek::keyunwrap(backend, &self.temp_gate, s, w, mech, wrapped))
     }
 }

@@ -63,6 +63,8 @@ impl Envelope {
         if self.cache.health_fresh() {
             return Ok(());
         }
+        // Replicas prove they agree, and down or refused ones get another try.
+        self.check_members();
         let now = now_ms();
         let soft = self.settings.soft_ttl.as_millis() as u64;
         let versions = self.cache.versions();
@@ -70,11 +72,13 @@ impl Envelope {
             self.cache.valid_until(now + soft);
             return Ok(());
         }
-        match self.with_session_retry(|s| {
-            versions
-                .iter()
-                .map(|v| self.status(s, *v).map(|st| (*v, st)))
-                .collect::<Result<Vec<_>>>()
+        match self.on_members(|m| {
+            m.pool.with_retry(m.backend.pkcs11(), |s| {
+                versions
+                    .iter()
+                    .map(|v| self.status(m, s, *v).map(|st| (*v, st)))
+                    .collect::<Result<Vec<_>>>()
+            })
         }) {
             Ok(statuses) => {
                 for (v, st) in statuses {
@@ -145,7 +149,7 @@ impl Envelope {
     /// a KEK that vanished while we are logged in is a revocation.
     pub(super) fn classify(&self, version: u32, e: Error) -> Error {
         let rv = e.rv();
-        if is_outage(rv) {
+        if is_outage(rv) || rv == CKR_HSME_HSM_UNAVAILABLE {
             self.outage_seen(&e);
             return Error::Rv(CKR_HSME_HSM_UNAVAILABLE);
         }
@@ -155,8 +159,13 @@ impl Envelope {
         e
     }
 
-    fn status(&self, s: &cryptoki::session::Session, version: u32) -> Result<Status> {
-        match self.kek_handle(s, version) {
+    fn status(
+        &self,
+        m: &super::members::Member,
+        s: &cryptoki::session::Session,
+        version: u32,
+    ) -> Result<Status> {
+        match self.kek_handle_on(m, s, version) {
             Ok(h) => match kek::enabled(s, h) {
                 Ok(true) => Ok(Status::Usable),
                 Ok(false) => Ok(Status::Revoked),
@@ -165,8 +174,8 @@ impl Envelope {
                     rv: CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID,
                     ..
                 }) => {
-                    self.forget_keks();
-                    match self.kek_handle(s, version) {
+                    m.forget_keks();
+                    match self.kek_handle_on(m, s, version) {
                         Ok(h) if kek::enabled(s, h)? => Ok(Status::Usable),
                         Ok(_) => Ok(Status::Revoked),
                         Err(e) if e.rv() == CKR_HSME_KEK_REVOKED => Ok(Status::Revoked),

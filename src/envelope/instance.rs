@@ -3,7 +3,6 @@
 //! opening and the value lookup are in `service`; KEK handles in
 //! `kek_handles`; key wrap with application keys in `app_key_wrap`.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -12,8 +11,7 @@ use cryptoki_sys::*;
 
 use super::cache::KeyCache;
 use super::settings::Settings;
-use crate::backend::kek::{self, KekKey};
-use crate::backend::pool::SessionPool;
+use crate::backend::kek;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
@@ -29,12 +27,10 @@ pub(super) struct View {
 }
 
 pub struct Envelope {
-    /// The HSM behind the service, shared with the token layer's forwarded calls.
-    backend: Arc<Backend>,
+    /// The HSMs that hold the KEK (see `members`); the first, "main", is
+    /// the one the token layer's forwarded calls go to.
+    pub(super) members: super::members::Members,
     pub(super) settings: Settings,
-    pub(super) pool: SessionPool,
-    /// Backend handles of KEK versions, found once per login.
-    pub(super) handles: Mutex<HashMap<u32, KekKey>>,
     /// The OAEP hash this backend takes (a `WrapAlg` byte; 0: not known
     /// yet), found by the first seal under an RSA KEK.
     pub(super) oaep: AtomicU8,
@@ -60,7 +56,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn backend(&self) -> &Backend {
-        &self.backend
+        &self.members.main().backend
     }
 
     pub fn new(settings: Settings, slot: Slot, backend: Arc<Backend>) -> Self {
@@ -72,11 +68,10 @@ impl Envelope {
             settings.gcm_block,
             settings.cache_max_keys,
         );
+        let main = super::members::main_member(backend, slot, settings.kek_label.clone());
         Envelope {
-            backend,
+            members: super::members::Members::new(main),
             settings,
-            pool: SessionPool::new(slot),
-            handles: Mutex::new(HashMap::new()),
             oaep: AtomicU8::new(0),
             view: RwLock::new(None),
             store: Mutex::new(None),
@@ -92,7 +87,7 @@ impl Envelope {
     }
 
     fn pool_slot(&self) -> Slot {
-        self.pool.slot()
+        self.members.main().pool.slot()
     }
 
     /// Attach the audit log (once, after start-up).
@@ -153,8 +148,8 @@ impl Envelope {
         &self,
         f: impl FnOnce(&cryptoki::session::Session) -> Result<T>,
     ) -> Result<T> {
-        let backend = self.backend();
-        self.pool.with(backend.pkcs11(), f)
+        let main = self.members.main();
+        main.pool.with(main.backend.pkcs11(), f)
     }
 
     /// As `with_session`, retried once on a new session if the first was lost
@@ -163,41 +158,56 @@ impl Envelope {
         &self,
         f: impl Fn(&cryptoki::session::Session) -> Result<T>,
     ) -> Result<T> {
-        let backend = self.backend();
-        self.pool.with_retry(backend.pkcs11(), f)
+        let main = self.members.main();
+        main.pool.with_retry(main.backend.pkcs11(), f)
     }
 
     /// The user logged in: keep the PIN (locked, zeroized) to log in again
     /// after the HSM comes back from an outage.
+    /// With replica HSMs, each logs in now (with its own PIN source or
+    /// this one) and must prove it holds the same KEK (see `agreement`).
     pub fn remember_pin(&self, pin: &[u8]) {
-        self.pool.remember_pin(pin);
+        for m in self.members.all() {
+            m.remember_pin(pin);
+        }
+        if self.members.replicated() {
+            self.prove_agreement();
+        }
     }
 
     /// Log a re-opened application backend session in again (see `pool`).
     pub fn login_again(&self, bh: CK_SESSION_HANDLE) {
-        let backend = self.backend();
-        self.pool.login_raw(backend, bh);
+        let main = self.members.main();
+        main.pool.login_raw(&main.backend, bh);
     }
 
     /// Called when the login ends: KEK handles, the PIN and every cached
     /// value go.
     pub fn on_logout(&self) {
         self.forget_keks();
-        self.pool.forget_pin();
+        for m in self.members.all() {
+            m.pool.forget_pin();
+        }
         self.cache.clear();
     }
 
     /// The application's last session closed: the pooled backend sessions
     /// go too, so the backend logs out as the spec says it must.
     pub fn close_sessions(&self) {
-        self.pool.close_all();
+        self.close_pools();
         self.on_logout();
     }
 
     pub fn close(&self) {
         self.stop_listening();
         self.gcm_give_back();
-        self.pool.close_all();
+        self.close_pools();
         self.cache.clear();
+    }
+
+    fn close_pools(&self) {
+        for m in self.members.all() {
+            m.pool.close_all();
+        }
     }
 }

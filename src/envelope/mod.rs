@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agreement;
 pub mod app_key_wrap;
 pub mod attrs;
 pub mod byok;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod instance;
 pub mod kek_handles;
 pub mod last_used;
+pub mod members;
 pub mod record;
 pub mod rewrap;
 pub mod service;

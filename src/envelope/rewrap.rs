@@ -187,8 +187,15 @@ impl<'a> RewrapJob<'a> {
                     let old_key = self.key(rec.kek_version)?;
                     let value = Envelope::open_with(backend, s, old_key, &rec, &aad)?;
                     let value = Envelope::check_len(&attrs, value)?;
-                    let new =
-                        env.seal_with(s, new_key, primary, &row.id, &bound, value.as_slice())?;
+                    let new = env.seal_with(
+                        backend,
+                        s,
+                        new_key,
+                        primary,
+                        &row.id,
+                        &bound,
+                        value.as_slice(),
+                    )?;
                     Ok(new.try_encode()?)
                 });
                 match sealed {

@@ -55,8 +55,8 @@ impl Envelope {
         value: &[u8],
     ) -> Result<Vec<u8>> {
         let bound = attrs.bound_encoding();
-        let rec = self.with_kek(version, |s, key| {
-            self.seal_with(s, key, version, id, &bound, value)
+        let rec = self.with_kek(version, |backend, s, key| {
+            self.seal_with(backend, s, key, version, id, &bound, value)
         })?;
         Ok(rec.try_encode()?)
     }
@@ -66,6 +66,7 @@ impl Envelope {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn seal_with(
         &self,
+        backend: &Backend,
         s: &cryptoki::session::Session,
         key: KekKey,
         version: u32,
@@ -73,7 +74,6 @@ impl Envelope {
         bound: &[u8],
         value: &[u8],
     ) -> Result<WrappedRecord> {
-        let backend = self.backend();
         let blank = |alg, iv: Vec<u8>| WrappedRecord {
             alg,
             kek_label: self.settings.kek_label.clone(),
@@ -165,11 +165,10 @@ impl Envelope {
     /// to the record, the id or the bound attributes makes the HSM's tag
     /// check fail.
     pub fn open(&self, id: &[u8; 16], attrs: &Attrs, record: &[u8]) -> Result<SecretBytes> {
-        let backend = self.backend();
         let rec = self.openable(id, record)?;
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
-            .with_kek(rec.kek_version, |s, key| {
+            .with_kek(rec.kek_version, |backend, s, key| {
                 Self::open_with(backend, s, key, &rec, &aad)
             })
             .inspect_err(|e| {

@@ -244,7 +244,7 @@ impl Envelope {
         let mut value = [0u8; 32];
         getrandom::fill(&mut value).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
         let trial = self
-            .seal_with(s, key, version, &id, bound, &value)
+            .seal_with(backend, s, key, version, &id, bound, &value)
             .and_then(|rec| {
                 let aad = rec.aad(&id, bound);
                 Envelope::open_with(backend, s, key, &rec, &aad)

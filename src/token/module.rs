@@ -282,11 +282,22 @@ impl Module {
             Some(s) => {
                 let slot = Slot::try_from(s.backend_id)
                     .map_err(|_| backend_failed(Error::Rv(CKR_GENERAL_ERROR)))?;
-                Some(Envelope::new(
+                let mut env = Envelope::new(
                     crate::envelope::service::Settings::from(&config),
                     slot,
                     backend.clone(),
-                ))
+                );
+                // Replica HSMs (kek_mode = "replicas"): loaded now, so that a
+                // wrong path or token label fails here, as main's does.
+                env.add_replicas(&config).map_err(|e| {
+                    InitFailure::new(
+                        e,
+                        format!(
+                            "correct the [[hsm]] tables {at}, or check that each HSM is reachable"
+                        ),
+                    )
+                })?;
+                Some(env)
             }
             None => None,
         };
@@ -388,8 +399,17 @@ impl Module {
         let Module {
             backend, envelope, ..
         } = self;
+        let replicas = envelope
+            .as_ref()
+            .map(|e| e.replica_backends())
+            .unwrap_or_default();
         // The envelope holds the only other reference to the backend.
         drop(envelope);
+        for b in replicas {
+            if let Ok(b) = Arc::try_unwrap(b) {
+                b.finalize();
+            }
+        }
         match Arc::try_unwrap(backend) {
             Ok(b) => b.finalize(),
             Err(_) => crate::log_warn!("the backend is still in use; not finalised"),

@@ -155,6 +155,7 @@ fn details(
         "store_engine": store.engine,
         "kek_label": kek_label,
     });
+    members(admin, &mut text, &mut doc);
     let facts = env
         .versions()
         .and_then(|v| Ok((v, env.with_store(|st| Ok(st.record_counts()?))?)))
@@ -260,4 +261,31 @@ fn details(
         m.insert("healthy".into(), json!(true));
     }
     Ok(Report::new(text, doc))
+}
+
+/// With replica HSMs (issue 13): each member's health as this tool's own
+/// check found it (logged in, sealed a test value on one, opened it on
+/// each): up, down (unreachable) or refused (its KEK disagrees).
+fn members(admin: &Admin, text: &mut String, doc: &mut Value) {
+    if admin.config.hsm.is_empty() {
+        return;
+    }
+    let states = admin.env.member_states();
+    text.push_str(&format!(
+        "kek mode         {}\n",
+        admin.config.kek_mode.name()
+    ));
+    let mut list = Vec::new();
+    for (name, state) in &states {
+        let why = state.why().map(|w| format!(" ({w})")).unwrap_or_default();
+        text.push_str(&format!(
+            "hsm member       '{name}': {}{why}\n",
+            state.name()
+        ));
+        list.push(json!({"name": name, "state": state.name(), "why": state.why()}));
+    }
+    if let Value::Object(m) = doc {
+        m.insert("kek_mode".into(), json!(admin.config.kek_mode.name()));
+        m.insert("hsm_members".into(), json!(list));
+    }
 }

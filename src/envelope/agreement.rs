@@ -1,0 +1,99 @@
+//! Replica HSMs must hold the same KEK: at login and at every health check
+//! (each `cache_soft_ttl_secs`) a random test value is sealed under the
+//! primary KEK version on the first member that can, and opened on each of
+//! the others. A member that opens it to the same value is up; one that
+//! cannot be reached is down; one that answers anything else (another key,
+//! no KEK, a disabled KEK, a refused PIN) is refused until a later check
+//! proves it agrees. Down and refused members are tried here again, so this
+//! check is also how they come back.
+
+use cryptoki_sys::*;
+
+use super::members::{fails_over, Member};
+use super::service::Envelope;
+use crate::error::Error;
+use crate::rv_name::rv_name;
+
+/// The test value's DEK id and bound attributes: nothing a real DEK has.
+const TEST_ID: [u8; 16] = [0x5A; 16];
+const TEST_BOUND: &[u8] = b"hsm-envelope/replica-agreement";
+
+impl Envelope {
+    /// Prove the members agree (see the module comment). Without a
+    /// reachable member that can seal there is nothing to prove against:
+    /// states stay as they are.
+    pub fn prove_agreement(&self) {
+        let version = match self.primary() {
+            Ok(v) => v,
+            Err(e) => {
+                crate::log_warn!("replica agreement not checked: no primary KEK version ({e})");
+                return;
+            }
+        };
+        let mut value = [0u8; 32];
+        if getrandom::fill(&mut value).is_err() {
+            return;
+        }
+        let mut reference = None;
+        for m in self.members.all() {
+            let sealed = self.with_kek_on(m, version, |b, s, key| {
+                self.seal_with(b, s, key, version, &TEST_ID, TEST_BOUND, &value)
+            });
+            match sealed {
+                Ok(rec) => {
+                    reference = Some((m, rec));
+                    break;
+                }
+                Err(e) if fails_over(&e) => m.mark_down(&e),
+                // Checked below by opening, once a member has sealed.
+                Err(_) => {}
+            }
+        }
+        let Some((first, rec)) = reference else {
+            crate::log_warn!("replica agreement not checked: no member could seal a test value");
+            return;
+        };
+        first.mark_up();
+        let aad = rec.aad(&TEST_ID, TEST_BOUND);
+        for m in self.members.all() {
+            if std::ptr::eq(m, first) {
+                continue;
+            }
+            let opened = self.with_kek_on(m, version, |b, s, key| {
+                Envelope::open_with(b, s, key, &rec, &aad)
+            });
+            match opened {
+                Ok(v) if v.as_slice() == value => m.mark_up(),
+                Ok(_) => m.refuse(format!(
+                    "its KEK v{version} opens what '{}' sealed to another value",
+                    first.name
+                )),
+                Err(e) if fails_over(&e) => m.mark_down(&e),
+                Err(e) => m.refuse(disagreement(first, version, &e)),
+            }
+        }
+    }
+
+    /// The health check's part for replicas, run once per soft TTL.
+    pub(super) fn check_members(&self) {
+        if self.members.replicated() && self.members.main().pool.has_pin() {
+            self.prove_agreement();
+        }
+    }
+}
+
+/// Why member `m` could not open what `first` sealed, in words.
+fn disagreement(first: &Member, version: u32, e: &Error) -> String {
+    let what = match e.rv() {
+        crate::vendor::CKR_HSME_RECORD_INVALID | CKR_ENCRYPTED_DATA_INVALID => {
+            "holds different key material".to_string()
+        }
+        crate::vendor::CKR_HSME_KEK_REVOKED => "has it disabled or deleted".to_string(),
+        crate::vendor::CKR_HSME_KEK_UNAVAILABLE => "does not have it".to_string(),
+        rv => format!("answered {}", rv_name(rv)),
+    };
+    format!(
+        "cannot open a test value '{}' sealed under KEK v{version}: it {what}",
+        first.name
+    )
+}

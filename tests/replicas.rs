@@ -1,0 +1,248 @@
+//! More than one HSM, `kek_mode = "replicas"` (issue 13): two tokens of one
+//! SoftHSM2 stand in for two HSMs holding the same KEK material. "main"
+//! (the top-level keys) is reached through the fault-injecting backend
+//! (examples/faulty_backend.rs), so a flag file takes it down mid-run;
+//! member "b" is reached directly.
+//!
+//! The KEK is written with the same known value on both tokens (a test
+//! stand-in for the BYOK import or a vendor's cloning): sensitive, never
+//! extractable, as `kek_guard` and `backend::kek` require.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::cli::{cli_json, ok_json};
+use common::p11::*;
+use common::*;
+use cryptoki::error::RvError;
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::session::Session;
+
+const CKR_HSME_HSM_UNAVAILABLE: u64 = 0xC845_0005;
+const REPLICA_LABEL: &str = "replica-b";
+const SOFT_TTL: Duration = Duration::from_secs(60);
+
+fn faulty_backend_path() -> PathBuf {
+    let dir = module_path().parent().unwrap().to_path_buf();
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir
+    };
+    let p = dir.join("examples/libfaulty_backend.so");
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build --examples` first",
+        p.display()
+    );
+    p
+}
+
+/// Replace whatever KEK `s`'s token holds under the KEK's label and id with
+/// an AES-256 key of value `value`.
+fn put_kek(s: &Session, value: &[u8; 32]) {
+    for h in s
+        .find_objects(&[
+            Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+            Attribute::Id(KEK_ID.to_vec()),
+        ])
+        .unwrap()
+    {
+        s.destroy_object(h).unwrap();
+    }
+    s.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Value(value.to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+        Attribute::Id(KEK_ID.to_vec()),
+    ])
+    .unwrap();
+}
+
+fn slot_labelled(p: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::slot::Slot {
+    p.get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| p.get_token_info(*s).unwrap().label() == label)
+        .unwrap_or_else(|| panic!("no token labelled {label}"))
+}
+
+/// Two HSMs: main (through the fault backend) and "b"; b's KEK is main's
+/// when `same_kek`, else another value. Returns the token and the flag file
+/// that takes main down.
+fn two_hsms(same_kek: bool) -> (TestToken, PathBuf) {
+    let t = TestToken::new();
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", REPLICA_LABEL])
+        .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
+        .env("SOFTHSM2_CONF", &t.softhsm_conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kek: [u8; 32] = random_bytes(32).try_into().unwrap();
+    let other: [u8; 32] = random_bytes(32).try_into().unwrap();
+    {
+        let hsm = init_pkcs11(&softhsm_module_path());
+        put_kek(&user_session(&hsm, slot_labelled(&hsm, TOKEN_LABEL)), &kek);
+        let b = user_session(&hsm, slot_labelled(&hsm, REPLICA_LABEL));
+        put_kek(&b, if same_kek { &kek } else { &other });
+        drop(b);
+        hsm.finalize().unwrap();
+    }
+    let flag = t.path().join("main-down");
+    std::env::set_var("FAULTY_BACKEND_TARGET", softhsm_module_path());
+    std::env::set_var("FAULTY_BACKEND_FLAG", &flag);
+    let softhsm = format!("backend_module = \"{}\"", softhsm_module_path().display());
+    let mut conf = t.config_text().replace(
+        &softhsm,
+        &format!("backend_module = \"{}\"", faulty_backend_path().display()),
+    );
+    conf += &format!(
+        "cache_soft_ttl_secs = {}\n# one cached DEK: using another one unwraps it\ncache_max_keys = 1\n\
+         kek_mode = \"replicas\"\n\n[[hsm]]\nname = \"b\"\n{softhsm}\ntoken_label = \"{REPLICA_LABEL}\"\n",
+        SOFT_TTL.as_secs()
+    );
+    std::fs::write(&t.conf, conf).unwrap();
+    (t, flag)
+}
+
+fn log_text(t: &TestToken) -> String {
+    std::fs::read_to_string(t.log_file()).unwrap_or_default()
+}
+
+fn member_states(doc: &serde_json::Value) -> Vec<(String, String)> {
+    doc["hsm_members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hsm_members in {doc:#}"))
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_failing_mid_run_fails_over_without_an_application_error() {
+    let (t, flag) = two_hsms(true);
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(doc["kek_mode"], "replicas");
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "up".into())]
+    );
+
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let iv = [7u8; 12];
+    let deks: Vec<_> = (0..3).map(|_| generate(&s, true, vec![])).collect();
+    let cts: Vec<_> = deks
+        .iter()
+        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"before").unwrap())
+        .collect();
+    // With one cached DEK, each use of another one is an unwrap on the HSM.
+    let start = Instant::now();
+    assert_eq!(
+        gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).unwrap(),
+        b"before"
+    );
+    let healthy = start.elapsed();
+
+    std::fs::write(&flag, b"down").unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        gcm_decrypt(&s, deks[1], &iv, b"", &cts[1]).expect("failed over to b"),
+        b"before"
+    );
+    let first = start.elapsed();
+    let start = Instant::now();
+    assert_eq!(
+        gcm_decrypt(&s, deks[2], &iv, b"", &cts[2]).unwrap(),
+        b"before"
+    );
+    let next = start.elapsed();
+    eprintln!(
+        "unwrap with both members up: {healthy:?}; first after main died: {first:?}; next: {next:?}"
+    );
+    assert!(
+        first < Duration::from_secs(1),
+        "first unwrap after main died: {first:?}"
+    );
+    assert!(
+        log_text(&t).contains("HSM member 'main' is down"),
+        "{}",
+        log_text(&t)
+    );
+
+    // New DEKs are still made (random bytes and the seal come from b).
+    let new = generate(&s, true, vec![]);
+    let ct = gcm_encrypt(&s, new, &iv, b"", b"during").unwrap();
+    assert_eq!(
+        gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).unwrap(),
+        b"before"
+    );
+    assert_eq!(gcm_decrypt(&s, new, &iv, b"", &ct).unwrap(), b"during");
+
+    // Main comes back: the next health check proves it agrees and uses it.
+    std::fs::remove_file(&flag).unwrap();
+    advance_clock(SOFT_TTL);
+    assert_eq!(
+        gcm_decrypt(&s, deks[1], &iv, b"", &cts[1]).unwrap(),
+        b"before"
+    );
+    assert!(
+        log_text(&t).contains("HSM member 'main' is up again"),
+        "{}",
+        log_text(&t)
+    );
+}
+
+#[test]
+fn a_replica_whose_kek_differs_is_refused_at_start() {
+    let (t, flag) = two_hsms(false);
+    let (_, doc) = cli_json(&t, &["status"]);
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "refused".into())],
+        "{doc:#}"
+    );
+    let why = doc["hsm_members"][1]["why"].as_str().unwrap();
+    assert!(why.contains("holds different key material"), "{why}");
+
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    assert!(
+        log_text(&t).contains("HSM member 'b' refused"),
+        "{}",
+        log_text(&t)
+    );
+    let dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, dek, &[1; 12], b"", b"x").expect("main serves");
+
+    // With main down only the refused member is left: it is never used.
+    std::fs::write(&flag, b"down").unwrap();
+    let e = s
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE));
+}
