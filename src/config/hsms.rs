@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -84,19 +85,20 @@ impl HsmMember {
 }
 
 impl PinSource {
-    /// The PIN, or None for `Login`. Errors name the source, never the PIN.
-    pub fn read(&self) -> Result<Option<Vec<u8>>> {
+    /// The PIN, or None for `Login`; every copy made here is wiped when
+    /// dropped. Errors name the source, never the PIN.
+    pub fn read(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
         match self {
             PinSource::Login => Ok(None),
             PinSource::Env(var) => std::env::var(var)
-                .map(|p| Some(p.into_bytes()))
+                .map(|p| Some(Zeroizing::new(p.into_bytes())))
                 .map_err(|_| Error::Config(format!("pin_env: the variable {var} is not set"))),
             PinSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                     Error::Config(format!("pin_file: cannot read {}: {e}", path.display()))
-                })?;
+                })?);
                 let line = text.lines().next().unwrap_or("");
-                Ok(Some(line.as_bytes().to_vec()))
+                Ok(Some(Zeroizing::new(line.as_bytes().to_vec())))
             }
         }
     }
