@@ -242,8 +242,9 @@ pub fn object(m: &Module, h: CK_OBJECT_HANDLE) -> Result<Object> {
         Object::Stored { .. } => true,
         Object::Backend { .. } => false,
     };
-    if !token_dek(&m.objects.get(h)?) {
-        return m.objects.get(h);
+    let first = m.objects.get(h)?;
+    if !token_dek(&first) {
+        return Ok(first);
     }
     catch_up(m, false)?;
     match m.objects.get(h)? {
