@@ -316,3 +316,40 @@ fn a_replica_unreachable_at_start_is_down_then_found_and_used() {
     assert_eq!(gcm_decrypt(&s, new, &iv, b"", &ct).unwrap(), b"b only");
     std::fs::remove_file(&flag).unwrap();
 }
+
+#[test]
+fn a_replica_whose_token_is_missing_at_start_is_down_and_the_module_starts() {
+    let (t, _flag) = two_hsms(true);
+    let conf = t
+        .config_text()
+        .replace(&format!("\"{REPLICA_LABEL}\""), "\"not-there-yet\"");
+    std::fs::write(&t.conf, conf).unwrap();
+
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "down".into())],
+        "{doc:#}"
+    );
+    let why = doc["hsm_members"][1]["why"].as_str().unwrap();
+    assert!(why.contains("no token labelled 'not-there-yet'"), "{why}");
+
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    let ct = gcm_encrypt(&s, dek, &[5; 12], b"", b"main serves").unwrap();
+    assert_eq!(
+        gcm_decrypt(&s, dek, &[5; 12], b"", &ct).unwrap(),
+        b"main serves"
+    );
+    // Looked for again at the health check (run before serving the cached
+    // DEK once the soft TTL has passed), still missing: no new line.
+    advance_clock(SOFT_TTL);
+    assert_eq!(
+        gcm_decrypt(&s, dek, &[5; 12], b"", &ct).unwrap(),
+        b"main serves"
+    );
+    let ours_down = format!("pid={} WARN HSM member 'b' is down", std::process::id());
+    let log = log_text(&t);
+    assert_eq!(log.matches(&ours_down).count(), 1, "{log}");
+}

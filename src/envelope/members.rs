@@ -263,14 +263,14 @@ impl Members {
                         why: "found; not yet proven to hold the same KEK".into(),
                     };
                 }
-                Err(e) => m.still_missing(e.to_string()),
+                Err(why) => m.still_missing(why),
             }
         }
     }
 
     /// Load `m`'s module (or share one loaded for that path) and find its
-    /// token by label.
-    fn locate(&self, m: &Member) -> Result<()> {
+    /// token by label; why not, in words.
+    fn locate(&self, m: &Member) -> std::result::Result<(), String> {
         let Some(place) = &m.place else {
             return Ok(());
         };
@@ -282,23 +282,25 @@ impl Members {
         let backend = match loaded.iter().find(|(p, _)| *p == place.module) {
             Some((_, b)) => b.clone(),
             None => {
-                let b = Arc::new(Backend::load(&place.module)?);
+                let b = Arc::new(Backend::load(&place.module).map_err(|e| e.to_string())?);
                 loaded.push((place.module.clone(), b.clone()));
                 b
             }
         };
-        for id in backend.token_slots()? {
-            if label_of(&backend.token_info(id)?.label) == place.token_label {
-                let slot = Slot::try_from(id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?;
+        let listing = |e: Error| format!("listing the tokens of {}: {e}", place.module.display());
+        for id in backend.token_slots().map_err(listing)? {
+            let info = backend.token_info(id).map_err(listing)?;
+            if label_of(&info.label) == place.token_label {
+                let slot = Slot::try_from(id).map_err(|_| format!("slot id {id} out of range"))?;
                 m.found_at(backend, slot);
                 return Ok(());
             }
         }
-        Err(Error::Config(format!(
+        Err(format!(
             "no token labelled '{}' on {}",
             place.token_label,
             place.module.display()
-        )))
+        ))
     }
 }
 
@@ -394,7 +396,7 @@ impl Envelope {
         for m in &self.members.all()[1..] {
             match self.members.locate(m) {
                 Ok(()) => *unpoisoned(m.state.lock()) = State::Up,
-                Err(e) => m.still_missing(e.to_string()),
+                Err(why) => m.still_missing(why),
             }
         }
         Ok(())
