@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh [rewrap] [FLAGS] — the benchmarks, one command each. Builds
+# scripts/bench.sh [rewrap|scale|replicas] [FLAGS] — the benchmarks, one command each. Builds
 # the bench in release mode and runs its executable with --bench FLAGS.
 #
 # Side-by-side (issue 4, benches/side_by_side.rs): builds the module
@@ -32,6 +32,15 @@
 #   bash scripts/bench.sh scale --deks 100000 --engine sqlite
 #   bash scripts/bench.sh scale --make 1000000           also: one process makes and uses N
 #
+# Replicas (issue 13, benches/replicas.rs): two SoftHSM2 tokens holding the
+# same KEK, kek_mode = "replicas", main reached through the fault-injecting
+# backend; times unwraps with both members up, the first after main dies,
+# the following ones, and after main is back, against the target (failover
+# adds <= 1 s to the first unwrap after a member dies, nothing after).
+#
+#   bash scripts/bench.sh replicas                       200 unwraps per phase
+#   bash scripts/bench.sh replicas --unwraps 1000 --keep
+#
 # Needs SoftHSM2 and pkcs11-tool (Debian packages softhsm2 and opensc; see
 # scripts/deps.sh), and cargo.
 set -euo pipefail
@@ -61,6 +70,11 @@ elif [[ ${1:-} == scale ]]; then
     bench=scale
     # Fills the store with the library (rlib), measures through the module.
     build=(--lib --bench scale)
+elif [[ ${1:-} == replicas ]]; then
+    shift
+    bench=replicas
+    # Loads the release module, which reaches main through the fault backend.
+    build=(--lib --example faulty_backend --bench replicas)
 else
     bench=side_by_side
     # One cargo invocation, one profile (release): the module and the bench

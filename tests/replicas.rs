@@ -246,3 +246,110 @@ fn a_replica_whose_kek_differs_is_refused_at_start() {
         .unwrap_err();
     assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE));
 }
+
+#[test]
+fn a_replica_unreachable_at_start_is_down_then_found_and_used() {
+    let (t, flag) = two_hsms(true);
+    // b's module is not there at start (an HSM client not installed yet, a
+    // network HSM's library on a share that is down): a link to SoftHSM2
+    // made later stands in for it coming back.
+    let late_module = t.path().join("late-hsm-b.so");
+    let softhsm = format!("backend_module = \"{}\"", softhsm_module_path().display());
+    let conf = std::fs::read_to_string(&t.conf).unwrap();
+    let at = conf.rfind(&softhsm).expect("b's backend_module line");
+    let conf = format!(
+        "{}backend_module = \"{}\"{}",
+        &conf[..at],
+        late_module.display(),
+        &conf[at + softhsm.len()..]
+    );
+    std::fs::write(&t.conf, conf).unwrap();
+
+    // The admin tool starts and shows b down, with the reason.
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "down".into())],
+        "{doc:#}"
+    );
+    let why = doc["hsm_members"][1]["why"].as_str().unwrap();
+    assert!(why.contains("late-hsm-b.so"), "{why}");
+
+    // The application starts and works on main alone.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let iv = [3u8; 12];
+    let deks: Vec<_> = (0..3).map(|_| generate(&s, true, vec![])).collect();
+    let cts: Vec<_> = deks
+        .iter()
+        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"main only").unwrap())
+        .collect();
+    assert_eq!(
+        gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).unwrap(),
+        b"main only"
+    );
+    let log = log_text(&t);
+    // Once by this process (the admin tool's run above logged its own).
+    let ours_down = format!("pid={} WARN HSM member 'b' is down", std::process::id());
+    assert_eq!(log.matches(&ours_down).count(), 1, "logged once: {log}");
+
+    // b appears; the next health check finds it and proves it agrees.
+    std::os::unix::fs::symlink(softhsm_module_path(), &late_module).unwrap();
+    advance_clock(SOFT_TTL);
+    assert_eq!(
+        gcm_decrypt(&s, deks[1], &iv, b"", &cts[1]).unwrap(),
+        b"main only"
+    );
+    let log = log_text(&t);
+    assert!(log.contains("HSM member 'b' found"), "{log}");
+    assert!(log.contains("HSM member 'b' is up again"), "{log}");
+    assert_eq!(log.matches(&ours_down).count(), 1, "logged once: {log}");
+
+    // Proof that b is in use: with main down, no application error.
+    std::fs::write(&flag, b"down").unwrap();
+    assert_eq!(
+        gcm_decrypt(&s, deks[2], &iv, b"", &cts[2]).expect("b serves"),
+        b"main only"
+    );
+    let new = generate(&s, true, vec![]);
+    let ct = gcm_encrypt(&s, new, &iv, b"", b"b only").unwrap();
+    assert_eq!(gcm_decrypt(&s, new, &iv, b"", &ct).unwrap(), b"b only");
+    std::fs::remove_file(&flag).unwrap();
+}
+
+#[test]
+fn a_replica_whose_token_is_missing_at_start_is_down_and_the_module_starts() {
+    let (t, _flag) = two_hsms(true);
+    let conf = t
+        .config_text()
+        .replace(&format!("\"{REPLICA_LABEL}\""), "\"not-there-yet\"");
+    std::fs::write(&t.conf, conf).unwrap();
+
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "down".into())],
+        "{doc:#}"
+    );
+    let why = doc["hsm_members"][1]["why"].as_str().unwrap();
+    assert!(why.contains("no token labelled 'not-there-yet'"), "{why}");
+
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    let ct = gcm_encrypt(&s, dek, &[5; 12], b"", b"main serves").unwrap();
+    assert_eq!(
+        gcm_decrypt(&s, dek, &[5; 12], b"", &ct).unwrap(),
+        b"main serves"
+    );
+    // Looked for again at the health check (run before serving the cached
+    // DEK once the soft TTL has passed), still missing: no new line.
+    advance_clock(SOFT_TTL);
+    assert_eq!(
+        gcm_decrypt(&s, dek, &[5; 12], b"", &ct).unwrap(),
+        b"main serves"
+    );
+    let ours_down = format!("pid={} WARN HSM member 'b' is down", std::process::id());
+    let log = log_text(&t);
+    assert_eq!(log.matches(&ours_down).count(), 1, "{log}");
+}

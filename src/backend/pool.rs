@@ -7,7 +7,7 @@
 //! kept in locked, zeroized memory until logout.
 
 use crate::runtime::lock::unpoisoned;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::RvError;
@@ -20,7 +20,11 @@ use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 
 pub struct SessionPool {
-    slot: Slot,
+    /// The token's slot; unset for a replica HSM not found yet (its
+    /// module or token could not be reached at start, see
+    /// `envelope::members`): opening a session then answers
+    /// CKR_TOKEN_NOT_PRESENT.
+    slot: OnceLock<Slot>,
     idle: Mutex<Vec<Session>>,
     pin: Mutex<Option<SecretBytes>>,
 }
@@ -46,15 +50,31 @@ fn lost(e: &Error) -> bool {
 
 impl SessionPool {
     pub fn new(slot: Slot) -> Self {
+        let pool = SessionPool::unplaced();
+        pool.place(slot);
+        pool
+    }
+
+    /// A pool whose token is not found yet (see `place`). It keeps the PIN
+    /// it is given meanwhile.
+    pub fn unplaced() -> Self {
         SessionPool {
-            slot,
+            slot: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
             pin: Mutex::new(None),
         }
     }
 
-    pub fn slot(&self) -> Slot {
+    /// The token is found at `slot` (once; later calls change nothing).
+    pub fn place(&self, slot: Slot) {
+        let _ = self.slot.set(slot);
+    }
+
+    pub fn slot(&self) -> Result<Slot> {
         self.slot
+            .get()
+            .copied()
+            .ok_or(Error::Rv(CKR_TOKEN_NOT_PRESENT))
     }
 
     /// Whether a PIN is kept (the user is logged in).
@@ -91,7 +111,7 @@ impl SessionPool {
     fn open(&self, pkcs11: &Pkcs11) -> Result<Session> {
         // no_drop: dropping a Session must never call the backend (fork, finalize).
         let s = pkcs11
-            .open_rw_session_no_drop(self.slot)
+            .open_rw_session_no_drop(self.slot()?)
             .map_err(|e| Error::from_cryptoki("C_OpenSession", e))?;
         {
             let guard = unpoisoned(self.pin.lock());

@@ -5,11 +5,12 @@
 //! cannot be reached is down; one that answers anything else (another key,
 //! no KEK, a disabled KEK, a refused PIN) is refused until a later check
 //! proves it agrees. Down and refused members are tried here again, so this
-//! check is also how they come back.
+//! check is also how they come back, and how a member not found at start
+//! comes into use once it is found (see `members`).
 
 use cryptoki_sys::*;
 
-use super::members::{fails_over, Member};
+use super::members::{fails_over, Member, State};
 use super::service::Envelope;
 use crate::error::Error;
 use crate::rv_name::rv_name;
@@ -35,7 +36,14 @@ impl Envelope {
             return;
         }
         let mut reference = None;
-        for m in self.members.all() {
+        // A refused member never serves as the reference: one holding
+        // another key would otherwise be proven right while main is down.
+        let candidates = self
+            .members
+            .all()
+            .iter()
+            .filter(|m| m.found() && !matches!(m.state(), State::Refused { .. }));
+        for m in candidates {
             let sealed = self.with_kek_on(m, version, |b, s, key| {
                 self.seal_with(b, s, key, version, &TEST_ID, TEST_BOUND, &value)
             });
@@ -55,7 +63,7 @@ impl Envelope {
         };
         first.mark_up();
         let aad = rec.aad(&TEST_ID, TEST_BOUND);
-        for m in self.members.all() {
+        for m in self.members.all().iter().filter(|m| m.found()) {
             if std::ptr::eq(m, first) {
                 continue;
             }
@@ -75,8 +83,13 @@ impl Envelope {
     }
 
     /// The health check's part for replicas, run once per soft TTL.
+    /// Members not found yet (unreachable at start) are looked for first.
     pub(super) fn check_members(&self) {
-        if self.members.replicated() && self.members.main().pool.has_pin() {
+        if !self.members.replicated() {
+            return;
+        }
+        self.members.find_missing();
+        if self.members.main().pool.has_pin() {
             self.prove_agreement();
         }
     }

@@ -13,7 +13,7 @@ impl Envelope {
     /// locked memory until copied out.
     pub fn random(&self, out: &mut [u8]) -> Result<()> {
         let bytes = self.on_members(|m| {
-            m.pool.with(m.backend.pkcs11(), |s| {
+            m.pool.with(m.backend()?.pkcs11(), |s| {
                 let mut buf = SecretBytes::new(out.len());
                 kek::random(s, buf.as_mut_slice())?;
                 Ok(buf)

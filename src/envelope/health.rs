@@ -73,7 +73,7 @@ impl Envelope {
             return Ok(());
         }
         match self.on_members(|m| {
-            m.pool.with_retry(m.backend.pkcs11(), |s| {
+            m.pool.with_retry(m.backend()?.pkcs11(), |s| {
                 versions
                     .iter()
                     .map(|v| self.status(m, s, *v).map(|st| (*v, st)))

@@ -56,7 +56,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn backend(&self) -> &Backend {
-        &self.members.main().backend
+        self.members.main_backend()
     }
 
     pub fn new(settings: Settings, slot: Slot, backend: Arc<Backend>) -> Self {
@@ -68,9 +68,9 @@ impl Envelope {
             settings.gcm_block,
             settings.cache_max_keys,
         );
-        let main = super::members::main_member(backend, slot, settings.kek_label.clone());
+        let main = super::members::main_member(backend.clone(), slot, settings.kek_label.clone());
         Envelope {
-            members: super::members::Members::new(main),
+            members: super::members::Members::new(main, backend),
             settings,
             oaep: AtomicU8::new(0),
             view: RwLock::new(None),
@@ -86,7 +86,7 @@ impl Envelope {
         }
     }
 
-    fn pool_slot(&self) -> Slot {
+    fn pool_slot(&self) -> Result<Slot> {
         self.members.main().pool.slot()
     }
 
@@ -112,7 +112,7 @@ impl Envelope {
     pub fn open_audit(&self, config: &crate::config::Config) -> Result<()> {
         let backend = self.backend();
         let pkcs11 = backend.pkcs11().clone();
-        let slot = self.pool_slot();
+        let slot = self.pool_slot()?;
         let signer = crate::audit::hsm::HsmMac::new(config.audit_hmac_label.clone(), move |op| {
             let s = pkcs11
                 .open_rw_session(slot)
@@ -148,8 +148,7 @@ impl Envelope {
         &self,
         f: impl FnOnce(&cryptoki::session::Session) -> Result<T>,
     ) -> Result<T> {
-        let main = self.members.main();
-        main.pool.with(main.backend.pkcs11(), f)
+        self.members.main().pool.with(self.backend().pkcs11(), f)
     }
 
     /// As `with_session`, retried once on a new session if the first was lost
@@ -158,8 +157,10 @@ impl Envelope {
         &self,
         f: impl Fn(&cryptoki::session::Session) -> Result<T>,
     ) -> Result<T> {
-        let main = self.members.main();
-        main.pool.with_retry(main.backend.pkcs11(), f)
+        self.members
+            .main()
+            .pool
+            .with_retry(self.backend().pkcs11(), f)
     }
 
     /// The user logged in: keep the PIN (locked, zeroized) to log in again
@@ -177,8 +178,7 @@ impl Envelope {
 
     /// Log a re-opened application backend session in again (see `pool`).
     pub fn login_again(&self, bh: CK_SESSION_HANDLE) {
-        let main = self.members.main();
-        main.pool.login_raw(&main.backend, bh);
+        self.members.main().pool.login_raw(self.backend(), bh);
     }
 
     /// Called when the login ends: KEK handles, the PIN and every cached

@@ -30,7 +30,7 @@ impl Envelope {
         version: u32,
         f: impl Fn(&Backend, &cryptoki::session::Session, KekKey) -> Result<T>,
     ) -> Result<T> {
-        let backend = &m.backend;
+        let backend = m.backend()?;
         m.pool.with_retry(backend.pkcs11(), |s| {
             let handle = self.kek_handle_on(m, s, version)?;
             match f(backend, s, handle) {

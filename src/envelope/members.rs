@@ -6,10 +6,16 @@
 //! member is up. A member that failed is skipped until a health check finds
 //! it answering again (see `agreement`), so only the first unwrap after it
 //! dies pays for the failed attempt.
+//!
+//! A replica whose module cannot be loaded or whose token is not found at
+//! start does not stop the module (a highly available deployment must start
+//! while one HSM is down): it is kept down, not found yet, and looked for
+//! again at each health check. Once found it is used only after it proves it
+//! holds the same KEK. Main (the top-level keys) must be found at start.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
@@ -54,11 +60,22 @@ impl State {
     }
 }
 
+/// Where a replica's token is looked for: its module and token label.
+struct Place {
+    module: PathBuf,
+    token_label: String,
+}
+
 /// One HSM holding the KEK: its backend, token slot, sessions and handles.
 pub struct Member {
     pub name: String,
-    pub backend: Arc<Backend>,
+    /// Set once its module is loaded and its token found: at start, or
+    /// for a replica that could not be reached then, by a health check.
+    backend: OnceLock<Arc<Backend>>,
+    /// Its sessions; the slot is set together with `backend`.
     pub pool: SessionPool,
+    /// Where to look for a replica not found yet (none for main).
+    place: Option<Place>,
     /// The KEK's label on this member (records name the top-level one).
     pub kek_label: String,
     /// Backend handles of KEK versions, found once per login.
@@ -75,15 +92,53 @@ impl Member {
         kek_label: String,
         pin: PinSource,
     ) -> Self {
+        let m = Member::unfound(name, None, kek_label, pin);
+        m.found_at(backend, slot);
+        *unpoisoned(m.state.lock()) = State::Up;
+        m
+    }
+
+    /// A member not found yet (down until a health check finds it).
+    fn unfound(name: String, place: Option<Place>, kek_label: String, pin: PinSource) -> Self {
         Member {
             name,
-            backend,
-            pool: SessionPool::new(slot),
+            backend: OnceLock::new(),
+            pool: SessionPool::unplaced(),
+            place,
             kek_label,
             handles: Mutex::new(HashMap::new()),
             pin,
-            state: Mutex::new(State::Up),
+            state: Mutex::new(State::Down {
+                why: "not found yet".into(),
+            }),
         }
+    }
+
+    fn found_at(&self, backend: Arc<Backend>, slot: Slot) {
+        self.pool.place(slot);
+        let _ = self.backend.set(backend);
+    }
+
+    /// Its backend; a member not found yet answers CKR_TOKEN_NOT_PRESENT.
+    pub fn backend(&self) -> Result<&Arc<Backend>> {
+        self.backend.get().ok_or(Error::Rv(CKR_TOKEN_NOT_PRESENT))
+    }
+
+    /// Whether its module is loaded and its token found.
+    pub fn found(&self) -> bool {
+        self.backend.get().is_some()
+    }
+
+    /// Still not found: keep it down, logging the reason when it changes.
+    fn still_missing(&self, why: String) {
+        let mut st = unpoisoned(self.state.lock());
+        if st.why() != Some(why.as_str()) {
+            crate::log_warn!(
+                "HSM member '{}' is down: {why}; running without it, looked for again at each health check",
+                self.name
+            );
+        }
+        *st = State::Down { why };
     }
 
     pub fn state(&self) -> State {
@@ -141,15 +196,29 @@ impl Member {
 /// Every member, "main" first.
 pub struct Members {
     list: Vec<Member>,
+    main_backend: Arc<Backend>,
+    /// The modules loaded, by path, main's first: one load per path, so a
+    /// module is initialised and finalised once.
+    loaded: Mutex<Vec<(PathBuf, Arc<Backend>)>>,
 }
 
 impl Members {
-    pub fn new(main: Member) -> Self {
-        Members { list: vec![main] }
+    pub fn new(main: Member, main_backend: Arc<Backend>) -> Self {
+        Members {
+            list: vec![main],
+            main_backend,
+            loaded: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn main(&self) -> &Member {
         &self.list[0]
+    }
+
+    /// Main's backend (main is always found: the module does not start
+    /// without it).
+    pub fn main_backend(&self) -> &Arc<Backend> {
+        &self.main_backend
     }
 
     pub fn all(&self) -> &[Member] {
@@ -165,10 +234,11 @@ impl Members {
     }
 
     /// The members to try, in order: those up, then those down (a member
-    /// may be back before the health check sees it). Refused ones never.
+    /// may be back before the health check sees it). Refused ones and those
+    /// not found yet never.
     fn order(&self) -> Vec<&Member> {
         let (mut up, mut down) = (Vec::new(), Vec::new());
-        for m in &self.list {
+        for m in self.list.iter().filter(|m| m.found()) {
             match m.state() {
                 State::Up => up.push(m),
                 State::Down { .. } => down.push(m),
@@ -177,6 +247,60 @@ impl Members {
         }
         up.extend(down);
         up
+    }
+
+    /// Look again for the members not found yet (health check). One found
+    /// is refused until the agreement check proves it holds the same KEK.
+    pub(super) fn find_missing(&self) {
+        for m in self.list.iter().filter(|m| !m.found()) {
+            match self.locate(m) {
+                Ok(()) => {
+                    crate::log_info!(
+                        "HSM member '{}' found; used once it proves it holds the same KEK",
+                        m.name
+                    );
+                    *unpoisoned(m.state.lock()) = State::Refused {
+                        why: "found; not yet proven to hold the same KEK".into(),
+                    };
+                }
+                Err(why) => m.still_missing(why),
+            }
+        }
+    }
+
+    /// Load `m`'s module (or share one loaded for that path) and find its
+    /// token by label; why not, in words.
+    fn locate(&self, m: &Member) -> std::result::Result<(), String> {
+        let Some(place) = &m.place else {
+            return Ok(());
+        };
+        // Held throughout: a module is loaded once even if two threads look.
+        let mut loaded = unpoisoned(self.loaded.lock());
+        if m.found() {
+            return Ok(());
+        }
+        let backend = match loaded.iter().find(|(p, _)| *p == place.module) {
+            Some((_, b)) => b.clone(),
+            None => {
+                let b = Arc::new(Backend::load(&place.module).map_err(|e| e.to_string())?);
+                loaded.push((place.module.clone(), b.clone()));
+                b
+            }
+        };
+        let listing = |e: Error| format!("listing the tokens of {}: {e}", place.module.display());
+        for id in backend.token_slots().map_err(listing)? {
+            let info = backend.token_info(id).map_err(listing)?;
+            if label_of(&info.label) == place.token_label {
+                let slot = Slot::try_from(id).map_err(|_| format!("slot id {id} out of range"))?;
+                m.found_at(backend, slot);
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "no token labelled '{}' on {}",
+            place.token_label,
+            place.module.display()
+        ))
     }
 }
 
@@ -237,74 +361,57 @@ impl Envelope {
             .collect()
     }
 
-    /// Add the `[[hsm]]` members of `config` (before the envelope is used).
+    /// Add the `[[hsm]]` members of `config` (before the envelope is used)
+    /// and look for each: one that cannot be reached is kept down (see the
+    /// module comment). Errors in the tables themselves are found earlier,
+    /// when the configuration is read.
     pub fn add_replicas(&mut self, config: &Config) -> Result<()> {
-        let main = self.members.main().backend.clone();
-        let replicas = load_replicas(config, &main)?;
+        {
+            let mut loaded = unpoisoned(self.members.loaded.lock());
+            if loaded.is_empty() {
+                loaded.push((
+                    config.backend_module.clone(),
+                    self.members.main_backend.clone(),
+                ));
+            }
+        }
+        let replicas = config
+            .hsm
+            .iter()
+            .map(|h| {
+                Member::unfound(
+                    h.name.clone(),
+                    Some(Place {
+                        module: h.module(&config.backend_module).to_path_buf(),
+                        token_label: h.token_label.clone(),
+                    }),
+                    h.kek_label
+                        .clone()
+                        .unwrap_or_else(|| config.kek_label.clone()),
+                    h.pin_source(),
+                )
+            })
+            .collect();
         self.members.add(replicas);
+        for m in &self.members.all()[1..] {
+            match self.members.locate(m) {
+                Ok(()) => *unpoisoned(m.state.lock()) = State::Up,
+                Err(why) => m.still_missing(why),
+            }
+        }
         Ok(())
     }
 
-    /// The replicas' own backends (not main's), to finalise at shutdown.
+    /// The replicas' own backends (not main's), to finalise at shutdown:
+    /// every module loaded for a replica, found or not.
     pub fn replica_backends(&self) -> Vec<Arc<Backend>> {
-        let main = &self.members.main().backend;
-        let mut out: Vec<Arc<Backend>> = Vec::new();
-        for m in &self.members.all()[1..] {
-            if !Arc::ptr_eq(&m.backend, main) && !out.iter().any(|b| Arc::ptr_eq(b, &m.backend)) {
-                out.push(m.backend.clone());
-            }
-        }
-        out
+        let main = &self.members.main_backend;
+        unpoisoned(self.members.loaded.lock())
+            .iter()
+            .filter(|(_, b)| !Arc::ptr_eq(b, main))
+            .map(|(_, b)| b.clone())
+            .collect()
     }
-}
-
-/// Load the `[[hsm]]` members: their modules (one load per path, main's
-/// shared, so a module is initialised and finalised once) and token slots.
-fn load_replicas(config: &Config, main: &Arc<Backend>) -> Result<Vec<Member>> {
-    let mut loaded: Vec<(PathBuf, Arc<Backend>)> =
-        vec![(config.backend_module.clone(), main.clone())];
-    let mut out = Vec::new();
-    for h in &config.hsm {
-        let path = h.module(&config.backend_module).to_path_buf();
-        let backend = match loaded.iter().find(|(p, _)| *p == path) {
-            Some((_, b)) => b.clone(),
-            None => {
-                let b =
-                    Arc::new(Backend::load(&path).map_err(|e| {
-                        Error::BackendLoad(format!("HSM member '{}': {e}", h.name))
-                    })?);
-                loaded.push((path.clone(), b.clone()));
-                b
-            }
-        };
-        let mut slot = None;
-        for id in backend.token_slots()? {
-            if label_of(&backend.token_info(id)?.label) == h.token_label {
-                slot = Some(Slot::try_from(id).map_err(|_| Error::Rv(CKR_GENERAL_ERROR))?);
-                break;
-            }
-        }
-        let slot = slot.ok_or_else(|| {
-            Error::Config(format!(
-                "HSM member '{}': no token labelled '{}' on {}",
-                h.name,
-                h.token_label,
-                path.display()
-            ))
-        })?;
-        let kek_label = h
-            .kek_label
-            .clone()
-            .unwrap_or_else(|| config.kek_label.clone());
-        out.push(Member::new(
-            h.name.clone(),
-            backend,
-            slot,
-            kek_label,
-            h.pin_source(),
-        ));
-    }
-    Ok(out)
 }
 
 /// The main member of a single-HSM envelope.

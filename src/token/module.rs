@@ -287,8 +287,9 @@ impl Module {
                     slot,
                     backend.clone(),
                 );
-                // Replica HSMs (kek_mode = "replicas"): loaded now, so that a
-                // wrong path or token label fails here, as main's does.
+                // Replica HSMs (kek_mode = "replicas"): looked for now; one
+                // that cannot be reached is kept down and looked for again
+                // at each health check (main must be reachable).
                 env.add_replicas(&config).map_err(|e| {
                     InitFailure::new(
                         e,
