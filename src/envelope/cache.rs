@@ -137,11 +137,19 @@ impl KeyCache {
 
     /// Whether a key obtained from this cache when `epoch` was read may
     /// still be served: nothing was removed since (no logout, destroy or
-    /// clear). One load, no lock: this is on every warm C_EncryptInit.
-    /// Any rule that ends a cached key's service (a time to live, say) must
-    /// be checked here too, or sessions that remember a key would outlive it.
-    pub fn still_serves(&self, epoch: u64) -> bool {
-        self.epoch.load(Ordering::Acquire) == epoch && self.fresh()
+    /// clear), and the KEK check holds, and for a token DEK (`token`) the
+    /// change feed was read recently too (a session DEK is in no store, so
+    /// the feed cannot change it and is not read for it). One load, no
+    /// lock: this is on every warm C_EncryptInit. Any rule that ends a
+    /// cached key's service (a time to live, say) must be checked here
+    /// too, or sessions that remember a key would outlive it.
+    pub fn still_serves(&self, epoch: u64, token: bool) -> bool {
+        self.epoch.load(Ordering::Acquire) == epoch
+            && if token {
+                self.fresh()
+            } else {
+                self.health_fresh()
+            }
     }
 
     /// Whether cached keys may be served as they are: the KEK versions

@@ -133,7 +133,7 @@ impl RememberedKey {
         self.handle == handle
             && self.mechanism == mechanism
             && self.dek.state.stamp() == self.stamp
-            && cache.still_serves(self.epoch)
+            && cache.still_serves(self.epoch, self.dek.is_token())
             && (!self.private || user_logged_in())
     }
 
@@ -209,6 +209,26 @@ mod tests {
         assert!(
             !r.still_holds(H, MECH, || true, &cache),
             "the KEK must be checked again"
+        );
+    }
+
+    #[test]
+    fn a_session_deks_key_does_not_wait_for_the_change_feed() {
+        let cache = KeyCache::default();
+        let d = Arc::new(Dek::new(
+            [2; 16],
+            0,
+            Some(9),
+            DekState::new(Attrs::default(), vec![4, 5, 6], 0),
+        ));
+        let r = remember(&d, &cache, false);
+        // The feed is never read for a process that holds only session DEKs.
+        cache.feed_until(0);
+        assert!(r.still_holds(H, MECH, || true, &cache));
+        cache.valid_until(0);
+        assert!(
+            !r.still_holds(H, MECH, || true, &cache),
+            "the KEK must still be checked"
         );
     }
 
