@@ -217,6 +217,39 @@ impl<S: CipherOp> CipherOp for Staged<S> {
     }
 }
 
+/// ECB and CBC without padding, whichever provider runs them: a one-shot
+/// takes whole blocks only and needs room for all of them before `feed`
+/// runs; a final step leaves nothing pending.
+pub(crate) mod whole_blocks {
+    use super::CryptoError;
+
+    const BS: usize = 16;
+
+    pub(crate) fn oneshot(
+        input: &[u8],
+        output: &mut [u8],
+        feed: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, CryptoError>,
+    ) -> Result<usize, CryptoError> {
+        if !input.len().is_multiple_of(BS) {
+            Err(CryptoError::DataLen)
+        } else if output.len() < input.len() {
+            Err(CryptoError::BufferTooSmall {
+                needed: input.len(),
+            })
+        } else {
+            feed(input, output)
+        }
+    }
+
+    pub(crate) fn finish(pending_len: usize) -> Result<usize, CryptoError> {
+        if pending_len == 0 {
+            Ok(0)
+        } else {
+            Err(CryptoError::DataLen)
+        }
+    }
+}
+
 /// Appends to a secret buffer without leaving stale copies behind: `Vec` growth would free
 /// the old allocation unwiped, so we grow into a fresh buffer and let the old one zeroize.
 /// Allocation failure is reported (DataLen) instead of aborting, with `buf` unchanged.

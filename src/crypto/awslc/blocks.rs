@@ -9,7 +9,7 @@ use aws_lc_rs::cipher::{DecryptingKey, DecryptionContext, EncryptingKey, Encrypt
 use zeroize::{Zeroize, Zeroizing};
 
 use super::cipher_key;
-use crate::crypto::{CipherOp, CryptoError, Direction, SessionKey};
+use crate::crypto::{whole_blocks, CipherOp, CryptoError, Direction, SessionKey};
 
 const BS: usize = 16;
 
@@ -121,15 +121,7 @@ impl CipherOp for BlockOp {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        if !input.len().is_multiple_of(BS) {
-            Err(CryptoError::DataLen)
-        } else if output.len() < input.len() {
-            Err(CryptoError::BufferTooSmall {
-                needed: input.len(),
-            })
-        } else {
-            self.feed(input, output)
-        }
+        whole_blocks::oneshot(input, output, |i, o| self.feed(i, o))
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -145,10 +137,6 @@ impl CipherOp for BlockOp {
     }
 
     fn finish(&mut self, _output: &mut [u8]) -> Result<usize, CryptoError> {
-        if self.pending_len == 0 {
-            Ok(0)
-        } else {
-            Err(CryptoError::DataLen)
-        }
+        whole_blocks::finish(self.pending_len)
     }
 }

@@ -7,7 +7,7 @@ use aes::cipher::{array::Array, consts::U16};
 use zeroize::Zeroizing;
 
 use super::AesCipher;
-use crate::crypto::{CipherOp, CryptoError, Direction};
+use crate::crypto::{whole_blocks, CipherOp, CryptoError, Direction};
 
 const BS: usize = 16;
 type Block = Array<u8, U16>;
@@ -120,15 +120,7 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
     }
 
     fn oneshot(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, CryptoError> {
-        if !input.len().is_multiple_of(BS) {
-            Err(CryptoError::DataLen)
-        } else if output.len() < input.len() {
-            Err(CryptoError::BufferTooSmall {
-                needed: input.len(),
-            })
-        } else {
-            self.feed(input, output)
-        }
+        whole_blocks::oneshot(input, output, |i, o| self.feed(i, o))
     }
 
     fn update_len(&self, input_len: usize) -> usize {
@@ -144,11 +136,7 @@ impl<A: AesCipher> CipherOp for BlockOp<A> {
     }
 
     fn finish(&mut self, _output: &mut [u8]) -> Result<usize, CryptoError> {
-        if self.pending_len == 0 {
-            Ok(0)
-        } else {
-            Err(CryptoError::DataLen)
-        }
+        whole_blocks::finish(self.pending_len)
     }
 }
 
