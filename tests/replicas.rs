@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::cli::{cli_json, ok_json};
+use common::hsms::*;
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
@@ -23,22 +24,6 @@ use cryptoki::session::Session;
 const CKR_HSME_HSM_UNAVAILABLE: u64 = 0xC845_0005;
 const REPLICA_LABEL: &str = "replica-b";
 const SOFT_TTL: Duration = Duration::from_secs(60);
-
-fn faulty_backend_path() -> PathBuf {
-    let dir = module_path().parent().unwrap().to_path_buf();
-    let dir = if dir.ends_with("deps") {
-        dir.parent().unwrap().to_path_buf()
-    } else {
-        dir
-    };
-    let p = dir.join("examples/libfaulty_backend.so");
-    assert!(
-        p.is_file(),
-        "{} missing: run `cargo build --examples` first",
-        p.display()
-    );
-    p
-}
 
 /// Replace whatever KEK `s`'s token holds under the KEK's label and id with
 /// an AES-256 key of value `value`.
@@ -70,30 +55,12 @@ fn put_kek(s: &Session, value: &[u8; 32]) {
     .unwrap();
 }
 
-fn slot_labelled(p: &cryptoki::context::Pkcs11, label: &str) -> cryptoki::slot::Slot {
-    p.get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| p.get_token_info(*s).unwrap().label() == label)
-        .unwrap_or_else(|| panic!("no token labelled {label}"))
-}
-
 /// Two HSMs: main (through the fault backend) and "b"; b's KEK is main's
 /// when `same_kek`, else another value. Returns the token and the flag file
 /// that takes main down.
 fn two_hsms(same_kek: bool) -> (TestToken, PathBuf) {
     let t = TestToken::new();
-    let out = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", REPLICA_LABEL])
-        .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
-        .env("SOFTHSM2_CONF", &t.softhsm_conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_token(&t, REPLICA_LABEL);
     let kek: [u8; 32] = random_bytes(32).try_into().unwrap();
     let other: [u8; 32] = random_bytes(32).try_into().unwrap();
     {
@@ -104,9 +71,7 @@ fn two_hsms(same_kek: bool) -> (TestToken, PathBuf) {
         drop(b);
         hsm.finalize().unwrap();
     }
-    let flag = t.path().join("main-down");
-    std::env::set_var("FAULTY_BACKEND_TARGET", softhsm_module_path());
-    std::env::set_var("FAULTY_BACKEND_FLAG", &flag);
+    let flag = faulty_backend_flag(&t, "main-down");
     let softhsm = format!("backend_module = \"{}\"", softhsm_module_path().display());
     let mut conf = t.config_text().replace(
         &softhsm,
@@ -123,20 +88,6 @@ fn two_hsms(same_kek: bool) -> (TestToken, PathBuf) {
 
 fn log_text(t: &TestToken) -> String {
     std::fs::read_to_string(t.log_file()).unwrap_or_default()
-}
-
-fn member_states(doc: &serde_json::Value) -> Vec<(String, String)> {
-    doc["hsm_members"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no hsm_members in {doc:#}"))
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap().to_string(),
-                m["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]

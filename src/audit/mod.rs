@@ -120,10 +120,16 @@ pub enum Op {
     /// limit); further encryptions under it are refused. Written once per
     /// key by each process that meets it.
     GcmLimit,
+    /// A DEK wrapped on the HSMs of an any-of or all-of set (`detail`
+    /// names them).
+    DekWrap,
+    /// A DEK's record opened on the HSMs of a set: its first use in a
+    /// process (`detail` names the HSMs that took part).
+    DekUnwrap,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 19] = [
         Op::KekCreate,
         Op::KekRotate,
         Op::KekImport,
@@ -141,6 +147,8 @@ impl Op {
         Op::OutageEnd,
         Op::DekUse,
         Op::GcmLimit,
+        Op::DekWrap,
+        Op::DekUnwrap,
     ];
 
     /// The `op` written on the line.
@@ -163,6 +171,8 @@ impl Op {
             Op::OutageEnd => "outage_end",
             Op::DekUse => "dek_use",
             Op::GcmLimit => "gcm_limit",
+            Op::DekWrap => "dek_wrap",
+            Op::DekUnwrap => "dek_unwrap",
         }
     }
 

@@ -24,15 +24,22 @@ pub enum KekMode {
     /// Every member holds the same KEK material; any one that is up serves.
     #[serde(rename = "replicas")]
     Replicas,
-    /// Later increments of issue 13; named so that the file can say them
-    /// and be told they are not there yet.
+    /// Independent HSMs, each with its own KEK: a record carries one wrap
+    /// per HSM and any one opens it (disaster recovery).
     #[serde(rename = "any-of")]
     AnyOf,
+    /// Independent HSMs held by different parties: a DEK is the XOR of one
+    /// share per HSM, so every one must take part (double key).
     #[serde(rename = "all-of")]
     AllOf,
 }
 
 impl KekMode {
+    /// Whether records name several HSMs (format 2): any-of and all-of.
+    pub fn is_set(self) -> bool {
+        matches!(self, KekMode::AnyOf | KekMode::AllOf)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             KekMode::Single => "single",
@@ -113,15 +120,6 @@ pub fn validate(
     main_token: &str,
 ) -> std::result::Result<(), (&'static str, String)> {
     match mode {
-        KekMode::AnyOf | KekMode::AllOf => {
-            return Err((
-                "kek_mode",
-                format!(
-                    "\"{}\" is not implemented yet (issue 13); \"single\" or \"replicas\"",
-                    mode.name()
-                ),
-            ))
-        }
         KekMode::Single if !members.is_empty() => {
             return Err((
                 "kek_mode",
@@ -129,10 +127,13 @@ pub fn validate(
                     .into(),
             ))
         }
-        KekMode::Replicas if members.is_empty() => {
+        KekMode::Replicas | KekMode::AnyOf | KekMode::AllOf if members.is_empty() => {
             return Err((
                 "kek_mode",
-                "at least one [[hsm]] table with kek_mode = \"replicas\" (the top-level keys are the first member)".into(),
+                format!(
+                    "at least one [[hsm]] table with kek_mode = \"{}\" (the top-level keys are the first member)",
+                    mode.name()
+                ),
             ))
         }
         _ => {}
@@ -140,8 +141,15 @@ pub fn validate(
     let mut seen: Vec<(&str, &Path, &str)> = vec![(MAIN_MEMBER, main_module, main_token)];
     for (i, m) in members.iter().enumerate() {
         let at = |what: String| Err(("hsm", format!("[[hsm]] number {}: {what}", i + 1)));
-        if m.name.trim().is_empty() {
-            return at("expected a non-empty `name`".into());
+        if m.name.trim().is_empty() || m.name.len() > 64 {
+            return at("expected a `name` of 1 to 64 bytes".into());
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if mode.is_set() && !m.name.chars().all(plain) {
+            return at(format!(
+                "the name '{}' is written into records: expected letters, digits, '-', '_' or '.'",
+                m.name
+            ));
         }
         if m.token_label.is_empty() || m.token_label.len() > 32 {
             return at("expected a `token_label` of 1 to 32 bytes".into());
@@ -162,7 +170,7 @@ pub fn validate(
             }
             if *other_module == module && *other_token == m.token_label {
                 return at(format!(
-                    "token '{}' on {} is already member '{name}'; a replica is another token",
+                    "token '{}' on {} is already member '{name}'; each member is another token",
                     m.token_label,
                     module.display()
                 ));
@@ -200,7 +208,8 @@ mod tests {
         let cases = [
             ("[[hsm]]\nname = \"b\"\ntoken_label = \"t\"\n", "kek_mode = \"replicas\" with [[hsm]] tables"),
             ("kek_mode = \"replicas\"\n", "at least one [[hsm]] table"),
-            ("kek_mode = \"any-of\"\n", "\"any-of\" is not implemented yet"),
+            ("kek_mode = \"any-of\"\n", "at least one [[hsm]] table with kek_mode = \"any-of\""),
+            ("kek_mode = \"all-of\"\n", "at least one [[hsm]] table with kek_mode = \"all-of\""),
             (
                 "kek_mode = \"replicas\"\n[[hsm]]\nname = \"main\"\ntoken_label = \"t\"\n",
                 "the name 'main' is taken",

@@ -82,14 +82,15 @@ impl Envelope {
         }
     }
 
-    /// The health check's part for replicas, run once per soft TTL.
-    /// Members not found yet (unreachable at start) are looked for first.
+    /// The health check's part for several HSMs, run once per soft TTL:
+    /// members not found yet (unreachable at start) are looked for, and
+    /// replicas prove they agree.
     pub(super) fn check_members(&self) {
-        if !self.members.replicated() {
+        if self.members.all().len() < 2 {
             return;
         }
         self.members.find_missing();
-        if self.members.main().pool.has_pin() {
+        if self.members.replicated() && self.members.main().pool.has_pin() {
             self.prove_agreement();
         }
     }

@@ -2,18 +2,18 @@
 //! customer wraps key material to, and the import of that material as a new
 //! KEK version (see `backend::import` for the transfer format).
 
-use super::service::Envelope;
+use super::kek_scope::KekScope;
 use crate::audit::Op;
 use crate::backend::import::{self, ImportKeyInfo, Material};
 use crate::error::{Error, Result};
 use crate::runtime::lock::unpoisoned;
 
-impl Envelope {
+impl KekScope<'_> {
     /// The import key's public half and instructions; `new` (or no key yet)
     /// makes a fresh pair of `bits` bits, replacing any old one.
     pub fn import_key(&self, new: bool, bits: u32) -> Result<ImportKeyInfo> {
-        let backend = self.backend();
-        let label = self.settings.kek_label.clone();
+        let backend = self.member.backend()?;
+        let label = self.kek_label().to_string();
         // Under the rotation lease: an import in progress keeps its key.
         self.with_lease(|| {
             self.with_session(|s| {
@@ -40,7 +40,7 @@ impl Envelope {
         material: Material,
         make_primary: bool,
     ) -> Result<u32> {
-        let backend = self.backend();
+        let backend = self.member.backend()?;
         let used = std::sync::Mutex::new(None);
         let version = self.add_version(make_primary, Op::KekImport, |s, label, next| {
             if crate::backend::kek::exists(s, label, next)? {
@@ -64,8 +64,8 @@ impl Envelope {
         if let Some(key) = key {
             if let Err(e) = self.with_session(|s| key.destroy(s)) {
                 crate::log_warn!(
-                    "KEK '{}': the used import key was not destroyed: {e}",
-                    self.settings.kek_label
+                    "{}: the used import key was not destroyed: {e}",
+                    self.describe()
                 );
             }
         }

@@ -34,9 +34,15 @@ pub struct Health {
 }
 
 /// What the HSM says about one KEK version.
-enum Status {
+pub(super) enum Status {
     Usable,
     Revoked,
+}
+
+impl Status {
+    pub(super) fn is_revoked(&self) -> bool {
+        matches!(self, Status::Revoked)
+    }
 }
 
 impl Health {
@@ -67,25 +73,42 @@ impl Envelope {
         self.check_members();
         let now = now_ms();
         let soft = self.settings.soft_ttl.as_millis() as u64;
-        let versions = self.cache.versions();
-        if versions.is_empty() {
+        // Values from records of several HSMs are checked per member.
+        let sets = match self.set_mode() {
+            Some(_) => self.check_sets(),
+            None => super::sets::SetCheck::Fine,
+        };
+        let versions: Vec<u32> = self
+            .cache
+            .versions()
+            .into_iter()
+            .filter(|v| *v != super::sets::SET_TAG)
+            .collect();
+        if versions.is_empty() && matches!(sets, super::sets::SetCheck::Fine) {
             self.cache.valid_until(now + soft);
             return Ok(());
         }
-        match self.on_members(|m| {
-            m.pool.with_retry(m.backend()?.pkcs11(), |s| {
-                versions
-                    .iter()
-                    .map(|v| self.status(m, s, *v).map(|st| (*v, st)))
-                    .collect::<Result<Vec<_>>>()
+        let checked = if versions.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.on_members(|m| {
+                m.pool.with_retry(m.backend()?.pkcs11(), |s| {
+                    versions
+                        .iter()
+                        .map(|v| self.status(m, s, *v).map(|st| (*v, st)))
+                        .collect::<Result<Vec<_>>>()
+                })
             })
-        }) {
-            Ok(statuses) => {
-                for (v, st) in statuses {
-                    if let Status::Revoked = st {
-                        self.revoke(v);
-                    }
-                }
+        };
+        let checked = match (checked, sets) {
+            (Ok(statuses), super::sets::SetCheck::Outage(e)) => {
+                self.note_statuses(statuses);
+                Err(e)
+            }
+            (other, _) => other.map(|statuses| self.note_statuses(statuses)),
+        };
+        match checked {
+            Ok(()) => {
                 self.service_ok(now);
                 self.cache.valid_until(now + soft);
                 Ok(())
@@ -104,6 +127,15 @@ impl Envelope {
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Revoke the versions a check found revoked.
+    fn note_statuses(&self, statuses: Vec<(u32, Status)>) {
+        for (v, st) in statuses {
+            if st.is_revoked() {
+                self.revoke(v);
+            }
         }
     }
 
@@ -153,13 +185,14 @@ impl Envelope {
             self.outage_seen(&e);
             return Error::Rv(CKR_HSME_HSM_UNAVAILABLE);
         }
-        if rv == CKR_HSME_KEK_REVOKED {
+        // (Set records revoke per member as they open: `sets`.)
+        if rv == CKR_HSME_KEK_REVOKED && version != super::sets::SET_TAG {
             self.revoke(version);
         }
         e
     }
 
-    fn status(
+    pub(super) fn status(
         &self,
         m: &super::members::Member,
         s: &cryptoki::session::Session,

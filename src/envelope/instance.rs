@@ -52,6 +52,10 @@ pub struct Envelope {
     pub(super) feed: super::feed::Feed,
     /// Last uses not yet written to the store (see `last_used`).
     pub(super) last_used: super::last_used::LastUsed,
+    /// Any-of and all-of: the members' versions (see `set_versions`) and
+    /// which are in use or revoked (see `sets`).
+    pub(super) set_versions: super::set_versions::SetVersions,
+    pub(super) set_health: super::sets::SetHealth,
 }
 
 impl Envelope {
@@ -83,6 +87,8 @@ impl Envelope {
             gcm,
             feed: super::feed::Feed::default(),
             last_used: super::last_used::LastUsed::default(),
+            set_versions: Default::default(),
+            set_health: Default::default(),
         }
     }
 
@@ -123,6 +129,11 @@ impl Envelope {
             self.attach_audit(a);
         }
         Ok(())
+    }
+
+    /// How the HSMs that hold the KEK relate (`kek_mode`).
+    pub fn kek_mode(&self) -> crate::config::KekMode {
+        self.members.mode()
     }
 
     pub fn kek_label(&self) -> &str {

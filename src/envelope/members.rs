@@ -24,7 +24,7 @@ use super::service::Envelope;
 use crate::backend::kek::KekKey;
 use crate::backend::pool::{is_outage, SessionPool};
 use crate::backend::{label_of, Backend};
-use crate::config::{Config, PinSource, MAIN_MEMBER};
+use crate::config::{Config, KekMode, PinSource, MAIN_MEMBER};
 use crate::error::{Error, Result};
 use crate::runtime::lock::unpoisoned;
 use crate::vendor::{CKR_HSME_HSM_UNAVAILABLE, CKR_HSME_KEK_REVOKED};
@@ -78,6 +78,10 @@ pub struct Member {
     place: Option<Place>,
     /// The KEK's label on this member (records name the top-level one).
     pub kek_label: String,
+    /// Under which label the store keeps this member's KEK versions: the
+    /// top-level KEK label, but for the further members of any-of and
+    /// all-of, which have KEKs of their own, `<kek_label>@<name>`.
+    pub store_label: String,
     /// Backend handles of KEK versions, found once per login.
     pub(super) handles: Mutex<HashMap<u32, KekKey>>,
     pin: PinSource,
@@ -105,6 +109,7 @@ impl Member {
             backend: OnceLock::new(),
             pool: SessionPool::unplaced(),
             place,
+            store_label: kek_label.clone(),
             kek_label,
             handles: Mutex::new(HashMap::new()),
             pin,
@@ -196,6 +201,7 @@ impl Member {
 /// Every member, "main" first.
 pub struct Members {
     list: Vec<Member>,
+    mode: KekMode,
     main_backend: Arc<Backend>,
     /// The modules loaded, by path, main's first: one load per path, so a
     /// module is initialised and finalised once.
@@ -206,6 +212,7 @@ impl Members {
     pub fn new(main: Member, main_backend: Arc<Backend>) -> Self {
         Members {
             list: vec![main],
+            mode: KekMode::Single,
             main_backend,
             loaded: Mutex::new(Vec::new()),
         }
@@ -225,8 +232,18 @@ impl Members {
         &self.list
     }
 
+    /// Replicas of one KEK: work fails over between them.
     pub fn replicated(&self) -> bool {
-        self.list.len() > 1
+        self.mode == KekMode::Replicas && self.list.len() > 1
+    }
+
+    pub fn mode(&self) -> KekMode {
+        self.mode
+    }
+
+    /// The member named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Member> {
+        self.list.iter().find(|m| m.name == name)
     }
 
     pub(super) fn add(&mut self, replicas: Vec<Member>) {
@@ -235,10 +252,22 @@ impl Members {
 
     /// The members to try, in order: those up, then those down (a member
     /// may be back before the health check sees it). Refused ones and those
-    /// not found yet never.
-    fn order(&self) -> Vec<&Member> {
+    /// not found yet never. Only replicas stand in for each other: with
+    /// independent KEKs (any-of, all-of) work that names one KEK goes to
+    /// main alone, and wraps go to each member by name (`sets`).
+    pub(super) fn order(&self) -> Vec<&Member> {
+        let candidates = if self.mode.is_set() {
+            &self.list[..1]
+        } else {
+            &self.list[..]
+        };
+        self.in_order(candidates)
+    }
+
+    /// `members` as `order` ranks them.
+    pub(super) fn in_order<'m>(&self, members: &'m [Member]) -> Vec<&'m Member> {
         let (mut up, mut down) = (Vec::new(), Vec::new());
-        for m in self.list.iter().filter(|m| m.found()) {
+        for m in members.iter().filter(|m| m.found()) {
             match m.state() {
                 State::Up => up.push(m),
                 State::Down { .. } => down.push(m),
@@ -249,11 +278,16 @@ impl Members {
         up
     }
 
-    /// Look again for the members not found yet (health check). One found
-    /// is refused until the agreement check proves it holds the same KEK.
+    /// Look again for the members not found yet (health check). A replica
+    /// found is refused until the agreement check proves it holds the same
+    /// KEK; a member with a KEK of its own (any-of, all-of) is up.
     pub(super) fn find_missing(&self) {
         for m in self.list.iter().filter(|m| !m.found()) {
             match self.locate(m) {
+                Ok(()) if self.mode.is_set() => {
+                    crate::log_info!("HSM member '{}' found", m.name);
+                    *unpoisoned(m.state.lock()) = State::Up;
+                }
                 Ok(()) => {
                     crate::log_info!(
                         "HSM member '{}' found; used once it proves it holds the same KEK",
@@ -375,11 +409,12 @@ impl Envelope {
                 ));
             }
         }
+        self.members.mode = config.kek_mode;
         let replicas = config
             .hsm
             .iter()
             .map(|h| {
-                Member::unfound(
+                let mut m = Member::unfound(
                     h.name.clone(),
                     Some(Place {
                         module: h.module(&config.backend_module).to_path_buf(),
@@ -389,7 +424,11 @@ impl Envelope {
                         .clone()
                         .unwrap_or_else(|| config.kek_label.clone()),
                     h.pin_source(),
-                )
+                );
+                if config.kek_mode.is_set() {
+                    m.store_label = format!("{}@{}", m.kek_label, m.name);
+                }
+                m
             })
             .collect();
         self.members.add(replicas);

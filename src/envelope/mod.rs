@@ -15,12 +15,18 @@ pub mod gcm_budget;
 pub mod health;
 pub mod instance;
 pub mod kek_handles;
+pub mod kek_scope;
 pub mod last_used;
 pub mod members;
 pub mod record;
+pub mod record_set;
 pub mod rewrap;
 pub mod service;
+pub mod set_rewrap;
+pub mod set_versions;
+pub mod sets;
 pub mod settings;
+pub mod shares;
 pub mod versions;
 
 pub use service::{DekRef, Envelope};

@@ -132,31 +132,11 @@ impl<'a> RewrapJob<'a> {
             ..Default::default()
         };
         let rows: Vec<crate::store::DekRow> = found.into_iter().map(|(_, r)| r).collect();
-        let per_worker = rows.len().div_ceil(self.threads).max(1);
-        let results: Vec<Result<Vec<Option<Update>>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = rows
-                .chunks(per_worker)
-                .map(|chunk| scope.spawn(move || self.rewrap_rows(chunk)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        crate::log_error!(
-                            "a re-wrap worker panicked; its rows are left as they were"
-                        );
-                        Err(Error::Rv(CKR_GENERAL_ERROR))
-                    })
-                })
-                .collect()
-        });
         let mut updates = Vec::with_capacity(rows.len());
-        for r in results {
-            for u in r? {
-                match u {
-                    Some(u) => updates.push(u),
-                    None => batch.skipped += 1,
-                }
+        for u in fan_out(&rows, self.threads, |chunk| self.rewrap_rows(chunk))? {
+            match u {
+                Some(u) => updates.push(u),
+                None => batch.skipped += 1,
             }
         }
         let written = env.with_store(|st| Ok(st.replace_records(&label, &updates)?))?;
@@ -242,6 +222,38 @@ impl Drop for RewrapJob<'_> {
             Ok(())
         });
     }
+}
+
+/// Run `work` on `rows` shared among `threads` workers (scoped threads, each
+/// on sessions of its own); the results in row order. A worker that panics
+/// fails the batch, and its rows are left as they were.
+pub(super) fn fan_out<T: Sync, U: Send>(
+    rows: &[T],
+    threads: usize,
+    work: impl Fn(&[T]) -> Result<Vec<U>> + Sync,
+) -> Result<Vec<U>> {
+    let per_worker = rows.len().div_ceil(threads.max(1)).max(1);
+    let work = &work;
+    let results: Vec<Result<Vec<U>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = rows
+            .chunks(per_worker)
+            .map(|chunk| scope.spawn(move || work(chunk)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    crate::log_error!("a re-wrap worker panicked; its rows are left as they were");
+                    Err(Error::Rv(CKR_GENERAL_ERROR))
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(rows.len());
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 /// A session copy of a KEK version (or the version itself, if the HSM will

@@ -12,6 +12,7 @@ use cryptoki_sys::*;
 
 use super::attrs::Attrs;
 use super::record::{self, WrapAlg, WrappedRecord};
+use super::record_set::Stored;
 use crate::backend::kek::KekKey;
 use crate::backend::{kek, rsa, Backend};
 use crate::crypto::PreparedKey;
@@ -43,6 +44,11 @@ impl Envelope {
     /// Wrap `value` for the DEK `id` with attributes `attrs` under the
     /// primary KEK version; returns the encoded record.
     pub fn seal(&self, id: &[u8; 16], attrs: &Attrs, value: &[u8]) -> Result<Vec<u8>> {
+        if let Some(mode) = self.set_mode() {
+            let record = self.seal_set(mode, id, attrs, value, None)?;
+            self.log_set_wrap(id, &record);
+            return Ok(record);
+        }
         let version = self.primary()?;
         self.seal_under(version, id, attrs, value)
     }
@@ -74,9 +80,27 @@ impl Envelope {
         bound: &[u8],
         value: &[u8],
     ) -> Result<WrappedRecord> {
+        let label = &self.settings.kek_label;
+        self.seal_as(backend, s, key, (label, version), id, bound, value)
+    }
+
+    /// `seal_with` for a record naming KEK `kek.0` version `kek.1` (a
+    /// member's own KEK, in a record of several HSMs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn seal_as(
+        &self,
+        backend: &Backend,
+        s: &cryptoki::session::Session,
+        key: KekKey,
+        kek: (&str, u32),
+        id: &[u8; 16],
+        bound: &[u8],
+        value: &[u8],
+    ) -> Result<WrappedRecord> {
+        let (kek_label, version) = kek;
         let blank = |alg, iv: Vec<u8>| WrappedRecord {
             alg,
-            kek_label: self.settings.kek_label.clone(),
+            kek_label: kek_label.to_string(),
             kek_version: version,
             iv,
             ciphertext: Vec::new(),
@@ -93,8 +117,7 @@ impl Envelope {
             KekKey::Rsa { private, public } => {
                 let public = public.ok_or_else(|| {
                     crate::log_error!(
-                        "RSA KEK '{}' v{version} has no public key on the HSM: nothing can be wrapped under it",
-                        self.settings.kek_label
+                        "RSA KEK '{kek_label}' v{version} has no public key on the HSM: nothing can be wrapped under it"
                     );
                     Error::Rv(CKR_HSME_KEK_UNAVAILABLE)
                 })?;
@@ -165,6 +188,25 @@ impl Envelope {
     /// to the record, the id or the bound attributes makes the HSM's tag
     /// check fail.
     pub fn open(&self, id: &[u8; 16], attrs: &Attrs, record: &[u8]) -> Result<SecretBytes> {
+        self.open_saying(id, attrs, record).map(|(v, _)| v)
+    }
+
+    /// `open`, also saying which HSMs of a set took part (None for a record
+    /// of one KEK).
+    fn open_saying(
+        &self,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        record: &[u8],
+    ) -> Result<(SecretBytes, Option<String>)> {
+        if let Stored::Set(set) = Stored::decode(record)? {
+            let (value, took_part) = self.open_set(id, attrs, &set).inspect_err(|e| {
+                if e.rv() == CKR_HSME_RECORD_INVALID {
+                    crate::log_warn!("wrapped record of DEK {} failed authentication", hex(id));
+                }
+            })?;
+            return Ok((Self::check_len(attrs, value)?, Some(took_part)));
+        }
         let rec = self.openable(id, record)?;
         let aad = rec.aad(id, &attrs.bound_encoding());
         let value = self
@@ -176,7 +218,7 @@ impl Envelope {
                     crate::log_warn!("wrapped record of DEK {} failed authentication", hex(id));
                 }
             })?;
-        Self::check_len(attrs, value)
+        Ok((Self::check_len(attrs, value)?, None))
     }
 
     /// Decode a stored record and check that this module may open it: its
@@ -236,12 +278,15 @@ impl Envelope {
             return Ok(v);
         }
         let epoch = self.cache.epoch();
-        let version = Envelope::record_version(record).unwrap_or(0);
+        let version = Envelope::cache_tag(record);
         let opened = self
-            .open(id, attrs, record)
+            .open_saying(id, attrs, record)
             .map_err(|e| self.classify(version, e));
         let v = match opened {
-            Ok(v) => {
+            Ok((v, took_part)) => {
+                if let Some(hsms) = took_part {
+                    self.log_set_unwrap(id, &hsms);
+                }
                 if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
                     self.rewrap_one(id, attrs, record, generation, v.as_slice());
                 }

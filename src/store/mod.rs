@@ -271,8 +271,9 @@ pub trait StoreEngine: Send + copy::StoreCopy {
         limit: u32,
     ) -> Result<Vec<(i64, DekRow)>, StoreError>;
 
-    /// Replaces the records of several rows of KEK `label` in one
-    /// transaction; each only if its generation is still the one read (else
+    /// Replaces the records of several rows in one transaction, putting
+    /// them under KEK `label` (a record of one KEK may become a record of
+    /// several HSMs, under their set's label: see `envelope::set_versions`); each only if its generation is still the one read (else
     /// someone changed it meanwhile) and if the version it now names is
     /// still the primary one (else a rotation happened meanwhile, and the
     /// version may be on its way to being destroyed). Returns how many were

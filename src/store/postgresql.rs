@@ -296,7 +296,8 @@ const ROWS_NOT_UNDER: &str = concat!(
 const PRIMARY_VERSION: &str =
     "SELECT version FROM kek_version WHERE kek_label = $1 AND state = 'primary'";
 const REPLACE_RECORD: &str =
-    "UPDATE dek SET record = $3, kek_version = $4, updated = $5, generation = generation + 1
+    "UPDATE dek SET record = $3, kek_version = $4, updated = $5, generation = generation + 1,
+                    kek_label = $6
      WHERE id = $1 AND generation = $2";
 const TAKE_LEASE: &str = "INSERT INTO lease (name, holder, expires) VALUES ($1, $2, $3)
      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
@@ -1041,7 +1042,10 @@ impl StoreEngine for PostgresStore {
                 if primary != Some(version) {
                     continue;
                 }
-                written += tx.execute(&replace, &[&&id[..], generation, record, &version, &now])?;
+                written += tx.execute(
+                    &replace,
+                    &[&&id[..], generation, record, &version, &now, &label],
+                )?;
             }
             tx.commit()?;
             Ok(written as usize)

@@ -419,6 +419,20 @@ fn replace_records_only_under_the_primary(f: &Fresh) {
     let got = s.get(&b.id).unwrap().unwrap();
     assert_eq!((got.kek_version, got.generation), (3, 1));
     assert_eq!(got.record, vec![0xEE; 70]);
+    // A record may move to another label (one KEK -> a set of HSMs).
+    s.add_kek_version("kek-main#any-of", 1, "main:3,b:1", true)
+        .unwrap();
+    assert_eq!(
+        s.replace_records("kek-main#any-of", &[update(&got, 1)])
+            .unwrap(),
+        1
+    );
+    let moved = s.get(&b.id).unwrap().unwrap();
+    assert_eq!(
+        (moved.kek_label.as_str(), moved.kek_version),
+        ("kek-main#any-of", 1)
+    );
+    assert_eq!(s.count_under("kek-main#any-of", 1).unwrap(), 1);
 }
 
 fn admin_row(id: u8, version: u32) -> DekRow {

@@ -50,6 +50,11 @@ pub enum Command {
     /// Manage KEK versions on the HSM: create, import, rotate, list, promote, destroy
     #[command(after_help = EXIT_CODES)]
     Kek {
+        /// With kek_mode "any-of" or "all-of": the member whose own KEK this
+        /// is about (its `name` in the configuration; default: the
+        /// top-level KEK, member "main")
+        #[arg(long, global = true, value_name = "NAME")]
+        hsm: Option<String>,
         #[command(subcommand)]
         command: KekCommand,
     },

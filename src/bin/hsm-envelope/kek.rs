@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use hsm_envelope::admin::Admin;
 use hsm_envelope::backend::{import, rsa};
+use hsm_envelope::envelope::kek_scope::KekScope;
 use hsm_envelope::envelope::record::WrapAlg;
 use hsm_envelope::store::{KekState, KekVersionRow};
 
@@ -55,24 +56,30 @@ fn version_json(r: &KekVersionRow, records: u64) -> Value {
     })
 }
 
-pub fn create(admin: &Admin, kind: KekKind, primary: bool) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let v = env.create_version(Some(kind.kek_type()), primary)?;
+pub fn create(
+    admin: &Admin,
+    hsm: Option<&str>,
+    kind: KekKind,
+    primary: bool,
+) -> Result<Report, Failure> {
+    let k = admin.env.kek_scope(hsm)?;
+    let v = k.create_version(Some(kind.kek_type()), primary)?;
     let mut text = if primary {
         format!(
-            "KEK '{}': created v{v} ({}) on the HSM; it is now primary\n",
-            env.kek_label(),
+            "{}: created v{v} ({}) on the HSM; it is now primary\n",
+            k.describe(),
             kind.as_str()
         )
     } else {
         format!(
-            "KEK '{}': created v{v} ({}) on the HSM, decrypt-only; promote it with `hsm-envelope kek set-primary {v}`\n",
-            env.kek_label(),
+            "{}: created v{v} ({}) on the HSM, decrypt-only; promote it with `hsm-envelope kek set-primary {v}`\n",
+            k.describe(),
             kind.as_str()
         )
     };
     let mut doc = json!({
-        "kek_label": env.kek_label(),
+        "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
         "version": v,
         "kind": kind.as_str(),
         "primary": primary,
@@ -128,15 +135,15 @@ fn audit_key(admin: &Admin, done: &str, text: &mut String, doc: &mut Value) -> R
     }
 }
 
-pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let previous = env.primary()?;
-    let v = env.rotate()?;
-    let pending = env.pending_rewrap()?;
+pub fn rotate(admin: &Admin, hsm: Option<&str>) -> Result<Report, Failure> {
+    let k = admin.env.kek_scope(hsm)?;
+    let previous = k.primary()?;
+    let v = k.rotate()?;
+    let pending = admin.env.pending_rewrap()?;
     let refresh = admin.config.refresh_secs;
     let mut text = format!(
-        "KEK '{}': v{v} is now primary (was v{previous}). New DEKs wrap under it; running processes switch within refresh_secs ({refresh} s).\n",
-        env.kek_label()
+        "{}: v{v} is now primary (was v{previous}). New DEKs wrap under it; running processes switch within refresh_secs ({refresh} s).\n",
+        k.describe()
     );
     if pending > 0 {
         text.push_str(&format!(
@@ -144,7 +151,8 @@ pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
         ));
     }
     let mut doc = json!({
-        "kek_label": env.kek_label(),
+        "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
         "previous_primary": previous,
         "primary": v,
         "pending_rewrap": pending,
@@ -159,9 +167,9 @@ pub fn rotate(admin: &Admin) -> Result<Report, Failure> {
     Ok(Report::new(text, doc))
 }
 
-pub fn list(admin: &Admin) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let versions = env.versions()?;
+pub fn list(admin: &Admin, hsm: Option<&str>) -> Result<Report, Failure> {
+    let k = admin.env.kek_scope(hsm)?;
+    let versions = k.versions()?;
     let rows: Vec<Vec<String>> = versions
         .iter()
         .map(|(r, n)| {
@@ -175,11 +183,16 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
             ]
         })
         .collect();
+    let place = match hsm {
+        None => format!(
+            " on token '{}' (slot {})",
+            admin.config.token_label, admin.module_slot
+        ),
+        Some(_) => String::new(),
+    };
     let text = format!(
-        "KEK '{}' on token '{}' (slot {}):\n{}",
-        env.kek_label(),
-        admin.config.token_label,
-        admin.module_slot,
+        "{}{place}:\n{}",
+        k.describe(),
         table(
             &[
                 "VERSION",
@@ -199,7 +212,8 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
     Ok(Report::new(
         text,
         json!({
-            "kek_label": env.kek_label(),
+            "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
             "token": admin.config.token_label,
             "slot": admin.module_slot,
             "primary": primary,
@@ -209,8 +223,8 @@ pub fn list(admin: &Admin) -> Result<Report, Failure> {
 }
 
 /// The version's row and record count, or a refusal naming what exists.
-fn find_version(admin: &Admin, version: u32) -> Result<(KekVersionRow, u64), Failure> {
-    let versions = admin.env.versions()?;
+fn find_version(k: &KekScope<'_>, version: u32) -> Result<(KekVersionRow, u64), Failure> {
+    let versions = k.versions()?;
     let known: Vec<String> = versions
         .iter()
         .map(|(r, _)| format!("v{} ({})", r.version, r.state.as_str()))
@@ -222,17 +236,17 @@ fn find_version(admin: &Admin, version: u32) -> Result<(KekVersionRow, u64), Fai
             Failure::new(
                 exit::FAILED,
                 format!(
-                    "KEK '{}' has no version {version} (versions: {})",
-                    admin.env.kek_label(),
+                    "{} has no version {version} (versions: {})",
+                    k.describe(),
                     known.join(", ")
                 ),
             )
         })
 }
 
-pub fn set_primary(admin: &Admin, version: u32) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let (row, _) = find_version(admin, version)?;
+pub fn set_primary(admin: &Admin, hsm: Option<&str>, version: u32) -> Result<Report, Failure> {
+    let k = admin.env.kek_scope(hsm)?;
+    let (row, _) = find_version(&k, version)?;
     match row.state {
         KekState::Destroyed => {
             return Err(Failure::new(
@@ -242,22 +256,28 @@ pub fn set_primary(admin: &Admin, version: u32) -> Result<Report, Failure> {
         }
         KekState::Primary => {
             return Ok(Report::new(
-                format!("KEK '{}': v{version} is already primary\n", env.kek_label()),
-                json!({"kek_label": env.kek_label(), "primary": version, "changed": false}),
+                format!("{}: v{version} is already primary\n", k.describe()),
+                json!({
+                    "kek_label": k.kek_label(),
+                    "hsm": k.hsm(),
+                    "primary": version,
+                    "changed": false,
+                }),
             ))
         }
         KekState::DecryptOnly => {}
     }
-    let previous = env.primary()?;
-    env.set_primary(version)?;
-    let pending = env.pending_rewrap()?;
+    let previous = k.primary()?;
+    k.set_primary(version)?;
+    let pending = admin.env.pending_rewrap()?;
     Ok(Report::new(
         format!(
-            "KEK '{}': v{version} is now primary (was v{previous}); {pending} record(s) under other versions\n",
-            env.kek_label()
+            "{}: v{version} is now primary (was v{previous}); {pending} record(s) under other versions\n",
+            k.describe()
         ),
         json!({
-            "kek_label": env.kek_label(),
+            "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
             "previous_primary": previous,
             "primary": version,
             "changed": true,
@@ -266,12 +286,13 @@ pub fn set_primary(admin: &Admin, version: u32) -> Result<Report, Failure> {
     ))
 }
 
-pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let (row, records) = find_version(admin, version)?;
+pub fn destroy_version(admin: &Admin, hsm: Option<&str>, version: u32) -> Result<Report, Failure> {
+    let k = admin.env.kek_scope(hsm)?;
+    let (row, records) = find_version(&k, version)?;
     let refuse = |msg: String| {
         Failure::new(exit::FAILED, msg).with_extra(json!({
-            "kek_label": env.kek_label(),
+            "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
             "version": version,
             "state": row.state.as_str(),
             "records": records,
@@ -293,15 +314,13 @@ pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
     }
     // The library checks primary and references again, under its own reads,
     // and refuses within refresh_secs of the version's retirement.
-    env.destroy_version(version)
+    k.destroy_version(version)
         .map_err(|e| Failure::from(e).with_extra(json!({"version": version})))?;
     Ok(Report::new(
-        format!(
-            "KEK '{}': v{version} destroyed on the HSM\n",
-            env.kek_label()
-        ),
+        format!("{}: v{version} destroyed on the HSM\n", k.describe()),
         json!({
-            "kek_label": env.kek_label(),
+            "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
             "version": version,
             "destroyed": true,
         }),
@@ -310,12 +329,13 @@ pub fn destroy_version(admin: &Admin, version: u32) -> Result<Report, Failure> {
 
 pub fn import_key(
     admin: &Admin,
+    hsm: Option<&str>,
     out: Option<&Path>,
     new: bool,
     bits: u32,
 ) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let info = env.import_key(new, bits)?;
+    let k = admin.env.kek_scope(hsm)?;
+    let info = k.import_key(new, bits)?;
     let pem = rsa::spki_pem(&info.spki);
     let oaep = import::oaep_name(info.oaep);
     let hash = if info.oaep == WrapAlg::RsaOaepSha256 {
@@ -333,8 +353,8 @@ pub fn import_key(
                 )
             })?;
             text.push_str(&format!(
-                "KEK '{}': the {}-bit import key's public half is in {}\n",
-                env.kek_label(),
+                "{}: the {}-bit import key's public half is in {}\n",
+                k.describe(),
                 info.bits,
                 path.display()
             ));
@@ -347,7 +367,8 @@ pub fn import_key(
     Ok(Report::new(
         text,
         json!({
-            "kek_label": env.kek_label(),
+            "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
             "public_key_pem": pem,
             "bits": info.bits,
             "oaep_hash": hash,
@@ -359,21 +380,22 @@ pub fn import_key(
 
 pub fn import(
     admin: &Admin,
+    hsm: Option<&str>,
     kind: ImportKind,
     blob: &[u8],
     primary: bool,
 ) -> Result<Report, Failure> {
-    let env = &admin.env;
-    let v = env.import_version(blob, kind.material(), primary)?;
-    let kind_name = env
+    let k = admin.env.kek_scope(hsm)?;
+    let v = k.import_version(blob, kind.material(), primary)?;
+    let kind_name = k
         .versions()?
         .into_iter()
         .find(|(r, _)| r.version == v)
         .map(|(r, _)| r.kind)
         .unwrap_or_default();
     let mut text = format!(
-        "KEK '{}': imported v{v} ({kind_name}){}; the import key was destroyed\n",
-        env.kek_label(),
+        "{}: imported v{v} ({kind_name}){}; the import key was destroyed\n",
+        k.describe(),
         if primary {
             ", now primary"
         } else {
@@ -381,7 +403,8 @@ pub fn import(
         }
     );
     let mut doc = json!({
-        "kek_label": env.kek_label(),
+        "kek_label": k.kek_label(),
+        "hsm": k.hsm(),
         "version": v,
         "kind": kind_name,
         "primary": primary,

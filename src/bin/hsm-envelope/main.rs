@@ -105,6 +105,7 @@ fn run(cli: Cli) -> Result<Report, Failure> {
     let blob = match &cli.command {
         Command::Kek {
             command: KekCommand::Import { input, .. },
+            ..
         } => Some(kek::read_blob(input)?),
         _ => None,
     };
@@ -127,24 +128,30 @@ fn run(cli: Cli) -> Result<Report, Failure> {
     let admin = connect(config, &pin)?;
     drop(pin);
     let result = match &cli.command {
-        Command::Kek { command } => match command {
-            KekCommand::Create { kind, primary } => kek::create(&admin, *kind, *primary),
-            KekCommand::ImportKey { out, new, bits } => {
-                kek::import_key(&admin, out.as_deref(), *new, *bits)
+        Command::Kek { hsm, command } => {
+            let hsm = hsm.as_deref();
+            match command {
+                KekCommand::Create { kind, primary } => kek::create(&admin, hsm, *kind, *primary),
+                KekCommand::ImportKey { out, new, bits } => {
+                    kek::import_key(&admin, hsm, out.as_deref(), *new, *bits)
+                }
+                KekCommand::Import { kind, primary, .. } => kek::import(
+                    &admin,
+                    hsm,
+                    *kind,
+                    blob.as_ref().map_or(&[][..], |b| b.as_slice()),
+                    *primary,
+                ),
+                KekCommand::Rotate => kek::rotate(&admin, hsm),
+                KekCommand::List => kek::list(&admin, hsm),
+                KekCommand::SetPrimary { kek_version } => {
+                    kek::set_primary(&admin, hsm, *kek_version)
+                }
+                KekCommand::DestroyVersion { kek_version } => {
+                    kek::destroy_version(&admin, hsm, *kek_version)
+                }
             }
-            KekCommand::Import { kind, primary, .. } => kek::import(
-                &admin,
-                *kind,
-                blob.as_ref().map_or(&[][..], |b| b.as_slice()),
-                *primary,
-            ),
-            KekCommand::Rotate => kek::rotate(&admin),
-            KekCommand::List => kek::list(&admin),
-            KekCommand::SetPrimary { kek_version } => kek::set_primary(&admin, *kek_version),
-            KekCommand::DestroyVersion { kek_version } => {
-                kek::destroy_version(&admin, *kek_version)
-            }
-        },
+        }
         Command::Rewrap(args) => rewrap::run(&admin, args),
         Command::Dek { command } => match command {
             DekCommand::List { near_limit } => dek::list(&admin, *near_limit),

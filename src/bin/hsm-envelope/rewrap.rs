@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use hsm_envelope::admin::Admin;
-use hsm_envelope::envelope::rewrap::RewrapJob;
+use hsm_envelope::envelope::rewrap::{RewrapBatch, RewrapJob};
+use hsm_envelope::envelope::set_rewrap::SetRewrap;
+use hsm_envelope::envelope::Envelope;
 
 use crate::cli::RewrapArgs;
 use crate::exit;
@@ -92,11 +94,58 @@ fn line(done: u64, total: u64, skipped: u64, started: Instant) -> String {
     format!("re-wrap: {done}/{total}, {skipped} skipped, {rate:.0} records/s, ETA {eta}")
 }
 
+/// The one-KEK job, or the job of a set of HSMs (any-of, all-of).
+enum Job<'a> {
+    One(RewrapJob<'a>),
+    Set(SetRewrap<'a>),
+}
+
+impl<'a> Job<'a> {
+    fn new(admin: &'a Admin, args: &RewrapArgs) -> hsm_envelope::error::Result<Self> {
+        let env = &admin.env;
+        if env.kek_mode().is_set() {
+            return Ok(Job::Set(SetRewrap::new(env, args.threads())?));
+        }
+        Ok(Job::One(RewrapJob::new(
+            env,
+            admin.backend(),
+            args.threads(),
+        )?))
+    }
+
+    fn primary(&self) -> u32 {
+        match self {
+            Job::One(j) => j.primary(),
+            Job::Set(j) => j.primary(),
+        }
+    }
+
+    fn batch(&self, after: i64, limit: u32) -> hsm_envelope::error::Result<RewrapBatch> {
+        match self {
+            Job::One(j) => j.batch(after, limit),
+            Job::Set(j) => j.batch(after, limit),
+        }
+    }
+
+    /// What records end up under, in words.
+    fn target(&self, env: &Envelope) -> String {
+        match self {
+            Job::One(j) => format!("KEK '{}' v{}", env.kek_label(), j.primary()),
+            Job::Set(j) => format!(
+                "KEK set '{}' v{} ({})",
+                env.set_label(),
+                j.primary(),
+                j.combination()
+            ),
+        }
+    }
+}
+
 pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
     let env = &admin.env;
-    let b = admin.backend();
-    let job = RewrapJob::new(env, b, args.threads())?;
+    let job = Job::new(admin, args)?;
     let primary = job.primary();
+    let target = job.target(env);
     let pending_before = env.pending_rewrap()?;
     let started = Instant::now();
     let mut progress = Progress::new(pending_before);
@@ -149,17 +198,15 @@ pub fn run(admin: &Admin, args: &RewrapArgs) -> Result<Report, Failure> {
         "rewrap: {rewrapped} re-wrapped under v{primary}, {skipped} skipped, {remaining} remaining, {elapsed:.1} s"
     );
     let mut text = format!(
-        "re-wrap under KEK '{}' v{primary}: {rewrapped} re-wrapped, {skipped} skipped, {elapsed:.2} s, {rate:.0} records/s\n",
-        env.kek_label()
+        "re-wrap under {target}: {rewrapped} re-wrapped, {skipped} skipped, {elapsed:.2} s, {rate:.0} records/s\n"
     );
     if pending_before == 0 {
-        text = format!(
-            "re-wrap: nothing to do, every record is under KEK '{}' v{primary}\n",
-            env.kek_label()
-        );
+        text = format!("re-wrap: nothing to do, every record is under {target}\n");
     }
     let doc = json!({
         "kek_label": env.kek_label(),
+        "kek_mode": env.kek_mode().name(),
+        "target": target,
         "primary": primary,
         "pending_before": pending_before,
         "scanned": scanned,

@@ -945,14 +945,15 @@ impl StoreEngine for SqliteStore {
         let mut written = 0;
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE dek SET record = ?3, kek_version = ?4, updated = ?5, generation = generation + 1
+                "UPDATE dek SET record = ?3, kek_version = ?4, updated = ?5, generation = generation + 1,
+                                kek_label = ?6
                  WHERE id = ?1 AND generation = ?2",
             )?;
             for (id, generation, record, version) in updates {
                 if primary != Some(*version) {
                     continue;
                 }
-                written += stmt.execute(params![id, generation, record, version, now])?;
+                written += stmt.execute(params![id, generation, record, version, now, label])?;
             }
         }
         tx.commit()?;

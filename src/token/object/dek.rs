@@ -106,7 +106,17 @@ fn persist(
     let record = env
         .seal(&id, &attrs, value.as_slice())
         .map_err(|e| lost_login(m, s, e))?;
-    let kek_version = Envelope::record_version(&record).unwrap_or(0);
+    // Where the store indexes the record: its KEK label and version (for
+    // several HSMs, the set's).
+    let (kek_label, kek_version) = if token {
+        env.store_key(&record).map_err(|e| lost_login(m, s, e))?
+    } else {
+        (
+            String::new(),
+            Envelope::record_version(&record).unwrap_or(0),
+        )
+    };
+    let cache_tag = Envelope::cache_tag(&record);
     // A token DEK is stored and held under the feed lock, so that a destroy
     // elsewhere in between is not read past before it is held.
     let _lock = token.then(|| env.feed_lock());
@@ -118,7 +128,7 @@ fn persist(
             ckaid: attrs.id().to_vec(),
             attrs: attrs.encode(),
             record: record.clone(),
-            kek_label: m.config.kek_label.clone(),
+            kek_label,
             kek_version,
             created: now,
             updated: now,
@@ -131,7 +141,7 @@ fn persist(
     let binding = state.binding.clone();
     let dek = Dek::new(id, s.slot, if token { None } else { Some(s.handle) }, state);
     env.cache
-        .insert(id, binding, kek_version, value, env.cache.epoch())?;
+        .insert(id, binding, cache_tag, value, env.cache.epoch())?;
     env.log(
         crate::audit::Entry::new(crate::audit::Op::DekCreate, CKR_OK)
             .key(&id, &label)

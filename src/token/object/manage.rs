@@ -6,7 +6,6 @@ use std::sync::Arc;
 use cryptoki_sys::*;
 
 use crate::backend::{AttrIn, Mechanism};
-use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
 use crate::token::forward::{forward, forward_objects};
@@ -284,6 +283,7 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
         // newer record) since this process read it; then build on the
         // stored record. Any other change is someone else's: refuse.
         for attempt in 0..2 {
+            let (kek_label, kek_version) = env.store_key(&record)?;
             let ok = env.with_store(|store| {
                 Ok(store.update(
                     &d.id,
@@ -291,8 +291,8 @@ fn set_dek_attributes(m: &Module, s: &Session, d: &Dek, t: &Template) -> Result<
                     new.id(),
                     &new.encode(),
                     &record,
-                    &m.config.kek_label,
-                    Envelope::record_version(&record).unwrap_or(0),
+                    &kek_label,
+                    kek_version,
                     Some(generation),
                 )?)
             })?;
