@@ -34,23 +34,17 @@
 //! the module sets no time-out on PKCS#11 calls yet.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
-use cryptoki::types::AuthPin;
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::Session;
 
-const PIN: &str = "1234";
-const SO_PIN: &str = "5678";
-const TOKEN_LABEL: &str = "hsm-envelope";
+mod hsms;
+use hsms::*;
+
 const REPLICA_LABEL: &str = "replica-b";
-const KEK_LABEL: &str = "kek";
-const KEK_ID: &[u8] = &[0x01];
 const SOFT_TTL: Duration = Duration::from_secs(1);
 /// The issue's target for the first unwrap after a member dies.
 const TARGET_FIRST: Duration = Duration::from_secs(1);
@@ -61,11 +55,6 @@ const TOLERANCE_AFTER: f64 = 1.25;
 struct Opts {
     unwraps: usize,
     keep: bool,
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("replicas bench: error: {msg}");
-    std::process::exit(2)
 }
 
 fn parse_args() -> Opts {
@@ -96,124 +85,20 @@ fn parse_args() -> Opts {
     o
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// target/release (this executable is target/release/deps/replicas-HASH).
-fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("current_exe: {e}")));
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| die("no target directory"))
-}
-
-fn built(path: PathBuf) -> PathBuf {
-    if !path.is_file() {
-        die(&format!(
-            "{} not found: build with `cargo build --release --lib --example faulty_backend --bench replicas`",
-            path.display()
-        ));
-    }
-    path
-}
-
-/// SoftHSM2's module, as new-token.sh found it (its hsm-envelope.toml).
-fn softhsm_module(conf: &str) -> PathBuf {
-    conf.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == "backend_module").then(|| PathBuf::from(v.trim().trim_matches('"')))
-        })
-        .unwrap_or_else(|| die("no backend_module in hsm-envelope.toml"))
-}
-
-fn init(module: &Path) -> Pkcs11 {
-    let p = Pkcs11::new(module).unwrap_or_else(|e| die(&format!("load {}: {e}", module.display())));
-    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap_or_else(|e| die(&format!("C_Initialize: {e}")));
-    p
-}
-
-fn slot_labelled(p: &Pkcs11, label: &str) -> Slot {
-    p.get_slots_with_initialized_token()
-        .unwrap_or_else(|e| die(&format!("C_GetSlotList: {e}")))
-        .into_iter()
-        .find(|s| p.get_token_info(*s).is_ok_and(|i| i.label() == label))
-        .unwrap_or_else(|| die(&format!("no token labelled {label}")))
-}
-
-fn login(p: &Pkcs11, slot: Slot) -> Session {
-    let s = p
-        .open_rw_session(slot)
-        .unwrap_or_else(|e| die(&format!("C_OpenSession: {e}")));
-    s.login(UserType::User, Some(&AuthPin::new(PIN.into())))
-        .unwrap_or_else(|e| die(&format!("C_Login: {e}")));
-    s
-}
-
-/// Replace the KEK on `s`'s token with an AES-256 key of value `value`
-/// (sensitive, never extractable, as the module requires).
+/// Replace the KEK on `s`'s token with an AES-256 key of value `value`.
 fn put_kek(s: &Session, value: &[u8; 32]) {
-    let found = s
-        .find_objects(&[
-            Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-            Attribute::Id(KEK_ID.to_vec()),
-        ])
-        .unwrap_or_else(|e| die(&format!("C_FindObjects: {e}")));
-    for h in found {
-        s.destroy_object(h)
-            .unwrap_or_else(|e| die(&format!("C_DestroyObject: {e}")));
-    }
-    s.create_object(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Value(value.to_vec()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-        Attribute::Id(KEK_ID.to_vec()),
-    ])
-    .unwrap_or_else(|e| die(&format!("C_CreateObject: {e}")));
+    remove_kek(s);
+    let mut template = kek_template();
+    template.push(Attribute::Value(value.to_vec()));
+    s.create_object(&template)
+        .unwrap_or_else(|e| die(&format!("C_CreateObject: {e}")));
 }
 
 /// Two tokens holding one KEK value, and the configuration: main through
 /// the fault backend, "b" directly. Returns the configuration's path.
 fn setup(dir: &Path) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("softhsm-config/new-token.sh"))
-        .arg(dir)
-        .env("PIN", PIN)
-        .env("SO_PIN", SO_PIN)
-        .output()
-        .unwrap_or_else(|e| die(&format!("cannot run new-token.sh: {e}")));
-    if !out.status.success() {
-        die(&format!(
-            "new-token.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let softhsm_conf = dir.join("softhsm2.conf");
-    std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", REPLICA_LABEL])
-        .args(["--pin", PIN, "--so-pin", SO_PIN])
-        .output()
-        .unwrap_or_else(|e| die(&format!("softhsm2-util: {e}")));
-    if !out.status.success() {
-        die(&format!(
-            "softhsm2-util --init-token failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let conf_path = dir.join("hsm-envelope.toml");
+    let conf_path = new_token(dir);
+    add_token(REPLICA_LABEL);
     let conf = std::fs::read_to_string(&conf_path).unwrap_or_else(|e| die(&e.to_string()));
     let softhsm = softhsm_module(&conf);
     let mut kek = [0u8; 32];
@@ -249,21 +134,6 @@ fn setup(dir: &Path) -> PathBuf {
     std::fs::write(&conf_path, conf).unwrap_or_else(|e| die(&e.to_string()));
     std::env::set_var("HSM_ENVELOPE_CONF", &conf_path);
     conf_path
-}
-
-fn make_dek(s: &Session) -> ObjectHandle {
-    s.generate_key(
-        &Mechanism::AesKeyGen,
-        &[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-        ],
-    )
-    .unwrap_or_else(|e| die(&format!("C_GenerateKey: {e}")))
 }
 
 /// One use of `h`: C_EncryptInit + C_Encrypt of 64 bytes, timed.
@@ -306,26 +176,6 @@ impl Uses<'_> {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn summary(name: &str, v: &mut [f64]) -> f64 {
-    let m = median(v);
-    let max = v.last().copied().unwrap_or(f64::NAN);
-    println!(
-        "  {name:<44} median {m:8.3} ms   p99 {:8.3} ms   max {max:8.3} ms   (n = {})",
-        v.get(v.len() * 99 / 100).copied().unwrap_or(f64::NAN),
-        v.len()
-    );
-    m
-}
-
 fn main() {
     let o = parse_args();
     let dir = tempfile::Builder::new()
@@ -352,7 +202,7 @@ fn main() {
     let s = login(&p, slot);
     // More DEKs than one phase uses twice in a row, each used once (made and
     // put in the cache) before timing.
-    let deks: Vec<_> = (0..64).map(|_| make_dek(&s)).collect();
+    let deks: Vec<_> = (0..64).map(|_| make_dek(&s, b"replicas")).collect();
     let mut uses = Uses {
         s: &s,
         deks: &deks,

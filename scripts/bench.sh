@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh [rewrap|scale|replicas] [FLAGS] — the benchmarks, one command each. Builds
+# scripts/bench.sh [rewrap|scale|replicas|modes] [FLAGS] — the benchmarks, one command each. Builds
 # the bench in release mode and runs its executable with --bench FLAGS.
 #
 # Side-by-side (issue 4, benches/side_by_side.rs): builds the module
@@ -41,6 +41,15 @@
 #   bash scripts/bench.sh replicas                       200 unwraps per phase
 #   bash scripts/bench.sh replicas --unwraps 1000 --keep
 #
+# Modes (issue 13, benches/kek_modes.rs): one HSM, any-of and all-of (two
+# SoftHSM2 tokens with KEKs of their own) side by side in one process, the
+# module loaded once per mode and round; times making a DEK, its first use
+# (record opened on the HSMs) and warm use, against the target (at most one
+# extra HSM unwrap on first use, nothing on warm use).
+#
+#   bash scripts/bench.sh modes                          3 rounds x 200 first uses
+#   bash scripts/bench.sh modes --rounds 5 --uses 500
+#
 # Needs SoftHSM2 and pkcs11-tool (Debian packages softhsm2 and opensc; see
 # scripts/deps.sh), and cargo.
 set -euo pipefail
@@ -70,6 +79,11 @@ elif [[ ${1:-} == scale ]]; then
     bench=scale
     # Fills the store with the library (rlib), measures through the module.
     build=(--lib --bench scale)
+elif [[ ${1:-} == modes ]]; then
+    shift
+    bench=kek_modes
+    # Loads the release module once per kek_mode and round.
+    build=(--lib --bench kek_modes)
 elif [[ ${1:-} == replicas ]]; then
     shift
     bench=replicas

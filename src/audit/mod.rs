@@ -120,16 +120,13 @@ pub enum Op {
     /// limit); further encryptions under it are refused. Written once per
     /// key by each process that meets it.
     GcmLimit,
-    /// A DEK wrapped on the HSMs of an any-of or all-of set (`detail`
-    /// names them).
-    DekWrap,
-    /// A DEK's record opened on the HSMs of a set: its first use in a
-    /// process (`detail` names the HSMs that took part).
+    /// Records of several HSMs (any-of, all-of) opened in one interval
+    /// (`count`), per combination of HSMs that took part (`detail`).
     DekUnwrap,
 }
 
 impl Op {
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 18] = [
         Op::KekCreate,
         Op::KekRotate,
         Op::KekImport,
@@ -147,7 +144,6 @@ impl Op {
         Op::OutageEnd,
         Op::DekUse,
         Op::GcmLimit,
-        Op::DekWrap,
         Op::DekUnwrap,
     ];
 
@@ -171,7 +167,6 @@ impl Op {
             Op::OutageEnd => "outage_end",
             Op::DekUse => "dek_use",
             Op::GcmLimit => "gcm_limit",
-            Op::DekWrap => "dek_wrap",
             Op::DekUnwrap => "dek_unwrap",
         }
     }
@@ -395,6 +390,18 @@ impl Audit {
         self.count_uses(key_id, label, kek_version, 1);
     }
 
+    /// Counts one opening of a record of several HSMs (any-of, all-of) on
+    /// the HSMs `hsms` (their names, e.g. "main,b"); written as one
+    /// `dek_unwrap` line per combination and interval, with the use counts.
+    pub fn count_unwrap(&self, hsms: &str) {
+        self.uses.add_unwrap(hsms);
+        if self.uses.due() {
+            self.check_fork();
+            let used = self.uses.take(now_unix());
+            self.append(&use_bodies(&used), Checkpoint::IfDue);
+        }
+    }
+
     /// Counts `n` uses of a DEK at once (callers that count in their own
     /// memory first, such as the message functions, hand them over in
     /// batches); written as [`Audit::count_use`]'s are.
@@ -425,7 +432,7 @@ impl Audit {
     pub fn flush_unsigned(&self) {
         self.check_fork();
         let used = self.uses.take(now_unix());
-        if !used.1.is_empty() {
+        if !used.is_empty() {
             self.append(&use_bodies(&used), Checkpoint::Never);
         }
     }
@@ -578,25 +585,32 @@ impl Drop for Audit {
             return;
         }
         let used = self.uses.take(now_unix());
-        if !used.1.is_empty() {
+        if !used.is_empty() {
             self.append(&use_bodies(&used), Checkpoint::Never);
         }
     }
 }
 
-fn use_bodies((since, used): &(u64, Vec<uses::Used>)) -> Vec<Body<'_>> {
-    used.iter()
-        .map(|u| Body {
-            op: Op::DekUse.name(),
-            key_id: Some(&u.key_id),
-            label: Some(&u.label),
-            kek_version: Some(u.kek_version),
-            count: Some(u.count),
-            since: Some(*since),
-            result: CKR_OK,
-            ..Body::default()
-        })
-        .collect()
+fn use_bodies(d: &uses::Drained) -> Vec<Body<'_>> {
+    let uses = d.used.iter().map(|u| Body {
+        op: Op::DekUse.name(),
+        key_id: Some(&u.key_id),
+        label: Some(&u.label),
+        kek_version: Some(u.kek_version),
+        count: Some(u.count),
+        since: Some(d.since),
+        result: CKR_OK,
+        ..Body::default()
+    });
+    let unwraps = d.unwraps.iter().map(|(hsms, n)| Body {
+        op: Op::DekUnwrap.name(),
+        count: Some(*n),
+        detail: Some(hsms),
+        since: Some(d.since),
+        result: CKR_OK,
+        ..Body::default()
+    });
+    uses.chain(unwraps).collect()
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! DEK use counters: one atomic add under a shared lock per use, drained
-//! into one `dek_use` line per DEK (and KEK version) per interval.
+//! into one `dek_use` line per DEK (and KEK version) per interval. Also the
+//! openings of records of several HSMs (any-of, all-of), counted per
+//! combination of HSMs that took part and drained into `dek_unwrap` lines
+//! with the uses: an audited fact per first use without a synced line each.
 
 use crate::runtime::lock::unpoisoned;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 type Key = ([u8; 16], u32);
@@ -23,8 +26,25 @@ pub(crate) struct Used {
     pub count: u64,
 }
 
+/// What an interval counted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Drained {
+    /// Unix time the interval started.
+    pub since: u64,
+    pub used: Vec<Used>,
+    /// (HSMs that took part, e.g. "main,b"; how many openings).
+    pub unwraps: Vec<(Box<str>, u64)>,
+}
+
+impl Drained {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.used.is_empty() && self.unwraps.is_empty()
+    }
+}
+
 pub(crate) struct UseCounts {
     map: RwLock<HashMap<Key, Slot>>,
+    unwraps: Mutex<BTreeMap<Box<str>, u64>>,
     /// `clock::mono_ms` when the counters were made.
     epoch_ms: u64,
     interval_ms: u64,
@@ -41,6 +61,7 @@ impl UseCounts {
             .max(1);
         UseCounts {
             map: RwLock::new(HashMap::new()),
+            unwraps: Mutex::new(BTreeMap::new()),
             epoch_ms: crate::clock::mono_ms(),
             interval_ms,
             deadline_ms: AtomicU64::new(interval_ms),
@@ -68,6 +89,17 @@ impl UseCounts {
             .fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one opening of a record on the HSMs `hsms`.
+    pub(crate) fn add_unwrap(&self, hsms: &str) {
+        let mut m = unpoisoned(self.unwraps.lock());
+        match m.get_mut(hsms) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(hsms.into(), 1);
+            }
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         crate::clock::mono_ms().saturating_sub(self.epoch_ms)
     }
@@ -89,13 +121,15 @@ impl UseCounts {
                 .is_ok()
     }
 
-    /// Drains every counter: (start of the interval, counts by key id).
-    /// Starts a new interval.
-    pub(crate) fn take(&self, now_unix: u64) -> (u64, Vec<Used>) {
+    /// Drains every counter (uses sorted by key id). Starts a new interval.
+    pub(crate) fn take(&self, now_unix: u64) -> Drained {
         let drained = {
             let mut map = unpoisoned(self.map.write());
             std::mem::take(&mut *map)
         };
+        let unwraps = std::mem::take(&mut *unpoisoned(self.unwraps.lock()))
+            .into_iter()
+            .collect();
         self.deadline_ms.store(
             self.now_ms().saturating_add(self.interval_ms),
             Ordering::Relaxed,
@@ -114,7 +148,11 @@ impl UseCounts {
             })
             .collect();
         used.sort_by_key(|u| (u.key_id, u.kek_version));
-        (since, used)
+        Drained {
+            since,
+            used,
+            unwraps,
+        }
     }
 
     /// Forget everything (after fork(): the counts are the parent's).
@@ -137,8 +175,16 @@ mod tests {
         u.add(&[2; 16], b"renamed", 1, 1);
         u.add(&[2; 16], b"two", 2, 1);
         assert!(!u.due());
-        let (since, used) = u.take(160);
+        u.add_unwrap("main,b");
+        u.add_unwrap("b");
+        u.add_unwrap("main,b");
+        let Drained {
+            since,
+            used,
+            unwraps,
+        } = u.take(160);
         assert_eq!(since, 100);
+        assert_eq!(unwraps, vec![("b".into(), 1), ("main,b".into(), 2)]);
         assert_eq!(used.len(), 3);
         assert_eq!((used[0].key_id, used[0].count), ([1; 16], 1000));
         assert_eq!(
@@ -146,8 +192,8 @@ mod tests {
             (&b"two"[..], 2, 1)
         );
         assert_eq!((used[2].count, used[2].kek_version), (1, 2));
-        let (since, used) = u.take(200);
-        assert_eq!((since, used.len()), (160, 0));
+        let d = u.take(200);
+        assert_eq!((d.since, d.used.len(), d.unwraps.len()), (160, 0, 0));
     }
 
     #[test]
@@ -170,6 +216,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(u.take(1).1[0].count, 40_000);
+        assert_eq!(u.take(1).used[0].count, 40_000);
     }
 }

@@ -45,9 +45,7 @@ impl Envelope {
     /// primary KEK version; returns the encoded record.
     pub fn seal(&self, id: &[u8; 16], attrs: &Attrs, value: &[u8]) -> Result<Vec<u8>> {
         if let Some(mode) = self.set_mode() {
-            let record = self.seal_set(mode, id, attrs, value, None)?;
-            self.log_set_wrap(id, &record);
-            return Ok(record);
+            return self.seal_set(mode, id, attrs, value, None);
         }
         let version = self.primary()?;
         self.seal_under(version, id, attrs, value)
@@ -285,7 +283,7 @@ impl Envelope {
         let v = match opened {
             Ok((v, took_part)) => {
                 if let Some(hsms) = took_part {
-                    self.log_set_unwrap(id, &hsms);
+                    self.audit_set_unwrap(&hsms);
                 }
                 if let (true, Some(generation)) = (self.settings.lazy_rewrap, row_generation) {
                     self.rewrap_one(id, attrs, record, generation, v.as_slice());

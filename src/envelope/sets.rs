@@ -157,18 +157,21 @@ impl Envelope {
         }
     }
 
-    /// Audit a new DEK's wraps: which HSMs hold it.
-    pub(super) fn log_set_wrap(&self, id: &[u8; 16], record: &[u8]) {
-        if let Ok(Stored::Set(set)) = Stored::decode(record) {
-            let hsms = format!("hsms={}", set.names().join(","));
-            self.log(Entry::new(Op::DekWrap, CKR_OK).key(id, b"").detail(&hsms));
+    /// The HSMs a record of several HSMs names ("main,b"); None for a
+    /// record of one KEK. For audit lines.
+    pub fn record_hsms(record: &[u8]) -> Option<String> {
+        match Stored::decode(record) {
+            Ok(Stored::Set(set)) => Some(set.names().join(",")),
+            _ => None,
         }
     }
 
-    /// Audit a set record's opening for use: which HSMs took part.
-    pub(super) fn log_set_unwrap(&self, id: &[u8; 16], took_part: &str) {
-        let hsms = format!("hsms={took_part}");
-        self.log(Entry::new(Op::DekUnwrap, CKR_OK).key(id, b"").detail(&hsms));
+    /// Count a set record's opening for use in the audit log (which HSMs
+    /// took part), written with the use counts.
+    pub(super) fn audit_set_unwrap(&self, took_part: &str) {
+        if let Some(a) = self.audit.get() {
+            a.count_unwrap(&format!("hsms={took_part}"));
+        }
     }
 
     /// What a member's failure means: an outage marks it down (and is

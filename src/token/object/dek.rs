@@ -117,6 +117,12 @@ fn persist(
         )
     };
     let cache_tag = Envelope::cache_tag(&record);
+    // Which HSMs hold it, for the audit line (several HSMs only).
+    let mut detail = String::from(if token { "token" } else { "session" });
+    if let Some(hsms) = Envelope::record_hsms(&record) {
+        detail.push_str(" hsms=");
+        detail.push_str(&hsms);
+    }
     // A token DEK is stored and held under the feed lock, so that a destroy
     // elsewhere in between is not read past before it is held.
     let _lock = token.then(|| env.feed_lock());
@@ -146,7 +152,7 @@ fn persist(
         crate::audit::Entry::new(crate::audit::Op::DekCreate, CKR_OK)
             .key(&id, &label)
             .kek_version(kek_version)
-            .detail(if token { "token" } else { "session" }),
+            .detail(&detail),
     );
     let h = m.objects.intern_dek(Arc::new(dek));
     crate::log_info!(
