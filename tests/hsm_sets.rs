@@ -161,6 +161,14 @@ fn any_of_loses_no_dek_with_an_hsm_and_rewrap_restores_two_wraps() {
     // HSM b is lost for good: every DEK opens through main, and new DEKs
     // are made (with main's wrap alone).
     hsm_side_run(&t, "delete hsm-b");
+    let (_, doc) = cli_json(&t, &["status"]);
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "refused".into())],
+        "{doc:#}"
+    );
+    let why = doc["hsm_members"][1]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("missing or disabled"), "{why}");
     advance_clock(SOFT_TTL);
     all_open(&s, &deks);
     deks.extend(make_deks(&s, 3, 1, b"dr"));
@@ -241,9 +249,21 @@ fn any_of_each_hsm_rotates_on_its_own() {
         (Some("b"), Some(2))
     );
     assert_eq!(doc["pending_rewrap"], 2, "{doc:#}");
-    // Main's versions are untouched.
+    // Main's versions are untouched; status shows each member's own
+    // primary and the primary combination.
     let doc = ok_json(&t, &["kek", "list"]);
     assert_eq!(doc["primary"], 1);
+    let doc = ok_json(&t, &["status"]);
+    let primaries: Vec<_> = doc["hsm_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["primary"].as_u64())
+        .collect();
+    assert_eq!(primaries, [Some(1), Some(2)], "{doc:#}");
+    assert_eq!(doc["kek_set"]["combination"], "main:1,b:2", "{doc:#}");
+    assert_eq!(doc["pending_rewrap"], 2, "{doc:#}");
+    assert_eq!(doc["records_other_kek_labels"], 0, "{doc:#}");
     // b's v1 is still needed: refused until the records are re-wrapped.
     advance_clock(Duration::from_secs(3600));
     let (code, doc) = cli_json(&t, &["kek", "--hsm", "b", "destroy-version", "1"]);

@@ -302,6 +302,33 @@ impl Envelope {
         }
     }
 
+    /// For `status`: each member's primary KEK version, looked up on its
+    /// HSM. A member that answers with its KEK usable is up, one that does
+    /// not answer is down, one whose KEK is missing or disabled is refused
+    /// (with why). In member order; None where the version is not known.
+    pub fn probe_set_members(&self) -> Vec<Option<u32>> {
+        self.refresh_set_view();
+        let primaries = self.member_primaries();
+        for (m, v) in self.members.all().iter().zip(&primaries) {
+            let Some(v) = *v else {
+                if m.found() {
+                    m.mark_down(&Error::Rv(CKR_HSME_HSM_UNAVAILABLE));
+                }
+                continue;
+            };
+            match self.with_session_on(m, |s| self.status(m, s, v)) {
+                Ok(st) if !st.is_revoked() => m.mark_up(),
+                Ok(_) => m.refuse(format!(
+                    "its KEK '{}' v{v} is missing or disabled there",
+                    m.kek_label
+                )),
+                Err(e) if fails_over(&e) || !m.found() => m.mark_down(&e),
+                Err(e) => m.refuse(e.to_string()),
+            }
+        }
+        primaries
+    }
+
     /// The health check's part for set records: each member's versions in
     /// use, on that member.
     pub(super) fn check_sets(&self) -> SetCheck {

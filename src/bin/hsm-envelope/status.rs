@@ -187,9 +187,11 @@ fn details(
         .find(|(r, _)| r.state == KekState::Primary)
         .map(|(r, _)| r.version);
     let total: u64 = counts.iter().map(|(_, _, n)| n).sum();
+    // Records of several HSMs are under the set's label: ours too.
+    let set_label = env.kek_mode().is_set().then(|| env.set_label());
     let other_labels: u64 = counts
         .iter()
-        .filter(|(l, _, _)| l != kek_label)
+        .filter(|(l, _, _)| l != kek_label && Some(l) != set_label.as_ref())
         .map(|(_, _, n)| n)
         .sum();
     text.push_str(&format!(
@@ -270,22 +272,60 @@ fn members(admin: &Admin, text: &mut String, doc: &mut Value) {
     if admin.config.hsm.is_empty() {
         return;
     }
-    let states = admin.env.member_states();
+    let env = &admin.env;
+    // Members with KEKs of their own: each one's primary, checked there.
+    let primaries = if env.kek_mode().is_set() {
+        env.probe_set_members()
+    } else {
+        Vec::new()
+    };
+    let states = env.member_states();
     text.push_str(&format!(
         "kek mode         {}\n",
         admin.config.kek_mode.name()
     ));
     let mut list = Vec::new();
-    for (name, state) in &states {
+    for (i, (name, state)) in states.iter().enumerate() {
         let why = state.why().map(|w| format!(" ({w})")).unwrap_or_default();
+        let primary = primaries.get(i).copied().flatten();
+        let kek = primary
+            .map(|v| format!(", own KEK primary v{v}"))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "hsm member       '{name}': {}{why}\n",
+            "hsm member       '{name}': {}{why}{kek}\n",
             state.name()
         ));
-        list.push(json!({"name": name, "state": state.name(), "why": state.why()}));
+        list.push(json!({
+            "name": name,
+            "state": state.name(),
+            "why": state.why(),
+            "primary": primary,
+        }));
     }
+    let set = env.kek_mode().is_set().then(|| {
+        let label = env.set_label();
+        let row = env
+            .with_store(|st| Ok(st.primary_kek(&label)?))
+            .ok()
+            .flatten();
+        let combination = row.as_ref().map(|r| r.kind.clone());
+        text.push_str(&format!(
+            "kek set          '{label}' primary {}\n",
+            row.as_ref()
+                .map(|r| format!("v{} ({})", r.version, r.kind))
+                .unwrap_or_else(|| "- (no record made yet)".into())
+        ));
+        json!({
+            "label": label,
+            "primary": row.map(|r| r.version),
+            "combination": combination,
+        })
+    });
     if let Value::Object(m) = doc {
         m.insert("kek_mode".into(), json!(admin.config.kek_mode.name()));
         m.insert("hsm_members".into(), json!(list));
+        if let Some(set) = set {
+            m.insert("kek_set".into(), set);
+        }
     }
 }
