@@ -13,9 +13,11 @@
 //! 1. A fresh SoftHSM2 token (`softhsm-config/new-token.sh`, its KEK) and a
 //!    second token "hsm-b" with an AES-256 KEK generated on it: two
 //!    independent HSMs. Both are reached directly.
-//! 2. Three configurations, one store each: `single` (main alone),
-//!    `any-of` and `all-of` (main and b); `cache_max_keys = 1`, so each use
-//!    of another DEK opens its record on the HSMs.
+//! 2. Four configurations, one store each: `single` (main alone),
+//!    `any-of` and `all-of` (main and b), and all-of with `hsm_timeout_ms`
+//!    (what the time-out's hand-over to a worker thread costs);
+//!    `cache_max_keys = 1`, so each use of another DEK opens its record on
+//!    the HSMs.
 //! 3. Rounds, each loading the release module once per mode (C_Initialize
 //!    with that mode's configuration, login, then C_Finalize), the modes in
 //!    turn, so drift on the machine falls on all three alike. Per mode and
@@ -40,7 +42,9 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-const MODES: [&str; 3] = ["single", "any-of", "all-of"];
+/// The configurations compared; the last is all-of with `hsm_timeout_ms`,
+/// whose KEK calls go through a worker thread each (`member_kek`).
+const MODES: [&str; 4] = ["single", "any-of", "all-of", "all-of+timeout"];
 const DEKS: usize = 64;
 const LABEL: &[u8] = b"bench-dek";
 /// "One extra HSM unwrap at most", with room for noise.
@@ -117,7 +121,11 @@ fn setup(dir: &Path) {
             "{base}store_path = \"{}\"\ncache_max_keys = 1\ncache_soft_ttl_secs = 3600\n",
             dir.join(format!("deks-{mode}.sqlite")).display()
         );
-        if mode != "single" {
+        if let Some(kek_mode) = mode.strip_suffix("+timeout") {
+            text += &format!(
+                "hsm_timeout_ms = 5000\nkek_mode = \"{kek_mode}\"\n\n[[hsm]]\nname = \"b\"\ntoken_label = \"hsm-b\"\n"
+            );
+        } else if mode != "single" {
             text += &format!(
                 "kek_mode = \"{mode}\"\n\n[[hsm]]\nname = \"b\"\ntoken_label = \"hsm-b\"\n"
             );
@@ -255,7 +263,14 @@ fn main() {
     let (c1, f1, w1) = medians[0];
     println!("run took {:.1} s", started.elapsed().as_secs_f64());
     let mut ok = true;
-    for (mode, (c, f, w)) in MODES.iter().zip(&medians).skip(1) {
+    let (_, f_all, _) = medians[2];
+    let (_, f_timed, _) = medians[3];
+    println!(
+        "hsm_timeout_ms (all-of, two KEK calls per first use through worker threads): first use +{:.1} µs ({:.2}x all-of)",
+        (f_timed - f_all) * 1e3,
+        f_timed / f_all
+    );
+    for (mode, (c, f, w)) in MODES.iter().zip(&medians).skip(1).take(2) {
         let extra = (f - f1) / unwrap;
         let warm = w / w1;
         let pass_first = extra <= TOLERANCE_UNWRAPS;

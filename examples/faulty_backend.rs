@@ -5,6 +5,9 @@
 //! flag goes away, the first call closes every session on the real module
 //! first: like a reconnect, the sessions (and the login) are gone.
 //!
+//! A flag file whose content starts with `hang` makes those calls block
+//! until it goes away (or says something else) instead.
+//!
 //! With FAULTY_BACKEND_RENUMBER set, the reconnect also renumbers every
 //! object handle (a restarted or failed-over network HSM does): handles
 //! handed out before it name nothing afterwards.
@@ -77,10 +80,16 @@ fn inn(h: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
 }
 
 /// Down while the flag file exists; on the way back up, every session of
-/// the real module is closed (a reconnect loses them).
+/// the real module is closed (a reconnect loses them). A flag file that
+/// says `hang` makes calls block instead, until it is removed or says
+/// something else (an HSM whose link hangs rather than breaks).
 fn down() -> bool {
-    let is_down =
-        std::env::var_os("FAULTY_BACKEND_FLAG").is_some_and(|f| std::path::Path::new(&f).exists());
+    let flag = std::env::var_os("FAULTY_BACKEND_FLAG");
+    let flag = flag.as_ref().map(std::path::Path::new);
+    while flag.is_some_and(|f| std::fs::read(f).is_ok_and(|c| c.starts_with(b"hang"))) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let is_down = flag.is_some_and(|f| f.exists());
     if is_down {
         WAS_DOWN.store(true, Ordering::SeqCst);
     } else if WAS_DOWN.swap(false, Ordering::SeqCst) {

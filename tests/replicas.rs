@@ -304,3 +304,80 @@ fn a_replica_whose_token_is_missing_at_start_is_down_and_the_module_starts() {
     let log = log_text(&t);
     assert_eq!(log.matches(&ours_down).count(), 1, "{log}");
 }
+
+#[test]
+fn a_member_that_hangs_costs_the_time_out_once_then_the_next_serves() {
+    let (t, flag) = two_hsms(true);
+    let timeout = Duration::from_millis(300);
+    let conf = t.config_text().replace(
+        "kek_mode = \"replicas\"",
+        &format!(
+            "hsm_timeout_ms = {}\nkek_mode = \"replicas\"",
+            timeout.as_millis()
+        ),
+    );
+    std::fs::write(&t.conf, conf).unwrap();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let iv = [4u8; 12];
+    let deks: Vec<_> = (0..3).map(|_| generate(&s, true, vec![])).collect();
+    let cts: Vec<_> = deks
+        .iter()
+        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"hang").unwrap())
+        .collect();
+
+    // main's link hangs: its calls block (they would for ever).
+    std::fs::write(&flag, b"hang").unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).expect("b serves after the time-out"),
+        b"hang"
+    );
+    let first = start.elapsed();
+    let start = Instant::now();
+    assert_eq!(
+        gcm_decrypt(&s, deks[1], &iv, b"", &cts[1]).unwrap(),
+        b"hang"
+    );
+    let next = start.elapsed();
+    eprintln!("first unwrap with main hanging: {first:?}; next: {next:?}");
+    assert!(
+        first >= timeout,
+        "{first:?}: the time-out was not waited for"
+    );
+    assert!(first < timeout * 5, "{first:?}");
+    assert!(
+        next < timeout,
+        "main is skipped after it timed out: {next:?}"
+    );
+    let log = log_text(&t);
+    assert!(
+        log.contains("HSM member 'main' did not answer within hsm_timeout_ms"),
+        "{log}"
+    );
+    // New DEKs are made meanwhile (on b).
+    let new = generate(&s, true, vec![]);
+    gcm_encrypt(&s, new, &iv, b"", b"x").unwrap();
+
+    // The link comes back: the hung call finishes in the background, and
+    // main serves again after the next health check.
+    std::fs::remove_file(&flag).unwrap();
+    advance_clock(SOFT_TTL);
+    assert_eq!(
+        gcm_decrypt(&s, deks[2], &iv, b"", &cts[2]).unwrap(),
+        b"hang"
+    );
+    assert!(log_text(&t).contains("HSM member 'main' is up again"));
+}
+
+#[test]
+fn a_time_out_out_of_range_is_refused_when_the_configuration_is_read() {
+    for v in ["5", "600001"] {
+        let e = hsm_envelope::config::Config::from_toml(&format!("hsm_timeout_ms = {v}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hsm_timeout_ms"), "{e}");
+    }
+    let c = hsm_envelope::config::Config::from_toml("hsm_timeout_ms = 2500\n").unwrap();
+    assert_eq!(c.hsm_timeout_ms, 2500);
+}

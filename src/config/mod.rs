@@ -176,6 +176,11 @@ pub struct Config {
     pub kek_mode: KekMode,
     /// Further HSMs holding the KEK; the top-level keys are the first.
     pub hsm: Vec<HsmMember>,
+    /// A KEK call (wrap, unwrap, the health check's KEK status) on an HSM
+    /// that takes longer than this is given up: the HSM is taken as down
+    /// and, with several, the next one serves. 0: no time-out (calls wait
+    /// as long as the HSM's own library does).
+    pub hsm_timeout_ms: u64,
     /// Approved-only (issue 15): only FIPS-approved mechanisms, key sizes
     /// and parameters, AES-GCM encryption under IVs AWS-LC's FIPS module
     /// draws itself. Only the FIPS build (`--features fips`) takes it.
@@ -251,6 +256,7 @@ impl Default for Config {
             gcm_invocation_block: 1 << 20,
             kek_mode: KekMode::Single,
             hsm: Vec::new(),
+            hsm_timeout_ms: 0,
             fips_mode: false,
             source: None,
         }
@@ -387,6 +393,12 @@ impl Config {
         }
         if !(1..=1 << 24).contains(&self.gcm_invocation_block) {
             return bad("gcm_invocation_block", "a number from 1 to 16777216 (2^24)");
+        }
+        if self.hsm_timeout_ms != 0 && !(10..=600_000).contains(&self.hsm_timeout_ms) {
+            return bad(
+                "hsm_timeout_ms",
+                "0 (no time-out) or a number of milliseconds from 10 to 600000",
+            );
         }
         if crate::logging::Level::parse(&self.log_level).is_none() {
             return bad(

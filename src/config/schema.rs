@@ -73,6 +73,7 @@ pub const KEYS: &[(&str, Kind)] = &[
         Kind::OneOf(&["single", "replicas", "any-of", "all-of"]),
     ),
     ("hsm", Kind::Tables(HSM_KEYS)),
+    ("hsm_timeout_ms", U64),
 ];
 
 /// The keys of one `[[hsm]]` table (see `hsms`).

@@ -10,6 +10,9 @@
 
 use cryptoki_sys::*;
 
+use std::sync::Arc;
+
+use super::member_kek::timed;
 use super::members::{fails_over, Member, State};
 use super::service::Envelope;
 use crate::error::Error;
@@ -43,9 +46,13 @@ impl Envelope {
             .all()
             .iter()
             .filter(|m| m.found() && !matches!(m.state(), State::Refused { .. }));
+        let label: Arc<str> = self.settings.kek_label.as_str().into();
         for m in candidates {
-            let sealed = self.with_kek_on(m, version, |b, s, key| {
-                self.seal_with(b, s, key, version, &TEST_ID, TEST_BOUND, &value)
+            let label = label.clone();
+            let sealed = timed(m, move |m| {
+                m.with_kek(version, |b, s, key| {
+                    m.seal(b, s, key, (&label, version), &TEST_ID, TEST_BOUND, &value)
+                })
             });
             match sealed {
                 Ok(rec) => {
@@ -62,13 +69,17 @@ impl Envelope {
             return;
         };
         first.mark_up();
-        let aad = rec.aad(&TEST_ID, TEST_BOUND);
+        let aad: Arc<[u8]> = rec.aad(&TEST_ID, TEST_BOUND).into();
+        let rec = Arc::new(rec);
         for m in self.members.all().iter().filter(|m| m.found()) {
-            if std::ptr::eq(m, first) {
+            if Arc::ptr_eq(m, first) {
                 continue;
             }
-            let opened = self.with_kek_on(m, version, |b, s, key| {
-                Envelope::open_with(b, s, key, &rec, &aad)
+            let (rec, aad) = (rec.clone(), aad.clone());
+            let opened = timed(m, move |m| {
+                m.with_kek(version, |b, s, key| {
+                    Envelope::open_with(b, s, key, &rec, &aad)
+                })
             });
             match opened {
                 Ok(v) if v.as_slice() == value => m.mark_up(),

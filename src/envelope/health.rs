@@ -13,9 +13,9 @@ use std::sync::Mutex;
 
 use cryptoki_sys::*;
 
+use super::member_kek::timed;
 use super::service::Envelope;
 use crate::audit::{Entry, Op};
-use crate::backend::kek;
 use crate::backend::pool::is_outage;
 use crate::clock::mono_ms as now_ms;
 use crate::error::{Error, Result};
@@ -92,12 +92,8 @@ impl Envelope {
             Ok(Vec::new())
         } else {
             self.on_members(|m| {
-                m.pool.with_retry(m.backend()?.pkcs11(), |s| {
-                    versions
-                        .iter()
-                        .map(|v| self.status(m, s, *v).map(|st| (*v, st)))
-                        .collect::<Result<Vec<_>>>()
-                })
+                let versions = versions.clone();
+                timed(m, move |m| m.kek_statuses(&versions))
             })
         };
         let checked = match (checked, sets) {
@@ -190,35 +186,5 @@ impl Envelope {
             self.revoke(version);
         }
         e
-    }
-
-    pub(super) fn status(
-        &self,
-        m: &super::members::Member,
-        s: &cryptoki::session::Session,
-        version: u32,
-    ) -> Result<Status> {
-        match self.kek_handle_on(m, s, version) {
-            Ok(h) => match kek::enabled(s, h) {
-                Ok(true) => Ok(Status::Usable),
-                Ok(false) => Ok(Status::Revoked),
-                // The handle went stale: look it up again next time.
-                Err(Error::Backend {
-                    rv: CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID,
-                    ..
-                }) => {
-                    m.forget_keks();
-                    match self.kek_handle_on(m, s, version) {
-                        Ok(h) if kek::enabled(s, h)? => Ok(Status::Usable),
-                        Ok(_) => Ok(Status::Revoked),
-                        Err(e) if e.rv() == CKR_HSME_KEK_REVOKED => Ok(Status::Revoked),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) if e.rv() == CKR_HSME_KEK_REVOKED => Ok(Status::Revoked),
-            Err(e) => Err(e),
-        }
     }
 }

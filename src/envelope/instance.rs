@@ -3,7 +3,6 @@
 //! opening and the value lookup are in `service`; KEK handles in
 //! `kek_handles`; key wrap with application keys in `app_key_wrap`.
 
-use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, RwLock};
 
 use cryptoki::slot::Slot;
@@ -31,9 +30,6 @@ pub struct Envelope {
     /// the one the token layer's forwarded calls go to.
     pub(super) members: super::members::Members,
     pub(super) settings: Settings,
-    /// The OAEP hash this backend takes (a `WrapAlg` byte; 0: not known
-    /// yet), found by the first seal under an RSA KEK.
-    pub(super) oaep: AtomicU8,
     pub(super) view: RwLock<Option<View>>,
     /// Opened on first use, in the process that uses it (never across fork).
     pub(super) store: Mutex<Option<Store>>,
@@ -72,11 +68,15 @@ impl Envelope {
             settings.gcm_block,
             settings.cache_max_keys,
         );
-        let main = super::members::main_member(backend.clone(), slot, settings.kek_label.clone());
+        let main = super::members::main_member(
+            backend.clone(),
+            slot,
+            settings.kek_label.clone(),
+            settings.hsm_timeout,
+        );
         Envelope {
             members: super::members::Members::new(main, backend),
             settings,
-            oaep: AtomicU8::new(0),
             view: RwLock::new(None),
             store: Mutex::new(None),
             cache: KeyCache::with_max(cache_max_keys),

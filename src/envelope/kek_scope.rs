@@ -8,6 +8,8 @@
 //! process or command changes them at a time. A new version must pass the
 //! checks of any use and seal and open a test value before it is recorded.
 
+use std::sync::Arc;
+
 use cryptoki::object::ObjectHandle;
 use cryptoki_sys::*;
 
@@ -45,7 +47,7 @@ impl Envelope {
                         names.join(", ")
                     ))
                 })?;
-                if !std::ptr::eq(m, self.members.main()) && !self.members.mode().is_set() {
+                if !Arc::ptr_eq(m, self.members.main()) && !self.members.mode().is_set() {
                     return Err(Error::Admin(format!(
                         "'{name}' is a replica: it holds the top-level KEK's versions; \
                          change them without --hsm (and import each into every replica)"
@@ -60,7 +62,7 @@ impl Envelope {
 
 impl<'a> KekScope<'a> {
     fn is_main(&self) -> bool {
-        std::ptr::eq(self.member, self.env.members.main())
+        std::ptr::eq(self.member, self.env.members.main().as_ref())
     }
 
     /// The KEK's label on its HSM.
@@ -288,17 +290,17 @@ impl<'a> KekScope<'a> {
     /// seals and opens a test value: an imported AES key of 25 to 31 bytes,
     /// say, fails here rather than after it is primary.
     fn check_new(&self, s: &cryptoki::session::Session, version: u32) -> Result<KekType> {
-        let env = self.env;
         let backend = self.member.backend()?;
-        let key = env.kek_handle_on(self.member, s, version)?;
+        let key = self.member.kek_handle(s, version)?;
         let ty = kek::kek_type(s, key)?;
         let id = [0xA5u8; 16];
         let bound = b"hsm-envelope/kek-self-test";
         let mut value = [0u8; 32];
         getrandom::fill(&mut value).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
         let at = (self.member.kek_label.as_str(), version);
-        let trial = env
-            .seal_as(backend, s, key, at, &id, bound, &value)
+        let trial = self
+            .member
+            .seal(backend, s, key, at, &id, bound, &value)
             .and_then(|rec| {
                 let aad = rec.aad(&id, bound);
                 Envelope::open_with(backend, s, key, &rec, &aad)
@@ -332,7 +334,7 @@ impl<'a> KekScope<'a> {
     pub fn set_primary(&self, version: u32) -> Result<()> {
         let env = self.env;
         let label = self.store_label();
-        self.with_session(|s| env.kek_handle_on(self.member, s, version).map(|_| ()))?;
+        self.with_session(|s| self.member.kek_handle(s, version).map(|_| ()))?;
         env.with_store(|st| Ok(st.set_primary_kek(&label, version)?))?;
         self.settled();
         self.audit(Op::KekSetPrimary, version);
@@ -379,7 +381,7 @@ impl<'a> KekScope<'a> {
             )));
         }
         self.with_session(|s| {
-            for h in env.kek_handle_on(self.member, s, version)?.objects() {
+            for h in self.member.kek_handle(s, version)?.objects() {
                 s.destroy_object(h)
                     .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))?;
             }

@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use cryptoki::slot::Slot;
 use cryptoki_sys::*;
@@ -26,6 +28,7 @@ use crate::backend::pool::{is_outage, SessionPool};
 use crate::backend::{label_of, Backend};
 use crate::config::{Config, KekMode, PinSource, MAIN_MEMBER};
 use crate::error::{Error, Result};
+use crate::runtime::deadline::Deadline;
 use crate::runtime::lock::unpoisoned;
 use crate::vendor::{CKR_HSME_HSM_UNAVAILABLE, CKR_HSME_KEK_REVOKED};
 
@@ -86,6 +89,12 @@ pub struct Member {
     pub(super) handles: Mutex<HashMap<u32, KekKey>>,
     pin: PinSource,
     state: Mutex<State>,
+    /// The OAEP hash this member's backend takes (a `WrapAlg` byte; 0: not
+    /// known yet), found by the first seal under an RSA KEK.
+    pub(super) oaep: AtomicU8,
+    /// With `hsm_timeout_ms`: the runner its KEK calls go through, and the
+    /// time-out (see `member_kek`).
+    pub(super) deadline: Option<(Deadline, Duration)>,
 }
 
 impl Member {
@@ -95,16 +104,25 @@ impl Member {
         slot: Slot,
         kek_label: String,
         pin: PinSource,
+        timeout: Option<Duration>,
     ) -> Self {
-        let m = Member::unfound(name, None, kek_label, pin);
+        let m = Member::unfound(name, None, kek_label, pin, timeout);
         m.found_at(backend, slot);
         *unpoisoned(m.state.lock()) = State::Up;
         m
     }
 
     /// A member not found yet (down until a health check finds it).
-    fn unfound(name: String, place: Option<Place>, kek_label: String, pin: PinSource) -> Self {
+    fn unfound(
+        name: String,
+        place: Option<Place>,
+        kek_label: String,
+        pin: PinSource,
+        timeout: Option<Duration>,
+    ) -> Self {
         Member {
+            deadline: timeout.map(|t| (Deadline::new(&format!("hsm-{name}"), MAX_WORKERS), t)),
+            oaep: AtomicU8::new(0),
             name,
             backend: OnceLock::new(),
             pool: SessionPool::unplaced(),
@@ -198,9 +216,13 @@ impl Member {
     }
 }
 
+/// Most threads a member's KEK calls run on at once under a time-out: as
+/// many hung calls as this make the member unusable until they return.
+const MAX_WORKERS: usize = 64;
+
 /// Every member, "main" first.
 pub struct Members {
-    list: Vec<Member>,
+    list: Vec<Arc<Member>>,
     mode: KekMode,
     main_backend: Arc<Backend>,
     /// The modules loaded, by path, main's first: one load per path, so a
@@ -211,14 +233,14 @@ pub struct Members {
 impl Members {
     pub fn new(main: Member, main_backend: Arc<Backend>) -> Self {
         Members {
-            list: vec![main],
+            list: vec![Arc::new(main)],
             mode: KekMode::Single,
             main_backend,
             loaded: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn main(&self) -> &Member {
+    pub fn main(&self) -> &Arc<Member> {
         &self.list[0]
     }
 
@@ -228,7 +250,7 @@ impl Members {
         &self.main_backend
     }
 
-    pub fn all(&self) -> &[Member] {
+    pub fn all(&self) -> &[Arc<Member>] {
         &self.list
     }
 
@@ -242,12 +264,12 @@ impl Members {
     }
 
     /// The member named `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Member> {
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Member>> {
         self.list.iter().find(|m| m.name == name)
     }
 
     pub(super) fn add(&mut self, replicas: Vec<Member>) {
-        self.list.extend(replicas);
+        self.list.extend(replicas.into_iter().map(Arc::new));
     }
 
     /// The members to try, in order: those up, then those down (a member
@@ -255,7 +277,7 @@ impl Members {
     /// not found yet never. Only replicas stand in for each other: with
     /// independent KEKs (any-of, all-of) work that names one KEK goes to
     /// main alone, and wraps go to each member by name (`sets`).
-    pub(super) fn order(&self) -> Vec<&Member> {
+    pub(super) fn order(&self) -> Vec<&Arc<Member>> {
         let candidates = if self.mode.is_set() {
             &self.list[..1]
         } else {
@@ -265,7 +287,7 @@ impl Members {
     }
 
     /// `members` as `order` ranks them.
-    pub(super) fn in_order<'m>(&self, members: &'m [Member]) -> Vec<&'m Member> {
+    pub(super) fn in_order<'m>(&self, members: &'m [Arc<Member>]) -> Vec<&'m Arc<Member>> {
         let (mut up, mut down) = (Vec::new(), Vec::new());
         for m in members.iter().filter(|m| m.found()) {
             match m.state() {
@@ -348,9 +370,9 @@ impl Envelope {
     /// down and tries the next; a KEK missing or disabled on one member while
     /// another serves refuses that member (a replica that disagrees); on
     /// every member it is a revocation. Any other error is the answer.
-    pub(super) fn on_members<T>(&self, f: impl Fn(&Member) -> Result<T>) -> Result<T> {
+    pub(super) fn on_members<T>(&self, f: impl Fn(&Arc<Member>) -> Result<T>) -> Result<T> {
         let order = self.members.order();
-        let mut revoked_on: Vec<&Member> = Vec::new();
+        let mut revoked_on: Vec<&Arc<Member>> = Vec::new();
         let mut last = None;
         for m in order {
             match f(m) {
@@ -424,6 +446,7 @@ impl Envelope {
                         .clone()
                         .unwrap_or_else(|| config.kek_label.clone()),
                     h.pin_source(),
+                    self.settings.hsm_timeout,
                 );
                 if config.kek_mode.is_set() {
                     m.store_label = format!("{}@{}", m.kek_label, m.name);
@@ -454,12 +477,18 @@ impl Envelope {
 }
 
 /// The main member of a single-HSM envelope.
-pub(super) fn main_member(backend: Arc<Backend>, slot: Slot, kek_label: String) -> Member {
+pub(super) fn main_member(
+    backend: Arc<Backend>,
+    slot: Slot,
+    kek_label: String,
+    timeout: Option<Duration>,
+) -> Member {
     Member::new(
         MAIN_MEMBER.to_string(),
         backend,
         slot,
         kek_label,
         PinSource::Login,
+        timeout,
     )
 }

@@ -17,6 +17,7 @@ pub mod instance;
 pub mod kek_handles;
 pub mod kek_scope;
 pub mod last_used;
+pub mod member_kek;
 pub mod members;
 pub mod record;
 pub mod record_set;

@@ -5,7 +5,6 @@
 //! The KEK has numbered versions (see `versions`): new records are sealed
 //! under the primary one, and each record names the version that opens it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cryptoki_sys::*;
@@ -24,8 +23,6 @@ use crate::vendor::{CKR_HSME_KEK_REVOKED, CKR_HSME_KEK_UNAVAILABLE, CKR_HSME_REC
 pub use super::instance::Envelope;
 pub(super) use super::instance::View;
 pub use super::settings::Settings;
-
-const RECORD_IV_LEN: usize = 12;
 
 /// Which DEK, as the object that holds it sees it: what `value` needs to
 /// find its key in the cache or unwrap it.
@@ -58,9 +55,21 @@ impl Envelope {
         attrs: &Attrs,
         value: &[u8],
     ) -> Result<Vec<u8>> {
-        let bound = attrs.bound_encoding();
-        let rec = self.with_kek(version, |backend, s, key| {
-            self.seal_with(backend, s, key, version, id, &bound, value)
+        // Owned, shared by the tries on each member (see `with_kek`).
+        let label: Arc<str> = self.settings.kek_label.as_str().into();
+        let bound: Arc<[u8]> = attrs.bound_encoding().into();
+        let value = Arc::new(SecretBytes::from_slice(value));
+        let id = *id;
+        let rec = self.with_kek(version, move |m, backend, s, key| {
+            m.seal(
+                backend,
+                s,
+                key,
+                (&label, version),
+                &id,
+                &bound,
+                value.as_slice(),
+            )
         })?;
         Ok(rec.try_encode()?)
     }
@@ -79,75 +88,9 @@ impl Envelope {
         value: &[u8],
     ) -> Result<WrappedRecord> {
         let label = &self.settings.kek_label;
-        self.seal_as(backend, s, key, (label, version), id, bound, value)
-    }
-
-    /// `seal_with` for a record naming KEK `kek.0` version `kek.1` (a
-    /// member's own KEK, in a record of several HSMs).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn seal_as(
-        &self,
-        backend: &Backend,
-        s: &cryptoki::session::Session,
-        key: KekKey,
-        kek: (&str, u32),
-        id: &[u8; 16],
-        bound: &[u8],
-        value: &[u8],
-    ) -> Result<WrappedRecord> {
-        let (kek_label, version) = kek;
-        let blank = |alg, iv: Vec<u8>| WrappedRecord {
-            alg,
-            kek_label: kek_label.to_string(),
-            kek_version: version,
-            iv,
-            ciphertext: Vec::new(),
-        };
-        match key {
-            KekKey::Aes(k) => {
-                let mut iv = [0u8; RECORD_IV_LEN];
-                getrandom::fill(&mut iv).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
-                let mut rec = blank(WrapAlg::AesGcm256, iv.to_vec());
-                let aad = rec.aad(id, bound);
-                rec.ciphertext = kek::gcm_seal(backend, s, k, &iv, &aad, value)?;
-                Ok(rec)
-            }
-            KekKey::Rsa { private, public } => {
-                let public = public.ok_or_else(|| {
-                    crate::log_error!(
-                        "RSA KEK '{kek_label}' v{version} has no public key on the HSM: nothing can be wrapped under it"
-                    );
-                    Error::Rv(CKR_HSME_KEK_UNAVAILABLE)
-                })?;
-                // SHA-256 unless this backend is known to refuse it.
-                let known = WrapAlg::from_u8(self.oaep.load(Ordering::Relaxed));
-                let mut alg = known.unwrap_or(WrapAlg::RsaOaepSha256);
-                loop {
-                    let mut rec = blank(alg, Vec::new());
-                    let aad = rec.aad(id, bound);
-                    let plain = record::rsa_plaintext(&aad, value);
-                    match rsa::oaep_seal(backend, s, public, alg, &plain) {
-                        Ok(block) => {
-                            self.oaep.store(alg.as_u8(), Ordering::Relaxed);
-                            let signed = WrappedRecord::rsa_signed(&aad, &block);
-                            let signature = rsa::pss_sign(backend, s, private, &signed)?;
-                            if signature.len() != block.len() {
-                                return Err(Error::Rv(CKR_GENERAL_ERROR));
-                            }
-                            rec.ciphertext = [block, signature].concat();
-                            return Ok(rec);
-                        }
-                        Err(e) if alg == WrapAlg::RsaOaepSha256 && rsa::is_hash_refused(&e) => {
-                            crate::log_info!(
-                                "the backend refuses RSA-OAEP with SHA-256; wrapping with SHA-1"
-                            );
-                            alg = WrapAlg::RsaOaepSha1;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
+        self.members
+            .main()
+            .seal(backend, s, key, (label, version), id, bound, value)
     }
 
     /// Open a decoded record with `key` on session `s`; `aad` is the
@@ -205,10 +148,11 @@ impl Envelope {
             })?;
             return Ok((Self::check_len(attrs, value)?, Some(took_part)));
         }
-        let rec = self.openable(id, record)?;
-        let aad = rec.aad(id, &attrs.bound_encoding());
+        let rec = Arc::new(self.openable(id, record)?);
+        let aad: Arc<[u8]> = rec.aad(id, &attrs.bound_encoding()).into();
+        let version = rec.kek_version;
         let value = self
-            .with_kek(rec.kek_version, |backend, s, key| {
+            .with_kek(version, move |_, backend, s, key| {
                 Self::open_with(backend, s, key, &rec, &aad)
             })
             .inspect_err(|e| {

@@ -108,7 +108,7 @@ impl Envelope {
     /// Member `m`'s primary KEK version, from the store (registering
     /// version 1 on first use).
     pub fn primary_on(&self, m: &Member) -> Result<u32> {
-        if std::ptr::eq(m, self.members.main()) {
+        if std::ptr::eq(m, self.members.main().as_ref()) {
             return self.primary();
         }
         let label = m.store_label.clone();
@@ -123,7 +123,7 @@ impl Envelope {
     pub(super) fn bootstrap_on(&self, m: &Member) -> Result<KekVersionRow> {
         let label = m.store_label.clone();
         let ty = self.with_session_on(m, |s| {
-            let key = self.kek_handle_on(m, s, 1)?;
+            let key = m.kek_handle(s, 1)?;
             kek::kek_type(s, key)
         })?;
         super::kek_scope::ignore_duplicate(

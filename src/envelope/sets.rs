@@ -15,11 +15,12 @@
 //! wrap at its next use, if it has one.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cryptoki_sys::*;
 
 use super::attrs::Attrs;
+use super::member_kek::timed;
 use super::members::{fails_over, Member};
 use super::record_set::{set_binding, RecordSet, SetMode, Stored, Wrap};
 use super::service::Envelope;
@@ -60,7 +61,7 @@ impl Envelope {
         }
     }
 
-    fn member_index(&self, name: &str) -> Option<(usize, &Member)> {
+    fn member_index(&self, name: &str) -> Option<(usize, &Arc<Member>)> {
         self.members
             .all()
             .iter()
@@ -101,14 +102,17 @@ impl Envelope {
                 wraps.push(w.clone());
                 continue;
             }
-            let piece = parts.get(i).map_or(value, |p| p.as_slice());
+            let piece = SecretBytes::from_slice(parts.get(i).map_or(value, |p| p.as_slice()));
+            let dek = *id;
             let sealed = primaries[i]
                 .ok_or(Error::Rv(CKR_HSME_HSM_UNAVAILABLE))
                 .and_then(|v| {
                     let binding = set_binding(mode, &m.name, &names, &bound);
-                    let label = m.kek_label.as_str();
-                    self.with_kek_on(m, v, |b, s, key| {
-                        self.seal_as(b, s, key, (label, v), id, &binding, piece)
+                    timed(m, move |m| {
+                        m.with_kek(v, |b, s, key| {
+                            let at = (m.kek_label.as_str(), v);
+                            m.seal(b, s, key, at, &dek, &binding, piece.as_slice())
+                        })
                     })
                 });
             match sealed {
@@ -223,12 +227,12 @@ impl Envelope {
         if usable.is_empty() {
             return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
         }
-        let open_one = |w: usize, i: usize, m: &Member| -> Result<SecretBytes> {
-            let wrap = &set.wraps[w];
-            let v = wrap.rec.kek_version;
+        let open_one = |w: usize, i: usize, m: &Arc<Member>| -> Result<SecretBytes> {
+            let rec = set.wraps[w].rec.clone();
+            let v = rec.kek_version;
             let aad = set.aad(w, id, &bound).ok_or(Error::Rv(CKR_GENERAL_ERROR))?;
-            self.with_kek_on(m, v, |b, s, key| {
-                Self::open_with(b, s, key, &wrap.rec, &aad)
+            timed(m, move |m| {
+                m.with_kek(v, |b, s, key| Self::open_with(b, s, key, &rec, &aad))
             })
             .inspect(|_| m.mark_up())
             .map_err(|e| self.member_failed(i, m, Some(v), e))
@@ -249,7 +253,7 @@ impl Envelope {
                 usable.sort_by_key(|(_, _, m)| {
                     ranked
                         .iter()
-                        .position(|r| std::ptr::eq(*r, *m))
+                        .position(|r| Arc::ptr_eq(r, m))
                         .unwrap_or(usize::MAX)
                 });
                 let mut last = None;
@@ -316,7 +320,7 @@ impl Envelope {
                 }
                 continue;
             };
-            match self.with_session_on(m, |s| self.status(m, s, v)) {
+            match m.kek_statuses(&[v]).map(|mut st| st.remove(0).1) {
                 Ok(st) if !st.is_revoked() => m.mark_up(),
                 Ok(_) => m.refuse(format!(
                     "its KEK '{}' v{v} is missing or disabled there",
@@ -350,12 +354,7 @@ impl Envelope {
             if versions.is_empty() {
                 continue;
             }
-            let statuses = self.with_session_on(m, |s| {
-                versions
-                    .iter()
-                    .map(|v| self.status(m, s, *v).map(|st| (*v, st)))
-                    .collect::<Result<Vec<_>>>()
-            });
+            let statuses = timed(m, move |m| m.kek_statuses(&versions));
             match statuses {
                 Ok(statuses) => {
                     m.mark_up();

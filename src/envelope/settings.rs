@@ -31,6 +31,8 @@ pub struct Settings {
     pub gcm_limit: u64,
     /// Most GCM invocations a process reserves in the store at once.
     pub gcm_block: u64,
+    /// A KEK call on an HSM that takes longer is given up (`member_kek`).
+    pub hsm_timeout: Option<Duration>,
 }
 
 impl From<&Config> for Settings {
@@ -51,6 +53,7 @@ impl From<&Config> for Settings {
             cache_max_keys: usize::try_from(c.cache_max_keys).unwrap_or(usize::MAX),
             gcm_limit: c.gcm_invocation_limit,
             gcm_block: c.gcm_invocation_block,
+            hsm_timeout: (c.hsm_timeout_ms > 0).then(|| Duration::from_millis(c.hsm_timeout_ms)),
         }
     }
 }

@@ -2,9 +2,10 @@
 //! one published instance that calls count themselves into (`lifecycle`,
 //! `inflight`), fork detection (`fork`), a lock whose stamp tells readers
 //! when their copy is stale (`stamped`) and a cheap hasher for handle tables
-//! (`handle_hash`), and whether the application lets the module start
-//! threads (`threads`).
+//! (`handle_hash`), calls run under a deadline (`deadline`), and whether
+//! the application lets the module start threads (`threads`).
 
+pub mod deadline;
 pub mod fork;
 pub mod handle_hash;
 pub mod inflight;
