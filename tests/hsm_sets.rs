@@ -486,3 +486,121 @@ fn set_modes_are_checked_when_the_configuration_is_read() {
         assert!(e.contains(want), "{extra}: {doc:#}");
     }
 }
+
+#[test]
+fn switching_any_of_to_all_of_leaves_records_pending_until_rewrap_double_keys_them() {
+    let (t, _flag) = hsms("any-of", &[]);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let deks = make_deks(&s, 0, 2, b"switch");
+    drop(s);
+    p.finalize().unwrap();
+
+    // The operator moves to all-of: the any-of records are not double
+    // keyed yet, and say so.
+    write_config(&t, "all-of", &["b"], &[]);
+    let doc = ok_json(&t, &["status"]);
+    assert_eq!(doc["pending_rewrap"], 2, "{doc:#}");
+    let (code, doc) = rewrap(&t);
+    assert_eq!((code, doc["rewrapped"].as_u64()), (0, Some(2)), "{doc:#}");
+    assert_eq!(doc["remaining"], 0, "{doc:#}");
+
+    // Now b revoking stops them: every one needs b's share.
+    hsm_side_run(&t, "disable hsm-b");
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let found = find_label(&s, b"switch");
+    assert_eq!(found.len(), 2);
+    for (h, (_, ct)) in found.iter().zip(&deks) {
+        let e = gcm_decrypt(&s, *h, &IV, b"", ct).unwrap_err();
+        assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
+    }
+}
+
+#[test]
+fn a_kek_version_records_of_the_other_mode_need_is_not_destroyed() {
+    let (t, _flag) = hsms("all-of", &[]);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let deks = make_deks(&s, 0, 2, b"kept");
+    drop(s);
+    p.finalize().unwrap();
+    // Switched to any-of, b rotates: its v1 is still needed by the all-of
+    // records, whatever the mode now.
+    write_config(&t, "any-of", &["b"], &[]);
+    ok_json(&t, &["kek", "--hsm", "b", "rotate"]);
+    let doc = ok_json(&t, &["kek", "--hsm", "b", "list"]);
+    let v1 = doc["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == 1)
+        .cloned()
+        .unwrap();
+    assert_eq!(v1["records"], 2, "{doc:#}");
+    advance_clock(Duration::from_secs(3600));
+    let (code, doc) = cli_json(&t, &["kek", "--hsm", "b", "destroy-version", "1"]);
+    assert_ne!(code, 0, "{doc:#}");
+    // Back in all-of, every DEK still opens.
+    write_config(&t, "all-of", &["b"], &[]);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let found = find_label(&s, b"kept");
+    for (_, ct) in &deks {
+        assert!(found
+            .iter()
+            .any(|h| gcm_decrypt(&s, *h, &IV, b"", ct).is_ok()));
+    }
+}
+
+#[test]
+fn a_record_of_several_hsms_opened_with_one_hsm_is_still_checked_for_revocation() {
+    let (t, _flag) = hsms("any-of", &[]);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let deks = make_deks(&s, 0, 1, b"back-to-one");
+    drop(s);
+    p.finalize().unwrap();
+    // Back to one HSM: the any-of record opens through main's wrap...
+    write_config(&t, "any-of", &[], &[]);
+    let conf = t.config_text().replace("kek_mode = \"any-of\"\n", "");
+    std::fs::write(&t.conf, conf).unwrap();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let h = find_label(&s, b"back-to-one")[0];
+    assert!(gcm_decrypt(&s, h, &IV, b"", &deks[0].1).is_ok());
+    // ...and main's KEK disabled stops it within the soft TTL.
+    hsm_side_run(&t, "disable hsm-envelope");
+    advance_clock(SOFT_TTL);
+    let e = gcm_decrypt(&s, h, &IV, b"", &deks[0].1).unwrap_err();
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
+}
+
+#[test]
+fn all_of_parties_holding_the_same_kek_are_refused() {
+    let t = TestToken::new();
+    add_token(&t, "hsm-b");
+    let same: [u8; 32] = random_bytes(32).try_into().unwrap();
+    on_token(TOKEN_LABEL, |s| put_kek(s, &same));
+    on_token("hsm-b", |s| put_kek(s, &same));
+    faulty_backend_flag(&t, "b-down");
+    write_config(&t, "all-of", &["b"], &[]);
+    let (_, doc) = cli_json(&t, &["status"]);
+    assert_eq!(
+        member_states(&doc),
+        [("main".into(), "up".into()), ("b".into(), "refused".into())],
+        "{doc:#}"
+    );
+    let why = doc["hsm_members"][1]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("same key material"), "{why}");
+    // No DEK is made with one key standing for two.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let e = s
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE));
+}

@@ -18,42 +18,11 @@ use common::hsms::*;
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
-use cryptoki::session::Session;
+use cryptoki::object::Attribute;
 
 const CKR_HSME_HSM_UNAVAILABLE: u64 = 0xC845_0005;
 const REPLICA_LABEL: &str = "replica-b";
 const SOFT_TTL: Duration = Duration::from_secs(60);
-
-/// Replace whatever KEK `s`'s token holds under the KEK's label and id with
-/// an AES-256 key of value `value`.
-fn put_kek(s: &Session, value: &[u8; 32]) {
-    for h in s
-        .find_objects(&[
-            Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-            Attribute::Id(KEK_ID.to_vec()),
-        ])
-        .unwrap()
-    {
-        s.destroy_object(h).unwrap();
-    }
-    s.create_object(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Value(value.to_vec()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-        Attribute::Id(KEK_ID.to_vec()),
-    ])
-    .unwrap();
-}
 
 /// Two HSMs: main (through the fault backend) and "b"; b's KEK is main's
 /// when `same_kek`, else another value. Returns the token and the flag file

@@ -18,6 +18,9 @@ use super::service::Envelope;
 use crate::error::Error;
 use crate::rv_name::rv_name;
 
+/// Why an all-of member is refused when its KEK is another's.
+const SAME_MATERIAL: &str = "all-of needs a KEK of its own on each HSM";
+
 /// The test value's DEK id and bound attributes: nothing a real DEK has.
 const TEST_ID: [u8; 16] = [0x5A; 16];
 const TEST_BOUND: &[u8] = b"hsm-envelope/replica-agreement";
@@ -93,16 +96,78 @@ impl Envelope {
         }
     }
 
+    /// All-of: each party's KEK must be its own, or the double key is one
+    /// key. A test value sealed under each member's primary version is
+    /// opened with each other member's primary: a member that opens it
+    /// holds the same key material (a KEK copied from another party's HSM,
+    /// or a configuration that went from replicas to all-of) and is refused
+    /// (not main: main serves everything else), so that DEKs cannot be made
+    /// or opened until the parties' KEKs are their own.
+    pub fn prove_independence(&self) {
+        let members = self.members.all();
+        let primaries = self.member_primaries();
+        let mut value = [0u8; 32];
+        if getrandom::fill(&mut value).is_err() {
+            return;
+        }
+        let mut same = vec![false; members.len()];
+        for (i, m) in members.iter().enumerate() {
+            let Some(v) = primaries[i].filter(|_| m.found()) else {
+                continue;
+            };
+            let label: Arc<str> = m.kek_label.as_str().into();
+            let Ok(rec) = timed(m, move |m| {
+                m.with_kek(v, |b, s, key| {
+                    m.seal(b, s, key, (&label, v), &TEST_ID, TEST_BOUND, &value)
+                })
+            }) else {
+                continue;
+            };
+            let aad: Arc<[u8]> = rec.aad(&TEST_ID, TEST_BOUND).into();
+            let rec = Arc::new(rec);
+            for (j, other) in members.iter().enumerate() {
+                let Some(w) = primaries[j].filter(|_| j != i && other.found()) else {
+                    continue;
+                };
+                let (rec, aad) = (rec.clone(), aad.clone());
+                let opened = timed(other, move |o| {
+                    o.with_kek(w, |b, s, key| Envelope::open_with(b, s, key, &rec, &aad))
+                });
+                if opened.is_ok_and(|got| got.as_slice() == value) {
+                    let (k, as_whom) = if j == 0 { (i, other) } else { (j, m) };
+                    same[k] = true;
+                    members[k].refuse(format!(
+                        "its KEK holds the same key material as '{}''s: {SAME_MATERIAL}",
+                        as_whom.name
+                    ));
+                }
+            }
+        }
+        // One refused for this earlier whose KEK is now its own comes back.
+        for (k, m) in members.iter().enumerate() {
+            let was = matches!(m.state(), State::Refused { why } if why.contains(SAME_MATERIAL));
+            if was && !same[k] && primaries[k].is_some() {
+                m.mark_up();
+            }
+        }
+    }
+
     /// The health check's part for several HSMs, run once per soft TTL:
-    /// members not found yet (unreachable at start) are looked for, and
-    /// replicas prove they agree.
+    /// members not found yet (unreachable at start) are looked for,
+    /// replicas prove they agree, and all-of parties that their KEKs are
+    /// their own.
     pub(super) fn check_members(&self) {
         if self.members.all().len() < 2 {
             return;
         }
         self.members.find_missing();
-        if self.members.replicated() && self.members.main().pool.has_pin() {
+        if !self.members.main().pool.has_pin() {
+            return;
+        }
+        if self.members.replicated() {
             self.prove_agreement();
+        } else if self.set_mode() == Some(super::record_set::SetMode::AllOf) {
+            self.prove_independence();
         }
     }
 }

@@ -73,11 +73,10 @@ impl Envelope {
         self.check_members();
         let now = now_ms();
         let soft = self.settings.soft_ttl.as_millis() as u64;
-        // Values from records of several HSMs are checked per member.
-        let sets = match self.set_mode() {
-            Some(_) => self.check_sets(),
-            None => super::sets::SetCheck::Fine,
-        };
+        // Values from records of several HSMs are checked per member
+        // (whatever the configured mode: such a record may be opened after
+        // the configuration went back to one HSM).
+        let sets = self.check_sets();
         let versions: Vec<u32> = self
             .cache
             .versions()
@@ -97,9 +96,14 @@ impl Envelope {
             })
         };
         let checked = match (checked, sets) {
-            (Ok(statuses), super::sets::SetCheck::Outage(e)) => {
+            // The members set values need are not all answering: those are
+            // served until their hard TTL, looked at again soon; the rest
+            // as checked.
+            (Ok(statuses), super::sets::SetCheck::Retry { until, why }) => {
                 self.note_statuses(statuses);
-                Err(e)
+                self.outage_seen(&why);
+                self.cache.valid_until((now + OUTAGE_RETRY_MS).min(until));
+                return Ok(());
             }
             (other, _) => other.map(|statuses| self.note_statuses(statuses)),
         };

@@ -184,6 +184,8 @@ impl Envelope {
         }
         if self.members.replicated() {
             self.prove_agreement();
+        } else if self.set_mode() == Some(super::record_set::SetMode::AllOf) {
+            self.prove_independence();
         }
     }
 

@@ -113,11 +113,10 @@ impl<'a> KekScope<'a> {
         } else {
             0
         };
-        if env.members.mode().is_set() {
-            let set_label = env.set_label();
-            for sv in env.set_versions_using(self.member, version)? {
-                n += env.with_store(|st| Ok(st.count_under(&set_label, sv)?))?;
-            }
+        // Records of several HSMs of either mode, whatever the configured
+        // one: a record made before the mode changed still needs the KEK.
+        for (label, sv) in env.set_versions_using(self.member, version)? {
+            n += env.with_store(|st| Ok(st.count_under(&label, sv)?))?;
         }
         Ok(n)
     }
@@ -136,12 +135,12 @@ impl<'a> KekScope<'a> {
     }
 
     /// Records not under the primary version; with several HSMs, not under
-    /// the primary combination (format-1 records included).
+    /// the primary combination of the configured mode (format-1 records and
+    /// records of the other mode included).
     pub fn pending_rewrap(&self) -> Result<u64> {
         let env = self.env;
         let main_label = env.settings.kek_label.clone();
-        if env.members.mode().is_set() {
-            let set_label = env.set_label();
+        if let Some(mode) = env.set_mode() {
             let primary = match env.settle_set_primary() {
                 Ok(v) => v,
                 Err(e) => {
@@ -150,8 +149,13 @@ impl<'a> KekScope<'a> {
                 }
             };
             return env.with_store(|st| {
-                Ok(st.count_not_under(&set_label, primary)?
-                    + st.count_not_under(&main_label, ANY_VERSION)?)
+                let mut n = st.count_not_under(&main_label, ANY_VERSION)?;
+                for m in super::set_versions::SET_MODES {
+                    let label = env.set_label_for(m);
+                    let keep = if m == mode { primary } else { ANY_VERSION };
+                    n += st.count_not_under(&label, keep)?;
+                }
+                Ok(n)
             });
         }
         let primary = env.primary()?;

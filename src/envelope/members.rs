@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -95,6 +95,9 @@ pub struct Member {
     /// With `hsm_timeout_ms`: the runner its KEK calls go through, and the
     /// time-out (see `member_kek`).
     pub(super) deadline: Option<(Deadline, Duration)>,
+    /// When it last answered (`clock::mono_ms`): what the hard TTL of the
+    /// values that need it counts from.
+    last_ok: AtomicU64,
 }
 
 impl Member {
@@ -122,6 +125,7 @@ impl Member {
     ) -> Self {
         Member {
             deadline: timeout.map(|t| (Deadline::new(&format!("hsm-{name}"), MAX_WORKERS), t)),
+            last_ok: AtomicU64::new(crate::clock::mono_ms()),
             oaep: AtomicU8::new(0),
             name,
             backend: OnceLock::new(),
@@ -172,8 +176,15 @@ impl Member {
         unpoisoned(self.handles.lock()).clear();
     }
 
-    /// Back in service; logs the change.
+    /// When it last answered (`clock::mono_ms`).
+    pub fn last_ok_ms(&self) -> u64 {
+        self.last_ok.load(Ordering::Acquire)
+    }
+
+    /// Back in service (or still in it); logs the change.
     pub(super) fn mark_up(&self) {
+        self.last_ok
+            .store(crate::clock::mono_ms(), Ordering::Release);
         let mut st = unpoisoned(self.state.lock());
         if *st != State::Up {
             crate::log_info!("HSM member '{}' is up again", self.name);

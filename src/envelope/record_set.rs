@@ -36,7 +36,7 @@ pub const MAX_HSM_NAME: usize = 64;
 /// Starts every wrap's binding.
 const SET_DOMAIN: &[u8] = b"hsm-envelope/dek-record-set/v2";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SetMode {
     /// Any one wrap opens the value (disaster recovery).
     AnyOf,

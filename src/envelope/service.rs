@@ -280,6 +280,10 @@ impl Envelope {
         generation: i64,
         value: &[u8],
     ) {
+        if let Some(mode) = self.set_mode() {
+            self.rewrap_one_to_set(mode, id, attrs, record, generation, value);
+            return;
+        }
         let Ok(rec) = WrappedRecord::decode(record) else {
             return;
         };
@@ -297,6 +301,37 @@ impl Envelope {
                 hex(id),
                 rec.kek_version
             );
+            Ok(())
+        });
+        if let Err(e) = r {
+            crate::log_warn!("lazy re-wrap of DEK {} failed: {e}", hex(id));
+        }
+    }
+
+    /// Lazy re-wrap with several HSMs: a format-1 record, or one of the
+    /// other set mode, becomes a record of the configured mode (records of
+    /// the configured mode under an older combination are `rewrap`'s).
+    /// Best effort, written only under the primary combination.
+    fn rewrap_one_to_set(
+        &self,
+        mode: super::record_set::SetMode,
+        id: &[u8; 16],
+        attrs: &Attrs,
+        record: &[u8],
+        generation: i64,
+        value: &[u8],
+    ) {
+        if matches!(Stored::decode(record), Ok(Stored::Set(s)) if s.mode == mode) {
+            return;
+        }
+        let r = self.seal_set(mode, id, attrs, value, None).and_then(|new| {
+            let (label, version) = self.store_key(&new)?;
+            let n = self.with_store(|st| {
+                Ok(st.replace_records(&label, &[(*id, generation, new, version)])?)
+            })?;
+            if n == 1 {
+                crate::log_info!("DEK {} re-wrapped on use into {}", hex(id), mode.name());
+            }
             Ok(())
         });
         if let Err(e) = r {

@@ -16,15 +16,14 @@ use super::attrs::Attrs;
 use super::record_set::{RecordSet, Stored};
 use super::rewrap::{fan_out, RewrapBatch};
 use super::service::Envelope;
+use super::set_versions::SET_MODES;
 use crate::audit::{Entry, Op};
 use crate::error::{Error, Result};
 use crate::hex::encode as hex;
 use crate::store::DekRow;
 use cryptoki_sys::CKR_OK;
 
-/// Selects every format-1 record of a label: no record is under this
-/// version (versions count up from 1).
-const ANY_VERSION: u32 = u32::MAX;
+use super::kek_scope::ANY_VERSION;
 
 /// A re-wrap run of a set: the primary set version at its start.
 pub struct SetRewrap<'a> {
@@ -61,15 +60,24 @@ impl<'a> SetRewrap<'a> {
     }
 
     /// Up to `limit` rows after position `after` that are not under the
-    /// primary set version (set records, then format-1 records of the
-    /// top-level KEK, merged in position order).
+    /// primary set version: records of the configured mode under another
+    /// combination, every record of the other mode and every format-1
+    /// record of the top-level KEK, merged in position order.
     pub fn batch(&self, after: i64, limit: u32) -> Result<RewrapBatch> {
         let env = self.env;
         let set_label = env.set_label();
-        let one_label = env.kek_label().to_string();
         let mut found = env.with_store(|st| {
             let mut rows = st.rows_not_under(&set_label, self.primary, after, limit)?;
-            rows.extend(st.rows_not_under(&one_label, ANY_VERSION, after, limit)?);
+            let mut others = vec![env.kek_label().to_string()];
+            others.extend(
+                SET_MODES
+                    .iter()
+                    .map(|m| env.set_label_for(*m))
+                    .filter(|l| *l != set_label),
+            );
+            for label in others {
+                rows.extend(st.rows_not_under(&label, ANY_VERSION, after, limit)?);
+            }
             Ok(rows)
         })?;
         found.sort_by_key(|(pos, _)| *pos);

@@ -2,7 +2,9 @@
 //! of its own and rotates on its own: its versions are kept in the store
 //! under `Member::store_label`. A record names one version per member; the
 //! store indexes records by a *set version*, a row under the set label
-//! `<kek_label>#<mode>` whose kind is the combination ("main:3,dr:1"). The
+//! `<kek_label>#<mode>` of the record's own mode (so a record made in one
+//! mode is never counted as one of another after the configuration
+//! changes) whose kind is the combination ("main:3,dr:1"). The
 //! primary set version is the combination of every member's primary:
 //! records under any other (an older version somewhere, or made while a
 //! member was down and so lacking its wrap) are what `rewrap` rewrites. So
@@ -17,7 +19,7 @@ use std::time::Duration;
 use cryptoki_sys::*;
 
 use super::members::Member;
-use super::record_set::{RecordSet, Stored};
+use super::record_set::{RecordSet, SetMode, Stored};
 use super::service::Envelope;
 use crate::backend::kek;
 use crate::error::{Error, Result};
@@ -31,8 +33,8 @@ pub struct SetVersions {
     /// Each member's primary (None: not known, its HSM unreachable and
     /// nothing recorded yet), in member order, and when it was read.
     view: Mutex<Option<(Vec<Option<u32>>, u64)>>,
-    /// Combination -> set version, as registered.
-    numbers: Mutex<HashMap<String, u32>>,
+    /// (mode, combination) -> set version, as registered.
+    numbers: Mutex<HashMap<(SetMode, String), u32>>,
 }
 
 /// The combination `pairs` (member name, KEK version) make, as stored.
@@ -64,10 +66,19 @@ pub fn combination_of(set: &RecordSet) -> String {
     )
 }
 
+/// Both set modes, for what must look at the records of either.
+pub const SET_MODES: [SetMode; 2] = [SetMode::AnyOf, SetMode::AllOf];
+
 impl Envelope {
-    /// The label the store keeps the set's versions under.
+    /// The label the store keeps the versions of `mode`'s records under.
+    pub fn set_label_for(&self, mode: SetMode) -> String {
+        format!("{}#{}", self.settings.kek_label, mode.name())
+    }
+
+    /// The set label of the configured mode (any-of or all-of; for other
+    /// modes, any-of's).
     pub fn set_label(&self) -> String {
-        format!("{}#{}", self.settings.kek_label, self.members.mode().name())
+        self.set_label_for(self.set_mode().unwrap_or(SetMode::AnyOf))
     }
 
     /// Each member's primary KEK version, in member order; read from the
@@ -78,7 +89,13 @@ impl Envelope {
         let now = crate::clock::mono_ms();
         if let Some((p, at)) = &*unpoisoned(self.set_versions.view.lock()) {
             if Duration::from_millis(now.saturating_sub(*at)) < self.settings.refresh {
-                return p.clone();
+                let mut p = p.clone();
+                // Main's own view is fresh for `refresh` already: not kept
+                // twice as long here.
+                if let Some(first) = p.first_mut() {
+                    *first = self.primary().ok();
+                }
+                return p;
             }
         }
         let primaries: Vec<Option<u32>> = self
@@ -136,6 +153,7 @@ impl Envelope {
     /// The combination of every member's primary as the store says now,
     /// or None while one is not known.
     fn primaries_now(&self) -> Option<String> {
+        self.refresh_now();
         self.refresh_set_view();
         let primaries = self.member_primaries();
         let pairs: Option<Vec<(&str, u32)>> = self
@@ -148,14 +166,17 @@ impl Envelope {
         pairs.map(combination)
     }
 
-    /// The set version of `combo`, registered on first use (primary when
-    /// it is every member's primary as the store says now).
-    pub(super) fn set_version_for(&self, combo: &str) -> Result<u32> {
-        if let Some(v) = unpoisoned(self.set_versions.numbers.lock()).get(combo) {
+    /// The set version of `combo` in records of `mode`, registered on first
+    /// use (primary when `mode` is the configured one and `combo` every
+    /// member's primary as the store says now).
+    pub(super) fn set_version_for(&self, mode: SetMode, combo: &str) -> Result<u32> {
+        let key = (mode, combo.to_string());
+        if let Some(v) = unpoisoned(self.set_versions.numbers.lock()).get(&key) {
             return Ok(*v);
         }
-        let label = self.set_label();
-        let primary = self.primaries_now().as_deref() == Some(combo);
+        let label = self.set_label_for(mode);
+        let primary =
+            self.set_mode() == Some(mode) && self.primaries_now().as_deref() == Some(combo);
         // Two processes may register at once: a duplicate number is read
         // again, a few times at most.
         for _ in 0..8 {
@@ -167,14 +188,14 @@ impl Envelope {
                 if primary && r.state != KekState::Primary {
                     self.with_store(|st| Ok(st.set_primary_kek(&label, r.version)?))?;
                 }
-                unpoisoned(self.set_versions.numbers.lock()).insert(combo.to_string(), r.version);
+                unpoisoned(self.set_versions.numbers.lock()).insert(key, r.version);
                 return Ok(r.version);
             }
             let next = rows.iter().map(|r| r.version).max().unwrap_or(0) + 1;
             match self.with_store(|st| Ok(st.add_kek_version(&label, next, combo, primary)?)) {
                 Ok(()) => {
                     crate::log_info!("KEK set '{label}' v{next} is {combo} (primary: {primary})");
-                    unpoisoned(self.set_versions.numbers.lock()).insert(combo.to_string(), next);
+                    unpoisoned(self.set_versions.numbers.lock()).insert(key, next);
                     return Ok(next);
                 }
                 Err(Error::Store(StoreError::Duplicate)) => continue,
@@ -188,6 +209,9 @@ impl Envelope {
     /// set version (after a member rotated, or went back to an older
     /// version). `rewrap` starts here.
     pub fn settle_set_primary(&self) -> Result<u32> {
+        let mode = self
+            .set_mode()
+            .ok_or_else(|| Error::Admin("kek_mode is not any-of or all-of".into()))?;
         let combo = self.primaries_now().ok_or_else(|| {
             Error::Admin(
                 "a member's primary KEK version is not known (its HSM is unreachable and nothing \
@@ -195,8 +219,8 @@ impl Envelope {
                     .into(),
             )
         })?;
-        let label = self.set_label();
-        let v = self.set_version_for(&combo)?;
+        let label = self.set_label_for(mode);
+        let v = self.set_version_for(mode, &combo)?;
         let current = self.with_store(|st| Ok(st.primary_kek(&label)?))?;
         if current.map(|r| r.version) != Some(v) {
             self.with_store(|st| Ok(st.set_primary_kek(&label, v)?))?;
@@ -211,26 +235,35 @@ impl Envelope {
         match Stored::decode(record)? {
             Stored::One(r) => Ok((self.settings.kek_label.clone(), r.kek_version)),
             Stored::Set(set) => Ok((
-                self.set_label(),
-                self.set_version_for(&combination_of(&set))?,
+                self.set_label_for(set.mode),
+                self.set_version_for(set.mode, &combination_of(&set))?,
             )),
         }
     }
 
-    /// The set versions (with their combinations) that use member `m`'s
-    /// KEK version `version`.
-    pub(super) fn set_versions_using(&self, m: &Member, version: u32) -> Result<Vec<u32>> {
-        let label = self.set_label();
-        let rows = self.with_store(|st| Ok(st.kek_versions(&label)?))?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| {
-                parse_combination(&r.kind)
-                    .iter()
-                    .any(|(name, v)| *name == m.name && *v == version)
-            })
-            .map(|r| r.version)
-            .collect())
+    /// The (set label, set version) pairs, of either mode whatever the
+    /// configured one, whose combination names member `m`'s KEK version
+    /// `version`.
+    pub(super) fn set_versions_using(
+        &self,
+        m: &Member,
+        version: u32,
+    ) -> Result<Vec<(String, u32)>> {
+        let mut out = Vec::new();
+        for mode in SET_MODES {
+            let label = self.set_label_for(mode);
+            let rows = self.with_store(|st| Ok(st.kek_versions(&label)?))?;
+            out.extend(
+                rows.into_iter()
+                    .filter(|r| {
+                        parse_combination(&r.kind)
+                            .iter()
+                            .any(|(name, v)| *name == m.name && *v == version)
+                    })
+                    .map(|r| (label.clone(), r.version)),
+            );
+        }
+        Ok(out)
     }
 
     /// Run `f` on a pooled session of member `m`.

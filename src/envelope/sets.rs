@@ -21,7 +21,7 @@ use cryptoki_sys::*;
 
 use super::attrs::Attrs;
 use super::member_kek::timed;
-use super::members::{fails_over, Member};
+use super::members::{fails_over, Member, State};
 use super::record_set::{set_binding, RecordSet, SetMode, Stored, Wrap};
 use super::service::Envelope;
 use super::shares;
@@ -46,9 +46,11 @@ pub struct SetHealth {
 
 /// What the set part of a health check found.
 pub(super) enum SetCheck {
+    /// Nothing to hold back (what had to go is gone).
     Fine,
-    /// Not enough members answered to vouch for what is cached.
-    Outage(Error),
+    /// Not enough members answered to vouch for what is cached: served
+    /// until `until` (`clock::mono_ms`), looked at again soon.
+    Retry { until: u64, why: Error },
 }
 
 impl Envelope {
@@ -96,10 +98,29 @@ impl Envelope {
         };
         let mut wraps = Vec::with_capacity(members.len());
         let mut last = None;
+        // Any-of skips members known to be down or refused while another
+        // is up (each would cost its failure, or its time-out, per DEK).
+        let some_up = members.iter().any(|m| m.found() && m.state() == State::Up);
         for (i, m) in members.iter().enumerate() {
             let kept = keep.and_then(|k| k.wrap_of(&m.name));
             if let Some(w) = kept.filter(|w| Some(w.rec.kek_version) == primaries[i]) {
                 wraps.push(w.clone());
+                continue;
+            }
+            let revoked = primaries[i].is_some_and(|v| self.is_revoked_on(i, v));
+            let skip = match mode {
+                SetMode::AllOf if revoked => return Err(Error::Rv(CKR_HSME_KEK_REVOKED)),
+                // Every party must take part, and a refused one may not.
+                SetMode::AllOf if matches!(m.state(), State::Refused { .. }) => {
+                    return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE))
+                }
+                SetMode::AllOf => false,
+                SetMode::AnyOf => revoked || (some_up && m.state() != State::Up),
+            };
+            if skip {
+                if let Some(w) = kept {
+                    wraps.push(w.clone());
+                }
                 continue;
             }
             let piece = SecretBytes::from_slice(parts.get(i).map_or(value, |p| p.as_slice()));
@@ -147,16 +168,24 @@ impl Envelope {
         let set = RecordSet { mode, wraps };
         // The new value is cached by whoever made it: its versions are
         // checked from now on.
-        self.note_in_use(&set);
+        self.note_in_use(
+            set.wraps
+                .iter()
+                .map(|w| (w.hsm.as_str(), w.rec.kek_version)),
+        );
         Ok(set.try_encode()?)
     }
 
-    /// The health check looks at the (member, version) pairs of `set`.
-    fn note_in_use(&self, set: &RecordSet) {
+    /// The health check looks at these (member name, KEK version) pairs
+    /// from now on (revoked ones stay revoked: not looked at again).
+    fn note_in_use<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, u32)>) {
+        let revoked = unpoisoned(self.set_health.revoked.lock());
         let mut in_use = unpoisoned(self.set_health.in_use.lock());
-        for w in &set.wraps {
-            if let Some((i, _)) = self.member_index(&w.hsm) {
-                in_use.insert((i, w.rec.kek_version));
+        for (name, v) in pairs {
+            if let Some((i, _)) = self.member_index(name) {
+                if !revoked.contains(&(i, v)) {
+                    in_use.insert((i, v));
+                }
             }
         }
     }
@@ -203,14 +232,34 @@ impl Envelope {
         let bound = attrs.bound_encoding();
         // Each wrap with its member, skipping wraps this module cannot use.
         let mut usable = Vec::with_capacity(set.wraps.len());
+        let mut refused = None;
         for (w, wrap) in set.wraps.iter().enumerate() {
             let v = wrap.rec.kek_version;
+            // min_decrypt_version is about the top-level KEK, main's.
+            let too_old =
+                |i: usize| i == 0 && self.settings.min_decrypt_version.is_some_and(|min| v < min);
             match self.member_index(&wrap.hsm) {
-                Some((i, m)) if !self.is_revoked_on(i, v) => usable.push((w, i, m)),
-                Some(_) => {
+                Some((_, m))
+                    if set.mode == SetMode::AllOf && matches!(m.state(), State::Refused { .. }) =>
+                {
+                    crate::log_warn!(
+                        "DEK {} needs a share from HSM '{}', which is refused",
+                        hex(id),
+                        m.name
+                    );
+                    return Err(Error::Rv(CKR_HSME_KEK_UNAVAILABLE));
+                }
+                Some((i, m)) if !self.is_revoked_on(i, v) && !too_old(i) => usable.push((w, i, m)),
+                Some((i, _)) => {
+                    let rv = if too_old(i) {
+                        CKR_HSME_KEK_UNAVAILABLE
+                    } else {
+                        CKR_HSME_KEK_REVOKED
+                    };
                     if set.mode == SetMode::AllOf {
-                        return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
+                        return Err(Error::Rv(rv));
                     }
+                    refused = Some(rv);
                 }
                 None => {
                     if set.mode == SetMode::AllOf {
@@ -225,7 +274,8 @@ impl Envelope {
             }
         }
         if usable.is_empty() {
-            return Err(Error::Rv(CKR_HSME_KEK_REVOKED));
+            // Revoked (or too old) wraps, or none this module can use.
+            return Err(Error::Rv(refused.unwrap_or(CKR_HSME_KEK_UNAVAILABLE)));
         }
         let open_one = |w: usize, i: usize, m: &Arc<Member>| -> Result<SecretBytes> {
             let rec = set.wraps[w].rec.clone();
@@ -237,7 +287,8 @@ impl Envelope {
             .inspect(|_| m.mark_up())
             .map_err(|e| self.member_failed(i, m, Some(v), e))
         };
-        let (value, took_part) = match set.mode {
+        // The value, and which wraps took part.
+        let (value, used): (SecretBytes, Vec<usize>) = match set.mode {
             SetMode::AllOf => {
                 let mut parts = Vec::with_capacity(usable.len());
                 for &(w, i, m) in &usable {
@@ -245,7 +296,7 @@ impl Envelope {
                 }
                 let value = shares::join(&parts)
                     .ok_or(Error::Rv(crate::vendor::CKR_HSME_RECORD_INVALID))?;
-                (value, set.names().join(","))
+                (value, (0..set.wraps.len()).collect())
             }
             SetMode::AnyOf => {
                 // Members that are up first (see `Members::order`).
@@ -261,7 +312,7 @@ impl Envelope {
                 for &(w, i, m) in &usable {
                     match open_one(w, i, m) {
                         Ok(v) => {
-                            opened = Some((v, m.name.clone()));
+                            opened = Some((v, vec![w]));
                             break;
                         }
                         Err(e) => {
@@ -277,7 +328,17 @@ impl Envelope {
                 opened.ok_or_else(|| last.unwrap_or(Error::Rv(CKR_HSME_KEK_UNAVAILABLE)))?
             }
         };
-        self.note_in_use(set);
+        // The pairs that took part are checked from now on (any-of: the one
+        // that opened it; if it is revoked, another reopens it).
+        let pairs = used
+            .iter()
+            .map(|&w| (set.wraps[w].hsm.as_str(), set.wraps[w].rec.kek_version));
+        self.note_in_use(pairs);
+        let took_part = used
+            .iter()
+            .map(|&w| set.wraps[w].hsm.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         Ok((value, took_part))
     }
 
@@ -286,12 +347,15 @@ impl Envelope {
     pub(super) fn revoke_on(&self, i: usize, version: u32) {
         let first = unpoisoned(self.set_health.revoked.lock()).insert((i, version));
         unpoisoned(self.set_health.in_use.lock()).remove(&(i, version));
+        if !first {
+            return;
+        }
         self.cache.remove_version(SET_TAG);
         let Some(m) = self.members.all().get(i) else {
             return;
         };
         m.forget_keks();
-        if first {
+        {
             crate::log_warn!(
                 "KEK '{}' v{version} is revoked on HSM '{}': wraps under it are no longer opened",
                 m.kek_label,
@@ -321,7 +385,13 @@ impl Envelope {
                 continue;
             };
             match m.kek_statuses(&[v]).map(|mut st| st.remove(0).1) {
-                Ok(st) if !st.is_revoked() => m.mark_up(),
+                // A member refused at login (all-of parties sharing a KEK, a
+                // PIN that cannot be read) stays refused.
+                Ok(st) if !st.is_revoked() => {
+                    if !matches!(m.state(), State::Refused { .. }) {
+                        m.mark_up();
+                    }
+                }
                 Ok(_) => m.refuse(format!(
                     "its KEK '{}' v{v} is missing or disabled there",
                     m.kek_label
@@ -344,7 +414,7 @@ impl Envelope {
             return SetCheck::Fine;
         }
         let mut reached = 0;
-        let mut unreachable = None;
+        let mut missing: Vec<(&Arc<Member>, Error)> = Vec::new();
         for (i, m) in self.members.all().iter().enumerate() {
             let versions: Vec<u32> = pairs
                 .iter()
@@ -354,8 +424,7 @@ impl Envelope {
             if versions.is_empty() {
                 continue;
             }
-            let statuses = timed(m, move |m| m.kek_statuses(&versions));
-            match statuses {
+            match timed(m, move |m| m.kek_statuses(&versions)) {
                 Ok(statuses) => {
                     m.mark_up();
                     reached += 1;
@@ -365,18 +434,50 @@ impl Envelope {
                         }
                     }
                 }
-                Err(e) if fails_over(&e) || !m.found() => {
-                    m.mark_down(&e);
-                    unreachable = Some(Error::Rv(CKR_HSME_HSM_UNAVAILABLE));
+                Err(e) => {
+                    if fails_over(&e) || !m.found() {
+                        m.mark_down(&e);
+                    } else {
+                        // A refused PIN, say: this member cannot vouch, but
+                        // the DEKs of one KEK must not fail for it.
+                        crate::log_warn!(
+                            "HSM member '{}': its KEK versions could not be checked ({e})",
+                            m.name
+                        );
+                    }
+                    missing.push((m, e));
                 }
-                Err(e) => unreachable = Some(e),
             }
         }
-        match (self.set_mode(), unreachable) {
-            (_, None) => SetCheck::Fine,
-            // Any one answering member vouches for an any-of value.
-            (Some(SetMode::AnyOf), Some(_)) if reached > 0 => SetCheck::Fine,
-            (_, Some(e)) => SetCheck::Outage(e),
+        if missing.is_empty() {
+            return SetCheck::Fine;
         }
+        // Any one answering member vouches for an any-of value.
+        if self.set_mode() != Some(SetMode::AllOf) && reached > 0 {
+            return SetCheck::Fine;
+        }
+        // As with one HSM: served up to cache_hard_ttl_secs after the last
+        // good answer of each member they need, then dropped.
+        let hard = self.settings.hard_ttl.as_millis() as u64;
+        let now = crate::clock::mono_ms();
+        let until = missing
+            .iter()
+            .map(|(m, _)| m.last_ok_ms().saturating_add(hard))
+            .min()
+            .unwrap_or(0);
+        if hard > 0 && now < until {
+            let why = missing
+                .into_iter()
+                .next()
+                .map_or(Error::Rv(CKR_HSME_HSM_UNAVAILABLE), |(_, e)| e);
+            return SetCheck::Retry { until, why };
+        }
+        let names: Vec<&str> = missing.iter().map(|(m, _)| m.name.as_str()).collect();
+        crate::log_warn!(
+            "HSM member(s) {} unreachable past cache_hard_ttl_secs: values from records of several HSMs dropped",
+            names.join(", ")
+        );
+        self.cache.remove_version(SET_TAG);
+        SetCheck::Fine
     }
 }

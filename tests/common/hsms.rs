@@ -142,3 +142,33 @@ pub fn member_states(doc: &serde_json::Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Replace whatever KEK `s`'s token holds under the KEK's label and id with
+/// an AES-256 key of value `value`.
+pub fn put_kek(s: &Session, value: &[u8; 32]) {
+    for h in s
+        .find_objects(&[
+            Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+            Attribute::Id(KEK_ID.to_vec()),
+        ])
+        .unwrap()
+    {
+        s.destroy_object(h).unwrap();
+    }
+    s.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Value(value.to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+        Attribute::Id(KEK_ID.to_vec()),
+    ])
+    .unwrap();
+}

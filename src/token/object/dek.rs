@@ -103,6 +103,9 @@ fn persist(
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
     attrs.set(CKA_UNIQUE_ID, hex(&id).into_bytes());
+    // Read before sealing: a revocation while the value is wrapped (a
+    // cache flush) keeps it out of the cache.
+    let epoch = env.cache.epoch();
     let record = env
         .seal(&id, &attrs, value.as_slice())
         .map_err(|e| lost_login(m, s, e))?;
@@ -146,8 +149,7 @@ fn persist(
     let state = DekState::new(attrs, record, 0);
     let binding = state.binding.clone();
     let dek = Dek::new(id, s.slot, if token { None } else { Some(s.handle) }, state);
-    env.cache
-        .insert(id, binding, cache_tag, value, env.cache.epoch())?;
+    env.cache.insert(id, binding, cache_tag, value, epoch)?;
     env.log(
         crate::audit::Entry::new(crate::audit::Op::DekCreate, CKR_OK)
             .key(&id, &label)
