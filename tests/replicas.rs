@@ -350,3 +350,38 @@ fn a_time_out_out_of_range_is_refused_when_the_configuration_is_read() {
     let c = hsm_envelope::config::Config::from_toml("hsm_timeout_ms = 2500\n").unwrap();
     assert_eq!(c.hsm_timeout_ms, 2500);
 }
+
+#[test]
+fn a_member_that_comes_back_is_found_by_the_background_check_without_a_call() {
+    let (t, flag) = two_hsms(true);
+    // A soft TTL of 1 s: the background check ticks every 250 ms.
+    let conf = t
+        .config_text()
+        .replace("cache_soft_ttl_secs = 60", "cache_soft_ttl_secs = 1");
+    std::fs::write(&t.conf, conf).unwrap();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let iv = [6u8; 12];
+    let deks: Vec<_> = (0..2).map(|_| generate(&s, true, vec![])).collect();
+    let cts: Vec<_> = deks
+        .iter()
+        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"bg").unwrap())
+        .collect();
+    std::fs::write(&flag, b"down").unwrap();
+    assert_eq!(gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).unwrap(), b"bg");
+    assert!(log_text(&t).contains("HSM member 'main' is down"));
+
+    // main comes back; no application call is made: the module's own
+    // thread finds it (real time here: the thread runs on it).
+    std::fs::remove_file(&flag).unwrap();
+    let start = Instant::now();
+    while !log_text(&t).contains("HSM member 'main' is up again") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "main not found again in the background: {}",
+            log_text(&t)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gcm_decrypt(&s, deks[1], &iv, b"", &cts[1]).unwrap(), b"bg");
+}

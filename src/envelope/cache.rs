@@ -163,6 +163,12 @@ impl KeyCache {
         crate::clock::mono_ms() < self.until.health.load(Ordering::Acquire)
     }
 
+    /// Whether the KEK versions' check still holds `ahead_ms` from now
+    /// (the background health check runs before it lapses).
+    pub fn health_fresh_for(&self, ahead_ms: u64) -> bool {
+        crate::clock::mono_ms().saturating_add(ahead_ms) < self.until.health.load(Ordering::Acquire)
+    }
+
     /// The KEK versions' check holds until `ms`.
     pub fn valid_until(&self, ms: u64) {
         self.until.health.store(ms, Ordering::SeqCst);

@@ -65,8 +65,44 @@ impl Envelope {
             self.cache.settle();
             return Ok(());
         }
+        self.check_health(0)
+    }
+
+    /// With several HSMs, run by a thread of the module's own every
+    /// quarter of the soft TTL (`token::health_thread`): the health check
+    /// (members looked for, agreement, KEK versions) runs once less than
+    /// half the soft TTL is left, so calls seldom pay for it, and a member
+    /// that comes back is found without waiting for a call. Nothing before
+    /// the user logged in (the KEK is private).
+    pub fn health_tick(&self) {
+        if !self.members.main().pool.has_pin() {
+            return;
+        }
+        let ahead = self.settings.soft_ttl.as_millis() as u64 / 2;
+        if let Err(e) = self.check_health(ahead) {
+            crate::log_debug!("background health check: {e}");
+        }
+    }
+
+    /// Whether a thread of the module's own should run `health_tick`, and
+    /// how often: with several HSMs, each quarter of the soft TTL (250 ms
+    /// to 60 s).
+    pub fn health_interval(&self) -> Option<std::time::Duration> {
+        if self.members.all().len() < 2 {
+            return None;
+        }
+        let quarter = self.settings.soft_ttl / 4;
+        Some(quarter.clamp(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(60),
+        ))
+    }
+
+    /// The health check, unless one that holds `ahead_ms` from now ran
+    /// meanwhile (one at a time; the others wait for it).
+    fn check_health(&self, ahead_ms: u64) -> Result<()> {
         let _one = unpoisoned(self.health.checking.lock());
-        if self.cache.health_fresh() {
+        if self.cache.health_fresh_for(ahead_ms) {
             return Ok(());
         }
         // Replicas prove they agree, and down or refused ones get another try.

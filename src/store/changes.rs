@@ -80,13 +80,7 @@ impl Drop for Listener {
         let Some(t) = self.thread.take() else {
             return;
         };
-        let deadline = std::time::Instant::now() + JOIN_WAIT;
-        while !t.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        }
+        crate::runtime::threads::join_within(t, JOIN_WAIT);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod crypt;
 pub mod digest_key;
 pub mod forward;
 pub mod general;
+pub mod health_thread;
 pub mod kek_guard;
 pub mod mac;
 pub mod message;

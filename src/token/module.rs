@@ -132,7 +132,12 @@ pub fn initialize(threads: bool) -> Result<()> {
             m.slots.len()
         ),
     }
+    let health = m.envelope.as_ref().and_then(|e| e.health_interval());
+    let generation = m.generation;
     CURRENT.publish(&life, m);
+    if let Some(interval) = health {
+        super::health_thread::start(generation, interval);
+    }
     Ok(())
 }
 
@@ -193,6 +198,8 @@ impl InitFailure {
 
 /// Tear down, after every call in progress has finished with the module.
 pub fn finalize() -> Result<()> {
+    // Before the module is retired: a tick holds it like a call.
+    super::health_thread::stop();
     let life = CURRENT.lock();
     // New calls now see NOT_INITIALIZED; wait for those already inside.
     match CURRENT.retire(&life, Instant::now() + Duration::from_secs(30)) {
