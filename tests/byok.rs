@@ -124,25 +124,6 @@ fn hand_made_blob(dir: &Path, public: &Path, material: &[u8]) -> Vec<u8> {
     [oaep_encrypt(public, &eph_path), wrapped].concat()
 }
 
-fn wrap_script(args: &[&str]) -> std::process::Output {
-    Command::new("bash")
-        .arg(repo_root().join("scripts/byok-wrap.sh"))
-        .args(args)
-        .output()
-        .expect("scripts/byok-wrap.sh")
-}
-
-fn byok_wrap(public: &Path, material: &Path, out: &Path, rsa: bool) {
-    let mut args = vec!["--oaep-hash", "sha1"];
-    if rsa {
-        args.push("--rsa");
-    }
-    let paths = [public, material, out].map(|p| p.to_str().unwrap().to_string());
-    args.extend(paths.iter().map(String::as_str));
-    let o = wrap_script(&args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 /// `kek import-key --out DIR/import.pem`; the PEM path. SoftHSM2 takes only
 /// SHA-1 for OAEP, and the tool must say so.
 fn import_key(t: &TestToken) -> PathBuf {

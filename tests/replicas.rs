@@ -385,3 +385,106 @@ fn a_member_that_comes_back_is_found_by_the_background_check_without_a_call() {
     }
     assert_eq!(gcm_decrypt(&s, deks[1], &iv, b"", &cts[1]).unwrap(), b"bg");
 }
+
+#[test]
+fn a_version_is_imported_into_each_replica_then_made_primary() {
+    let (t, flag) = two_hsms(true);
+    let material = t.path().join("v2.bin");
+    std::fs::write(&material, random_bytes(32)).unwrap();
+    let other = t.path().join("other.bin");
+    std::fs::write(&other, random_bytes(32)).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    // Main: decrypt-only first (primary at once is refused with replicas).
+    let main_pem = t.path().join("main.pem");
+    ok_json(&t, &["kek", "import-key", "--out", &path(&main_pem)]);
+    let blob = t.path().join("main.blob");
+    byok_wrap(&main_pem, &material, &blob, false);
+    let (code, doc) = cli_json(
+        &t,
+        &[
+            "kek",
+            "import",
+            "--type",
+            "aes256",
+            "--in",
+            &path(&blob),
+            "--primary",
+        ],
+    );
+    assert_ne!(code, 0, "{doc:#}");
+    let doc = ok_json(
+        &t,
+        &["kek", "import", "--type", "aes256", "--in", &path(&blob)],
+    );
+    assert_eq!(doc["version"], 2, "{doc:#}");
+    // Not primary while b lacks it; not made on one HSM either.
+    let (code, doc) = cli_json(&t, &["kek", "set-primary", "2"]);
+    assert_ne!(code, 0, "{doc:#}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replica 'b' does not hold v2"),
+        "{doc:#}"
+    );
+    let (code, doc) = cli_json(&t, &["kek", "rotate"]);
+    assert_ne!(code, 0, "{doc:#}");
+
+    // b: other material is refused and removed; the same material agrees.
+    let b_pem = t.path().join("b.pem");
+    ok_json(
+        &t,
+        &["kek", "--hsm", "b", "import-key", "--out", &path(&b_pem)],
+    );
+    let wrong = t.path().join("b-wrong.blob");
+    byok_wrap(&b_pem, &other, &wrong, false);
+    let import_b = |blob: &std::path::Path| {
+        cli_json(
+            &t,
+            &[
+                "kek",
+                "--hsm",
+                "b",
+                "import",
+                "--type",
+                "aes256",
+                "--in",
+                &path(blob),
+                "--kek-version",
+                "2",
+            ],
+        )
+    };
+    let (code, doc) = import_b(&wrong);
+    assert_ne!(code, 0, "{doc:#}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not main's v2"),
+        "{doc:#}"
+    );
+    let right = t.path().join("b.blob");
+    byok_wrap(&b_pem, &material, &right, false);
+    let (code, doc) = import_b(&right);
+    assert_eq!(code, 0, "{doc:#}");
+    let doc = ok_json(&t, &["kek", "set-primary", "2"]);
+    assert_eq!(doc["primary"], 2, "{doc:#}");
+    // v1 (no record needs it) goes from every replica with main's.
+    advance_clock(Duration::from_secs(3600));
+    ok_json(&t, &["kek", "destroy-version", "1"]);
+    assert!(on_token(REPLICA_LABEL, |s| kek_objects(s).is_empty()));
+    assert!(on_token(TOKEN_LABEL, |s| kek_objects(s).is_empty()));
+
+    // A DEK made under v2 fails over to b.
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let dek = generate(&s, true, vec![]);
+    let ct = gcm_encrypt(&s, dek, &[8; 12], b"", b"v2").unwrap();
+    let other_dek = generate(&s, true, vec![]);
+    gcm_encrypt(&s, other_dek, &[8; 12], b"", b"evict").unwrap();
+    std::fs::write(&flag, b"down").unwrap();
+    assert_eq!(gcm_decrypt(&s, dek, &[8; 12], b"", &ct).unwrap(), b"v2");
+    std::fs::remove_file(&flag).unwrap();
+}

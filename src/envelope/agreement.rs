@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::member_kek::timed;
 use super::members::{fails_over, Member, State};
 use super::service::Envelope;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::rv_name::rv_name;
 
 /// Why an all-of member is refused when its KEK is another's.
@@ -92,6 +92,58 @@ impl Envelope {
                 )),
                 Err(e) if fails_over(&e) => m.mark_down(&e),
                 Err(e) => m.refuse(disagreement(first, version, &e)),
+            }
+        }
+    }
+
+    /// Replicas: whether `m` holds KEK version `version` as main does (a
+    /// test value sealed on main opens on `m` to the same value); an
+    /// outage is returned as it is, a disagreement as why.
+    pub(super) fn proves_same(&self, m: &Arc<Member>, version: u32) -> Result<()> {
+        let main = self.members.main();
+        let mut value = [0u8; 32];
+        getrandom::fill(&mut value).map_err(|_| Error::Rv(CKR_FUNCTION_FAILED))?;
+        let label: Arc<str> = self.settings.kek_label.as_str().into();
+        let rec = timed(main, move |main| {
+            main.with_kek(version, |b, s, key| {
+                main.seal(b, s, key, (&label, version), &TEST_ID, TEST_BOUND, &value)
+            })
+        })?;
+        let aad: Arc<[u8]> = rec.aad(&TEST_ID, TEST_BOUND).into();
+        let rec = Arc::new(rec);
+        let opened = timed(m, move |m| {
+            m.with_kek(version, |b, s, key| {
+                Envelope::open_with(b, s, key, &rec, &aad)
+            })
+        });
+        match opened {
+            Ok(v) if v.as_slice() == value => Ok(()),
+            Ok(_) => Err(Error::Admin(format!(
+                "its v{version} opens what main sealed to another value"
+            ))),
+            Err(e) if fails_over(&e) => Err(e),
+            Err(e) => Err(Error::Admin(disagreement(main, version, &e))),
+        }
+    }
+
+    /// Replicas: after main's version `version` was destroyed, destroy it
+    /// on every replica that can be reached (one that cannot is named).
+    pub(super) fn destroy_on_replicas(&self, version: u32) {
+        for r in self.members.all().iter().skip(1) {
+            let done = self.with_session_on(r, |s| {
+                for h in r.kek_handle(s, version)?.objects() {
+                    s.destroy_object(h)
+                        .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))?;
+                }
+                Ok(())
+            });
+            r.forget_keks();
+            match done {
+                Ok(()) => crate::log_info!("KEK v{version} destroyed on replica '{}'", r.name),
+                Err(e) => crate::log_warn!(
+                    "KEK v{version} not destroyed on replica '{}' ({e}): remove it there by hand",
+                    r.name
+                ),
             }
         }
     }

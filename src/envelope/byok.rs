@@ -40,6 +40,19 @@ impl KekScope<'_> {
         material: Material,
         make_primary: bool,
     ) -> Result<u32> {
+        if self.is_replica() {
+            return Err(Error::Admin(format!(
+                "'{}' is a replica: name the version of main it is to hold (--kek-version N)",
+                self.member.name
+            )));
+        }
+        if make_primary && self.env.members.replicated() {
+            return Err(Error::Admin(
+                "with replicas, import decrypt-only, import the same material into each replica \
+                 (`kek --hsm NAME import --kek-version N`), then `kek set-primary N`"
+                    .into(),
+            ));
+        }
         let backend = self.member.backend()?;
         let used = std::sync::Mutex::new(None);
         let version = self.add_version(make_primary, Op::KekImport, |s, label, next| {
@@ -70,5 +83,82 @@ impl KekScope<'_> {
             }
         }
         Ok(version)
+    }
+
+    /// Replicas: import the key material in `blob` into this replica as
+    /// main's version `version` (recorded, not destroyed, not on the
+    /// replica yet), then prove the replica opens what main seals under it;
+    /// if it does not (other material), the imported objects go again.
+    pub fn import_into_replica(&self, blob: &[u8], material: Material, version: u32) -> Result<()> {
+        if !self.is_replica() {
+            return Err(Error::Admin(
+                "--kek-version imports a version main has into a replica: name the replica with --hsm"
+                    .into(),
+            ));
+        }
+        let env = self.env;
+        let store_label = env.settings.kek_label.clone();
+        let known = env
+            .with_store(|st| Ok(st.kek_versions(&store_label)?))?
+            .into_iter()
+            .any(|r| r.version == version && r.state != crate::store::KekState::Destroyed);
+        if !known {
+            return Err(Error::Admin(format!(
+                "main has no version {version} (import it there first, decrypt-only)"
+            )));
+        }
+        let backend = self.member.backend()?;
+        let label = self.member.kek_label.clone();
+        let (made, key) = self.with_session(|s| {
+            if crate::backend::kek::exists(s, &label, version)? {
+                return Err(Error::Admin(format!(
+                    "replica '{}' already holds an object named KEK '{label}' v{version}",
+                    self.member.name
+                )));
+            }
+            let key = import::find_import_key(s, &label)?.ok_or_else(|| {
+                Error::Admin(format!(
+                    "replica '{}' has no import key: run `hsm-envelope kek --hsm {} import-key`",
+                    self.member.name, self.member.name
+                ))
+            })?;
+            let made = import::import(backend, s, &key, blob, material, &label, version)?;
+            Ok((made, key))
+        })?;
+        self.member.forget_keks();
+        let member = env
+            .members
+            .by_name(&self.member.name)
+            .ok_or(Error::Rv(cryptoki_sys::CKR_GENERAL_ERROR))?;
+        if let Err(e) = env.proves_same(member, version) {
+            let _ = self.with_session(|s| {
+                for h in &made {
+                    let _ = s.destroy_object(*h);
+                }
+                Ok(())
+            });
+            self.member.forget_keks();
+            return Err(Error::Admin(format!(
+                "the material imported into replica '{}' is not main's v{version} ({e}); removed",
+                self.member.name
+            )));
+        }
+        if let Err(e) = self.with_session(|s| key.destroy(s)) {
+            crate::log_warn!(
+                "{}: the used import key was not destroyed: {e}",
+                self.describe()
+            );
+        }
+        crate::log_info!(
+            "KEK v{version} imported into replica '{}'",
+            self.member.name
+        );
+        let hsm = format!("hsm={}", self.member.name);
+        env.log(
+            crate::audit::Entry::new(Op::KekImport, cryptoki_sys::CKR_OK)
+                .kek_version(version)
+                .detail(&hsm),
+        );
+        Ok(())
     }
 }

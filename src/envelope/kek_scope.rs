@@ -8,8 +8,6 @@
 //! process or command changes them at a time. A new version must pass the
 //! checks of any use and seal and open a test value before it is recorded.
 
-use std::sync::Arc;
-
 use cryptoki::object::ObjectHandle;
 use cryptoki_sys::*;
 
@@ -34,7 +32,8 @@ pub struct KekScope<'a> {
 
 impl Envelope {
     /// The KEK of member `hsm` (None: the top-level one, main's). A
-    /// replica's versions are main's; naming one is refused.
+    /// replica's versions are main's: on a replica only the import key and
+    /// the import of a version main has are offered (see `byok`).
     pub fn kek_scope(&self, hsm: Option<&str>) -> Result<KekScope<'_>> {
         let member = match hsm {
             None => self.members.main(),
@@ -47,12 +46,6 @@ impl Envelope {
                         names.join(", ")
                     ))
                 })?;
-                if !Arc::ptr_eq(m, self.members.main()) && !self.members.mode().is_set() {
-                    return Err(Error::Admin(format!(
-                        "'{name}' is a replica: it holds the top-level KEK's versions; \
-                         change them without --hsm (and import each into every replica)"
-                    )));
-                }
                 m
             }
         };
@@ -63,6 +56,33 @@ impl Envelope {
 impl<'a> KekScope<'a> {
     fn is_main(&self) -> bool {
         std::ptr::eq(self.member, self.env.members.main().as_ref())
+    }
+
+    /// A replica: it holds main's versions, imported into it.
+    pub(super) fn is_replica(&self) -> bool {
+        !self.is_main() && self.env.members.replicated()
+    }
+
+    /// Refuse `what` on a replica, or (`on_main`) on main with replicas,
+    /// saying how versions reach replicas instead.
+    fn not_with_replicas(&self, what: &str, on_main: bool) -> Result<()> {
+        const HOW: &str = "with replicas a version is imported into each member: `kek import` \
+            (decrypt-only) on main, `kek --hsm NAME import --kek-version N` on each replica, \
+            then `kek set-primary N`";
+        if self.is_replica() {
+            return Err(Error::Admin(format!(
+                "'{}' is a replica: it holds main's KEK versions, so {what} is done on main \
+                 (without --hsm); {HOW}",
+                self.member.name
+            )));
+        }
+        if on_main && self.env.members.replicated() {
+            return Err(Error::Admin(format!(
+                "{what} is refused with replicas (a key made on one HSM cannot be copied to \
+                 the others); {HOW}"
+            )));
+        }
+        Ok(())
     }
 
     /// The KEK's label on its HSM.
@@ -107,7 +127,7 @@ impl<'a> KekScope<'a> {
     /// version that names it.
     fn records_under(&self, version: u32) -> Result<u64> {
         let env = self.env;
-        let mut n = if self.is_main() {
+        let mut n = if self.is_main() || self.is_replica() {
             let label = env.settings.kek_label.clone();
             env.with_store(|st| Ok(st.count_under(&label, version)?))?
         } else {
@@ -166,6 +186,7 @@ impl<'a> KekScope<'a> {
     /// primary. A key left on the HSM by a rotation that died before
     /// recording it is adopted, not duplicated.
     pub fn rotate(&self) -> Result<u32> {
+        self.not_with_replicas("rotation", true)?;
         self.create_version(None, true)
     }
 
@@ -173,6 +194,7 @@ impl<'a> KekScope<'a> {
     /// primary or not (a version made ahead of time can be promoted with
     /// `set_primary`).
     pub fn create_version(&self, ty: Option<KekType>, make_primary: bool) -> Result<u32> {
+        self.not_with_replicas("making a version on the HSM", true)?;
         self.add_version(make_primary, Op::KekCreate, |s, label, next| {
             if kek::exists(s, label, next)? {
                 if !kek::made_on_hsm(s, label, next)? {
@@ -336,9 +358,29 @@ impl<'a> KekScope<'a> {
     /// Make an existing version primary (new DEKs wrap under it at once here,
     /// within `refresh_secs` in other processes).
     pub fn set_primary(&self, version: u32) -> Result<()> {
+        self.not_with_replicas("changing the primary version", false)?;
         let env = self.env;
         let label = self.store_label();
         self.with_session(|s| self.member.kek_handle(s, version).map(|_| ()))?;
+        // Every replica must hold it, or failing over loses the new DEKs.
+        if self.is_main() && env.members.replicated() {
+            for r in env.members.all().iter().skip(1).filter(|r| r.found()) {
+                match env.proves_same(r, version) {
+                    Ok(()) => {}
+                    Err(e) if super::members::fails_over(&e) => crate::log_warn!(
+                        "replica '{}' is unreachable: v{version} on it not checked",
+                        r.name
+                    ),
+                    Err(e) => {
+                        return Err(Error::Admin(format!(
+                            "replica '{}' does not hold v{version} as main does ({e}): \
+                             import it there first (`kek --hsm {} import --kek-version {version}`)",
+                            r.name, r.name
+                        )))
+                    }
+                }
+            }
+        }
         env.with_store(|st| Ok(st.set_primary_kek(&label, version)?))?;
         self.settled();
         self.audit(Op::KekSetPrimary, version);
@@ -348,6 +390,7 @@ impl<'a> KekScope<'a> {
     /// Destroy version `version` on the HSM, only if it is not primary and no
     /// record at all (soft-deleted ones included: they are rows) needs it.
     pub fn destroy_version(&self, version: u32) -> Result<()> {
+        self.not_with_replicas("destroying a version", false)?;
         let env = self.env;
         let label = self.store_label();
         let what = self.describe();
@@ -394,6 +437,9 @@ impl<'a> KekScope<'a> {
         self.member.forget_keks();
         env.with_store(|st| Ok(st.mark_kek_destroyed(&label, version)?))?;
         crate::log_info!("{what} v{version} destroyed");
+        if self.is_main() && env.members.replicated() {
+            env.destroy_on_replicas(version);
+        }
         self.audit(Op::KekDestroyVersion, version);
         Ok(())
     }

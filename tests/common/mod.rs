@@ -328,3 +328,25 @@ pub fn advance_clock(by: Duration) {
     );
     CLOCK_OFFSET_MS.fetch_add(ms, Ordering::SeqCst);
 }
+
+/// `scripts/byok-wrap.sh ARGS`, as a customer runs it.
+pub fn wrap_script(args: &[&str]) -> std::process::Output {
+    Command::new("bash")
+        .arg(repo_root().join("scripts/byok-wrap.sh"))
+        .args(args)
+        .output()
+        .expect("scripts/byok-wrap.sh")
+}
+
+/// Wrap `material` to the import key `public` (PEM) into `out`, with
+/// RSA-OAEP SHA-1 (SoftHSM2's only OAEP hash); `rsa`: an RSA key.
+pub fn byok_wrap(public: &Path, material: &Path, out: &Path, rsa: bool) {
+    let mut args = vec!["--oaep-hash", "sha1"];
+    if rsa {
+        args.push("--rsa");
+    }
+    let paths = [public, material, out].map(|p| p.to_str().unwrap().to_string());
+    args.extend(paths.iter().map(String::as_str));
+    let o = wrap_script(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

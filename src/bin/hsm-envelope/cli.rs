@@ -181,8 +181,13 @@ pub enum KekCommand {
         #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
         /// Make the new version primary at once
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kek_version")]
         primary: bool,
+        /// With kek_mode "replicas" and --hsm naming a replica: the version
+        /// of main this material is (the replica must open what main seals
+        /// under it, else the import is undone)
+        #[arg(long = "kek-version", value_name = "N")]
+        kek_version: Option<u32>,
     },
     /// Generate a new KEK version on the HSM and make it primary
     ///

@@ -413,3 +413,28 @@ pub fn import(
     audit_key(admin, &format!("v{v} was imported"), &mut text, &mut doc)?;
     Ok(Report::new(text, doc))
 }
+
+/// `kek --hsm REPLICA import --kek-version N`: main's version N into a replica.
+pub fn import_into_replica(
+    admin: &Admin,
+    hsm: Option<&str>,
+    kind: ImportKind,
+    blob: &[u8],
+    version: u32,
+) -> Result<Report, Failure> {
+    let k = admin.env.kek_scope(hsm)?;
+    k.import_into_replica(blob, kind.material(), version)?;
+    Ok(Report::new(
+        format!(
+            "{}: v{version} imported; it opens what main seals under v{version}; the import key was destroyed\n",
+            k.describe()
+        ),
+        json!({
+            "kek_label": k.kek_label(),
+            "hsm": k.hsm(),
+            "version": version,
+            "imported": true,
+            "agrees_with_main": true,
+        }),
+    ))
+}

@@ -135,13 +135,18 @@ fn run(cli: Cli) -> Result<Report, Failure> {
                 KekCommand::ImportKey { out, new, bits } => {
                     kek::import_key(&admin, hsm, out.as_deref(), *new, *bits)
                 }
-                KekCommand::Import { kind, primary, .. } => kek::import(
-                    &admin,
-                    hsm,
-                    *kind,
-                    blob.as_ref().map_or(&[][..], |b| b.as_slice()),
-                    *primary,
-                ),
+                KekCommand::Import {
+                    kind,
+                    primary,
+                    kek_version,
+                    ..
+                } => {
+                    let blob = blob.as_ref().map_or(&[][..], |b| b.as_slice());
+                    match kek_version {
+                        Some(v) => kek::import_into_replica(&admin, hsm, *kind, blob, *v),
+                        None => kek::import(&admin, hsm, *kind, blob, *primary),
+                    }
+                }
                 KekCommand::Rotate => kek::rotate(&admin, hsm),
                 KekCommand::List => kek::list(&admin, hsm),
                 KekCommand::SetPrimary { kek_version } => {
