@@ -99,6 +99,11 @@ fn hsm_side() {
         Some(("delete", label)) => delete_kek(label),
         Some(("disable", label)) => disable_kek(label),
         Some(("generate", label)) => on_token(label, generate_kek),
+        // "other LABEL": KEK v1 replaced by another random value.
+        Some(("other", label)) => {
+            let value: [u8; 32] = random_bytes(32).try_into().unwrap();
+            on_token(label, |s| put_kek(s, &value));
+        }
         _ => panic!("unknown action {action}"),
     }
     println!("HSM-SIDE DONE");
@@ -603,4 +608,55 @@ fn all_of_parties_holding_the_same_kek_are_refused() {
         )
         .unwrap_err();
     assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE));
+}
+
+/// Replicas (here for the child-process helpers): agreement is proven on
+/// every version cached values came from, not only the primary.
+#[test]
+fn a_replica_that_disagrees_on_an_older_version_in_use_is_refused() {
+    let t = TestToken::new();
+    add_token(&t, "hsm-b");
+    let v1: [u8; 32] = random_bytes(32).try_into().unwrap();
+    on_token(TOKEN_LABEL, |s| put_kek(s, &v1));
+    on_token("hsm-b", |s| put_kek(s, &v1));
+    faulty_backend_flag(&t, "b-down");
+    write_config(&t, "replicas", &["b"], &[]);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let deks = make_deks(&s, 0, 1, b"old");
+
+    // v2 on both (BYOK), made primary.
+    let material = t.path().join("v2.bin");
+    std::fs::write(&material, random_bytes(32)).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    for (hsm, extra) in [(None, vec![]), (Some("b"), vec!["--kek-version", "2"])] {
+        let pem = t.path().join(format!("{}.pem", hsm.unwrap_or("main")));
+        let blob = t.path().join(format!("{}.blob", hsm.unwrap_or("main")));
+        let mut args = vec!["kek"];
+        if let Some(h) = hsm {
+            args.extend(["--hsm", h]);
+        }
+        let mut key = args.clone();
+        key.extend(["import-key", "--out"]);
+        let pem_s = path(&pem);
+        key.push(&pem_s);
+        ok_json(&t, &key);
+        byok_wrap(&pem, &material, &blob, false);
+        let blob_s = path(&blob);
+        args.extend(["import", "--type", "aes256", "--in", &blob_s]);
+        args.extend(extra);
+        ok_json(&t, &args);
+    }
+    ok_json(&t, &["kek", "set-primary", "2"]);
+
+    // b's v1 becomes another key: the DEK still cached under v1 makes the
+    // health check prove v1 too, and b is refused.
+    hsm_side_run(&t, "other hsm-b");
+    advance_clock(SOFT_TTL);
+    all_open(&s, &deks);
+    let log = std::fs::read_to_string(t.log_file()).unwrap_or_default();
+    assert!(
+        log.contains("HSM member 'b' refused") && log.contains("v1"),
+        "{log}"
+    );
 }

@@ -26,31 +26,59 @@ const TEST_ID: [u8; 16] = [0x5A; 16];
 const TEST_BOUND: &[u8] = b"hsm-envelope/replica-agreement";
 
 impl Envelope {
-    /// Prove the members agree (see the module comment). Without a
+    /// Prove the members agree (see the module comment), on the primary
+    /// version and every older one cached values came from. Without a
     /// reachable member that can seal there is nothing to prove against:
-    /// states stay as they are.
+    /// states stay as they are. A member refused on any version is refused.
     pub fn prove_agreement(&self) {
-        let version = match self.primary() {
+        let primary = match self.primary() {
             Ok(v) => v,
             Err(e) => {
                 crate::log_warn!("replica agreement not checked: no primary KEK version ({e})");
                 return;
             }
         };
+        let mut versions = vec![primary];
+        versions.extend(
+            self.cache
+                .versions()
+                .into_iter()
+                .filter(|v| *v != primary && *v != super::sets::SET_TAG),
+        );
+        let mut verdicts: Vec<Verdict> = self
+            .members
+            .all()
+            .iter()
+            .map(|_| Verdict::Unchecked)
+            .collect();
+        for v in versions {
+            self.agreement_on(v, &mut verdicts);
+        }
+        for (m, verdict) in self.members.all().iter().zip(verdicts) {
+            match verdict {
+                Verdict::Unchecked => {}
+                Verdict::Agrees => m.mark_up(),
+                Verdict::Down(e) => m.mark_down(&e),
+                Verdict::Refused(why) => m.refuse(why),
+            }
+        }
+    }
+
+    /// One version's test: sealed on the first member that can (never a
+    /// refused one: one holding another key would otherwise be proven right
+    /// while main is down), opened on each other one.
+    fn agreement_on(&self, version: u32, verdicts: &mut [Verdict]) {
         let mut value = [0u8; 32];
         if getrandom::fill(&mut value).is_err() {
             return;
         }
+        let members = self.members.all();
         let mut reference = None;
-        // A refused member never serves as the reference: one holding
-        // another key would otherwise be proven right while main is down.
-        let candidates = self
-            .members
-            .all()
-            .iter()
-            .filter(|m| m.found() && !matches!(m.state(), State::Refused { .. }));
         let label: Arc<str> = self.settings.kek_label.as_str().into();
-        for m in candidates {
+        for (i, m) in members.iter().enumerate() {
+            if !m.found() || matches!(m.state(), State::Refused { .. }) {
+                continue;
+            }
             let label = label.clone();
             let sealed = timed(m, move |m| {
                 m.with_kek(version, |b, s, key| {
@@ -59,23 +87,25 @@ impl Envelope {
             });
             match sealed {
                 Ok(rec) => {
-                    reference = Some((m, rec));
+                    reference = Some((i, rec));
                     break;
                 }
-                Err(e) if fails_over(&e) => m.mark_down(&e),
+                Err(e) if fails_over(&e) => verdicts[i].worsen(Verdict::Down(e)),
                 // Checked below by opening, once a member has sealed.
                 Err(_) => {}
             }
         }
         let Some((first, rec)) = reference else {
-            crate::log_warn!("replica agreement not checked: no member could seal a test value");
+            crate::log_warn!(
+                "replica agreement on v{version} not checked: no member could seal a test value"
+            );
             return;
         };
-        first.mark_up();
+        verdicts[first].worsen(Verdict::Agrees);
         let aad: Arc<[u8]> = rec.aad(&TEST_ID, TEST_BOUND).into();
         let rec = Arc::new(rec);
-        for m in self.members.all().iter().filter(|m| m.found()) {
-            if Arc::ptr_eq(m, first) {
+        for (i, m) in members.iter().enumerate() {
+            if i == first || !m.found() {
                 continue;
             }
             let (rec, aad) = (rec.clone(), aad.clone());
@@ -84,15 +114,16 @@ impl Envelope {
                     Envelope::open_with(b, s, key, &rec, &aad)
                 })
             });
-            match opened {
-                Ok(v) if v.as_slice() == value => m.mark_up(),
-                Ok(_) => m.refuse(format!(
+            let verdict = match opened {
+                Ok(v) if v.as_slice() == value => Verdict::Agrees,
+                Ok(_) => Verdict::Refused(format!(
                     "its KEK v{version} opens what '{}' sealed to another value",
-                    first.name
+                    members[first].name
                 )),
-                Err(e) if fails_over(&e) => m.mark_down(&e),
-                Err(e) => m.refuse(disagreement(first, version, &e)),
-            }
+                Err(e) if fails_over(&e) => Verdict::Down(e),
+                Err(e) => Verdict::Refused(disagreement(&members[first], version, &e)),
+            };
+            verdicts[i].worsen(verdict);
         }
     }
 
@@ -238,4 +269,31 @@ fn disagreement(first: &Member, version: u32, e: &Error) -> String {
         "cannot open a test value '{}' sealed under KEK v{version}: it {what}",
         first.name
     )
+}
+
+/// What the agreement check found for one member, over the versions: the
+/// worst outcome counts (refused over down over agrees).
+#[derive(Debug)]
+enum Verdict {
+    Unchecked,
+    Agrees,
+    Down(Error),
+    Refused(String),
+}
+
+impl Verdict {
+    fn rank(&self) -> u8 {
+        match self {
+            Verdict::Unchecked => 0,
+            Verdict::Agrees => 1,
+            Verdict::Down(_) => 2,
+            Verdict::Refused(_) => 3,
+        }
+    }
+
+    fn worsen(&mut self, other: Verdict) {
+        if other.rank() > self.rank() {
+            *self = other;
+        }
+    }
 }
