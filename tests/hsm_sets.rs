@@ -99,6 +99,15 @@ fn hsm_side() {
         Some(("delete", label)) => delete_kek(label),
         Some(("disable", label)) => disable_kek(label),
         Some(("generate", label)) => on_token(label, generate_kek),
+        // "put LABEL HEX": KEK v1 replaced by that value.
+        Some(("put", rest)) => {
+            let (label, hex) = rest.split_once(' ').unwrap();
+            let value: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            on_token(label, |s| put_kek(s, &value.try_into().unwrap()));
+        }
         // "other LABEL": KEK v1 replaced by another random value.
         Some(("other", label)) => {
             let value: [u8; 32] = random_bytes(32).try_into().unwrap();
@@ -659,4 +668,35 @@ fn a_replica_that_disagrees_on_an_older_version_in_use_is_refused() {
         log.contains("HSM member 'b' refused") && log.contains("v1"),
         "{log}"
     );
+}
+
+#[test]
+fn an_all_of_party_refused_for_a_copied_kek_stays_refused_while_its_wraps_still_work() {
+    let t = TestToken::new();
+    add_token(&t, "hsm-b");
+    let main_kek: [u8; 32] = random_bytes(32).try_into().unwrap();
+    on_token(TOKEN_LABEL, |s| put_kek(s, &main_kek));
+    on_token("hsm-b", generate_kek);
+    faulty_backend_flag(&t, "b-down");
+    write_config(&t, "all-of", &["b"], &[]);
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let deks = make_deks(&s, 0, 1, b"copied");
+    // b's KEK becomes a copy of main's: at the next health check b is
+    // refused, and its version still answering (the pair in use) must
+    // not bring it back.
+    let hex: String = main_kek.iter().map(|b| format!("{b:02x}")).collect();
+    hsm_side_run(&t, &format!("put hsm-b {hex}"));
+    advance_clock(SOFT_TTL);
+    // A use runs the health check (the DEK made before stays usable).
+    all_open(&s, &deks);
+    let e = s
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_UNAVAILABLE));
+    let log = std::fs::read_to_string(t.log_file()).unwrap_or_default();
+    assert!(log.contains("same key material"), "{log}");
 }

@@ -314,16 +314,15 @@ fn a_member_that_hangs_costs_the_time_out_once_then_the_next_serves() {
         first >= timeout,
         "{first:?}: the time-out was not waited for"
     );
-    assert!(first < timeout * 5, "{first:?}");
-    assert!(
-        next < timeout,
-        "main is skipped after it timed out: {next:?}"
-    );
+    assert!(first < Duration::from_secs(10), "{first:?}");
+    // main is skipped after it timed out: one time-out, not one per call
+    // (counted in the log rather than timed: the machine may be busy).
     let log = log_text(&t);
-    assert!(
-        log.contains("HSM member 'main' did not answer within hsm_timeout_ms"),
-        "{log}"
+    let ours = format!(
+        "pid={} WARN HSM member 'main' did not answer within hsm_timeout_ms",
+        std::process::id()
     );
+    assert_eq!(log.matches(&ours).count(), 1, "{next:?}\n{log}");
     // New DEKs are made meanwhile (on b).
     let new = generate(&s, true, vec![]);
     gcm_encrypt(&s, new, &iv, b"", b"x").unwrap();
@@ -425,7 +424,7 @@ fn a_version_is_imported_into_each_replica_then_made_primary() {
         doc["error"]
             .as_str()
             .unwrap_or("")
-            .contains("replica 'b' does not hold v2"),
+            .contains("replica 'b' was not proven to hold v2"),
         "{doc:#}"
     );
     let (code, doc) = cli_json(&t, &["kek", "rotate"]);
@@ -462,7 +461,7 @@ fn a_version_is_imported_into_each_replica_then_made_primary() {
         doc["error"]
             .as_str()
             .unwrap_or("")
-            .contains("is not main's v2"),
+            .contains("was not proven to be main's v2"),
         "{doc:#}"
     );
     let right = t.path().join("b.blob");
@@ -487,4 +486,52 @@ fn a_version_is_imported_into_each_replica_then_made_primary() {
     std::fs::write(&flag, b"down").unwrap();
     assert_eq!(gcm_decrypt(&s, dek, &[8; 12], b"", &ct).unwrap(), b"v2");
     std::fs::remove_file(&flag).unwrap();
+}
+
+#[test]
+fn set_primary_is_refused_while_a_replica_cannot_be_checked() {
+    let (t, _flag) = two_hsms(true);
+    let material = t.path().join("v2.bin");
+    std::fs::write(&material, random_bytes(32)).unwrap();
+    let pem = t.path().join("main.pem");
+    ok_json(&t, &["kek", "import-key", "--out", pem.to_str().unwrap()]);
+    let blob = t.path().join("main.blob");
+    byok_wrap(&pem, &material, &blob, false);
+    ok_json(
+        &t,
+        &[
+            "kek",
+            "import",
+            "--type",
+            "aes256",
+            "--in",
+            blob.to_str().unwrap(),
+        ],
+    );
+    // b's token is gone (not found): it cannot prove it holds v2.
+    let conf = t
+        .config_text()
+        .replace(&format!("\"{REPLICA_LABEL}\""), "\"not-there\"");
+    std::fs::write(&t.conf, conf).unwrap();
+    let (code, doc) = cli_json(&t, &["kek", "set-primary", "2"]);
+    assert_ne!(code, 0, "{doc:#}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replica 'b' was not proven to hold v2"),
+        "{doc:#}"
+    );
+    // Nor is automatic rotation accepted with replicas.
+    let conf = format!("rotate_after_days = 30\n{}", t.config_text());
+    std::fs::write(&t.conf, conf).unwrap();
+    let (code, doc) = cli_json(&t, &["status"]);
+    assert_ne!(code, 0, "{doc:#}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rotate_after_days"),
+        "{doc:#}"
+    );
 }

@@ -394,6 +394,13 @@ impl Config {
         if !(1..=1 << 24).contains(&self.gcm_invocation_block) {
             return bad("gcm_invocation_block", "a number from 1 to 16777216 (2^24)");
         }
+        if self.kek_mode == KekMode::Replicas && self.rotate_after_days.is_some() {
+            return bad(
+                "rotate_after_days",
+                "no automatic rotation with kek_mode = \"replicas\" (a key made on one HSM cannot \
+                 be copied to the others: import each version into every member)",
+            );
+        }
         if self.hsm_timeout_ms != 0 && !(10..=600_000).contains(&self.hsm_timeout_ms) {
             return bad(
                 "hsm_timeout_ms",

@@ -57,7 +57,7 @@ impl Envelope {
         for (m, verdict) in self.members.all().iter().zip(verdicts) {
             match verdict {
                 Verdict::Unchecked => {}
-                Verdict::Agrees => m.mark_up(),
+                Verdict::Agrees => m.mark_agreed(),
                 Verdict::Down(e) => m.mark_down(&e),
                 Verdict::Refused(why) => m.refuse(why),
             }
@@ -139,6 +139,15 @@ impl Envelope {
             main.with_kek(version, |b, s, key| {
                 main.seal(b, s, key, (&label, version), &TEST_ID, TEST_BOUND, &value)
             })
+        })
+        .map_err(|e| {
+            if fails_over(&e) {
+                e
+            } else {
+                Error::Admin(format!(
+                    "main could not seal a test value under v{version} ({e})"
+                ))
+            }
         })?;
         let aad: Arc<[u8]> = rec.aad(&TEST_ID, TEST_BOUND).into();
         let rec = Arc::new(rec);
@@ -158,11 +167,20 @@ impl Envelope {
     }
 
     /// Replicas: after main's version `version` was destroyed, destroy it
-    /// on every replica that can be reached (one that cannot is named).
-    pub(super) fn destroy_on_replicas(&self, version: u32) {
+    /// on every replica (found by label and version, whatever its state:
+    /// a disabled copy is still key material). Returns the replicas where
+    /// it could not be destroyed, with why; one that does not hold it is
+    /// done.
+    pub(super) fn destroy_on_replicas(&self, version: u32) -> Vec<(String, String)> {
+        let mut left = Vec::new();
         for r in self.members.all().iter().skip(1) {
             let done = self.with_session_on(r, |s| {
-                for h in r.kek_handle(s, version)?.objects() {
+                let key = match crate::backend::kek::find(s, &r.kek_label, version) {
+                    Ok(k) => k,
+                    Err(e) if e.rv() == crate::vendor::CKR_HSME_KEK_UNAVAILABLE => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                for h in key.objects() {
                     s.destroy_object(h)
                         .map_err(|e| Error::from_cryptoki("C_DestroyObject", e))?;
                 }
@@ -171,12 +189,16 @@ impl Envelope {
             r.forget_keks();
             match done {
                 Ok(()) => crate::log_info!("KEK v{version} destroyed on replica '{}'", r.name),
-                Err(e) => crate::log_warn!(
-                    "KEK v{version} not destroyed on replica '{}' ({e}): remove it there by hand",
-                    r.name
-                ),
+                Err(e) => {
+                    crate::log_warn!(
+                        "KEK v{version} not destroyed on replica '{}' ({e}): remove it there",
+                        r.name
+                    );
+                    left.push((r.name.clone(), e.to_string()));
+                }
             }
         }
+        left
     }
 
     /// All-of: each party's KEK must be its own, or the double key is one
@@ -230,7 +252,7 @@ impl Envelope {
         for (k, m) in members.iter().enumerate() {
             let was = matches!(m.state(), State::Refused { why } if why.contains(SAME_MATERIAL));
             if was && !same[k] && primaries[k].is_some() {
-                m.mark_up();
+                m.mark_agreed();
             }
         }
     }

@@ -107,42 +107,9 @@ impl KekScope<'_> {
                 "main has no version {version} (import it there first, decrypt-only)"
             )));
         }
-        let backend = self.member.backend()?;
-        let label = self.member.kek_label.clone();
-        let (made, key) = self.with_session(|s| {
-            if crate::backend::kek::exists(s, &label, version)? {
-                return Err(Error::Admin(format!(
-                    "replica '{}' already holds an object named KEK '{label}' v{version}",
-                    self.member.name
-                )));
-            }
-            let key = import::find_import_key(s, &label)?.ok_or_else(|| {
-                Error::Admin(format!(
-                    "replica '{}' has no import key: run `hsm-envelope kek --hsm {} import-key`",
-                    self.member.name, self.member.name
-                ))
-            })?;
-            let made = import::import(backend, s, &key, blob, material, &label, version)?;
-            Ok((made, key))
-        })?;
-        self.member.forget_keks();
-        let member = env
-            .members
-            .by_name(&self.member.name)
-            .ok_or(Error::Rv(cryptoki_sys::CKR_GENERAL_ERROR))?;
-        if let Err(e) = env.proves_same(member, version) {
-            let _ = self.with_session(|s| {
-                for h in &made {
-                    let _ = s.destroy_object(*h);
-                }
-                Ok(())
-            });
-            self.member.forget_keks();
-            return Err(Error::Admin(format!(
-                "the material imported into replica '{}' is not main's v{version} ({e}); removed",
-                self.member.name
-            )));
-        }
+        // Under the KEK's lease: no import key replaced, no version destroyed
+        // meanwhile.
+        let (_made, key) = self.with_lease(|| self.import_and_prove(blob, material, version))?;
         if let Err(e) = self.with_session(|s| key.destroy(s)) {
             crate::log_warn!(
                 "{}: the used import key was not destroyed: {e}",
@@ -160,5 +127,73 @@ impl KekScope<'_> {
                 .detail(&hsm),
         );
         Ok(())
+    }
+
+    /// `import_into_replica`'s work under the lease: the objects made and
+    /// the import key used, once the replica has proven it agrees.
+    fn import_and_prove(
+        &self,
+        blob: &[u8],
+        material: Material,
+        version: u32,
+    ) -> Result<(Vec<cryptoki::object::ObjectHandle>, import::ImportKey)> {
+        let env = self.env;
+        let backend = self.member.backend()?;
+        let label = self.member.kek_label.clone();
+        let name = self.member.name.clone();
+        let (made, key) = self.with_session(|s| {
+            if crate::backend::kek::exists(s, &label, version)? {
+                return Err(Error::Admin(format!(
+                    "replica '{name}' already holds an object named KEK '{label}' v{version}: \
+                     remove it there first"
+                )));
+            }
+            let key = import::find_import_key(s, &label)?.ok_or_else(|| {
+                Error::Admin(format!(
+                    "replica '{name}' has no import key: run `hsm-envelope kek --hsm {name} import-key`"
+                ))
+            })?;
+            let made = import::import(backend, s, &key, blob, material, &label, version)?;
+            Ok((made, key))
+        })?;
+        self.member.forget_keks();
+        let member = env
+            .members
+            .by_name(&name)
+            .ok_or(Error::Rv(cryptoki_sys::CKR_GENERAL_ERROR))?;
+        let Err(e) = env.proves_same(member, version) else {
+            return Ok((made, key));
+        };
+        // Not proven: the objects go again (the import key stays, so the
+        // same transfer file can be tried again).
+        let left: Vec<String> = self
+            .with_session(|s| {
+                Ok(made
+                    .iter()
+                    .filter(|h| s.destroy_object(**h).is_err())
+                    .map(|h| h.to_string())
+                    .collect())
+            })
+            .unwrap_or_else(|_| made.iter().map(|h| h.to_string()).collect());
+        self.member.forget_keks();
+        let removed = if left.is_empty() {
+            "removed".to_string()
+        } else {
+            format!(
+                "could not remove objects {} there: remove them by hand",
+                left.join(", ")
+            )
+        };
+        let why = if super::members::fails_over(&e) {
+            format!(
+                "could not be proven: main or the replica did not answer ({e}); {removed}; \
+                 try again when both answer"
+            )
+        } else {
+            format!("was not proven to be main's v{version} ({e}); {removed}")
+        };
+        Err(Error::Admin(format!(
+            "the material imported into replica '{name}' {why}"
+        )))
     }
 }

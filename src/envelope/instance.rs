@@ -216,6 +216,11 @@ impl Envelope {
         self.gcm_give_back();
         self.close_pools();
         self.cache.clear();
+        // A call given up on (hsm_timeout_ms) that returns later must not
+        // log in again with it.
+        for m in self.members.all() {
+            m.pool.forget_pin();
+        }
     }
 
     fn close_pools(&self) {

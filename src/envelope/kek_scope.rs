@@ -362,22 +362,24 @@ impl<'a> KekScope<'a> {
         let env = self.env;
         let label = self.store_label();
         self.with_session(|s| self.member.kek_handle(s, version).map(|_| ()))?;
-        // Every replica must hold it, or failing over loses the new DEKs.
+        // Every replica must hold it, or failing over loses the new DEKs:
+        // each one proves it, or the change is refused.
         if self.is_main() && env.members.replicated() {
-            for r in env.members.all().iter().skip(1).filter(|r| r.found()) {
-                match env.proves_same(r, version) {
-                    Ok(()) => {}
-                    Err(e) if super::members::fails_over(&e) => crate::log_warn!(
-                        "replica '{}' is unreachable: v{version} on it not checked",
-                        r.name
-                    ),
-                    Err(e) => {
-                        return Err(Error::Admin(format!(
-                            "replica '{}' does not hold v{version} as main does ({e}): \
-                             import it there first (`kek --hsm {} import --kek-version {version}`)",
-                            r.name, r.name
-                        )))
-                    }
+            for r in env.members.all().iter().skip(1) {
+                let checked = if r.found() {
+                    env.proves_same(r, version)
+                } else {
+                    Err(Error::Admin(
+                        r.state().why().unwrap_or("not found").to_string(),
+                    ))
+                };
+                if let Err(e) = checked {
+                    return Err(Error::Admin(format!(
+                        "replica '{}' was not proven to hold v{version} as main does ({e}): \
+                         bring it up and import the version there (`kek --hsm {} import \
+                         --kek-version {version}`), or take it out of the configuration",
+                        r.name, r.name
+                    )));
                 }
             }
         }
@@ -389,7 +391,9 @@ impl<'a> KekScope<'a> {
 
     /// Destroy version `version` on the HSM, only if it is not primary and no
     /// record at all (soft-deleted ones included: they are rows) needs it.
-    pub fn destroy_version(&self, version: u32) -> Result<()> {
+    /// With replicas, also on each replica: the ones where it could not be
+    /// destroyed are returned (name, why).
+    pub fn destroy_version(&self, version: u32) -> Result<Vec<(String, String)>> {
         self.not_with_replicas("destroying a version", false)?;
         let env = self.env;
         let label = self.store_label();
@@ -437,11 +441,13 @@ impl<'a> KekScope<'a> {
         self.member.forget_keks();
         env.with_store(|st| Ok(st.mark_kek_destroyed(&label, version)?))?;
         crate::log_info!("{what} v{version} destroyed");
-        if self.is_main() && env.members.replicated() {
-            env.destroy_on_replicas(version);
-        }
+        let left = if self.is_main() && env.members.replicated() {
+            env.destroy_on_replicas(version)
+        } else {
+            Vec::new()
+        };
         self.audit(Op::KekDestroyVersion, version);
-        Ok(())
+        Ok(left)
     }
 }
 

@@ -8,7 +8,8 @@
 //! that stops answering (a network HSM whose link hangs rather than
 //! breaks) then costs the time-out once, is taken as down, and the next
 //! member serves. The call given up on finishes in the background; its
-//! session goes back to the pool when it does. The price is a hand-over to
+//! session goes back to the pool when it does (at most `MAX_GIVEN_UP` at
+//! once: past that the member counts as down). The price is a hand-over to
 //! a worker thread per call (see the README's numbers); without a time-out
 //! calls run on the caller's thread as before.
 
@@ -24,6 +25,8 @@ use crate::backend::kek::{self, KekKey};
 use crate::backend::{rsa, Backend};
 use crate::error::{Error, Result};
 use crate::runtime::deadline::Missed;
+
+pub(super) use super::members::MAX_GIVEN_UP;
 use crate::runtime::lock::unpoisoned;
 use crate::vendor::{CKR_HSME_KEK_REVOKED, CKR_HSME_KEK_UNAVAILABLE};
 
@@ -59,7 +62,16 @@ pub(super) fn timed<T: Send + 'static>(
             );
             Err(TIMED_OUT)
         }
-        Err(Missed::NoWorker) => Err(TIMED_OUT),
+        Err(Missed::NoWorker) => {
+            crate::log_warn!(
+                "HSM member '{}': {MAX_GIVEN_UP} calls given up on are still waiting for it \
+                 (or no thread could be started): taken as down",
+                m.name
+            );
+            Err(TIMED_OUT)
+        }
+        // A bug, not an outage: the member is not taken as down for it.
+        Err(Missed::Panicked) => Err(Error::Rv(CKR_GENERAL_ERROR)),
     }
 }
 

@@ -124,7 +124,7 @@ impl Member {
         timeout: Option<Duration>,
     ) -> Self {
         Member {
-            deadline: timeout.map(|t| (Deadline::new(&format!("hsm-{name}"), MAX_WORKERS), t)),
+            deadline: timeout.map(|t| (Deadline::new(&format!("hsm-{name}"), MAX_GIVEN_UP), t)),
             last_ok: AtomicU64::new(crate::clock::mono_ms()),
             oaep: AtomicU8::new(0),
             name,
@@ -181,8 +181,22 @@ impl Member {
         self.last_ok.load(Ordering::Acquire)
     }
 
-    /// Back in service (or still in it); logs the change.
+    /// It answered: back in service if it was down (logged). A refused
+    /// member stays refused: only a proof clears that (`mark_agreed`), so
+    /// a call that happens to work on it never undoes a refusal.
     pub(super) fn mark_up(&self) {
+        self.last_ok
+            .store(crate::clock::mono_ms(), Ordering::Release);
+        let mut st = unpoisoned(self.state.lock());
+        if matches!(*st, State::Down { .. }) {
+            crate::log_info!("HSM member '{}' is up again", self.name);
+            *st = State::Up;
+        }
+    }
+
+    /// Proven to hold what it should (agreement, independence): in service,
+    /// whatever it was.
+    pub(super) fn mark_agreed(&self) {
         self.last_ok
             .store(crate::clock::mono_ms(), Ordering::Release);
         let mut st = unpoisoned(self.state.lock());
@@ -227,9 +241,12 @@ impl Member {
     }
 }
 
-/// Most threads a member's KEK calls run on at once under a time-out: as
-/// many hung calls as this make the member unusable until they return.
-const MAX_WORKERS: usize = 64;
+/// Most calls given up on (past `hsm_timeout_ms`) that may still be
+/// waiting for a member: past that it takes no more until they return.
+pub const MAX_GIVEN_UP: usize = 64;
+
+/// The modules loaded for members, by path: one load per path.
+type Loaded = Mutex<Vec<(PathBuf, Arc<Backend>)>>;
 
 /// Every member, "main" first.
 pub struct Members {
@@ -238,7 +255,7 @@ pub struct Members {
     main_backend: Arc<Backend>,
     /// The modules loaded, by path, main's first: one load per path, so a
     /// module is initialised and finalised once.
-    loaded: Mutex<Vec<(PathBuf, Arc<Backend>)>>,
+    loaded: Arc<Loaded>,
 }
 
 impl Members {
@@ -247,7 +264,7 @@ impl Members {
             list: vec![Arc::new(main)],
             mode: KekMode::Single,
             main_backend,
-            loaded: Mutex::new(Vec::new()),
+            loaded: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -335,40 +352,61 @@ impl Members {
         }
     }
 
-    /// Load `m`'s module (or share one loaded for that path) and find its
-    /// token by label; why not, in words.
-    fn locate(&self, m: &Member) -> std::result::Result<(), String> {
-        let Some(place) = &m.place else {
-            return Ok(());
-        };
-        // Held throughout: a module is loaded once even if two threads look.
-        let mut loaded = unpoisoned(self.loaded.lock());
-        if m.found() {
-            return Ok(());
-        }
-        let backend = match loaded.iter().find(|(p, _)| *p == place.module) {
-            Some((_, b)) => b.clone(),
-            None => {
-                let b = Arc::new(Backend::load(&place.module).map_err(|e| e.to_string())?);
-                loaded.push((place.module.clone(), b.clone()));
-                b
+    /// Look for `m` (see `locate`), under its time-out if it has one: a
+    /// vendor library that hangs while it loads or lists its tokens must
+    /// not hold up the health check for longer.
+    fn locate(&self, m: &Arc<Member>) -> std::result::Result<(), String> {
+        match &m.deadline {
+            Some((runner, timeout)) if crate::runtime::threads::allowed() => {
+                let (loaded, me) = (self.loaded.clone(), m.clone());
+                runner
+                    .run(*timeout, move || locate(&loaded, &me))
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "loading its module or listing its tokens took longer than \
+                             hsm_timeout_ms ({} ms)",
+                            timeout.as_millis()
+                        ))
+                    })
             }
-        };
-        let listing = |e: Error| format!("listing the tokens of {}: {e}", place.module.display());
-        for id in backend.token_slots().map_err(listing)? {
-            let info = backend.token_info(id).map_err(listing)?;
-            if label_of(&info.label) == place.token_label {
-                let slot = Slot::try_from(id).map_err(|_| format!("slot id {id} out of range"))?;
-                m.found_at(backend, slot);
-                return Ok(());
-            }
+            _ => locate(&self.loaded, m),
         }
-        Err(format!(
-            "no token labelled '{}' on {}",
-            place.token_label,
-            place.module.display()
-        ))
     }
+}
+
+/// Load `m`'s module (or share one loaded for that path) and find its
+/// token by label; why not, in words.
+fn locate(loaded: &Loaded, m: &Member) -> std::result::Result<(), String> {
+    let Some(place) = &m.place else {
+        return Ok(());
+    };
+    // Held throughout: a module is loaded once even if two threads look.
+    let mut loaded = unpoisoned(loaded.lock());
+    if m.found() {
+        return Ok(());
+    }
+    let backend = match loaded.iter().find(|(p, _)| *p == place.module) {
+        Some((_, b)) => b.clone(),
+        None => {
+            let b = Arc::new(Backend::load(&place.module).map_err(|e| e.to_string())?);
+            loaded.push((place.module.clone(), b.clone()));
+            b
+        }
+    };
+    let listing = |e: Error| format!("listing the tokens of {}: {e}", place.module.display());
+    for id in backend.token_slots().map_err(listing)? {
+        let info = backend.token_info(id).map_err(listing)?;
+        if label_of(&info.label) == place.token_label {
+            let slot = Slot::try_from(id).map_err(|_| format!("slot id {id} out of range"))?;
+            m.found_at(backend, slot);
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "no token labelled '{}' on {}",
+        place.token_label,
+        place.module.display()
+    ))
 }
 
 /// Errors after which the next member is tried.

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use crate::runtime::lock::unpoisoned;
 
-/// How long `C_Finalize` waits for a tick in progress (a member's calls
-/// are bounded by `hsm_timeout_ms` when set).
+/// How long `C_Finalize` waits for a tick in progress. A tick's calls are
+/// bounded by `hsm_timeout_ms` when it is set (each KEK call, and loading a
+/// missing member's module); without it a hung HSM holds the tick, and
+/// `C_Finalize` then leaves the backend as it is after its own wait.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
 struct Running {
@@ -60,9 +62,9 @@ fn run(generation: u64, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
             return;
         }
         drop(stopped);
-        // The module as a call sees it, for this tick only.
+        // The module as a call sees it, for this tick only; gone: done.
         let Ok(m) = super::module::get() else {
-            continue;
+            return;
         };
         if m.generation != generation {
             return;

@@ -413,14 +413,17 @@ impl Module {
             .unwrap_or_default();
         // The envelope holds the only other reference to the backend.
         drop(envelope);
-        for b in replicas {
-            if let Ok(b) = Arc::try_unwrap(b) {
-                b.finalize();
+        // A backend still held by a call given up on (hsm_timeout_ms) is
+        // left loaded for good: that call returns into its library, which
+        // must not be unloaded under it.
+        for b in replicas.into_iter().chain([backend]) {
+            match Arc::try_unwrap(b) {
+                Ok(b) => b.finalize(),
+                Err(b) => {
+                    crate::log_warn!("a backend is still in use; not finalised, left loaded");
+                    std::mem::forget(b);
+                }
             }
-        }
-        match Arc::try_unwrap(backend) {
-            Ok(b) => b.finalize(),
-            Err(_) => crate::log_warn!("the backend is still in use; not finalised"),
         }
         crate::log_info!("finalised");
     }

@@ -314,17 +314,36 @@ pub fn destroy_version(admin: &Admin, hsm: Option<&str>, version: u32) -> Result
     }
     // The library checks primary and references again, under its own reads,
     // and refuses within refresh_secs of the version's retirement.
-    k.destroy_version(version)
+    let left = k
+        .destroy_version(version)
         .map_err(|e| Failure::from(e).with_extra(json!({"version": version})))?;
-    Ok(Report::new(
-        format!("{}: v{version} destroyed on the HSM\n", k.describe()),
-        json!({
-            "kek_label": k.kek_label(),
+    let not_on: Vec<Value> = left
+        .iter()
+        .map(|(name, why)| json!({"hsm": name, "why": why}))
+        .collect();
+    let doc = json!({
+        "kek_label": k.kek_label(),
         "hsm": k.hsm(),
-            "version": version,
-            "destroyed": true,
-        }),
-    ))
+        "version": version,
+        "destroyed": true,
+        "not_destroyed_on": not_on,
+    });
+    let text = format!("{}: v{version} destroyed on the HSM\n", k.describe());
+    if !left.is_empty() {
+        let names: Vec<String> = left
+            .iter()
+            .map(|(name, why)| format!("'{name}' ({why})"))
+            .collect();
+        return Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "v{version} destroyed on main but not on replica(s) {}: destroy it there",
+                names.join(", ")
+            ),
+        )
+        .with_report(Report::new(text, doc)));
+    }
+    Ok(Report::new(text, doc))
 }
 
 pub fn import_key(
