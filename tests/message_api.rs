@@ -13,6 +13,7 @@ use std::ffi::c_void;
 use std::ptr::null_mut;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
+use common::hsms::faulty_backend_path;
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
@@ -1024,23 +1025,6 @@ fn message_functions_on_a_backend_key_are_forwarded() {
     };
     let rv = unsafe { raw.l.C_MessageEncryptInit.unwrap()(raw.h, &mut ccm, backend_key.handle()) };
     assert_eq!(rv, CKR_FUNCTION_NOT_SUPPORTED);
-}
-
-/// libfaulty_backend.so, built with the tests (`examples/`).
-fn faulty_backend_path() -> std::path::PathBuf {
-    let dir = module_path().parent().unwrap().to_path_buf();
-    let dir = if dir.ends_with("deps") {
-        dir.parent().unwrap().to_path_buf()
-    } else {
-        dir
-    };
-    let p = dir.join("examples/libfaulty_backend.so");
-    assert!(
-        p.is_file(),
-        "{} missing: run `cargo build --example faulty_backend` (cargo nextest run builds it)",
-        p.display()
-    );
-    p
 }
 
 /// On a 3.0 backend (the fault-injecting module's stand-in, which runs

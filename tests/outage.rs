@@ -13,6 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::hsms::faulty_backend_path;
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
@@ -106,22 +107,6 @@ fn deleting_the_kek_from_another_process_stops_a_running_one() {
     let e = gcm_encrypt(&s, dek, &[1; 12], b"", b"x")
         .expect_err("still serving once the soft TTL passed after the KEK was deleted");
     assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_KEK_REVOKED));
-}
-
-fn faulty_backend_path() -> PathBuf {
-    let dir = module_path().parent().unwrap().to_path_buf();
-    let dir = if dir.ends_with("deps") {
-        dir.parent().unwrap().to_path_buf()
-    } else {
-        dir
-    };
-    let p = dir.join("examples/libfaulty_backend.so");
-    assert!(
-        p.is_file(),
-        "{} missing: run `cargo build --example faulty_backend` (cargo nextest run builds it)",
-        p.display()
-    );
-    p
 }
 
 /// Point the token's configuration at the fault-injecting backend; returns

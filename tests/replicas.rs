@@ -18,7 +18,6 @@ use common::hsms::*;
 use common::p11::*;
 use common::*;
 use cryptoki::error::RvError;
-use cryptoki::object::Attribute;
 
 const CKR_HSME_HSM_UNAVAILABLE: u64 = 0xC845_0005;
 const REPLICA_LABEL: &str = "replica-b";
@@ -55,6 +54,21 @@ fn two_hsms(same_kek: bool) -> (TestToken, PathBuf) {
     (t, flag)
 }
 
+/// `n` token DEKs, each with its AES-GCM encryption of `data` under `iv`.
+fn deks_with(
+    s: &cryptoki::session::Session,
+    n: usize,
+    iv: &[u8; 12],
+    data: &[u8],
+) -> (Vec<cryptoki::object::ObjectHandle>, Vec<Vec<u8>>) {
+    let deks: Vec<_> = (0..n).map(|_| generate(s, true, vec![])).collect();
+    let cts = deks
+        .iter()
+        .map(|d| gcm_encrypt(s, *d, iv, b"", data).unwrap())
+        .collect();
+    (deks, cts)
+}
+
 fn log_text(t: &TestToken) -> String {
     std::fs::read_to_string(t.log_file()).unwrap_or_default()
 }
@@ -72,11 +86,7 @@ fn a_member_failing_mid_run_fails_over_without_an_application_error() {
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let iv = [7u8; 12];
-    let deks: Vec<_> = (0..3).map(|_| generate(&s, true, vec![])).collect();
-    let cts: Vec<_> = deks
-        .iter()
-        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"before").unwrap())
-        .collect();
+    let (deks, cts) = deks_with(&s, 3, &iv, b"before");
     // With one cached DEK, each use of another one is an unwrap on the HSM.
     let start = Instant::now();
     assert_eq!(
@@ -158,13 +168,10 @@ fn a_replica_whose_kek_differs_is_refused_at_start() {
 
     // With main down only the refused member is left: it is never used.
     std::fs::write(&flag, b"down").unwrap();
-    let e = s
-        .generate_key(
-            &cryptoki::mechanism::Mechanism::AesKeyGen,
-            &aes_template(true, vec![Attribute::ValueLen(32.into())]),
-        )
-        .unwrap_err();
-    assert_eq!(rv(e), RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE));
+    assert_eq!(
+        new_dek_refused(&s),
+        RvError::VendorDefined(CKR_HSME_HSM_UNAVAILABLE)
+    );
 }
 
 #[test]
@@ -199,11 +206,7 @@ fn a_replica_unreachable_at_start_is_down_then_found_and_used() {
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let iv = [3u8; 12];
-    let deks: Vec<_> = (0..3).map(|_| generate(&s, true, vec![])).collect();
-    let cts: Vec<_> = deks
-        .iter()
-        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"main only").unwrap())
-        .collect();
+    let (deks, cts) = deks_with(&s, 3, &iv, b"main only");
     assert_eq!(
         gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).unwrap(),
         b"main only"
@@ -289,11 +292,7 @@ fn a_member_that_hangs_costs_the_time_out_once_then_the_next_serves() {
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let iv = [4u8; 12];
-    let deks: Vec<_> = (0..3).map(|_| generate(&s, true, vec![])).collect();
-    let cts: Vec<_> = deks
-        .iter()
-        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"hang").unwrap())
-        .collect();
+    let (deks, cts) = deks_with(&s, 3, &iv, b"hang");
 
     // main's link hangs: its calls block (they would for ever).
     std::fs::write(&flag, b"hang").unwrap();
@@ -361,11 +360,7 @@ fn a_member_that_comes_back_is_found_by_the_background_check_without_a_call() {
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let iv = [6u8; 12];
-    let deks: Vec<_> = (0..2).map(|_| generate(&s, true, vec![])).collect();
-    let cts: Vec<_> = deks
-        .iter()
-        .map(|d| gcm_encrypt(&s, *d, &iv, b"", b"bg").unwrap())
-        .collect();
+    let (deks, cts) = deks_with(&s, 2, &iv, b"bg");
     std::fs::write(&flag, b"down").unwrap();
     assert_eq!(gcm_decrypt(&s, deks[0], &iv, b"", &cts[0]).unwrap(), b"bg");
     assert!(log_text(&t).contains("HSM member 'main' is down"));

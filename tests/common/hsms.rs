@@ -83,25 +83,28 @@ pub fn kek_objects(s: &Session) -> Vec<ObjectHandle> {
 /// An AES-256 KEK version 1 of the token's own, made on the HSM:
 /// sensitive, never extractable, as `kek_guard` and `backend::kek` require.
 pub fn generate_kek(s: &Session) {
-    s.generate_key(
-        &Mechanism::AesKeyGen,
-        &[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(true),
-            Attribute::Unwrap(true),
-            Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-            Attribute::Id(KEK_ID.to_vec()),
-        ],
-    )
-    .unwrap();
+    let mut template = kek_template();
+    template.push(Attribute::ValueLen(32.into()));
+    s.generate_key(&Mechanism::AesKeyGen, &template).unwrap();
+}
+
+/// An AES KEK version 1 (the test KEK label, CKA_ID 01): sensitive, never
+/// extractable, for wrapping and unwrapping.
+fn kek_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+        Attribute::Id(KEK_ID.to_vec()),
+    ]
 }
 
 /// Delete the token's KEK version 1 for good (a lost HSM, or a revocation).
@@ -146,29 +149,10 @@ pub fn member_states(doc: &serde_json::Value) -> Vec<(String, String)> {
 /// Replace whatever KEK `s`'s token holds under the KEK's label and id with
 /// an AES-256 key of value `value`.
 pub fn put_kek(s: &Session, value: &[u8; 32]) {
-    for h in s
-        .find_objects(&[
-            Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-            Attribute::Id(KEK_ID.to_vec()),
-        ])
-        .unwrap()
-    {
+    for h in kek_objects(s) {
         s.destroy_object(h).unwrap();
     }
-    s.create_object(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Value(value.to_vec()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-        Attribute::Id(KEK_ID.to_vec()),
-    ])
-    .unwrap();
+    let mut template = kek_template();
+    template.push(Attribute::Value(value.to_vec()));
+    s.create_object(&template).unwrap();
 }

@@ -179,3 +179,14 @@ pub fn raw_list_3_0() -> &'static cryptoki_sys::CK_FUNCTION_LIST_3_0 {
         &*((*iface).pFunctionList as *const cryptoki_sys::CK_FUNCTION_LIST_3_0)
     }
 }
+
+/// What `C_GenerateKey` of a new token DEK (AES-256) answers when it fails.
+pub fn new_dek_refused(s: &Session) -> RvError {
+    let e = s
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &aes_template(true, vec![Attribute::ValueLen(32.into())]),
+        )
+        .expect_err("a new DEK was made");
+    rv(e)
+}
