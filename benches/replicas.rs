@@ -30,8 +30,9 @@
 //!    check that finds main again and proves it agrees) and the following.
 //!
 //! The fault backend fails at once. A real HSM that dies may instead make
-//! calls wait for its client's time-out, which the first unwrap then pays;
-//! the module sets no time-out on PKCS#11 calls yet.
+//! calls wait: the first unwrap then pays `hsm_timeout_ms` (tests/replicas.rs
+//! measures that with the fault backend's `hang` mode), or its client
+//! library's own time-out when that is unset.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -194,12 +195,9 @@ fn main() {
     );
 
     let p = init(&module);
-    let slot = p
-        .get_slots_with_token()
-        .ok()
-        .and_then(|s| s.first().copied())
-        .unwrap_or_else(|| die("the module shows no token"));
-    let s = login(&p, slot);
+    // The DEK token by its label (SoftHSM2 lists its tokens in no fixed
+    // order: the replica's may come first).
+    let s = login(&p, slot_labelled(&p, TOKEN_LABEL));
     // More DEKs than one phase uses twice in a row, each used once (made and
     // put in the cache) before timing.
     let deks: Vec<_> = (0..64).map(|_| make_dek(&s, b"replicas")).collect();
@@ -257,7 +255,7 @@ fn main() {
         log.contains("HSM member 'main' is up again"),
         conf.display()
     );
-    println!("note: the fault backend fails at once; a real HSM that hangs costs its client's time-out (no PKCS#11 time-out here yet)");
+    println!("note: the fault backend fails at once; a real HSM that hangs costs hsm_timeout_ms once (its client library's own time-out when that is unset)");
 
     let errors = uses.errors;
     drop(s);
