@@ -50,9 +50,10 @@ pub enum Command {
     /// Manage KEK versions on the HSM: create, import, rotate, list, promote, destroy
     #[command(after_help = EXIT_CODES)]
     Kek {
-        /// With kek_mode "any-of" or "all-of": the member whose own KEK this
-        /// is about (its `name` in the configuration; default: the
-        /// top-level KEK, member "main")
+        /// The member this is about (its `name` in the configuration;
+        /// default: the top-level KEK, member "main"): with kek_mode
+        /// "any-of" or "all-of" its own KEK; with "replicas" a replica, for
+        /// `import-key` and `import --kek-version N`
         #[arg(long, global = true, value_name = "NAME")]
         hsm: Option<String>,
         #[command(subcommand)]
