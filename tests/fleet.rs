@@ -10,12 +10,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cli::{ok, show, BIN};
+use common::host::Host;
 use common::p11::*;
 use common::pg::PgCluster;
 use common::*;
@@ -62,52 +63,6 @@ fn host_config(t: &TestToken, name: &str, changes: &[(&str, &str)]) -> PathBuf {
     let conf = dir.join("hsm-envelope.toml");
     std::fs::write(&conf, lines.join("\n") + "\n").unwrap();
     conf
-}
-
-/// Host B, running: commands in, one answer line per command out.
-struct HostB {
-    child: Child,
-    to: ChildStdin,
-    from: BufReader<ChildStdout>,
-}
-
-impl HostB {
-    fn start(test: &str, t: &TestToken, conf: &Path) -> HostB {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture"])
-            .env(ROLE, "1")
-            .env("SOFTHSM2_CONF", &t.softhsm_conf)
-            .env("HSM_ENVELOPE_CONF", conf)
-            .env("HSM_ENVELOPE_TEST_CLOCK", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let to = child.stdin.take().unwrap();
-        let from = BufReader::new(child.stdout.take().unwrap());
-        HostB { child, to, from }
-    }
-
-    /// Sends `cmd`, returns B's answer (the text after `B> `).
-    fn ask(&mut self, cmd: &str) -> String {
-        writeln!(self.to, "{cmd}").unwrap();
-        self.to.flush().unwrap();
-        loop {
-            let mut line = String::new();
-            let n = self.from.read_line(&mut line).unwrap();
-            assert!(n > 0, "host B ended before answering {cmd:?}");
-            if let Some(answer) = line.trim_end().strip_prefix("B> ") {
-                return answer.to_string();
-            }
-        }
-    }
-}
-
-impl Drop for HostB {
-    fn drop(&mut self) {
-        let _ = writeln!(self.to, "quit");
-        let _ = self.child.wait();
-    }
 }
 
 /// Host B's side: the module loaded with B's configuration, a user
@@ -236,7 +191,7 @@ fn destroyed_on_a_stops_on_b(t: &TestToken, conf_b: &Path, test: &str, sqlite: b
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![Attribute::Label(LABEL.to_vec())]);
-    let mut b = HostB::start(test, t, conf_b);
+    let mut b = Host::start(test, ROLE, t, conf_b);
     assert_eq!(b.ask("find"), "FOUND 1");
     assert_eq!(b.ask("encrypt"), "OK");
 
@@ -310,8 +265,9 @@ fn postgresql_an_attribute_changed_on_one_host_is_seen_through_a_handle_held_on_
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![Attribute::Label(LABEL.to_vec())]);
-    let mut b = HostB::start(
+    let mut b = Host::start(
         "postgresql_an_attribute_changed_on_one_host_is_seen_through_a_handle_held_on_another",
+        ROLE,
         &t,
         &conf_b,
     );
@@ -335,8 +291,9 @@ fn postgresql_a_rotation_and_rewrap_on_one_host_do_not_disturb_another() {
     let p = ours();
     let s = user_session(&p, token_slot(&p));
     generate(&s, true, vec![Attribute::Label(LABEL.to_vec())]);
-    let mut b = HostB::start(
+    let mut b = Host::start(
         "postgresql_a_rotation_and_rewrap_on_one_host_do_not_disturb_another",
+        ROLE,
         &t,
         &conf_b,
     );
@@ -411,8 +368,9 @@ fn postgresql_purge_protection_set_on_one_host_binds_another() {
         .unwrap_or_else(|| panic!("{listing}"))
         .to_string();
     // Destroyed through the module on B, then B tries to purge it.
-    let mut b_host = HostB::start(
+    let mut b_host = Host::start(
         "postgresql_purge_protection_set_on_one_host_binds_another",
+        ROLE,
         &t,
         &conf_b,
     );

@@ -11,12 +11,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cli::{cli_json, ok_json};
+use common::host::Host;
 use common::hsms::*;
 use common::p11::*;
 use common::*;
@@ -310,52 +311,9 @@ fn any_of_each_hsm_rotates_on_its_own() {
     );
 }
 
-/// Host B for the double-key test: the module loaded with the same
-/// configuration, holding the DEK labelled "double"; commands on stdin.
-struct HostB {
-    child: Child,
-    to: ChildStdin,
-    from: BufReader<ChildStdout>,
-}
-
-impl HostB {
-    fn start(t: &TestToken) -> HostB {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["host_b", "--exact", "--nocapture"])
-            .env(HOST_B, "1")
-            .env("SOFTHSM2_CONF", &t.softhsm_conf)
-            .env("HSM_ENVELOPE_CONF", &t.conf)
-            .env("HSM_ENVELOPE_TEST_CLOCK", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let to = child.stdin.take().unwrap();
-        let from = BufReader::new(child.stdout.take().unwrap());
-        HostB { child, to, from }
-    }
-
-    fn ask(&mut self, cmd: &str) -> String {
-        writeln!(self.to, "{cmd}").unwrap();
-        self.to.flush().unwrap();
-        loop {
-            let mut line = String::new();
-            assert!(self.from.read_line(&mut line).unwrap() > 0, "host B ended");
-            if let Some(a) = line.trim_end().strip_prefix("B> ") {
-                return a.to_string();
-            }
-        }
-    }
-}
-
-impl Drop for HostB {
-    fn drop(&mut self) {
-        let _ = writeln!(self.to, "quit");
-        let _ = self.child.wait();
-    }
-}
-
-/// The child side of [`HostB`]; does nothing as a test of its own.
+/// The child side of host B (`common::host`): the module loaded with the
+/// same configuration, holding the DEK labelled "double"; does nothing as
+/// a test of its own.
 #[test]
 fn host_b() {
     if std::env::var(HOST_B).is_err() {
@@ -398,7 +356,7 @@ fn either_party_revokes(party: &str, how: &str) {
     let s = user_session(&p, token_slot(&p));
     let dek = generate(&s, true, vec![Attribute::Label(b"double".to_vec())]);
     let ct = gcm_encrypt(&s, dek, &IV, b"", b"both parties").unwrap();
-    let mut b = HostB::start(&t);
+    let mut b = Host::start("host_b", HOST_B, &t, &t.conf);
     assert_eq!(b.ask("encrypt"), "OK");
 
     hsm_side_run(&t, &format!("{how} {party}"));

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod host;
 pub mod hsms;
 pub mod p11;
 pub mod pg;
