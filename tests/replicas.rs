@@ -335,6 +335,16 @@ fn a_member_that_hangs_costs_the_time_out_once_then_the_next_serves() {
         b"hang"
     );
     assert!(log_text(&t).contains("HSM member 'main' is up again"));
+    // C_Finalize waits for the call given up on to come back before the
+    // backends go (returning into a finalised library, or into one torn
+    // down at exit, would crash the process).
+    drop(s);
+    p.finalize().unwrap();
+    assert!(
+        !log_text(&t).contains("still wait for it at C_Finalize"),
+        "{}",
+        log_text(&t)
+    );
 }
 
 #[test]

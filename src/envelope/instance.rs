@@ -214,6 +214,7 @@ impl Envelope {
     pub fn close(&self) {
         self.stop_listening();
         self.gcm_give_back();
+        self.wait_given_up();
         self.close_pools();
         self.cache.clear();
         // A call given up on (hsm_timeout_ms) that returns later must not

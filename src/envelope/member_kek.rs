@@ -15,6 +15,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cryptoki_sys::*;
 
@@ -72,6 +73,31 @@ pub(super) fn timed<T: Send + 'static>(
         }
         // A bug, not an outage: the member is not taken as down for it.
         Err(Missed::Panicked) => Err(Error::Rv(CKR_GENERAL_ERROR)),
+    }
+}
+
+/// How long `C_Finalize` waits, per member, for calls given up on to
+/// return (at most this, or twice the time-out if that is longer).
+const FINALIZE_WAIT: Duration = Duration::from_secs(5);
+
+impl super::service::Envelope {
+    /// At `C_Finalize`: wait a while for calls given up on (past
+    /// `hsm_timeout_ms`) to return. One still inside a backend when it is
+    /// finalised, or when the process exits, could crash the process; one
+    /// that never returns is named in the log and left.
+    pub(super) fn wait_given_up(&self) {
+        for m in self.members.all() {
+            let Some((runner, timeout)) = &m.deadline else {
+                continue;
+            };
+            if !runner.wait_given_up(FINALIZE_WAIT.max(*timeout * 2)) {
+                crate::log_warn!(
+                    "HSM member '{}': {} call(s) given up on still wait for it at C_Finalize",
+                    m.name,
+                    runner.given_up()
+                );
+            }
+        }
     }
 }
 

@@ -134,6 +134,21 @@ impl Deadline {
         Ok(tx)
     }
 
+    /// Wait until no job given up on is still running, or `within` passes
+    /// (at shutdown: a call that returns into a library being finalised,
+    /// or torn down at process exit, would crash the process). Whether
+    /// none is left.
+    pub fn wait_given_up(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.given_up() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// Workers alive (for tests).
     pub fn workers(&self) -> usize {
         self.alive.load(Ordering::Acquire)
@@ -209,13 +224,11 @@ mod tests {
             Err(Missed::TimedOut)
         );
         assert_eq!(d.run(Duration::from_secs(1), || 4), Err(Missed::NoWorker));
+        assert!(!d.wait_given_up(Duration::from_millis(10)));
         // The hung calls return: they no longer count, and work is taken.
         release.wait();
         r2.wait();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while d.given_up() > 0 && Instant::now() < deadline {
-            std::thread::yield_now();
-        }
+        assert!(d.wait_given_up(Duration::from_secs(5)));
         assert_eq!(d.given_up(), 0);
         assert_eq!(d.run(Duration::from_secs(5), || 5), Ok(5));
     }
