@@ -86,11 +86,21 @@ impl super::service::Envelope {
     /// finalised, or when the process exits, could crash the process; one
     /// that never returns is named in the log and left.
     pub(super) fn wait_given_up(&self) {
+        self.wait_given_up_for(|timeout| FINALIZE_WAIT.max(timeout * 2));
+    }
+
+    /// At process exit (without `C_Finalize`): the same, up to `within`
+    /// per member.
+    pub fn wait_given_up_within(&self, within: Duration) {
+        self.wait_given_up_for(|_| within);
+    }
+
+    fn wait_given_up_for(&self, wait: impl Fn(Duration) -> Duration) {
         for m in self.members.all() {
             let Some((runner, timeout)) = &m.deadline else {
                 continue;
             };
-            if !runner.wait_given_up(FINALIZE_WAIT.max(*timeout * 2)) {
+            if !runner.wait_given_up(wait(*timeout)) {
                 crate::log_warn!(
                     "HSM member '{}': {} call(s) given up on still wait for it at C_Finalize",
                     m.name,

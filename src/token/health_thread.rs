@@ -29,12 +29,41 @@ struct Running {
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 
+/// How long the process's exit waits for a tick, or a call given up on,
+/// still inside an HSM's library.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// At process exit without `C_Finalize` (many applications just exit):
+/// the module's own threads must not be inside an HSM's library while the
+/// libraries are torn down. Stop the thread, and wait a little for calls
+/// given up on (`hsm_timeout_ms`).
+extern "C" fn at_exit() {
+    stop_within(EXIT_WAIT);
+    if let Ok(m) = super::module::get() {
+        if let Some(env) = &m.envelope {
+            env.wait_given_up_within(EXIT_WAIT);
+        }
+    }
+}
+
+/// Register `at_exit` (once per process): when the module has threads of
+/// its own (this one, or calls under `hsm_timeout_ms`).
+pub fn guard_exit() {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        if !crate::runtime::process::at_exit(at_exit) {
+            crate::log_warn!("could not register the exit handler of the module's threads");
+        }
+    });
+}
+
 /// Start the thread for the module of `generation`, ticking every
 /// `interval`.
 pub fn start(generation: u64, interval: Duration) {
     if !crate::runtime::threads::allowed() {
         return;
     }
+
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let flag = stop.clone();
     let spawned = std::thread::Builder::new()
@@ -78,6 +107,10 @@ fn run(generation: u64, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
 /// Stop the thread (at `C_Finalize`, before the module is retired): waits
 /// for a tick in progress up to `STOP_WAIT`, else leaves it to end alone.
 pub fn stop() {
+    stop_within(STOP_WAIT);
+}
+
+fn stop_within(wait: Duration) {
     let Some(r) = unpoisoned(RUNNING.lock()).take() else {
         return;
     };
@@ -90,7 +123,7 @@ pub fn stop() {
         *unpoisoned(lock.lock()) = true;
         cv.notify_all();
     }
-    if !crate::runtime::threads::join_within(r.join, STOP_WAIT) {
+    if !crate::runtime::threads::join_within(r.join, wait) {
         crate::log_warn!("the background health check is still running; not waited for");
     }
 }

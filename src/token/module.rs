@@ -133,8 +133,12 @@ pub fn initialize(threads: bool) -> Result<()> {
         ),
     }
     let health = m.envelope.as_ref().and_then(|e| e.health_interval());
+    let own_threads = health.is_some() || m.config.hsm_timeout_ms > 0;
     let generation = m.generation;
     CURRENT.publish(&life, m);
+    if own_threads && crate::runtime::threads::allowed() {
+        super::health_thread::guard_exit();
+    }
     if let Some(interval) = health {
         super::health_thread::start(generation, interval);
     }
