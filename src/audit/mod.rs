@@ -59,6 +59,7 @@ mod file;
 pub mod hsm;
 mod line;
 mod uses;
+pub use uses::UseCounter;
 mod verify;
 
 use crate::runtime::lock::unpoisoned;
@@ -395,10 +396,26 @@ impl Audit {
     /// `dek_unwrap` line per combination and interval, with the use counts.
     pub fn count_unwrap(&self, hsms: &str) {
         self.uses.add_unwrap(hsms);
-        if self.uses.due() {
-            self.check_fork();
-            let used = self.uses.take(now_unix());
-            self.append(&use_bodies(&used), Checkpoint::IfDue);
+        self.drain_if_due();
+    }
+
+    /// The use counter of DEK `key_id` under `kek_version`, for a caller
+    /// that counts its uses often ([`Audit::count_on`]).
+    pub fn use_counter(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32) -> UseCounter {
+        self.uses.counter(key_id, label, kek_version)
+    }
+
+    /// Counts `n` uses on a counter from [`Audit::use_counter`] of this
+    /// log: one atomic add, and the interval's end noticed as
+    /// [`Audit::count_use`] notices it, by the caller's reading of
+    /// `clock::mono_ms` (`now_ms`).
+    pub fn count_on(&self, c: &UseCounter, n: u64, now_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        self.uses.add_on(c, n);
+        if self.uses.due_at(now_ms) {
+            self.drain();
         }
     }
 
@@ -410,11 +427,21 @@ impl Audit {
             return;
         }
         self.uses.add(key_id, label, kek_version, n);
+        self.drain_if_due();
+    }
+
+    /// Writes the counted uses when the interval is over.
+    fn drain_if_due(&self) {
         if self.uses.due() {
-            self.check_fork();
-            let used = self.uses.take(now_unix());
-            self.append(&use_bodies(&used), Checkpoint::IfDue);
+            self.drain();
         }
+    }
+
+    /// Writes the counted uses (the interval is over).
+    fn drain(&self) {
+        self.check_fork();
+        let used = self.uses.take(now_unix());
+        self.append(&use_bodies(&used), Checkpoint::IfDue);
     }
 
     /// Writes the pending use counts and a checkpoint over everything

@@ -1,5 +1,7 @@
-//! DEK use counters: one atomic add under a shared lock per use, drained
-//! into one `dek_use` line per DEK (and KEK version) per interval. Also the
+//! DEK use counters, drained into one `dek_use` line per DEK (and KEK
+//! version) per interval. A caller that counts one DEK's uses often (a
+//! session's remembered key) holds its counter ([`UseCounter`]): a use is
+//! then one relaxed atomic add, with no lock and no hash on the way. Also the
 //! openings of records of several HSMs (any-of, all-of), counted per
 //! combination of HSMs that took part and drained into `dek_unwrap` lines
 //! with the uses: an audited fact per first use without a synced line each.
@@ -7,15 +9,22 @@
 use crate::runtime::lock::unpoisoned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 type Key = ([u8; 16], u32);
 
 struct Slot {
-    label: Box<[u8]>,
+    /// The label of the latest counter made for it (a rename makes a new
+    /// remembered key, so a new counter). Read only when draining.
+    label: Mutex<Box<[u8]>>,
     count: AtomicU64,
 }
+
+/// One DEK's (and KEK version's) counter, for counting its uses without
+/// the map. A counter that is held stays in the map, so what it counts is
+/// drained with the rest (see [`UseCounts::take`]).
+pub struct UseCounter(Arc<Slot>);
 
 /// A drained counter.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,7 +52,7 @@ impl Drained {
 }
 
 pub(crate) struct UseCounts {
-    map: RwLock<HashMap<Key, Slot>>,
+    map: RwLock<HashMap<Key, Arc<Slot>>>,
     unwraps: Mutex<BTreeMap<Box<str>, u64>>,
     /// `clock::mono_ms` when the counters were made.
     epoch_ms: u64,
@@ -69,24 +78,39 @@ impl UseCounts {
         }
     }
 
-    /// Counts `n` uses. The label is kept from the first use in the interval.
+    /// Counts `n` uses. The label is that of the latest use (or counter).
     pub(crate) fn add(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32, n: u64) {
+        self.add_on(&self.counter(key_id, label, kek_version), n);
+    }
+
+    /// The counter of DEK `key_id` under KEK version `kek_version`, made if
+    /// it is new; its label becomes `label`.
+    pub(crate) fn counter(&self, key_id: &[u8; 16], label: &[u8], kek_version: u32) -> UseCounter {
         let key = (*key_id, kek_version);
         {
             let map = unpoisoned(self.map.read());
             if let Some(slot) = map.get(&key) {
-                slot.count.fetch_add(n, Ordering::Relaxed);
-                return;
+                let mut l = unpoisoned(slot.label.lock());
+                if **l != *label {
+                    *l = label.into();
+                }
+                return UseCounter(Arc::clone(slot));
             }
         }
         let mut map = unpoisoned(self.map.write());
-        map.entry(key)
-            .or_insert_with(|| Slot {
-                label: label.into(),
+        let slot = map.entry(key).or_insert_with(|| {
+            Arc::new(Slot {
+                label: Mutex::new(label.into()),
                 count: AtomicU64::new(0),
             })
-            .count
-            .fetch_add(n, Ordering::Relaxed);
+        });
+        *unpoisoned(slot.label.lock()) = label.into();
+        UseCounter(Arc::clone(slot))
+    }
+
+    /// Counts `n` uses on a counter of these counts.
+    pub(crate) fn add_on(&self, c: &UseCounter, n: u64) {
+        c.0.count.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one opening of a record on the HSMs `hsms`.
@@ -107,7 +131,12 @@ impl UseCounts {
     /// True (for exactly one caller) when the interval is over; that caller
     /// then drains with [`UseCounts::take`].
     pub(crate) fn due(&self) -> bool {
-        let now = self.now_ms();
+        self.due_at(crate::clock::mono_ms())
+    }
+
+    /// `due` at `now_ms` (`clock::mono_ms`, read by the caller).
+    pub(crate) fn due_at(&self, now_ms: u64) -> bool {
+        let now = now_ms.saturating_sub(self.epoch_ms);
         let deadline = self.deadline_ms.load(Ordering::Relaxed);
         now >= deadline
             && self
@@ -122,11 +151,28 @@ impl UseCounts {
     }
 
     /// Drains every counter (uses sorted by key id). Starts a new interval.
+    /// A counter nobody holds any more is let go of once drained; a held
+    /// one stays, at zero, and what its holder adds later is drained next
+    /// time.
     pub(crate) fn take(&self, now_unix: u64) -> Drained {
-        let drained = {
+        let mut used: Vec<Used> = Vec::new();
+        {
             let mut map = unpoisoned(self.map.write());
-            std::mem::take(&mut *map)
-        };
+            map.retain(|&(key_id, kek_version), slot| {
+                let count = slot.count.swap(0, Ordering::Relaxed);
+                if count > 0 {
+                    used.push(Used {
+                        key_id,
+                        kek_version,
+                        label: unpoisoned(slot.label.lock()).clone(),
+                        count,
+                    });
+                }
+                // New holders are made only under the map's lock, which
+                // this holds: a count of one stays one.
+                Arc::strong_count(slot) > 1
+            });
+        }
         let unwraps = std::mem::take(&mut *unpoisoned(self.unwraps.lock()))
             .into_iter()
             .collect();
@@ -135,18 +181,6 @@ impl UseCounts {
             Ordering::Relaxed,
         );
         let since = self.started_unix.swap(now_unix, Ordering::Relaxed);
-        let mut used: Vec<Used> = drained
-            .into_iter()
-            .filter_map(|((key_id, kek_version), slot)| {
-                let count = slot.count.into_inner();
-                (count > 0).then_some(Used {
-                    key_id,
-                    kek_version,
-                    label: slot.label,
-                    count,
-                })
-            })
-            .collect();
         used.sort_by_key(|u| (u.key_id, u.kek_version));
         Drained {
             since,
@@ -189,11 +223,41 @@ mod tests {
         assert_eq!((used[0].key_id, used[0].count), ([1; 16], 1000));
         assert_eq!(
             (&*used[1].label, used[1].count, used[1].kek_version),
-            (&b"two"[..], 2, 1)
+            (&b"renamed"[..], 2, 1),
+            "the label of the latest use"
         );
         assert_eq!((used[2].count, used[2].kek_version), (1, 2));
         let d = u.take(200);
         assert_eq!((d.since, d.used.len(), d.unwraps.len()), (160, 0, 0));
+    }
+
+    #[test]
+    fn a_held_counter_is_drained_with_the_rest_and_kept() {
+        let u = UseCounts::new(Duration::from_secs(60), 0);
+        let held = u.counter(&[1; 16], b"held", 1);
+        u.add_on(&held, 3);
+        u.add(&[2; 16], b"once", 1, 1);
+        let d = u.take(1);
+        assert_eq!(d.used.len(), 2);
+        assert_eq!((d.used[0].key_id, d.used[0].count), ([1; 16], 3));
+        assert_eq!(unpoisoned(u.map.read()).len(), 1, "only the held one stays");
+        // Counted after the drain: in the next interval, not lost.
+        u.add_on(&held, 2);
+        assert_eq!(
+            u.counter(&[1; 16], b"held", 1)
+                .0
+                .count
+                .load(Ordering::Relaxed),
+            2
+        );
+        let d = u.take(2);
+        assert_eq!((d.used.len(), d.used[0].count), (1, 2));
+        drop(held);
+        assert!(u.take(3).used.is_empty());
+        assert!(
+            unpoisoned(u.map.read()).is_empty(),
+            "let go of once nobody holds it"
+        );
     }
 
     #[test]

@@ -144,12 +144,18 @@ impl KeyCache {
     /// cached key's service (a time to live, say) must be checked here
     /// too, or sessions that remember a key would outlive it.
     pub fn still_serves(&self, epoch: u64, token: bool) -> bool {
-        self.epoch.load(Ordering::Acquire) == epoch
-            && if token {
-                self.fresh()
-            } else {
-                self.health_fresh()
-            }
+        self.still_serves_at(epoch, token, crate::clock::mono_ms())
+    }
+
+    /// `still_serves` at `now_ms` (`clock::mono_ms`, read by the caller
+    /// once for the whole call).
+    pub fn still_serves_at(&self, epoch: u64, token: bool, now_ms: u64) -> bool {
+        let until = if token {
+            &self.until.serve
+        } else {
+            &self.until.health
+        };
+        self.epoch.load(Ordering::Acquire) == epoch && now_ms < until.load(Ordering::Acquire)
     }
 
     /// Whether cached keys may be served as they are: the KEK versions

@@ -80,13 +80,15 @@ fn init_on(
         _ => Ok(mode),
     });
     // Warm: the same DEK as last time in this direction, nothing changed.
+    // One clock reading serves the checks and the audit count.
+    let now = crate::clock::mono_ms();
     if let Some(r) = last.as_ref() {
-        if let Some(k) = r.reuse(key, mech, &m) {
+        if let Some(k) = r.reuse_at(key, mech, &m, now) {
             let mode = soft?;
             crate::token::approved::cipher(&m, &mode, k.value().len())?;
             let new_op = crypto::new_prepared_op(k, &mode, dir)?;
             count_gcm(&m, s, dir, &mode, r, gcm)?;
-            count_use(&m, s, r);
+            count_use(&m, s, r, now);
             ops.start(dir, new_op);
             return Ok(Step::Done(0));
         }
@@ -105,7 +107,7 @@ fn init_on(
             if new_op.is_ok() {
                 count_gcm(&m, s, dir, &mode, &remembered, gcm)?;
             }
-            count_use(&m, s, &remembered);
+            count_use(&m, s, &remembered, now);
             *last = Some(remembered);
             ops.start(dir, new_op?);
             Ok(Step::Done(0))
@@ -139,9 +141,9 @@ fn count_gcm(
 }
 
 /// A DEK use, counted (not logged per call) when there is an audit log.
-fn count_use(m: &Module, s: &Session, r: &RememberedKey) {
+fn count_use(m: &Module, s: &Session, r: &RememberedKey, now_ms: u64) {
     if let Some(audit) = m.envelope_for(s.slot).ok().and_then(|e| e.audit()) {
-        r.count_use(audit);
+        r.count_uses(audit, 1, now_ms);
     }
 }
 

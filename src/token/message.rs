@@ -312,7 +312,8 @@ impl SoftMessages {
             return;
         }
         if let Some(audit) = m.envelope_for(s.slot).ok().and_then(|e| e.audit()) {
-            self.key.count_uses(audit, self.unaudited);
+            self.key
+                .count_uses(audit, self.unaudited, crate::clock::mono_ms());
         }
         self.unaudited = 0;
     }

@@ -23,10 +23,11 @@
 //! a logout (which clears every session's): until then the key's memory
 //! stays allocated, as it does for an operation left unfinished.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE};
 
+use crate::audit::{Audit, UseCounter};
 use crate::crypto::{PreparedKey, SessionHold, SessionKey};
 use crate::envelope::cache::KeyCache;
 use crate::token::module::Module;
@@ -45,6 +46,8 @@ pub struct RememberedKey {
     key: SessionKey,
     /// Label and KEK version for the audit log's use counts.
     tag: Option<(Vec<u8>, u32)>,
+    /// The audit log's counter for this DEK, made at the first use counted.
+    uses: OnceLock<UseCounter>,
 }
 
 /// What the checks of a full init established, to remember.
@@ -68,6 +71,7 @@ impl RememberedKey {
             private: c.private,
             key: SessionHold::new(key),
             tag: None,
+            uses: OnceLock::new(),
         }
     }
 
@@ -95,19 +99,15 @@ impl RememberedKey {
             .map_or((&[][..], 0), |(l, v)| (l.as_slice(), *v))
     }
 
-    /// Count `n` uses of the remembered DEK in the audit log at once.
-    pub fn count_uses(&self, audit: &crate::audit::Audit, n: u64) {
-        let (label, version) = self.tag();
-        audit.count_uses(&self.dek.id, label, version, n);
-    }
-
-    /// Count one use of the remembered DEK in the audit log.
-    pub fn count_use(&self, audit: &crate::audit::Audit) {
-        let (label, version) = self
-            .tag
-            .as_ref()
-            .map_or((&[][..], 0), |(l, v)| (l.as_slice(), *v));
-        audit.count_use(&self.dek.id, label, version);
+    /// Count `n` uses of the remembered DEK in the audit log at once
+    /// (`audit` is the log of the DEK's token, always the same one), at
+    /// `now_ms` (`clock::mono_ms`).
+    pub fn count_uses(&self, audit: &Audit, n: u64, now_ms: u64) {
+        let c = self.uses.get_or_init(|| {
+            let (label, version) = self.tag();
+            audit.use_counter(&self.dek.id, label, version)
+        });
+        audit.count_on(c, n, now_ms);
     }
 
     /// The key, if an init of `handle` with `mechanism` would pass the same
@@ -118,9 +118,26 @@ impl RememberedKey {
         mechanism: CK_MECHANISM_TYPE,
         m: &Module,
     ) -> Option<&SessionKey> {
+        self.reuse_at(handle, mechanism, m, crate::clock::mono_ms())
+    }
+
+    /// `reuse` at `now_ms` (`clock::mono_ms`, read once by the caller).
+    pub fn reuse_at(
+        &self,
+        handle: CK_OBJECT_HANDLE,
+        mechanism: CK_MECHANISM_TYPE,
+        m: &Module,
+        now_ms: u64,
+    ) -> Option<&SessionKey> {
         let cache = &m.envelope_for(self.dek.slot).ok()?.cache;
-        self.still_holds(handle, mechanism, || m.is_user(self.dek.slot), cache)
-            .then_some(&self.key)
+        self.still_holds(
+            handle,
+            mechanism,
+            || m.is_user(self.dek.slot),
+            cache,
+            now_ms,
+        )
+        .then_some(&self.key)
     }
 
     fn still_holds(
@@ -129,11 +146,12 @@ impl RememberedKey {
         mechanism: CK_MECHANISM_TYPE,
         user_logged_in: impl FnOnce() -> bool,
         cache: &KeyCache,
+        now_ms: u64,
     ) -> bool {
         self.handle == handle
             && self.mechanism == mechanism
             && self.dek.state.stamp() == self.stamp
-            && cache.still_serves(self.epoch, self.dek.is_token())
+            && cache.still_serves_at(self.epoch, self.dek.is_token(), now_ms)
             && (!self.private || user_logged_in())
     }
 
@@ -185,18 +203,27 @@ mod tests {
         let cache = KeyCache::default();
         let d = dek();
         let r = remember(&d, &cache, true);
-        assert!(r.still_holds(H, MECH, || true, &cache));
+        assert!(r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
         assert!(
-            !r.still_holds(H + 1, MECH, || true, &cache),
+            !r.still_holds(H + 1, MECH, || true, &cache, crate::clock::mono_ms()),
             "another handle"
         );
         assert!(
-            !r.still_holds(H, cryptoki_sys::CKM_AES_CTR, || true, &cache),
+            !r.still_holds(
+                H,
+                cryptoki_sys::CKM_AES_CTR,
+                || true,
+                &cache,
+                crate::clock::mono_ms()
+            ),
             "another mechanism"
         );
-        assert!(!r.still_holds(H, MECH, || false, &cache), "logged out");
+        assert!(
+            !r.still_holds(H, MECH, || false, &cache, crate::clock::mono_ms()),
+            "logged out"
+        );
         let public = remember(&d, &cache, false);
-        assert!(public.still_holds(H, MECH, || false, &cache));
+        assert!(public.still_holds(H, MECH, || false, &cache, crate::clock::mono_ms()));
     }
 
     #[test]
@@ -204,10 +231,10 @@ mod tests {
         let cache = KeyCache::default();
         let d = dek();
         let r = remember(&d, &cache, false);
-        assert!(r.still_holds(H, MECH, || true, &cache));
+        assert!(r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
         cache.valid_until(0);
         assert!(
-            !r.still_holds(H, MECH, || true, &cache),
+            !r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()),
             "the KEK must be checked again"
         );
     }
@@ -224,10 +251,10 @@ mod tests {
         let r = remember(&d, &cache, false);
         // The feed is never read for a process that holds only session DEKs.
         cache.feed_until(0);
-        assert!(r.still_holds(H, MECH, || true, &cache));
+        assert!(r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
         cache.valid_until(0);
         assert!(
-            !r.still_holds(H, MECH, || true, &cache),
+            !r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()),
             "the KEK must still be checked"
         );
     }
@@ -240,12 +267,12 @@ mod tests {
         let wake = cache.feed_waker();
         wake();
         assert!(
-            !r.still_holds(H, MECH, || true, &cache),
+            !r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()),
             "the feed must be read first"
         );
         assert!(cache.health_fresh(), "the KEK check still holds");
         cache.feed_until(u64::MAX);
-        assert!(r.still_holds(H, MECH, || true, &cache));
+        assert!(r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
     }
 
     #[test]
@@ -254,7 +281,7 @@ mod tests {
         let d = dek();
         let r = remember(&d, &cache, false);
         drop(d.state.write());
-        assert!(!r.still_holds(H, MECH, || true, &cache));
+        assert!(!r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
     }
 
     #[test]
@@ -263,7 +290,7 @@ mod tests {
         let d = dek();
         let r = remember(&d, &cache, false);
         d.state.invalidate();
-        assert!(!r.still_holds(H, MECH, || true, &cache));
+        assert!(!r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
     }
 
     #[test]
@@ -272,9 +299,9 @@ mod tests {
         let d = dek();
         let r = remember(&d, &cache, false);
         cache.remove(&[2; 16]);
-        assert!(!r.still_holds(H, MECH, || true, &cache));
+        assert!(!r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
         let r = remember(&d, &cache, false);
         cache.clear();
-        assert!(!r.still_holds(H, MECH, || true, &cache));
+        assert!(!r.still_holds(H, MECH, || true, &cache, crate::clock::mono_ms()));
     }
 }
