@@ -3,18 +3,24 @@
 //! freed only once no call uses it.
 //!
 //! Why no call can still be using the instance when it is freed: a call
-//! does (A) count itself in on its stripe (`inflight::enter`), then (B)
-//! load the pointer; `retire` does (S) swap the pointer to null, then (L)
-//! read every stripe until it reads zero. All four are SeqCst, so they fall
-//! in one total order that agrees with each thread's program order. A call
-//! that got the instance at (B) read the pointer before (S) replaced it
-//! (nothing else writes it while the lifecycle lock is held), so
-//! A < B < S < L: (L) on its stripe sees its increment, and reads zero only
-//! once its matching decrement has happened (each call's decrement follows
-//! its own increment on the same counter, so no other call can cancel it
-//! out). That decrement is a release and (L) an acquire, so everything the
-//! call did with the instance happens before it is dropped. A call whose
-//! increment comes after (S) loads null at (B) and never touches it.
+//! does (A) count itself in (`inflight::enter`), then (B) load the pointer;
+//! `retire` does (S) swap the pointer to null, then (L) read every counter
+//! until it reads zero (`inflight::wait_idle`). A and B, and S and L, are
+//! kept in order by a fence on each side: on the shared counters A is a
+//! SeqCst read-modify-write, and all four are SeqCst, so they fall in one
+//! total order that agrees with each thread's program order; on a thread's
+//! own counter A is a plain store followed by a compiler fence, and
+//! `wait_idle` runs membarrier(2) between S and L, which puts a full fence
+//! in every running thread (a thread not running has passed one at its
+//! switch), so either B sees S, or L sees A. Either way: a call that got
+//! the instance at (B) read the pointer before (S) replaced it (nothing
+//! else writes it while the lifecycle lock is held), so (L) sees its
+//! count, and reads zero only once its matching decrement has happened
+//! (each call's decrement follows its own increment on the same counter, so
+//! no other call can cancel it out). That decrement is a release and (L) an
+//! acquire, so everything the call did with the instance happens before it
+//! is dropped. A call whose count comes after (S) loads null at (B) and
+//! never touches it.
 //!
 //! After fork() the child sees nothing published (until it publishes its
 //! own): the parent's instance, with its sessions and connections, is not
@@ -57,7 +63,7 @@ pub enum Retired<T> {
 /// `Ref` to be dropped before it hands the instance back.
 pub struct Ref<T: 'static> {
     entry: NonNull<Entry<T>>,
-    stripe: usize,
+    counted: inflight::Counted,
 }
 
 // SAFETY: a `Ref` only gives out `&T`, so it may cross or be shared between
@@ -77,7 +83,7 @@ impl<T> std::ops::Deref for Ref<T> {
 
 impl<T> Drop for Ref<T> {
     fn drop(&mut self) {
-        inflight::leave(self.stripe);
+        inflight::leave(self.counted);
     }
 }
 
@@ -101,7 +107,7 @@ impl<T: Send + Sync + 'static> Published<T> {
 
     /// The live instance, if this process published one.
     pub fn get(&'static self) -> Option<Ref<T>> {
-        let stripe = inflight::enter();
+        let counted = inflight::enter();
         let p = self.current.load(Ordering::SeqCst);
         // SAFETY: a non-null pointer is a leaked Box that `retire` frees
         // only after taking it out of `current` and seeing this call counted
@@ -109,10 +115,10 @@ impl<T: Send + Sync + 'static> Published<T> {
         match unsafe { p.as_ref() } {
             Some(e) if e.forks == fork::generation() => Some(Ref {
                 entry: NonNull::from(e),
-                stripe,
+                counted,
             }),
             _ => {
-                inflight::leave(stripe);
+                inflight::leave(counted);
                 None
             }
         }
@@ -128,6 +134,7 @@ impl<T: Send + Sync + 'static> Published<T> {
     /// Publish `value`; a fork parent's instance is replaced (and leaked).
     /// Check `is_live` first: a live instance is replaced too.
     pub fn publish(&self, _g: &LifecycleGuard<'_>, value: T) {
+        inflight::prepare();
         let entry = Box::new(Entry {
             forks: fork::generation(),
             value,
@@ -149,5 +156,67 @@ impl<T: Send + Sync + 'static> Published<T> {
         // reachable through `current`, and no call holds it (module comment).
         let entry = unsafe { Box::from_raw(p) };
         Retired::Done(entry.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Marks itself dead when dropped; the flag outlives it.
+    struct Probe(Arc<AtomicBool>);
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+
+    static P: Published<Probe> = Published::new();
+
+    /// Readers hold the instance while it is retired and published again,
+    /// over and over: none may ever hold one that was dropped.
+    #[test]
+    fn no_call_holds_an_instance_that_was_freed() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut held = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(r) = P.get() {
+                            for _ in 0..50 {
+                                assert!(
+                                    r.0.load(Ordering::SeqCst),
+                                    "an instance freed under a call"
+                                );
+                                std::hint::spin_loop();
+                            }
+                            held += 1;
+                        }
+                    }
+                    held
+                })
+            })
+            .collect();
+        for _ in 0..300 {
+            let g = P.lock();
+            P.publish(&g, Probe(Arc::new(AtomicBool::new(true))));
+            drop(g);
+            std::thread::yield_now();
+            let g = P.lock();
+            match P.retire(&g, Instant::now() + Duration::from_secs(10)) {
+                Retired::Done(p) => drop(p),
+                Retired::Leaked => panic!("calls never finished"),
+                Retired::NotPublished => panic!("it was published"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let held: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(held > 0, "the readers got the instance");
     }
 }
