@@ -2,6 +2,7 @@
 //! memory, and the two-call length convention (a length query has no side
 //! effects; nothing is written past the caller's buffer).
 
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cryptoki_sys::*;
@@ -325,14 +326,64 @@ pub const MAX_MECHANISM_PARAM: CK_ULONG = 64 << 10;
 /// KEK guard's decision and the backend's call. (Pointers inside a
 /// parameter structure still point at the caller's memory; no decision
 /// depends on what they point at.)
-pub struct MechanismCopy {
+pub struct MechanismCopy<'b> {
     raw: CK_MECHANISM,
-    /// Where `raw.pParameter` points; on the heap, so moving the copy keeps
-    /// it valid.
-    _params: Box<[u8]>,
+    /// `raw.pParameter` points into it.
+    _params: PhantomData<&'b mut ParamBuf>,
 }
 
-impl MechanismCopy {
+/// Where a [`MechanismCopy`] keeps the parameter bytes: in the calling
+/// shim's stack frame when they fit (every parameter structure the module
+/// reads does: no allocation on the hot path), else on the heap. Both are
+/// aligned for the structures read from them.
+pub struct ParamBuf {
+    inline: InlineParams,
+    heap: Vec<u64>,
+}
+
+/// Larger than any parameter structure of the mechanisms run here
+/// (CK_GCM_PARAMS is 48 bytes on LP64).
+#[repr(C, align(16))]
+struct InlineParams([u8; 128]);
+
+impl ParamBuf {
+    pub fn new() -> ParamBuf {
+        ParamBuf {
+            inline: InlineParams([0; 128]),
+            heap: Vec::new(),
+        }
+    }
+
+    /// Room for `len` bytes.
+    fn room(&mut self, len: usize) -> Result<&mut [u8]> {
+        if len <= self.inline.0.len() {
+            return self.inline.0.get_mut(..len).ok_or_else(bad);
+        }
+        let words = len.div_ceil(8);
+        self.heap
+            .try_reserve_exact(words)
+            .map_err(|_| Error::Rv(CKR_HOST_MEMORY))?;
+        self.heap.resize(words, 0);
+        let all: &mut [u8] = words_as_bytes(&mut self.heap);
+        all.get_mut(..len).ok_or_else(bad)
+    }
+}
+
+impl Default for ParamBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The bytes of `words`.
+fn words_as_bytes(words: &mut [u64]) -> &mut [u8] {
+    let len = std::mem::size_of_val(words);
+    // SAFETY: u64 has no padding and every byte pattern is a valid u8; the
+    // slice covers exactly the words' memory, borrowed mutably for as long.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
+}
+
+impl MechanismCopy<'_> {
     pub fn raw(&self) -> &CK_MECHANISM {
         &self.raw
     }
@@ -350,12 +401,15 @@ impl MechanismCopy {
     }
 }
 
-/// Copy the caller's mechanism (see `MechanismCopy`).
+/// Copy the caller's mechanism (see `MechanismCopy`) into `buf`.
 ///
 /// # Safety
 /// `p` must be null or point to a valid CK_MECHANISM whose parameter bytes
 /// are readable.
-pub unsafe fn mechanism_copy(p: *const CK_MECHANISM) -> Result<MechanismCopy> {
+pub unsafe fn mechanism_copy<'b>(
+    p: *const CK_MECHANISM,
+    buf: &'b mut ParamBuf,
+) -> Result<MechanismCopy<'b>> {
     // SAFETY: this function's contract.
     let m = unsafe { mechanism(p)? };
     if m.ulParameterLen > MAX_MECHANISM_PARAM {
@@ -364,7 +418,8 @@ pub unsafe fn mechanism_copy(p: *const CK_MECHANISM) -> Result<MechanismCopy> {
     // SAFETY: as above: `ulParameterLen` readable bytes when non-null.
     let bytes = unsafe { bytes(m.pParameter as *const u8, m.ulParameterLen) }
         .map_err(|_| Error::Rv(CKR_MECHANISM_PARAM_INVALID))?;
-    let mut params: Box<[u8]> = bytes.into();
+    let params = buf.room(bytes.len())?;
+    params.copy_from_slice(bytes);
     let raw = CK_MECHANISM {
         mechanism: m.mechanism,
         pParameter: if params.is_empty() {
@@ -376,6 +431,65 @@ pub unsafe fn mechanism_copy(p: *const CK_MECHANISM) -> Result<MechanismCopy> {
     };
     Ok(MechanismCopy {
         raw,
-        _params: params,
+        _params: PhantomData,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies of every size keep the bytes, and are aligned for the
+    /// parameter structures read from them.
+    #[test]
+    fn mechanism_copies_small_and_large_parameters() {
+        for len in [0usize, 1, 48, 128, 129, 4096] {
+            let mut param: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let m = CK_MECHANISM {
+                mechanism: CKM_AES_GCM,
+                pParameter: if len == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    param.as_mut_ptr().cast()
+                },
+                ulParameterLen: len as CK_ULONG,
+            };
+            let mut buf = ParamBuf::new();
+            // SAFETY: `m` and its parameter bytes are alive for the call.
+            let copy = unsafe { mechanism_copy(&m, &mut buf) }.unwrap();
+            let raw = copy.raw();
+            assert_eq!(raw.mechanism, CKM_AES_GCM);
+            assert_eq!(raw.ulParameterLen as usize, len);
+            if len == 0 {
+                assert!(raw.pParameter.is_null());
+                continue;
+            }
+            assert_ne!(
+                raw.pParameter, m.pParameter,
+                "a copy, not the caller's memory"
+            );
+            assert_eq!(
+                raw.pParameter as usize % 8,
+                0,
+                "aligned for CK_ULONG fields"
+            );
+            // SAFETY: the copy's own `len` bytes.
+            let got = unsafe { std::slice::from_raw_parts(raw.pParameter as *const u8, len) };
+            assert_eq!(got, &param[..]);
+        }
+    }
+
+    #[test]
+    fn a_mechanism_parameter_over_the_limit_is_refused() {
+        let mut byte = 0u8;
+        let m = CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: (&mut byte as *mut u8).cast(),
+            ulParameterLen: MAX_MECHANISM_PARAM + 1,
+        };
+        let mut buf = ParamBuf::new();
+        // SAFETY: refused on its length before the pointer is read.
+        let r = unsafe { mechanism_copy(&m, &mut buf) };
+        assert!(matches!(r, Err(Error::Rv(CKR_MECHANISM_PARAM_INVALID))));
+    }
 }

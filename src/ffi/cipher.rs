@@ -20,8 +20,9 @@ unsafe fn init(
     p_m: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<CK_RV> {
+    let mut params = ParamBuf::new();
     // SAFETY: this function's contract.
-    let mc = unsafe { mechanism_copy(p_m)? };
+    let mc = unsafe { mechanism_copy(p_m, &mut params)? };
     let m = mc.raw();
     // SAFETY: the copy's parameters; the mode borrows them for this call.
     let soft = unsafe { soft_mode(m) };

@@ -33,8 +33,9 @@ macro_rules! forward_key_init {
         #[no_mangle]
         pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE, p_m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
             guard(stringify!($name), || again_after_reconnect(|| {
+                let mut params = ParamBuf::new();
                 // SAFETY: null is checked; otherwise the caller's mechanism.
-                let mc = unsafe { mechanism_copy(p_m)? };
+                let mc = unsafe { mechanism_copy(p_m, &mut params)? };
                 let (m, s) = lookup(h)?;
                 let bkey = backend_key(&m, &s, key)?;
                 Ok(forward_objects(&m, &s, |bs| {

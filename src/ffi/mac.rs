@@ -19,8 +19,9 @@ unsafe fn init(
     p_m: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<CK_RV> {
+    let mut params = ParamBuf::new();
     // SAFETY: this function's contract.
-    let mc = unsafe { mechanism_copy(p_m)? };
+    let mc = unsafe { mechanism_copy(p_m, &mut params)? };
     let m = mc.raw();
     // SAFETY: as above.
     let len = unsafe { mac_len(m) };

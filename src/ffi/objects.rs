@@ -218,7 +218,8 @@ pub unsafe extern "C" fn C_GenerateKey(
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     guard("C_GenerateKey", || unsafe {
-        let mc = mechanism_copy(p_m)?;
+        let mut params = ParamBuf::new();
+        let mc = mechanism_copy(p_m, &mut params)?;
         let m = mc.typed();
         if ph.is_null() {
             return Err(bad());
@@ -242,7 +243,8 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
     // length rules are checked in `args` before any is used.
     guard("C_GenerateKeyPair", || unsafe {
-        let mc = mechanism_copy(p_m)?;
+        let mut params = ParamBuf::new();
+        let mc = mechanism_copy(p_m, &mut params)?;
         let m = mc.typed();
         if ph_pub.is_null() || ph_priv.is_null() {
             return Err(bad());
@@ -267,7 +269,8 @@ pub unsafe extern "C" fn C_WrapKey(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            let mc = mechanism_copy(p_m)?;
+            let mut params = ParamBuf::new();
+            let mc = mechanism_copy(p_m, &mut params)?;
             let m = mc.typed();
             if pul.is_null() {
                 return Err(bad());
@@ -300,7 +303,8 @@ pub unsafe extern "C" fn C_UnwrapKey(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            let mc = mechanism_copy(p_m)?;
+            let mut params = ParamBuf::new();
+            let mc = mechanism_copy(p_m, &mut params)?;
             let m = mc.typed();
             if ph.is_null() {
                 return Err(bad());
@@ -328,7 +332,8 @@ pub unsafe extern "C" fn C_DeriveKey(
         // SAFETY: the caller's pointers, under the PKCS#11 contract; null and
         // length rules are checked in `args` before any is used.
         again_after_reconnect(|| unsafe {
-            let mc = mechanism_copy(p_m)?;
+            let mut params = ParamBuf::new();
+            let mc = mechanism_copy(p_m, &mut params)?;
             let m = mc.typed();
             if ph.is_null() {
                 // Mechanisms that return no key handle carry handles in their
