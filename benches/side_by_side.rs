@@ -20,9 +20,10 @@
 //! `--duration SECS`, `--rounds N`, `--sizes 64,1K,4K,64K,1M`, `--chunk
 //! BYTES`, `--only ours,...`, `--module PATH`, `--softhsm PATH`,
 //! `--find-count N`, `--find-session`, `--latency-us US`, `--unwrap-calls N`,
-//! `--no-sections`. To profile the module's hot path:
+//! `--no-sections`, `--message-only`. To profile the module's hot path:
 //! `perf record -g target/release/deps/side_by_side-* --bench --only ours
-//! --sizes 64 --no-sections --duration 5`.
+//! --sizes 64 --no-sections --duration 5` (the legacy calls), or `... --bench
+//! --message-only --duration 5` (the message API).
 //! Needs SoftHSM2 (`libsofthsm2.so`, `softhsm2-util`) and `pkcs11-tool`
 //! (Debian packages `softhsm2`, `opensc`; `scripts/deps.sh` installs them).
 //! Run it on an idle machine: the numbers are only as quiet as the host.
@@ -144,6 +145,8 @@ usage: bash scripts/bench.sh [FLAGS]
   --latency-us US    per-backend-call latency of the computed network-HSM scenario (500)
   --unwrap-calls N   backend calls per DEK unwrap in that scenario (default 2, see output)
   --no-sections      the table only
+  --message-only     the message-API section only (issue 12; for profiling
+                     and for quieter numbers with a longer --duration)
   --help             this text
 ";
 
@@ -165,6 +168,7 @@ struct Args {
     latency_us: f64,
     unwrap_calls: u32,
     sections: bool,
+    message_only: bool,
 }
 
 enum Parsed {
@@ -222,6 +226,7 @@ fn parse_args() -> Res<Parsed> {
         latency_us: 500.0,
         unwrap_calls: 2,
         sections: true,
+        message_only: false,
     };
     let mut duration = None;
     let mut rounds = None;
@@ -307,6 +312,10 @@ fn parse_args() -> Res<Parsed> {
                     .ok_or("--unwrap-calls wants a number >= 1")?
             }
             "--no-sections" => a.sections = false,
+            "--message-only" => {
+                a.message_only = true;
+                a.sections = false;
+            }
             other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
         }
     }
@@ -334,6 +343,28 @@ fn main() {
 }
 
 /// Ok(false): the run finished but some correctness check failed.
+/// What the message-API section needs from the run.
+fn message_setup<'a>(
+    args: &Args,
+    ours: &'static Module,
+    slot: CK_SLOT_ID,
+    (softhsm, sh_slot, sh_key): (&'static Module, CK_SLOT_ID, CK_OBJECT_HANDLE),
+    raw: &'a raw::Key,
+) -> message::Setup<'a> {
+    message::Setup {
+        ours,
+        slot,
+        softhsm,
+        sh_slot,
+        sh_key,
+        raw,
+        timing: args.timing,
+        rounds: args.rounds,
+        threads: args.threads,
+        quick: args.quick,
+    }
+}
+
 fn run() -> Res<bool> {
     let args = match parse_args()? {
         Parsed::Run(a) => a,
@@ -396,6 +427,12 @@ fn run() -> Res<bool> {
         (Lib::AwsLc, raw::Key::new(Lib::AwsLc, &raw_key)?),
         (Lib::AesGcm, raw::Key::new(Lib::AesGcm, &raw_key)?),
     ];
+    if args.message_only {
+        progress("message API section");
+        let st = message_setup(&args, ours, slot, (softhsm, sh_slot, sh_key), &raws[0].1);
+        println!("{}", message::section(&st, &mut extras)?);
+        return Ok(true);
+    }
     let imps = [
         Imp {
             m: ours,
@@ -439,18 +476,7 @@ fn run() -> Res<bool> {
 
     if args.sections {
         progress("message API section");
-        let st = message::Setup {
-            ours,
-            slot,
-            softhsm,
-            sh_slot,
-            sh_key,
-            raw: &raws[0].1,
-            timing: args.timing,
-            rounds: args.rounds,
-            threads: args.threads,
-            quick: args.quick,
-        };
+        let st = message_setup(&args, ours, slot, (softhsm, sh_slot, sh_key), &raws[0].1);
         sections_text.push(message::section(&st, &mut extras)?);
         progress("C_FindObjects section");
         sections_text.push(sections::find(
