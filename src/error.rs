@@ -25,8 +25,11 @@ pub enum Error {
     /// An administrative action refused, with the reason for the operator.
     #[error("{0}")]
     Admin(String),
+    /// Boxed: a store error is large (64 bytes) and rare, and every
+    /// `Result` on the hot path is as large as its error; at this size it
+    /// is copied through each layer of every call.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
     /// A stored record that does not parse (see `envelope::record`).
     #[error("wrapped DEK record: {0}")]
     Record(String),
@@ -65,6 +68,12 @@ impl Error {
             },
             other => Error::BackendLoad(format!("{func}: {other}")),
         }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(Box::new(e))
     }
 }
 

@@ -455,7 +455,8 @@ impl<'a> KekScope<'a> {
 /// whichever process comes first.
 pub(super) fn ignore_duplicate(r: Result<()>) -> Result<()> {
     match r {
-        Ok(()) | Err(Error::Store(StoreError::Duplicate)) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(Error::Store(e)) if matches!(*e, StoreError::Duplicate) => Ok(()),
         Err(e) => Err(e),
     }
 }

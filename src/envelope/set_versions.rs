@@ -198,7 +198,7 @@ impl Envelope {
                     unpoisoned(self.set_versions.numbers.lock()).insert(key, next);
                     return Ok(next);
                 }
-                Err(Error::Store(StoreError::Duplicate)) => continue,
+                Err(Error::Store(e)) if matches!(*e, StoreError::Duplicate) => continue,
                 Err(e) => return Err(e),
             }
         }

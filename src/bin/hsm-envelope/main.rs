@@ -254,7 +254,8 @@ pub fn connect_message(e: &Error) -> String {
 /// The exit code of a library error met while carrying out a command.
 pub fn code_of(e: &Error) -> u8 {
     match e {
-        Error::Config(_) | Error::Store(StoreError::Open { .. } | StoreError::Schema { .. }) => {
+        Error::Config(_) => exit::USAGE,
+        Error::Store(s) if matches!(**s, StoreError::Open { .. } | StoreError::Schema { .. }) => {
             exit::USAGE
         }
         Error::Backend { .. } | Error::BackendLoad(_) => exit::BACKEND,

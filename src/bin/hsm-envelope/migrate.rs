@@ -37,7 +37,7 @@ pub struct Plan {
 }
 
 fn store_failure(which: &str, e: StoreError) -> Failure {
-    let e = Error::Store(e);
+    let e = Error::from(e);
     Failure::new(code_of(&e), format!("{which}: {e}"))
 }
 
