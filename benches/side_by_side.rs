@@ -342,7 +342,6 @@ fn main() {
     }
 }
 
-/// Ok(false): the run finished but some correctness check failed.
 /// What the message-API section needs from the run.
 fn message_setup<'a>(
     args: &Args,
@@ -365,6 +364,7 @@ fn message_setup<'a>(
     }
 }
 
+/// Ok(false): the run finished but some correctness check failed.
 fn run() -> Res<bool> {
     let args = match parse_args()? {
         Parsed::Run(a) => a,
@@ -431,6 +431,11 @@ fn run() -> Res<bool> {
         progress("message API section");
         let st = message_setup(&args, ours, slot, (softhsm, sh_slot, sh_key), &raws[0].1);
         println!("{}", message::section(&st, &mut extras)?);
+        drop(sh_s);
+        drop(main_s);
+        ours.finalize()?;
+        softhsm.finalize()?;
+        drop(token);
         return Ok(true);
     }
     let imps = [

@@ -8,7 +8,7 @@
 
 use crate::runtime::lock::unpoisoned;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -159,6 +159,17 @@ impl UseCounts {
         {
             let mut map = unpoisoned(self.map.write());
             map.retain(|&(key_id, kek_version), slot| {
+                // Who holds it is read before the count: new holders are
+                // made only under the map's lock, which this holds, so a
+                // slot held by the map alone stays so, and its last
+                // holder's adds happened before it let go (the Acquire
+                // fence pairs with the release of that drop). A slot still
+                // held stays: what its holder adds after the swap is
+                // drained next time.
+                let held = Arc::strong_count(slot) > 1;
+                if !held {
+                    fence(Ordering::Acquire);
+                }
                 let count = slot.count.swap(0, Ordering::Relaxed);
                 if count > 0 {
                     used.push(Used {
@@ -168,9 +179,7 @@ impl UseCounts {
                         count,
                     });
                 }
-                // New holders are made only under the map's lock, which
-                // this holds: a count of one stays one.
-                Arc::strong_count(slot) > 1
+                held
             });
         }
         let unwraps = std::mem::take(&mut *unpoisoned(self.unwraps.lock()))

@@ -16,8 +16,9 @@
 //!   call is either counted where `wait_idle` reads, or sees the instance
 //!   gone. liburcu and folly's hazard pointers rely on the same system call.
 //!
-//! Where membarrier is not there (another OS, an old kernel, a seccomp
-//! filter), and for a thread beyond the [`OWN`] own counters or one that is
+//! Where membarrier is not there (another OS, an old kernel) or might be
+//! fatal (a seccomp filter is installed: one that kills on unlisted calls
+//! would kill the application), and for a thread beyond the [`OWN`] own counters or one that is
 //! exiting (its thread-local storage already gone), calls count with
 //! SeqCst read-modify-writes on shared counters, striped so that threads
 //! rarely share a line.
@@ -113,8 +114,10 @@ pub fn enter() -> Counted {
         if let Ok(i) = OWN_COUNTER.try_with(|c| c.0) {
             if let Some(c) = OWN_COUNTS.get(i) {
                 // Only this thread writes its counter.
-                c.count
-                    .store(c.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                c.count.store(
+                    c.count.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
                 // The light half of the asymmetric fence (module comment):
                 // the caller's load of the instance stays after this store.
                 compiler_fence(Ordering::SeqCst);
@@ -170,7 +173,9 @@ pub fn wait_idle(deadline: Instant) -> bool {
 
 /// In a fork child: the counts copied from the parent belong to its other
 /// threads, which do not exist here (the one thread that forked is not in a
-/// call: the module never forks), and so do their claims. The child
+/// call: the module never forks). Their own counters stay taken (the child
+/// cannot tell which one is the forking thread's, which keeps using its
+/// own): the child has fewer of them, which costs only speed. The child
 /// registers for membarrier again when it publishes. Only atomic stores:
 /// this runs in the pthread_atfork child handler.
 pub fn reset_after_fork() {
@@ -192,9 +197,23 @@ mod membarrier {
         unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long) == 0 }
     }
 
-    /// Registers the process for `fence_every_thread`.
+    /// Registers the process for `fence_every_thread`. Not under a
+    /// seccomp filter: one that kills on system calls it does not list
+    /// (systemd's `SystemCallFilter=` does by default) would kill the host
+    /// application here, so filtered processes count the slower way.
     pub fn register() -> bool {
-        call(CMD_REGISTER_PRIVATE_EXPEDITED)
+        static UNFILTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *UNFILTERED.get_or_init(no_seccomp_filter) && call(CMD_REGISTER_PRIVATE_EXPEDITED)
+    }
+
+    /// The `Seccomp:` line of /proc/self/status says 0 (none); anything
+    /// else, or no answer, counts as filtered.
+    fn no_seccomp_filter() -> bool {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .is_some_and(|v| v.trim() == "0")
+        })
     }
 
     /// Every thread of this process that is running passes a full fence

@@ -66,10 +66,12 @@ pub struct Ref<T: 'static> {
     counted: inflight::Counted,
 }
 
-// SAFETY: a `Ref` only gives out `&T`, so it may cross or be shared between
-// threads exactly when `&T` may, i.e. when T is Sync.
-unsafe impl<T: Sync> Send for Ref<T> {}
-// SAFETY: as above.
+// Not Send (NonNull keeps it so): it must be dropped on the thread that
+// made it, which counted the call on its own counter (`inflight`), one only
+// that thread writes.
+// SAFETY: a shared `&Ref` only gives out `&T`, so it may be shared between
+// threads exactly when `&T` may, i.e. when T is Sync; dropping needs the
+// `Ref` itself, which stays on its thread.
 unsafe impl<T: Sync> Sync for Ref<T> {}
 
 impl<T> std::ops::Deref for Ref<T> {

@@ -210,7 +210,8 @@ pub fn finalize() -> Result<()> {
         Retired::NotPublished => Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
         Retired::Leaked => {
             crate::log_error!(
-                "C_Finalize: calls still in progress after 30 s; leaving the backend as is"
+                "C_Finalize: calls still in progress after 30 s (or their end could not be \
+                 proven); leaving the backend as is"
             );
             Ok(())
         }
