@@ -123,20 +123,8 @@ pub fn login(p: &Pkcs11, slot: Slot) -> Session {
 /// The template of an AES-256 KEK version 1: sensitive, never extractable,
 /// as the module requires.
 pub fn kek_template() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-        Attribute::Id(KEK_ID.to_vec()),
-    ]
+    // The module's own template for a generated KEK version.
+    hsm_envelope::backend::kek::aes_template(KEK_LABEL, 1)
 }
 
 /// Delete the token's KEK version 1.

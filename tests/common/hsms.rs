@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
@@ -91,20 +91,8 @@ pub fn generate_kek(s: &Session) {
 /// An AES KEK version 1 (the test KEK label, CKA_ID 01): sensitive, never
 /// extractable, for wrapping and unwrapping.
 fn kek_template() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
-        Attribute::Id(KEK_ID.to_vec()),
-    ]
+    // The module's own template for a generated KEK version.
+    hsm_envelope::backend::kek::aes_template(KEK_LABEL, 1)
 }
 
 /// Delete the token's KEK version 1 for good (a lost HSM, or a revocation).
