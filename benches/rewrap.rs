@@ -33,8 +33,9 @@
 //!    This is the timed part: records/s and total seconds.
 //! 5. Checks: nothing left under v1, and a sample of records opens under v2.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod hsms;
+
+use std::path::Path;
 use std::time::Instant;
 
 use cryptoki_sys::*;
@@ -99,26 +100,10 @@ fn die(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh token with KEK v1; sets SOFTHSM2_CONF for this process.
+/// A fresh token with KEK v1 (`hsms::new_token`, which sets SOFTHSM2_CONF
+/// for this process), and its configuration.
 fn new_token(dir: &Path) -> Config {
-    let out = Command::new("bash")
-        .arg(repo_root().join("softhsm-config/new-token.sh"))
-        .arg(dir)
-        .env("PIN", PIN)
-        .output()
-        .unwrap_or_else(|e| die(&format!("cannot run new-token.sh: {e}")));
-    if !out.status.success() {
-        die(&format!(
-            "new-token.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
-    Config::from_file(&dir.join("hsm-envelope.toml")).unwrap_or_else(|e| die(&e.to_string()))
+    Config::from_file(&hsms::new_token(dir)).unwrap_or_else(|e| die(&e.to_string()))
 }
 
 /// The attributes `C_GenerateKey` gives a token AES-256 DEK labelled `label`.

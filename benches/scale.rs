@@ -43,6 +43,7 @@
 //!    module (`C_GenerateKey`) and encrypts once with each, printing its
 //!    rate and memory every tenth (target: no failure at 1 000 000).
 
+mod hsms;
 #[path = "../tests/common/pg.rs"]
 mod pg;
 
@@ -129,10 +130,6 @@ fn parse_args() -> Opts {
         }
     }
     o
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The release module next to this executable's target directory.
@@ -224,21 +221,9 @@ fn main() {
         .prefix("hsm-envelope-bench-scale-")
         .tempdir()
         .unwrap_or_else(|e| die(&format!("temporary directory: {e}")));
-    let out = Command::new("bash")
-        .arg(repo_root().join("softhsm-config/new-token.sh"))
-        .arg(dir.path())
-        .env("PIN", PIN)
-        .output()
-        .unwrap_or_else(|e| die(&format!("cannot run new-token.sh: {e}")));
-    if !out.status.success() {
-        die(&format!(
-            "new-token.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    // Sets SOFTHSM2_CONF for this process.
+    let sqlite_conf = hsms::new_token(dir.path());
     let softhsm_conf = dir.path().join("softhsm2.conf");
-    std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
-    let sqlite_conf = dir.path().join("hsm-envelope.toml");
     let cluster = o.postgresql.then(pg::PgCluster::start);
     let pg_conf = cluster.as_ref().map(|c| {
         let url = c.create_database();
