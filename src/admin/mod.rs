@@ -42,7 +42,7 @@ impl Admin {
             }
         }
         let (slot, module_slot) = found.ok_or_else(|| {
-            Error::Admin(format!(
+            Error::admin(format!(
                 "no backend token labelled '{}'",
                 config.token_label
             ))

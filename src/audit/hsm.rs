@@ -109,11 +109,11 @@ pub fn find_key(session: &Session, label: &str) -> Result<ObjectHandle> {
         .map_err(|e| Error::from_cryptoki("C_FindObjects", e))?;
     match found.as_slice() {
         [one] => Ok(*one),
-        [] => Err(Error::Admin(format!(
+        [] => Err(Error::admin(format!(
             "audit HMAC key '{label}' (generic secret, CKA_SIGN) not found on the token \
              (is the session logged in? softhsm-config/new-token.sh creates it)"
         ))),
-        many => Err(Error::Admin(format!(
+        many => Err(Error::admin(format!(
             "{} generic-secret keys are labelled '{label}': expected exactly one",
             many.len()
         ))),

@@ -302,7 +302,7 @@ impl Audit {
         signer: Option<Box<dyn CheckpointSigner>>,
     ) -> Result<Audit> {
         let log = file::LogFile::open(path, mode).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "key `audit_log`: cannot open {}: {e}",
                 path.display()
             ))

@@ -59,9 +59,9 @@ impl fmt::Display for Report {
 /// verifier (the HSM) cannot answer.
 pub fn verify(path: &Path, verifier: &dyn CheckpointVerifier) -> Result<Report> {
     let file = File::open(path)
-        .map_err(|e| Error::Admin(format!("cannot open audit log {}: {e}", path.display())))?;
+        .map_err(|e| Error::admin(format!("cannot open audit log {}: {e}", path.display())))?;
     verify_reader(BufReader::new(file), verifier).map_err(|e| match e {
-        Error::Admin(m) => Error::Admin(format!("audit log {}: {m}", path.display())),
+        Error::Admin(m) => Error::admin(format!("audit log {}: {m}", path.display())),
         other => other,
     })
 }
@@ -76,7 +76,7 @@ fn next_rec(r: &mut impl BufRead, buf: &mut Vec<u8>) -> Result<Option<Rec>> {
     buf.clear();
     let n = r
         .read_until(b'\n', buf)
-        .map_err(|e: io::Error| Error::Admin(format!("read error: {e}")))?;
+        .map_err(|e: io::Error| Error::admin(format!("read error: {e}")))?;
     if n == 0 {
         return Ok(None);
     }

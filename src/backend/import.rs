@@ -74,7 +74,7 @@ pub fn find_import_key(session: &Session, label: &str) -> Result<Option<ImportKe
             private: *private,
             public: *public,
         })),
-        _ => Err(Error::Admin(format!(
+        _ => Err(Error::admin(format!(
             "the import key of KEK '{label}' is incomplete or ambiguous on the HSM; run `hsm-envelope kek import-key --new`"
         ))),
     }
@@ -198,7 +198,7 @@ pub fn import(
     let block = (rsa::modulus_bits(session, key.public)? as usize).div_ceil(8);
     // KWP output is at least 16 bytes.
     if blob.len() < block + 16 {
-        return Err(Error::Admin(format!(
+        return Err(Error::admin(format!(
             "the transfer file is {} bytes: too short for a {}-byte RSA-OAEP block followed by AES-KWP output",
             blob.len(),
             block
@@ -225,7 +225,7 @@ pub fn import(
         )
         .map_err(|e| {
             crate::log_warn!("BYOK: RSA-OAEP unwrap of the transfer key failed: {e}");
-            Error::Admin(format!(
+            Error::admin(format!(
                 "the transfer file's first {block} bytes do not open with this HSM's import key: was it made for this import key's public half, with {}?",
                 oaep_name(oaep)
             ))
@@ -266,7 +266,7 @@ fn unwrap_material(
             // template), so the length is checked here: AES-KWP of 32
             // bytes is exactly 40, of 25 to 31 no AES key at all.
             if wrapped.len() != AES256_KWP_LEN {
-                return Err(Error::Admin(format!(
+                return Err(Error::admin(format!(
                     "the wrapped key material is {} bytes, not the {AES256_KWP_LEN} of AES-KWP over a 32-byte key: this is not an AES-256 key",
                     wrapped.len()
                 )));
@@ -279,7 +279,7 @@ fn unwrap_material(
     let made = super::kek::unwrap_raw(backend, session, mech, ephemeral, wrapped, &template)
         .map_err(|e| {
             crate::log_warn!("BYOK: AES-KWP unwrap of the key material failed: {e}");
-            Error::Admin(format!(
+            Error::admin(format!(
                 "the key material does not unwrap: the file is corrupt, or it is not {}",
                 match material {
                     Material::Aes256 => "an AES-256 key",
@@ -307,16 +307,15 @@ fn check_rsa(
 ) -> Result<Vec<ObjectHandle>> {
     let bits = rsa::modulus_bits(session, private)?;
     if bits < rsa::MIN_KEK_BITS {
-        return Err(Error::Admin(format!(
+        return Err(Error::admin(format!(
             "the RSA key has {bits} bits; a KEK needs {} or more",
             rsa::MIN_KEK_BITS
         )));
     }
     let (_, e) = rsa::public_parts(session, private)?;
     if !rsa::exponent_ok(&e) {
-        return Err(Error::Admin(
-            "the RSA key's public exponent is even or under 65537; a KEK needs 65537 or more"
-                .into(),
+        return Err(Error::admin(
+            "the RSA key's public exponent is even or under 65537; a KEK needs 65537 or more",
         ));
     }
     let public = rsa::make_public(

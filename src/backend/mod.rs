@@ -103,25 +103,22 @@ unsafe fn interface_3_0(lib: &libloading::Library) -> Option<RawList3> {
 impl Backend {
     pub fn load(path: &Path) -> Result<Backend> {
         let pkcs11 = Pkcs11::new(path)
-            .map_err(|e| Error::BackendLoad(format!("cannot load {}: {e}", path.display())))?;
+            .map_err(|e| Error::backend_load(format!("cannot load {}: {e}", path.display())))?;
         // SAFETY: loading the same library cryptoki just loaded; dlopen
         // returns the same mapping, so both see one backend state.
         let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| Error::BackendLoad(format!("cannot load {}: {e}", path.display())))?;
+            .map_err(|e| Error::backend_load(format!("cannot load {}: {e}", path.display())))?;
         // SAFETY: C_GetFunctionList has this signature in every PKCS#11
         // module, and writes one pointer into `list`.
         let raw = unsafe {
             let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
                 lib.get(b"C_GetFunctionList\0").map_err(|e| {
-                    Error::BackendLoad(format!("{}: no C_GetFunctionList: {e}", path.display()))
+                    Error::backend_load(format!("{}: no C_GetFunctionList: {e}", path.display()))
                 })?;
             let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
             let rv = get(&mut list);
             if rv != CKR_OK || list.is_null() {
-                return Err(Error::Backend {
-                    func: "C_GetFunctionList",
-                    rv,
-                });
+                return Err(Error::backend("C_GetFunctionList", rv));
             }
             RawList(list)
         };
@@ -236,7 +233,7 @@ pub fn check(func: &'static str, rv: CK_RV) -> Result<()> {
     if rv == CKR_OK {
         Ok(())
     } else {
-        Err(Error::Backend { func, rv })
+        Err(Error::backend(func, rv))
     }
 }
 

@@ -106,12 +106,7 @@ pub fn decrypt(
         CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_ENCRYPTED_DATA_LEN_RANGE => {
             return Err(Error::Rv(CKR_HSME_RECORD_INVALID))
         }
-        rv => {
-            return Err(Error::Backend {
-                func: "C_Decrypt",
-                rv,
-            })
-        }
+        rv => return Err(Error::backend("C_Decrypt", rv)),
     }
     if len as usize > buf.len() {
         return Err(Error::Rv(CKR_GENERAL_ERROR));

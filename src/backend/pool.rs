@@ -45,7 +45,7 @@ pub fn is_outage(rv: CK_RV) -> bool {
 }
 
 fn lost(e: &Error) -> bool {
-    matches!(e, Error::Backend { rv, .. } if is_outage(*rv))
+    e.backend_rv().is_some_and(is_outage)
 }
 
 impl SessionPool {

@@ -121,10 +121,7 @@ pub fn pss_verify(
     match rv {
         CKR_OK => Ok(true),
         CKR_SIGNATURE_INVALID | CKR_SIGNATURE_LEN_RANGE => Ok(false),
-        rv => Err(Error::Backend {
-            func: "C_Verify",
-            rv,
-        }),
+        rv => Err(Error::backend("C_Verify", rv)),
     }
 }
 
@@ -158,10 +155,8 @@ pub fn oaep_mechanism(alg: WrapAlg) -> Mechanism<'static> {
 pub fn is_hash_refused(e: &Error) -> bool {
     matches!(
         e,
-        Error::Backend {
-            func: "C_EncryptInit",
-            rv: CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID | CKR_MECHANISM_INVALID,
-        }
+        Error::Backend(b) if b.func == "C_EncryptInit"
+            && matches!(b.rv, CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID | CKR_MECHANISM_INVALID)
     )
 }
 

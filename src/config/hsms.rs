@@ -99,10 +99,10 @@ impl PinSource {
             PinSource::Login => Ok(None),
             PinSource::Env(var) => std::env::var(var)
                 .map(|p| Some(Zeroizing::new(p.into_bytes())))
-                .map_err(|_| Error::Config(format!("pin_env: the variable {var} is not set"))),
+                .map_err(|_| Error::config(format!("pin_env: the variable {var} is not set"))),
             PinSource::File(path) => {
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    Error::Config(format!("pin_file: cannot read {}: {e}", path.display()))
+                    Error::config(format!("pin_file: cannot read {}: {e}", path.display()))
                 })?);
                 let line = text.lines().next().unwrap_or("");
                 Ok(Some(Zeroizing::new(line.as_bytes().to_vec())))

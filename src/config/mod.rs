@@ -40,7 +40,7 @@ pub fn find_softhsm2() -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(Error::Config(format!(
+            Err(Error::config(format!(
                 "{SOFTHSM2_MODULE_ENV}={}: no such file",
                 p.display()
             )))
@@ -51,7 +51,7 @@ pub fn find_softhsm2() -> Result<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "SoftHSM2 module libsofthsm2.so not found (looked at {}); install the \
                  Debian package softhsm2 (scripts/deps.sh) or set {SOFTHSM2_MODULE_ENV}",
                 SOFTHSM2_CANDIDATES.join(", ")
@@ -278,7 +278,7 @@ impl Config {
     pub fn from_env() -> Result<Config> {
         match std::env::var_os(CONF_ENV) {
             Some(p) if !p.is_empty() => Config::from_file(Path::new(&p)).map_err(|e| match e {
-                Error::Config(m) => Error::Config(format!("{m} (the file named by {CONF_ENV})")),
+                Error::Config(m) => Error::config(format!("{m} (the file named by {CONF_ENV})")),
                 other => other,
             }),
             _ => Ok(Config::default()),
@@ -287,9 +287,9 @@ impl Config {
 
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
         let mut cfg = Config::from_toml(&text).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            Error::Config(msg) => Error::config(format!("{}: {msg}", path.display())),
             other => other,
         })?;
         cfg.source = Some(path.to_path_buf());
@@ -300,7 +300,7 @@ impl Config {
     /// key and its line, in plain words (see `schema`).
     pub fn from_toml(text: &str) -> Result<Config> {
         if let Some(msg) = schema::check(text) {
-            return Err(Error::Config(msg));
+            return Err(Error::config(msg));
         }
         let cfg: Config = toml::from_str(text).map_err(|e| {
             // Not expected after the check; still one line.
@@ -308,7 +308,7 @@ impl Config {
                 .span()
                 .map(|s| format!("line {}: ", schema::position(text, s.start).0))
                 .unwrap_or_default();
-            Error::Config(format!(
+            Error::config(format!(
                 "{at}{}",
                 e.message().lines().next().unwrap_or("cannot be read")
             ))
@@ -317,7 +317,7 @@ impl Config {
             let at = schema::line_of(text, key)
                 .map(|l| format!(" (line {l})"))
                 .unwrap_or_default();
-            Error::Config(format!("key `{key}`{at}: {what}"))
+            Error::config(format!("key `{key}`{at}: {what}"))
         })?;
         Ok(cfg)
     }

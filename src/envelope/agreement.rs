@@ -144,7 +144,7 @@ impl Envelope {
             if fails_over(&e) {
                 e
             } else {
-                Error::Admin(format!(
+                Error::admin(format!(
                     "main could not seal a test value under v{version} ({e})"
                 ))
             }
@@ -158,11 +158,11 @@ impl Envelope {
         });
         match opened {
             Ok(v) if v.as_slice() == value => Ok(()),
-            Ok(_) => Err(Error::Admin(format!(
+            Ok(_) => Err(Error::admin(format!(
                 "its v{version} opens what main sealed to another value"
             ))),
             Err(e) if fails_over(&e) => Err(e),
-            Err(e) => Err(Error::Admin(disagreement(main, version, &e))),
+            Err(e) => Err(Error::admin(disagreement(main, version, &e))),
         }
     }
 

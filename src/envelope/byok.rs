@@ -41,28 +41,27 @@ impl KekScope<'_> {
         make_primary: bool,
     ) -> Result<u32> {
         if self.is_replica() {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "'{}' is a replica: name the version of main it is to hold (--kek-version N)",
                 self.member.name
             )));
         }
         if make_primary && self.env.members.replicated() {
-            return Err(Error::Admin(
+            return Err(Error::admin(
                 "with replicas, import decrypt-only, import the same material into each replica \
-                 (`kek --hsm NAME import --kek-version N`), then `kek set-primary N`"
-                    .into(),
+                 (`kek --hsm NAME import --kek-version N`), then `kek set-primary N`",
             ));
         }
         let backend = self.member.backend()?;
         let used = std::sync::Mutex::new(None);
         let version = self.add_version(make_primary, Op::KekImport, |s, label, next| {
             if crate::backend::kek::exists(s, label, next)? {
-                return Err(Error::Admin(format!(
+                return Err(Error::admin(format!(
                     "an object named KEK '{label}' v{next} is on the HSM but not in the store; adopt it with `hsm-envelope kek create`, or remove it"
                 )));
             }
             let key = import::find_import_key(s, label)?.ok_or_else(|| {
-                Error::Admin(format!(
+                Error::admin(format!(
                     "KEK '{label}' has no import key on the HSM: run `hsm-envelope kek import-key` and wrap the key material to its public key"
                 ))
             })?;
@@ -91,9 +90,8 @@ impl KekScope<'_> {
     /// if it does not (other material), the imported objects go again.
     pub fn import_into_replica(&self, blob: &[u8], material: Material, version: u32) -> Result<()> {
         if !self.is_replica() {
-            return Err(Error::Admin(
-                "--kek-version imports a version main has into a replica: name the replica with --hsm"
-                    .into(),
+            return Err(Error::admin(
+                "--kek-version imports a version main has into a replica: name the replica with --hsm",
             ));
         }
         let env = self.env;
@@ -103,7 +101,7 @@ impl KekScope<'_> {
             .into_iter()
             .any(|r| r.version == version && r.state != crate::store::KekState::Destroyed);
         if !known {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "main has no version {version} (import it there first, decrypt-only)"
             )));
         }
@@ -143,13 +141,13 @@ impl KekScope<'_> {
         let name = self.member.name.clone();
         let (made, key) = self.with_session(|s| {
             if crate::backend::kek::exists(s, &label, version)? {
-                return Err(Error::Admin(format!(
+                return Err(Error::admin(format!(
                     "replica '{name}' already holds an object named KEK '{label}' v{version}: \
                      remove it there first"
                 )));
             }
             let key = import::find_import_key(s, &label)?.ok_or_else(|| {
-                Error::Admin(format!(
+                Error::admin(format!(
                     "replica '{name}' has no import key: run `hsm-envelope kek --hsm {name} import-key`"
                 ))
             })?;
@@ -192,7 +190,7 @@ impl KekScope<'_> {
         } else {
             format!("was not proven to be main's v{version} ({e}); {removed}")
         };
-        Err(Error::Admin(format!(
+        Err(Error::admin(format!(
             "the material imported into replica '{name}' {why}"
         )))
     }

@@ -21,7 +21,7 @@ pub fn apply_purge_protection(store: &Store, wanted: Option<bool>) -> Result<()>
             crate::log_info!("purge protection switched on for {}", store.location());
             Ok(())
         }
-        (Some(false), true) => Err(Error::Config(format!(
+        (Some(false), true) => Err(Error::config(format!(
             "key `purge_protection`: the store {} has purge protection on, and it cannot be turned off; remove the key or set it to true",
             store.location()
         ))),
@@ -57,7 +57,7 @@ impl Envelope {
 
     pub fn recover(&self, id: &[u8; 16]) -> Result<()> {
         if !self.with_store(|st| Ok(st.recover(id)?))? {
-            return Err(Error::Admin(format!("no deleted DEK {}", hex(id))));
+            return Err(Error::admin(format!("no deleted DEK {}", hex(id))));
         }
         crate::log_info!("DEK {} recovered", hex(id));
         self.log(Entry::new(Op::DekRecover, CKR_OK).key(id, &[]));
@@ -73,9 +73,9 @@ impl Envelope {
                 Ok(())
             }
             Err(PurgeRefusal::NotDeleted) => {
-                Err(Error::Admin(format!("no deleted DEK {}", hex(id))))
+                Err(Error::admin(format!("no deleted DEK {}", hex(id))))
             }
-            Err(PurgeRefusal::Retained { purge_after }) => Err(Error::Admin(format!(
+            Err(PurgeRefusal::Retained { purge_after }) => Err(Error::admin(format!(
                 "purge protection is on: DEK {} may be purged from {} on",
                 hex(id),
                 crate::clock::rfc3339(purge_after)

@@ -41,7 +41,7 @@ impl Envelope {
                 let m = self.members.by_name(name).ok_or_else(|| {
                     let names: Vec<&str> =
                         self.members.all().iter().map(|m| m.name.as_str()).collect();
-                    Error::Admin(format!(
+                    Error::admin(format!(
                         "no HSM member named '{name}' (members: {})",
                         names.join(", ")
                     ))
@@ -70,14 +70,14 @@ impl<'a> KekScope<'a> {
             (decrypt-only) on main, `kek --hsm NAME import --kek-version N` on each replica, \
             then `kek set-primary N`";
         if self.is_replica() {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "'{}' is a replica: it holds main's KEK versions, so {what} is done on main \
                  (without --hsm); {HOW}",
                 self.member.name
             )));
         }
         if on_main && self.env.members.replicated() {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "{what} is refused with replicas (a key made on one HSM cannot be copied to \
                  the others); {HOW}"
             )));
@@ -198,7 +198,7 @@ impl<'a> KekScope<'a> {
         self.add_version(make_primary, Op::KekCreate, |s, label, next| {
             if kek::exists(s, label, next)? {
                 if !kek::made_on_hsm(s, label, next)? {
-                    return Err(Error::Admin(format!(
+                    return Err(Error::admin(format!(
                         "KEK '{label}' v{next} is on the HSM but not recorded, and was not \
                          made there (its value may be known outside it): refusing to adopt \
                          it; remove it from the HSM, or bring a key of your own with `kek import`"
@@ -231,8 +231,8 @@ impl<'a> KekScope<'a> {
         let env = self.env;
         let lease = format!("rotate:{}", self.store_label());
         if !env.with_store(|st| Ok(st.take_lease(&lease, &env.holder, ROTATE_LEASE_SECS)?))? {
-            return Err(Error::Admin(
-                "another process is changing this KEK's versions".into(),
+            return Err(Error::admin(
+                "another process is changing this KEK's versions",
             ));
         }
         let result = f();
@@ -333,10 +333,10 @@ impl<'a> KekScope<'a> {
             });
         match trial {
             Ok(v) if v.as_slice() == value => Ok(ty),
-            Ok(_) => Err(Error::Admin(format!(
+            Ok(_) => Err(Error::admin(format!(
                 "the new KEK v{version} opened a test value wrongly; not recorded"
             ))),
-            Err(e) => Err(Error::Admin(format!(
+            Err(e) => Err(Error::admin(format!(
                 "the new KEK v{version} does not work as a KEK ({e}); not recorded, and its objects were destroyed"
             ))),
         }
@@ -369,12 +369,12 @@ impl<'a> KekScope<'a> {
                 let checked = if r.found() {
                     env.proves_same(r, version)
                 } else {
-                    Err(Error::Admin(
+                    Err(Error::admin(
                         r.state().why().unwrap_or("not found").to_string(),
                     ))
                 };
                 if let Err(e) = checked {
-                    return Err(Error::Admin(format!(
+                    return Err(Error::admin(format!(
                         "replica '{}' was not proven to hold v{version} as main does ({e}): \
                          bring it up and import the version there (`kek --hsm {} import \
                          --kek-version {version}`), or take it out of the configuration",
@@ -402,15 +402,15 @@ impl<'a> KekScope<'a> {
         let row = rows
             .iter()
             .find(|r| r.version == version)
-            .ok_or_else(|| Error::Admin(format!("{what} has no version {version}")))?;
+            .ok_or_else(|| Error::admin(format!("{what} has no version {version}")))?;
         match row.state {
             KekState::Primary => {
-                return Err(Error::Admin(format!(
+                return Err(Error::admin(format!(
                     "v{version} is the primary version; rotate first"
                 )))
             }
             KekState::Destroyed => {
-                return Err(Error::Admin(format!("v{version} is already destroyed")))
+                return Err(Error::admin(format!("v{version} is already destroyed")))
             }
             KekState::DecryptOnly => {}
         }
@@ -421,13 +421,13 @@ impl<'a> KekScope<'a> {
             .unwrap_or(0)
             .saturating_add(env.settings.refresh.as_secs() as i64 + 1);
         if crate::clock::unix_secs() < settled {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "v{version} was primary until moments ago; processes may still wrap new DEKs under it until {settled} (unix time): try again then"
             )));
         }
         let needed = self.records_under(version)?;
         if needed > 0 {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "{needed} record(s) still need v{version}; run `hsm-envelope rewrap` first"
             )));
         }

@@ -35,10 +35,9 @@ const RECORD_IV_LEN: usize = 12;
 
 /// What a call given up on answers: an outage, so the member is taken as
 /// down and the next one tried.
-const TIMED_OUT: Error = Error::Backend {
-    func: "call (hsm_timeout_ms passed)",
-    rv: CKR_DEVICE_ERROR,
-};
+fn timed_out() -> Error {
+    Error::backend("call (hsm_timeout_ms passed)", CKR_DEVICE_ERROR)
+}
 
 /// Run `job` on member `m` under its time-out, if it has one and threads
 /// are allowed; else on this thread.
@@ -61,7 +60,7 @@ pub(super) fn timed<T: Send + 'static>(
                 m.name,
                 timeout.as_millis()
             );
-            Err(TIMED_OUT)
+            Err(timed_out())
         }
         Err(Missed::NoWorker) => {
             crate::log_warn!(
@@ -69,7 +68,7 @@ pub(super) fn timed<T: Send + 'static>(
                  (or no thread could be started): taken as down",
                 m.name
             );
-            Err(TIMED_OUT)
+            Err(timed_out())
         }
         // A bug, not an outage: the member is not taken as down for it.
         Err(Missed::Panicked) => Err(Error::Rv(CKR_GENERAL_ERROR)),
@@ -125,10 +124,7 @@ impl Member {
             match f(backend, s, handle) {
                 // A stale handle (the login was lost and regained, say): find
                 // the KEK again once.
-                Err(Error::Backend {
-                    rv: CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID,
-                    ..
-                }) => {
+                Err(e) if stale_handle(&e) => {
                     self.forget_keks();
                     let handle = self.kek_handle(s, version)?;
                     f(backend, s, handle).map_err(|e| self.kek_error(e))
@@ -180,9 +176,9 @@ impl Member {
 
     /// A stale KEK handle or a lost login means the KEK must be found again.
     fn kek_error(&self, e: Error) -> Error {
-        if let Error::Backend { rv, .. } = &e {
+        if let Some(rv) = e.backend_rv() {
             if matches!(
-                *rv,
+                rv,
                 CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID | CKR_USER_NOT_LOGGED_IN
             ) {
                 self.forget_keks();
@@ -281,10 +277,7 @@ impl Member {
                 Ok(true) => Ok(Status::Usable),
                 Ok(false) => Ok(Status::Revoked),
                 // The handle went stale: look it up again next time.
-                Err(Error::Backend {
-                    rv: CKR_OBJECT_HANDLE_INVALID | CKR_KEY_HANDLE_INVALID,
-                    ..
-                }) => {
+                Err(e) if stale_handle(&e) => {
                     self.forget_keks();
                     match self.kek_handle(s, version) {
                         Ok(h) if kek::enabled(s, h)? => Ok(Status::Usable),
@@ -299,4 +292,13 @@ impl Member {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The backend no longer knows the KEK's handle (the login was lost and
+/// regained, say): the KEK is to be found again.
+fn stale_handle(e: &Error) -> bool {
+    matches!(
+        e.backend_rv(),
+        Some(CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID)
+    )
 }

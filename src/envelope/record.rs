@@ -107,7 +107,7 @@ pub enum RecordError {
 
 impl From<RecordError> for crate::error::Error {
     fn from(e: RecordError) -> Self {
-        crate::error::Error::Record(e.to_string())
+        crate::error::Error::record(e.to_string())
     }
 }
 

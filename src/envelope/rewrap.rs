@@ -96,7 +96,7 @@ impl<'a> RewrapJob<'a> {
         let label = self.env.kek_label().to_string();
         let now = self.env.with_store(|st| Ok(st.primary_kek(&label)?))?;
         if now.as_ref().map(|r| r.version) != Some(self.primary) {
-            return Err(Error::Admin(format!(
+            return Err(Error::admin(format!(
                 "the primary KEK version changed during the run (was v{}); run rewrap again",
                 self.primary
             )));

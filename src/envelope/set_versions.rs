@@ -211,12 +211,11 @@ impl Envelope {
     pub fn settle_set_primary(&self) -> Result<u32> {
         let mode = self
             .set_mode()
-            .ok_or_else(|| Error::Admin("kek_mode is not any-of or all-of".into()))?;
+            .ok_or_else(|| Error::admin("kek_mode is not any-of or all-of"))?;
         let combo = self.primaries_now().ok_or_else(|| {
-            Error::Admin(
+            Error::admin(
                 "a member's primary KEK version is not known (its HSM is unreachable and nothing \
-                 is recorded for it yet)"
-                    .into(),
+                 is recorded for it yet)",
             )
         })?;
         let label = self.set_label_for(mode);

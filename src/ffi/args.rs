@@ -9,7 +9,6 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use crate::backend::Mechanism;
-use crate::crypto::CryptoError;
 use crate::error::{rv_name, Error, Result};
 use crate::token::crypt::Out;
 use crate::token::object::template::{Template, TemplateAttr};
@@ -27,7 +26,9 @@ pub fn guard(name: &str, f: impl FnOnce() -> Result<CK_RV>) -> CK_RV {
                 rv => rv,
             };
             match &e {
-                Error::Rv(_) => crate::log_debug!("{name}: {}", rv_name(rv)),
+                Error::Rv(_) | Error::BufferTooSmall(_) => {
+                    crate::log_debug!("{name}: {}", rv_name(rv))
+                }
                 // Already printed by C_Initialize, which has no log file yet.
                 Error::Config(_) => {}
                 other => crate::log_warn!("{name}: {other}"),
@@ -215,7 +216,7 @@ pub unsafe fn report_len(r: Result<usize>, pul: *mut CK_ULONG) -> Result<CK_RV> 
                 put(pul, n as CK_ULONG)?;
                 Ok(CKR_OK)
             }
-            Err(Error::Crypto(CryptoError::BufferTooSmall { needed })) => {
+            Err(Error::BufferTooSmall(needed)) => {
                 put(pul, needed as CK_ULONG)?;
                 Ok(CKR_BUFFER_TOO_SMALL)
             }

@@ -37,7 +37,7 @@ impl Outcome for CK_RV {
 
 impl<T> Outcome for Result<T> {
     fn session_lost(&self) -> bool {
-        matches!(self, Err(Error::Backend { rv, .. }) if rv.session_lost())
+        matches!(self, Err(e) if e.backend_rv().is_some_and(|rv| rv.session_lost()))
     }
     fn reconnected() -> Self {
         Err(Error::Rv(CKR_HSME_INTERNAL_RECONNECTED))

@@ -107,9 +107,7 @@ pub fn sign(h: CK_SESSION_HANDLE, part: Part, data: &[u8], out: Out<'_>) -> Resu
         Out::Buf(buf) => buf,
     };
     let Some(dst) = buf.get_mut(..n) else {
-        return Err(Error::Crypto(crate::crypto::CryptoError::BufferTooSmall {
-            needed: n,
-        }));
+        return Err(Error::BufferTooSmall(n));
     };
     mac.op.update(data);
     let made = mac.op.mac();

@@ -319,10 +319,7 @@ pub fn unwrap_key(
             // as a backend key. Only the HSM's own refusal: a DEK the module
             // refuses (key_export, a bad template) is no backend key either;
             // and never with the KEK.
-            Err(Error::Backend {
-                rv: CKR_TEMPLATE_INCONSISTENT,
-                ..
-            }) if !is_kek(&m, &s, uw)? => {
+            Err(e) if e.backend_rv() == Some(CKR_TEMPLATE_INCONSISTENT) && !is_kek(&m, &s, uw)? => {
                 refuse_kek_label(&m, &s, t)?;
                 let raw = backend_template(t);
                 let made = forward_objects(&m, &s, |bs| {
@@ -496,15 +493,15 @@ fn derive_by_encryption(base: &[u8], ed: &EncryptData<'_>, t: &Template) -> Resu
 /// for one, answers a failed integrity check of AES key wrap with
 /// CKR_GENERAL_ERROR, which says nothing to the caller.
 fn unwrap_error(e: Error) -> Error {
-    match e {
-        Error::Backend {
-            func: "C_UnwrapKey",
-            rv: CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_DATA_INVALID,
-        } => Error::Rv(CKR_WRAPPED_KEY_INVALID),
-        Error::Backend {
-            func: "C_UnwrapKey",
-            rv: CKR_ENCRYPTED_DATA_LEN_RANGE | CKR_DATA_LEN_RANGE,
-        } => Error::Rv(CKR_WRAPPED_KEY_LEN_RANGE),
-        other => other,
+    let rv = match &e {
+        Error::Backend(b) if b.func == "C_UnwrapKey" => b.rv,
+        _ => return e,
+    };
+    match rv {
+        CKR_GENERAL_ERROR | CKR_ENCRYPTED_DATA_INVALID | CKR_DATA_INVALID => {
+            Error::Rv(CKR_WRAPPED_KEY_INVALID)
+        }
+        CKR_ENCRYPTED_DATA_LEN_RANGE | CKR_DATA_LEN_RANGE => Error::Rv(CKR_WRAPPED_KEY_LEN_RANGE),
+        _ => e,
     }
 }

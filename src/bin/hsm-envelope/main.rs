@@ -240,12 +240,9 @@ pub fn connect(config: Config, pin: &str) -> Result<Admin, Failure> {
 /// The operator-facing text of a failure to reach the token.
 pub fn connect_message(e: &Error) -> String {
     match e {
-        Error::Backend {
-            func: "C_Login",
-            rv,
-        } => format!(
+        Error::Backend(b) if b.func == "C_Login" => format!(
             "login to the backend token failed: {}",
-            hsm_envelope::error::rv_name(*rv)
+            hsm_envelope::error::rv_name(b.rv)
         ),
         other => other.to_string(),
     }

@@ -16,15 +16,9 @@ use crate::output::{now_secs, opt_time, table, time, Failure, Report};
 fn failed_stage(e: &Error) -> usize {
     match e {
         Error::BackendLoad(_) | Error::Config(_) => 0,
-        Error::Backend {
-            func: "C_GetFunctionList" | "C_Initialize",
-            ..
-        } => 0,
-        Error::Backend {
-            func: "C_GetSlotList" | "C_GetTokenInfo",
-            ..
-        }
-        | Error::Admin(_) => 1,
+        Error::Backend(b) if matches!(b.func, "C_GetFunctionList" | "C_Initialize") => 0,
+        Error::Backend(b) if matches!(b.func, "C_GetSlotList" | "C_GetTokenInfo") => 1,
+        Error::Admin(_) => 1,
         _ => 2,
     }
 }

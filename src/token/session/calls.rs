@@ -149,10 +149,7 @@ pub fn login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Re
     // is logged in all the same, so record it, and still report the code.
     if rv != CKR_USER_ALREADY_LOGGED_IN {
         if let Err(e) = &result {
-            return Err(Error::Backend {
-                func: "C_Login",
-                rv: e.rv(),
-            });
+            return Err(Error::backend("C_Login", e.rv()));
         }
     }
     if rv == CKR_OK && user == CKU_USER {
