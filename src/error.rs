@@ -9,10 +9,10 @@ use crate::vendor;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Sixteen bytes: a `Result<CK_RV>` then travels in two registers, not
-/// through memory, at every layer of every call. Whatever is larger (a
-/// message, the store's error) is boxed: it is rare, and built only when
-/// something failed.
+/// Sixteen bytes: every `Result` on the hot path is as large as its error,
+/// and is copied at each layer of every call (`Result<()>` returns in
+/// registers). Whatever is larger (a message, the store's error) is boxed:
+/// it is rare, and built only when something failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A plain PKCS#11 outcome decided by this module.

@@ -76,6 +76,8 @@ fn check(iv: &[u8], data: &Data<'_>, tag_len: usize) -> Result<(), CryptoError> 
 /// Encrypt one message with `key`, writing the ciphertext over the output
 /// (its first `input.len()` bytes) and the tag to `tag` (4 to 16 bytes).
 /// `BufferTooSmall` (output shorter than input) changes nothing.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn seal(
     key: &PreparedKey,
     iv: &[u8],

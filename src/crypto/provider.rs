@@ -51,6 +51,8 @@ pub const FIPS_BUILD: bool = cfg!(feature = "fips");
 /// `f` on the first provider that can do it: one that answers
 /// `Unsupported` passes it to the next; past the last, `Unsupported`
 /// stands (the FIPS build's refusal).
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn first<T>(mut f: impl FnMut(Provider) -> Result<T, CryptoError>) -> Result<T, CryptoError> {
     for p in Provider::ALL {
         match f(*p) {

@@ -46,6 +46,7 @@ pub fn ok(r: Result<()>) -> Result<CK_RV> {
     r.map(|_| CKR_OK)
 }
 
+#[inline]
 pub fn bad() -> Error {
     Error::Rv(CKR_ARGUMENTS_BAD)
 }
@@ -61,6 +62,7 @@ pub const MAX_ATTRIBUTE_VALUE: CK_ULONG = 16 << 20;
 
 /// A caller's length as a slice length: no slice may span more than
 /// isize::MAX bytes, so a larger claimed length cannot be a real buffer.
+#[inline]
 fn slice_len<T>(len: CK_ULONG) -> Result<usize> {
     usize::try_from(len)
         .ok()
@@ -75,6 +77,7 @@ fn slice_len<T>(len: CK_ULONG) -> Result<usize> {
 ///
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null.
+#[inline]
 pub unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
     if len == 0 {
         return Ok(&[]);
@@ -124,6 +127,7 @@ pub unsafe fn attributes_mut<'a>(
 ///
 /// # Safety
 /// `p` must point to `len` writable bytes when non-null.
+#[inline]
 pub unsafe fn bytes_mut<'a>(p: *mut u8, len: CK_ULONG) -> Result<&'a mut [u8]> {
     if len == 0 {
         return Ok(&mut []);
@@ -141,6 +145,7 @@ pub unsafe fn bytes_mut<'a>(p: *mut u8, len: CK_ULONG) -> Result<&'a mut [u8]> {
 ///
 /// # Safety
 /// `p` must point to `dst.len()` readable bytes when non-null.
+#[inline]
 pub unsafe fn copy_in(p: *const u8, dst: &mut [u8]) -> Result<()> {
     if dst.is_empty() {
         return Ok(());
@@ -159,6 +164,7 @@ pub unsafe fn copy_in(p: *const u8, dst: &mut [u8]) -> Result<()> {
 /// # Safety
 /// `p` must point to `src.len()` writable bytes when non-null, and no
 /// slice of the caller's memory there may be alive.
+#[inline]
 pub unsafe fn copy_out(src: &[u8], p: *mut u8) -> Result<()> {
     if src.is_empty() {
         return Ok(());
@@ -174,6 +180,7 @@ pub unsafe fn copy_out(src: &[u8], p: *mut u8) -> Result<()> {
 
 /// # Safety
 /// `p` must be null or valid for a write of T.
+#[inline]
 pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {
     // SAFETY: this function's own contract (its `# Safety` section).
     unsafe {
@@ -190,6 +197,7 @@ pub unsafe fn put<T>(p: *mut T, v: T) -> Result<()> {
 ///
 /// # Safety
 /// `pul` must be valid for reads; `p` valid for `*pul` bytes when non-null.
+#[inline]
 pub unsafe fn out_buf<'a>(p: *mut u8, pul: *mut CK_ULONG) -> Result<Out<'a>> {
     // SAFETY: this function's own contract (its `# Safety` section).
     unsafe {
@@ -208,6 +216,7 @@ pub unsafe fn out_buf<'a>(p: *mut u8, pul: *mut CK_ULONG) -> Result<Out<'a>> {
 ///
 /// # Safety
 /// `pul` must be valid for writes (checked non-null by `out_buf`).
+#[inline]
 pub unsafe fn report_len(r: Result<usize>, pul: *mut CK_ULONG) -> Result<CK_RV> {
     // SAFETY: this function's own contract (its `# Safety` section).
     unsafe {

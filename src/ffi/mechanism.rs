@@ -23,6 +23,7 @@ struct GcmParamsNoIvBits {
 /// Largest GCM IV accepted (the 2.40 limit).
 const MAX_GCM_IV: CK_ULONG = 256;
 
+#[inline]
 fn param_invalid() -> Error {
     Error::Rv(CKR_MECHANISM_PARAM_INVALID)
 }
@@ -129,6 +130,7 @@ pub struct GcmMessage {
 ///
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null.
+#[inline]
 pub unsafe fn gcm_message(
     p: *const std::ffi::c_void,
     len: CK_ULONG,

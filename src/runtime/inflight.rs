@@ -109,6 +109,8 @@ fn my_stripe() -> usize {
 pub struct Counted(usize);
 
 /// Count this call in; pass what it returns to `leave`.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn enter() -> Counted {
     if FAST.load(Ordering::Relaxed) {
         if let Ok(i) = OWN_COUNTER.try_with(|c| c.0) {
@@ -132,6 +134,8 @@ pub fn enter() -> Counted {
 }
 
 /// Count a call out.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn leave(c: Counted) {
     if let Some(own) = OWN_COUNTS.get(c.0) {
         // Release: everything the call did with the module happens before

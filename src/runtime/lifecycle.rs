@@ -108,6 +108,8 @@ impl<T: Send + Sync + 'static> Published<T> {
     }
 
     /// The live instance, if this process published one.
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub fn get(&'static self) -> Option<Ref<T>> {
         let counted = inflight::enter();
         let p = self.current.load(Ordering::SeqCst);

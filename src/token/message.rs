@@ -112,9 +112,11 @@ pub struct MsgDone {
     pub tag_made: bool,
 }
 
-/// What the shim does next.
+/// What the shim does next. A byte, so that `Result<MsgStep>` returns in
+/// registers; what a call did goes to the shim's `MsgDone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MsgStep {
-    Done(MsgDone),
+    Done,
     /// Forward the same call to the backend with the caller's pointers.
     Forward,
 }
@@ -248,12 +250,15 @@ pub struct MsgArgs<'a, 'p> {
 }
 
 /// One message call. `args` reads the caller's buffers; it runs only for
-/// operations on DEKs.
+/// operations on DEKs, whose outcome goes to `done`.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn run<'a, 'p>(
     h: CK_SESSION_HANDLE,
     dir: Direction,
     call: Call,
     args: impl FnOnce() -> Result<MsgArgs<'a, 'p>>,
+    done: &mut MsgDone,
 ) -> Result<MsgStep> {
     with_session(h, |m, s| {
         let mut ops = s.ops()?;
@@ -268,12 +273,12 @@ pub fn run<'a, 'p>(
             MsgOp::Soft(op) => op,
         };
         let mut a = args()?;
-        let done = match (dir, call) {
-            (_, Call::Whole) => soft.whole(&m, s, dir, &mut a, gcm)?,
-            (_, Call::Begin) => soft.begin(&m, s, dir, &mut a, gcm)?,
-            (_, Call::Next { last }) => soft.next(&m, s, dir, &mut a, last)?,
+        *done = match call {
+            Call::Whole => soft.whole(&m, s, dir, &mut a, gcm)?,
+            Call::Begin => soft.begin(&m, s, dir, &mut a, gcm)?,
+            Call::Next { last } => soft.next(&m, s, dir, &mut a, last)?,
         };
-        Ok(MsgStep::Done(done))
+        Ok(MsgStep::Done)
     })
 }
 
@@ -290,7 +295,7 @@ pub fn finish(h: CK_SESSION_HANDLE, dir: Direction) -> Result<MsgStep> {
             }
             MsgOp::Soft(mut op) => {
                 op.hand_over_uses(&m, s);
-                Ok(MsgStep::Done(MsgDone::default()))
+                Ok(MsgStep::Done)
             }
         }
     })
@@ -328,6 +333,8 @@ impl SoftMessages {
     /// The key still passes every check of the init (a few atomic loads);
     /// else it is checked and fetched again, and the operation fails with
     /// whatever a new init would (a destroyed DEK, a revoked KEK).
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     fn check_key(&mut self, m: &Module, s: &Session, dir: Direction) -> Result<()> {
         let handle = self.key.handle();
         if self.key.reuse(handle, CKM_AES_GCM, m).is_some() {
@@ -345,6 +352,8 @@ impl SoftMessages {
 
     /// Make the IV, if the module makes it, taking one GCM invocation
     /// number of the key from the session's run `gcm`.
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     fn make_iv(
         &mut self,
         m: &Module,
@@ -384,6 +393,8 @@ impl SoftMessages {
         Ok(true)
     }
 
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     fn whole(
         &mut self,
         m: &Module,
@@ -536,6 +547,8 @@ impl SoftMessages {
 /// One GCM invocation number of `key`'s key material, from the session's
 /// run `gcm` (a compare and an increment, but for every run's first).
 /// `CKR_HSME_INVOCATION_LIMIT` once the key is spent.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn take_invocation(
     m: &Module,
     s: &Session,
@@ -605,6 +618,8 @@ fn part_step(
 
 /// Encrypt one message: under the IV the FIPS module draws (`fips_mode`,
 /// written to `p.iv`), else under `p.iv`.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn seal(
     m: &Module,
     key: &crate::crypto::PreparedKey,

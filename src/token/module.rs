@@ -58,6 +58,8 @@ static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 pub type ModuleRef = Ref<Module>;
 
 /// The live module, if this process initialised it.
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn get() -> Result<ModuleRef> {
     CURRENT.get().ok_or(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))
 }

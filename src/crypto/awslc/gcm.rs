@@ -266,6 +266,8 @@ impl CipherOp for GcmOp {
 /// Encrypt one message with the caller's IV (PKCS#11 3.0 message
 /// functions: the tag apart from the ciphertext), straight between the
 /// caller's buffers. The caller has checked the lengths (`gcm_message`).
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn seal(
     key: &PreparedKey,
     iv: &[u8],

@@ -42,6 +42,8 @@ pub fn lookup(h: CK_SESSION_HANDLE) -> Result<(ModuleRef, Arc<Session>)> {
 
 /// `lookup` for the encrypt/decrypt hot path: runs `f` on the session
 /// without taking a reference to it (see `thread_cache::with`).
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn with_session<R>(
     h: CK_SESSION_HANDLE,
     f: impl FnOnce(ModuleRef, &Session) -> Result<R>,

@@ -67,6 +67,8 @@ pub fn get(m: &Module, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
 /// session, `f` borrows it from here: no reference count is written (the
 /// entry cannot be replaced meanwhile: replacing needs the `RefCell`
 /// exclusively, and fails, so is skipped, while `f` runs).
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn with<R>(
     m: ModuleRef,
     h: CK_SESSION_HANDLE,
