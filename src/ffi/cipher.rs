@@ -51,7 +51,8 @@ unsafe fn init(
 /// # Safety
 /// `p_in` must point to `in_len` readable bytes when non-null; `pul` be
 /// null or valid, and `p_out` point to `*pul` writable bytes when non-null.
-#[inline]
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub(super) unsafe fn caller_buffers<'a>(
     p_in: *mut u8,
     in_len: CK_ULONG,

@@ -130,7 +130,8 @@ pub struct GcmMessage {
 ///
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null.
-#[inline]
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub unsafe fn gcm_message(
     p: *const std::ffi::c_void,
     len: CK_ULONG,

@@ -71,7 +71,8 @@ unsafe fn init(
 ///
 /// # Safety
 /// As `caller_buffers`.
-#[inline]
+// The per-message path: see "Inlining" above.
+#[inline(always)]
 unsafe fn message_data<'a>(
     p_in: *mut u8,
     in_len: CK_ULONG,
@@ -105,7 +106,8 @@ unsafe fn message_data<'a>(
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null, and the pointers
 /// in it to `ulIvLen` and `ulTagBits / 8` readable bytes.
-#[inline]
+// The per-message path: see "Inlining" above.
+#[inline(always)]
 unsafe fn params<'p>(
     p: *mut c_void,
     len: CK_ULONG,

@@ -82,6 +82,8 @@ impl MsgData<'_> {
     }
 
     /// The data for the cipher; `BufferTooSmall` if the output is short.
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     fn crypto(&mut self) -> std::result::Result<Data<'_>, CryptoError> {
         match self {
             MsgData::Query(n) => Err(CryptoError::BufferTooSmall { needed: *n }),
@@ -260,6 +262,9 @@ pub fn run<'a, 'p>(
     args: impl FnOnce() -> Result<MsgArgs<'a, 'p>>,
     done: &mut MsgDone,
 ) -> Result<MsgStep> {
+    // The closure gives back only a `Result<()>`, which returns in
+    // registers; the step goes through `step`.
+    let mut step = MsgStep::Done;
     with_session(h, |m, s| {
         let mut ops = s.ops()?;
         let (op, gcm) = ops.message_and_gcm(dir);
@@ -269,7 +274,10 @@ pub fn run<'a, 'p>(
                     .err()
                     .unwrap_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)))
             }
-            MsgOp::Backend => return Ok(MsgStep::Forward),
+            MsgOp::Backend => {
+                step = MsgStep::Forward;
+                return Ok(());
+            }
             MsgOp::Soft(op) => op,
         };
         let mut a = args()?;
@@ -278,8 +286,9 @@ pub fn run<'a, 'p>(
             Call::Begin => soft.begin(&m, s, dir, &mut a, gcm)?,
             Call::Next { last } => soft.next(&m, s, dir, &mut a, last)?,
         };
-        Ok(MsgStep::Done)
-    })
+        Ok(())
+    })?;
+    Ok(step)
 }
 
 /// C_MessageEncryptFinal / C_MessageDecryptFinal.
