@@ -171,6 +171,8 @@ pub struct Staged<S> {
 }
 
 impl<S> Staged<S> {
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub(crate) fn new(steps: S) -> Self {
         Staged {
             steps,

@@ -171,6 +171,8 @@ impl CipherOp for PreparedOp {
 }
 
 /// An operation on a cached key, from the first provider that can do it.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn new_prepared_op(
     key: &SessionKey,
     mode: &Mode,
@@ -180,6 +182,8 @@ pub fn new_prepared_op(
 }
 
 /// An operation on a cached key by provider `p`.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub(super) fn op_with(
     p: Provider,
     key: &SessionKey,

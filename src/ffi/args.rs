@@ -416,6 +416,8 @@ impl MechanismCopy<'_> {
 /// # Safety
 /// `p` must be null or point to a valid CK_MECHANISM whose parameter bytes
 /// are readable.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub unsafe fn mechanism_copy<'b>(
     p: *const CK_MECHANISM,
     buf: &'b mut ParamBuf,

@@ -14,6 +14,8 @@ use crate::token::forward::{again_after_reconnect, forward_session, forward_sess
 /// # Safety
 /// `p_m` must be null or a valid CK_MECHANISM whose parameters stay valid
 /// for the call.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 unsafe fn init(
     h: CK_SESSION_HANDLE,
     dir: Direction,

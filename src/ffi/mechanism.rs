@@ -55,6 +55,8 @@ unsafe fn param_bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8]> {
 ///
 /// # Safety
 /// `m` must be a valid CK_MECHANISM with parameters readable for `'a`.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub unsafe fn soft_mode<'a>(m: &'a CK_MECHANISM) -> Result<Mode<'a>> {
     // SAFETY: this function's own contract (its `# Safety` section).
     unsafe {

@@ -49,6 +49,8 @@ pub enum Step {
 /// C_EncryptInit / C_DecryptInit. `soft` is the mechanism parsed for the
 /// software engines (an error if it is not one of theirs); `raw` is the
 /// caller's mechanism, forwarded untouched for backend keys.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn init(
     h: CK_SESSION_HANDLE,
     dir: Direction,
@@ -59,6 +61,8 @@ pub fn init(
     with_session(h, |m, s| init_on(m, s, dir, mech, soft, key))
 }
 
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn init_on(
     m: ModuleRef,
     s: &Session,
@@ -126,6 +130,8 @@ fn init_on(
 /// An AES-GCM encryption takes one invocation number of its key (the
 /// caller's IV is used; the number only counts it): refused with
 /// `CKR_HSME_INVOCATION_LIMIT` once the key is spent.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn count_gcm(
     m: &Module,
     s: &Session,
@@ -141,6 +147,8 @@ fn count_gcm(
 }
 
 /// A DEK use, counted (not logged per call) when there is an audit log.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn count_use(m: &Module, s: &Session, r: &RememberedKey, now_ms: u64) {
     if let Some(audit) = m.envelope_for(s.slot).ok().and_then(|e| e.audit()) {
         r.count_uses(audit, 1, now_ms);

@@ -136,6 +136,8 @@ fn stale_handle(rv: CK_RV) -> bool {
 /// failed for a stale handle while one was, run it again (at most twice
 /// more): its handles are then found again (see `object::rebind`) and every
 /// check in it, the KEK guard included, runs again on them.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn again_after_reconnect(mut body: impl FnMut() -> Result<CK_RV>) -> Result<CK_RV> {
     let reconnects = || {
         crate::token::module::get()

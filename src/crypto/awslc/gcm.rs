@@ -79,6 +79,8 @@ pub struct GcmOp {
 }
 
 impl GcmOp {
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub fn new(key: SessionKey, nonce: [u8; IV], aad: &[u8], dir: Direction) -> Self {
         GcmOp {
             key,

@@ -42,6 +42,8 @@ impl Keys {
 }
 
 /// The operation for `mode` on `key`, or `Unsupported` (see the module's text).
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn op(key: &SessionKey, mode: &Mode, dir: Direction) -> Result<PreparedOp, CryptoError> {
     Ok(match mode {
         Mode::Gcm { iv, aad, tag_len } => {

@@ -132,6 +132,8 @@ impl Ops {
     }
 
     /// Start a software operation in direction `dir`.
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub fn start(&mut self, dir: Direction, mut op: PreparedOp) {
         self.multi_part[Self::index(dir)] = false;
         if let Some(spare) = self.spare.take() {
