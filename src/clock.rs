@@ -49,6 +49,8 @@ pub fn advance(by: Duration) -> bool {
         .is_ok()
 }
 
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn offset_ms() -> i64 {
     if test_clock_allowed() {
         OFFSET_MS.load(Ordering::Relaxed)
@@ -79,6 +81,8 @@ pub fn unix_secs() -> i64 {
 /// cheaper than `Instant::now` on virtual machines, at a resolution of one
 /// tick (1 to 4 ms), which is nothing to TTLs of seconds. The hot path
 /// reads it once per operation (the soft TTL of a remembered DEK).
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 pub fn mono_ms() -> u64 {
     static BASE: OnceLock<u64> = OnceLock::new();
     let now = mono_raw_ms();
@@ -87,6 +91,8 @@ pub fn mono_ms() -> u64 {
 }
 
 #[cfg(target_os = "linux")]
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn mono_raw_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -104,6 +110,8 @@ fn mono_raw_ms() -> u64 {
 }
 
 #[cfg(not(target_os = "linux"))]
+// The per-message path: see "Inlining" in `ffi::message`.
+#[inline(always)]
 fn mono_raw_ms() -> u64 {
     instant_ms()
 }

@@ -149,6 +149,8 @@ impl KeyCache {
 
     /// `still_serves` at `now_ms` (`clock::mono_ms`, read by the caller
     /// once for the whole call).
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub fn still_serves_at(&self, epoch: u64, token: bool, now_ms: u64) -> bool {
         let until = if token {
             &self.until.serve

@@ -112,6 +112,8 @@ impl RememberedKey {
 
     /// The key, if an init of `handle` with `mechanism` would pass the same
     /// checks and get the same key as when it was remembered.
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub fn reuse(
         &self,
         handle: CK_OBJECT_HANDLE,
@@ -122,6 +124,8 @@ impl RememberedKey {
     }
 
     /// `reuse` at `now_ms` (`clock::mono_ms`, read once by the caller).
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     pub fn reuse_at(
         &self,
         handle: CK_OBJECT_HANDLE,
@@ -140,6 +144,8 @@ impl RememberedKey {
         .then_some(&self.key)
     }
 
+    // The per-message path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
     fn still_holds(
         &self,
         handle: CK_OBJECT_HANDLE,
