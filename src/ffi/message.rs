@@ -166,10 +166,8 @@ unsafe fn write_back(
 }
 
 /// A message call's pointers and lengths as the caller passed them (null
-/// and 0 for what the function has not). One reference to it is all the
-/// closures below carry: the hot path moves closures through several
-/// layers, and a closure that held each of these by value was copied at
-/// each.
+/// and 0 for what the function has not): the six shims pass one of these,
+/// and the closures below carry a reference to it.
 struct Caller {
     p_param: *mut c_void,
     param_len: CK_ULONG,
@@ -190,6 +188,45 @@ struct Copied {
 }
 
 impl Caller {
+    /// A call's `CK_GCM_MESSAGE_PARAMS`; no associated data, no data.
+    fn params(p_param: *mut c_void, param_len: CK_ULONG) -> Self {
+        let null = std::ptr::null_mut();
+        Caller {
+            p_param,
+            param_len,
+            p_aad: null,
+            aad_len: 0,
+            p_in: null,
+            in_len: 0,
+            p_out: null,
+            pul: std::ptr::null_mut(),
+        }
+    }
+
+    fn aad(self, p_aad: *mut CK_BYTE, aad_len: CK_ULONG) -> Self {
+        Caller {
+            p_aad,
+            aad_len,
+            ..self
+        }
+    }
+
+    fn data(
+        self,
+        p_in: *mut CK_BYTE,
+        in_len: CK_ULONG,
+        p_out: *mut CK_BYTE,
+        pul: *mut CK_ULONG,
+    ) -> Self {
+        Caller {
+            p_in,
+            in_len,
+            p_out,
+            pul,
+            ..self
+        }
+    }
+
     /// The checked arguments of a call on a DEK.
     ///
     /// # Safety
@@ -230,7 +267,7 @@ impl Caller {
 /// The caller's pointers, under the PKCS#11 contract: `p_param` readable
 /// for `param_len` bytes, `p_aad` for `aad_len`, `p_in` for `in_len`,
 /// `pul` valid and `p_out` writable for `*pul` bytes when non-null.
-// The per-message path: see "Inlining" in `ffi::message`.
+// The per-message path: see "Inlining" above.
 #[inline(always)]
 unsafe fn call(
     h: CK_SESSION_HANDLE,
@@ -342,16 +379,9 @@ pub unsafe extern "C" fn C_EncryptMessage(
             h,
             Encrypt,
             Call::Whole,
-            &Caller {
-                p_param,
-                param_len,
-                p_aad,
-                aad_len,
-                p_in,
-                in_len,
-                p_out,
-                pul,
-            },
+            &Caller::params(p_param, param_len)
+                .aad(p_aad, aad_len)
+                .data(p_in, in_len, p_out, pul),
             || {
                 forward_session(h, |b, bs| {
                     bcall3!(
@@ -384,16 +414,9 @@ pub unsafe extern "C" fn C_DecryptMessage(
             h,
             Decrypt,
             Call::Whole,
-            &Caller {
-                p_param,
-                param_len,
-                p_aad,
-                aad_len,
-                p_in,
-                in_len,
-                p_out,
-                pul,
-            },
+            &Caller::params(p_param, param_len)
+                .aad(p_aad, aad_len)
+                .data(p_in, in_len, p_out, pul),
             || {
                 forward_session(h, |b, bs| {
                     bcall3!(
@@ -416,23 +439,13 @@ pub unsafe extern "C" fn C_EncryptMessageBegin(
     p_aad: *mut CK_BYTE,
     aad_len: CK_ULONG,
 ) -> CK_RV {
-    let null = std::ptr::null_mut();
     // SAFETY: as C_EncryptMessage; Begin has no data.
     guard("C_EncryptMessageBegin", || unsafe {
         call(
             h,
             Encrypt,
             Call::Begin,
-            &Caller {
-                p_param,
-                param_len,
-                p_aad,
-                aad_len,
-                p_in: null,
-                in_len: 0,
-                p_out: null,
-                pul: std::ptr::null_mut(),
-            },
+            &Caller::params(p_param, param_len).aad(p_aad, aad_len),
             || {
                 forward_session(h, |b, bs| {
                     bcall3!(
@@ -453,23 +466,13 @@ pub unsafe extern "C" fn C_DecryptMessageBegin(
     p_aad: *mut CK_BYTE,
     aad_len: CK_ULONG,
 ) -> CK_RV {
-    let null = std::ptr::null_mut();
     // SAFETY: as C_EncryptMessage; Begin has no data.
     guard("C_DecryptMessageBegin", || unsafe {
         call(
             h,
             Decrypt,
             Call::Begin,
-            &Caller {
-                p_param,
-                param_len,
-                p_aad,
-                aad_len,
-                p_in: null,
-                in_len: 0,
-                p_out: null,
-                pul: std::ptr::null_mut(),
-            },
+            &Caller::params(p_param, param_len).aad(p_aad, aad_len),
             || {
                 forward_session(h, |b, bs| {
                     bcall3!(
@@ -496,21 +499,11 @@ pub unsafe extern "C" fn C_EncryptMessageNext(
     // SAFETY: as C_EncryptMessage; Next has no associated data.
     guard("C_EncryptMessageNext", || unsafe {
         let last = last_part(flags)?;
-        let null = std::ptr::null_mut();
         call(
             h,
             Encrypt,
             Call::Next { last },
-            &Caller {
-                p_param,
-                param_len,
-                p_aad: null,
-                aad_len: 0,
-                p_in,
-                in_len,
-                p_out,
-                pul,
-            },
+            &Caller::params(p_param, param_len).data(p_in, in_len, p_out, pul),
             || {
                 forward_session(h, |b, bs| {
                     bcall3!(
@@ -539,21 +532,11 @@ pub unsafe extern "C" fn C_DecryptMessageNext(
     // SAFETY: as C_EncryptMessage; Next has no associated data.
     guard("C_DecryptMessageNext", || unsafe {
         let last = last_part(flags)?;
-        let null = std::ptr::null_mut();
         call(
             h,
             Decrypt,
             Call::Next { last },
-            &Caller {
-                p_param,
-                param_len,
-                p_aad: null,
-                aad_len: 0,
-                p_in,
-                in_len,
-                p_out,
-                pul,
-            },
+            &Caller::params(p_param, param_len).data(p_in, in_len, p_out, pul),
             || {
                 forward_session(h, |b, bs| {
                     bcall3!(
