@@ -114,8 +114,7 @@ pub struct MsgDone {
     pub tag_made: bool,
 }
 
-/// What the shim does next. A byte, so that `Result<MsgStep>` returns in
-/// registers; what a call did goes to the shim's `MsgDone`.
+/// What the shim does next; what a call did goes to the shim's `MsgDone`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MsgStep {
     Done,
