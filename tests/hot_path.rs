@@ -285,3 +285,72 @@ fn a_handle_number_reused_by_a_new_module_instance_names_the_new_session() {
         t.join().unwrap();
     });
 }
+
+/// A session that encrypts message after message under one key re-uses
+/// its ended operation in place (`PreparedOp::rearm`). Each init's IV,
+/// AAD and key must still be the ones used: checked against RustCrypto's
+/// AES-GCM across AADs that grow and shrink, another key and back, the
+/// decrypt direction, a multi-part encryption and a refused init.
+#[test]
+fn a_re_used_operation_takes_each_init_s_iv_aad_and_key() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use cryptoki::mechanism::aead::GcmParams;
+    use cryptoki::mechanism::Mechanism;
+
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let (va, vb) = ([0x11u8; 32], [0x22u8; 32]);
+    let usage = || vec![Attribute::Encrypt(true), Attribute::Decrypt(true)];
+    let (a, b) = (
+        import(&s, &va, false, usage()),
+        import(&s, &vb, false, usage()),
+    );
+    let reference = |v: &[u8; 32], iv: &[u8], aad: &[u8], msg: &[u8]| {
+        aes_gcm::Aes256Gcm::new_from_slice(v)
+            .unwrap()
+            .encrypt(iv.try_into().unwrap(), Payload { msg, aad })
+            .unwrap()
+    };
+    let mut n = 0u8;
+    let mut check = |key: ObjectHandle, v: &[u8; 32], aad_len: usize| {
+        n += 1;
+        let (iv, aad, pt) = (
+            [n; 12],
+            vec![n; aad_len],
+            vec![n ^ 0x5a; 16 * n as usize + 1],
+        );
+        let ct = gcm_encrypt(&s, key, &iv, &aad, &pt).unwrap();
+        assert_eq!(ct, reference(v, &iv, &aad, &pt), "message {n}");
+        assert_eq!(
+            gcm_decrypt(&s, key, &iv, &aad, &ct).unwrap(),
+            pt,
+            "message {n}"
+        );
+    };
+    for aad_len in [0, 7, 40, 3, 0] {
+        check(a, &va, aad_len);
+    }
+    check(b, &vb, 5);
+    check(a, &va, 0);
+
+    // A multi-part encryption on the same key, then single-part again.
+    let (iv, aad, pt) = ([0xa0; 12], b"multi".to_vec(), random_bytes(100));
+    let mut iv_buf = iv.to_vec();
+    let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, &aad, 128.into()).unwrap());
+    s.encrypt_init(&gcm, a).unwrap();
+    let mut ct = s.encrypt_update(&pt[..37]).unwrap();
+    ct.extend(s.encrypt_update(&pt[37..]).unwrap());
+    ct.extend(s.encrypt_final().unwrap());
+    assert_eq!(ct, reference(&va, &iv, &aad, &pt), "multi-part");
+    check(a, &va, 9);
+
+    // A refused init (a tag of 129 bits) leaves no operation behind.
+    let mut iv_buf = [0xb0; 12].to_vec();
+    let bad = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, &aad, 129.into()).unwrap());
+    let e = s.encrypt(&bad, a, b"x").unwrap_err();
+    assert_eq!(rv(e), RvError::MechanismParamInvalid);
+    let e = s.encrypt_update(b"x").unwrap_err();
+    assert_eq!(rv(e), RvError::OperationNotInitialized);
+    check(a, &va, 2);
+}

@@ -180,6 +180,19 @@ impl<S> Staged<S> {
         }
     }
 
+    /// A fresh operation again, if `f` can make the one inside ready for
+    /// another message (see `PreparedOp::rearm`).
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
+    #[cfg(feature = "aws-lc")]
+    pub(crate) fn rearm(&mut self, f: impl FnOnce(&mut S) -> bool) -> bool {
+        let ok = f(&mut self.steps);
+        if ok {
+            self.stage = Stage::Fresh;
+        }
+        ok
+    }
+
     /// The operation inside (for what is not a step: buffers).
     #[cfg(feature = "aws-lc")]
     pub(crate) fn steps_mut(&mut self) -> &mut S {

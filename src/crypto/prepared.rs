@@ -138,6 +138,35 @@ impl PreparedOp {
         }
     }
 
+    /// Make this ended operation ready for the next message: true when it
+    /// then is exactly what `new_prepared_op(key, mode, dir)` would build,
+    /// false (and unchanged) when one must be built. A session encrypting
+    /// message after message under one key so re-uses one operation, with
+    /// no key reference taken and dropped and no operation moved per
+    /// message. Only the inline aws-lc AES-GCM operation re-arms; it is
+    /// also the first provider's choice for what it re-arms for.
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
+    pub fn rearm(&mut self, key: &SessionKey, mode: &Mode, dir: Direction) -> bool {
+        match self {
+            #[cfg(feature = "aws-lc")]
+            PreparedOp::AwsGcm(op) => awslc::rearm(op, key, mode, dir),
+            PreparedOp::Boxed(_) => {
+                let _ = (key, mode, dir);
+                false
+            }
+        }
+    }
+
+    /// Whether `rearm` can ever succeed (else an ended operation is dropped).
+    pub fn rearms(&self) -> bool {
+        match self {
+            #[cfg(feature = "aws-lc")]
+            PreparedOp::AwsGcm(_) => true,
+            PreparedOp::Boxed(_) => false,
+        }
+    }
+
     /// Take back the multi-part buffer of an ended operation, wiped, if it
     /// is worth keeping.
     pub fn reclaim_buffer(&mut self) -> Option<SpareBuffer> {

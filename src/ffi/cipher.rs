@@ -27,7 +27,7 @@ unsafe fn init(
     let mc = unsafe { mechanism_copy(p_m, &mut params)? };
     let m = mc.raw();
     // SAFETY: the copy's parameters; the mode borrows them for this call.
-    let soft = unsafe { soft_mode(m) };
+    let soft = || unsafe { soft_mode(m) };
     match crypt::init(h, dir, m.mechanism, soft, key)? {
         Step::ForwardInit(bkey) => {
             let rv = forward_session_objects(h, |b, bs| match dir {

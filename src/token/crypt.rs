@@ -46,16 +46,17 @@ pub enum Step {
     ForwardInit(CK_OBJECT_HANDLE),
 }
 
-/// C_EncryptInit / C_DecryptInit. `soft` is the mechanism parsed for the
-/// software engines (an error if it is not one of theirs); `raw` is the
-/// caller's mechanism, forwarded untouched for backend keys.
+/// C_EncryptInit / C_DecryptInit. `soft` parses the mechanism for the
+/// software engines (an error if it is not one of theirs); `mech` is the
+/// caller's mechanism type. Backend keys get the caller's mechanism
+/// forwarded untouched by the shim.
 // The C_EncryptInit path: see "Inlining" in `ffi::message`.
 #[inline(always)]
-pub fn init(
+pub fn init<'p>(
     h: CK_SESSION_HANDLE,
     dir: Direction,
     mech: CK_MECHANISM_TYPE,
-    soft: Result<Mode<'_>>,
+    soft: impl FnOnce() -> Result<Mode<'p>>,
     key: CK_OBJECT_HANDLE,
 ) -> Result<Step> {
     with_session(h, |m, s| init_on(m, s, dir, mech, soft, key))
@@ -63,12 +64,12 @@ pub fn init(
 
 // The C_EncryptInit path: see "Inlining" in `ffi::message`.
 #[inline(always)]
-fn init_on(
+fn init_on<'p>(
     m: ModuleRef,
     s: &Session,
     dir: Direction,
     mech: CK_MECHANISM_TYPE,
-    soft: Result<Mode<'_>>,
+    soft: impl FnOnce() -> Result<Mode<'p>>,
     key: CK_OBJECT_HANDLE,
 ) -> Result<Step> {
     let mut ops = s.ops()?;
@@ -76,8 +77,10 @@ fn init_on(
     if op.is_active() {
         return Err(Error::Rv(CKR_OPERATION_ACTIVE));
     }
+    // Parsed here, not passed in parsed: a `Result<Mode>` moved through
+    // the session lookup's closure is reloaded in pieces that stall.
     // `soft` is only ever used on a DEK: the IV policy is the DEKs'.
-    let soft = soft.and_then(|mode| match (dir, mode) {
+    let soft = soft().and_then(|mode| match (dir, mode) {
         (Direction::Encrypt, Mode::Gcm { .. }) => {
             crate::token::message::caller_iv_allowed(&m, "C_EncryptInit").map(|()| mode)
         }
@@ -90,15 +93,24 @@ fn init_on(
         if let Some(k) = r.reuse_at(key, mech, &m, now) {
             let mode = soft?;
             crate::token::approved::cipher(&m, &mode, k.value().len())?;
-            let new_op = crypto::new_prepared_op(k, &mode, dir)?;
-            count_gcm(&m, s, dir, &mode, r, gcm)?;
+            // The ended operation of the same key, made ready again in
+            // place; else a new one.
+            if !op.rearm(k, &mode, dir) {
+                *op = Op::Soft(crypto::new_prepared_op(k, &mode, dir)?);
+            }
+            if let Err(e) = count_gcm(&m, s, dir, &mode, r, gcm) {
+                ops.end(dir);
+                return Err(e);
+            }
             count_use(&m, s, r, now);
-            ops.start(dir, new_op);
+            ops.started(dir);
             return Ok(Step::Done(0));
         }
     }
-    // Stale or another key: let go of it now (it may be a destroyed key's).
+    // Stale or another key: let go of it now (it may be a destroyed key's),
+    // and of the ended operation on it.
     *last = None;
+    *op = Op::Idle;
     let obj = match crate::token::store_sync::object(&m, key) {
         Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)) => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
         r => r,
@@ -292,7 +304,7 @@ fn step_on<'a>(
     let (op, _) = ops.direction(dir);
     let cipher = match op {
         // Bad pointers are reported first, with or without an operation.
-        Op::Idle => {
+        Op::Idle | Op::Ended(_) => {
             return Err(args()
                 .err()
                 .unwrap_or(Error::Rv(CKR_OPERATION_NOT_INITIALIZED)))

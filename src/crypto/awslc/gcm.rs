@@ -93,6 +93,25 @@ impl GcmOp {
         }
     }
 
+    /// Make this ended operation a fresh one for the next message under the
+    /// same key in the same direction (see `PreparedOp::rearm`); false,
+    /// changing nothing, for another key or direction.
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
+    pub fn rearm(&mut self, key: &SessionKey, nonce: [u8; IV], aad: &[u8], dir: Direction) -> bool {
+        if !std::sync::Arc::ptr_eq(&self.key, key) || self.dir != dir {
+            return false;
+        }
+        self.nonce = nonce;
+        self.aad.clear();
+        self.aad.extend_from_slice(aad);
+        #[cfg(not(feature = "fips"))]
+        if self.stream.is_some() {
+            self.stream = None;
+        }
+        true
+    }
+
     /// Whether multi-part encryption streams (else: held to the final call).
     fn streams(&self) -> bool {
         cfg!(not(feature = "fips")) && self.dir == Direction::Encrypt

@@ -66,6 +66,24 @@ pub fn op(key: &SessionKey, mode: &Mode, dir: Direction) -> Result<PreparedOp, C
     })
 }
 
+/// Re-arm `op`, an ended AES-GCM operation, for `mode` on `key`: true when
+/// `op` then is what `op(key, mode, dir)` would build (same key and
+/// direction, parameters aws-lc takes), false and unchanged otherwise.
+// The C_EncryptInit path: see "Inlining" in `ffi::message`.
+#[inline(always)]
+pub fn rearm(op: &mut Staged<gcm::GcmOp>, key: &SessionKey, mode: &Mode, dir: Direction) -> bool {
+    let Mode::Gcm { iv, aad, tag_len } = mode else {
+        return false;
+    };
+    if gcm::check_params(iv, *tag_len).is_err() {
+        return false;
+    }
+    let Ok(nonce) = <[u8; 12]>::try_from(*iv) else {
+        return false;
+    };
+    op.rearm(|g| g.rearm(key, nonce, aad, dir))
+}
+
 /// `value` as an aws-lc cipher key (AES-128, -192 or -256).
 fn cipher_key(value: &[u8]) -> Result<UnboundCipherKey, CryptoError> {
     let alg = match value.len() {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cryptoki_sys::*;
 
-use crate::crypto::{Direction, PreparedOp, SpareBuffer};
+use crate::crypto::{Direction, Mode, PreparedOp, SessionKey, SpareBuffer};
 use crate::envelope::gcm_budget::Lease;
 use crate::error::{Error, Result};
 use crate::runtime::handle_hash::HandleMap;
@@ -20,11 +20,43 @@ pub enum Op {
     Soft(PreparedOp),
     /// Forwarded to the backend session.
     Backend,
+    /// No operation: the last software one of this direction, ended, kept
+    /// so that the next init on the same key re-arms it in place
+    /// (`PreparedOp::rearm`). It holds the key no longer than the
+    /// remembered key does: both go at a stale init, a logout and the
+    /// session's close.
+    Ended(PreparedOp),
 }
 
 impl Op {
     pub fn is_active(&self) -> bool {
-        !matches!(self, Op::Idle)
+        matches!(self, Op::Soft(_) | Op::Backend)
+    }
+
+    /// Re-arm the ended operation for `mode` on `key` (see
+    /// `PreparedOp::rearm`): true when this is then an active software
+    /// operation, false (unchanged) when one must be built.
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
+    pub fn rearm(&mut self, key: &SessionKey, mode: &Mode<'_>, dir: Direction) -> bool {
+        // Moved into place first, then re-armed there: moving it after the
+        // writes would reload them at once, a store-forwarding stall.
+        match std::mem::replace(self, Op::Idle) {
+            Op::Ended(op) => *self = Op::Soft(op),
+            other => {
+                *self = other;
+                return false;
+            }
+        }
+        let rearmed = match self {
+            Op::Soft(op) => op.rearm(key, mode, dir),
+            _ => false,
+        };
+        if !rearmed {
+            // Another key or mode: the caller builds a new operation.
+            *self = Op::Idle;
+        }
+        rearmed
     }
 }
 
@@ -134,21 +166,49 @@ impl Ops {
     /// Start a software operation in direction `dir`.
     // The C_EncryptInit path: see "Inlining" in `ffi::message`.
     #[inline(always)]
-    pub fn start(&mut self, dir: Direction, mut op: PreparedOp) {
-        self.multi_part[Self::index(dir)] = false;
-        if let Some(spare) = self.spare.take() {
-            self.spare = op.lend_buffer(spare);
-        }
+    pub fn start(&mut self, dir: Direction, op: PreparedOp) {
         *self.direction(dir).0 = Op::Soft(op);
+        self.started(dir);
     }
 
-    /// End the operation in direction `dir`, keeping its buffer.
+    /// The software operation in direction `dir` was just put in place or
+    /// re-armed: it is single-part so far and gets the spare buffer.
+    // The C_EncryptInit path: see "Inlining" in `ffi::message`.
+    #[inline(always)]
+    pub fn started(&mut self, dir: Direction) {
+        self.multi_part[Self::index(dir)] = false;
+        if let Some(spare) = self.spare.take() {
+            self.spare = match self.direction(dir).0 {
+                Op::Soft(op) => op.lend_buffer(spare),
+                _ => Some(spare),
+            };
+        }
+    }
+
+    /// End the operation in direction `dir`, keeping its buffer (wiped)
+    /// and, if it can be re-armed, the operation itself.
     pub fn end(&mut self, dir: Direction) {
         self.multi_part[Self::index(dir)] = false;
-        if let Op::Soft(mut op) = std::mem::replace(self.direction(dir).0, Op::Idle) {
-            if self.spare.is_none() {
-                self.spare = op.reclaim_buffer();
+        let slot = match dir {
+            Direction::Encrypt => &mut self.encrypt,
+            Direction::Decrypt => &mut self.decrypt,
+        };
+        match slot {
+            Op::Soft(op) => {
+                // Wiped now whether or not it is kept: an ended operation
+                // holds no data.
+                let buf = op.reclaim_buffer();
+                if self.spare.is_none() {
+                    self.spare = buf;
+                }
+                if !op.rearms() {
+                    *slot = Op::Idle;
+                } else if let Op::Soft(op) = std::mem::replace(slot, Op::Idle) {
+                    *slot = Op::Ended(op);
+                }
             }
+            Op::Backend => *slot = Op::Idle,
+            Op::Idle | Op::Ended(_) => {}
         }
     }
 
@@ -156,7 +216,7 @@ impl Ops {
     /// values are released); backend operations are the backend's to end.
     pub fn drop_soft(&mut self) {
         for op in [&mut self.encrypt, &mut self.decrypt] {
-            if matches!(op, Op::Soft(_)) {
+            if matches!(op, Op::Soft(_) | Op::Ended(_)) {
                 *op = Op::Idle;
             }
         }
