@@ -158,11 +158,16 @@ impl PreparedOp {
         }
     }
 
-    /// Whether `rearm` can ever succeed (else an ended operation is dropped).
-    pub fn rearms(&self) -> bool {
+    /// Ready an ended operation to be kept for `rearm`: its buffer wiped
+    /// in place (it holds no data). False for an operation that does not
+    /// re-arm, which the caller drops (after `reclaim_buffer`).
+    pub fn keep(&mut self) -> bool {
         match self {
             #[cfg(feature = "aws-lc")]
-            PreparedOp::AwsGcm(_) => true,
+            PreparedOp::AwsGcm(op) => {
+                op.steps_mut().wipe_buffer();
+                true
+            }
             PreparedOp::Boxed(_) => false,
         }
     }

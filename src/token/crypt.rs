@@ -110,7 +110,8 @@ fn init_on<'p>(
     // Stale or another key: let go of it now (it may be a destroyed key's),
     // and of the ended operation on it.
     *last = None;
-    *op = Op::Idle;
+    ops.forget_ended(dir);
+    let (op, last, gcm) = ops.direction_and_gcm(dir);
     let obj = match crate::token::store_sync::object(&m, key) {
         Err(Error::Rv(CKR_OBJECT_HANDLE_INVALID)) => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
         r => r,

@@ -162,6 +162,20 @@ impl GcmOp {
         (buf.capacity() != 0 && buf.capacity() <= SpareBuffer::MAX_KEPT).then_some(SpareBuffer(buf))
     }
 
+    /// What `reclaim_buffer` does, in place: the buffer wiped and kept for
+    /// this operation's next message (see `PreparedOp::keep`), or freed
+    /// if it is larger than a session keeps.
+    pub fn wipe_buffer(&mut self) {
+        if self.buf.capacity() == 0 {
+            return;
+        }
+        self.buf.as_mut_slice().zeroize();
+        self.buf.clear();
+        if self.buf.capacity() > SpareBuffer::MAX_KEPT {
+            self.buf = Zeroizing::new(Vec::new());
+        }
+    }
+
     fn len_for(&self, input_len: usize) -> usize {
         match self.dir {
             Direction::Encrypt => input_len.saturating_add(TAG),
@@ -536,5 +550,63 @@ mod tests {
         let mut op = aws_op(&k, &mode, Direction::Decrypt);
         assert!(op.lend_buffer(spare).is_none(), "taken");
         assert_eq!(multipart(&mut op, &sealed, &[3]).unwrap(), short);
+    }
+
+    /// An ended operation kept for re-arming (`PreparedOp::keep`) holds
+    /// nothing of its message, keeps its buffer, and re-armed decrypts the
+    /// next message as a fresh operation would; it re-arms only for its own
+    /// key and direction.
+    #[test]
+    fn a_kept_operation_is_wiped_and_re_armed() {
+        let (k, other) = (session_key(&[7; 32]), session_key(&[7; 32]));
+        fn mode(iv: &[u8]) -> Mode<'_> {
+            Mode::Gcm {
+                iv,
+                aad: b"aad",
+                tag_len: 16,
+            }
+        }
+        let mut rng = Rng(9);
+        let (first, second) = (rng.bytes(1000), rng.bytes(200));
+        let seal = |iv: &[u8], pt: &[u8]| {
+            oneshot(&mut aws_op(&k, &mode(iv), Direction::Encrypt), pt).unwrap()
+        };
+        let mut op = aws_op(&k, &mode(&[1; 12]), Direction::Decrypt);
+        assert_eq!(
+            multipart(&mut op, &seal(&[1; 12], &first), &[100, 300]).unwrap(),
+            first
+        );
+        assert!(op.keep());
+        let PreparedOp::AwsGcm(staged) = &mut op else {
+            unreachable!("aws_op")
+        };
+        let buf = &staged.steps_mut().buf;
+        assert!(buf.is_empty());
+        assert!(buf.capacity() >= first.len(), "kept for the next message");
+        // SAFETY: the first `first.len()` bytes of the allocation were
+        // written (then wiped) by the operation.
+        let used = unsafe { std::slice::from_raw_parts(buf.as_ptr(), first.len()) };
+        assert!(
+            used.iter().all(|b| *b == 0),
+            "nothing of the message is left"
+        );
+
+        assert!(
+            !op.rearm(&other, &mode(&[2; 12]), Direction::Decrypt),
+            "another key"
+        );
+        assert!(
+            !op.rearm(&k, &mode(&[2; 12]), Direction::Encrypt),
+            "another direction"
+        );
+        assert!(
+            !op.rearm(&k, &mode(&[2; 8]), Direction::Decrypt),
+            "an IV aws-lc does not take"
+        );
+        assert!(op.rearm(&k, &mode(&[2; 12]), Direction::Decrypt));
+        assert_eq!(
+            multipart(&mut op, &seal(&[2; 12], &second), &[50]).unwrap(),
+            second
+        );
     }
 }

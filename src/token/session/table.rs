@@ -195,20 +195,37 @@ impl Ops {
         };
         match slot {
             Op::Soft(op) => {
-                // Wiped now whether or not it is kept: an ended operation
-                // holds no data.
-                let buf = op.reclaim_buffer();
-                if self.spare.is_none() {
-                    self.spare = buf;
+                // Kept with its buffer, wiped: the next message under the
+                // same key re-arms both (no buffer handed to `spare` and
+                // back). Else the buffer goes to the next operation.
+                if op.keep() {
+                    if let Op::Soft(op) = std::mem::replace(slot, Op::Idle) {
+                        *slot = Op::Ended(op);
+                    }
+                    return;
                 }
-                if !op.rearms() {
-                    *slot = Op::Idle;
-                } else if let Op::Soft(op) = std::mem::replace(slot, Op::Idle) {
-                    *slot = Op::Ended(op);
+                if let Some(buf) = op.reclaim_buffer() {
+                    self.spare.get_or_insert(buf);
                 }
+                *slot = Op::Idle;
             }
             Op::Backend => *slot = Op::Idle,
             Op::Idle | Op::Ended(_) => {}
+        }
+    }
+
+    /// Let go of the kept operation of direction `dir` (its key is no
+    /// longer the remembered one), handing its buffer to the next.
+    pub fn forget_ended(&mut self, dir: Direction) {
+        let slot = match dir {
+            Direction::Encrypt => &mut self.encrypt,
+            Direction::Decrypt => &mut self.decrypt,
+        };
+        if let Op::Ended(op) = slot {
+            if let Some(buf) = op.reclaim_buffer() {
+                self.spare.get_or_insert(buf);
+            }
+            *slot = Op::Idle;
         }
     }
 
