@@ -334,20 +334,37 @@ fn a_re_used_operation_takes_each_init_s_iv_aad_and_key() {
     check(b, &vb, 5);
     check(a, &va, 0);
 
-    // A multi-part encryption on the same key, then single-part again.
-    let (iv, aad, pt) = ([0xa0; 12], b"multi".to_vec(), random_bytes(100));
-    let mut iv_buf = iv.to_vec();
-    let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, &aad, 128.into()).unwrap());
-    s.encrypt_init(&gcm, a).unwrap();
-    let mut ct = s.encrypt_update(&pt[..37]).unwrap();
-    ct.extend(s.encrypt_update(&pt[37..]).unwrap());
-    ct.extend(s.encrypt_final().unwrap());
-    assert_eq!(ct, reference(&va, &iv, &aad, &pt), "multi-part");
+    // Two multi-part encryptions on the same key (the second must not go
+    // on from the first's stream), then single-part again.
+    for (iv, aad) in [([0xa0; 12], b"multi".to_vec()), ([0xa1; 12], vec![])] {
+        let pt = random_bytes(100);
+        let mut iv_buf = iv.to_vec();
+        let gcm = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, &aad, 128.into()).unwrap());
+        s.encrypt_init(&gcm, a).unwrap();
+        let mut ct = s.encrypt_update(&pt[..37]).unwrap();
+        ct.extend(s.encrypt_update(&pt[37..]).unwrap());
+        ct.extend(s.encrypt_final().unwrap());
+        assert_eq!(ct, reference(&va, &iv, &aad, &pt), "multi-part");
+    }
     check(a, &va, 9);
+
+    // Another tag length on the same key: a truncated tag, never the
+    // kept operation's 128 bits. The FIPS build takes 128-bit tags only.
+    let (iv, pt) = ([0xc0; 12], random_bytes(30));
+    let mut iv_buf = iv.to_vec();
+    let gcm96 = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, b"", 96.into()).unwrap());
+    let got = s.encrypt(&gcm96, a, &pt);
+    if cfg!(feature = "fips") {
+        assert_eq!(rv(got.unwrap_err()), RvError::MechanismParamInvalid);
+    } else {
+        let want = reference(&va, &iv, b"", &pt);
+        assert_eq!(got.unwrap()[..], want[..pt.len() + 12]);
+    }
+    check(a, &va, 4);
 
     // A refused init (a tag of 129 bits) leaves no operation behind.
     let mut iv_buf = [0xb0; 12].to_vec();
-    let bad = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, &aad, 129.into()).unwrap());
+    let bad = Mechanism::AesGcm(GcmParams::new(&mut iv_buf, b"aad", 129.into()).unwrap());
     let e = s.encrypt(&bad, a, b"x").unwrap_err();
     assert_eq!(rv(e), RvError::MechanismParamInvalid);
     let e = s.encrypt_update(b"x").unwrap_err();

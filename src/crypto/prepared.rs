@@ -158,14 +158,15 @@ impl PreparedOp {
         }
     }
 
-    /// Ready an ended operation to be kept for `rearm`: its buffer wiped
-    /// in place (it holds no data). False for an operation that does not
-    /// re-arm, which the caller drops (after `reclaim_buffer`).
+    /// Ready an ended operation to be kept for `rearm`: what it holds of
+    /// its message wiped or dropped, its buffer kept. False for an
+    /// operation that does not re-arm, which the caller drops (after
+    /// `reclaim_buffer`).
     pub fn keep(&mut self) -> bool {
         match self {
             #[cfg(feature = "aws-lc")]
             PreparedOp::AwsGcm(op) => {
-                op.steps_mut().wipe_buffer();
+                op.steps_mut().wipe();
                 true
             }
             PreparedOp::Boxed(_) => false,

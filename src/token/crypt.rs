@@ -98,11 +98,10 @@ fn init_on<'p>(
             if !op.rearm(k, &mode, dir) {
                 *op = Op::Soft(crypto::new_prepared_op(k, &mode, dir)?);
             }
-            if let Err(e) = count_gcm(&m, s, dir, &mode, r, gcm) {
-                ops.end(dir);
-                return Err(e);
-            }
+            let pending = Unfinished(Some(op));
+            count_gcm(&m, s, dir, &mode, r, gcm)?;
             count_use(&m, s, r, now);
+            pending.finished();
             ops.started(dir);
             return Ok(Step::Done(0));
         }
@@ -137,6 +136,26 @@ fn init_on<'p>(
         }
         // `store_sync::object` loads these.
         Object::Stored { .. } => Err(Error::Rv(CKR_KEY_HANDLE_INVALID)),
+    }
+}
+
+/// An operation put in its slot by an init that is not done yet: let go of
+/// if the init fails or panics (a panic is caught at the C boundary and
+/// the session goes on), so that no operation is ever active whose
+/// invocation was not counted.
+struct Unfinished<'a>(Option<&'a mut Op>);
+
+impl Unfinished<'_> {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(op) = self.0.take() {
+            *op = Op::Idle;
+        }
     }
 }
 

@@ -162,10 +162,19 @@ impl GcmOp {
         (buf.capacity() != 0 && buf.capacity() <= SpareBuffer::MAX_KEPT).then_some(SpareBuffer(buf))
     }
 
-    /// What `reclaim_buffer` does, in place: the buffer wiped and kept for
-    /// this operation's next message (see `PreparedOp::keep`), or freed
-    /// if it is larger than a session keeps.
-    pub fn wipe_buffer(&mut self) {
+    /// Let go of what this ended operation holds of its message, to be
+    /// kept for its next one (see `PreparedOp::keep`): the buffer wiped in
+    /// place, as `reclaim_buffer` does, and kept unless it is larger than
+    /// a session keeps; the stream (keystream, GHASH state) dropped; the
+    /// AAD wiped.
+    pub fn wipe(&mut self) {
+        #[cfg(not(feature = "fips"))]
+        if self.stream.is_some() {
+            self.stream = None;
+        }
+        if !self.aad.is_empty() {
+            self.aad.zeroize();
+        }
         if self.buf.capacity() == 0 {
             return;
         }
@@ -607,6 +616,26 @@ mod tests {
         assert_eq!(
             multipart(&mut op, &seal(&[2; 12], &second), &[50]).unwrap(),
             second
+        );
+
+        // An encryption in parts (which streams in the default build) kept:
+        // nothing of its stream or AAD stays; re-armed, it seals afresh.
+        let mut op = aws_op(&k, &mode(&[3; 12]), Direction::Encrypt);
+        assert_eq!(
+            multipart(&mut op, &first, &[100, 300]).unwrap(),
+            seal(&[3; 12], &first)
+        );
+        assert!(op.keep());
+        let PreparedOp::AwsGcm(staged) = &mut op else {
+            unreachable!("aws_op")
+        };
+        #[cfg(not(feature = "fips"))]
+        assert!(staged.steps_mut().stream.is_none(), "stream dropped");
+        assert!(staged.steps_mut().aad.is_empty(), "AAD wiped");
+        assert!(op.rearm(&k, &mode(&[4; 12]), Direction::Encrypt));
+        assert_eq!(
+            multipart(&mut op, &second, &[50]).unwrap(),
+            seal(&[4; 12], &second)
         );
     }
 }

@@ -35,7 +35,8 @@ impl Op {
 
     /// Re-arm the ended operation for `mode` on `key` (see
     /// `PreparedOp::rearm`): true when this is then an active software
-    /// operation, false (unchanged) when one must be built.
+    /// operation; false when one must be built (a kept operation that
+    /// cannot re-arm is let go of, its buffer wiped as it drops).
     // The C_EncryptInit path: see "Inlining" in `ffi::message`.
     #[inline(always)]
     pub fn rearm(&mut self, key: &SessionKey, mode: &Mode<'_>, dir: Direction) -> bool {
