@@ -190,10 +190,7 @@ impl Ops {
     /// and, if it can be re-armed, the operation itself.
     pub fn end(&mut self, dir: Direction) {
         self.multi_part[Self::index(dir)] = false;
-        let slot = match dir {
-            Direction::Encrypt => &mut self.encrypt,
-            Direction::Decrypt => &mut self.decrypt,
-        };
+        let (slot, spare) = self.slot_and_spare(dir);
         match slot {
             Op::Soft(op) => {
                 // Kept with its buffer, wiped: the next message under the
@@ -206,7 +203,7 @@ impl Ops {
                     return;
                 }
                 if let Some(buf) = op.reclaim_buffer() {
-                    self.spare.get_or_insert(buf);
+                    spare.get_or_insert(buf);
                 }
                 *slot = Op::Idle;
             }
@@ -218,15 +215,20 @@ impl Ops {
     /// Let go of the kept operation of direction `dir` (its key is no
     /// longer the remembered one), handing its buffer to the next.
     pub fn forget_ended(&mut self, dir: Direction) {
-        let slot = match dir {
-            Direction::Encrypt => &mut self.encrypt,
-            Direction::Decrypt => &mut self.decrypt,
-        };
+        let (slot, spare) = self.slot_and_spare(dir);
         if let Op::Ended(op) = slot {
             if let Some(buf) = op.reclaim_buffer() {
-                self.spare.get_or_insert(buf);
+                spare.get_or_insert(buf);
             }
             *slot = Op::Idle;
+        }
+    }
+
+    /// The operation slot of one direction and the spare buffer.
+    fn slot_and_spare(&mut self, dir: Direction) -> (&mut Op, &mut Option<SpareBuffer>) {
+        match dir {
+            Direction::Encrypt => (&mut self.encrypt, &mut self.spare),
+            Direction::Decrypt => (&mut self.decrypt, &mut self.spare),
         }
     }
 
