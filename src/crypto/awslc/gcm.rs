@@ -147,26 +147,18 @@ impl GcmOp {
         None
     }
 
-    /// The buffer, with what this operation wrote zeroized. Bytes past the
-    /// length were never written by anyone through it (growth moves to a
-    /// fresh buffer, see `append_secret`), so wiping the length suffices
-    /// and costs what was used, not what was reserved.
+    /// The buffer, with what this operation wrote zeroized (see
+    /// `wipe_buffer`), if there is one worth keeping.
     pub fn reclaim_buffer(&mut self) -> Option<SpareBuffer> {
-        if self.buf.capacity() == 0 {
-            // Single-part: nothing was buffered, nothing to hand on.
-            return None;
-        }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.as_mut_slice().zeroize();
-        buf.clear();
-        (buf.capacity() != 0 && buf.capacity() <= SpareBuffer::MAX_KEPT).then_some(SpareBuffer(buf))
+        self.wipe_buffer();
+        // Single-part (nothing was buffered), or too large: nothing to hand on.
+        (self.buf.capacity() != 0).then(|| SpareBuffer(std::mem::take(&mut self.buf)))
     }
 
     /// Let go of what this ended operation holds of its message, to be
-    /// kept for its next one (see `PreparedOp::keep`): the buffer wiped in
-    /// place, as `reclaim_buffer` does, and kept unless it is larger than
-    /// a session keeps; the stream (keystream, GHASH state) dropped; the
-    /// AAD wiped.
+    /// kept for its next one (see `PreparedOp::keep`): the buffer wiped and
+    /// kept (`wipe_buffer`); the stream (keystream, GHASH state) dropped;
+    /// the AAD wiped.
     pub fn wipe(&mut self) {
         #[cfg(not(feature = "fips"))]
         if self.stream.is_some() {
@@ -175,6 +167,15 @@ impl GcmOp {
         if !self.aad.is_empty() {
             self.aad.zeroize();
         }
+        self.wipe_buffer();
+    }
+
+    /// What this operation wrote to its buffer zeroized, in place; a
+    /// buffer larger than a session keeps (`SpareBuffer::MAX_KEPT`) freed.
+    /// Bytes past the length were never written by anyone through it
+    /// (growth moves to a fresh buffer, see `append_secret`), so wiping the
+    /// length suffices and costs what was used, not what was reserved.
+    fn wipe_buffer(&mut self) {
         if self.buf.capacity() == 0 {
             return;
         }
