@@ -322,6 +322,86 @@ fn caller_ivs_give_the_references_ciphertext_and_many_messages_share_one_init() 
     assert_eq!(raw.encrypt_final(), CKR_OPERATION_NOT_INITIALIZED);
 }
 
+/// A reference seal: IV, associated data, plaintext → ciphertext, tag.
+type Seal = fn(&[u8], &[u8], &[u8]) -> (Vec<u8>, Vec<u8>);
+
+/// RustCrypto's AES-256-GCM sealing under an IV of `N` bytes (GCM hashes
+/// an IV other than 96 bits into its first counter block).
+fn reference_seal_n<N: aes_gcm::aead::array::ArraySize>(
+    iv: &[u8],
+    aad: &[u8],
+    pt: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let c = aes_gcm::AesGcm::<aes::Aes256, N>::new_from_slice(&KEY).unwrap();
+    let mut buf = pt.to_vec();
+    let tag = c
+        .encrypt_inout_detached(iv.try_into().unwrap(), aad, buf.as_mut_slice().into())
+        .unwrap();
+    (buf, tag.to_vec())
+}
+
+/// IVs of the lengths the spec allows besides 96 bits, on both sides of
+/// the shim's 16-byte inline room (longer ones go to the heap): the
+/// caller's IV gives the reference's ciphertext and tag; a counter IV keeps
+/// the fixed field, ends with the invocation number and decrypts. The FIPS
+/// build refuses IVs other than 96 bits (its module's AES-GCM takes those
+/// only).
+#[test]
+fn ivs_of_other_lengths_match_the_reference() {
+    use aes_gcm::aead::consts::{U1, U12, U13, U16, U17, U255, U256, U32};
+    let _t = TestToken::new();
+    let p = ours();
+    let s = user_session(&p, token_slot(&p));
+    let key = known_dek(&s, false);
+    let raw = Raw::new(&s);
+    assert_eq!(raw.encrypt_init(key), CKR_OK);
+    assert_eq!(raw.decrypt_init(key), CKR_OK);
+    let seal: [(usize, Seal); 8] = [
+        (1, reference_seal_n::<U1>),
+        (12, reference_seal_n::<U12>),
+        (13, reference_seal_n::<U13>),
+        (16, reference_seal_n::<U16>),
+        (17, reference_seal_n::<U17>),
+        (32, reference_seal_n::<U32>),
+        (255, reference_seal_n::<U255>),
+        (256, reference_seal_n::<U256>),
+    ];
+    let pt = b"a message under an IV of another length";
+    for (len, reference) in seal {
+        let iv: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let (mut caller_iv, mut tag) = (iv.clone(), [0u8; 16]);
+        let mut ct = vec![0u8; pt.len()];
+        let mut p = params(&mut caller_iv, 0, CKG_NO_GENERATE, &mut tag);
+        let (rv, n) = raw.encrypt(Some(&mut p), b"aad", pt, &mut ct);
+        if cfg!(feature = "fips") && len != 12 {
+            assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID, "{len}-byte IV");
+            continue;
+        }
+        assert_eq!((rv, n as usize), (CKR_OK, pt.len()), "{len}-byte IV");
+        assert_eq!((ct.clone(), tag.to_vec()), reference(&iv, b"aad", pt));
+        assert_eq!(caller_iv, iv, "a caller's IV is left alone");
+        // A counter IV (32 free bits or more): fixed field kept, the last
+        // 32 bits the invocation number, and it decrypts here.
+        if len < 4 {
+            continue;
+        }
+        for fixed in [0, 8, 8 * (len - 4)] {
+            let (mut made, mut tag) = (iv.clone(), [0u8; 16]);
+            let mut p = params(&mut made, fixed as CK_ULONG, CKG_GENERATE_COUNTER, &mut tag);
+            let (rv, _) = raw.encrypt(Some(&mut p), b"", pt, &mut ct);
+            assert_eq!(rv, CKR_OK, "{len}-byte IV, {fixed} fixed bits");
+            assert_eq!(made[..fixed / 8], iv[..fixed / 8], "the fixed field");
+            assert_ne!(made, iv, "{len}-byte IV, {fixed} fixed bits: made");
+            assert_eq!((ct.clone(), tag.to_vec()), reference(&made, b"", pt));
+            let mut back = vec![0u8; ct.len()];
+            let mut p = params(&mut made, 0, CKG_NO_GENERATE, &mut tag);
+            let (rv, n) = raw.decrypt(&mut p, b"", &ct, &mut back);
+            assert_eq!((rv, n as usize), (CKR_OK, pt.len()));
+            assert_eq!(back, pt);
+        }
+    }
+}
+
 /// A wrong tag, ciphertext or associated data fails with
 /// CKR_AEAD_DECRYPT_FAILED, releases nothing, and leaves the operation for
 /// the next message.

@@ -155,7 +155,7 @@ pub unsafe fn copy_in(p: *const u8, dst: &mut [u8]) -> Result<()> {
     }
     // SAFETY: non-null, readable for `dst.len()` bytes by this function's
     // contract; `dst` is ours, so the two cannot overlap.
-    unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+    unsafe { copy_small(p, dst.as_mut_ptr(), dst.len()) };
     Ok(())
 }
 
@@ -174,8 +174,42 @@ pub unsafe fn copy_out(src: &[u8], p: *mut u8) -> Result<()> {
     }
     // SAFETY: non-null, writable for `src.len()` bytes by this function's
     // contract; `src` is ours, so the two cannot overlap.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+    unsafe { copy_small(src.as_ptr(), p, src.len()) };
     Ok(())
+}
+
+/// `copy_nonoverlapping` of `len` bytes, with the lengths of AES-GCM's
+/// usual IV (12) and tag (16) copied as fixed-size values: a copy of
+/// unknown length is a `memcpy` call whose overlapping 8-byte moves, read
+/// back at once by the cipher or written by it just before, stall the
+/// load (store-to-load forwarding fails on mismatched widths).
+///
+/// # Safety
+/// As `copy_nonoverlapping`: `src` readable and `dst` writable for `len`
+/// bytes, not overlapping.
+#[inline(always)]
+unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
+    // As integers, not arrays: LLVM turns a fixed-size array copy back
+    // into the `memcpy` of the last arm and merges the arms.
+    // SAFETY: this function's contract, for `len` bytes in each arm;
+    // unaligned reads and writes.
+    unsafe {
+        match len {
+            12 => {
+                let head = src.cast::<u64>().read_unaligned();
+                let tail = src.add(8).cast::<u32>().read_unaligned();
+                dst.cast::<u64>().write_unaligned(head);
+                dst.add(8).cast::<u32>().write_unaligned(tail);
+            }
+            16 => {
+                let (a, b) = (src.cast::<u64>(), src.add(8).cast::<u64>());
+                let (a, b) = (a.read_unaligned(), b.read_unaligned());
+                dst.cast::<u64>().write_unaligned(a);
+                dst.add(8).cast::<u64>().write_unaligned(b);
+            }
+            _ => std::ptr::copy_nonoverlapping(src, dst, len),
+        }
+    }
 }
 
 /// # Safety

@@ -33,9 +33,12 @@ use crate::token::crypt::{Out, Step};
 use crate::token::forward::{again_after_reconnect, forward_session};
 use crate::token::message::{self, Call, MsgArgs, MsgData, MsgDone, MsgParams, MsgStep};
 
-/// Largest IV and tag the parameters may carry (see `gcm_message`).
-const MAX_IV: usize = 256;
+/// Largest tag the parameters may carry (see `gcm_message`).
 const MAX_TAG: usize = 16;
+/// IVs up to this long are copied into the call's stack frame; longer ones
+/// (up to `gcm_message`'s 256 bytes, and rare) into a heap buffer. Not the
+/// largest: the room is zeroed per call, and 256 bytes were a `memset` call.
+const INLINE_IV: usize = 16;
 
 /// # Safety
 /// `p_m` must be null or a valid CK_MECHANISM whose parameters stay valid
@@ -103,7 +106,7 @@ unsafe fn message_data<'a>(
 }
 
 /// The checked parameters with their IV (and, to decrypt, tag) copied
-/// into `iv` and `tag`.
+/// into `c`.
 ///
 /// # Safety
 /// `p` must point to `len` readable bytes when non-null, and the pointers
@@ -114,13 +117,22 @@ unsafe fn params<'p>(
     p: *mut c_void,
     len: CK_ULONG,
     dir: Direction,
-    iv: &'p mut [u8; MAX_IV],
-    tag: &'p mut [u8; MAX_TAG],
-    found: &mut Option<GcmMessage>,
+    c: &'p mut Copied,
 ) -> Result<MsgParams<'p>> {
     // SAFETY: this function's contract.
     let g = unsafe { gcm_message(p, len, dir)? };
-    let iv = iv.get_mut(..g.iv_len).ok_or_else(bad)?;
+    let Copied {
+        iv,
+        long_iv,
+        tag,
+        found,
+    } = c;
+    let iv = if g.iv_len <= INLINE_IV {
+        iv.get_mut(..g.iv_len).ok_or_else(bad)?
+    } else {
+        long_iv.resize(g.iv_len, 0);
+        &mut long_iv[..]
+    };
     let tag = tag.get_mut(..g.tag_len).ok_or_else(bad)?;
     // SAFETY: readable for their lengths by this function's contract.
     unsafe {
@@ -144,22 +156,22 @@ unsafe fn params<'p>(
 /// `g`'s pointers must be writable for their lengths (the caller's
 /// parameters, by the PKCS#11 contract).
 #[inline]
-unsafe fn write_back(
-    g: Option<GcmMessage>,
-    iv: &[u8; MAX_IV],
-    tag: &[u8; MAX_TAG],
-    done: MsgDone,
-) -> Result<()> {
-    let Some(g) = g else {
+unsafe fn write_back(c: &Copied, done: MsgDone) -> Result<()> {
+    let Some(g) = c.found else {
         return Ok(());
     };
     // SAFETY: this function's contract; the data buffers' slices are gone.
     unsafe {
         if done.iv_made {
-            copy_out(iv.get(..g.iv_len).ok_or_else(bad)?, g.iv)?;
+            let iv = if g.iv_len <= INLINE_IV {
+                c.iv.get(..g.iv_len)
+            } else {
+                c.long_iv.get(..g.iv_len)
+            };
+            copy_out(iv.ok_or_else(bad)?, g.iv)?;
         }
         if done.tag_made {
-            copy_out(tag.get(..g.tag_len).ok_or_else(bad)?, g.tag)?;
+            copy_out(c.tag.get(..g.tag_len).ok_or_else(bad)?, g.tag)?;
         }
     }
     Ok(())
@@ -182,7 +194,10 @@ struct Caller {
 /// What a call copies in from the caller's parameters and writes back:
 /// the IV and the tag, and the parameters they came from.
 struct Copied {
-    iv: [u8; MAX_IV],
+    /// An IV of up to `INLINE_IV` bytes.
+    iv: [u8; INLINE_IV],
+    /// A longer IV (empty, and not allocated, for the usual ones).
+    long_iv: Vec<u8>,
     tag: [u8; MAX_TAG],
     found: Option<GcmMessage>,
 }
@@ -241,14 +256,7 @@ impl Caller {
         // SAFETY: this function's contract; every pointer is checked in
         // `args` and `gcm_message` before it is used.
         unsafe {
-            let params = params(
-                self.p_param,
-                self.param_len,
-                dir,
-                &mut c.iv,
-                &mut c.tag,
-                &mut c.found,
-            )?;
+            let params = params(self.p_param, self.param_len, dir, c)?;
             let aad = bytes(self.p_aad, self.aad_len)?;
             let (p_in, in_len, p_out, pul) = (self.p_in, self.in_len, self.p_out, self.pul);
             let data = match which {
@@ -277,7 +285,8 @@ unsafe fn call(
     forward: impl FnOnce() -> Result<CK_RV>,
 ) -> Result<CK_RV> {
     let mut copied = Copied {
-        iv: [0; MAX_IV],
+        iv: [0; INLINE_IV],
+        long_iv: Vec::new(),
         tag: [0; MAX_TAG],
         found: None,
     };
@@ -294,7 +303,7 @@ unsafe fn call(
         Ok(MsgStep::Forward) => forward(),
         Ok(MsgStep::Done) => {
             // SAFETY: the caller's parameters, checked by `gcm_message`.
-            unsafe { write_back(copied.found, &copied.iv, &copied.tag, done)? };
+            unsafe { write_back(&copied, done)? };
             if which == Call::Begin {
                 return Ok(CKR_OK);
             }
