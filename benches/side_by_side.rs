@@ -100,9 +100,10 @@ mod raw;
 mod report;
 #[path = "side_by_side/sections.rs"]
 mod sections;
+#[path = "side_by_side/token.rs"]
+mod token;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use cryptoki_sys::*;
@@ -372,7 +373,7 @@ fn run() -> Res<bool> {
     };
     let module_path = our_module_path(args.module.as_deref())?;
     let softhsm_path = softhsm_path(args.softhsm.as_deref())?;
-    let token = make_token()?;
+    let token = token::make_token(PIN)?;
     print_header(&args, &module_path, &softhsm_path, token.path());
 
     // Our module first: it initialises SoftHSM2 inside.
@@ -872,42 +873,6 @@ fn p11_throughput(
             r.map(|_| ()).map_err(|e| e.describe(imp.m.name))
         })
     })
-}
-
-/// The token: softhsm-config/new-token.sh in a temporary directory, and the
-/// two environment variables both modules read, set before either is loaded.
-fn make_token() -> Res<tempfile::TempDir> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm-config/new-token.sh");
-    if !script.is_file() {
-        return Err(format!("{} not found", script.display()));
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("hsm-envelope-bench-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(dir.path())
-        .env("PIN", PIN)
-        .env("SO_PIN", "5678")
-        .output()
-        .map_err(|e| format!("cannot run bash {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}):\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ));
-    }
-    let root = dir
-        .path()
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", dir.path().display()))?;
-    // Single-threaded here, before any module is loaded.
-    std::env::set_var("SOFTHSM2_CONF", root.join("softhsm2.conf"));
-    std::env::set_var("HSM_ENVELOPE_CONF", root.join("hsm-envelope.toml"));
-    Ok(dir)
 }
 
 /// `--module`, else the newest of target/<profile>/libhsm_envelope.so (this
