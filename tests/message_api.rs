@@ -367,6 +367,7 @@ fn ivs_of_other_lengths_match_the_reference() {
         (256, reference_seal_n::<U256>),
     ];
     let pt = b"a message under an IV of another length";
+    let mut last: Option<u32> = None;
     for (len, reference) in seal {
         let iv: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
         let (mut caller_iv, mut tag) = (iv.clone(), [0u8; 16]);
@@ -392,6 +393,13 @@ fn ivs_of_other_lengths_match_the_reference() {
             assert_eq!(rv, CKR_OK, "{len}-byte IV, {fixed} fixed bits");
             assert_eq!(made[..fixed / 8], iv[..fixed / 8], "the fixed field");
             assert_ne!(made, iv, "{len}-byte IV, {fixed} fixed bits: made");
+            // Every encryption under the key takes the next number.
+            let count = u32::from_be_bytes(made[len - 4..].try_into().unwrap());
+            assert!(
+                last.is_none_or(|l| count > l),
+                "{len}: {count} after {last:?}"
+            );
+            last = Some(count);
             assert_eq!((ct.clone(), tag.to_vec()), reference(&made, b"", pt));
             let mut back = vec![0u8; ct.len()];
             let mut p = params(&mut made, 0, CKG_NO_GENERATE, &mut tag);

@@ -3,6 +3,7 @@
 //! effects; nothing is written past the caller's buffer).
 
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cryptoki_sys::*;
@@ -189,23 +190,27 @@ pub unsafe fn copy_out(src: &[u8], p: *mut u8) -> Result<()> {
 /// bytes, not overlapping.
 #[inline(always)]
 unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
-    // As integers, not arrays: LLVM turns a fixed-size array copy back
-    // into the `memcpy` of the last arm and merges the arms.
+    // As integer-sized words, not arrays: LLVM turns a fixed-size array
+    // copy back into the `memcpy` of the last arm and merges the arms.
+    // `MaybeUninit` words, as `copy_nonoverlapping`: the bytes need not be
+    // initialised.
+    type W64 = MaybeUninit<u64>;
+    type W32 = MaybeUninit<u32>;
     // SAFETY: this function's contract, for `len` bytes in each arm;
     // unaligned reads and writes.
     unsafe {
         match len {
             12 => {
-                let head = src.cast::<u64>().read_unaligned();
-                let tail = src.add(8).cast::<u32>().read_unaligned();
-                dst.cast::<u64>().write_unaligned(head);
-                dst.add(8).cast::<u32>().write_unaligned(tail);
+                let head = src.cast::<W64>().read_unaligned();
+                let tail = src.add(8).cast::<W32>().read_unaligned();
+                dst.cast::<W64>().write_unaligned(head);
+                dst.add(8).cast::<W32>().write_unaligned(tail);
             }
             16 => {
-                let (a, b) = (src.cast::<u64>(), src.add(8).cast::<u64>());
+                let (a, b) = (src.cast::<W64>(), src.add(8).cast::<W64>());
                 let (a, b) = (a.read_unaligned(), b.read_unaligned());
-                dst.cast::<u64>().write_unaligned(a);
-                dst.add(8).cast::<u64>().write_unaligned(b);
+                dst.cast::<W64>().write_unaligned(a);
+                dst.add(8).cast::<W64>().write_unaligned(b);
             }
             _ => std::ptr::copy_nonoverlapping(src, dst, len),
         }
@@ -376,31 +381,34 @@ pub struct MechanismCopy<'b> {
     _params: PhantomData<&'b mut ParamBuf>,
 }
 
-/// Where a [`MechanismCopy`] keeps the parameter bytes: in the calling
-/// shim's stack frame when they fit (every parameter structure the module
-/// reads does: no allocation on the hot path), else on the heap. Both are
-/// aligned for the structures read from them.
-pub struct ParamBuf {
-    inline: InlineParams,
+/// Bytes a shim copies from the caller: in its stack frame when they fit
+/// (`N` bytes), else on the heap, with an error rather than an abort when
+/// memory cannot be had. Both are zeroed, and aligned for the structures
+/// read from them.
+pub struct Room<const N: usize> {
+    inline: Inline<N>,
     heap: Vec<u64>,
 }
 
-/// Larger than any parameter structure of the mechanisms run here
-/// (CK_GCM_PARAMS is 48 bytes on LP64).
 #[repr(C, align(16))]
-struct InlineParams([u8; 128]);
+struct Inline<const N: usize>([u8; N]);
 
-impl ParamBuf {
-    pub fn new() -> ParamBuf {
-        ParamBuf {
-            inline: InlineParams([0; 128]),
+/// Where a [`MechanismCopy`] keeps the parameter bytes: larger than any
+/// parameter structure of the mechanisms run here (CK_GCM_PARAMS is 48
+/// bytes on LP64), so there is no allocation on the hot path.
+pub type ParamBuf = Room<128>;
+
+impl<const N: usize> Room<N> {
+    pub fn new() -> Room<N> {
+        Room {
+            inline: Inline([0; N]),
             heap: Vec::new(),
         }
     }
 
     /// Room for `len` bytes.
-    fn room(&mut self, len: usize) -> Result<&mut [u8]> {
-        if len <= self.inline.0.len() {
+    pub fn room(&mut self, len: usize) -> Result<&mut [u8]> {
+        if len <= N {
             return self.inline.0.get_mut(..len).ok_or_else(bad);
         }
         let words = len.div_ceil(8);
@@ -411,9 +419,18 @@ impl ParamBuf {
         let all: &mut [u8] = words_as_bytes(&mut self.heap);
         all.get_mut(..len).ok_or_else(bad)
     }
+
+    /// The `len` bytes `room(len)` gave.
+    pub fn filled(&mut self, len: usize) -> Option<&[u8]> {
+        if len <= N {
+            return self.inline.0.get(..len);
+        }
+        let all: &[u8] = words_as_bytes(&mut self.heap);
+        all.get(..len)
+    }
 }
 
-impl Default for ParamBuf {
+impl<const N: usize> Default for Room<N> {
     fn default() -> Self {
         Self::new()
     }

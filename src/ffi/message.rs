@@ -4,11 +4,13 @@
 //! parameters unchanged, to the backend's 3.0 function list.
 //!
 //! The caller's `CK_GCM_MESSAGE_PARAMS` are read only for operations that
-//! run here: its IV (and, for decryption, its tag) are copied into this
-//! call's stack frame first, and what the module makes (the IV, when it
-//! generates it; the tag) is written back to `pIv` and `pTag` last, after
-//! the data buffers are no longer in use. Nothing is allocated on the way
-//! unless the input and output buffers partly overlap.
+//! run here: what of its IV is input (all of a caller's IV, the fixed field
+//! of one the module makes) and, for decryption, its tag are copied into
+//! this call's stack frame first, and what the module makes (the IV, when
+//! it generates it; the tag) is written back to `pIv` and `pTag` last,
+//! after the data buffers are no longer in use. Nothing is allocated on the
+//! way unless the input and output buffers partly overlap or the IV is
+//! longer than 16 bytes.
 //!
 //! Inlining: the functions a message passes through, from here down to the
 //! AES-GCM seal, are marked `#[inline(always)]`. Called apart, each returned
@@ -31,7 +33,7 @@ use crate::crypto::Direction::{self, Decrypt, Encrypt};
 use crate::error::{Error, Result};
 use crate::token::crypt::{Out, Step};
 use crate::token::forward::{again_after_reconnect, forward_session};
-use crate::token::message::{self, Call, MsgArgs, MsgData, MsgDone, MsgParams, MsgStep};
+use crate::token::message::{self, Call, Generator, MsgArgs, MsgData, MsgDone, MsgParams, MsgStep};
 
 /// Largest tag the parameters may carry (see `gcm_message`).
 const MAX_TAG: usize = 16;
@@ -121,22 +123,18 @@ unsafe fn params<'p>(
 ) -> Result<MsgParams<'p>> {
     // SAFETY: this function's contract.
     let g = unsafe { gcm_message(p, len, dir)? };
-    let Copied {
-        iv,
-        long_iv,
-        tag,
-        found,
-    } = c;
-    let iv = if g.iv_len <= INLINE_IV {
-        iv.get_mut(..g.iv_len).ok_or_else(bad)?
-    } else {
-        long_iv.resize(g.iv_len, 0);
-        &mut long_iv[..]
-    };
+    let Copied { iv, tag, found } = c;
+    let iv = iv.room(g.iv_len)?;
     let tag = tag.get_mut(..g.tag_len).ok_or_else(bad)?;
+    // Only what is input: the bytes a generator writes may be uninitialised
+    // in the caller's buffer, and are zero here until it writes them.
+    let input = match g.generator {
+        Generator::Caller => g.iv_len,
+        Generator::Counter | Generator::Random => g.fixed_bits.div_ceil(8),
+    };
     // SAFETY: readable for their lengths by this function's contract.
     unsafe {
-        copy_in(g.iv, iv)?;
+        copy_in(g.iv, iv.get_mut(..input).ok_or_else(bad)?)?;
         if dir == Decrypt {
             copy_in(g.tag, tag)?;
         }
@@ -153,22 +151,17 @@ unsafe fn params<'p>(
 /// Write back what the module made: the IV it generated, the tag.
 ///
 /// # Safety
-/// `g`'s pointers must be writable for their lengths (the caller's
-/// parameters, by the PKCS#11 contract).
+/// The pointers of `c.found` must be writable for their lengths (the
+/// caller's parameters, by the PKCS#11 contract).
 #[inline]
-unsafe fn write_back(c: &Copied, done: MsgDone) -> Result<()> {
+unsafe fn write_back(c: &mut Copied, done: MsgDone) -> Result<()> {
     let Some(g) = c.found else {
         return Ok(());
     };
     // SAFETY: this function's contract; the data buffers' slices are gone.
     unsafe {
         if done.iv_made {
-            let iv = if g.iv_len <= INLINE_IV {
-                c.iv.get(..g.iv_len)
-            } else {
-                c.long_iv.get(..g.iv_len)
-            };
-            copy_out(iv.ok_or_else(bad)?, g.iv)?;
+            copy_out(c.iv.filled(g.iv_len).ok_or_else(bad)?, g.iv)?;
         }
         if done.tag_made {
             copy_out(c.tag.get(..g.tag_len).ok_or_else(bad)?, g.tag)?;
@@ -194,10 +187,7 @@ struct Caller {
 /// What a call copies in from the caller's parameters and writes back:
 /// the IV and the tag, and the parameters they came from.
 struct Copied {
-    /// An IV of up to `INLINE_IV` bytes.
-    iv: [u8; INLINE_IV],
-    /// A longer IV (empty, and not allocated, for the usual ones).
-    long_iv: Vec<u8>,
+    iv: Room<INLINE_IV>,
     tag: [u8; MAX_TAG],
     found: Option<GcmMessage>,
 }
@@ -285,8 +275,7 @@ unsafe fn call(
     forward: impl FnOnce() -> Result<CK_RV>,
 ) -> Result<CK_RV> {
     let mut copied = Copied {
-        iv: [0; INLINE_IV],
-        long_iv: Vec::new(),
+        iv: Room::new(),
         tag: [0; MAX_TAG],
         found: None,
     };
@@ -303,7 +292,7 @@ unsafe fn call(
         Ok(MsgStep::Forward) => forward(),
         Ok(MsgStep::Done) => {
             // SAFETY: the caller's parameters, checked by `gcm_message`.
-            unsafe { write_back(&copied, done)? };
+            unsafe { write_back(&mut copied, done)? };
             if which == Call::Begin {
                 return Ok(CKR_OK);
             }
