@@ -283,7 +283,9 @@ fn run() -> Res<()> {
         }
     }
     if paths.is_empty() {
-        return Err("name the builds to compare: builds_ab A.so B.so [...]".into());
+        // A plain `cargo bench` runs every bench: nothing to compare here.
+        eprintln!("builds_ab: no builds named (cargo bench --bench builds_ab -- A.so B.so)");
+        return Ok(());
     }
     let _token = token::make_token(PIN)?;
     let builds = paths.into_iter().map(Build::new).collect::<Res<Vec<_>>>()?;
@@ -308,7 +310,7 @@ fn run() -> Res<()> {
     println!("  10th pct   median  vs first  over raw seal");
     let mut next = vec![0u64; builds.len()];
     for cell in Cell::ALL {
-        let mut times = vec![Vec::with_capacity(rounds); builds.len()];
+        let mut times: Vec<Vec<f64>> = builds.iter().map(|_| Vec::with_capacity(rounds)).collect();
         let mut raw_times = Vec::with_capacity(rounds);
         for round in 0..rounds {
             raw_times.push(raw_block(block)?);
@@ -333,6 +335,13 @@ fn run() -> Res<()> {
                 "  {p10:>8.1} {med:>8.1}  {vs:>+7.1}  {over:>+13.1}  {}",
                 b.name
             );
+        }
+    }
+    // Before the token's directory goes. The builds share SoftHSM2: the
+    // first C_Finalize finalises it, and the later ones may say so.
+    for b in builds.iter().rev() {
+        if let Err(e) = b.m.finalize() {
+            eprintln!("builds_ab: {e}");
         }
     }
     Ok(())
