@@ -42,7 +42,7 @@ use std::time::Instant;
 
 use cryptoki_sys::*;
 
-use p11::{Dir, Module};
+use p11::{gcm_message_params, Dir, Module};
 
 pub type Res<T> = Result<T, String>;
 
@@ -96,17 +96,6 @@ fn check(b: &str, func: &str, rv: CK_RV) -> Res<()> {
     }
 }
 
-fn gcm_params(iv: &mut [u8; 12], generator: CK_ULONG, tag: &mut [u8; 16]) -> CK_GCM_MESSAGE_PARAMS {
-    CK_GCM_MESSAGE_PARAMS {
-        pIv: iv.as_mut_ptr(),
-        ulIvLen: 12,
-        ulIvFixedBits: 0,
-        ivGenerator: generator,
-        pTag: tag.as_mut_ptr(),
-        ulTagBits: 128,
-    }
-}
-
 impl Build {
     fn new(path: PathBuf) -> Res<Build> {
         let name: &'static str = Box::leak(path.display().to_string().into_boxed_str());
@@ -146,7 +135,7 @@ impl Build {
             sealed: ([0; 12], [0; SIZE], [0; 16]),
         };
         let (mut iv, mut ct, mut tag) = ([0u8; 12], [0u8; SIZE], [0u8; 16]);
-        let mut p = gcm_params(&mut iv, CKG_GENERATE_COUNTER, &mut tag);
+        let mut p = gcm_message_params(&mut iv, CKG_GENERATE_COUNTER, &mut tag);
         check(name, "C_EncryptMessage", b.encrypt(&mut p, &mut ct))?;
         b.sealed = (iv, ct, tag);
         Ok(b)
@@ -192,12 +181,12 @@ impl Build {
                     Cell::Counter => CKG_GENERATE_COUNTER,
                     _ => CKG_NO_GENERATE,
                 };
-                let mut p = gcm_params(&mut iv, generator, &mut tag);
+                let mut p = gcm_message_params(&mut iv, generator, &mut tag);
                 self.encrypt(&mut p, &mut out)
             }
             Cell::Decrypt => {
                 let (mut iv, ct, mut tag) = self.sealed;
-                let mut p = gcm_params(&mut iv, CKG_NO_GENERATE, &mut tag);
+                let mut p = gcm_message_params(&mut iv, CKG_NO_GENERATE, &mut tag);
                 let mut n = SIZE as CK_ULONG;
                 let Some(f) = self.l.C_DecryptMessage else {
                     return CKR_FUNCTION_NOT_SUPPORTED;
@@ -237,17 +226,23 @@ impl Build {
 
     /// ns per call over `n` calls of `cell`, after n/10 untimed ones.
     fn block(&self, cell: Cell, n: u64, next: &mut u64) -> Res<f64> {
-        for _ in 0..n / 10 {
+        timed_block(n, || {
             *next += 1;
-            check(self.name, cell.label(), self.call(cell, *next))?;
-        }
-        let t = Instant::now();
-        for _ in 0..n {
-            *next += 1;
-            check(self.name, cell.label(), self.call(cell, *next))?;
-        }
-        Ok(t.elapsed().as_nanos() as f64 / n as f64)
+            check(self.name, cell.label(), self.call(cell, *next))
+        })
     }
+}
+
+/// ns per call over `n` calls of `f`, after n/10 untimed ones.
+fn timed_block(n: u64, mut f: impl FnMut() -> Res<()>) -> Res<f64> {
+    for _ in 0..n / 10 {
+        f()?;
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        f()?;
+    }
+    Ok(t.elapsed().as_nanos() as f64 / n as f64)
 }
 
 fn main() {
@@ -297,23 +292,13 @@ fn run() -> Res<()> {
     getrandom::fill(&mut raw_key).map_err(|e| format!("getrandom: {e}"))?;
     let raw_key = raw::Key::new(raw::Lib::AwsLc, &raw_key)?;
     let mut raw_seal = raw::worker(&raw_key, 0, Dir::Enc, SIZE, &[]);
-    let mut raw_block = |n: u64| -> Res<f64> {
-        for _ in 0..n / 10 {
-            raw_seal()?;
-        }
-        let t = Instant::now();
-        for _ in 0..n {
-            raw_seal()?;
-        }
-        Ok(t.elapsed().as_nanos() as f64 / n as f64)
-    };
     println!("  10th pct   median  vs first  over raw seal");
     let mut next = vec![0u64; builds.len()];
     for cell in Cell::ALL {
         let mut times: Vec<Vec<f64>> = builds.iter().map(|_| Vec::with_capacity(rounds)).collect();
         let mut raw_times = Vec::with_capacity(rounds);
         for round in 0..rounds {
-            raw_times.push(raw_block(block)?);
+            raw_times.push(timed_block(block, &mut raw_seal)?);
             for j in 0..builds.len() {
                 let i = if round % 2 == 0 {
                     j

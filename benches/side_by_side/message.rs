@@ -23,7 +23,7 @@ use cryptoki_sys::*;
 use hsm_envelope::envelope::gcm_budget::GcmBudgets;
 
 use crate::measure::{mean_secs, median, throughput, Timing};
-use crate::p11::{Dir, Module};
+use crate::p11::{gcm_message_params, Dir, Module};
 use crate::raw::{self, iv_for, Key};
 use crate::report::Extra;
 use crate::{Res, PIN};
@@ -90,14 +90,7 @@ fn encrypt_message(
     pt: &[u8],
     out: &mut [u8],
 ) -> CK_RV {
-    let mut p = CK_GCM_MESSAGE_PARAMS {
-        pIv: iv.as_mut_ptr(),
-        ulIvLen: 12,
-        ulIvFixedBits: 0,
-        ivGenerator: generator,
-        pTag: tag.as_mut_ptr(),
-        ulTagBits: 128,
-    };
+    let mut p = gcm_message_params(iv, generator, tag);
     let mut n = out.len() as CK_ULONG;
     p11v3!(
         l,
@@ -242,14 +235,7 @@ fn measure(
                 Ok(move || {
                     let s = &s;
                     let mut iv = iv_for(0, 0);
-                    let mut p = CK_GCM_MESSAGE_PARAMS {
-                        pIv: iv.as_mut_ptr(),
-                        ulIvLen: 12,
-                        ulIvFixedBits: 0,
-                        ivGenerator: CKG_NO_GENERATE,
-                        pTag: tag.as_mut_ptr(),
-                        ulTagBits: 128,
-                    };
+                    let mut p = gcm_message_params(&mut iv, CKG_NO_GENERATE, &mut tag);
                     let mut n = out.len() as CK_ULONG;
                     let rv = p11v3!(
                         l,

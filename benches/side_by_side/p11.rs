@@ -25,6 +25,24 @@ macro_rules! p11 {
     }};
 }
 
+/// The `CK_GCM_MESSAGE_PARAMS` of one 64-byte message in the benches: a
+/// 96-bit IV (the caller's, or written by `generator`), no fixed bits, a
+/// 128-bit tag.
+pub fn gcm_message_params(
+    iv: &mut [u8; 12],
+    generator: CK_ULONG,
+    tag: &mut [u8; 16],
+) -> CK_GCM_MESSAGE_PARAMS {
+    CK_GCM_MESSAGE_PARAMS {
+        pIv: iv.as_mut_ptr(),
+        ulIvLen: 12,
+        ulIvFixedBits: 0,
+        ivGenerator: generator,
+        pTag: tag.as_mut_ptr(),
+        ulTagBits: 128,
+    }
+}
+
 /// Encrypt or decrypt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
