@@ -96,6 +96,8 @@ fn counter_96(
     // zeros between: at most 64 prefix bits are wanted).
     let free_mask = (1u128 << free) - 1;
     let made = ((prefix << COUNTER_BITS) | u128::from(count)) & free_mask;
+    // Without a fixed field nothing of the caller's buffer is kept, and it
+    // is not read (the shim copies in only the fixed field's bytes).
     let fixed = if fixed_bits == 0 {
         0
     } else {
